@@ -1,0 +1,221 @@
+//! The IR: what the data plane needs to serve traffic, and nothing else.
+//!
+//! `translate()` produces it from [`Resources`](../sluice_resources); `build()` in the
+//! proxy crate compiles it (regexes, path tries, upstream clients) into a snapshot. It is
+//! plain data (`Clone + Eq + Serialize`), golden-tested, and shown live at the admin
+//! `/config_dump`. Every piece points back to the Gateway API object it came from, so
+//! errors, metrics and status can name it.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ir {
+    /// One entry per socket the gateway binds.
+    pub ports: Vec<PortIr>,
+    /// Route rules, referred to by index from [`MatchIr::rule`]. A rule attached to
+    /// several listeners or hostnames appears here once.
+    pub rules: Vec<RuleIr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Protocol {
+    #[serde(rename = "HTTP")]
+    Http,
+}
+
+/// A bound socket, shared by every listener (of any Gateway) with the same address and port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortIr {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Told apart by the request's host: the most specific hostname wins (exact, then the
+    /// longest wildcard, then a listener without a hostname).
+    pub listeners: Vec<ListenerIr>,
+}
+
+impl PortIr {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerIr {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// One per effective hostname (the intersection of the route's and the listener's
+    /// hostnames); `*` stands for "any host".
+    pub virtual_hosts: Vec<VirtualHostIr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VirtualHostIr {
+    pub hostname: String,
+    /// In precedence order: the first that matches a request wins.
+    pub matches: Vec<MatchIr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MatchIr {
+    /// Index into [`Ir::rules`].
+    pub rule: usize,
+    pub path: PathMatchIr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatchIr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatchIr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PathMatchIr {
+    Exact(String),
+    /// Segment-wise, without a trailing slash (`/` for everything).
+    Prefix(String),
+    /// A full match of the whole path, in the `regex` crate's syntax.
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ValueMatchIr {
+    /// Header names are lowercase; query param names are exact.
+    pub name: String,
+    pub regex: bool,
+    pub value: String,
+}
+
+/// Where a rule came from: route kind, namespace, name, rule index and optional name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RuleId {
+    pub namespace: String,
+    pub route: String,
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTPRoute {}/{} rule {}", self.namespace, self.route, self.index)?;
+        if let Some(n) = &self.name {
+            write!(f, " ({n})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleIr {
+    pub id: RuleId,
+    /// Run in order on the request; header modifiers for the response run at response time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterIr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendIr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_request_timeout_ms: Option<u64>,
+    /// When set, every request matching the rule gets a 500 (the Gateway API's answer to a
+    /// rule that cannot be served: all backends invalid, or an unresolvable filter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum UpstreamProtocol {
+    #[serde(rename = "HTTP/1.1")]
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge (appProtocol `kubernetes.io/h2c`).
+    #[serde(rename = "h2c")]
+    H2c,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendIr {
+    /// `namespace/service:port`.
+    pub name: String,
+    pub weight: u32,
+    pub protocol: UpstreamProtocol,
+    /// Ready endpoints. Empty means 503 (the Service exists but nothing serves it).
+    pub endpoints: Vec<SocketAddr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterIr>,
+    /// When set, requests sent to this backend get a 500, in proportion to its weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum FilterIr {
+    RequestHeaders(HeaderModIr),
+    ResponseHeaders(HeaderModIr),
+    Redirect(RedirectIr),
+    Rewrite(RewriteIr),
+    Mirror(MirrorIr),
+    Cors(CorsIr),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderModIr {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PathRewriteIr {
+    Full(String),
+    /// Replace the matched `prefix` with `with`, segment-wise.
+    Prefix { prefix: String, with: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RedirectIr {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewriteIr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RewriteIr {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewriteIr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MirrorIr {
+    pub backend: BackendIr,
+    /// Mirror `numerator / denominator` of requests.
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CorsIr {
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: u32,
+}

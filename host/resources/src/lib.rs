@@ -1,0 +1,95 @@
+//! The objects Sluice reads (Gateway API, core Kubernetes and Sluice's own), as plain
+//! structs, and the file provider's loader.
+//!
+//! Providers produce a [`Resources`]; only the translator reads it.
+#![forbid(unsafe_code)]
+
+mod load;
+mod types;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use load::{LoadError, LoadErrors, Loaded, load_path, load_str};
+pub use types::*;
+pub use validate::{check_hostname, parse_duration};
+
+/// Which object something is: enough to name it in an error, a status or a metric.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ObjectRef {
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        ObjectRef {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// Everything a provider read: the input of `translate()`.
+///
+/// Namespaced objects always have `metadata.namespace` set (the loader fills in
+/// `default`, as kubectl does). Lists are sorted by namespace and name so that the
+/// translation does not depend on file or watch order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub gateway_classes: Vec<GatewayClass>,
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub reference_grants: Vec<ReferenceGrant>,
+    pub namespaces: Vec<Namespace>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub secrets: Vec<Secret>,
+    /// Where each object came from (`file.yaml#2` in file mode), for error messages.
+    pub origins: BTreeMap<ObjectRef, String>,
+}
+
+impl Resources {
+    pub fn sort(&mut self) {
+        fn key(m: &ObjectMeta) -> (String, String) {
+            (m.namespace.clone().unwrap_or_default(), m.name.clone())
+        }
+        self.gateway_classes.sort_by_key(|o| key(&o.metadata));
+        self.gateways.sort_by_key(|o| key(&o.metadata));
+        self.http_routes.sort_by_key(|o| key(&o.metadata));
+        self.reference_grants.sort_by_key(|o| key(&o.metadata));
+        self.namespaces.sort_by_key(|o| key(&o.metadata));
+        self.services.sort_by_key(|o| key(&o.metadata));
+        self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
+        self.secrets.sort_by_key(|o| key(&o.metadata));
+    }
+
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .iter()
+            .find(|n| n.metadata.name == namespace)
+            .map(|n| {
+                let mut labels = n.metadata.labels.clone();
+                // The API server sets this label on every namespace.
+                labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
+                labels
+            })
+            .unwrap_or_else(|| {
+                BTreeMap::from([("kubernetes.io/metadata.name".into(), namespace.into())])
+            })
+    }
+}

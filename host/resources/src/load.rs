@@ -1,0 +1,350 @@
+//! The file provider's loader: a YAML file, or a folder of them, into [`Resources`].
+//!
+//! It checks what the API server would check before admitting an object (the schema,
+//! unknown fields, and the CRDs' validation rules), so a file that would be rejected
+//! by `kubectl apply` is rejected here too, with the file, the object and the field.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_norway::Value;
+
+use crate::{ObjectRef, Resources, validate};
+
+/// One thing wrong with the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// `path/to/file.yaml`, with `#N` for the N-th document (1-based) where there are several.
+    pub location: String,
+    /// `HTTPRoute default/web`, when the document got far enough to be named.
+    pub object: Option<String>,
+    /// `spec.rules[0].matches[0].path.value`, when one field is at fault.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.location)?;
+        if let Some(o) = &self.object {
+            write!(f, ": {o}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error found in one load; a load is all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// A successful load: the objects, and notes about documents that were skipped.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub resources: Resources,
+    /// Documents of kinds Sluice does not read (a Deployment, say), skipped.
+    pub warnings: Vec<String>,
+}
+
+/// Reads a YAML file, or every `*.yaml` / `*.yml` below a folder (recursively, in path order).
+pub fn load_path(path: &Path) -> Result<Loaded, LoadErrors> {
+    let files = yaml_files(path).map_err(|message| {
+        LoadErrors(vec![LoadError {
+            location: path.display().to_string(),
+            object: None,
+            field: None,
+            message,
+        }])
+    })?;
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => docs.push((file.display().to_string(), text)),
+            Err(e) => errors.push(LoadError {
+                location: file.display().to_string(),
+                object: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+    load_many(docs.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+}
+
+/// Reads YAML text; `name` is what errors call it.
+pub fn load_str(name: &str, text: &str) -> Result<Loaded, LoadErrors> {
+    load_many([(name, text)])
+}
+
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let p = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // Editors' swap and backup files start with a dot; skip hidden entries.
+            if name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn load_many<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Loaded, LoadErrors> {
+    let mut loaded = Loaded::default();
+    let mut errors = Vec::new();
+    for (name, text) in files {
+        let docs: Vec<Value> = match split_documents(text) {
+            Ok(d) => d,
+            Err(message) => {
+                errors.push(LoadError {
+                    location: name.to_string(),
+                    object: None,
+                    field: None,
+                    message,
+                });
+                continue;
+            }
+        };
+        let several = docs.len() > 1;
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            let location = if several {
+                format!("{name}#{}", i + 1)
+            } else {
+                name.to_string()
+            };
+            load_document(&location, doc, &mut loaded, &mut errors);
+        }
+    }
+    loaded.resources.sort();
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(LoadErrors(errors))
+    }
+}
+
+fn split_documents(text: &str) -> Result<Vec<Value>, String> {
+    let mut docs = Vec::new();
+    for de in serde_norway::Deserializer::from_str(text) {
+        let v = <Value as serde::Deserialize>::deserialize(de).map_err(|e| format!("invalid YAML: {e}"))?;
+        docs.push(v);
+    }
+    Ok(docs)
+}
+
+/// Reads one document into its typed struct, recording where it came from.
+fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut Vec<LoadError>) {
+    let err = |object: Option<String>, field: Option<&str>, message: String| LoadError {
+        location: location.to_string(),
+        object,
+        field: field.map(str::to_string),
+        message,
+    };
+    let Value::Mapping(map) = &doc else {
+        errors.push(err(None, None, "expected a Kubernetes object (a mapping with apiVersion and kind)".into()));
+        return;
+    };
+    let get = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(api_version), Some(kind)) = (get("apiVersion"), get("kind")) else {
+        errors.push(err(None, None, "missing apiVersion or kind; every document must be a Kubernetes object".into()));
+        return;
+    };
+    // Kubernetes List objects (`kubectl get -o yaml`) hold their objects in `items`.
+    if kind == "List" {
+        if let Some(Value::Sequence(items)) = map.get("items") {
+            for item in items.clone() {
+                load_document(location, item, loaded, errors);
+            }
+        }
+        return;
+    }
+    let meta = map.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let cluster_scoped = matches!(kind.as_str(), "GatewayClass" | "Namespace");
+    let namespace = if cluster_scoped {
+        String::new()
+    } else {
+        meta.and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string()
+    };
+    let oref = ObjectRef::new(&kind, &namespace, &name);
+    let object = Some(oref.to_string());
+    if name.is_empty() {
+        errors.push(err(object, Some("metadata.name"), "required; give the object a name".into()));
+        return;
+    }
+
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    let version = api_version.rsplit('/').next().unwrap_or("");
+    let r = &mut loaded.resources;
+    let before = errors.len();
+    let ok = |allowed: &[&str]| allowed.contains(&version);
+    let e = location;
+    match (group, kind.as_str()) {
+        ("gateway.networking.k8s.io", "GatewayClass") if ok(&["v1", "v1beta1"]) => {
+            push(e, &oref, doc, errors, &mut r.gateway_classes, validate::gateway_class)
+        }
+        ("gateway.networking.k8s.io", "Gateway") if ok(&["v1", "v1beta1"]) => {
+            push(e, &oref, doc, errors, &mut r.gateways, validate::gateway)
+        }
+        ("gateway.networking.k8s.io", "HTTPRoute") if ok(&["v1", "v1beta1"]) => {
+            push(e, &oref, doc, errors, &mut r.http_routes, validate::http_route)
+        }
+        ("gateway.networking.k8s.io", "ReferenceGrant") if ok(&["v1", "v1beta1"]) => {
+            push(e, &oref, doc, errors, &mut r.reference_grants, |_| Vec::new())
+        }
+        ("", "Namespace") if ok(&["v1"]) => push(e, &oref, doc, errors, &mut r.namespaces, |_| Vec::new()),
+        ("", "Service") if ok(&["v1"]) => push(e, &oref, doc, errors, &mut r.services, |_| Vec::new()),
+        ("", "Secret") if ok(&["v1"]) => push(e, &oref, doc, errors, &mut r.secrets, validate::secret),
+        ("discovery.k8s.io", "EndpointSlice") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.endpoint_slices, validate::endpoint_slice)
+        }
+        ("gateway.networking.k8s.io", _) | ("", "Service" | "Namespace" | "Secret") | ("discovery.k8s.io", _) => {
+            errors.push(err(
+                object,
+                Some("apiVersion"),
+                format!("{api_version} {kind} is not supported by this version of Sluice"),
+            ));
+            return;
+        }
+        _ => {
+            loaded.warnings.push(format!("{location}: {oref} ({api_version}) skipped: Sluice does not read this kind"));
+            return;
+        }
+    }
+    if errors.len() > before {
+        return;
+    }
+    if let Some(previous) = r.origins.insert(oref.clone(), location.to_string()) {
+        errors.push(err(
+            object,
+            Some("metadata.name"),
+            format!("{oref} is also defined in {previous}; give one of them another name or namespace"),
+        ));
+    }
+}
+
+/// Deserializes a typed object, rejecting unknown fields (as `kubectl apply` with strict
+/// field validation does), normalising the namespace and running the CRD validation rules.
+fn push<T: DeserializeOwned + HasMeta>(
+    location: &str,
+    oref: &ObjectRef,
+    doc: Value,
+    errors: &mut Vec<LoadError>,
+    into: &mut Vec<T>,
+    validate: impl Fn(&T) -> Vec<(String, String)>,
+) {
+    let object = Some(oref.to_string());
+    let mut unknown = Vec::new();
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(doc.clone());
+    let mut obj = match parsed {
+        Ok(o) => o,
+        Err(e) => {
+            let path = e.path().to_string();
+            errors.push(LoadError {
+                location: location.to_string(),
+                object,
+                field: (path != ".").then_some(path),
+                message: e.into_inner().to_string(),
+            });
+            return;
+        }
+    };
+    // Second pass only to list fields serde skipped; metadata and status may carry
+    // anything a cluster adds (managedFields, ownerReferences, ...).
+    let _: Result<T, _> = serde_ignored::deserialize(doc, |path| {
+        let p = path.to_string();
+        let top = p.split('.').next().unwrap_or("");
+        if !matches!(top, "metadata" | "status" | "apiVersion" | "kind") {
+            unknown.push(p);
+        }
+    });
+    for p in unknown {
+        errors.push(LoadError {
+            location: location.to_string(),
+            object: object.clone(),
+            field: Some(p),
+            message: "unknown field; check its spelling and the Gateway API version (v1.6 standard channel)".into(),
+        });
+    }
+    if !oref.namespace.is_empty() {
+        obj.meta_mut().namespace = Some(oref.namespace.clone());
+    }
+    for (field, message) in validate(&obj) {
+        errors.push(LoadError {
+            location: location.to_string(),
+            object: object.clone(),
+            field: Some(field),
+            message,
+        });
+    }
+    into.push(obj);
+}
+
+pub(crate) trait HasMeta {
+    fn meta_mut(&mut self) -> &mut crate::ObjectMeta;
+}
+
+macro_rules! has_meta {
+    ($($t:ty),*) => {$(
+        impl HasMeta for $t {
+            fn meta_mut(&mut self) -> &mut crate::ObjectMeta { &mut self.metadata }
+        }
+    )*};
+}
+has_meta!(
+    crate::GatewayClass,
+    crate::Gateway,
+    crate::HttpRoute,
+    crate::ReferenceGrant,
+    crate::Namespace,
+    crate::Service,
+    crate::EndpointSlice,
+    crate::Secret
+);

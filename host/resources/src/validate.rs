@@ -1,0 +1,388 @@
+//! The validation the API server applies from the CRDs' OpenAPI schemas and CEL rules,
+//! so that file mode refuses what a cluster would refuse. Each check returns
+//! `(field path, message that says how to fix it)`.
+
+use std::time::Duration;
+
+use crate::*;
+
+type Problems = Vec<(String, String)>;
+
+pub fn gateway_class(gc: &GatewayClass) -> Problems {
+    let mut p = Vec::new();
+    if !gc.spec.controller_name.contains('/') {
+        p.push((
+            "spec.controllerName".into(),
+            "must be a domain-prefixed path such as sluice.dev/gateway-controller".into(),
+        ));
+    }
+    p
+}
+
+pub fn gateway(gw: &Gateway) -> Problems {
+    let mut p = Vec::new();
+    if gw.spec.listeners.is_empty() {
+        p.push(("spec.listeners".into(), "at least one listener is required".into()));
+    }
+    for (i, l) in gw.spec.listeners.iter().enumerate() {
+        let f = |s: &str| format!("spec.listeners[{i}].{s}");
+        if l.port == 0 {
+            p.push((f("port"), "must be between 1 and 65535".into()));
+        }
+        if let Some(h) = &l.hostname
+            && let Err(m) = check_hostname(h)
+        {
+            p.push((f("hostname"), m));
+        }
+        if gw.spec.listeners[..i].iter().any(|o| o.name == l.name) {
+            p.push((f("name"), format!("listener name {:?} is used twice; names must be unique", l.name)));
+        }
+        if let Some(ns) = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref())
+            && ns.from == Some(FromNamespaces::Selector)
+            && ns.selector.is_none()
+        {
+            p.push((f("allowedRoutes.namespaces.selector"), "required when from is Selector".into()));
+        }
+    }
+    p
+}
+
+pub fn secret(s: &Secret) -> Problems {
+    use base64::Engine;
+    let mut p = Vec::new();
+    for (k, v) in &s.data {
+        if base64::engine::general_purpose::STANDARD.decode(v.trim()).is_err() {
+            p.push((format!("data.{k}"), "is not valid base64; use stringData for plain text".into()));
+        }
+    }
+    p
+}
+
+pub fn endpoint_slice(es: &EndpointSlice) -> Problems {
+    let mut p = Vec::new();
+    if !es.metadata.labels.contains_key(SERVICE_NAME_LABEL) {
+        p.push((
+            format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            "required: it names the Service this slice belongs to".into(),
+        ));
+    }
+    if !matches!(es.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
+        p.push(("addressType".into(), "must be IPv4, IPv6 or FQDN".into()));
+    }
+    for (i, e) in es.endpoints.iter().enumerate() {
+        for (j, a) in e.addresses.iter().enumerate() {
+            if es.address_type != "FQDN" && a.parse::<std::net::IpAddr>().is_err() {
+                p.push((format!("endpoints[{i}].addresses[{j}]"), format!("{a:?} is not an IP address")));
+            }
+        }
+    }
+    p
+}
+
+pub fn http_route(r: &HttpRoute) -> Problems {
+    let mut p = Vec::new();
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        if let Err(m) = check_hostname(h) {
+            p.push((format!("spec.hostnames[{i}]"), m));
+        }
+    }
+    if r.spec.rules.len() > 16 {
+        p.push(("spec.rules".into(), "at most 16 rules per HTTPRoute; split the route".into()));
+    }
+    for (ri, rule) in r.spec.rules.iter().enumerate() {
+        let rf = |s: &str| format!("spec.rules[{ri}].{s}");
+        if let Some(name) = &rule.name
+            && r.spec.rules[..ri].iter().any(|o| o.name.as_ref() == Some(name))
+        {
+            p.push((rf("name"), format!("rule name {name:?} is used twice; names must be unique")));
+        }
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let mf = |s: &str| rf(&format!("matches[{mi}].{s}"));
+            if let Some(path) = &m.path {
+                let value = path.value.as_deref().unwrap_or("/");
+                let kind = path.type_.unwrap_or_default();
+                if kind != PathMatchType::RegularExpression {
+                    if !value.starts_with('/') {
+                        p.push((mf("path.value"), "must be an absolute path starting with '/'".into()));
+                    }
+                    if value.contains("//") || value.contains("/./") || value.contains("/../") || value.contains('?') || value.contains('#') {
+                        p.push((mf("path.value"), "must not contain '//', '/./', '/../', '?' or '#'".into()));
+                    }
+                }
+            }
+            for (hi, h) in m.headers.iter().enumerate() {
+                if !is_token(&h.name) {
+                    p.push((mf(&format!("headers[{hi}].name")), "must be a valid HTTP header name".into()));
+                }
+                if m.headers[..hi].iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)) {
+                    p.push((mf(&format!("headers[{hi}].name")), "header names must be unique within a match".into()));
+                }
+            }
+            for (qi, q) in m.query_params.iter().enumerate() {
+                if m.query_params[..qi].iter().any(|o| o.name == q.name) {
+                    p.push((mf(&format!("queryParams[{qi}].name")), "query param names must be unique within a match".into()));
+                }
+            }
+            if let Some(method) = &m.method
+                && !matches!(
+                    method.as_str(),
+                    "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
+                )
+            {
+                p.push((mf("method"), format!("{method:?} is not one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH")));
+            }
+        }
+        check_filters(&rule.filters, &rf("filters"), rule, &mut p);
+        let redirect = rule.filters.iter().any(|f| f.type_ == "RequestRedirect");
+        if redirect && !rule.backend_refs.is_empty() {
+            p.push((rf("backendRefs"), "a rule with a RequestRedirect filter cannot have backendRefs; remove one of them".into()));
+        }
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let bf = |s: &str| rf(&format!("backendRefs[{bi}].{s}"));
+            check_backend(&b.backend, &bf(""), &mut p);
+            if b.weight.is_some_and(|w| w > 1_000_000) {
+                p.push((bf("weight"), "must be between 0 and 1000000".into()));
+            }
+            check_filters(&b.filters, &bf("filters"), rule, &mut p);
+        }
+        if let Some(t) = &rule.timeouts {
+            for (name, v) in [("request", &t.request), ("backendRequest", &t.backend_request)] {
+                if let Some(v) = v
+                    && let Err(m) = parse_duration(v)
+                {
+                    p.push((rf(&format!("timeouts.{name}")), m));
+                }
+            }
+            if let (Some(Ok(req)), Some(Ok(be))) = (
+                t.request.as_deref().map(parse_duration),
+                t.backend_request.as_deref().map(parse_duration),
+            ) && !req.is_zero()
+                && be > req
+            {
+                p.push((rf("timeouts.backendRequest"), "must not be longer than timeouts.request".into()));
+            }
+        }
+    }
+    p
+}
+
+fn check_backend(b: &BackendObjectReference, field: &str, p: &mut Problems) {
+    let core = b.group.as_deref().unwrap_or("").is_empty();
+    if core && b.kind.as_deref().unwrap_or("Service") == "Service" && b.port.is_none() {
+        p.push((format!("{field}port"), "required when the backend is a Service; give the Service port".into()));
+    }
+}
+
+fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule, p: &mut Problems) {
+    for (fi, f) in filters.iter().enumerate() {
+        let ff = |s: &str| format!("{field}[{fi}]{s}");
+        let present = [
+            ("RequestHeaderModifier", f.request_header_modifier.is_some()),
+            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            ("RequestMirror", f.request_mirror.is_some()),
+            ("RequestRedirect", f.request_redirect.is_some()),
+            ("URLRewrite", f.url_rewrite.is_some()),
+            ("CORS", f.cors.is_some()),
+            ("ExtensionRef", f.extension_ref.is_some()),
+        ];
+        let known = present.iter().any(|(t, _)| *t == f.type_);
+        for (t, set) in present {
+            let camel = lower_first(t);
+            if t == f.type_ && !set {
+                p.push((ff(&format!(".{camel}")), format!("required when type is {t}")));
+            } else if t != f.type_ && set {
+                p.push((ff(&format!(".{camel}")), format!("must not be set when type is {}", f.type_)));
+            }
+        }
+        if !known {
+            // Unknown types are reported by the translator as UnsupportedValue: a cluster
+            // with experimental CRDs admits them, so the route exists but is not accepted.
+        }
+        if filters[..fi].iter().any(|o| o.type_ == f.type_ && matches!(f.type_.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestRedirect" | "URLRewrite" | "CORS")) {
+            p.push((ff(".type"), format!("{} may appear only once per filter list", f.type_)));
+        }
+        for (name, hf) in [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)] {
+            if let Some(hf) = hf {
+                for (i, h) in hf.set.iter().chain(&hf.add).enumerate() {
+                    if !is_token(&h.name) {
+                        p.push((ff(&format!(".{name}")), format!("header {i}: {:?} is not a valid HTTP header name", h.name)));
+                    }
+                }
+            }
+        }
+        if let Some(r) = &f.request_redirect {
+            if let Some(code) = r.status_code
+                && !matches!(code, 301 | 302 | 303 | 307 | 308)
+            {
+                p.push((ff(".requestRedirect.statusCode"), "must be one of 301, 302, 303, 307, 308".into()));
+            }
+            if let Some(s) = &r.scheme
+                && !matches!(s.as_str(), "http" | "https")
+            {
+                p.push((ff(".requestRedirect.scheme"), "must be http or https".into()));
+            }
+            if let Some(path) = &r.path {
+                check_path_modifier(path, &ff(".requestRedirect.path"), rule, p);
+            }
+        }
+        if let Some(u) = &f.url_rewrite
+            && let Some(path) = &u.path
+        {
+            check_path_modifier(path, &ff(".urlRewrite.path"), rule, p);
+        }
+        if let Some(m) = &f.request_mirror {
+            check_backend(&m.backend_ref, &ff(".requestMirror.backendRef."), p);
+            if m.percent.is_some() && m.fraction.is_some() {
+                p.push((ff(".requestMirror"), "set percent or fraction, not both".into()));
+            }
+            if m.percent.is_some_and(|v| v > 100) {
+                p.push((ff(".requestMirror.percent"), "must be between 0 and 100".into()));
+            }
+            if let Some(fr) = m.fraction {
+                let d = fr.denominator.unwrap_or(100);
+                if d == 0 || fr.numerator > d {
+                    p.push((ff(".requestMirror.fraction"), "numerator must be at most denominator, and denominator above 0".into()));
+                }
+            }
+        }
+        if let Some(c) = &f.cors {
+            for (i, o) in c.allow_origins.iter().enumerate() {
+                if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                    p.push((ff(&format!(".cors.allowOrigins[{i}]")), "must be \"*\" or scheme://host[:port], host may start with \"*.\"".into()));
+                }
+            }
+            if c.allow_credentials == Some(true) && c.allow_origins.iter().any(|o| o == "*") {
+                // The CORS spec forbids a wildcard origin with credentials; the filter then
+                // echoes the request's origin instead, which is what the Gateway API asks.
+            }
+        }
+    }
+}
+
+fn check_path_modifier(m: &HttpPathModifier, field: &str, rule: &HttpRouteRule, p: &mut Problems) {
+    match m.type_ {
+        PathModifierType::ReplaceFullPath => {
+            if m.replace_full_path.is_none() {
+                p.push((format!("{field}.replaceFullPath"), "required when type is ReplaceFullPath".into()));
+            }
+            if m.replace_prefix_match.is_some() {
+                p.push((format!("{field}.replacePrefixMatch"), "must not be set when type is ReplaceFullPath".into()));
+            }
+        }
+        PathModifierType::ReplacePrefixMatch => {
+            if m.replace_prefix_match.is_none() {
+                p.push((format!("{field}.replacePrefixMatch"), "required when type is ReplacePrefixMatch".into()));
+            }
+            if m.replace_full_path.is_some() {
+                p.push((format!("{field}.replaceFullPath"), "must not be set when type is ReplacePrefixMatch".into()));
+            }
+            let prefix_only = rule.matches.len() == 1
+                && rule.matches[0]
+                    .path
+                    .as_ref()
+                    .is_some_and(|pm| pm.type_.unwrap_or_default() == PathMatchType::PathPrefix);
+            if !prefix_only {
+                p.push((
+                    format!("{field}.type"),
+                    "ReplacePrefixMatch needs the rule to have exactly one match, with a PathPrefix path".into(),
+                ));
+            }
+        }
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    match s {
+        "URLRewrite" => "urlRewrite".into(),
+        "CORS" => "cors".into(),
+        _ => {
+            let mut c = s.chars();
+            c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default()
+        }
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 1123 hostname, optionally with a leading `*.` label; no IPs, no port.
+pub fn check_hostname(h: &str) -> Result<(), String> {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !rest.is_empty()
+        && h.len() <= 253
+        && rest.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !ok {
+        return Err(format!("{h:?} is not a valid hostname: use lowercase RFC 1123 labels, optionally starting with \"*.\""));
+    }
+    if rest.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("{h:?} is an IP address; hostnames must be names"));
+    }
+    Ok(())
+}
+
+/// A Gateway API duration (GEP-2257): one to four `<number><unit>` parts, unit h, m, s or ms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a Gateway API duration such as 10s, 1m30s or 500ms");
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else {
+            return Err(bad());
+        };
+        rest = &rest[len..];
+        total += unit * n as u32;
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_gep_2257() {
+        assert_eq!(parse_duration("1h2m3s4ms"), Ok(Duration::from_millis(3_723_004)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("123456s").is_err());
+    }
+
+    #[test]
+    fn hostnames_are_rfc1123_with_optional_wildcard() {
+        assert!(check_hostname("foo.example.com").is_ok());
+        assert!(check_hostname("*.example.com").is_ok());
+        assert!(check_hostname("Foo.com").is_err());
+        assert!(check_hostname("foo.*.com").is_err());
+        assert!(check_hostname("1.2.3.4").is_err());
+    }
+}
