@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Ir {
     /// One entry per socket the gateway binds.
     pub ports: Vec<PortIr>,
@@ -28,6 +29,7 @@ pub enum Protocol {
 
 /// A bound socket, shared by every listener (of any Gateway) with the same address and port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PortIr {
     pub address: IpAddr,
     pub port: u16,
@@ -44,6 +46,7 @@ impl PortIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ListenerIr {
     /// `namespace/name` of the Gateway.
     pub gateway: String,
@@ -56,6 +59,7 @@ pub struct ListenerIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VirtualHostIr {
     pub hostname: String,
     /// In precedence order: the first that matches a request wins.
@@ -63,6 +67,7 @@ pub struct VirtualHostIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MatchIr {
     /// Index into [`Ir::rules`].
     pub rule: usize,
@@ -85,6 +90,7 @@ pub enum PathMatchIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ValueMatchIr {
     /// Header names are lowercase; query param names are exact.
     pub name: String,
@@ -94,6 +100,7 @@ pub struct ValueMatchIr {
 
 /// Where a rule came from: route kind, namespace, name, rule index and optional name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuleId {
     pub namespace: String,
     pub route: String,
@@ -113,6 +120,7 @@ impl std::fmt::Display for RuleId {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuleIr {
     pub id: RuleId,
     /// Run in order on the request; header modifiers for the response run at response time.
@@ -140,6 +148,7 @@ pub enum UpstreamProtocol {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendIr {
     /// `namespace/service:port`.
     pub name: String,
@@ -165,6 +174,7 @@ pub enum FilterIr {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderModIr {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub set: Vec<(String, String)>,
@@ -182,6 +192,7 @@ pub enum PathRewriteIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RedirectIr {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
@@ -195,6 +206,7 @@ pub struct RedirectIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RewriteIr {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -203,6 +215,7 @@ pub struct RewriteIr {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MirrorIr {
     pub backend: BackendIr,
     /// Mirror `numerator / denominator` of requests.
@@ -211,6 +224,7 @@ pub struct MirrorIr {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CorsIr {
     pub allow_origins: Vec<String>,
     pub allow_credentials: bool,

@@ -299,8 +299,8 @@ fn push<T: DeserializeOwned + HasMeta>(
     // Second pass only to list fields serde skipped; metadata and status may carry
     // anything a cluster adds (managedFields, ownerReferences, ...).
     let _: Result<T, _> = serde_ignored::deserialize(doc, |path| {
-        let p = path.to_string();
-        let top = p.split('.').next().unwrap_or("");
+        let p = field_path(&path);
+        let top = p.split(['.', '[']).next().unwrap_or("");
         if !matches!(top, "metadata" | "status" | "apiVersion" | "kind") {
             unknown.push(p);
         }
@@ -325,6 +325,20 @@ fn push<T: DeserializeOwned + HasMeta>(
         });
     }
     into.push(obj);
+}
+
+/// `spec.rules[0].backendRef`, the way Kubernetes names fields.
+fn field_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let head = field_path(parent);
+            if head.is_empty() { key.clone() } else { format!("{head}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 pub(crate) trait HasMeta {

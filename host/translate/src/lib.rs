@@ -1,0 +1,249 @@
+//! `translate(&Resources) -> Translation { ir, statuses }`.
+//!
+//! Pure: no I/O, no clock, no randomness, so the same input always gives the same output
+//! and the golden tests in `testdata/` pin it down. The steps run in a fixed order, each
+//! needing the one before:
+//!
+//! 1. GatewayClasses: find ours; a Gateway of another class is not ours to touch.
+//! 2. Gateways and listeners: validate them and detect conflicts, since routes may only
+//!    attach to listeners that are valid.
+//! 3. Routes: attach each parentRef to listeners (section, port, allowed namespaces and
+//!    kinds, hostnames), resolve backends and filters, and count attachments back onto
+//!    the listeners' statuses.
+//! 4. IR: group the attached routes by socket, listener and effective hostname, and sort
+//!    each host's matches by the Gateway API precedence rules.
+#![forbid(unsafe_code)]
+
+mod backends;
+mod gateways;
+mod routes;
+pub mod status;
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sluice_ir::{Ir, ListenerIr, MatchIr, PathMatchIr, PortIr, Protocol, VirtualHostIr};
+use sluice_resources::Resources;
+
+pub use status::*;
+
+/// The `controllerName` a GatewayClass names to be handled by Sluice.
+pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Translation {
+    pub statuses: Vec<ObjectStatus>,
+    pub ir: Ir,
+}
+
+pub fn translate(res: &Resources) -> Translation {
+    let mut statuses = Vec::new();
+    let classes = gateways::gateway_classes(res, &mut statuses);
+    let mut gws = gateways::gateways(res, &classes);
+    let attached = routes::http_routes(res, &mut gws, &mut statuses);
+    let ir = build_ir(&gws, attached);
+    // Gateway statuses go last: attachedRoutes is counted while routes attach.
+    for gw in &gws {
+        statuses.push(gw.status());
+    }
+    statuses.sort_by(|a, b| {
+        (&a.kind, &a.metadata.namespace, &a.metadata.name).cmp(&(&b.kind, &b.metadata.namespace, &b.metadata.name))
+    });
+    Translation { statuses, ir }
+}
+
+/// A route match placed on a listener's virtual host, with what its precedence needs.
+pub(crate) struct Placed {
+    pub listener: (usize, usize),
+    pub hostname: String,
+    pub key: PrecedenceKey,
+    pub m: MatchIr,
+}
+
+/// The Gateway API's precedence order among matches, as a key whose maximum wins.
+///
+/// Hostnames come first: the route whose matching hostname has the most non-wildcard
+/// characters, then the most characters, wins (HTTPRouteSpec.hostnames). Then path kind (Exact, then RegularExpression, then PathPrefix) and length first, then a
+/// method, then more header matches, then more query matches; ties go to the older
+/// route, then namespace/name order, then rule order, then match order. Regular
+/// expressions are implementation-specific in the spec; ranking them between Exact and
+/// PathPrefix means a catch-all `/` prefix cannot shadow them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PrecedenceKey {
+    /// Characters in the route's matching hostname if it is not a wildcard, else 0.
+    pub host_exact: usize,
+    /// Characters in the route's matching hostname (0 for a route without hostnames).
+    pub host_len: usize,
+    pub path_rank: u8,
+    pub path_len: usize,
+    pub method: bool,
+    pub headers: usize,
+    pub query: usize,
+    pub created: Option<String>,
+    pub namespace: String,
+    pub name: String,
+    pub rule: usize,
+    pub index: usize,
+}
+
+impl Ord for PrecedenceKey {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.host_exact, self.host_len, self.path_rank, self.path_len, self.method, self.headers, self.query)
+            .cmp(&(o.host_exact, o.host_len, o.path_rank, o.path_len, o.method, o.headers, o.query))
+            // Older (smaller timestamp) wins, so the comparison flips; a missing
+            // timestamp counts as the newest.
+            .then_with(|| match (&self.created, &o.created) {
+                (Some(a), Some(b)) => b.cmp(a),
+                (Some(_), None) => Ordering::Greater,
+                (None, Some(_)) => Ordering::Less,
+                (None, None) => Ordering::Equal,
+            })
+            .then_with(|| (&o.namespace, &o.name, o.rule, o.index).cmp(&(&self.namespace, &self.name, self.rule, self.index)))
+    }
+}
+
+impl PartialOrd for PrecedenceKey {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+pub(crate) fn path_rank(p: &PathMatchIr) -> (u8, usize) {
+    match p {
+        PathMatchIr::Exact(v) => (3, v.len()),
+        PathMatchIr::Regex(v) => (2, v.len()),
+        PathMatchIr::Prefix(v) => (1, v.len()),
+    }
+}
+
+fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
+    let routes::Attached { rules, placed } = attached;
+    // listener -> hostname -> matches
+    let mut per_listener: BTreeMap<(usize, usize), BTreeMap<String, Vec<(PrecedenceKey, MatchIr)>>> = BTreeMap::new();
+    for p in placed {
+        per_listener.entry(p.listener).or_default().entry(p.hostname).or_default().push((p.key, p.m));
+    }
+    let mut ports: Vec<PortIr> = Vec::new();
+    for (gi, gw) in gws.iter().enumerate() {
+        for (li, l) in gw.listeners.iter().enumerate() {
+            if !l.programmed() {
+                continue;
+            }
+            let hosts = per_listener.remove(&(gi, li)).unwrap_or_default();
+            // A request picks the most specific virtual host, so each one also carries the
+            // matches of the wildcard hosts that cover it (at their lower precedence):
+            // a route for `*.example.com` still serves `foo.example.com/other` when the
+            // route for `foo.example.com` does not match that path.
+            let mut vhosts: Vec<VirtualHostIr> = hosts
+                .iter()
+                .map(|(hostname, own)| {
+                    let mut ms: Vec<(PrecedenceKey, MatchIr)> = own.clone();
+                    for (other, theirs) in &hosts {
+                        if other != hostname && (other == "*" || hostname_matches(other, hostname)) {
+                            ms.extend(theirs.iter().cloned());
+                        }
+                    }
+                    (hostname.clone(), ms)
+                })
+                .map(|(hostname, mut ms)| {
+                    ms.sort_by(|a, b| b.0.cmp(&a.0));
+                    VirtualHostIr { hostname, matches: ms.into_iter().map(|(_, m)| m).collect() }
+                })
+                .collect();
+            vhosts.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+            let listener = ListenerIr {
+                gateway: format!("{}/{}", gw.namespace, gw.name),
+                name: l.spec.name.clone(),
+                hostname: l.spec.hostname.clone(),
+                virtual_hosts: vhosts,
+            };
+            for addr in &gw.bind {
+                match ports.iter_mut().find(|p| p.address == *addr && p.port == l.spec.port) {
+                    Some(p) => p.listeners.push(listener.clone()),
+                    None => ports.push(PortIr {
+                        address: *addr,
+                        port: l.spec.port,
+                        protocol: Protocol::Http,
+                        listeners: vec![listener.clone()],
+                    }),
+                }
+            }
+        }
+    }
+    ports.sort_by_key(|p| (p.port, p.address));
+    Ir { ports, rules }
+}
+
+/// Does `host` (a request or route hostname, no wildcard) match `pattern` (exact or `*.suffix`)?
+pub fn hostname_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        // `*.example.com` matches any number of labels before `.example.com`, never the
+        // bare `example.com`.
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// The hostnames a route serves on a listener: the intersection of the two sets
+/// (`None` for "any host").
+#[cfg(test)]
+pub(crate) fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Vec<String> {
+    intersect_hostnames_ranked(listener, route).into_iter().map(|(h, _)| h).collect()
+}
+
+/// Like [`intersect_hostnames`], with each result's hostname precedence
+/// `(non-wildcard characters, characters)` taken from the route hostname it came from.
+pub(crate) fn intersect_hostnames_ranked(listener: Option<&str>, route: &[String]) -> Vec<(String, (usize, usize))> {
+    let rank = |r: &str| if r.starts_with('*') { (0, r.len()) } else { (r.len(), r.len()) };
+    let Some(l) = listener else {
+        return if route.is_empty() {
+            vec![("*".into(), (0, 0))]
+        } else {
+            route.iter().map(|r| (r.clone(), rank(r))).collect()
+        };
+    };
+    if route.is_empty() {
+        return vec![(l.to_string(), (0, 0))];
+    }
+    let mut out: Vec<(String, (usize, usize))> = Vec::new();
+    for r in route {
+        let hit = if hostname_matches(l, r) || l == r {
+            Some(r.as_str())
+        } else if hostname_matches(r, l) {
+            Some(l)
+        } else {
+            None
+        };
+        if let Some(h) = hit
+            && !out.iter().any(|(o, _)| o == h)
+        {
+            out.push((h.to_string(), rank(r)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_hostnames_need_at_least_one_label() {
+        assert!(hostname_matches("*.example.com", "a.example.com"));
+        assert!(hostname_matches("*.example.com", "a.b.example.com"));
+        assert!(!hostname_matches("*.example.com", "example.com"));
+        assert!(!hostname_matches("*.example.com", "aexample.com"));
+    }
+
+    #[test]
+    fn intersection_keeps_the_more_specific_side() {
+        let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(intersect_hostnames(Some("*.example.com"), &r(&["foo.example.com", "bar.org"])), r(&["foo.example.com"]));
+        assert_eq!(intersect_hostnames(Some("foo.example.com"), &r(&["*.example.com"])), r(&["foo.example.com"]));
+        assert_eq!(intersect_hostnames(Some("*.example.com"), &r(&["*.foo.example.com"])), r(&["*.foo.example.com"]));
+        assert_eq!(intersect_hostnames(Some("*.foo.example.com"), &r(&["*.example.com"])), r(&["*.foo.example.com"]));
+        assert_eq!(intersect_hostnames(None, &[]), r(&["*"]));
+        assert!(intersect_hostnames(Some("a.com"), &r(&["b.com"])).is_empty());
+    }
+}

@@ -1,0 +1,120 @@
+//! Backend resolution: a backendRef to a Service, through its EndpointSlices, to ready
+//! endpoints, the way kube-proxy does it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use sluice_ir::{BackendIr, UpstreamProtocol};
+use sluice_resources::{BackendObjectReference, GATEWAY_GROUP, Resources, SERVICE_NAME_LABEL};
+
+/// Why a reference does not resolve: the ResolvedRefs reason and a message that says what to fix.
+pub(crate) type Problem = (&'static str, String);
+
+/// Does a ReferenceGrant in `to_ns` let a `from_kind` in `from_ns` refer to this object?
+pub(crate) fn ref_permitted(
+    res: &Resources,
+    from_kind: &str,
+    from_ns: &str,
+    to_group: &str,
+    to_kind: &str,
+    to_ns: &str,
+    to_name: &str,
+) -> bool {
+    from_ns == to_ns
+        || res.reference_grants.iter().any(|g| {
+            g.metadata.namespace.as_deref() == Some(to_ns)
+                && g.spec.from.iter().any(|f| f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns)
+                && g.spec.to.iter().any(|t| {
+                    t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name)
+                })
+        })
+}
+
+/// Resolves one backendRef of an HTTPRoute in `route_ns`. An unresolvable reference still
+/// yields a backend (with `invalid` set) so that it keeps its share of the weight: the
+/// spec wants requests that would have gone to it to fail with 500, not to spill over.
+pub(crate) fn resolve(res: &Resources, route_ns: &str, b: &BackendObjectReference, weight: u32) -> (BackendIr, Option<Problem>) {
+    let ns = b.namespace.as_deref().unwrap_or(route_ns);
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    let port = b.port.unwrap_or(0);
+    let mut ir = BackendIr {
+        name: format!("{ns}/{}:{port}", b.name),
+        weight,
+        protocol: UpstreamProtocol::Http1,
+        endpoints: Vec::new(),
+        filters: Vec::new(),
+        invalid: None,
+    };
+    let problem = resolve_service(res, route_ns, ns, group, kind, b, port, &mut ir);
+    if let Some((_, msg)) = &problem {
+        ir.invalid = Some(msg.clone());
+    }
+    (ir, problem)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_service(
+    res: &Resources,
+    route_ns: &str,
+    ns: &str,
+    group: &str,
+    kind: &str,
+    b: &BackendObjectReference,
+    port: u16,
+    ir: &mut BackendIr,
+) -> Option<Problem> {
+    if !(group.is_empty() && kind == "Service") {
+        let g = if group.is_empty() { "core" } else { group };
+        return Some(("InvalidKind", format!("backendRef {}: kind {g}/{kind} is not supported; use a Service", b.name)));
+    }
+    if !ref_permitted(res, "HTTPRoute", route_ns, "", "Service", ns, &b.name) {
+        return Some((
+            "RefNotPermitted",
+            format!("backendRef {ns}/{}: no ReferenceGrant in namespace {ns} allows HTTPRoutes from {route_ns} to refer to it", b.name),
+        ));
+    }
+    let Some(svc) = res
+        .services
+        .iter()
+        .find(|s| s.metadata.name == b.name && s.metadata.namespace.as_deref() == Some(ns))
+    else {
+        return Some(("BackendNotFound", format!("backendRef {ns}/{}: Service not found", b.name)));
+    };
+    let Some(sp) = svc.spec.ports.iter().find(|p| p.port == port) else {
+        return Some(("BackendNotFound", format!("backendRef {ns}/{}: the Service has no port {port}", b.name)));
+    };
+    if sp.app_protocol.as_deref() == Some("kubernetes.io/h2c") {
+        ir.protocol = UpstreamProtocol::H2c;
+    }
+    for slice in res.endpoint_slices.iter().filter(|s| {
+        s.metadata.namespace.as_deref() == Some(ns)
+            && s.metadata.labels.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(b.name.as_str())
+    }) {
+        // The slice port that serves this Service port has the same name (both unnamed
+        // for a single-port Service).
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or(""))
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            // A nil `ready` means "unknown", which consumers must treat as ready.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    let sa = SocketAddr::new(ip, target);
+                    if !ir.endpoints.contains(&sa) {
+                        ir.endpoints.push(sa);
+                    }
+                }
+            }
+        }
+    }
+    ir.endpoints.sort();
+    None
+}

@@ -1,0 +1,315 @@
+//! Steps 1 and 2: GatewayClasses, Gateways and their listeners.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use sluice_resources::{
+    FromNamespaces, GATEWAY_GROUP, Gateway, Listener, ParentReference, Resources, RouteGroupKind,
+};
+
+use crate::status::*;
+use crate::CONTROLLER_NAME;
+
+pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> BTreeSet<String> {
+    let mut ours = BTreeSet::new();
+    for gc in &res.gateway_classes {
+        if gc.spec.controller_name != CONTROLLER_NAME {
+            continue;
+        }
+        let generation = gc.metadata.generation();
+        let mut conditions = vec![Condition::new("Accepted", true, "Accepted", "Handled by Sluice", generation)];
+        if gc.spec.parameters_ref.is_some() {
+            conditions[0] = Condition::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                "Sluice takes no parametersRef; remove spec.parametersRef",
+                generation,
+            );
+        } else {
+            ours.insert(gc.metadata.name.clone());
+        }
+        conditions.push(Condition::new(
+            "SupportedVersion",
+            true,
+            "SupportedVersion",
+            "Gateway API v1.6",
+            generation,
+        ));
+        out.push(ObjectStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind: "GatewayClass".into(),
+            metadata: StatusMeta { namespace: String::new(), name: gc.metadata.name.clone(), generation },
+            status: Status::Conditions(ConditionsStatus { conditions }),
+        });
+    }
+    ours
+}
+
+pub(crate) struct GatewayState {
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    pub bind: Vec<IpAddr>,
+    /// `(condition, reason, message)` when an address cannot be used.
+    pub address_problem: Option<(&'static str, &'static str, String)>,
+    pub spec_addresses: Vec<StatusAddress>,
+    pub listeners: Vec<ListenerState>,
+}
+
+pub(crate) struct ListenerState {
+    pub spec: Listener,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    /// `(reason, message)` for Accepted=False.
+    pub unaccepted: Option<(&'static str, String)>,
+    /// `(reason, message)` for ResolvedRefs=False.
+    pub unresolved: Option<(&'static str, String)>,
+    /// Conflicted=True reason.
+    pub conflict: Option<&'static str>,
+    pub attached_routes: u32,
+}
+
+impl ListenerState {
+    /// Whether routes may attach and traffic is served.
+    pub fn programmed(&self) -> bool {
+        self.unaccepted.is_none() && self.conflict.is_none()
+    }
+
+    pub fn allows_namespace(&self, res: &Resources, gateway_ns: &str, route_ns: &str) -> bool {
+        let ns = self.spec.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+        match ns.and_then(|n| n.from).unwrap_or(FromNamespaces::Same) {
+            FromNamespaces::All => true,
+            FromNamespaces::Same => gateway_ns == route_ns,
+            FromNamespaces::Selector => ns
+                .and_then(|n| n.selector.as_ref())
+                .is_some_and(|s| s.matches(&res.namespace_labels(route_ns))),
+        }
+    }
+
+    pub fn allows_kind(&self, kind: &str) -> bool {
+        self.supported_kinds
+            .iter()
+            .any(|k| k.kind == kind && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP)
+    }
+}
+
+/// Route kinds a listener of each protocol can carry.
+fn kinds_for(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "HTTP" => &["HTTPRoute"],
+        _ => &[],
+    }
+}
+
+pub(crate) fn gateways(res: &Resources, classes: &BTreeSet<String>) -> Vec<GatewayState> {
+    let mut out: Vec<GatewayState> = res
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(&g.spec.gateway_class_name))
+        .map(gateway)
+        .collect();
+    detect_conflicts(&mut out);
+    out
+}
+
+fn gateway(gw: &Gateway) -> GatewayState {
+    let mut bind = Vec::new();
+    let mut address_problem = None;
+    let mut spec_addresses = Vec::new();
+    for (i, a) in gw.spec.addresses.iter().enumerate() {
+        let t = a.type_.as_deref().unwrap_or("IPAddress");
+        if t != "IPAddress" {
+            address_problem = Some((
+                "Accepted",
+                "UnsupportedAddress",
+                format!("spec.addresses[{i}]: type {t} is not supported; Sluice binds IPAddress addresses"),
+            ));
+            continue;
+        }
+        match a.value.parse::<IpAddr>() {
+            Ok(ip) => {
+                bind.push(ip);
+                spec_addresses.push(StatusAddress { type_: "IPAddress".into(), value: ip.to_string() });
+            }
+            Err(_) => {
+                address_problem = Some((
+                    "Programmed",
+                    "AddressNotUsable",
+                    format!("spec.addresses[{i}]: {:?} is not an IP address", a.value),
+                ))
+            }
+        }
+    }
+    if bind.is_empty() {
+        bind.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    let listeners = gw.spec.listeners.iter().map(listener).collect();
+    GatewayState {
+        namespace: gw.metadata.namespace_or_default().to_string(),
+        name: gw.metadata.name.clone(),
+        generation: gw.metadata.generation(),
+        bind,
+        address_problem,
+        spec_addresses,
+        listeners,
+    }
+}
+
+fn listener(l: &Listener) -> ListenerState {
+    let supported = kinds_for(&l.protocol);
+    let mut unaccepted = None;
+    let mut unresolved = None;
+    if supported.is_empty() {
+        let msg = match l.protocol.as_str() {
+            "HTTPS" | "TLS" | "TCP" | "UDP" => format!("protocol {} is not supported by this version of Sluice yet; use HTTP", l.protocol),
+            p => format!("protocol {p:?} is not supported; use HTTP"),
+        };
+        unaccepted = Some(("UnsupportedProtocol", msg));
+    }
+    let supported_kinds = match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+        None => supported
+            .iter()
+            .map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: (*k).into() })
+            .collect(),
+        Some(kinds) => {
+            let mut ok = Vec::new();
+            for k in kinds {
+                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                if group == GATEWAY_GROUP && supported.contains(&k.kind.as_str()) {
+                    ok.push(RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: k.kind.clone() });
+                } else if unresolved.is_none() {
+                    unresolved = Some((
+                        "InvalidRouteKinds",
+                        format!("route kind {group}/{} is not supported on a {} listener", k.kind, l.protocol),
+                    ));
+                }
+            }
+            ok
+        }
+    };
+    ListenerState { spec: l.clone(), supported_kinds, unaccepted, unresolved, conflict: None, attached_routes: 0 }
+}
+
+/// Listeners that share an address and port must differ by hostname and agree on protocol.
+/// Within one Gateway both sides are marked; across Gateways the later one (namespace/name
+/// order) loses, so adding a Gateway never breaks one that already works.
+fn detect_conflicts(gws: &mut [GatewayState]) {
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    for gi in 0..gws.len() {
+        for li in 0..gws[gi].listeners.len() {
+            if gws[gi].listeners[li].unaccepted.is_some() {
+                // An unaccepted listener binds nothing, so it conflicts with nothing.
+                continue;
+            }
+            for &(gj, lj) in &seen {
+                // 0.0.0.0 overlaps every address on the same port.
+                let overlap = |a: &IpAddr| gws[gj].bind.iter().any(|b| a == b || a.is_unspecified() || b.is_unspecified());
+                let shares_socket = gws[gi].listeners[li].spec.port == gws[gj].listeners[lj].spec.port
+                    && gws[gi].bind.iter().any(overlap);
+                if !shares_socket {
+                    continue;
+                }
+                let (a, b) = (&gws[gi].listeners[li].spec, &gws[gj].listeners[lj].spec);
+                let reason = if a.protocol != b.protocol {
+                    Some("ProtocolConflict")
+                } else if a.hostname == b.hostname {
+                    Some("HostnameConflict")
+                } else {
+                    None
+                };
+                if let Some(r) = reason {
+                    gws[gi].listeners[li].conflict = Some(r);
+                    if gi == gj {
+                        gws[gj].listeners[lj].conflict = Some(r);
+                    }
+                }
+            }
+            seen.push((gi, li));
+        }
+    }
+}
+
+impl GatewayState {
+    pub fn matches_parent(&self, p: &ParentReference, route_ns: &str) -> bool {
+        p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+            && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+            && p.name == self.name
+            && p.namespace.as_deref().unwrap_or(route_ns) == self.namespace
+    }
+
+    pub fn status(&self) -> ObjectStatus {
+        let g = self.generation;
+        let valid = self.listeners.iter().filter(|l| l.programmed()).count();
+        let total = self.listeners.len();
+        let mut accepted = if valid == total {
+            Condition::new("Accepted", true, "Accepted", "Gateway accepted", g)
+        } else {
+            Condition::new(
+                "Accepted",
+                valid > 0,
+                "ListenersNotValid",
+                format!("{} of {total} listeners are not valid; see status.listeners", total - valid),
+                g,
+            )
+        };
+        let mut programmed = if valid > 0 {
+            Condition::new("Programmed", true, "Programmed", "Gateway is serving", g)
+        } else {
+            Condition::new("Programmed", false, "Invalid", "no valid listener to serve", g)
+        };
+        match &self.address_problem {
+            Some(("Accepted", reason, msg)) => accepted = Condition::new("Accepted", false, reason, msg.clone(), g),
+            Some((_, reason, msg)) => programmed = Condition::new("Programmed", false, reason, msg.clone(), g),
+            None => {}
+        }
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let mut conditions = Vec::new();
+                match &l.unaccepted {
+                    Some((reason, msg)) => conditions.push(Condition::new("Accepted", false, reason, msg.clone(), g)),
+                    None => conditions.push(Condition::new("Accepted", true, "Accepted", "listener accepted", g)),
+                }
+                match l.conflict {
+                    Some(reason) => conditions.push(Condition::new(
+                        "Conflicted",
+                        true,
+                        reason,
+                        match reason {
+                            "ProtocolConflict" => "another listener on this port uses a different protocol".to_string(),
+                            _ => "another listener on this port has the same hostname".to_string(),
+                        },
+                        g,
+                    )),
+                    None => conditions.push(Condition::new("Conflicted", false, "NoConflicts", "no conflicts", g)),
+                }
+                match &l.unresolved {
+                    Some((reason, msg)) => conditions.push(Condition::new("ResolvedRefs", false, reason, msg.clone(), g)),
+                    None => conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", g)),
+                }
+                if l.programmed() {
+                    conditions.push(Condition::new("Programmed", true, "Programmed", "listener is serving", g));
+                } else {
+                    conditions.push(Condition::new("Programmed", false, "Invalid", "listener is not valid", g));
+                }
+                ListenerStatus {
+                    name: l.spec.name.clone(),
+                    supported_kinds: l.supported_kinds.clone(),
+                    attached_routes: l.attached_routes,
+                    conditions,
+                }
+            })
+            .collect();
+        ObjectStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind: "Gateway".into(),
+            metadata: StatusMeta { namespace: self.namespace.clone(), name: self.name.clone(), generation: g },
+            status: Status::Gateway(GatewayStatus {
+                addresses: self.spec_addresses.clone(),
+                conditions: vec![accepted, programmed],
+                listeners,
+            }),
+        }
+    }
+}

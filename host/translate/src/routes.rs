@@ -1,0 +1,363 @@
+//! Step 3: HTTPRoutes. Attach each parentRef to listeners, resolve backends and filters,
+//! and place every match on the virtual hosts it serves.
+
+use regex::Regex;
+use sluice_ir::{
+    CorsIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr, RedirectIr, RewriteIr, RuleId, RuleIr,
+    ValueMatchIr,
+};
+use sluice_resources::{
+    GATEWAY_GROUP, HttpHeaderFilter, HttpPathModifier, HttpRoute, HttpRouteFilter, HttpRouteRule, PathMatchType,
+    PathModifierType, Resources, ValueMatchType, parse_duration,
+};
+
+use crate::backends::{self, Problem};
+use crate::gateways::GatewayState;
+use crate::status::*;
+use crate::{CONTROLLER_NAME, Placed, PrecedenceKey, intersect_hostnames_ranked, path_rank};
+
+pub(crate) struct Attached {
+    pub rules: Vec<RuleIr>,
+    pub placed: Vec<Placed>,
+}
+
+pub(crate) fn http_routes(res: &Resources, gws: &mut [GatewayState], out: &mut Vec<ObjectStatus>) -> Attached {
+    let mut attached = Attached { rules: Vec::new(), placed: Vec::new() };
+    for route in &res.http_routes {
+        http_route(res, route, gws, out, &mut attached);
+    }
+    attached
+}
+
+/// What a route compiles to before it is attached anywhere.
+struct Compiled {
+    rules: Vec<(RuleIr, Vec<MatchIr>)>,
+    /// First ResolvedRefs problem, if any.
+    unresolved: Option<Problem>,
+    /// Accepted=False UnsupportedValue message, if any.
+    unsupported: Option<String>,
+}
+
+fn http_route(res: &Resources, route: &HttpRoute, gws: &mut [GatewayState], out: &mut Vec<ObjectStatus>, acc: &mut Attached) {
+    let ns = route.metadata.namespace_or_default();
+    let generation = route.metadata.generation();
+    let compiled = compile(res, route);
+
+    let mut parents = Vec::new();
+    // Listeners this route serves: (gateway, listener, hostnames).
+    let mut targets: Vec<(usize, usize, Vec<(String, (usize, usize))>)> = Vec::new();
+    let mut seen = Vec::new();
+    for pref in &route.spec.parent_refs {
+        if seen.contains(&pref) {
+            continue;
+        }
+        seen.push(pref);
+        // Parents that are not Gateways of a class of ours belong to someone else, who
+        // writes their status; say nothing.
+        let Some(gi) = gws.iter().position(|g| g.matches_parent(pref, ns)) else {
+            continue;
+        };
+        let gw = &gws[gi];
+        let candidates: Vec<usize> = gw
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| pref.section_name.as_ref().is_none_or(|s| *s == l.spec.name))
+            .filter(|(_, l)| pref.port.is_none_or(|p| p == l.spec.port))
+            .map(|(i, _)| i)
+            .collect();
+        let accepted = if candidates.is_empty() {
+            Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".to_string()))
+        } else {
+            let allowed: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&li| {
+                    let l = &gw.listeners[li];
+                    l.programmed() && l.allows_kind("HTTPRoute") && l.allows_namespace(res, &gw.namespace, ns)
+                })
+                .collect();
+            if allowed.is_empty() {
+                Err(("NotAllowedByListeners", "no listener allows this route: check allowedRoutes namespaces and kinds".to_string()))
+            } else {
+                let hits: Vec<(usize, Vec<(String, (usize, usize))>)> = allowed
+                    .iter()
+                    .map(|&li| (li, intersect_hostnames_ranked(gw.listeners[li].spec.hostname.as_deref(), &route.spec.hostnames)))
+                    .filter(|(_, h)| !h.is_empty())
+                    .collect();
+                if hits.is_empty() {
+                    Err(("NoMatchingListenerHostname", "none of the route's hostnames matches a listener hostname".to_string()))
+                } else if let Some(msg) = &compiled.unsupported {
+                    Err(("UnsupportedValue", msg.clone()))
+                } else {
+                    Ok(hits)
+                }
+            }
+        };
+        let mut conditions = Vec::new();
+        match accepted {
+            Ok(hits) => {
+                conditions.push(Condition::new("Accepted", true, "Accepted", "route attached", generation));
+                for (li, hosts) in hits {
+                    gws[gi].listeners[li].attached_routes += 1;
+                    targets.push((gi, li, hosts));
+                }
+            }
+            Err((reason, msg)) => conditions.push(Condition::new("Accepted", false, reason, msg, generation)),
+        }
+        conditions.push(match &compiled.unresolved {
+            None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", generation),
+            Some((reason, msg)) => Condition::new("ResolvedRefs", false, reason, msg.clone(), generation),
+        });
+        parents.push(RouteParentStatus { parent_ref: pref.clone(), controller_name: CONTROLLER_NAME.into(), conditions });
+    }
+
+    if !parents.is_empty() {
+        out.push(ObjectStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind: "HTTPRoute".into(),
+            metadata: StatusMeta { namespace: ns.into(), name: route.metadata.name.clone(), generation },
+            status: Status::Route(RouteStatus { parents }),
+        });
+    }
+    if targets.is_empty() {
+        return;
+    }
+    let base = acc.rules.len();
+    for (ri, (rule, matches)) in compiled.rules.into_iter().enumerate() {
+        acc.rules.push(rule);
+        for (mi, m) in matches.into_iter().enumerate() {
+            let (path_rank, path_len) = path_rank(&m.path);
+            let key = PrecedenceKey {
+                host_exact: 0,
+                host_len: 0,
+                path_rank,
+                path_len,
+                method: m.method.is_some(),
+                headers: m.headers.len(),
+                query: m.query_params.len(),
+                created: route.metadata.creation_timestamp.clone(),
+                namespace: ns.into(),
+                name: route.metadata.name.clone(),
+                rule: ri,
+                index: mi,
+            };
+            for (gi, li, hosts) in &targets {
+                for (h, (host_exact, host_len)) in hosts {
+                    let mut m = m.clone();
+                    m.rule = base + ri;
+                    let key = PrecedenceKey { host_exact: *host_exact, host_len: *host_len, ..key.clone() };
+                    acc.placed.push(Placed { listener: (*gi, *li), hostname: h.clone(), key, m });
+                }
+            }
+        }
+    }
+}
+
+fn compile(res: &Resources, route: &HttpRoute) -> Compiled {
+    let ns = route.metadata.namespace_or_default();
+    let mut c = Compiled { rules: Vec::new(), unresolved: None, unsupported: None };
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        let field = format!("spec.rules[{ri}]");
+        let matches = compile_matches(rule, &field, &mut c.unsupported);
+        let (filters, mut invalid) = compile_filters(res, ns, rule, &rule.filters, &format!("{field}.filters"), &mut c);
+        let mut backends = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let (mut ir, problem) = backends::resolve(res, ns, &b.backend, b.weight.unwrap_or(1));
+            if let Some(p) = problem {
+                c.unresolved.get_or_insert(p);
+            }
+            let (filters, bad) = compile_filters(res, ns, rule, &b.filters, &format!("{field}.backendRefs[{bi}].filters"), &mut c);
+            ir.filters = filters;
+            if let Some(bad) = bad {
+                ir.invalid.get_or_insert(bad);
+            }
+            backends.push(ir);
+        }
+        let responds = filters.iter().any(|f| matches!(f, FilterIr::Redirect(_)));
+        if invalid.is_none() && !responds {
+            if backends.is_empty() {
+                invalid = Some("the rule has no backendRefs and no filter that answers".into());
+            } else if backends.iter().all(|b| b.invalid.is_some()) {
+                invalid = Some("every backendRef of the rule is invalid; see the route's ResolvedRefs condition".into());
+            }
+        }
+        let timeout = |v: &Option<String>| {
+            v.as_deref().and_then(|s| parse_duration(s).ok()).filter(|d| !d.is_zero()).map(|d| d.as_millis() as u64)
+        };
+        let t = rule.timeouts.clone().unwrap_or_default();
+        let rule_ir = RuleIr {
+            id: RuleId { namespace: ns.into(), route: route.metadata.name.clone(), index: ri, name: rule.name.clone() },
+            filters,
+            backends,
+            request_timeout_ms: timeout(&t.request),
+            backend_request_timeout_ms: timeout(&t.backend_request),
+            invalid,
+        };
+        c.rules.push((rule_ir, matches));
+    }
+    c
+}
+
+fn compile_matches(rule: &HttpRouteRule, field: &str, unsupported: &mut Option<String>) -> Vec<MatchIr> {
+    let default = [sluice_resources::HttpRouteMatch::default()];
+    let matches = if rule.matches.is_empty() { &default[..] } else { &rule.matches[..] };
+    let mut out = Vec::new();
+    for (mi, m) in matches.iter().enumerate() {
+        let mf = format!("{field}.matches[{mi}]");
+        let (kind, value) = m
+            .path
+            .as_ref()
+            .map(|p| (p.type_.unwrap_or_default(), p.value.clone().unwrap_or_else(|| "/".into())))
+            .unwrap_or((PathMatchType::PathPrefix, "/".into()));
+        let path = match kind {
+            PathMatchType::Exact => PathMatchIr::Exact(value),
+            PathMatchType::PathPrefix => PathMatchIr::Prefix(normalize_prefix(&value)),
+            PathMatchType::RegularExpression => {
+                check_regex(&value, &format!("{mf}.path.value"), unsupported);
+                PathMatchIr::Regex(value)
+            }
+        };
+        let values = |list: &[sluice_resources::HttpHeaderMatch], what: &str, lower: bool, unsupported: &mut Option<String>| {
+            list.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let regex = h.type_ == Some(ValueMatchType::RegularExpression);
+                    if regex {
+                        check_regex(&h.value, &format!("{mf}.{what}[{i}].value"), unsupported);
+                    }
+                    ValueMatchIr {
+                        name: if lower { h.name.to_ascii_lowercase() } else { h.name.clone() },
+                        regex,
+                        value: h.value.clone(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        out.push(MatchIr {
+            rule: 0,
+            path,
+            method: m.method.clone(),
+            headers: values(&m.headers, "headers", true, unsupported),
+            query_params: values(&m.query_params, "queryParams", false, unsupported),
+        });
+    }
+    out
+}
+
+fn check_regex(re: &str, field: &str, unsupported: &mut Option<String>) {
+    if let Err(e) = Regex::new(re) {
+        let first_line = e.to_string().lines().last().unwrap_or_default().to_string();
+        unsupported.get_or_insert(format!("{field}: {re:?} is not a valid regular expression ({first_line})"));
+    }
+}
+
+/// `/foo/` and `/foo` are the same prefix: a trailing slash is ignored.
+fn normalize_prefix(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() { "/".into() } else { t.into() }
+}
+
+/// Converts a filter list. Returns the filters and, when one cannot be honoured, why the
+/// rule (or backend) must answer 500 instead.
+fn compile_filters(
+    res: &Resources,
+    ns: &str,
+    rule: &HttpRouteRule,
+    filters: &[HttpRouteFilter],
+    field: &str,
+    c: &mut Compiled,
+) -> (Vec<FilterIr>, Option<String>) {
+    let mut out = Vec::new();
+    let mut invalid = None;
+    let matched_prefix = || {
+        rule.matches
+            .first()
+            .and_then(|m| m.path.as_ref())
+            .and_then(|p| p.value.as_deref())
+            .map(normalize_prefix)
+            .unwrap_or_else(|| "/".into())
+    };
+    let path_rewrite = |m: &HttpPathModifier| match m.type_ {
+        PathModifierType::ReplaceFullPath => PathRewriteIr::Full(m.replace_full_path.clone().unwrap_or_default()),
+        PathModifierType::ReplacePrefixMatch => PathRewriteIr::Prefix {
+            prefix: matched_prefix(),
+            with: m.replace_prefix_match.clone().unwrap_or_default(),
+        },
+    };
+    for (fi, f) in filters.iter().enumerate() {
+        match f.type_.as_str() {
+            "RequestHeaderModifier" => out.push(FilterIr::RequestHeaders(header_mod(f.request_header_modifier.as_ref()))),
+            "ResponseHeaderModifier" => out.push(FilterIr::ResponseHeaders(header_mod(f.response_header_modifier.as_ref()))),
+            "RequestRedirect" => {
+                let r = f.request_redirect.clone().unwrap_or_default();
+                out.push(FilterIr::Redirect(RedirectIr {
+                    scheme: r.scheme,
+                    hostname: r.hostname,
+                    path: r.path.as_ref().map(path_rewrite),
+                    port: r.port,
+                    status: r.status_code.unwrap_or(302),
+                }));
+            }
+            "URLRewrite" => {
+                let u = f.url_rewrite.clone().unwrap_or_default();
+                out.push(FilterIr::Rewrite(RewriteIr { hostname: u.hostname, path: u.path.as_ref().map(path_rewrite) }));
+            }
+            "RequestMirror" => {
+                let Some(m) = &f.request_mirror else { continue };
+                let (backend, problem) = backends::resolve(res, ns, &m.backend_ref, 1);
+                let (numerator, denominator) = match (m.percent, m.fraction) {
+                    (Some(p), _) => (p, 100),
+                    (None, Some(fr)) => (fr.numerator, fr.denominator.unwrap_or(100)),
+                    (None, None) => (100, 100),
+                };
+                match problem {
+                    // A mirror that cannot resolve is dropped; the primary traffic is unaffected.
+                    Some(p) => {
+                        c.unresolved.get_or_insert(p);
+                    }
+                    None => out.push(FilterIr::Mirror(MirrorIr { backend, numerator, denominator })),
+                }
+            }
+            "CORS" => {
+                let cors = f.cors.clone().unwrap_or_default();
+                out.push(FilterIr::Cors(CorsIr {
+                    allow_origins: cors.allow_origins,
+                    allow_credentials: cors.allow_credentials.unwrap_or(false),
+                    allow_methods: cors.allow_methods,
+                    allow_headers: cors.allow_headers,
+                    expose_headers: cors.expose_headers,
+                    max_age: cors.max_age.unwrap_or(5),
+                }));
+            }
+            "ExtensionRef" => {
+                let Some(e) = &f.extension_ref else { continue };
+                let msg = format!(
+                    "{field}[{fi}].extensionRef: {}/{} {:?} is not a kind Sluice knows",
+                    if e.group.is_empty() { "core" } else { &e.group },
+                    e.kind,
+                    e.name
+                );
+                c.unresolved.get_or_insert(("InvalidKind", msg.clone()));
+                invalid.get_or_insert(msg);
+            }
+            other => {
+                c.unsupported.get_or_insert(format!(
+                    "{field}[{fi}].type: filter type {other:?} is not supported; supported types are RequestHeaderModifier, \
+                     ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror, CORS and ExtensionRef"
+                ));
+            }
+        }
+    }
+    (out, invalid)
+}
+
+fn header_mod(h: Option<&HttpHeaderFilter>) -> HeaderModIr {
+    let Some(h) = h else { return HeaderModIr::default() };
+    let pairs = |v: &[sluice_resources::HttpHeader]| v.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.clone())).collect();
+    HeaderModIr {
+        set: pairs(&h.set),
+        add: pairs(&h.add),
+        remove: h.remove.iter().map(|s| s.to_ascii_lowercase()).collect(),
+    }
+}
