@@ -1,0 +1,46 @@
+//! The data plane: compile the IR into a [`Snapshot`], serve sockets, route requests,
+//! run filters, forward to upstream pools, count everything.
+//!
+//! The request path loads the current snapshot once (one atomic load), then works only
+//! on immutable data: no locks, no configuration work, no allocation of routing tables.
+#![forbid(unsafe_code)]
+
+mod cors;
+pub mod metrics;
+mod proxy;
+mod router;
+mod server;
+mod snapshot;
+mod upstream;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+pub use metrics::Metrics;
+pub use server::Listeners;
+pub use snapshot::{Snapshot, build};
+
+/// A body the gateway sends: streamed from a peer, or made here.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A snapshot could not be built from the IR; the old one keeps serving.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+/// What every connection shares: the live snapshot, the metrics and the upstream pools.
+pub struct Gateway {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    upstream: upstream::Upstream,
+}
+
+impl Gateway {
+    pub fn new(initial: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Gateway { snapshot: ArcSwap::from_pointee(initial), metrics, upstream: upstream::Upstream::new() })
+    }
+}

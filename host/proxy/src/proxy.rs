@@ -1,0 +1,466 @@
+//! One request, start to end: route, filter, forward, filter the response, count.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
+
+use crate::cors::Cors;
+use crate::metrics::Stats;
+use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot};
+use crate::{Body, Gateway};
+
+/// Mirrored requests are buffered so both copies can be sent; larger bodies get 413.
+const MIRROR_BODY_LIMIT: usize = 16 << 20;
+
+pub(crate) struct ConnInfo {
+    /// The configured socket (`0.0.0.0:80`), which names the port in the snapshot.
+    pub key: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+pub(crate) async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let snap = gw.snapshot.load_full();
+    let (mut resp, stats) = serve(&gw, &snap, &conn, req, start).await;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        *resp.version_mut() = Version::HTTP_11;
+    }
+    stats.record(resp.status().as_u16(), start.elapsed());
+    Ok(resp)
+}
+
+pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The request's host, lowercase, without port: `:authority` for HTTP/2, else `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let host = match req.uri().authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            h.parse::<Authority>().ok()?.host().to_string()
+        }
+    };
+    let host = host.trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase() } else { host.to_string() })
+}
+
+async fn serve(
+    gw: &Gateway,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> (Response<Body>, Arc<Stats>) {
+    let no_route = || (local(StatusCode::NOT_FOUND, "no route matched\n"), snap.no_route.clone());
+    let Some(port) = snap.ports.get(&conn.key) else { return no_route() };
+    let host = request_host(&req).unwrap_or_default();
+    let Some(listener) = port.listeners.get(&host) else { return no_route() };
+    let Some(router) = listener.vhosts.get(&host) else { return no_route() };
+    let rule = {
+        let uri = req.uri();
+        match router.find(uri.path(), req.method(), req.headers(), uri.query()) {
+            Some(r) => r.clone(),
+            None => return no_route(),
+        }
+    };
+    if let Some(why) = &rule.invalid {
+        tracing::debug!(rule = %rule.id, why, "rule cannot be served");
+        return (local(StatusCode::INTERNAL_SERVER_ERROR, "route rule is not valid; see the route's status\n"), rule.local_stats.clone());
+    }
+
+    // Request filters, in order. The original host is kept for redirects and mirrors.
+    let original_path = req.uri().path().to_string();
+    let mut response_mods: Vec<&HeaderMod> = Vec::new();
+    let mut cors: Option<(&Cors, Option<HeaderValue>)> = None;
+    let mut mirrors: Vec<&Arc<Backend>> = Vec::new();
+    let mut new_host: Option<String> = None;
+    for f in &rule.filters {
+        match f {
+            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
+            Filter::ResponseHeaders(m) => response_mods.push(m),
+            Filter::Redirect(r) => {
+                return (redirect(r, &req, &host, listener.port), rule.local_stats.clone());
+            }
+            Filter::Rewrite(r) => {
+                if let Some(h) = &r.hostname {
+                    new_host = Some(h.clone());
+                }
+                if let Some(p) = &r.path {
+                    let path = rewrite_path(p, &original_path);
+                    set_path(&mut req, &path);
+                }
+            }
+            Filter::Mirror { backend, numerator, denominator } => {
+                if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
+                    mirrors.push(backend);
+                }
+            }
+            Filter::Cors(c) => {
+                if Cors::is_preflight(req.method(), req.headers()) {
+                    let mut resp = local(StatusCode::OK, "");
+                    resp.headers_mut().extend(c.preflight(req.headers()));
+                    resp.headers_mut().remove(header::CONTENT_TYPE);
+                    return (resp, rule.local_stats.clone());
+                }
+                cors = Some((c, req.headers().get(header::ORIGIN).cloned()));
+            }
+        }
+    }
+
+    let Some(backend) = pick_backend(&rule) else {
+        return (local(StatusCode::INTERNAL_SERVER_ERROR, "no backend with a weight above zero\n"), rule.local_stats.clone());
+    };
+    if backend.invalid.is_some() {
+        return (local(StatusCode::INTERNAL_SERVER_ERROR, "backend is not valid; see the route's status\n"), backend.stats.clone());
+    }
+    for f in &backend.filters {
+        match f {
+            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
+            Filter::ResponseHeaders(m) => response_mods.push(m),
+            Filter::Rewrite(r) => {
+                if let Some(h) = &r.hostname {
+                    new_host = Some(h.clone());
+                }
+                if let Some(p) = &r.path {
+                    let path = rewrite_path(p, &original_path);
+                    set_path(&mut req, &path);
+                }
+            }
+            Filter::Mirror { backend, numerator, denominator } => {
+                if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
+                    mirrors.push(backend);
+                }
+            }
+            // Redirects and CORS act before a backend is chosen; on a backendRef they
+            // would come too late, so the translator keeps them at rule level.
+            Filter::Redirect(_) | Filter::Cors(_) => {}
+        }
+    }
+
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let upgrade_value = upgrade.as_ref().and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(v) = upgrade_value {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, v);
+    }
+    let host_value = match &new_host {
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned()),
+    };
+    if let Some(h) = host_value {
+        parts.headers.insert(header::HOST, h);
+    }
+    forwarded_headers(&mut parts.headers, conn.remote);
+
+    let body: Body = if mirrors.is_empty() {
+        Either::Left(body)
+    } else {
+        let bytes = match Limited::new(body, MIRROR_BODY_LIMIT).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return (local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to mirror\n"), backend.stats.clone()),
+        };
+        for m in mirrors {
+            send_mirror(gw, m, &parts, bytes.clone());
+        }
+        Either::Right(Full::new(bytes))
+    };
+
+    let Some(endpoint) = next_endpoint(backend) else {
+        return (local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoints\n"), backend.stats.clone());
+    };
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = match Uri::builder().scheme("http").authority(endpoint.clone()).path_and_query(pq).build() {
+        Ok(u) => u,
+        Err(_) => return (local(StatusCode::BAD_REQUEST, "invalid request target\n"), backend.stats.clone()),
+    };
+    parts.version = match backend.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+
+    let timeout = deadline(&rule, start);
+    let call = gw.upstream.client(backend.protocol).request(Request::from_parts(parts, body));
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, call).await {
+            Ok(r) => r,
+            Err(_) => return (local(StatusCode::GATEWAY_TIMEOUT, "upstream request timed out\n"), backend.stats.clone()),
+        },
+        None => call.await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(backend = %backend.name, error = %e, "upstream request failed");
+            let (status, msg) = if e.is_connect() {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+            } else {
+                (StatusCode::BAD_GATEWAY, "upstream request failed\n")
+            };
+            return (local(status, msg), backend.stats.clone());
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(server_side) = upgrade {
+            let client_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(a), Ok(b)) = (server_side.await, client_side.await) {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                }
+            });
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    for m in response_mods.iter().rev() {
+        m.apply(resp.headers_mut());
+    }
+    if let Some((c, origin)) = cors {
+        c.decorate(origin.as_ref(), resp.headers_mut());
+    }
+    (resp.map(Either::Left), backend.stats.clone())
+}
+
+/// The time left for the upstream call: the smaller of what remains of the request
+/// timeout and the per-attempt backend timeout.
+fn deadline(rule: &Rule, start: Instant) -> Option<Duration> {
+    let remaining = rule.request_timeout.map(|t| t.saturating_sub(start.elapsed()));
+    match (remaining, rule.backend_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn pick_backend(rule: &Rule) -> Option<&Backend> {
+    match rule.backends.len() {
+        0 => None,
+        1 => rule.backends.first().filter(|b| b.weight > 0),
+        _ => {
+            if rule.total_weight == 0 {
+                return None;
+            }
+            let mut n = fastrand::u64(0..rule.total_weight);
+            for b in &rule.backends {
+                let w = u64::from(b.weight);
+                if n < w {
+                    return Some(b);
+                }
+                n -= w;
+            }
+            None
+        }
+    }
+}
+
+fn next_endpoint(b: &Backend) -> Option<&Authority> {
+    match b.endpoints.len() {
+        0 => None,
+        1 => b.endpoints.first(),
+        n => b.endpoints.get(b.next.fetch_add(1, Ordering::Relaxed) % n),
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any the Connection
+/// header names. `TE: trailers` stays: gRPC needs it end to end.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    let te_trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn forwarded_headers(h: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+fn set_path(req: &mut Request<Incoming>, path: &str) {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(p) = PathAndQuery::try_from(pq) {
+        parts.path_and_query = Some(p);
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+}
+
+pub(crate) fn rewrite_path(p: &PathRewriteIr, path: &str) -> String {
+    match p {
+        PathRewriteIr::Full(f) => f.clone(),
+        PathRewriteIr::Prefix { prefix, with } => replace_prefix(path, prefix, with),
+    }
+}
+
+/// Replaces the matched prefix segment-wise: `/foo/bar` with prefix `/foo` and
+/// replacement `/baz` becomes `/baz/bar`; with replacement `/` it becomes `/bar`.
+pub(crate) fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
+    let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+    let rest = if prefix == "/" && rest == "/" { "" } else { rest };
+    let mut out = format!("{}{}", with.trim_end_matches('/'), rest);
+    if !out.starts_with('/') {
+        out.insert(0, '/');
+    }
+    out
+}
+
+fn redirect(r: &RedirectIr, req: &Request<Incoming>, host: &str, listener_port: u16) -> Response<Body> {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let port = r.port.or_else(|| match r.scheme.as_deref() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => Some(listener_port),
+    });
+    let hostname = r.hostname.as_deref().unwrap_or(host);
+    let default_port = match scheme {
+        "https" => 443,
+        _ => 80,
+    };
+    let mut location = format!("{scheme}://{hostname}");
+    if let Some(p) = port.filter(|p| *p != default_port) {
+        location.push_str(&format!(":{p}"));
+    }
+    let path = match &r.path {
+        Some(p) => rewrite_path(p, req.uri().path()),
+        None => req.uri().path().to_string(),
+    };
+    location.push_str(&path);
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = local(StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND), "");
+    resp.headers_mut().remove(header::CONTENT_TYPE);
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => local(StatusCode::BAD_REQUEST, "cannot build a redirect location for this request\n"),
+    }
+}
+
+/// Fire and forget: the mirror's answer is dropped, its failure only counted.
+fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Parts, body: Bytes) {
+    let Some(endpoint) = next_endpoint(backend) else { return };
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let Ok(uri) = Uri::builder().scheme("http").authority(endpoint.clone()).path_and_query(pq).build() else { return };
+    let mut req = Request::new(Either::Right(Full::new(body)));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers.clone();
+    *req.version_mut() = match backend.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    let call = gw.upstream.client(backend.protocol).request(req);
+    let stats = backend.stats.clone();
+    let metrics = gw.metrics.clone();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(30), call).await {
+            Ok(Ok(resp)) => {
+                stats.record(resp.status().as_u16(), start.elapsed());
+                // Drain so the connection can go back to the pool.
+                let _ = resp.into_body().collect().await;
+            }
+            _ => {
+                metrics.counters.mirror_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_replacement_is_segment_wise() {
+        assert_eq!(replace_prefix("/foo/bar", "/foo", "/baz"), "/baz/bar");
+        assert_eq!(replace_prefix("/foo/bar", "/foo", "/"), "/bar");
+        assert_eq!(replace_prefix("/foo", "/foo", "/"), "/");
+        assert_eq!(replace_prefix("/foo", "/foo", "/baz"), "/baz");
+        assert_eq!(replace_prefix("/foo/", "/foo", "/baz"), "/baz/");
+        assert_eq!(replace_prefix("/x", "/", "/app"), "/app/x");
+        assert_eq!(replace_prefix("/", "/", "/app"), "/app");
+        assert_eq!(replace_prefix("/foo/bar", "/foo", "/baz/"), "/baz/bar");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-kept"], "1");
+    }
+}

@@ -1,0 +1,346 @@
+//! Route matching for one virtual host: a matchit trie over the literal paths, plus the
+//! regex matches, plus a walk up the path-prefix chain.
+//!
+//! The IR lists a host's matches in precedence order. Matches are split into lists
+//! (the exact matches of one path, the prefix matches of one prefix, all regex matches),
+//! each kept in that order, so the winner is the lowest-ordered first hit among the few
+//! lists that can apply to the path: the exact list of the path, the regex list, and the
+//! prefix lists of the path's ancestors. No list is scanned past its first hit.
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, Method};
+use regex::Regex;
+use sluice_ir::{MatchIr, PathMatchIr, ValueMatchIr};
+
+use crate::BuildError;
+
+pub(crate) enum ValueMatcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatcher {
+    fn new(v: &ValueMatchIr) -> Result<Self, BuildError> {
+        Ok(if v.regex {
+            ValueMatcher::Regex(full_regex(&v.value)?)
+        } else {
+            ValueMatcher::Exact(v.value.clone())
+        })
+    }
+    fn is_match(&self, s: &str) -> bool {
+        match self {
+            ValueMatcher::Exact(e) => e == s,
+            ValueMatcher::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+/// A regex that must match the whole input, as the Gateway API's matches do.
+fn full_regex(re: &str) -> Result<Regex, BuildError> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| BuildError(format!("regular expression {re:?}: {e}")))
+}
+
+pub(crate) struct Candidate<R> {
+    /// Position in the host's precedence order; lower wins.
+    order: usize,
+    method: Option<Method>,
+    headers: Vec<(http::HeaderName, ValueMatcher)>,
+    query: Vec<(String, ValueMatcher)>,
+    pub target: R,
+}
+
+impl<R> Candidate<R> {
+    fn matches(&self, method: &Method, headers: &HeaderMap, query: &mut Query<'_>) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        for (name, m) in &self.headers {
+            let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+                return false;
+            };
+            if !m.is_match(v) {
+                return false;
+            }
+        }
+        for (name, m) in &self.query {
+            let Some(v) = query.get(name) else { return false };
+            if !m.is_match(v) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A request's query string, decoded only if some candidate asks.
+pub(crate) struct Query<'a> {
+    raw: Option<&'a str>,
+    parsed: Option<Vec<(String, String)>>,
+}
+
+impl<'a> Query<'a> {
+    pub fn new(raw: Option<&'a str>) -> Self {
+        Query { raw, parsed: None }
+    }
+    /// The first value of `name`: the spec says only the first occurrence counts.
+    fn get(&mut self, name: &str) -> Option<&str> {
+        let raw = self.raw;
+        let parsed = self.parsed.get_or_insert_with(|| {
+            raw.unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect()
+        });
+        parsed.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+struct Node<R> {
+    exact: Vec<Candidate<R>>,
+    prefix: Vec<Candidate<R>>,
+    /// The longest other prefix that contains this node's path, segment-wise.
+    parent: Option<usize>,
+}
+
+pub(crate) struct PathRouter<R> {
+    trie: matchit::Router<(usize, bool)>,
+    nodes: Vec<Node<R>>,
+    regex: Vec<(Regex, Candidate<R>)>,
+}
+
+impl<R: Clone> PathRouter<R> {
+    /// `target` maps an IR rule index to what a match yields.
+    pub fn build(matches: &[MatchIr], target: impl Fn(usize) -> R) -> Result<Self, BuildError> {
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        let mut nodes: Vec<Node<R>> = Vec::new();
+        let mut node_for = |path: &str, nodes: &mut Vec<Node<R>>| -> usize {
+            *keys.entry(path.to_string()).or_insert_with(|| {
+                nodes.push(Node { exact: Vec::new(), prefix: Vec::new(), parent: None });
+                nodes.len() - 1
+            })
+        };
+        let mut regex = Vec::new();
+        let mut prefixes: Vec<(String, usize)> = Vec::new();
+        for (order, m) in matches.iter().enumerate() {
+            let cand = Candidate {
+                order,
+                method: match &m.method {
+                    Some(s) => Some(
+                        Method::from_bytes(s.as_bytes()).map_err(|_| BuildError(format!("method {s:?} is not valid")))?,
+                    ),
+                    None => None,
+                },
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+                            .map_err(|_| BuildError(format!("header name {:?} is not valid", h.name)))?;
+                        Ok((name, ValueMatcher::new(h)?))
+                    })
+                    .collect::<Result<_, BuildError>>()?,
+                query: m
+                    .query_params
+                    .iter()
+                    .map(|q| Ok((q.name.clone(), ValueMatcher::new(q)?)))
+                    .collect::<Result<_, BuildError>>()?,
+                target: target(m.rule),
+            };
+            match &m.path {
+                PathMatchIr::Exact(p) => {
+                    let n = node_for(p, &mut nodes);
+                    nodes[n].exact.push(cand);
+                }
+                PathMatchIr::Prefix(p) => {
+                    let n = node_for(p, &mut nodes);
+                    nodes[n].prefix.push(cand);
+                    if !prefixes.iter().any(|(q, _)| q == p) {
+                        prefixes.push((p.clone(), n));
+                    }
+                }
+                PathMatchIr::Regex(r) => regex.push((full_regex(r)?, cand)),
+            }
+        }
+        // `/foo/` must reach the `/foo` prefix: matchit's catch-all needs a non-empty tail.
+        for (p, _) in prefixes.clone() {
+            if p != "/" {
+                node_for(&format!("{p}/"), &mut nodes);
+            }
+        }
+        let mut trie = matchit::Router::new();
+        let mut paths: Vec<(&String, &usize)> = keys.iter().collect();
+        paths.sort();
+        for &(path, &n) in &paths {
+            let escaped = path.replace('{', "{{").replace('}', "}}");
+            trie.insert(escaped.clone(), (n, true))
+                .map_err(|e| BuildError(format!("path {path:?}: {e}")))?;
+        }
+        for (p, n) in &prefixes {
+            let base = if p == "/" { String::new() } else { p.replace('{', "{{").replace('}', "}}") };
+            trie.insert(format!("{base}/{{*rest}}"), (*n, false))
+                .map_err(|e| BuildError(format!("path prefix {p:?}: {e}")))?;
+        }
+        // Each node's parent: the longest prefix that contains it, other than itself.
+        for &(path, &n) in &paths {
+            let parent = prefixes
+                .iter()
+                .filter(|(p, m)| *m != n && segment_prefix(p, path))
+                .max_by_key(|(p, _)| p.len())
+                .map(|(_, m)| *m);
+            nodes[n].parent = parent;
+        }
+        Ok(PathRouter { trie, nodes, regex })
+    }
+
+    pub fn find(&self, path: &str, method: &Method, headers: &HeaderMap, query: Option<&str>) -> Option<&R> {
+        let mut query = Query::new(query);
+        let mut best: Option<&Candidate<R>> = None;
+        let mut node = None;
+        if let Ok(m) = self.trie.at(path) {
+            let (n, literal) = *m.value;
+            if literal {
+                first_hit(self.nodes[n].exact.iter(), &mut best, method, headers, &mut query);
+            }
+            node = Some(n);
+        }
+        let regex = self.regex.iter().filter(|(r, _)| r.is_match(path)).map(|(_, c)| c);
+        first_hit(regex, &mut best, method, headers, &mut query);
+        while let Some(n) = node {
+            let nd = &self.nodes[n];
+            // A literal hit on `/foo/bar` whose node has only exact matches still falls
+            // back to the prefixes above it; so does a node whose prefixes did not match.
+            first_hit(nd.prefix.iter(), &mut best, method, headers, &mut query);
+            node = nd.parent;
+        }
+        best.map(|c| &c.target)
+    }
+}
+
+/// Makes the first candidate of `list` that matches the best so far, unless `best`
+/// already ranks above everything left in the (ordered) list.
+fn first_hit<'a, R>(
+    list: impl Iterator<Item = &'a Candidate<R>>,
+    best: &mut Option<&'a Candidate<R>>,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &mut Query<'_>,
+) {
+    for c in list {
+        if best.is_some_and(|b| b.order < c.order) {
+            return;
+        }
+        if c.matches(method, headers, query) {
+            *best = Some(c);
+            return;
+        }
+    }
+}
+
+/// Segment-wise prefix: `/foo` contains `/foo`, `/foo/` and `/foo/bar`, not `/foobar`.
+pub(crate) fn segment_prefix(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix) && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_ir::MatchIr;
+
+    fn m(rule: usize, path: PathMatchIr) -> MatchIr {
+        MatchIr { rule, path, method: None, headers: vec![], query_params: vec![] }
+    }
+    fn find(r: &PathRouter<usize>, path: &str) -> Option<usize> {
+        r.find(path, &Method::GET, &HeaderMap::new(), None).copied()
+    }
+
+    #[test]
+    fn prefixes_are_segment_wise_and_longest_wins() {
+        let r = PathRouter::build(
+            &[
+                m(0, PathMatchIr::Exact("/foo".into())),
+                m(1, PathMatchIr::Prefix("/foo/bar".into())),
+                m(2, PathMatchIr::Prefix("/foo".into())),
+                m(3, PathMatchIr::Prefix("/".into())),
+            ],
+            |i| i,
+        )
+        .unwrap();
+        assert_eq!(find(&r, "/foo"), Some(0));
+        assert_eq!(find(&r, "/foo/"), Some(2));
+        assert_eq!(find(&r, "/foo/x"), Some(2));
+        assert_eq!(find(&r, "/foo/bar"), Some(1));
+        assert_eq!(find(&r, "/foo/bar/"), Some(1));
+        assert_eq!(find(&r, "/foo/bar/baz"), Some(1));
+        assert_eq!(find(&r, "/foobar"), Some(3));
+        assert_eq!(find(&r, "/"), Some(3));
+        assert_eq!(find(&r, "/{x}"), Some(3));
+    }
+
+    #[test]
+    fn falls_back_when_a_longer_prefix_does_not_match_headers() {
+        let mut hm = m(0, PathMatchIr::Prefix("/api".into()));
+        hm.headers.push(ValueMatchIr { name: "x-v".into(), regex: false, value: "2".into() });
+        let r = PathRouter::build(&[hm, m(1, PathMatchIr::Prefix("/".into()))], |i| i).unwrap();
+        assert_eq!(find(&r, "/api/x"), Some(1));
+        let mut h = HeaderMap::new();
+        h.insert("x-v", "2".parse().unwrap());
+        assert_eq!(r.find("/api/x", &Method::GET, &h, None).copied(), Some(0));
+    }
+
+    #[test]
+    fn regex_and_precedence_order() {
+        let r = PathRouter::build(
+            &[
+                m(0, PathMatchIr::Exact("/v1/x".into())),
+                m(1, PathMatchIr::Regex("/v[0-9]+/.*".into())),
+                m(2, PathMatchIr::Prefix("/v1".into())),
+            ],
+            |i| i,
+        )
+        .unwrap();
+        assert_eq!(find(&r, "/v1/x"), Some(0));
+        assert_eq!(find(&r, "/v1/y"), Some(1));
+        assert_eq!(find(&r, "/v1"), Some(2));
+        assert_eq!(find(&r, "/w"), None);
+    }
+
+    #[test]
+    fn query_params_are_decoded_and_first_wins() {
+        let mut q = Query::new(Some("a=1&b=hello%20world&a=2&c"));
+        assert_eq!(q.get("a"), Some("1"));
+        assert_eq!(q.get("b"), Some("hello world"));
+        assert_eq!(q.get("c"), Some(""));
+        assert_eq!(q.get("d"), None);
+    }
+}

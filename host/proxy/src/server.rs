@@ -1,0 +1,173 @@
+//! Sockets and connections: bind what the snapshot asks for, serve HTTP/1.1 (with
+//! upgrades) and HTTP/2 cleartext on each, and drain gracefully on shutdown.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Notify, watch};
+
+use crate::Gateway;
+use crate::proxy::{ConnInfo, handle};
+
+/// Open connections, so shutdown can wait for them.
+#[derive(Default)]
+struct Tracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+struct Guard(Arc<Tracker>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The bound sockets. `sync` makes them match a snapshot; `shutdown` drains.
+pub struct Listeners {
+    gw: Arc<Gateway>,
+    bound: Mutex<HashMap<SocketAddr, watch::Sender<bool>>>,
+    /// Set once on shutdown: every connection finishes its request and closes.
+    draining: watch::Sender<bool>,
+    tracker: Arc<Tracker>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Listeners {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+        http.http2().timer(TokioTimer::new());
+        Listeners {
+            gw,
+            bound: Mutex::new(HashMap::new()),
+            draining: watch::channel(false).0,
+            tracker: Arc::default(),
+            http: Arc::new(http),
+        }
+    }
+
+    /// Binds every socket in `wanted` that is not bound yet, then stops accepting on the
+    /// ones no longer wanted (their open connections finish normally). If a bind fails,
+    /// nothing changes and the error names the address.
+    pub fn sync(&self, wanted: &[SocketAddr]) -> io::Result<()> {
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Vec::new();
+        for addr in wanted {
+            if !bound.contains_key(addr) {
+                let l = bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                fresh.push((*addr, l));
+            }
+        }
+        for (addr, listener) in fresh {
+            let (stop, stopped) = watch::channel(false);
+            bound.insert(addr, stop);
+            tokio::spawn(accept_loop(
+                listener,
+                addr,
+                self.gw.clone(),
+                stopped,
+                self.draining.subscribe(),
+                self.tracker.clone(),
+                self.http.clone(),
+            ));
+            tracing::info!(%addr, "listening");
+        }
+        bound.retain(|addr, stop| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                let _ = stop.send(true);
+                tracing::info!(%addr, "stopped listening");
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits up to `timeout` for
+    /// them to close. Returns how many were still open.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        for stop in self.bound.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let _ = stop.send(true);
+        }
+        let _ = self.draining.send(true);
+        let wait = async {
+            loop {
+                let idle = self.tracker.idle.notified();
+                if self.tracker.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.tracker.open.load(Ordering::Acquire)
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // Lets a restarted gateway bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    key: SocketAddr,
+    gw: Arc<Gateway>,
+    mut stopped: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = stopped.changed() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%key, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.open.fetch_add(1, Ordering::AcqRel);
+        let guard = Guard(tracker.clone());
+        let info = Arc::new(ConnInfo { key, remote });
+        let gw = gw.clone();
+        let http = http.clone();
+        let mut draining = draining.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let svc = service_fn(move |req| handle(gw.clone(), info.clone(), req));
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            if *draining.borrow() {
+                conn.as_mut().graceful_shutdown();
+            }
+            tokio::select! {
+                r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
+                _ = draining.changed() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+}

@@ -1,0 +1,256 @@
+//! `build(ir)`: everything the request path needs, compiled once per configuration.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use sluice_ir::{BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, RuleIr, UpstreamProtocol};
+
+use crate::metrics::{Metrics, Stats, StatsKey};
+use crate::router::PathRouter;
+use crate::BuildError;
+
+/// One immutable configuration. A request loads it once and uses it to the end, so a
+/// reload never changes the rules under a request in flight.
+pub struct Snapshot {
+    pub ir: Arc<Ir>,
+    pub(crate) ports: HashMap<SocketAddr, PortTable>,
+    /// Requests that matched no route.
+    pub(crate) no_route: Arc<Stats>,
+}
+
+impl Snapshot {
+    /// The sockets this snapshot serves.
+    pub fn sockets(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<_> = self.ports.keys().copied().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Hostname lookup: exact names, then wildcard suffixes longest first, then "any".
+pub(crate) struct HostTable<T> {
+    exact: HashMap<String, T>,
+    /// (`.example.com`, value), longest suffix first.
+    wildcard: Vec<(String, T)>,
+    any: Option<T>,
+}
+
+impl<T> HostTable<T> {
+    fn new(entries: Vec<(Option<&str>, T)>) -> Self {
+        let mut t = HostTable { exact: HashMap::new(), wildcard: Vec::new(), any: None };
+        for (host, v) in entries {
+            match host {
+                None | Some("*") => {
+                    if t.any.is_none() {
+                        t.any = Some(v);
+                    }
+                }
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => t.wildcard.push((suffix.to_string(), v)),
+                    None => {
+                        t.exact.entry(h.to_string()).or_insert(v);
+                    }
+                },
+            }
+        }
+        t.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t
+    }
+
+    pub fn get(&self, host: &str) -> Option<&T> {
+        self.exact
+            .get(host)
+            .or_else(|| {
+                self.wildcard
+                    .iter()
+                    .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                    .map(|(_, v)| v)
+            })
+            .or(self.any.as_ref())
+    }
+}
+
+pub(crate) struct PortTable {
+    pub listeners: HostTable<ListenerTable>,
+}
+
+pub(crate) struct ListenerTable {
+    pub port: u16,
+    pub vhosts: HostTable<PathRouter<Arc<Rule>>>,
+}
+
+pub(crate) struct Rule {
+    pub id: sluice_ir::RuleId,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<Backend>,
+    pub total_weight: u64,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+    pub invalid: Option<String>,
+    /// For answers given by the rule itself (redirects, CORS preflights, 500s).
+    pub local_stats: Arc<Stats>,
+}
+
+pub(crate) struct Backend {
+    pub name: String,
+    pub weight: u32,
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Vec<http::uri::Authority>,
+    pub next: AtomicUsize,
+    pub filters: Vec<Filter>,
+    pub invalid: Option<String>,
+    pub stats: Arc<Stats>,
+}
+
+#[derive(Clone)]
+pub(crate) struct HeaderMod {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderMod {
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            h.remove(n);
+        }
+    }
+}
+
+pub(crate) enum Filter {
+    RequestHeaders(HeaderMod),
+    ResponseHeaders(HeaderMod),
+    Redirect(sluice_ir::RedirectIr),
+    Rewrite(sluice_ir::RewriteIr),
+    Mirror { backend: Arc<Backend>, numerator: u32, denominator: u32 },
+    Cors(crate::cors::Cors),
+}
+
+/// Compiles the IR. Fails only on values the translator let through but the data plane
+/// cannot represent (a header value with a newline, say); the caller keeps the old
+/// snapshot then.
+pub fn build(ir: Ir, metrics: &Metrics) -> Result<Snapshot, BuildError> {
+    let rules: Vec<Arc<Rule>> = ir
+        .rules
+        .iter()
+        .map(|r| build_rule(r, metrics).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let mut ports = HashMap::new();
+    for p in &ir.ports {
+        let listeners = p
+            .listeners
+            .iter()
+            .map(|l| Ok((l.hostname.as_deref(), build_listener(l, p.port, &rules)?)))
+            .collect::<Result<Vec<_>, BuildError>>()?;
+        ports.insert(p.socket_addr(), PortTable { listeners: HostTable::new(listeners) });
+    }
+    let no_route = metrics.stats(StatsKey { route: String::new(), rule: String::new(), backend: String::new() });
+    Ok(Snapshot { ir: Arc::new(ir), ports, no_route })
+}
+
+fn build_listener(l: &ListenerIr, port: u16, rules: &[Arc<Rule>]) -> Result<ListenerTable, BuildError> {
+    let vhosts = l
+        .virtual_hosts
+        .iter()
+        .map(|v| {
+            let router = PathRouter::build(&v.matches, |i| rules[i].clone())
+                .map_err(|e| BuildError(format!("listener {}/{} host {}: {}", l.gateway, l.name, v.hostname, e.0)))?;
+            Ok((Some(v.hostname.as_str()), router))
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    Ok(ListenerTable { port, vhosts: HostTable::new(vhosts) })
+}
+
+fn rule_label(r: &RuleIr) -> String {
+    r.id.name.clone().unwrap_or_else(|| r.id.index.to_string())
+}
+
+fn build_rule(r: &RuleIr, metrics: &Metrics) -> Result<Rule, BuildError> {
+    let ctx = |e: BuildError| BuildError(format!("{}: {}", r.id, e.0));
+    let route = format!("{}/{}", r.id.namespace, r.id.route);
+    let backends = r
+        .backends
+        .iter()
+        .map(|b| build_backend(b, &route, &rule_label(r), metrics))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ctx)?;
+    Ok(Rule {
+        id: r.id.clone(),
+        filters: build_filters(&r.filters, &route, &rule_label(r), metrics).map_err(ctx)?,
+        total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
+        backends,
+        request_timeout: r.request_timeout_ms.map(Duration::from_millis),
+        backend_timeout: r.backend_request_timeout_ms.map(Duration::from_millis),
+        invalid: r.invalid.clone(),
+        local_stats: metrics.stats(StatsKey { route, rule: rule_label(r), backend: String::new() }),
+    })
+}
+
+fn build_backend(b: &BackendIr, route: &str, rule: &str, metrics: &Metrics) -> Result<Backend, BuildError> {
+    Ok(Backend {
+        name: b.name.clone(),
+        weight: b.weight,
+        protocol: b.protocol,
+        endpoints: b
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.to_string()
+                    .parse()
+                    .map_err(|_| BuildError(format!("endpoint {e} is not a valid authority")))
+            })
+            .collect::<Result<_, _>>()?,
+        next: AtomicUsize::new(0),
+        filters: build_filters(&b.filters, route, rule, metrics)?,
+        invalid: b.invalid.clone(),
+        stats: metrics.stats(StatsKey { route: route.into(), rule: rule.into(), backend: b.name.clone() }),
+    })
+}
+
+fn build_filters(filters: &[FilterIr], route: &str, rule: &str, metrics: &Metrics) -> Result<Vec<Filter>, BuildError> {
+    filters
+        .iter()
+        .map(|f| {
+            Ok(match f {
+                FilterIr::RequestHeaders(h) => Filter::RequestHeaders(header_mod(h)?),
+                FilterIr::ResponseHeaders(h) => Filter::ResponseHeaders(header_mod(h)?),
+                FilterIr::Redirect(r) => Filter::Redirect(r.clone()),
+                FilterIr::Rewrite(r) => Filter::Rewrite(r.clone()),
+                FilterIr::Mirror(m) => Filter::Mirror {
+                    backend: Arc::new(build_backend(&m.backend, route, &format!("{rule}/mirror"), metrics)?),
+                    numerator: m.numerator,
+                    denominator: m.denominator.max(1),
+                },
+                FilterIr::Cors(c) => Filter::Cors(crate::cors::Cors::new(c)?),
+            })
+        })
+        .collect()
+}
+
+fn header_mod(h: &HeaderModIr) -> Result<HeaderMod, BuildError> {
+    let pair = |(n, v): &(String, String)| {
+        Ok((
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| BuildError(format!("header name {n:?} is not valid")))?,
+            HeaderValue::from_str(v).map_err(|_| BuildError(format!("header {n}: value {v:?} is not a valid header value")))?,
+        ))
+    };
+    Ok(HeaderMod {
+        set: h.set.iter().map(pair).collect::<Result<_, BuildError>>()?,
+        add: h.add.iter().map(pair).collect::<Result<_, BuildError>>()?,
+        remove: h
+            .remove
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|_| BuildError(format!("header name {n:?} is not valid"))))
+            .collect::<Result<_, _>>()?,
+    })
+}
