@@ -1,1 +1,121 @@
-fn main(){}
+//! `sluice`: the gateway binary. Thin by design: it parses the command line and wires
+//! the file provider, the translator, the data plane and the admin API together.
+
+mod admin;
+mod provider;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A Gateway API proxy extensible with WebAssembly filters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic by the Gateway API objects in a YAML file or folder, reloading on change.
+    Run {
+        /// A YAML file, or a folder read recursively for *.yaml and *.yml.
+        path: PathBuf,
+        /// Admin API address (/healthz, /readyz, /metrics, /config_dump, /status).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Worker threads; defaults to the number of cores. 1 runs everything on one thread.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// On SIGTERM or Ctrl-C, how long open connections get to finish.
+        #[arg(long, default_value = "30", value_name = "SECONDS")]
+        drain_timeout: u64,
+    },
+    /// Check a config without serving it: print load errors, or the computed status and IR.
+    Check {
+        path: PathBuf,
+    },
+    /// Run the echo backend used by the quickstart and the tests.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        #[arg(long, env = "NAMESPACE", default_value = "default")]
+        namespace: String,
+        #[arg(long, env = "SERVICE_NAME", default_value = "echo")]
+        service: String,
+        #[arg(long, env = "POD_NAME", default_value = "echo-0")]
+        pod: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run { path, admin, workers, drain_timeout } => {
+            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let rt = match runtime(workers) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(provider::run(path, admin, Duration::from_secs(drain_timeout))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { path } => match provider::check(&path) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Echo { listen, namespace, service, pod } => {
+            let rt = match runtime(1) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(addr = %listener.local_addr()?, "echo backend listening");
+                sluice_echo::serve(listener, Arc::new(sluice_echo::Identity::new(&namespace, &service, &pod))).await
+            });
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: echo on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    }
+}

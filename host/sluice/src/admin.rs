@@ -1,0 +1,88 @@
+//! The admin API: health, readiness, metrics, the live IR and every object's status.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sluice_proxy::Gateway;
+use sluice_translate::ObjectStatus;
+use tokio::net::TcpListener;
+
+pub struct AdminState {
+    gw: Arc<Gateway>,
+    pub statuses: ArcSwap<Vec<ObjectStatus>>,
+    pub ready: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl AdminState {
+    pub fn new(gw: Arc<Gateway>, statuses: Vec<ObjectStatus>) -> Self {
+        AdminState { gw, statuses: ArcSwap::from_pointee(statuses), ready: AtomicBool::new(false), last_error: Mutex::new(None) }
+    }
+    pub fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let http = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| answer(req, state.clone()));
+            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => respond(StatusCode::OK, "application/json", s + "\n"),
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+    }
+}
+
+async fn answer(req: Request<Incoming>, s: Arc<AdminState>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if s.ready.load(Ordering::Acquire) {
+                respond(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+            }
+        }
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", s.gw.metrics.render()),
+        "/config_dump" => {
+            let snap = s.gw.snapshot.load();
+            let last_error = s.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json(&serde_json::json!({ "ir": &*snap.ir, "lastReloadError": last_error }))
+        }
+        "/status" => {
+            let statuses = s.statuses.load();
+            json(&serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": &**statuses }))
+        }
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /healthz /readyz /metrics /config_dump /status\n".into(),
+        ),
+    })
+}

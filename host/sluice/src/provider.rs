@@ -1,0 +1,125 @@
+//! The file provider: load, translate, build, swap; then watch and do it again.
+//!
+//! A reload is all or nothing. Load errors (bad YAML, an unknown field, a value the
+//! CRD schema refuses), build errors and bind errors all leave the running snapshot in
+//! place, and the error names the file, the object and the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use notify::{RecursiveMode, Watcher};
+use sluice_proxy::{Gateway, Listeners, Metrics};
+use sluice_translate::Translation;
+use tokio::sync::mpsc;
+
+use crate::admin::{self, AdminState};
+
+/// Reads and translates `path`; the error lists every problem found.
+fn load(path: &Path) -> Result<Translation, String> {
+    let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(sluice_translate::translate(&loaded.resources))
+}
+
+pub fn check(path: &Path) -> Result<String, String> {
+    let t = load(path)?;
+    let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
+    serde_norway::to_string(&v).map_err(|e| e.to_string())
+}
+
+pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let translation = load(&path).map_err(|e| anyhow!("{e}"))?;
+    let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let sockets = snapshot.sockets();
+    let gw = Gateway::new(snapshot, metrics);
+    let listeners = Arc::new(Listeners::new(gw.clone()));
+    listeners.sync(&sockets).context("binding the Gateway listeners")?;
+    let state = Arc::new(AdminState::new(gw.clone(), translation.statuses));
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
+    tokio::spawn(admin::serve(admin_listener, state.clone()));
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(config = %path.display(), %admin_addr, "sluice is serving");
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let _watcher = watch(&path, tx.clone())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                // Editors write in several steps; wait for the burst to settle.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rx.try_recv().is_ok() {}
+                reload(&path, &gw, &listeners, &state);
+            }
+            _ = hup.recv() => reload(&path, &gw, &listeners, &state),
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!(timeout = ?drain, "draining connections");
+    state.ready.store(false, Ordering::Release);
+    let left = listeners.shutdown(drain).await;
+    if left > 0 {
+        tracing::warn!(open = left, "drain timeout reached; closing remaining connections");
+    }
+    Ok(())
+}
+
+fn reload(path: &Path, gw: &Arc<Gateway>, listeners: &Listeners, state: &AdminState) {
+    let result = load(path).and_then(|t| {
+        let snap = sluice_proxy::build(t.ir, &gw.metrics).map_err(|e| e.to_string())?;
+        listeners.sync(&snap.sockets()).map_err(|e| e.to_string())?;
+        Ok((snap, t.statuses))
+    });
+    let c = &gw.metrics.counters;
+    match result {
+        Ok((snap, statuses)) => {
+            gw.snapshot.store(Arc::new(snap));
+            state.statuses.store(Arc::new(statuses));
+            state.set_last_error(None);
+            c.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(config = %path.display(), "configuration reloaded");
+        }
+        Err(e) => {
+            c.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("configuration rejected, still serving the previous one:\n{e}");
+            state.set_last_error(Some(e));
+        }
+    }
+}
+
+/// Watches `path` (a folder recursively, or a file's folder) and signals on change.
+fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+    let target = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let is_dir = target.is_dir();
+    let file = target.clone();
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = is_dir
+            || ev.paths.iter().any(|p| p == &file);
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    if is_dir {
+        w.watch(&target, RecursiveMode::Recursive)?;
+    } else {
+        // Editors replace files by renaming; watching the folder survives that.
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        w.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok(w)
+}
