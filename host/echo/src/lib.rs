@@ -41,7 +41,12 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(namespace: &str, service: &str, pod: &str) -> Self {
-        Identity { namespace: namespace.into(), service: service.into(), pod: pod.into(), requests: AtomicU64::new(0) }
+        Identity {
+            namespace: namespace.into(),
+            service: service.into(),
+            pod: pod.into(),
+            requests: AtomicU64::new(0),
+        }
     }
 }
 
@@ -55,18 +60,26 @@ pub async fn serve(listener: TcpListener, id: Arc<Identity>) -> std::io::Result<
         let http = http.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, id.clone(), remote));
-            let _ = http.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+            let _ = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
-async fn answer(mut req: Request<Incoming>, id: Arc<Identity>, remote: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    mut req: Request<Incoming>,
+    id: Arc<Identity>,
+    remote: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     id.requests.fetch_add(1, Ordering::Relaxed);
     if is_websocket(&req) {
         return Ok(websocket(&mut req));
     }
     let h = req.headers();
-    let delay = h.get("x-echo-delay-ms").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let delay = h
+        .get("x-echo-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let status = h
         .get("x-echo-status")
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
@@ -96,9 +109,18 @@ async fn answer(mut req: Request<Incoming>, id: Arc<Identity>, remote: SocketAdd
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let method = req.method().to_string();
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
     let proto = format!("{:?}", req.version());
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -116,9 +138,15 @@ async fn answer(mut req: Request<Incoming>, id: Arc<Identity>, remote: SocketAdd
     });
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for (n, v) in extra {
-        if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(&v)) {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             resp.headers_mut().append(n, v);
         }
     }
@@ -134,7 +162,9 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 /// Accepts the WebSocket handshake and echoes every text and binary message.
 fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"missing Sec-WebSocket-Key\n")));
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"missing Sec-WebSocket-Key\n",
+        )));
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return r;
     };
@@ -142,7 +172,12 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(io) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             let reply = match msg {
                 Message::Text(t) => Message::Text(t),

@@ -111,7 +111,11 @@ pub struct RuleId {
 
 impl std::fmt::Display for RuleId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTPRoute {}/{} rule {}", self.namespace, self.route, self.index)?;
+        write!(
+            f,
+            "HTTPRoute {}/{} rule {}",
+            self.namespace, self.route, self.index
+        )?;
         if let Some(n) = &self.name {
             write!(f, " ({n})")?;
         }
@@ -188,7 +192,10 @@ pub struct HeaderModIr {
 pub enum PathRewriteIr {
     Full(String),
     /// Replace the matched `prefix` with `with`, segment-wise.
-    Prefix { prefix: String, with: String },
+    Prefix {
+        prefix: String,
+        with: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -29,12 +29,22 @@ impl OriginPattern {
     fn parse(s: &str) -> Option<Self> {
         let (scheme, host) = s.split_once("://")?;
         Some(match host.strip_prefix('*') {
-            Some(suffix) => OriginPattern { scheme: scheme.into(), host_suffix: Some(suffix.into()), exact_host: String::new() },
-            None => OriginPattern { scheme: scheme.into(), host_suffix: None, exact_host: host.into() },
+            Some(suffix) => OriginPattern {
+                scheme: scheme.into(),
+                host_suffix: Some(suffix.into()),
+                exact_host: String::new(),
+            },
+            None => OriginPattern {
+                scheme: scheme.into(),
+                host_suffix: None,
+                exact_host: host.into(),
+            },
         })
     }
     fn matches(&self, origin: &str) -> bool {
-        let Some((scheme, host)) = origin.split_once("://") else { return false };
+        let Some((scheme, host)) = origin.split_once("://") else {
+            return false;
+        };
         if !scheme.eq_ignore_ascii_case(&self.scheme) {
             return false;
         }
@@ -46,7 +56,11 @@ impl OriginPattern {
 }
 
 fn joined(list: &[String]) -> Result<Option<HeaderValue>, BuildError> {
-    let real: Vec<&str> = list.iter().map(String::as_str).filter(|s| *s != "*").collect();
+    let real: Vec<&str> = list
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != "*")
+        .collect();
     if real.is_empty() {
         return Ok(None);
     }
@@ -59,7 +73,12 @@ impl Cors {
     pub fn new(c: &CorsIr) -> Result<Self, BuildError> {
         Ok(Cors {
             any_origin: c.allow_origins.iter().any(|o| o == "*"),
-            origins: c.allow_origins.iter().filter(|o| *o != "*").filter_map(|o| OriginPattern::parse(o)).collect(),
+            origins: c
+                .allow_origins
+                .iter()
+                .filter(|o| *o != "*")
+                .filter_map(|o| OriginPattern::parse(o))
+                .collect(),
             credentials: c.allow_credentials,
             any_method: c.allow_methods.iter().any(|m| m == "*"),
             methods: joined(&c.allow_methods)?,
@@ -85,13 +104,19 @@ impl Cors {
     fn allow_origin(&self, out: &mut HeaderMap, origin: &HeaderValue) {
         // With credentials the spec forbids `*`: echo the origin instead.
         if self.any_origin && !self.credentials {
-            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
         } else {
             out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             out.append(header::VARY, HeaderValue::from_static("Origin"));
         }
         if self.credentials {
-            out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
     }
 
@@ -99,11 +124,17 @@ impl Cors {
     /// which makes the browser refuse the request).
     pub fn preflight(&self, req: &HeaderMap) -> HeaderMap {
         let mut out = HeaderMap::new();
-        let Some(origin) = self.allowed_origin(req) else { return out };
+        let Some(origin) = self.allowed_origin(req) else {
+            return out;
+        };
         self.allow_origin(&mut out, origin);
         let requested_method = req.get(header::ACCESS_CONTROL_REQUEST_METHOD);
         if self.any_method {
-            let v = if self.credentials { requested_method.cloned() } else { Some(HeaderValue::from_static("*")) };
+            let v = if self.credentials {
+                requested_method.cloned()
+            } else {
+                Some(HeaderValue::from_static("*"))
+            };
             if let Some(v) = v {
                 out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
             }
@@ -112,7 +143,11 @@ impl Cors {
         }
         let requested_headers = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
         if self.any_header {
-            let v = if self.credentials { requested_headers.cloned() } else { Some(HeaderValue::from_static("*")) };
+            let v = if self.credentials {
+                requested_headers.cloned()
+            } else {
+                Some(HeaderValue::from_static("*"))
+            };
             if let Some(v) = v {
                 out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
             }
@@ -156,14 +191,20 @@ mod tests {
     fn req(origin: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::ORIGIN, origin.parse().unwrap());
-        h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, "POST".parse().unwrap());
+        h.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            "POST".parse().unwrap(),
+        );
         h
     }
 
     #[test]
     fn wildcard_subdomains_match_only_subdomains() {
         let c = cors(&["https://*.example.com"], false);
-        assert!(c.preflight(&req("https://a.example.com")).contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(
+            c.preflight(&req("https://a.example.com"))
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        );
         assert!(c.preflight(&req("https://example.com")).is_empty());
         assert!(c.preflight(&req("http://a.example.com")).is_empty());
     }

@@ -41,6 +41,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(initial: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Gateway { snapshot: ArcSwap::from_pointee(initial), metrics, upstream: upstream::Upstream::new() })
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(initial),
+            metrics,
+            upstream: upstream::Upstream::new(),
+        })
     }
 }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StatsKey {
@@ -51,7 +53,8 @@ impl Stats {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 }
 
@@ -73,7 +76,9 @@ impl Metrics {
     /// The shared entry for `key`, created on first use.
     pub fn stats(&self, key: StatsKey) -> Arc<Stats> {
         let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key).or_insert_with(|| Arc::new(Stats::new())).clone()
+        map.entry(key)
+            .or_insert_with(|| Arc::new(Stats::new()))
+            .clone()
     }
 
     /// Prometheus text exposition format (version 0.0.4).
@@ -81,7 +86,12 @@ impl Metrics {
         let map = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = String::with_capacity(4096);
         let labels = |k: &StatsKey| {
-            format!("route=\"{}\",rule=\"{}\",backend=\"{}\"", escape(&k.route), escape(&k.rule), escape(&k.backend))
+            format!(
+                "route=\"{}\",rule=\"{}\",backend=\"{}\"",
+                escape(&k.route),
+                escape(&k.rule),
+                escape(&k.backend)
+            )
         };
         out.push_str("# HELP sluice_http_requests_total HTTP responses sent, by route rule, backend and status code.\n");
         out.push_str("# TYPE sluice_http_requests_total counter\n");
@@ -90,7 +100,11 @@ impl Metrics {
             for (i, c) in s.codes.iter().enumerate() {
                 let n = c.load(Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "sluice_http_requests_total{{{l},code=\"{}\"}} {n}", i + 100);
+                    let _ = writeln!(
+                        out,
+                        "sluice_http_requests_total{{{l},code=\"{}\"}} {n}",
+                        i + 100
+                    );
                 }
             }
         }
@@ -101,22 +115,43 @@ impl Metrics {
             let mut cumulative = 0;
             for (b, n) in BUCKETS.iter().zip(&s.buckets) {
                 cumulative += n.load(Relaxed);
-                let _ = writeln!(out, "sluice_http_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "sluice_http_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {cumulative}"
+                );
             }
             let count = s.count.load(Relaxed);
-            let _ = writeln!(out, "sluice_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "sluice_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
+            );
             let _ = writeln!(
                 out,
                 "sluice_http_request_duration_seconds_sum{{{l}}} {}",
                 s.sum_micros.load(Relaxed) as f64 / 1e6
             );
-            let _ = writeln!(out, "sluice_http_request_duration_seconds_count{{{l}}} {count}");
+            let _ = writeln!(
+                out,
+                "sluice_http_request_duration_seconds_count{{{l}}} {count}"
+            );
         }
         let c = &self.counters;
         for (name, help, v) in [
-            ("sluice_config_reloads_total{result=\"ok\"}", "Configuration reloads, by result.", &c.reloads_ok),
-            ("sluice_config_reloads_total{result=\"rejected\"}", "", &c.reloads_rejected),
-            ("sluice_mirror_errors_total", "Mirrored requests that failed (the primary is unaffected).", &c.mirror_errors),
+            (
+                "sluice_config_reloads_total{result=\"ok\"}",
+                "Configuration reloads, by result.",
+                &c.reloads_ok,
+            ),
+            (
+                "sluice_config_reloads_total{result=\"rejected\"}",
+                "",
+                &c.reloads_rejected,
+            ),
+            (
+                "sluice_mirror_errors_total",
+                "Mirrored requests that failed (the primary is unaffected).",
+                &c.mirror_errors,
+            ),
         ] {
             let metric = name.split('{').next().unwrap_or(name);
             if !help.is_empty() {
@@ -129,5 +164,7 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -29,7 +29,11 @@ pub(crate) struct ConnInfo {
     pub remote: SocketAddr,
 }
 
-pub(crate) async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let snap = gw.snapshot.load_full();
     let (mut resp, stats) = serve(&gw, &snap, &conn, req, start).await;
@@ -41,9 +45,14 @@ pub(crate) async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<I
 }
 
 pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -57,7 +66,11 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         }
     };
     let host = host.trim_end_matches('.');
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase() } else { host.to_string() })
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase()
+    } else {
+        host.to_string()
+    })
 }
 
 async fn serve(
@@ -67,11 +80,22 @@ async fn serve(
     mut req: Request<Incoming>,
     start: Instant,
 ) -> (Response<Body>, Arc<Stats>) {
-    let no_route = || (local(StatusCode::NOT_FOUND, "no route matched\n"), snap.no_route.clone());
-    let Some(port) = snap.ports.get(&conn.key) else { return no_route() };
+    let no_route = || {
+        (
+            local(StatusCode::NOT_FOUND, "no route matched\n"),
+            snap.no_route.clone(),
+        )
+    };
+    let Some(port) = snap.ports.get(&conn.key) else {
+        return no_route();
+    };
     let host = request_host(&req).unwrap_or_default();
-    let Some(listener) = port.listeners.get(&host) else { return no_route() };
-    let Some(router) = listener.vhosts.get(&host) else { return no_route() };
+    let Some(listener) = port.listeners.get(&host) else {
+        return no_route();
+    };
+    let Some(router) = listener.vhosts.get(&host) else {
+        return no_route();
+    };
     let rule = {
         let uri = req.uri();
         match router.find(uri.path(), req.method(), req.headers(), uri.query()) {
@@ -81,7 +105,13 @@ async fn serve(
     };
     if let Some(why) = &rule.invalid {
         tracing::debug!(rule = %rule.id, why, "rule cannot be served");
-        return (local(StatusCode::INTERNAL_SERVER_ERROR, "route rule is not valid; see the route's status\n"), rule.local_stats.clone());
+        return (
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "route rule is not valid; see the route's status\n",
+            ),
+            rule.local_stats.clone(),
+        );
     }
 
     // Request filters, in order. The original host is kept for redirects and mirrors.
@@ -95,7 +125,10 @@ async fn serve(
             Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
             Filter::ResponseHeaders(m) => response_mods.push(m),
             Filter::Redirect(r) => {
-                return (redirect(r, &req, &host, listener.port), rule.local_stats.clone());
+                return (
+                    redirect(r, &req, &host, listener.port),
+                    rule.local_stats.clone(),
+                );
             }
             Filter::Rewrite(r) => {
                 if let Some(h) = &r.hostname {
@@ -106,7 +139,11 @@ async fn serve(
                     set_path(&mut req, &path);
                 }
             }
-            Filter::Mirror { backend, numerator, denominator } => {
+            Filter::Mirror {
+                backend,
+                numerator,
+                denominator,
+            } => {
                 if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
                     mirrors.push(backend);
                 }
@@ -124,10 +161,22 @@ async fn serve(
     }
 
     let Some(backend) = pick_backend(&rule) else {
-        return (local(StatusCode::INTERNAL_SERVER_ERROR, "no backend with a weight above zero\n"), rule.local_stats.clone());
+        return (
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no backend with a weight above zero\n",
+            ),
+            rule.local_stats.clone(),
+        );
     };
     if backend.invalid.is_some() {
-        return (local(StatusCode::INTERNAL_SERVER_ERROR, "backend is not valid; see the route's status\n"), backend.stats.clone());
+        return (
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backend is not valid; see the route's status\n",
+            ),
+            backend.stats.clone(),
+        );
     }
     for f in &backend.filters {
         match f {
@@ -142,7 +191,11 @@ async fn serve(
                     set_path(&mut req, &path);
                 }
             }
-            Filter::Mirror { backend, numerator, denominator } => {
+            Filter::Mirror {
+                backend,
+                numerator,
+                denominator,
+            } => {
                 if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
                     mirrors.push(backend);
                 }
@@ -155,10 +208,14 @@ async fn serve(
 
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let upgrade_value = upgrade.as_ref().and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+    let upgrade_value = upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = upgrade_value {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, v);
     }
     let host_value = match &new_host {
@@ -179,7 +236,15 @@ async fn serve(
     } else {
         let bytes = match Limited::new(body, MIRROR_BODY_LIMIT).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(_) => return (local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to mirror\n"), backend.stats.clone()),
+            Err(_) => {
+                return (
+                    local(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large to mirror\n",
+                    ),
+                    backend.stats.clone(),
+                );
+            }
         };
         for m in mirrors {
             send_mirror(gw, m, &parts, bytes.clone());
@@ -188,12 +253,29 @@ async fn serve(
     };
 
     let Some(endpoint) = next_endpoint(backend) else {
-        return (local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoints\n"), backend.stats.clone());
+        return (
+            local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoints\n"),
+            backend.stats.clone(),
+        );
     };
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match Uri::builder().scheme("http").authority(endpoint.clone()).path_and_query(pq).build() {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.clone())
+        .path_and_query(pq)
+        .build()
+    {
         Ok(u) => u,
-        Err(_) => return (local(StatusCode::BAD_REQUEST, "invalid request target\n"), backend.stats.clone()),
+        Err(_) => {
+            return (
+                local(StatusCode::BAD_REQUEST, "invalid request target\n"),
+                backend.stats.clone(),
+            );
+        }
     };
     parts.version = match backend.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -201,11 +283,19 @@ async fn serve(
     };
 
     let timeout = deadline(&rule, start);
-    let call = gw.upstream.client(backend.protocol).request(Request::from_parts(parts, body));
+    let call = gw
+        .upstream
+        .client(backend.protocol)
+        .request(Request::from_parts(parts, body));
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
-            Err(_) => return (local(StatusCode::GATEWAY_TIMEOUT, "upstream request timed out\n"), backend.stats.clone()),
+            Err(_) => {
+                return (
+                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timed out\n"),
+                    backend.stats.clone(),
+                );
+            }
         },
         None => call.await,
     };
@@ -227,7 +317,9 @@ async fn serve(
             let client_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 if let (Ok(a), Ok(b)) = (server_side.await, client_side.await) {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
+                            .await;
                 }
             });
         }
@@ -246,7 +338,9 @@ async fn serve(
 /// The time left for the upstream call: the smaller of what remains of the request
 /// timeout and the per-attempt backend timeout.
 fn deadline(rule: &Rule, start: Instant) -> Option<Duration> {
-    let remaining = rule.request_timeout.map(|t| t.saturating_sub(start.elapsed()));
+    let remaining = rule
+        .request_timeout
+        .map(|t| t.saturating_sub(start.elapsed()));
     match (remaining, rule.backend_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -304,7 +398,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    let te_trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for n in [
         header::CONNECTION,
         header::TE,
@@ -358,8 +454,16 @@ pub(crate) fn rewrite_path(p: &PathRewriteIr, path: &str) -> String {
 /// Replaces the matched prefix segment-wise: `/foo/bar` with prefix `/foo` and
 /// replacement `/baz` becomes `/baz/bar`; with replacement `/` it becomes `/bar`.
 pub(crate) fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
-    let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
-    let rest = if prefix == "/" && rest == "/" { "" } else { rest };
+    let rest = if prefix == "/" {
+        path
+    } else {
+        path.get(prefix.len()..).unwrap_or("")
+    };
+    let rest = if prefix == "/" && rest == "/" {
+        ""
+    } else {
+        rest
+    };
     let mut out = format!("{}{}", with.trim_end_matches('/'), rest);
     if !out.starts_with('/') {
         out.insert(0, '/');
@@ -367,12 +471,17 @@ pub(crate) fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
     out
 }
 
-fn redirect(r: &RedirectIr, req: &Request<Incoming>, host: &str, listener_port: u16) -> Response<Body> {
+fn redirect(
+    r: &RedirectIr,
+    req: &Request<Incoming>,
+    host: &str,
+    listener_port: u16,
+) -> Response<Body> {
     let scheme = r.scheme.as_deref().unwrap_or("http");
-    let port = r.port.or_else(|| match r.scheme.as_deref() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => Some(listener_port),
+    let port = r.port.unwrap_or(match r.scheme.as_deref() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ => listener_port,
     });
     let hostname = r.hostname.as_deref().unwrap_or(host);
     let default_port = match scheme {
@@ -380,8 +489,8 @@ fn redirect(r: &RedirectIr, req: &Request<Incoming>, host: &str, listener_port: 
         _ => 80,
     };
     let mut location = format!("{scheme}://{hostname}");
-    if let Some(p) = port.filter(|p| *p != default_port) {
-        location.push_str(&format!(":{p}"));
+    if port != default_port {
+        location.push_str(&format!(":{port}"));
     }
     let path = match &r.path {
         Some(p) => rewrite_path(p, req.uri().path()),
@@ -392,22 +501,41 @@ fn redirect(r: &RedirectIr, req: &Request<Incoming>, host: &str, listener_port: 
         location.push('?');
         location.push_str(q);
     }
-    let mut resp = local(StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND), "");
+    let mut resp = local(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND),
+        "",
+    );
     resp.headers_mut().remove(header::CONTENT_TYPE);
     match HeaderValue::from_str(&location) {
         Ok(v) => {
             resp.headers_mut().insert(header::LOCATION, v);
             resp
         }
-        Err(_) => local(StatusCode::BAD_REQUEST, "cannot build a redirect location for this request\n"),
+        Err(_) => local(
+            StatusCode::BAD_REQUEST,
+            "cannot build a redirect location for this request\n",
+        ),
     }
 }
 
 /// Fire and forget: the mirror's answer is dropped, its failure only counted.
 fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Parts, body: Bytes) {
-    let Some(endpoint) = next_endpoint(backend) else { return };
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Ok(uri) = Uri::builder().scheme("http").authority(endpoint.clone()).path_and_query(pq).build() else { return };
+    let Some(endpoint) = next_endpoint(backend) else {
+        return;
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.clone())
+        .path_and_query(pq)
+        .build()
+    else {
+        return;
+    };
     let mut req = Request::new(Either::Right(Full::new(body)));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -428,7 +556,10 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
                 let _ = resp.into_body().collect().await;
             }
             _ => {
-                metrics.counters.mirror_errors.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .counters
+                    .mirror_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     });
@@ -459,7 +590,11 @@ mod tests {
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none() && h.get(header::CONNECTION).is_none());
+        assert!(
+            h.get("x-private").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get(header::CONNECTION).is_none()
+        );
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-kept"], "1");
     }

@@ -38,7 +38,8 @@ impl ValueMatcher {
 
 /// A regex that must match the whole input, as the Gateway API's matches do.
 fn full_regex(re: &str) -> Result<Regex, BuildError> {
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| BuildError(format!("regular expression {re:?}: {e}")))
+    Regex::new(&format!("^(?:{re})$"))
+        .map_err(|e| BuildError(format!("regular expression {re:?}: {e}")))
 }
 
 pub(crate) struct Candidate<R> {
@@ -64,7 +65,9 @@ impl<R> Candidate<R> {
             }
         }
         for (name, m) in &self.query {
-            let Some(v) = query.get(name) else { return false };
+            let Some(v) = query.get(name) else {
+                return false;
+            };
             if !m.is_match(v) {
                 return false;
             }
@@ -96,7 +99,10 @@ impl<'a> Query<'a> {
                 })
                 .collect()
         });
-        parsed.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        parsed
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -145,7 +151,11 @@ impl<R: Clone> PathRouter<R> {
         let mut nodes: Vec<Node<R>> = Vec::new();
         let mut node_for = |path: &str, nodes: &mut Vec<Node<R>>| -> usize {
             *keys.entry(path.to_string()).or_insert_with(|| {
-                nodes.push(Node { exact: Vec::new(), prefix: Vec::new(), parent: None });
+                nodes.push(Node {
+                    exact: Vec::new(),
+                    prefix: Vec::new(),
+                    parent: None,
+                });
                 nodes.len() - 1
             })
         };
@@ -156,7 +166,8 @@ impl<R: Clone> PathRouter<R> {
                 order,
                 method: match &m.method {
                     Some(s) => Some(
-                        Method::from_bytes(s.as_bytes()).map_err(|_| BuildError(format!("method {s:?} is not valid")))?,
+                        Method::from_bytes(s.as_bytes())
+                            .map_err(|_| BuildError(format!("method {s:?} is not valid")))?,
                     ),
                     None => None,
                 },
@@ -164,8 +175,10 @@ impl<R: Clone> PathRouter<R> {
                     .headers
                     .iter()
                     .map(|h| {
-                        let name = http::HeaderName::from_bytes(h.name.as_bytes())
-                            .map_err(|_| BuildError(format!("header name {:?} is not valid", h.name)))?;
+                        let name =
+                            http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                                BuildError(format!("header name {:?} is not valid", h.name))
+                            })?;
                         Ok((name, ValueMatcher::new(h)?))
                     })
                     .collect::<Result<_, BuildError>>()?,
@@ -206,7 +219,11 @@ impl<R: Clone> PathRouter<R> {
                 .map_err(|e| BuildError(format!("path {path:?}: {e}")))?;
         }
         for (p, n) in &prefixes {
-            let base = if p == "/" { String::new() } else { p.replace('{', "{{").replace('}', "}}") };
+            let base = if p == "/" {
+                String::new()
+            } else {
+                p.replace('{', "{{").replace('}', "}}")
+            };
             trie.insert(format!("{base}/{{*rest}}"), (*n, false))
                 .map_err(|e| BuildError(format!("path prefix {p:?}: {e}")))?;
         }
@@ -222,18 +239,34 @@ impl<R: Clone> PathRouter<R> {
         Ok(PathRouter { trie, nodes, regex })
     }
 
-    pub fn find(&self, path: &str, method: &Method, headers: &HeaderMap, query: Option<&str>) -> Option<&R> {
+    pub fn find(
+        &self,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Option<&R> {
         let mut query = Query::new(query);
         let mut best: Option<&Candidate<R>> = None;
         let mut node = None;
         if let Ok(m) = self.trie.at(path) {
             let (n, literal) = *m.value;
             if literal {
-                first_hit(self.nodes[n].exact.iter(), &mut best, method, headers, &mut query);
+                first_hit(
+                    self.nodes[n].exact.iter(),
+                    &mut best,
+                    method,
+                    headers,
+                    &mut query,
+                );
             }
             node = Some(n);
         }
-        let regex = self.regex.iter().filter(|(r, _)| r.is_match(path)).map(|(_, c)| c);
+        let regex = self
+            .regex
+            .iter()
+            .filter(|(r, _)| r.is_match(path))
+            .map(|(_, c)| c);
         first_hit(regex, &mut best, method, headers, &mut query);
         while let Some(n) = node {
             let nd = &self.nodes[n];
@@ -269,7 +302,8 @@ fn first_hit<'a, R>(
 /// Segment-wise prefix: `/foo` contains `/foo`, `/foo/` and `/foo/bar`, not `/foobar`.
 pub(crate) fn segment_prefix(prefix: &str, path: &str) -> bool {
     prefix == "/"
-        || (path.starts_with(prefix) && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+        || (path.starts_with(prefix)
+            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
 
 #[cfg(test)]
@@ -278,7 +312,13 @@ mod tests {
     use sluice_ir::MatchIr;
 
     fn m(rule: usize, path: PathMatchIr) -> MatchIr {
-        MatchIr { rule, path, method: None, headers: vec![], query_params: vec![] }
+        MatchIr {
+            rule,
+            path,
+            method: None,
+            headers: vec![],
+            query_params: vec![],
+        }
     }
     fn find(r: &PathRouter<usize>, path: &str) -> Option<usize> {
         r.find(path, &Method::GET, &HeaderMap::new(), None).copied()
@@ -310,7 +350,11 @@ mod tests {
     #[test]
     fn falls_back_when_a_longer_prefix_does_not_match_headers() {
         let mut hm = m(0, PathMatchIr::Prefix("/api".into()));
-        hm.headers.push(ValueMatchIr { name: "x-v".into(), regex: false, value: "2".into() });
+        hm.headers.push(ValueMatchIr {
+            name: "x-v".into(),
+            regex: false,
+            value: "2".into(),
+        });
         let r = PathRouter::build(&[hm, m(1, PathMatchIr::Prefix("/".into()))], |i| i).unwrap();
         assert_eq!(find(&r, "/api/x"), Some(1));
         let mut h = HeaderMap::new();

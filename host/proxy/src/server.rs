@@ -47,7 +47,9 @@ pub struct Listeners {
 impl Listeners {
     pub fn new(gw: Arc<Gateway>) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
         http.http2().timer(TokioTimer::new());
         Listeners {
             gw,
@@ -66,7 +68,9 @@ impl Listeners {
         let mut fresh = Vec::new();
         for addr in wanted {
             if !bound.contains_key(addr) {
-                let l = bind(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                let l = bind(*addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
                 fresh.push((*addr, l));
             }
         }
@@ -98,7 +102,12 @@ impl Listeners {
     /// Stops accepting, asks every connection to finish, and waits up to `timeout` for
     /// them to close. Returns how many were still open.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
-        for stop in self.bound.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for stop in self
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             let _ = stop.send(true);
         }
         let _ = self.draining.send(true);
@@ -117,7 +126,11 @@ impl Listeners {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // Lets a restarted gateway bind while old connections sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;

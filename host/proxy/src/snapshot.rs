@@ -9,9 +9,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use sluice_ir::{BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, RuleIr, UpstreamProtocol};
 
+use crate::BuildError;
 use crate::metrics::{Metrics, Stats, StatsKey};
 use crate::router::PathRouter;
-use crate::BuildError;
 
 /// One immutable configuration. A request loads it once and uses it to the end, so a
 /// reload never changes the rules under a request in flight.
@@ -41,7 +41,11 @@ pub(crate) struct HostTable<T> {
 
 impl<T> HostTable<T> {
     fn new(entries: Vec<(Option<&str>, T)>) -> Self {
-        let mut t = HostTable { exact: HashMap::new(), wildcard: Vec::new(), any: None };
+        let mut t = HostTable {
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+            any: None,
+        };
         for (host, v) in entries {
             match host {
                 None | Some("*") => {
@@ -57,7 +61,7 @@ impl<T> HostTable<T> {
                 },
             }
         }
-        t.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         t
     }
 
@@ -67,7 +71,9 @@ impl<T> HostTable<T> {
             .or_else(|| {
                 self.wildcard
                     .iter()
-                    .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                    .find(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
                     .map(|(_, v)| v)
             })
             .or(self.any.as_ref())
@@ -132,7 +138,11 @@ pub(crate) enum Filter {
     ResponseHeaders(HeaderMod),
     Redirect(sluice_ir::RedirectIr),
     Rewrite(sluice_ir::RewriteIr),
-    Mirror { backend: Arc<Backend>, numerator: u32, denominator: u32 },
+    Mirror {
+        backend: Arc<Backend>,
+        numerator: u32,
+        denominator: u32,
+    },
     Cors(crate::cors::Cors),
 }
 
@@ -152,23 +162,47 @@ pub fn build(ir: Ir, metrics: &Metrics) -> Result<Snapshot, BuildError> {
             .iter()
             .map(|l| Ok((l.hostname.as_deref(), build_listener(l, p.port, &rules)?)))
             .collect::<Result<Vec<_>, BuildError>>()?;
-        ports.insert(p.socket_addr(), PortTable { listeners: HostTable::new(listeners) });
+        ports.insert(
+            p.socket_addr(),
+            PortTable {
+                listeners: HostTable::new(listeners),
+            },
+        );
     }
-    let no_route = metrics.stats(StatsKey { route: String::new(), rule: String::new(), backend: String::new() });
-    Ok(Snapshot { ir: Arc::new(ir), ports, no_route })
+    let no_route = metrics.stats(StatsKey {
+        route: String::new(),
+        rule: String::new(),
+        backend: String::new(),
+    });
+    Ok(Snapshot {
+        ir: Arc::new(ir),
+        ports,
+        no_route,
+    })
 }
 
-fn build_listener(l: &ListenerIr, port: u16, rules: &[Arc<Rule>]) -> Result<ListenerTable, BuildError> {
+fn build_listener(
+    l: &ListenerIr,
+    port: u16,
+    rules: &[Arc<Rule>],
+) -> Result<ListenerTable, BuildError> {
     let vhosts = l
         .virtual_hosts
         .iter()
         .map(|v| {
-            let router = PathRouter::build(&v.matches, |i| rules[i].clone())
-                .map_err(|e| BuildError(format!("listener {}/{} host {}: {}", l.gateway, l.name, v.hostname, e.0)))?;
+            let router = PathRouter::build(&v.matches, |i| rules[i].clone()).map_err(|e| {
+                BuildError(format!(
+                    "listener {}/{} host {}: {}",
+                    l.gateway, l.name, v.hostname, e.0
+                ))
+            })?;
             Ok((Some(v.hostname.as_str()), router))
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
-    Ok(ListenerTable { port, vhosts: HostTable::new(vhosts) })
+    Ok(ListenerTable {
+        port,
+        vhosts: HostTable::new(vhosts),
+    })
 }
 
 fn rule_label(r: &RuleIr) -> String {
@@ -192,11 +226,20 @@ fn build_rule(r: &RuleIr, metrics: &Metrics) -> Result<Rule, BuildError> {
         request_timeout: r.request_timeout_ms.map(Duration::from_millis),
         backend_timeout: r.backend_request_timeout_ms.map(Duration::from_millis),
         invalid: r.invalid.clone(),
-        local_stats: metrics.stats(StatsKey { route, rule: rule_label(r), backend: String::new() }),
+        local_stats: metrics.stats(StatsKey {
+            route,
+            rule: rule_label(r),
+            backend: String::new(),
+        }),
     })
 }
 
-fn build_backend(b: &BackendIr, route: &str, rule: &str, metrics: &Metrics) -> Result<Backend, BuildError> {
+fn build_backend(
+    b: &BackendIr,
+    route: &str,
+    rule: &str,
+    metrics: &Metrics,
+) -> Result<Backend, BuildError> {
     Ok(Backend {
         name: b.name.clone(),
         weight: b.weight,
@@ -213,11 +256,20 @@ fn build_backend(b: &BackendIr, route: &str, rule: &str, metrics: &Metrics) -> R
         next: AtomicUsize::new(0),
         filters: build_filters(&b.filters, route, rule, metrics)?,
         invalid: b.invalid.clone(),
-        stats: metrics.stats(StatsKey { route: route.into(), rule: rule.into(), backend: b.name.clone() }),
+        stats: metrics.stats(StatsKey {
+            route: route.into(),
+            rule: rule.into(),
+            backend: b.name.clone(),
+        }),
     })
 }
 
-fn build_filters(filters: &[FilterIr], route: &str, rule: &str, metrics: &Metrics) -> Result<Vec<Filter>, BuildError> {
+fn build_filters(
+    filters: &[FilterIr],
+    route: &str,
+    rule: &str,
+    metrics: &Metrics,
+) -> Result<Vec<Filter>, BuildError> {
     filters
         .iter()
         .map(|f| {
@@ -227,7 +279,12 @@ fn build_filters(filters: &[FilterIr], route: &str, rule: &str, metrics: &Metric
                 FilterIr::Redirect(r) => Filter::Redirect(r.clone()),
                 FilterIr::Rewrite(r) => Filter::Rewrite(r.clone()),
                 FilterIr::Mirror(m) => Filter::Mirror {
-                    backend: Arc::new(build_backend(&m.backend, route, &format!("{rule}/mirror"), metrics)?),
+                    backend: Arc::new(build_backend(
+                        &m.backend,
+                        route,
+                        &format!("{rule}/mirror"),
+                        metrics,
+                    )?),
                     numerator: m.numerator,
                     denominator: m.denominator.max(1),
                 },
@@ -240,8 +297,13 @@ fn build_filters(filters: &[FilterIr], route: &str, rule: &str, metrics: &Metric
 fn header_mod(h: &HeaderModIr) -> Result<HeaderMod, BuildError> {
     let pair = |(n, v): &(String, String)| {
         Ok((
-            HeaderName::from_bytes(n.as_bytes()).map_err(|_| BuildError(format!("header name {n:?} is not valid")))?,
-            HeaderValue::from_str(v).map_err(|_| BuildError(format!("header {n}: value {v:?} is not a valid header value")))?,
+            HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| BuildError(format!("header name {n:?} is not valid")))?,
+            HeaderValue::from_str(v).map_err(|_| {
+                BuildError(format!(
+                    "header {n}: value {v:?} is not a valid header value"
+                ))
+            })?,
         ))
     };
     Ok(HeaderMod {
@@ -250,7 +312,10 @@ fn header_mod(h: &HeaderModIr) -> Result<HeaderMod, BuildError> {
         remove: h
             .remove
             .iter()
-            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|_| BuildError(format!("header name {n:?} is not valid"))))
+            .map(|n| {
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| BuildError(format!("header name {n:?} is not valid")))
+            })
             .collect::<Result<_, _>>()?,
     })
 }

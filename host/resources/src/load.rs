@@ -126,7 +126,9 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn load_many<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Loaded, LoadErrors> {
+fn load_many<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Loaded, LoadErrors> {
     let mut loaded = Loaded::default();
     let mut errors = Vec::new();
     for (name, text) in files {
@@ -166,7 +168,8 @@ fn load_many<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<
 fn split_documents(text: &str) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
     for de in serde_norway::Deserializer::from_str(text) {
-        let v = <Value as serde::Deserialize>::deserialize(de).map_err(|e| format!("invalid YAML: {e}"))?;
+        let v = <Value as serde::Deserialize>::deserialize(de)
+            .map_err(|e| format!("invalid YAML: {e}"))?;
         docs.push(v);
     }
     Ok(docs)
@@ -181,12 +184,20 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
         message,
     };
     let Value::Mapping(map) = &doc else {
-        errors.push(err(None, None, "expected a Kubernetes object (a mapping with apiVersion and kind)".into()));
+        errors.push(err(
+            None,
+            None,
+            "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
+        ));
         return;
     };
     let get = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(api_version), Some(kind)) = (get("apiVersion"), get("kind")) else {
-        errors.push(err(None, None, "missing apiVersion or kind; every document must be a Kubernetes object".into()));
+        errors.push(err(
+            None,
+            None,
+            "missing apiVersion or kind; every document must be a Kubernetes object".into(),
+        ));
         return;
     };
     // Kubernetes List objects (`kubectl get -o yaml`) hold their objects in `items`.
@@ -216,7 +227,11 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
     let oref = ObjectRef::new(&kind, &namespace, &name);
     let object = Some(oref.to_string());
     if name.is_empty() {
-        errors.push(err(object, Some("metadata.name"), "required; give the object a name".into()));
+        errors.push(err(
+            object,
+            Some("metadata.name"),
+            "required; give the object a name".into(),
+        ));
         return;
     }
 
@@ -227,25 +242,50 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
     let ok = |allowed: &[&str]| allowed.contains(&version);
     let e = location;
     match (group, kind.as_str()) {
-        ("gateway.networking.k8s.io", "GatewayClass") if ok(&["v1", "v1beta1"]) => {
-            push(e, &oref, doc, errors, &mut r.gateway_classes, validate::gateway_class)
-        }
+        ("gateway.networking.k8s.io", "GatewayClass") if ok(&["v1", "v1beta1"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.gateway_classes,
+            validate::gateway_class,
+        ),
         ("gateway.networking.k8s.io", "Gateway") if ok(&["v1", "v1beta1"]) => {
             push(e, &oref, doc, errors, &mut r.gateways, validate::gateway)
         }
-        ("gateway.networking.k8s.io", "HTTPRoute") if ok(&["v1", "v1beta1"]) => {
-            push(e, &oref, doc, errors, &mut r.http_routes, validate::http_route)
-        }
+        ("gateway.networking.k8s.io", "HTTPRoute") if ok(&["v1", "v1beta1"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.http_routes,
+            validate::http_route,
+        ),
         ("gateway.networking.k8s.io", "ReferenceGrant") if ok(&["v1", "v1beta1"]) => {
-            push(e, &oref, doc, errors, &mut r.reference_grants, |_| Vec::new())
+            push(e, &oref, doc, errors, &mut r.reference_grants, |_| {
+                Vec::new()
+            })
         }
-        ("", "Namespace") if ok(&["v1"]) => push(e, &oref, doc, errors, &mut r.namespaces, |_| Vec::new()),
-        ("", "Service") if ok(&["v1"]) => push(e, &oref, doc, errors, &mut r.services, |_| Vec::new()),
-        ("", "Secret") if ok(&["v1"]) => push(e, &oref, doc, errors, &mut r.secrets, validate::secret),
-        ("discovery.k8s.io", "EndpointSlice") if ok(&["v1"]) => {
-            push(e, &oref, doc, errors, &mut r.endpoint_slices, validate::endpoint_slice)
+        ("", "Namespace") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.namespaces, |_| Vec::new())
         }
-        ("gateway.networking.k8s.io", _) | ("", "Service" | "Namespace" | "Secret") | ("discovery.k8s.io", _) => {
+        ("", "Service") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.services, |_| Vec::new())
+        }
+        ("", "Secret") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.secrets, validate::secret)
+        }
+        ("discovery.k8s.io", "EndpointSlice") if ok(&["v1"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.endpoint_slices,
+            validate::endpoint_slice,
+        ),
+        ("gateway.networking.k8s.io", _)
+        | ("", "Service" | "Namespace" | "Secret")
+        | ("discovery.k8s.io", _) => {
             errors.push(err(
                 object,
                 Some("apiVersion"),
@@ -254,7 +294,9 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
             return;
         }
         _ => {
-            loaded.warnings.push(format!("{location}: {oref} ({api_version}) skipped: Sluice does not read this kind"));
+            loaded.warnings.push(format!(
+                "{location}: {oref} ({api_version}) skipped: Sluice does not read this kind"
+            ));
             return;
         }
     }
@@ -265,7 +307,9 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
         errors.push(err(
             object,
             Some("metadata.name"),
-            format!("{oref} is also defined in {previous}; give one of them another name or namespace"),
+            format!(
+                "{oref} is also defined in {previous}; give one of them another name or namespace"
+            ),
         ));
     }
 }
@@ -335,9 +379,15 @@ fn field_path(p: &serde_ignored::Path) -> String {
         Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
         Path::Map { parent, key } => {
             let head = field_path(parent);
-            if head.is_empty() { key.clone() } else { format!("{head}.{key}") }
+            if head.is_empty() {
+                key.clone()
+            } else {
+                format!("{head}.{key}")
+            }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 

@@ -22,7 +22,10 @@ pub fn gateway_class(gc: &GatewayClass) -> Problems {
 pub fn gateway(gw: &Gateway) -> Problems {
     let mut p = Vec::new();
     if gw.spec.listeners.is_empty() {
-        p.push(("spec.listeners".into(), "at least one listener is required".into()));
+        p.push((
+            "spec.listeners".into(),
+            "at least one listener is required".into(),
+        ));
     }
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let f = |s: &str| format!("spec.listeners[{i}].{s}");
@@ -35,13 +38,25 @@ pub fn gateway(gw: &Gateway) -> Problems {
             p.push((f("hostname"), m));
         }
         if gw.spec.listeners[..i].iter().any(|o| o.name == l.name) {
-            p.push((f("name"), format!("listener name {:?} is used twice; names must be unique", l.name)));
+            p.push((
+                f("name"),
+                format!(
+                    "listener name {:?} is used twice; names must be unique",
+                    l.name
+                ),
+            ));
         }
-        if let Some(ns) = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref())
+        if let Some(ns) = l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
             && ns.from == Some(FromNamespaces::Selector)
             && ns.selector.is_none()
         {
-            p.push((f("allowedRoutes.namespaces.selector"), "required when from is Selector".into()));
+            p.push((
+                f("allowedRoutes.namespaces.selector"),
+                "required when from is Selector".into(),
+            ));
         }
     }
     p
@@ -51,8 +66,14 @@ pub fn secret(s: &Secret) -> Problems {
     use base64::Engine;
     let mut p = Vec::new();
     for (k, v) in &s.data {
-        if base64::engine::general_purpose::STANDARD.decode(v.trim()).is_err() {
-            p.push((format!("data.{k}"), "is not valid base64; use stringData for plain text".into()));
+        if base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .is_err()
+        {
+            p.push((
+                format!("data.{k}"),
+                "is not valid base64; use stringData for plain text".into(),
+            ));
         }
     }
     p
@@ -72,7 +93,10 @@ pub fn endpoint_slice(es: &EndpointSlice) -> Problems {
     for (i, e) in es.endpoints.iter().enumerate() {
         for (j, a) in e.addresses.iter().enumerate() {
             if es.address_type != "FQDN" && a.parse::<std::net::IpAddr>().is_err() {
-                p.push((format!("endpoints[{i}].addresses[{j}]"), format!("{a:?} is not an IP address")));
+                p.push((
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("{a:?} is not an IP address"),
+                ));
             }
         }
     }
@@ -87,14 +111,22 @@ pub fn http_route(r: &HttpRoute) -> Problems {
         }
     }
     if r.spec.rules.len() > 16 {
-        p.push(("spec.rules".into(), "at most 16 rules per HTTPRoute; split the route".into()));
+        p.push((
+            "spec.rules".into(),
+            "at most 16 rules per HTTPRoute; split the route".into(),
+        ));
     }
     for (ri, rule) in r.spec.rules.iter().enumerate() {
         let rf = |s: &str| format!("spec.rules[{ri}].{s}");
         if let Some(name) = &rule.name
-            && r.spec.rules[..ri].iter().any(|o| o.name.as_ref() == Some(name))
+            && r.spec.rules[..ri]
+                .iter()
+                .any(|o| o.name.as_ref() == Some(name))
         {
-            p.push((rf("name"), format!("rule name {name:?} is used twice; names must be unique")));
+            p.push((
+                rf("name"),
+                format!("rule name {name:?} is used twice; names must be unique"),
+            ));
         }
         for (mi, m) in rule.matches.iter().enumerate() {
             let mf = |s: &str| rf(&format!("matches[{mi}].{s}"));
@@ -103,30 +135,61 @@ pub fn http_route(r: &HttpRoute) -> Problems {
                 let kind = path.type_.unwrap_or_default();
                 if kind != PathMatchType::RegularExpression {
                     if !value.starts_with('/') {
-                        p.push((mf("path.value"), "must be an absolute path starting with '/'".into()));
+                        p.push((
+                            mf("path.value"),
+                            "must be an absolute path starting with '/'".into(),
+                        ));
                     }
-                    if value.contains("//") || value.contains("/./") || value.contains("/../") || value.contains('?') || value.contains('#') {
-                        p.push((mf("path.value"), "must not contain '//', '/./', '/../', '?' or '#'".into()));
+                    if value.contains("//")
+                        || value.contains("/./")
+                        || value.contains("/../")
+                        || value.contains('?')
+                        || value.contains('#')
+                    {
+                        p.push((
+                            mf("path.value"),
+                            "must not contain '//', '/./', '/../', '?' or '#'".into(),
+                        ));
                     }
                 }
             }
             for (hi, h) in m.headers.iter().enumerate() {
                 if !is_token(&h.name) {
-                    p.push((mf(&format!("headers[{hi}].name")), "must be a valid HTTP header name".into()));
+                    p.push((
+                        mf(&format!("headers[{hi}].name")),
+                        "must be a valid HTTP header name".into(),
+                    ));
                 }
-                if m.headers[..hi].iter().any(|o| o.name.eq_ignore_ascii_case(&h.name)) {
-                    p.push((mf(&format!("headers[{hi}].name")), "header names must be unique within a match".into()));
+                if m.headers[..hi]
+                    .iter()
+                    .any(|o| o.name.eq_ignore_ascii_case(&h.name))
+                {
+                    p.push((
+                        mf(&format!("headers[{hi}].name")),
+                        "header names must be unique within a match".into(),
+                    ));
                 }
             }
             for (qi, q) in m.query_params.iter().enumerate() {
                 if m.query_params[..qi].iter().any(|o| o.name == q.name) {
-                    p.push((mf(&format!("queryParams[{qi}].name")), "query param names must be unique within a match".into()));
+                    p.push((
+                        mf(&format!("queryParams[{qi}].name")),
+                        "query param names must be unique within a match".into(),
+                    ));
                 }
             }
             if let Some(method) = &m.method
                 && !matches!(
                     method.as_str(),
-                    "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
+                    "GET"
+                        | "HEAD"
+                        | "POST"
+                        | "PUT"
+                        | "DELETE"
+                        | "CONNECT"
+                        | "OPTIONS"
+                        | "TRACE"
+                        | "PATCH"
                 )
             {
                 p.push((mf("method"), format!("{method:?} is not one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH")));
@@ -135,7 +198,11 @@ pub fn http_route(r: &HttpRoute) -> Problems {
         check_filters(&rule.filters, &rf("filters"), rule, &mut p);
         let redirect = rule.filters.iter().any(|f| f.type_ == "RequestRedirect");
         if redirect && !rule.backend_refs.is_empty() {
-            p.push((rf("backendRefs"), "a rule with a RequestRedirect filter cannot have backendRefs; remove one of them".into()));
+            p.push((
+                rf("backendRefs"),
+                "a rule with a RequestRedirect filter cannot have backendRefs; remove one of them"
+                    .into(),
+            ));
         }
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let bf = |s: &str| rf(&format!("backendRefs[{bi}].{s}"));
@@ -146,7 +213,10 @@ pub fn http_route(r: &HttpRoute) -> Problems {
             check_filters(&b.filters, &bf("filters"), rule, &mut p);
         }
         if let Some(t) = &rule.timeouts {
-            for (name, v) in [("request", &t.request), ("backendRequest", &t.backend_request)] {
+            for (name, v) in [
+                ("request", &t.request),
+                ("backendRequest", &t.backend_request),
+            ] {
                 if let Some(v) = v
                     && let Err(m) = parse_duration(v)
                 {
@@ -159,7 +229,10 @@ pub fn http_route(r: &HttpRoute) -> Problems {
             ) && !req.is_zero()
                 && be > req
             {
-                p.push((rf("timeouts.backendRequest"), "must not be longer than timeouts.request".into()));
+                p.push((
+                    rf("timeouts.backendRequest"),
+                    "must not be longer than timeouts.request".into(),
+                ));
             }
         }
     }
@@ -169,7 +242,10 @@ pub fn http_route(r: &HttpRoute) -> Problems {
 fn check_backend(b: &BackendObjectReference, field: &str, p: &mut Problems) {
     let core = b.group.as_deref().unwrap_or("").is_empty();
     if core && b.kind.as_deref().unwrap_or("Service") == "Service" && b.port.is_none() {
-        p.push((format!("{field}port"), "required when the backend is a Service; give the Service port".into()));
+        p.push((
+            format!("{field}port"),
+            "required when the backend is a Service; give the Service port".into(),
+        ));
     }
 }
 
@@ -178,7 +254,10 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
         let ff = |s: &str| format!("{field}[{fi}]{s}");
         let present = [
             ("RequestHeaderModifier", f.request_header_modifier.is_some()),
-            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            (
+                "ResponseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
             ("RequestMirror", f.request_mirror.is_some()),
             ("RequestRedirect", f.request_redirect.is_some()),
             ("URLRewrite", f.url_rewrite.is_some()),
@@ -189,23 +268,48 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
         for (t, set) in present {
             let camel = lower_first(t);
             if t == f.type_ && !set {
-                p.push((ff(&format!(".{camel}")), format!("required when type is {t}")));
+                p.push((
+                    ff(&format!(".{camel}")),
+                    format!("required when type is {t}"),
+                ));
             } else if t != f.type_ && set {
-                p.push((ff(&format!(".{camel}")), format!("must not be set when type is {}", f.type_)));
+                p.push((
+                    ff(&format!(".{camel}")),
+                    format!("must not be set when type is {}", f.type_),
+                ));
             }
         }
         if !known {
             // Unknown types are reported by the translator as UnsupportedValue: a cluster
             // with experimental CRDs admits them, so the route exists but is not accepted.
         }
-        if filters[..fi].iter().any(|o| o.type_ == f.type_ && matches!(f.type_.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestRedirect" | "URLRewrite" | "CORS")) {
-            p.push((ff(".type"), format!("{} may appear only once per filter list", f.type_)));
+        if filters[..fi].iter().any(|o| {
+            o.type_ == f.type_
+                && matches!(
+                    f.type_.as_str(),
+                    "RequestHeaderModifier"
+                        | "ResponseHeaderModifier"
+                        | "RequestRedirect"
+                        | "URLRewrite"
+                        | "CORS"
+                )
+        }) {
+            p.push((
+                ff(".type"),
+                format!("{} may appear only once per filter list", f.type_),
+            ));
         }
-        for (name, hf) in [("requestHeaderModifier", &f.request_header_modifier), ("responseHeaderModifier", &f.response_header_modifier)] {
+        for (name, hf) in [
+            ("requestHeaderModifier", &f.request_header_modifier),
+            ("responseHeaderModifier", &f.response_header_modifier),
+        ] {
             if let Some(hf) = hf {
                 for (i, h) in hf.set.iter().chain(&hf.add).enumerate() {
                     if !is_token(&h.name) {
-                        p.push((ff(&format!(".{name}")), format!("header {i}: {:?} is not a valid HTTP header name", h.name)));
+                        p.push((
+                            ff(&format!(".{name}")),
+                            format!("header {i}: {:?} is not a valid HTTP header name", h.name),
+                        ));
                     }
                 }
             }
@@ -214,12 +318,18 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
             if let Some(code) = r.status_code
                 && !matches!(code, 301 | 302 | 303 | 307 | 308)
             {
-                p.push((ff(".requestRedirect.statusCode"), "must be one of 301, 302, 303, 307, 308".into()));
+                p.push((
+                    ff(".requestRedirect.statusCode"),
+                    "must be one of 301, 302, 303, 307, 308".into(),
+                ));
             }
             if let Some(s) = &r.scheme
                 && !matches!(s.as_str(), "http" | "https")
             {
-                p.push((ff(".requestRedirect.scheme"), "must be http or https".into()));
+                p.push((
+                    ff(".requestRedirect.scheme"),
+                    "must be http or https".into(),
+                ));
             }
             if let Some(path) = &r.path {
                 check_path_modifier(path, &ff(".requestRedirect.path"), rule, p);
@@ -233,22 +343,34 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
         if let Some(m) = &f.request_mirror {
             check_backend(&m.backend_ref, &ff(".requestMirror.backendRef."), p);
             if m.percent.is_some() && m.fraction.is_some() {
-                p.push((ff(".requestMirror"), "set percent or fraction, not both".into()));
+                p.push((
+                    ff(".requestMirror"),
+                    "set percent or fraction, not both".into(),
+                ));
             }
             if m.percent.is_some_and(|v| v > 100) {
-                p.push((ff(".requestMirror.percent"), "must be between 0 and 100".into()));
+                p.push((
+                    ff(".requestMirror.percent"),
+                    "must be between 0 and 100".into(),
+                ));
             }
             if let Some(fr) = m.fraction {
                 let d = fr.denominator.unwrap_or(100);
                 if d == 0 || fr.numerator > d {
-                    p.push((ff(".requestMirror.fraction"), "numerator must be at most denominator, and denominator above 0".into()));
+                    p.push((
+                        ff(".requestMirror.fraction"),
+                        "numerator must be at most denominator, and denominator above 0".into(),
+                    ));
                 }
             }
         }
         if let Some(c) = &f.cors {
             for (i, o) in c.allow_origins.iter().enumerate() {
                 if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                    p.push((ff(&format!(".cors.allowOrigins[{i}]")), "must be \"*\" or scheme://host[:port], host may start with \"*.\"".into()));
+                    p.push((
+                        ff(&format!(".cors.allowOrigins[{i}]")),
+                        "must be \"*\" or scheme://host[:port], host may start with \"*.\"".into(),
+                    ));
                 }
             }
             if c.allow_credentials == Some(true) && c.allow_origins.iter().any(|o| o == "*") {
@@ -263,18 +385,30 @@ fn check_path_modifier(m: &HttpPathModifier, field: &str, rule: &HttpRouteRule, 
     match m.type_ {
         PathModifierType::ReplaceFullPath => {
             if m.replace_full_path.is_none() {
-                p.push((format!("{field}.replaceFullPath"), "required when type is ReplaceFullPath".into()));
+                p.push((
+                    format!("{field}.replaceFullPath"),
+                    "required when type is ReplaceFullPath".into(),
+                ));
             }
             if m.replace_prefix_match.is_some() {
-                p.push((format!("{field}.replacePrefixMatch"), "must not be set when type is ReplaceFullPath".into()));
+                p.push((
+                    format!("{field}.replacePrefixMatch"),
+                    "must not be set when type is ReplaceFullPath".into(),
+                ));
             }
         }
         PathModifierType::ReplacePrefixMatch => {
             if m.replace_prefix_match.is_none() {
-                p.push((format!("{field}.replacePrefixMatch"), "required when type is ReplacePrefixMatch".into()));
+                p.push((
+                    format!("{field}.replacePrefixMatch"),
+                    "required when type is ReplacePrefixMatch".into(),
+                ));
             }
             if m.replace_full_path.is_some() {
-                p.push((format!("{field}.replaceFullPath"), "must not be set when type is ReplacePrefixMatch".into()));
+                p.push((
+                    format!("{field}.replaceFullPath"),
+                    "must not be set when type is ReplacePrefixMatch".into(),
+                ));
             }
             let prefix_only = rule.matches.len() == 1
                 && rule.matches[0]
@@ -297,14 +431,17 @@ fn lower_first(s: &str) -> String {
         "CORS" => "cors".into(),
         _ => {
             let mut c = s.chars();
-            c.next().map(|f| f.to_ascii_lowercase().to_string() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
+                .unwrap_or_default()
         }
     }
 }
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// RFC 1123 hostname, optionally with a leading `*.` label; no IPs, no port.
@@ -315,12 +452,16 @@ pub fn check_hostname(h: &str) -> Result<(), String> {
         && rest.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
     if !ok {
-        return Err(format!("{h:?} is not a valid hostname: use lowercase RFC 1123 labels, optionally starting with \"*.\""));
+        return Err(format!(
+            "{h:?} is not a valid hostname: use lowercase RFC 1123 labels, optionally starting with \"*.\""
+        ));
     }
     if rest.parse::<std::net::IpAddr>().is_ok() {
         return Err(format!("{h:?} is an IP address; hostnames must be names"));
@@ -368,7 +509,10 @@ mod tests {
 
     #[test]
     fn durations_follow_gep_2257() {
-        assert_eq!(parse_duration("1h2m3s4ms"), Ok(Duration::from_millis(3_723_004)));
+        assert_eq!(
+            parse_duration("1h2m3s4ms"),
+            Ok(Duration::from_millis(3_723_004))
+        );
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_duration("1.5s").is_err());

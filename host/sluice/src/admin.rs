@@ -25,7 +25,12 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(gw: Arc<Gateway>, statuses: Vec<ObjectStatus>) -> Self {
-        AdminState { gw, statuses: ArcSwap::from_pointee(statuses), ready: AtomicBool::new(false), last_error: Mutex::new(None) }
+        AdminState {
+            gw,
+            statuses: ArcSwap::from_pointee(statuses),
+            ready: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        }
     }
     pub fn set_last_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
@@ -35,7 +40,9 @@ impl AdminState {
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let http = auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         let http = http.clone();
         tokio::spawn(async move {
@@ -48,31 +55,51 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 fn json(v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_string_pretty(v) {
         Ok(s) => respond(StatusCode::OK, "application/json", s + "\n"),
-        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
     }
 }
 
-async fn answer(req: Request<Incoming>, s: Arc<AdminState>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    s: Arc<AdminState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             if s.ready.load(Ordering::Acquire) {
                 respond(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
             }
         }
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", s.gw.metrics.render()),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            s.gw.metrics.render(),
+        ),
         "/config_dump" => {
             let snap = s.gw.snapshot.load();
-            let last_error = s.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let last_error = s
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             json(&serde_json::json!({ "ir": &*snap.ir, "lastReloadError": last_error }))
         }
         "/status" => {

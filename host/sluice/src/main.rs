@@ -13,7 +13,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A Gateway API proxy extensible with WebAssembly filters")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Gateway API proxy extensible with WebAssembly filters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,9 +40,7 @@ enum Command {
         drain_timeout: u64,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
-    Check {
-        path: PathBuf,
-    },
+    Check { path: PathBuf },
     /// Run the echo backend used by the quickstart and the tests.
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -56,13 +58,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Run { path, admin, workers, drain_timeout } => {
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Command::Run {
+            path,
+            admin,
+            workers,
+            drain_timeout,
+        } => {
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let rt = match runtime(workers) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -70,7 +79,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(provider::run(path, admin, Duration::from_secs(drain_timeout))) {
+            match rt.block_on(provider::run(
+                path,
+                admin,
+                Duration::from_secs(drain_timeout),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -88,7 +101,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Echo { listen, namespace, service, pod } => {
+        Command::Echo {
+            listen,
+            namespace,
+            service,
+            pod,
+        } => {
             let rt = match runtime(1) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -99,7 +117,11 @@ fn main() -> ExitCode {
             let r = rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(addr = %listener.local_addr()?, "echo backend listening");
-                sluice_echo::serve(listener, Arc::new(sluice_echo::Identity::new(&namespace, &service, &pod))).await
+                sluice_echo::serve(
+                    listener,
+                    Arc::new(sluice_echo::Identity::new(&namespace, &service, &pod)),
+                )
+                .await
             });
             match r {
                 Ok(()) => ExitCode::SUCCESS,
@@ -114,8 +136,13 @@ fn main() -> ExitCode {
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }

@@ -36,11 +36,14 @@ pub fn check(path: &Path) -> Result<String, String> {
 pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let translation = load(&path).map_err(|e| anyhow!("{e}"))?;
-    let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let sockets = snapshot.sockets();
     let gw = Gateway::new(snapshot, metrics);
     let listeners = Arc::new(Listeners::new(gw.clone()));
-    listeners.sync(&sockets).context("binding the Gateway listeners")?;
+    listeners
+        .sync(&sockets)
+        .context("binding the Gateway listeners")?;
     let state = Arc::new(AdminState::new(gw.clone(), translation.statuses));
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
@@ -70,7 +73,10 @@ pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyh
     state.ready.store(false, Ordering::Release);
     let left = listeners.shutdown(drain).await;
     if left > 0 {
-        tracing::warn!(open = left, "drain timeout reached; closing remaining connections");
+        tracing::warn!(
+            open = left,
+            "drain timeout reached; closing remaining connections"
+        );
     }
     Ok(())
 }
@@ -108,8 +114,7 @@ fn watch(path: &Path, tx: mpsc::UnboundedSender<()>) -> anyhow::Result<notify::R
         if matches!(ev.kind, notify::EventKind::Access(_)) {
             return;
         }
-        let relevant = is_dir
-            || ev.paths.iter().any(|p| p == &file);
+        let relevant = is_dir || ev.paths.iter().any(|p| p == &file);
         if relevant {
             let _ = tx.send(());
         }

@@ -22,9 +22,13 @@ pub(crate) fn ref_permitted(
     from_ns == to_ns
         || res.reference_grants.iter().any(|g| {
             g.metadata.namespace.as_deref() == Some(to_ns)
-                && g.spec.from.iter().any(|f| f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns)
+                && g.spec.from.iter().any(|f| {
+                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns
+                })
                 && g.spec.to.iter().any(|t| {
-                    t.group == to_group && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name)
+                    t.group == to_group
+                        && t.kind == to_kind
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
                 })
         })
 }
@@ -32,7 +36,12 @@ pub(crate) fn ref_permitted(
 /// Resolves one backendRef of an HTTPRoute in `route_ns`. An unresolvable reference still
 /// yields a backend (with `invalid` set) so that it keeps its share of the weight: the
 /// spec wants requests that would have gone to it to fail with 500, not to spill over.
-pub(crate) fn resolve(res: &Resources, route_ns: &str, b: &BackendObjectReference, weight: u32) -> (BackendIr, Option<Problem>) {
+pub(crate) fn resolve(
+    res: &Resources,
+    route_ns: &str,
+    b: &BackendObjectReference,
+    weight: u32,
+) -> (BackendIr, Option<Problem>) {
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
@@ -65,12 +74,21 @@ fn resolve_service(
 ) -> Option<Problem> {
     if !(group.is_empty() && kind == "Service") {
         let g = if group.is_empty() { "core" } else { group };
-        return Some(("InvalidKind", format!("backendRef {}: kind {g}/{kind} is not supported; use a Service", b.name)));
+        return Some((
+            "InvalidKind",
+            format!(
+                "backendRef {}: kind {g}/{kind} is not supported; use a Service",
+                b.name
+            ),
+        ));
     }
     if !ref_permitted(res, "HTTPRoute", route_ns, "", "Service", ns, &b.name) {
         return Some((
             "RefNotPermitted",
-            format!("backendRef {ns}/{}: no ReferenceGrant in namespace {ns} allows HTTPRoutes from {route_ns} to refer to it", b.name),
+            format!(
+                "backendRef {ns}/{}: no ReferenceGrant in namespace {ns} allows HTTPRoutes from {route_ns} to refer to it",
+                b.name
+            ),
         ));
     }
     let Some(svc) = res
@@ -78,17 +96,27 @@ fn resolve_service(
         .iter()
         .find(|s| s.metadata.name == b.name && s.metadata.namespace.as_deref() == Some(ns))
     else {
-        return Some(("BackendNotFound", format!("backendRef {ns}/{}: Service not found", b.name)));
+        return Some((
+            "BackendNotFound",
+            format!("backendRef {ns}/{}: Service not found", b.name),
+        ));
     };
     let Some(sp) = svc.spec.ports.iter().find(|p| p.port == port) else {
-        return Some(("BackendNotFound", format!("backendRef {ns}/{}: the Service has no port {port}", b.name)));
+        return Some((
+            "BackendNotFound",
+            format!("backendRef {ns}/{}: the Service has no port {port}", b.name),
+        ));
     };
     if sp.app_protocol.as_deref() == Some("kubernetes.io/h2c") {
         ir.protocol = UpstreamProtocol::H2c;
     }
     for slice in res.endpoint_slices.iter().filter(|s| {
         s.metadata.namespace.as_deref() == Some(ns)
-            && s.metadata.labels.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(b.name.as_str())
+            && s.metadata
+                .labels
+                .get(SERVICE_NAME_LABEL)
+                .map(String::as_str)
+                == Some(b.name.as_str())
     }) {
         // The slice port that serves this Service port has the same name (both unnamed
         // for a single-port Service).

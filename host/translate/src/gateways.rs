@@ -7,8 +7,8 @@ use sluice_resources::{
     FromNamespaces, GATEWAY_GROUP, Gateway, Listener, ParentReference, Resources, RouteGroupKind,
 };
 
-use crate::status::*;
 use crate::CONTROLLER_NAME;
+use crate::status::*;
 
 pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> BTreeSet<String> {
     let mut ours = BTreeSet::new();
@@ -17,7 +17,13 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
             continue;
         }
         let generation = gc.metadata.generation();
-        let mut conditions = vec![Condition::new("Accepted", true, "Accepted", "Handled by Sluice", generation)];
+        let mut conditions = vec![Condition::new(
+            "Accepted",
+            true,
+            "Accepted",
+            "Handled by Sluice",
+            generation,
+        )];
         if gc.spec.parameters_ref.is_some() {
             conditions[0] = Condition::new(
                 "Accepted",
@@ -39,7 +45,11 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
         out.push(ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "GatewayClass".into(),
-            metadata: StatusMeta { namespace: String::new(), name: gc.metadata.name.clone(), generation },
+            metadata: StatusMeta {
+                namespace: String::new(),
+                name: gc.metadata.name.clone(),
+                generation,
+            },
             status: Status::Conditions(ConditionsStatus { conditions }),
         });
     }
@@ -76,7 +86,11 @@ impl ListenerState {
     }
 
     pub fn allows_namespace(&self, res: &Resources, gateway_ns: &str, route_ns: &str) -> bool {
-        let ns = self.spec.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+        let ns = self
+            .spec
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref());
         match ns.and_then(|n| n.from).unwrap_or(FromNamespaces::Same) {
             FromNamespaces::All => true,
             FromNamespaces::Same => gateway_ns == route_ns,
@@ -122,14 +136,19 @@ fn gateway(gw: &Gateway) -> GatewayState {
             address_problem = Some((
                 "Accepted",
                 "UnsupportedAddress",
-                format!("spec.addresses[{i}]: type {t} is not supported; Sluice binds IPAddress addresses"),
+                format!(
+                    "spec.addresses[{i}]: type {t} is not supported; Sluice binds IPAddress addresses"
+                ),
             ));
             continue;
         }
         match a.value.parse::<IpAddr>() {
             Ok(ip) => {
                 bind.push(ip);
-                spec_addresses.push(StatusAddress { type_: "IPAddress".into(), value: ip.to_string() });
+                spec_addresses.push(StatusAddress {
+                    type_: "IPAddress".into(),
+                    value: ip.to_string(),
+                });
             }
             Err(_) => {
                 address_problem = Some((
@@ -161,7 +180,10 @@ fn listener(l: &Listener) -> ListenerState {
     let mut unresolved = None;
     if supported.is_empty() {
         let msg = match l.protocol.as_str() {
-            "HTTPS" | "TLS" | "TCP" | "UDP" => format!("protocol {} is not supported by this version of Sluice yet; use HTTP", l.protocol),
+            "HTTPS" | "TLS" | "TCP" | "UDP" => format!(
+                "protocol {} is not supported by this version of Sluice yet; use HTTP",
+                l.protocol
+            ),
             p => format!("protocol {p:?} is not supported; use HTTP"),
         };
         unaccepted = Some(("UnsupportedProtocol", msg));
@@ -169,25 +191,41 @@ fn listener(l: &Listener) -> ListenerState {
     let supported_kinds = match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
         None => supported
             .iter()
-            .map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: (*k).into() })
+            .map(|k| RouteGroupKind {
+                group: Some(GATEWAY_GROUP.into()),
+                kind: (*k).into(),
+            })
             .collect(),
         Some(kinds) => {
             let mut ok = Vec::new();
             for k in kinds {
                 let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
                 if group == GATEWAY_GROUP && supported.contains(&k.kind.as_str()) {
-                    ok.push(RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: k.kind.clone() });
+                    ok.push(RouteGroupKind {
+                        group: Some(GATEWAY_GROUP.into()),
+                        kind: k.kind.clone(),
+                    });
                 } else if unresolved.is_none() {
                     unresolved = Some((
                         "InvalidRouteKinds",
-                        format!("route kind {group}/{} is not supported on a {} listener", k.kind, l.protocol),
+                        format!(
+                            "route kind {group}/{} is not supported on a {} listener",
+                            k.kind, l.protocol
+                        ),
                     ));
                 }
             }
             ok
         }
     };
-    ListenerState { spec: l.clone(), supported_kinds, unaccepted, unresolved, conflict: None, attached_routes: 0 }
+    ListenerState {
+        spec: l.clone(),
+        supported_kinds,
+        unaccepted,
+        unresolved,
+        conflict: None,
+        attached_routes: 0,
+    }
 }
 
 /// Listeners that share an address and port must differ by hostname and agree on protocol.
@@ -203,8 +241,14 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
             }
             for &(gj, lj) in &seen {
                 // 0.0.0.0 overlaps every address on the same port.
-                let overlap = |a: &IpAddr| gws[gj].bind.iter().any(|b| a == b || a.is_unspecified() || b.is_unspecified());
-                let shares_socket = gws[gi].listeners[li].spec.port == gws[gj].listeners[lj].spec.port
+                let overlap = |a: &IpAddr| {
+                    gws[gj]
+                        .bind
+                        .iter()
+                        .any(|b| a == b || a.is_unspecified() || b.is_unspecified())
+                };
+                let shares_socket = gws[gi].listeners[li].spec.port
+                    == gws[gj].listeners[lj].spec.port
                     && gws[gi].bind.iter().any(overlap);
                 if !shares_socket {
                     continue;
@@ -248,18 +292,31 @@ impl GatewayState {
                 "Accepted",
                 valid > 0,
                 "ListenersNotValid",
-                format!("{} of {total} listeners are not valid; see status.listeners", total - valid),
+                format!(
+                    "{} of {total} listeners are not valid; see status.listeners",
+                    total - valid
+                ),
                 g,
             )
         };
         let mut programmed = if valid > 0 {
             Condition::new("Programmed", true, "Programmed", "Gateway is serving", g)
         } else {
-            Condition::new("Programmed", false, "Invalid", "no valid listener to serve", g)
+            Condition::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "no valid listener to serve",
+                g,
+            )
         };
         match &self.address_problem {
-            Some(("Accepted", reason, msg)) => accepted = Condition::new("Accepted", false, reason, msg.clone(), g),
-            Some((_, reason, msg)) => programmed = Condition::new("Programmed", false, reason, msg.clone(), g),
+            Some(("Accepted", reason, msg)) => {
+                accepted = Condition::new("Accepted", false, reason, msg.clone(), g)
+            }
+            Some((_, reason, msg)) => {
+                programmed = Condition::new("Programmed", false, reason, msg.clone(), g)
+            }
             None => {}
         }
         let listeners = self
@@ -268,8 +325,16 @@ impl GatewayState {
             .map(|l| {
                 let mut conditions = Vec::new();
                 match &l.unaccepted {
-                    Some((reason, msg)) => conditions.push(Condition::new("Accepted", false, reason, msg.clone(), g)),
-                    None => conditions.push(Condition::new("Accepted", true, "Accepted", "listener accepted", g)),
+                    Some((reason, msg)) => {
+                        conditions.push(Condition::new("Accepted", false, reason, msg.clone(), g))
+                    }
+                    None => conditions.push(Condition::new(
+                        "Accepted",
+                        true,
+                        "Accepted",
+                        "listener accepted",
+                        g,
+                    )),
                 }
                 match l.conflict {
                     Some(reason) => conditions.push(Condition::new(
@@ -277,21 +342,54 @@ impl GatewayState {
                         true,
                         reason,
                         match reason {
-                            "ProtocolConflict" => "another listener on this port uses a different protocol".to_string(),
+                            "ProtocolConflict" => {
+                                "another listener on this port uses a different protocol"
+                                    .to_string()
+                            }
                             _ => "another listener on this port has the same hostname".to_string(),
                         },
                         g,
                     )),
-                    None => conditions.push(Condition::new("Conflicted", false, "NoConflicts", "no conflicts", g)),
+                    None => conditions.push(Condition::new(
+                        "Conflicted",
+                        false,
+                        "NoConflicts",
+                        "no conflicts",
+                        g,
+                    )),
                 }
                 match &l.unresolved {
-                    Some((reason, msg)) => conditions.push(Condition::new("ResolvedRefs", false, reason, msg.clone(), g)),
-                    None => conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", g)),
+                    Some((reason, msg)) => conditions.push(Condition::new(
+                        "ResolvedRefs",
+                        false,
+                        reason,
+                        msg.clone(),
+                        g,
+                    )),
+                    None => conditions.push(Condition::new(
+                        "ResolvedRefs",
+                        true,
+                        "ResolvedRefs",
+                        "all references resolved",
+                        g,
+                    )),
                 }
                 if l.programmed() {
-                    conditions.push(Condition::new("Programmed", true, "Programmed", "listener is serving", g));
+                    conditions.push(Condition::new(
+                        "Programmed",
+                        true,
+                        "Programmed",
+                        "listener is serving",
+                        g,
+                    ));
                 } else {
-                    conditions.push(Condition::new("Programmed", false, "Invalid", "listener is not valid", g));
+                    conditions.push(Condition::new(
+                        "Programmed",
+                        false,
+                        "Invalid",
+                        "listener is not valid",
+                        g,
+                    ));
                 }
                 ListenerStatus {
                     name: l.spec.name.clone(),
@@ -304,7 +402,11 @@ impl GatewayState {
         ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "Gateway".into(),
-            metadata: StatusMeta { namespace: self.namespace.clone(), name: self.name.clone(), generation: g },
+            metadata: StatusMeta {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                generation: g,
+            },
             status: Status::Gateway(GatewayStatus {
                 addresses: self.spec_addresses.clone(),
                 conditions: vec![accepted, programmed],

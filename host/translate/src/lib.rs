@@ -48,7 +48,11 @@ pub fn translate(res: &Resources) -> Translation {
         statuses.push(gw.status());
     }
     statuses.sort_by(|a, b| {
-        (&a.kind, &a.metadata.namespace, &a.metadata.name).cmp(&(&b.kind, &b.metadata.namespace, &b.metadata.name))
+        (&a.kind, &a.metadata.namespace, &a.metadata.name).cmp(&(
+            &b.kind,
+            &b.metadata.namespace,
+            &b.metadata.name,
+        ))
     });
     Translation { statuses, ir }
 }
@@ -89,8 +93,24 @@ pub(crate) struct PrecedenceKey {
 
 impl Ord for PrecedenceKey {
     fn cmp(&self, o: &Self) -> Ordering {
-        (self.host_exact, self.host_len, self.path_rank, self.path_len, self.method, self.headers, self.query)
-            .cmp(&(o.host_exact, o.host_len, o.path_rank, o.path_len, o.method, o.headers, o.query))
+        (
+            self.host_exact,
+            self.host_len,
+            self.path_rank,
+            self.path_len,
+            self.method,
+            self.headers,
+            self.query,
+        )
+            .cmp(&(
+                o.host_exact,
+                o.host_len,
+                o.path_rank,
+                o.path_len,
+                o.method,
+                o.headers,
+                o.query,
+            ))
             // Older (smaller timestamp) wins, so the comparison flips; a missing
             // timestamp counts as the newest.
             .then_with(|| match (&self.created, &o.created) {
@@ -99,7 +119,14 @@ impl Ord for PrecedenceKey {
                 (None, Some(_)) => Ordering::Less,
                 (None, None) => Ordering::Equal,
             })
-            .then_with(|| (&o.namespace, &o.name, o.rule, o.index).cmp(&(&self.namespace, &self.name, self.rule, self.index)))
+            .then_with(|| {
+                (&o.namespace, &o.name, o.rule, o.index).cmp(&(
+                    &self.namespace,
+                    &self.name,
+                    self.rule,
+                    self.index,
+                ))
+            })
     }
 }
 
@@ -117,12 +144,23 @@ pub(crate) fn path_rank(p: &PathMatchIr) -> (u8, usize) {
     }
 }
 
+/// A listener's matches by effective hostname, each with its precedence key.
+type HostMatches = BTreeMap<String, Vec<(PrecedenceKey, MatchIr)>>;
+
+/// An effective hostname and its precedence `(non-wildcard characters, characters)`.
+pub(crate) type RankedHost = (String, (usize, usize));
+
 fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
     let routes::Attached { rules, placed } = attached;
     // listener -> hostname -> matches
-    let mut per_listener: BTreeMap<(usize, usize), BTreeMap<String, Vec<(PrecedenceKey, MatchIr)>>> = BTreeMap::new();
+    let mut per_listener: BTreeMap<(usize, usize), HostMatches> = BTreeMap::new();
     for p in placed {
-        per_listener.entry(p.listener).or_default().entry(p.hostname).or_default().push((p.key, p.m));
+        per_listener
+            .entry(p.listener)
+            .or_default()
+            .entry(p.hostname)
+            .or_default()
+            .push((p.key, p.m));
     }
     let mut ports: Vec<PortIr> = Vec::new();
     for (gi, gw) in gws.iter().enumerate() {
@@ -140,7 +178,8 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
                 .map(|(hostname, own)| {
                     let mut ms: Vec<(PrecedenceKey, MatchIr)> = own.clone();
                     for (other, theirs) in &hosts {
-                        if other != hostname && (other == "*" || hostname_matches(other, hostname)) {
+                        if other != hostname && (other == "*" || hostname_matches(other, hostname))
+                        {
                             ms.extend(theirs.iter().cloned());
                         }
                     }
@@ -148,7 +187,10 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
                 })
                 .map(|(hostname, mut ms)| {
                     ms.sort_by(|a, b| b.0.cmp(&a.0));
-                    VirtualHostIr { hostname, matches: ms.into_iter().map(|(_, m)| m).collect() }
+                    VirtualHostIr {
+                        hostname,
+                        matches: ms.into_iter().map(|(_, m)| m).collect(),
+                    }
                 })
                 .collect();
             vhosts.sort_by(|a, b| a.hostname.cmp(&b.hostname));
@@ -159,7 +201,10 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
                 virtual_hosts: vhosts,
             };
             for addr in &gw.bind {
-                match ports.iter_mut().find(|p| p.address == *addr && p.port == l.spec.port) {
+                match ports
+                    .iter_mut()
+                    .find(|p| p.address == *addr && p.port == l.spec.port)
+                {
                     Some(p) => p.listeners.push(listener.clone()),
                     None => ports.push(PortIr {
                         address: *addr,
@@ -189,13 +234,25 @@ pub fn hostname_matches(pattern: &str, host: &str) -> bool {
 /// (`None` for "any host").
 #[cfg(test)]
 pub(crate) fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Vec<String> {
-    intersect_hostnames_ranked(listener, route).into_iter().map(|(h, _)| h).collect()
+    intersect_hostnames_ranked(listener, route)
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect()
 }
 
 /// Like [`intersect_hostnames`], with each result's hostname precedence
 /// `(non-wildcard characters, characters)` taken from the route hostname it came from.
-pub(crate) fn intersect_hostnames_ranked(listener: Option<&str>, route: &[String]) -> Vec<(String, (usize, usize))> {
-    let rank = |r: &str| if r.starts_with('*') { (0, r.len()) } else { (r.len(), r.len()) };
+pub(crate) fn intersect_hostnames_ranked(
+    listener: Option<&str>,
+    route: &[String],
+) -> Vec<RankedHost> {
+    let rank = |r: &str| {
+        if r.starts_with('*') {
+            (0, r.len())
+        } else {
+            (r.len(), r.len())
+        }
+    };
     let Some(l) = listener else {
         return if route.is_empty() {
             vec![("*".into(), (0, 0))]
@@ -206,7 +263,7 @@ pub(crate) fn intersect_hostnames_ranked(listener: Option<&str>, route: &[String
     if route.is_empty() {
         return vec![(l.to_string(), (0, 0))];
     }
-    let mut out: Vec<(String, (usize, usize))> = Vec::new();
+    let mut out: Vec<RankedHost> = Vec::new();
     for r in route {
         let hit = if hostname_matches(l, r) || l == r {
             Some(r.as_str())
@@ -239,10 +296,22 @@ mod tests {
     #[test]
     fn intersection_keeps_the_more_specific_side() {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(intersect_hostnames(Some("*.example.com"), &r(&["foo.example.com", "bar.org"])), r(&["foo.example.com"]));
-        assert_eq!(intersect_hostnames(Some("foo.example.com"), &r(&["*.example.com"])), r(&["foo.example.com"]));
-        assert_eq!(intersect_hostnames(Some("*.example.com"), &r(&["*.foo.example.com"])), r(&["*.foo.example.com"]));
-        assert_eq!(intersect_hostnames(Some("*.foo.example.com"), &r(&["*.example.com"])), r(&["*.foo.example.com"]));
+        assert_eq!(
+            intersect_hostnames(Some("*.example.com"), &r(&["foo.example.com", "bar.org"])),
+            r(&["foo.example.com"])
+        );
+        assert_eq!(
+            intersect_hostnames(Some("foo.example.com"), &r(&["*.example.com"])),
+            r(&["foo.example.com"])
+        );
+        assert_eq!(
+            intersect_hostnames(Some("*.example.com"), &r(&["*.foo.example.com"])),
+            r(&["*.foo.example.com"])
+        );
+        assert_eq!(
+            intersect_hostnames(Some("*.foo.example.com"), &r(&["*.example.com"])),
+            r(&["*.foo.example.com"])
+        );
         assert_eq!(intersect_hostnames(None, &[]), r(&["*"]));
         assert!(intersect_hostnames(Some("a.com"), &r(&["b.com"])).is_empty());
     }

@@ -3,26 +3,35 @@
 
 use regex::Regex;
 use sluice_ir::{
-    CorsIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr, RedirectIr, RewriteIr, RuleId, RuleIr,
-    ValueMatchIr,
+    CorsIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr, RedirectIr,
+    RewriteIr, RuleId, RuleIr, ValueMatchIr,
 };
 use sluice_resources::{
-    GATEWAY_GROUP, HttpHeaderFilter, HttpPathModifier, HttpRoute, HttpRouteFilter, HttpRouteRule, PathMatchType,
-    PathModifierType, Resources, ValueMatchType, parse_duration,
+    GATEWAY_GROUP, HttpHeaderFilter, HttpPathModifier, HttpRoute, HttpRouteFilter, HttpRouteRule,
+    PathMatchType, PathModifierType, Resources, ValueMatchType, parse_duration,
 };
 
 use crate::backends::{self, Problem};
 use crate::gateways::GatewayState;
 use crate::status::*;
-use crate::{CONTROLLER_NAME, Placed, PrecedenceKey, intersect_hostnames_ranked, path_rank};
+use crate::{
+    CONTROLLER_NAME, Placed, PrecedenceKey, RankedHost, intersect_hostnames_ranked, path_rank,
+};
 
 pub(crate) struct Attached {
     pub rules: Vec<RuleIr>,
     pub placed: Vec<Placed>,
 }
 
-pub(crate) fn http_routes(res: &Resources, gws: &mut [GatewayState], out: &mut Vec<ObjectStatus>) -> Attached {
-    let mut attached = Attached { rules: Vec::new(), placed: Vec::new() };
+pub(crate) fn http_routes(
+    res: &Resources,
+    gws: &mut [GatewayState],
+    out: &mut Vec<ObjectStatus>,
+) -> Attached {
+    let mut attached = Attached {
+        rules: Vec::new(),
+        placed: Vec::new(),
+    };
     for route in &res.http_routes {
         http_route(res, route, gws, out, &mut attached);
     }
@@ -38,14 +47,20 @@ struct Compiled {
     unsupported: Option<String>,
 }
 
-fn http_route(res: &Resources, route: &HttpRoute, gws: &mut [GatewayState], out: &mut Vec<ObjectStatus>, acc: &mut Attached) {
+fn http_route(
+    res: &Resources,
+    route: &HttpRoute,
+    gws: &mut [GatewayState],
+    out: &mut Vec<ObjectStatus>,
+    acc: &mut Attached,
+) {
     let ns = route.metadata.namespace_or_default();
     let generation = route.metadata.generation();
     let compiled = compile(res, route);
 
     let mut parents = Vec::new();
     // Listeners this route serves: (gateway, listener, hostnames).
-    let mut targets: Vec<(usize, usize, Vec<(String, (usize, usize))>)> = Vec::new();
+    let mut targets: Vec<(usize, usize, Vec<RankedHost>)> = Vec::new();
     let mut seen = Vec::new();
     for pref in &route.spec.parent_refs {
         if seen.contains(&pref) {
@@ -67,26 +82,46 @@ fn http_route(res: &Resources, route: &HttpRoute, gws: &mut [GatewayState], out:
             .map(|(i, _)| i)
             .collect();
         let accepted = if candidates.is_empty() {
-            Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".to_string()))
+            Err((
+                "NoMatchingParent",
+                "no listener matches the parentRef's sectionName and port".to_string(),
+            ))
         } else {
             let allowed: Vec<usize> = candidates
                 .iter()
                 .copied()
                 .filter(|&li| {
                     let l = &gw.listeners[li];
-                    l.programmed() && l.allows_kind("HTTPRoute") && l.allows_namespace(res, &gw.namespace, ns)
+                    l.programmed()
+                        && l.allows_kind("HTTPRoute")
+                        && l.allows_namespace(res, &gw.namespace, ns)
                 })
                 .collect();
             if allowed.is_empty() {
-                Err(("NotAllowedByListeners", "no listener allows this route: check allowedRoutes namespaces and kinds".to_string()))
+                Err((
+                    "NotAllowedByListeners",
+                    "no listener allows this route: check allowedRoutes namespaces and kinds"
+                        .to_string(),
+                ))
             } else {
-                let hits: Vec<(usize, Vec<(String, (usize, usize))>)> = allowed
+                let hits: Vec<(usize, Vec<RankedHost>)> = allowed
                     .iter()
-                    .map(|&li| (li, intersect_hostnames_ranked(gw.listeners[li].spec.hostname.as_deref(), &route.spec.hostnames)))
+                    .map(|&li| {
+                        (
+                            li,
+                            intersect_hostnames_ranked(
+                                gw.listeners[li].spec.hostname.as_deref(),
+                                &route.spec.hostnames,
+                            ),
+                        )
+                    })
                     .filter(|(_, h)| !h.is_empty())
                     .collect();
                 if hits.is_empty() {
-                    Err(("NoMatchingListenerHostname", "none of the route's hostnames matches a listener hostname".to_string()))
+                    Err((
+                        "NoMatchingListenerHostname",
+                        "none of the route's hostnames matches a listener hostname".to_string(),
+                    ))
                 } else if let Some(msg) = &compiled.unsupported {
                     Err(("UnsupportedValue", msg.clone()))
                 } else {
@@ -97,26 +132,50 @@ fn http_route(res: &Resources, route: &HttpRoute, gws: &mut [GatewayState], out:
         let mut conditions = Vec::new();
         match accepted {
             Ok(hits) => {
-                conditions.push(Condition::new("Accepted", true, "Accepted", "route attached", generation));
+                conditions.push(Condition::new(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "route attached",
+                    generation,
+                ));
                 for (li, hosts) in hits {
                     gws[gi].listeners[li].attached_routes += 1;
                     targets.push((gi, li, hosts));
                 }
             }
-            Err((reason, msg)) => conditions.push(Condition::new("Accepted", false, reason, msg, generation)),
+            Err((reason, msg)) => {
+                conditions.push(Condition::new("Accepted", false, reason, msg, generation))
+            }
         }
         conditions.push(match &compiled.unresolved {
-            None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved", generation),
-            Some((reason, msg)) => Condition::new("ResolvedRefs", false, reason, msg.clone(), generation),
+            None => Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                generation,
+            ),
+            Some((reason, msg)) => {
+                Condition::new("ResolvedRefs", false, reason, msg.clone(), generation)
+            }
         });
-        parents.push(RouteParentStatus { parent_ref: pref.clone(), controller_name: CONTROLLER_NAME.into(), conditions });
+        parents.push(RouteParentStatus {
+            parent_ref: pref.clone(),
+            controller_name: CONTROLLER_NAME.into(),
+            conditions,
+        });
     }
 
     if !parents.is_empty() {
         out.push(ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
             kind: "HTTPRoute".into(),
-            metadata: StatusMeta { namespace: ns.into(), name: route.metadata.name.clone(), generation },
+            metadata: StatusMeta {
+                namespace: ns.into(),
+                name: route.metadata.name.clone(),
+                generation,
+            },
             status: Status::Route(RouteStatus { parents }),
         });
     }
@@ -146,8 +205,17 @@ fn http_route(res: &Resources, route: &HttpRoute, gws: &mut [GatewayState], out:
                 for (h, (host_exact, host_len)) in hosts {
                     let mut m = m.clone();
                     m.rule = base + ri;
-                    let key = PrecedenceKey { host_exact: *host_exact, host_len: *host_len, ..key.clone() };
-                    acc.placed.push(Placed { listener: (*gi, *li), hostname: h.clone(), key, m });
+                    let key = PrecedenceKey {
+                        host_exact: *host_exact,
+                        host_len: *host_len,
+                        ..key.clone()
+                    };
+                    acc.placed.push(Placed {
+                        listener: (*gi, *li),
+                        hostname: h.clone(),
+                        key,
+                        m,
+                    });
                 }
             }
         }
@@ -156,18 +224,36 @@ fn http_route(res: &Resources, route: &HttpRoute, gws: &mut [GatewayState], out:
 
 fn compile(res: &Resources, route: &HttpRoute) -> Compiled {
     let ns = route.metadata.namespace_or_default();
-    let mut c = Compiled { rules: Vec::new(), unresolved: None, unsupported: None };
+    let mut c = Compiled {
+        rules: Vec::new(),
+        unresolved: None,
+        unsupported: None,
+    };
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let field = format!("spec.rules[{ri}]");
         let matches = compile_matches(rule, &field, &mut c.unsupported);
-        let (filters, mut invalid) = compile_filters(res, ns, rule, &rule.filters, &format!("{field}.filters"), &mut c);
+        let (filters, mut invalid) = compile_filters(
+            res,
+            ns,
+            rule,
+            &rule.filters,
+            &format!("{field}.filters"),
+            &mut c,
+        );
         let mut backends = Vec::new();
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let (mut ir, problem) = backends::resolve(res, ns, &b.backend, b.weight.unwrap_or(1));
             if let Some(p) = problem {
                 c.unresolved.get_or_insert(p);
             }
-            let (filters, bad) = compile_filters(res, ns, rule, &b.filters, &format!("{field}.backendRefs[{bi}].filters"), &mut c);
+            let (filters, bad) = compile_filters(
+                res,
+                ns,
+                rule,
+                &b.filters,
+                &format!("{field}.backendRefs[{bi}].filters"),
+                &mut c,
+            );
             ir.filters = filters;
             if let Some(bad) = bad {
                 ir.invalid.get_or_insert(bad);
@@ -183,11 +269,19 @@ fn compile(res: &Resources, route: &HttpRoute) -> Compiled {
             }
         }
         let timeout = |v: &Option<String>| {
-            v.as_deref().and_then(|s| parse_duration(s).ok()).filter(|d| !d.is_zero()).map(|d| d.as_millis() as u64)
+            v.as_deref()
+                .and_then(|s| parse_duration(s).ok())
+                .filter(|d| !d.is_zero())
+                .map(|d| d.as_millis() as u64)
         };
         let t = rule.timeouts.clone().unwrap_or_default();
         let rule_ir = RuleIr {
-            id: RuleId { namespace: ns.into(), route: route.metadata.name.clone(), index: ri, name: rule.name.clone() },
+            id: RuleId {
+                namespace: ns.into(),
+                route: route.metadata.name.clone(),
+                index: ri,
+                name: rule.name.clone(),
+            },
             filters,
             backends,
             request_timeout_ms: timeout(&t.request),
@@ -199,16 +293,29 @@ fn compile(res: &Resources, route: &HttpRoute) -> Compiled {
     c
 }
 
-fn compile_matches(rule: &HttpRouteRule, field: &str, unsupported: &mut Option<String>) -> Vec<MatchIr> {
+fn compile_matches(
+    rule: &HttpRouteRule,
+    field: &str,
+    unsupported: &mut Option<String>,
+) -> Vec<MatchIr> {
     let default = [sluice_resources::HttpRouteMatch::default()];
-    let matches = if rule.matches.is_empty() { &default[..] } else { &rule.matches[..] };
+    let matches = if rule.matches.is_empty() {
+        &default[..]
+    } else {
+        &rule.matches[..]
+    };
     let mut out = Vec::new();
     for (mi, m) in matches.iter().enumerate() {
         let mf = format!("{field}.matches[{mi}]");
         let (kind, value) = m
             .path
             .as_ref()
-            .map(|p| (p.type_.unwrap_or_default(), p.value.clone().unwrap_or_else(|| "/".into())))
+            .map(|p| {
+                (
+                    p.type_.unwrap_or_default(),
+                    p.value.clone().unwrap_or_else(|| "/".into()),
+                )
+            })
             .unwrap_or((PathMatchType::PathPrefix, "/".into()));
         let path = match kind {
             PathMatchType::Exact => PathMatchIr::Exact(value),
@@ -218,7 +325,10 @@ fn compile_matches(rule: &HttpRouteRule, field: &str, unsupported: &mut Option<S
                 PathMatchIr::Regex(value)
             }
         };
-        let values = |list: &[sluice_resources::HttpHeaderMatch], what: &str, lower: bool, unsupported: &mut Option<String>| {
+        let values = |list: &[sluice_resources::HttpHeaderMatch],
+                      what: &str,
+                      lower: bool,
+                      unsupported: &mut Option<String>| {
             list.iter()
                 .enumerate()
                 .map(|(i, h)| {
@@ -227,7 +337,11 @@ fn compile_matches(rule: &HttpRouteRule, field: &str, unsupported: &mut Option<S
                         check_regex(&h.value, &format!("{mf}.{what}[{i}].value"), unsupported);
                     }
                     ValueMatchIr {
-                        name: if lower { h.name.to_ascii_lowercase() } else { h.name.clone() },
+                        name: if lower {
+                            h.name.to_ascii_lowercase()
+                        } else {
+                            h.name.clone()
+                        },
                         regex,
                         value: h.value.clone(),
                     }
@@ -248,7 +362,9 @@ fn compile_matches(rule: &HttpRouteRule, field: &str, unsupported: &mut Option<S
 fn check_regex(re: &str, field: &str, unsupported: &mut Option<String>) {
     if let Err(e) = Regex::new(re) {
         let first_line = e.to_string().lines().last().unwrap_or_default().to_string();
-        unsupported.get_or_insert(format!("{field}: {re:?} is not a valid regular expression ({first_line})"));
+        unsupported.get_or_insert(format!(
+            "{field}: {re:?} is not a valid regular expression ({first_line})"
+        ));
     }
 }
 
@@ -279,7 +395,9 @@ fn compile_filters(
             .unwrap_or_else(|| "/".into())
     };
     let path_rewrite = |m: &HttpPathModifier| match m.type_ {
-        PathModifierType::ReplaceFullPath => PathRewriteIr::Full(m.replace_full_path.clone().unwrap_or_default()),
+        PathModifierType::ReplaceFullPath => {
+            PathRewriteIr::Full(m.replace_full_path.clone().unwrap_or_default())
+        }
         PathModifierType::ReplacePrefixMatch => PathRewriteIr::Prefix {
             prefix: matched_prefix(),
             with: m.replace_prefix_match.clone().unwrap_or_default(),
@@ -287,8 +405,12 @@ fn compile_filters(
     };
     for (fi, f) in filters.iter().enumerate() {
         match f.type_.as_str() {
-            "RequestHeaderModifier" => out.push(FilterIr::RequestHeaders(header_mod(f.request_header_modifier.as_ref()))),
-            "ResponseHeaderModifier" => out.push(FilterIr::ResponseHeaders(header_mod(f.response_header_modifier.as_ref()))),
+            "RequestHeaderModifier" => out.push(FilterIr::RequestHeaders(header_mod(
+                f.request_header_modifier.as_ref(),
+            ))),
+            "ResponseHeaderModifier" => out.push(FilterIr::ResponseHeaders(header_mod(
+                f.response_header_modifier.as_ref(),
+            ))),
             "RequestRedirect" => {
                 let r = f.request_redirect.clone().unwrap_or_default();
                 out.push(FilterIr::Redirect(RedirectIr {
@@ -301,7 +423,10 @@ fn compile_filters(
             }
             "URLRewrite" => {
                 let u = f.url_rewrite.clone().unwrap_or_default();
-                out.push(FilterIr::Rewrite(RewriteIr { hostname: u.hostname, path: u.path.as_ref().map(path_rewrite) }));
+                out.push(FilterIr::Rewrite(RewriteIr {
+                    hostname: u.hostname,
+                    path: u.path.as_ref().map(path_rewrite),
+                }));
             }
             "RequestMirror" => {
                 let Some(m) = &f.request_mirror else { continue };
@@ -316,7 +441,11 @@ fn compile_filters(
                     Some(p) => {
                         c.unresolved.get_or_insert(p);
                     }
-                    None => out.push(FilterIr::Mirror(MirrorIr { backend, numerator, denominator })),
+                    None => out.push(FilterIr::Mirror(MirrorIr {
+                        backend,
+                        numerator,
+                        denominator,
+                    })),
                 }
             }
             "CORS" => {
@@ -353,8 +482,14 @@ fn compile_filters(
 }
 
 fn header_mod(h: Option<&HttpHeaderFilter>) -> HeaderModIr {
-    let Some(h) = h else { return HeaderModIr::default() };
-    let pairs = |v: &[sluice_resources::HttpHeader]| v.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.clone())).collect();
+    let Some(h) = h else {
+        return HeaderModIr::default();
+    };
+    let pairs = |v: &[sluice_resources::HttpHeader]| {
+        v.iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+            .collect()
+    };
     HeaderModIr {
         set: pairs(&h.set),
         add: pairs(&h.add),

@@ -15,7 +15,13 @@ pub struct Condition {
 }
 
 impl Condition {
-    pub fn new(type_: &str, ok: bool, reason: &str, message: impl Into<String>, generation: i64) -> Self {
+    pub fn new(
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+        generation: i64,
+    ) -> Self {
         Condition {
             type_: type_.into(),
             status: if ok { "True" } else { "False" }.into(),

@@ -20,14 +20,28 @@ fn golden() {
         .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 40, "expected at least 40 golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "expected at least 40 golden cases, found {}",
+        cases.len()
+    );
     let mut failed = Vec::new();
     for input in &cases {
         let text = std::fs::read_to_string(input).expect("read case");
-        let name = input.file_name().unwrap().to_string_lossy().trim_end_matches(".in.yaml").to_string();
-        let full = if text.starts_with("# standalone") { text.clone() } else { format!("{common}\n---\n{text}") };
+        let name = input
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".in.yaml")
+            .to_string();
+        let full = if text.starts_with("# standalone") {
+            text.clone()
+        } else {
+            format!("{common}\n---\n{text}")
+        };
         let value = match sluice_resources::load_str(&format!("{name}.in.yaml"), &full) {
-            Ok(loaded) => serde_json::to_value(sluice_translate::translate(&loaded.resources)).expect("serialize"),
+            Ok(loaded) => serde_json::to_value(sluice_translate::translate(&loaded.resources))
+                .expect("serialize"),
             Err(errors) => serde_json::json!({
                 "loadErrors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
             }),

@@ -1,0 +1,272 @@
+//! Test rig: the real `sluice` binary on 127.0.0.1, echo backends on real sockets, and
+//! real clients (hyper's, curl, a WebSocket client).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_echo::Identity;
+
+/// A port that was free a moment ago. The gateway binds it from its config, so the test
+/// cannot hand it a listener; the window for a clash is tiny on a test machine.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub id: Arc<Identity>,
+}
+
+/// An echo backend on its own port, served by this test's runtime.
+pub async fn echo(service: &str) -> Echo {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("addr");
+    let id = Arc::new(Identity::new("default", service, &format!("{service}-0")));
+    tokio::spawn(sluice_echo::serve(listener, id.clone()));
+    Echo { addr, id }
+}
+
+/// A Service with one EndpointSlice pointing at `echo`, as YAML.
+pub fn service_yaml(name: &str, echo: &Echo, app_protocol: Option<&str>) -> String {
+    let ap = app_protocol
+        .map(|p| format!(", appProtocol: {p}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80{ap}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints:
+- addresses: [127.0.0.1]
+",
+        port = echo.addr.port()
+    )
+}
+
+/// GatewayClass plus a Gateway `gw` on 127.0.0.1:`port` with the given listeners YAML
+/// (defaults to one HTTP listener without hostname).
+pub fn gateway_yaml(port: u16, listeners: Option<&str>) -> String {
+    let listeners = listeners
+        .map(|l| l.replace("PORT", &port.to_string()))
+        .unwrap_or_else(|| format!("  - {{name: http, port: {port}, protocol: HTTP}}\n"));
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners:
+{listeners}"
+    )
+}
+
+/// A folder of its own under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "sluice-test-{tag}-{}-{}",
+            std::process::id(),
+            fastrand_u64()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn write(&self, name: &str, text: &str) {
+        // Write then rename, as editors and config-management tools do, so the watcher
+        // never sees a half-written file.
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.0.join(name)).expect("rename config");
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+pub struct Sluice {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Sluice {
+    /// Starts `sluice run DIR` and waits until `/readyz` answers 200.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Sluice {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = dir.with_extension("log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(dir)
+            .args(["--admin", &admin.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start sluice");
+        let mut s = Sluice { child, admin, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("sluice exited early ({status}):\n{}", s.logs());
+            }
+            if let Ok((StatusCode::OK, _)) = admin_get(admin, "/readyz").await {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice not ready in 20 s:\n{}",
+                s.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn admin(&self, path: &str) -> String {
+        admin_get(self.admin, path).await.expect("admin request").1
+    }
+
+    /// Polls `/metrics` until a reload (ok or rejected) has been counted `n` times.
+    pub async fn wait_reloads(&self, result: &str, n: u64) {
+        let needle = format!("sluice_config_reloads_total{{result=\"{result}\"}} {n}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.admin("/metrics").await.contains(&needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {result} reload #{n} within 10 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), String> {
+    let c = client();
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = c.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    /// A header the echo backend saw, first value.
+    pub fn seen(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(str::to_string)
+    }
+}
+
+/// Sends one request with the given Host and extra headers.
+pub async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host);
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let resp = c
+        .request(b.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+pub async fn get(port: u16, host: &str, path: &str) -> Answer {
+    send(&client(), "GET", port, host, path, &[]).await
+}

@@ -1,0 +1,698 @@
+//! End-to-end tests: the real binary, real sockets on 127.0.0.1, real clients.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use hyper::StatusCode;
+
+fn route(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_listener_hostname_path_headers_query_and_method() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let port = free_port();
+    let dir = TempDir::new("routing");
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(
+            port,
+            Some(
+                "  - {name: foo, port: PORT, protocol: HTTP, hostname: foo.example.com}\n  - {name: wild, port: PORT, protocol: HTTP, hostname: '*.example.com'}\n",
+            ),
+        ),
+    );
+    dir.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("a", &a, None),
+            service_yaml("b", &b, None)
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &[
+            route(
+                "foo",
+                "  parentRefs: [{name: gw}]
+  hostnames: [foo.example.com]
+  rules:
+  - matches: [{path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {value: /api}, headers: [{name: x-version, value: '2'}]}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {value: /api}, queryParams: [{name: v, type: RegularExpression, value: '[0-9]+'}]}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {value: /api}, method: DELETE}]
+    backendRefs: [{name: b, port: 80}]
+  - matches: [{path: {value: /api}}]
+    backendRefs: [{name: a, port: 80}]
+",
+            ),
+            route(
+                "wild",
+                "  parentRefs: [{name: gw, sectionName: wild}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: '/re/[a-z]+'}}]
+    backendRefs: [{name: b, port: 80}]
+  - backendRefs: [{name: a, port: 80}]
+",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+    let svc = |ans: &Answer| {
+        ans.json()["service"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let c = client();
+
+    let r = send(&c, "GET", port, "foo.example.com", "/exact", &[]).await;
+    assert_eq!((r.status, svc(&r)), (StatusCode::OK, "a".into()));
+    // Exact does not match a longer path; the prefix /api does not match /apix.
+    let r = send(&c, "GET", port, "foo.example.com", "/exact/more", &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "foo.example.com has no route for /exact/more"
+    );
+    assert_eq!(
+        send(&c, "GET", port, "foo.example.com", "/apix", &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        svc(&send(&c, "GET", port, "foo.example.com", "/api/x", &[]).await),
+        "a"
+    );
+    assert_eq!(
+        svc(&send(
+            &c,
+            "GET",
+            port,
+            "foo.example.com",
+            "/api/x",
+            &[("x-version", "2")]
+        )
+        .await),
+        "b"
+    );
+    assert_eq!(
+        svc(&send(&c, "GET", port, "foo.example.com", "/api?v=12", &[]).await),
+        "b"
+    );
+    assert_eq!(
+        svc(&send(&c, "GET", port, "foo.example.com", "/api?v=x", &[]).await),
+        "a"
+    );
+    assert_eq!(
+        svc(&send(&c, "DELETE", port, "FOO.example.com:1234", "/api", &[]).await),
+        "b"
+    );
+    // The wildcard listener: regex before the catch-all prefix.
+    assert_eq!(
+        svc(&send(&c, "GET", port, "bar.example.com", "/re/abc", &[]).await),
+        "b"
+    );
+    assert_eq!(
+        svc(&send(&c, "GET", port, "bar.example.com", "/re/123", &[]).await),
+        "a"
+    );
+    // No listener for this host at all.
+    assert_eq!(
+        send(&c, "GET", port, "example.org", "/", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_modify_redirect_rewrite_mirror_and_cors() {
+    let (a, mirror) = (echo("a").await, echo("mirror").await);
+    let port = free_port();
+    let dir = TempDir::new("filters");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("a", &a, None),
+            service_yaml("mirror", &mirror, None)
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {value: /headers}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-set, value: set}], add: [{name: x-add, value: added}], remove: [x-remove]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-resp, value: yes}], remove: [x-drop-me]}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, hostname: new.example.com, statusCode: 308, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {value: /app}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: internal.example.com, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {value: /mirrored}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: mirror, port: 80}}}
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {value: /cors}}]
+    filters:
+    - type: CORS
+      cors: {allowOrigins: ['https://*.example.com'], allowMethods: [GET, PUT], allowHeaders: [x-token], exposeHeaders: [x-request-id], maxAge: 60}
+    backendRefs: [{name: a, port: 80}]
+",
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+    let c = client();
+
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/headers",
+        &[
+            ("x-remove", "1"),
+            ("x-add", "mine"),
+            ("x-echo-set-header", "x-drop-me: 1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.seen("x-set").as_deref(), Some("set"));
+    assert_eq!(
+        r.json()["headers"]["x-add"],
+        serde_json::json!(["mine", "added"])
+    );
+    assert_eq!(r.seen("x-remove"), None);
+    assert_eq!(r.headers["x-resp"], "yes");
+    assert!(
+        r.headers.get("x-drop-me").is_none(),
+        "ResponseHeaderModifier remove"
+    );
+
+    // The redirect, checked with curl as a user would.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            "Host: shop.example.com",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/old/item?id=7"))
+        .output()
+        .expect("curl is installed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "308 https://new.example.com/new/item?id=7"
+    );
+
+    let r = send(&c, "GET", port, "h", "/app/page?q=1", &[]).await;
+    assert_eq!(r.json()["path"], "/page?q=1");
+    assert_eq!(r.json()["host"], "internal.example.com");
+
+    let before = mirror.id.requests.load(Ordering::Relaxed);
+    assert_eq!(
+        send(&c, "GET", port, "h", "/mirrored", &[]).await.status,
+        StatusCode::OK
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mirror.id.requests.load(Ordering::Relaxed) == before {
+        assert!(
+            Instant::now() < deadline,
+            "mirror backend never saw the request"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let pre = send(
+        &c,
+        "OPTIONS",
+        port,
+        "h",
+        "/cors",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await;
+    assert_eq!(pre.status, StatusCode::OK);
+    assert_eq!(
+        pre.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(pre.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(pre.headers["access-control-max-age"], "60");
+    let denied = send(
+        &c,
+        "OPTIONS",
+        port,
+        "h",
+        "/cors",
+        &[
+            ("origin", "https://evil.org"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await;
+    assert!(denied.headers.get("access-control-allow-origin").is_none());
+    let actual = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/cors",
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(actual.json()["service"], "a");
+    assert_eq!(
+        actual.headers["access-control-expose-headers"],
+        "x-request-id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_weights_errors_timeouts_and_forwarding_headers() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let port = free_port();
+    let dir = TempDir::new("backends");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: default}}\nspec: {{ports: [{{port: 80}}]}}\n",
+            service_yaml("a", &a, None),
+            service_yaml("b", &b, None)
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {value: /split}}]
+    backendRefs: [{name: a, port: 80, weight: 3}, {name: b, port: 80, weight: 1}]
+  - matches: [{path: {value: /missing}}]
+    backendRefs: [{name: nowhere, port: 80}]
+  - matches: [{path: {value: /empty}}]
+    backendRefs: [{name: empty, port: 80}]
+  - matches: [{path: {value: /slow}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: a, port: 80}]
+  - backendRefs: [{name: a, port: 80}]
+",
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+    let c = client();
+
+    let (mut na, mut nb) = (0, 0);
+    for _ in 0..400 {
+        match send(&c, "GET", port, "h", "/split", &[]).await.json()["service"].as_str() {
+            Some("a") => na += 1,
+            Some("b") => nb += 1,
+            other => panic!("unexpected backend {other:?}"),
+        }
+    }
+    // 3:1 split; 400 draws keep the share of b well inside 15%..35%.
+    assert!((60..=140).contains(&nb), "weights 3:1 gave a={na} b={nb}");
+
+    assert_eq!(
+        send(&c, "GET", port, "h", "/missing", &[]).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        send(&c, "GET", port, "h", "/empty", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let t = Instant::now();
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/slow",
+        &[("x-echo-delay-ms", "3000")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "timed out after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        send(&c, "GET", port, "h", "/slow", &[("x-echo-delay-ms", "10")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/",
+        &[
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.seen("x-private"),
+        None,
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(
+        r.seen("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(r.seen("x-forwarded-proto").as_deref(), Some("http"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_h2c_upstream_and_h2c_downstream() {
+    let (a, h2) = (echo("a").await, echo("h2").await);
+    let port = free_port();
+    let dir = TempDir::new("protocols");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("a", &a, None),
+            service_yaml("h2", &h2, Some("kubernetes.io/h2c"))
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {value: /h2}}]
+    backendRefs: [{name: h2, port: 80}]
+  - backendRefs: [{name: a, port: 80}]
+",
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/chat"))
+        .await
+        .expect("websocket handshake");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        let text = format!("ping {i}");
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            text.clone().into(),
+        ))
+        .await
+        .expect("send");
+        let got = ws.next().await.expect("reply").expect("frame");
+        assert_eq!(got.into_text().expect("text").as_str(), text);
+    }
+
+    let r = get(port, "h", "/h2").await;
+    assert_eq!(
+        r.json()["proto"],
+        "HTTP/2.0",
+        "appProtocol kubernetes.io/h2c speaks HTTP/2 upstream"
+    );
+    assert_eq!(r.json()["service"], "h2");
+
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n2 200"), "h2c downstream: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_fails_no_request_and_bad_reload_keeps_old_config() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("reload");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    let routes = |v: u32| {
+        route(
+            "r",
+            &format!(
+                "  parentRefs: [{{name: gw}}]
+  rules:
+  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-version, value: '{v}'}}]}}}}]
+    backendRefs: [{{name: a, port: 80}}]
+"
+            ),
+        )
+    };
+    dir.write("routes.yaml", &routes(0));
+    let gw = Sluice::start(&dir.0, &[]).await;
+
+    // Eight clients on keep-alive connections send requests while the config changes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let req = hyper::Request::get(format!("http://127.0.0.1:{port}/"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()));
+                match c.request(req.expect("request")).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for v in 1..=5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        dir.write("routes.yaml", &routes(v));
+        gw.wait_reloads("ok", u64::from(v)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
+    assert!(ok > 100, "only {ok} requests completed");
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("5")
+    );
+
+    // A broken file is refused; the last good config keeps serving.
+    dir.write(
+        "routes.yaml",
+        &routes(6).replace("RequestHeaderModifier", "RequestHeaderModifer"),
+    );
+    gw.wait_reloads("rejected", 1).await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("5")
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&gw.admin("/config_dump").await).expect("json");
+    let err = dump["lastReloadError"]
+        .as_str()
+        .expect("a reload error is reported");
+    assert!(
+        err.contains("routes.yaml")
+            && err.contains("HTTPRoute default/r")
+            && err.contains("spec.rules[0].filters[0]"),
+        "{err}"
+    );
+    assert!(
+        gw.logs().contains("configuration rejected"),
+        "the rejection is logged"
+    );
+
+    // Fixing the file recovers.
+    dir.write("routes.yaml", &routes(7));
+    gw.wait_reloads("ok", 6).await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("7")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_reports_health_metrics_ir_and_status() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("admin");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &[
+            route("good", "  parentRefs: [{name: gw}]\n  rules:\n  - name: main\n    backendRefs: [{name: a, port: 80}]\n"),
+            route("broken", "  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /b}}]\n    backendRefs: [{name: ghost, port: 80}]\n"),
+        ]
+        .join("---\n"),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    assert_eq!(get(port, "h", "/x").await.status, StatusCode::OK);
+    assert_eq!(
+        get(port, "h", "/b").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+
+    assert_eq!(
+        admin_get(gw.admin, "/healthz").await.expect("healthz").0,
+        StatusCode::OK
+    );
+    let metrics = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"sluice_http_requests_total{route="default/good",rule="main",backend="default/a:80",code="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"sluice_http_request_duration_seconds_count{route="default/good",rule="main",backend="default/a:80"} 1"#));
+    assert!(
+        metrics.contains(r#"route="default/broken",rule="0",backend="",code="500"} 1"#),
+        "{metrics}"
+    );
+
+    let dump: serde_json::Value =
+        serde_json::from_str(&gw.admin("/config_dump").await).expect("json");
+    assert_eq!(dump["ir"]["ports"][0]["port"], port);
+
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    assert_eq!(status["kind"], "List");
+    let items = status["items"].as_array().expect("items");
+    let find = |kind: &str, name: &str| {
+        items
+            .iter()
+            .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        find("GatewayClass", "sluice")["status"]["conditions"][0]["status"],
+        "True"
+    );
+    assert_eq!(
+        find("Gateway", "gw")["status"]["listeners"][0]["attachedRoutes"],
+        2
+    );
+    let broken = &find("HTTPRoute", "broken")["status"]["parents"][0]["conditions"];
+    assert_eq!(broken[1]["type"], "ResolvedRefs");
+    assert_eq!(broken[1]["reason"], "BackendNotFound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("drain");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let mut gw = Sluice::start(&dir.0, &["--workers", "1"]).await;
+    let slow = tokio::spawn(async move {
+        send(
+            &client(),
+            "GET",
+            port,
+            "h",
+            "/",
+            &[("x-echo-delay-ms", "700")],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.sigterm();
+    let r = slow.await.expect("request task");
+    assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
+}
+
+#[test]
+fn check_prints_errors_with_file_object_and_field() {
+    let dir = TempDir::new("check");
+    dir.write("bad.yaml", &route("r", "  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: Exact, value: nope}}]\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&dir.0)
+        .output()
+        .expect("run check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml: HTTPRoute default/r: spec.rules[0].matches[0].path.value: must be an absolute path"), "{err}");
+}
