@@ -58,19 +58,20 @@ pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
 
 /// The request's host, lowercase, without port: `:authority` for HTTP/2, else `Host`.
 fn request_host(req: &Request<Incoming>) -> Option<String> {
-    let host = match req.uri().authority() {
-        Some(a) => a.host().to_string(),
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            h.parse::<Authority>().ok()?.host().to_string()
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let host = if raw.starts_with('[') {
+        // [v6]:port
+        &raw[..raw.find(']').map_or(raw.len(), |i| i + 1)]
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => raw,
         }
     };
-    let host = host.trim_end_matches('.');
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        host.to_ascii_lowercase()
-    } else {
-        host.to_string()
-    })
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 async fn serve(
@@ -86,7 +87,7 @@ async fn serve(
             snap.no_route.clone(),
         )
     };
-    let Some(port) = snap.ports.get(&conn.key) else {
+    let Some(port) = snap.port(&conn.key) else {
         return no_route();
     };
     let host = request_host(&req).unwrap_or_default();
@@ -114,8 +115,7 @@ async fn serve(
         );
     }
 
-    // Request filters, in order. The original host is kept for redirects and mirrors.
-    let original_path = req.uri().path().to_string();
+    // Request filters, in order.
     let mut response_mods: Vec<&HeaderMod> = Vec::new();
     let mut cors: Option<(&Cors, Option<HeaderValue>)> = None;
     let mut mirrors: Vec<&Arc<Backend>> = Vec::new();
@@ -135,7 +135,7 @@ async fn serve(
                     new_host = Some(h.clone());
                 }
                 if let Some(p) = &r.path {
-                    let path = rewrite_path(p, &original_path);
+                    let path = rewrite_path(p, req.uri().path());
                     set_path(&mut req, &path);
                 }
             }
@@ -187,7 +187,7 @@ async fn serve(
                     new_host = Some(h.clone());
                 }
                 if let Some(p) = &r.path {
-                    let path = rewrite_path(p, &original_path);
+                    let path = rewrite_path(p, req.uri().path());
                     set_path(&mut req, &path);
                 }
             }

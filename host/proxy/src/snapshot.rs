@@ -1,6 +1,6 @@
 //! `build(ir)`: everything the request path needs, compiled once per configuration.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -17,15 +17,22 @@ use crate::router::PathRouter;
 /// reload never changes the rules under a request in flight.
 pub struct Snapshot {
     pub ir: Arc<Ir>,
-    pub(crate) ports: HashMap<SocketAddr, PortTable>,
+    /// Few entries: a scan beats hashing.
+    pub(crate) ports: Vec<(SocketAddr, PortTable)>,
     /// Requests that matched no route.
     pub(crate) no_route: Arc<Stats>,
 }
 
 impl Snapshot {
+    pub(crate) fn port(&self, key: &SocketAddr) -> Option<&PortTable> {
+        self.ports.iter().find(|(a, _)| a == key).map(|(_, p)| p)
+    }
+}
+
+impl Snapshot {
     /// The sockets this snapshot serves.
     pub fn sockets(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<_> = self.ports.keys().copied().collect();
+        let mut v: Vec<_> = self.ports.iter().map(|(a, _)| *a).collect();
         v.sort();
         v
     }
@@ -42,7 +49,7 @@ pub(crate) struct HostTable<T> {
 impl<T> HostTable<T> {
     fn new(entries: Vec<(Option<&str>, T)>) -> Self {
         let mut t = HostTable {
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             wildcard: Vec::new(),
             any: None,
         };
@@ -155,19 +162,14 @@ pub fn build(ir: Ir, metrics: &Metrics) -> Result<Snapshot, BuildError> {
         .iter()
         .map(|r| build_rule(r, metrics).map(Arc::new))
         .collect::<Result<_, _>>()?;
-    let mut ports = HashMap::new();
+    let mut ports = Vec::new();
     for p in &ir.ports {
         let listeners = p
             .listeners
             .iter()
             .map(|l| Ok((l.hostname.as_deref(), build_listener(l, p.port, &rules)?)))
             .collect::<Result<Vec<_>, BuildError>>()?;
-        ports.insert(
-            p.socket_addr(),
-            PortTable {
-                listeners: HostTable::new(listeners),
-            },
-        );
+        ports.push((p.socket_addr(), PortTable { listeners: HostTable::new(listeners) }));
     }
     let no_route = metrics.stats(StatsKey {
         route: String::new(),

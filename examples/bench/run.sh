@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Throughput benchmark: the same nginx `return 200` backend measured directly, through
+# nginx as a reverse proxy (one worker) and through Sluice (one worker thread), in one
+# run on this machine. Prints rps, p50, p99 and proxy CPU µs per request, and ratios to
+# nginx. Everything binds to 127.0.0.1.
+#
+#   examples/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-10}
+CONNS=${2:-32}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --bin sluice >&2
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; [ -f "$work/proxy.pid" ] && kill "$(cat "$work/proxy.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+BACKEND=18080 NGINX_PROXY=18081 SLUICE=18082 ADMIN=18083
+
+nginx_conf() { # name body
+  cat > "$work/$1.conf" <<CONF
+worker_processes 1;
+daemon on;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $2
+}
+CONF
+  nginx -c "$work/$1.conf" -p "$work"
+}
+nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
+nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PROXY; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
+
+mkdir -p "$work/sluice"
+cat > "$work/sluice/config.yaml" <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bench, namespace: default}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress, value: 127.0.0.1}]
+  listeners: [{name: http, port: $SLUICE, protocol: HTTP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: backend-1, namespace: default, labels: {kubernetes.io/service-name: backend}}
+addressType: IPv4
+ports: [{name: http, port: $BACKEND}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules: [{backendRefs: [{name: backend, port: 80}]}]
+YAML
+SLUICE_LOG=warn ./target/release/sluice run "$work/sluice" --workers 1 --admin 127.0.0.1:$ADMIN &
+SLUICE_PID=$!
+for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+worker_pid() { pgrep -P "$(cat "$work/$1.pid")" | head -1; }
+
+measure() { # label port pid-of-process-whose-cpu-counts
+  local label=$1 port=$2 pid=$3
+  wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null # warm up pools
+  local c0; c0=$(cpu_ticks "$pid")
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  local c1; c1=$(cpu_ticks "$pid")
+  echo "$out" > "$work/$label.wrk"
+  python3 - "$label" "$((c1 - c0))" "$(getconf CLK_TCK)" "$work/$label.wrk" <<'PY'
+import re, sys
+label, ticks, hz, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+text = open(path).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+cpu_us = ticks / hz * 1e6 / max(total, 1)
+print(f"{label}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_us:.1f}\t{errors.group(1) if errors else 0}")
+PY
+}
+
+results=$work/results.tsv
+measure direct $BACKEND "$(worker_pid backend)" > "$results"
+measure nginx $NGINX_PROXY "$(worker_pid proxy)" >> "$results"
+measure sluice $SLUICE $SLUICE_PID >> "$results"
+
+python3 - "$results" "$DURATION" "$CONNS" <<'PY'
+import sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[2]}s, one proxy worker each; CPU is the proxy's own (the backend's for 'direct')")
+print(f"{'target':8} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'non-2xx':>8}")
+for r in rows:
+    print(f"{r[0]:8} {float(r[1]):9.0f} {float(r[2]):8.3f} {float(r[3]):8.3f} {float(r[4]):11.1f} {r[5]:>8}")
+n = {r[0]: r for r in rows}
+s, x = n["sluice"], n["nginx"]
+print(f"sluice/nginx: rps x{float(s[1]) / float(x[1]):.2f}, p99 x{float(s[3]) / float(x[3]):.2f}, cpu/req x{float(s[4]) / float(x[4]):.2f}")
+PY
