@@ -169,7 +169,12 @@ pub fn build(ir: Ir, metrics: &Metrics) -> Result<Snapshot, BuildError> {
             .iter()
             .map(|l| Ok((l.hostname.as_deref(), build_listener(l, p.port, &rules)?)))
             .collect::<Result<Vec<_>, BuildError>>()?;
-        ports.push((p.socket_addr(), PortTable { listeners: HostTable::new(listeners) }));
+        ports.push((
+            p.socket_addr(),
+            PortTable {
+                listeners: HostTable::new(listeners),
+            },
+        ));
     }
     let no_route = metrics.stats(StatsKey {
         route: String::new(),
