@@ -1,0 +1,253 @@
+//! Write Sluice gateway filters in Rust.
+//!
+//! A filter is a type that implements [`Filter`], exported with [`export!`], built for
+//! `wasm32-wasip2`:
+//!
+//! ```ignore
+//! use sluice_sdk::{Action, Filter, Request};
+//!
+//! struct Hello;
+//! impl Filter for Hello {
+//!     type Config = ();
+//!     fn new(_: ()) -> Result<Self, sluice_sdk::ConfigErrors> { Ok(Hello) }
+//!     fn on_request(&self, req: &Request) -> Action {
+//!         let _ = req.set_header("x-hello", "world");
+//!         Action::Continue
+//!     }
+//! }
+//! sluice_sdk::export!(Hello);
+//! ```
+//!
+//! ## When each hook runs
+//!
+//! ```text
+//!  WasmFilter loaded ──> new(config)            once per instance, before any request
+//!  request matched   ──> on_request(&request)   route filters in list order
+//!                         │ Action::Continue    next filter, then the backend
+//!                         │ Action::Respond     answer now, skip the rest
+//!  response back     ──> on_response(&response) in reverse order
+//! ```
+//!
+//! The gateway keeps a pool of instances per WasmFilter. One instance handles one call
+//! at a time, but the `on_request` and `on_response` of one request may run in
+//! different instances: keep per-request state in headers, shared state in [`kv`].
+//!
+//! Nothing here unwraps a host result: host calls that can fail return `Result`.
+//! A panic in a filter traps its instance; the gateway applies the WasmFilter's
+//! failure policy and replaces the instance.
+
+use std::sync::OnceLock;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "filter",
+        path: "../wit",
+        default_bindings_module: "sluice_sdk::bindings",
+        pub_export_macro: true,
+        export_macro_name: "__export_filter_world",
+    });
+}
+
+use bindings::sluice::filter::types;
+
+/// The request being filtered. Read and change it with its methods: `method`,
+/// `path`, `query`, `authority`, `get_header`, `set_header`, `append_header`,
+/// `remove_header`, `set_path_and_query`, `set_authority`, `set_method`, ...
+/// Headers are fetched from the gateway one at a time, when asked for.
+pub type Request = types::Request;
+/// The response being filtered: `status`, `set_status` and the header methods.
+pub type Response = types::Response;
+/// Why a header change was refused.
+pub type HeaderError = types::HeaderError;
+
+/// A problem in the filter's config: where (a JSON path such as `.rules[0].name`) and what.
+pub type ConfigError = types::ConfigError;
+
+/// Every problem found in a config.
+pub type ConfigErrors = Vec<ConfigError>;
+
+/// Builds a [`ConfigError`].
+pub fn config_error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.into(), message: message.into() }
+}
+
+/// What happens after [`Filter::on_request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Go on: the next filter, then the backend.
+    Continue,
+    /// Answer the client now with this status, headers and body; the backend is not called.
+    Respond { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+}
+
+impl Action {
+    /// A direct answer with a status and a body, and no headers.
+    pub fn respond(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Action::Respond { status, headers: Vec::new(), body: body.into() }
+    }
+}
+
+/// A gateway filter.
+///
+/// Every hook but [`Filter::new`] has a default that does nothing, so a filter
+/// implements only what it needs.
+pub trait Filter: Sized + Send + Sync + 'static {
+    /// The filter's config, parsed once per instance from the WasmFilter's `spec.config`
+    /// (JSON `null` when the WasmFilter has none: use `()` or an `Option`, or
+    /// `#[serde(default)]`).
+    type Config: serde::de::DeserializeOwned;
+
+    /// Runs once per instance, before any request, with the parsed config. Return
+    /// every problem found; the WasmFilter's status then lists them (with their paths)
+    /// and routes that use it answer 500. Parse errors are reported for you.
+    fn new(config: Self::Config) -> Result<Self, ConfigErrors>;
+
+    /// Runs for each request the route sends through this filter, before the backend.
+    /// Change the request in place; return [`Action::Continue`] to go on, or
+    /// [`Action::Respond`] to answer without calling the backend.
+    ///
+    /// Default: does nothing and continues.
+    fn on_request(&self, request: &Request) -> Action {
+        let _ = request;
+        Action::Continue
+    }
+
+    /// Runs for each response of a request that went through this filter's
+    /// `on_request` (including direct responses from later filters), before the client
+    /// gets it. Change the status and headers in place.
+    ///
+    /// Default: does nothing.
+    fn on_response(&self, response: &Response) {
+        let _ = response;
+    }
+}
+
+/// Writes to the gateway's log, tagged with the WasmFilter's name.
+pub mod log {
+    use crate::bindings::sluice::filter::log::{Level, write};
+    pub fn trace(message: &str) {
+        write(Level::Trace, message)
+    }
+    pub fn debug(message: &str) {
+        write(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        write(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        write(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        write(Level::Error, message)
+    }
+}
+
+/// Metrics on the gateway's `/metrics`, labelled with the WasmFilter.
+pub mod metrics {
+    /// Adds to the counter `sluice_filter_<name>_total`. `name` must match `[a-z_][a-z0-9_]*`.
+    pub fn counter_add(name: &str, value: u64) {
+        crate::bindings::sluice::filter::metrics::counter_add(name, value)
+    }
+    /// Records one observation in the histogram `sluice_filter_<name>`.
+    pub fn histogram_observe(name: &str, value: f64) {
+        crate::bindings::sluice::filter::metrics::histogram_observe(name, value)
+    }
+}
+
+/// A key-value store shared by all instances of this WasmFilter, with TTLs.
+pub mod kv {
+    use crate::bindings::sluice::filter::kv;
+    use std::time::Duration;
+
+    fn ms(ttl: Option<Duration>) -> Option<u64> {
+        ttl.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+    }
+    /// The value at `key`, unless absent or expired.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        kv::get(key)
+    }
+    /// Stores `value`; false if the store is full or the key or value too large.
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> bool {
+        kv::set(key, value, ms(ttl))
+    }
+    /// Atomically adds `delta` and returns the new value; `ttl` applies when the key is created.
+    pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
+        kv::increment(key, delta, ms(ttl))
+    }
+    pub fn delete(key: &str) {
+        kv::delete(key)
+    }
+}
+
+/// A monotonic clock (there is no wall clock).
+pub mod clock {
+    /// Nanoseconds since a fixed point in the past.
+    pub fn monotonic_now() -> u64 {
+        crate::bindings::sluice::filter::clock::monotonic_now()
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    pub fn configure<F: Filter>(cell: &OnceLock<F>, config: &str) -> Result<(), ConfigErrors> {
+        let de = &mut serde_json::Deserializer::from_str(config);
+        let parsed: F::Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            vec![config_error(if path == "." { String::new() } else { path }, e.into_inner().to_string())]
+        })?;
+        let filter = F::new(parsed)?;
+        // A second `configure` in the same instance keeps the first filter: the host
+        // calls it once per instance.
+        let _ = cell.set(filter);
+        Ok(())
+    }
+
+    pub fn on_request<F: Filter>(cell: &OnceLock<F>, request: &Request) -> types::RequestAction {
+        let Some(f) = cell.get() else {
+            return types::RequestAction::Respond(types::DirectResponse {
+                status: 500,
+                headers: Vec::new(),
+                body: b"filter was not configured".to_vec(),
+            });
+        };
+        match f.on_request(request) {
+            Action::Continue => types::RequestAction::Continue,
+            Action::Respond { status, headers, body } => {
+                types::RequestAction::Respond(types::DirectResponse { status, headers, body })
+            }
+        }
+    }
+
+    pub fn on_response<F: Filter>(cell: &OnceLock<F>, response: &Response) {
+        if let Some(f) = cell.get() {
+            f.on_response(response)
+        }
+    }
+}
+
+/// Exports a [`Filter`] implementation as the component's `sluice:filter/filter` world.
+/// Use it once per filter crate (a `cdylib` built for `wasm32-wasip2`).
+#[macro_export]
+macro_rules! export {
+    ($filter:ty) => {
+        const _: () = {
+            static FILTER: ::std::sync::OnceLock<$filter> = ::std::sync::OnceLock::new();
+            struct Export;
+            impl $crate::bindings::Guest for Export {
+                fn configure(config: ::std::string::String) -> ::std::result::Result<(), $crate::ConfigErrors> {
+                    $crate::__private::configure::<$filter>(&FILTER, &config)
+                }
+                fn on_request(request: &$crate::Request) -> $crate::bindings::sluice::filter::types::RequestAction {
+                    $crate::__private::on_request::<$filter>(&FILTER, request)
+                }
+                fn on_response(response: &$crate::Response) {
+                    $crate::__private::on_response::<$filter>(&FILTER, response)
+                }
+            }
+            $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
+        };
+    };
+}
