@@ -4,7 +4,9 @@
 //!
 //! Modes: `trap` (executes `unreachable`), `loop` (spins forever), `grow` (allocates
 //! until the memory limit), `panic` (a Rust panic), `reject-config` (refuses its
-//! config in `configure`), `ok` (behaves).
+//! config in `configure`), `sandbox` (tries files, environment, wall clock and
+//! network, and reports what it got in `x-fs`, `x-env`, `x-clock`, `x-net`), `ok`
+//! (behaves).
 
 use serde::Deserialize;
 use sluice_sdk::{Action, ConfigErrors, Filter, Request, config_error};
@@ -31,7 +33,7 @@ impl Filter for Misbehave {
                 config_error(".mode", "reject-config always refuses its config"),
                 config_error(".path", "and reports a second problem"),
             ]),
-            "trap" | "loop" | "grow" | "panic" | "ok" => Ok(Misbehave { mode: c.mode, path: c.path }),
+            "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" => Ok(Misbehave { mode: c.mode, path: c.path }),
             other => Err(vec![config_error(".mode", format!("unknown mode {other:?}"))]),
         }
     }
@@ -56,6 +58,25 @@ impl Filter for Misbehave {
                 }
             }
             "panic" => panic!("misbehave: panicking on purpose"),
+            "sandbox" => {
+                let fs = match std::fs::read_dir("/") {
+                    Ok(_) => "readable".to_string(),
+                    Err(e) => format!("denied: {e}"),
+                };
+                let env = std::env::vars().count().to_string();
+                let clock = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs().to_string())
+                    .unwrap_or_default();
+                let net = match std::net::TcpStream::connect("127.0.0.1:9") {
+                    Ok(_) => "connected".to_string(),
+                    Err(e) => format!("denied: {e}"),
+                };
+                for (n, v) in [("x-fs", fs), ("x-env", env), ("x-clock", clock), ("x-net", net)] {
+                    let _ = request.set_header(n, &v);
+                }
+                Action::Continue
+            }
             _ => {
                 let _ = request.set_header("x-misbehave", "ok");
                 Action::Continue

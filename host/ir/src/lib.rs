@@ -175,6 +175,29 @@ pub enum FilterIr {
     Rewrite(RewriteIr),
     Mirror(MirrorIr),
     Cors(CorsIr),
+    /// A WasmFilter, by ExtensionRef.
+    Wasm(WasmIr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum FailurePolicy {
+    FailClosed,
+    FailOpen,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmIr {
+    /// `namespace/name` of the WasmFilter.
+    pub filter: String,
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    /// The JSON handed to `configure`.
+    pub config: String,
+    pub failure_policy: FailurePolicy,
+    pub memory_bytes: u64,
+    pub timeout_ms: u64,
+    pub min_instances: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 pub use metrics::Metrics;
 pub use server::Listeners;
-pub use snapshot::{Snapshot, build};
+pub use snapshot::{Snapshot, WasmPools, build};
 
 /// A body the gateway sends: streamed from a peer, or made here.
 pub type Body = Either<Incoming, Full<Bytes>>;

@@ -17,7 +17,8 @@ use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
 
 use crate::cors::Cors;
 use crate::metrics::Stats;
-use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot};
+use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
+use sluice_wasm::RequestOutcome;
 use crate::{Body, Gateway};
 
 /// Mirrored requests are buffered so both copies can be sent; larger bodies get 413.
@@ -115,96 +116,27 @@ async fn serve(
         );
     }
 
-    // Request filters, in order.
-    let mut response_mods: Vec<&HeaderMod> = Vec::new();
-    let mut cors: Option<(&Cors, Option<HeaderValue>)> = None;
-    let mut mirrors: Vec<&Arc<Backend>> = Vec::new();
-    let mut new_host: Option<String> = None;
-    for f in &rule.filters {
-        match f {
-            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
-            Filter::ResponseHeaders(m) => response_mods.push(m),
-            Filter::Redirect(r) => {
-                return (
-                    redirect(r, &req, &host, listener.port),
-                    rule.local_stats.clone(),
-                );
-            }
-            Filter::Rewrite(r) => {
-                if let Some(h) = &r.hostname {
-                    new_host = Some(h.clone());
-                }
-                if let Some(p) = &r.path {
-                    let path = rewrite_path(p, req.uri().path());
-                    set_path(&mut req, &path);
-                }
-            }
-            Filter::Mirror {
-                backend,
-                numerator,
-                denominator,
-            } => {
-                if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
-                    mirrors.push(backend);
-                }
-            }
-            Filter::Cors(c) => {
-                if Cors::is_preflight(req.method(), req.headers()) {
-                    let mut resp = local(StatusCode::OK, "");
-                    resp.headers_mut().extend(c.preflight(req.headers()));
-                    resp.headers_mut().remove(header::CONTENT_TYPE);
-                    return (resp, rule.local_stats.clone());
-                }
-                cors = Some((c, req.headers().get(header::ORIGIN).cloned()));
-            }
-        }
+    // Request filters, in order: the rule's, then the chosen backend's.
+    let mut st = FilterRun::default();
+    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &host, listener.port) {
+        return (resp, rule.local_stats.clone());
     }
-
     let Some(backend) = pick_backend(&rule) else {
         return (
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no backend with a weight above zero\n",
-            ),
+            local(StatusCode::INTERNAL_SERVER_ERROR, "no backend with a weight above zero\n"),
             rule.local_stats.clone(),
         );
     };
     if backend.invalid.is_some() {
         return (
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backend is not valid; see the route's status\n",
-            ),
+            local(StatusCode::INTERNAL_SERVER_ERROR, "backend is not valid; see the route's status\n"),
             backend.stats.clone(),
         );
     }
-    for f in &backend.filters {
-        match f {
-            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
-            Filter::ResponseHeaders(m) => response_mods.push(m),
-            Filter::Rewrite(r) => {
-                if let Some(h) = &r.hostname {
-                    new_host = Some(h.clone());
-                }
-                if let Some(p) = &r.path {
-                    let path = rewrite_path(p, req.uri().path());
-                    set_path(&mut req, &path);
-                }
-            }
-            Filter::Mirror {
-                backend,
-                numerator,
-                denominator,
-            } => {
-                if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
-                    mirrors.push(backend);
-                }
-            }
-            // Redirects and CORS act before a backend is chosen; on a backendRef they
-            // would come too late, so the translator keeps them at rule level.
-            Filter::Redirect(_) | Filter::Cors(_) => {}
-        }
+    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &host, listener.port) {
+        return (resp, backend.stats.clone());
     }
+    let FilterRun { steps, cors, mirrors, new_host } = st;
 
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -326,13 +258,123 @@ async fn serve(
     } else {
         strip_hop_by_hop(resp.headers_mut());
     }
-    for m in response_mods.iter().rev() {
-        m.apply(resp.headers_mut());
+    let (mut parts, body) = resp.into_parts();
+    if !response_filters(&steps, &mut parts.status, &mut parts.headers) {
+        return (filter_failed(), backend.stats.clone());
     }
     if let Some((c, origin)) = cors {
-        c.decorate(origin.as_ref(), resp.headers_mut());
+        c.decorate(origin.as_ref(), &mut parts.headers);
     }
-    (resp.map(Either::Left), backend.stats.clone())
+    (Response::from_parts(parts, Either::Left(body)), backend.stats.clone())
+}
+
+/// What the request filters leave for later: response work, CORS, mirrors, a new host.
+#[derive(Default)]
+struct FilterRun<'a> {
+    steps: Vec<ResponseStep<'a>>,
+    cors: Option<(&'a Cors, Option<HeaderValue>)>,
+    mirrors: Vec<&'a Arc<Backend>>,
+    new_host: Option<String>,
+}
+
+/// A filter that also acts on the response; they run in reverse order.
+enum ResponseStep<'a> {
+    Headers(&'a HeaderMod),
+    Wasm(&'a WasmFilter),
+}
+
+fn filter_failed() -> Response<Body> {
+    local(StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
+}
+
+/// Runs one filter list on the request, in order. Returns the response when a filter
+/// answers (a redirect, a CORS preflight, a Wasm filter's direct response or failure).
+fn request_filters<'a>(
+    filters: &'a [Filter],
+    req: &mut Request<Incoming>,
+    st: &mut FilterRun<'a>,
+    host: &str,
+    port: u16,
+) -> Option<Response<Body>> {
+    for f in filters {
+        match f {
+            Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
+            Filter::ResponseHeaders(m) => st.steps.push(ResponseStep::Headers(m)),
+            Filter::Redirect(r) => return Some(redirect(r, req, host, port)),
+            Filter::Rewrite(r) => {
+                if let Some(h) = &r.hostname {
+                    st.new_host = Some(h.clone());
+                }
+                if let Some(p) = &r.path {
+                    let path = rewrite_path(p, req.uri().path());
+                    set_path(req, &path);
+                }
+            }
+            Filter::Mirror { backend, numerator, denominator } => {
+                if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
+                    st.mirrors.push(backend);
+                }
+            }
+            Filter::Cors(c) => {
+                if Cors::is_preflight(req.method(), req.headers()) {
+                    let mut resp = local(StatusCode::OK, "");
+                    resp.headers_mut().extend(c.preflight(req.headers()));
+                    resp.headers_mut().remove(header::CONTENT_TYPE);
+                    return Some(resp);
+                }
+                st.cors = Some((c, req.headers().get(header::ORIGIN).cloned()));
+            }
+            Filter::Wasm(w) => {
+                // The pieces move into the filter's store for the call and back.
+                let mut method = std::mem::replace(req.method_mut(), http::Method::GET);
+                let mut uri = std::mem::take(req.uri_mut());
+                let mut headers = std::mem::take(req.headers_mut());
+                let outcome = w.pool.on_request(&mut method, &mut uri, &mut headers);
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                match outcome {
+                    Ok(RequestOutcome::Continue) => st.steps.push(ResponseStep::Wasm(w)),
+                    Ok(RequestOutcome::Respond { mut status, mut headers, body }) => {
+                        // The answer goes back through the response work of the
+                        // filters that ran before this one.
+                        if !response_filters(&st.steps, &mut status, &mut headers) {
+                            return Some(filter_failed());
+                        }
+                        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+                        *resp.status_mut() = status;
+                        *resp.headers_mut() = headers;
+                        return Some(resp);
+                    }
+                    Err(_) if w.fail_open => {
+                        w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => return Some(filter_failed()),
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Runs the response side of the filters that ran on the request, last first.
+/// Returns false when a FailClosed Wasm filter failed.
+fn response_filters(steps: &[ResponseStep<'_>], status: &mut StatusCode, headers: &mut HeaderMap) -> bool {
+    for step in steps.iter().rev() {
+        match step {
+            ResponseStep::Headers(m) => m.apply(headers),
+            ResponseStep::Wasm(w) => {
+                if w.pool.on_response(status, headers).is_err() {
+                    if w.fail_open {
+                        w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
 }
 
 /// The time left for the upstream call: the smaller of what remains of the request

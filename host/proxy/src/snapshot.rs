@@ -151,16 +151,27 @@ pub(crate) enum Filter {
         denominator: u32,
     },
     Cors(crate::cors::Cors),
+    Wasm(WasmFilter),
 }
+
+pub(crate) struct WasmFilter {
+    pub pool: Arc<sluice_wasm::Pool>,
+    pub fail_open: bool,
+}
+
+/// The instance pools of the WasmFilters a snapshot uses, by `namespace/name`. The
+/// provider creates them (compiling and configuring off the request path); `build`
+/// only looks them up.
+pub type WasmPools = HashMap<String, Arc<sluice_wasm::Pool>>;
 
 /// Compiles the IR. Fails only on values the translator let through but the data plane
 /// cannot represent (a header value with a newline, say); the caller keeps the old
 /// snapshot then.
-pub fn build(ir: Ir, metrics: &Metrics) -> Result<Snapshot, BuildError> {
+pub fn build(ir: Ir, metrics: &Metrics, wasm: &WasmPools) -> Result<Snapshot, BuildError> {
     let rules: Vec<Arc<Rule>> = ir
         .rules
         .iter()
-        .map(|r| build_rule(r, metrics).map(Arc::new))
+        .map(|r| build_rule(r, metrics, wasm).map(Arc::new))
         .collect::<Result<_, _>>()?;
     let mut ports = Vec::new();
     for p in &ir.ports {
@@ -216,18 +227,18 @@ fn rule_label(r: &RuleIr) -> String {
     r.id.name.clone().unwrap_or_else(|| r.id.index.to_string())
 }
 
-fn build_rule(r: &RuleIr, metrics: &Metrics) -> Result<Rule, BuildError> {
+fn build_rule(r: &RuleIr, metrics: &Metrics, wasm: &WasmPools) -> Result<Rule, BuildError> {
     let ctx = |e: BuildError| BuildError(format!("{}: {}", r.id, e.0));
     let route = format!("{}/{}", r.id.namespace, r.id.route);
     let backends = r
         .backends
         .iter()
-        .map(|b| build_backend(b, &route, &rule_label(r), metrics))
+        .map(|b| build_backend(b, &route, &rule_label(r), metrics, wasm))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ctx)?;
     Ok(Rule {
         id: r.id.clone(),
-        filters: build_filters(&r.filters, &route, &rule_label(r), metrics).map_err(ctx)?,
+        filters: build_filters(&r.filters, &route, &rule_label(r), metrics, wasm).map_err(ctx)?,
         total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
         backends,
         request_timeout: r.request_timeout_ms.map(Duration::from_millis),
@@ -246,6 +257,7 @@ fn build_backend(
     route: &str,
     rule: &str,
     metrics: &Metrics,
+    wasm: &WasmPools,
 ) -> Result<Backend, BuildError> {
     Ok(Backend {
         name: b.name.clone(),
@@ -261,7 +273,7 @@ fn build_backend(
             })
             .collect::<Result<_, _>>()?,
         next: AtomicUsize::new(0),
-        filters: build_filters(&b.filters, route, rule, metrics)?,
+        filters: build_filters(&b.filters, route, rule, metrics, wasm)?,
         invalid: b.invalid.clone(),
         stats: metrics.stats(StatsKey {
             route: route.into(),
@@ -276,6 +288,7 @@ fn build_filters(
     route: &str,
     rule: &str,
     metrics: &Metrics,
+    wasm: &WasmPools,
 ) -> Result<Vec<Filter>, BuildError> {
     filters
         .iter()
@@ -291,11 +304,19 @@ fn build_filters(
                         route,
                         &format!("{rule}/mirror"),
                         metrics,
+                        wasm,
                     )?),
                     numerator: m.numerator,
                     denominator: m.denominator.max(1),
                 },
                 FilterIr::Cors(c) => Filter::Cors(crate::cors::Cors::new(c)?),
+                FilterIr::Wasm(w) => Filter::Wasm(WasmFilter {
+                    pool: wasm
+                        .get(&w.filter)
+                        .cloned()
+                        .ok_or_else(|| BuildError(format!("WasmFilter {} has no loaded instances", w.filter)))?,
+                    fail_open: w.failure_policy == sluice_ir::FailurePolicy::FailOpen,
+                }),
             })
         })
         .collect()

@@ -13,7 +13,7 @@ use std::fmt;
 
 pub use load::{LoadError, LoadErrors, Loaded, load_path, load_str};
 pub use types::*;
-pub use validate::{check_hostname, parse_duration};
+pub use validate::{check_hostname, parse_duration, parse_quantity};
 
 /// Which object something is: enough to name it in an error, a status or a metric.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -59,6 +59,7 @@ pub struct Resources {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
+    pub wasm_filters: Vec<WasmFilter>,
     /// Where each object came from (`file.yaml#2` in file mode), for error messages.
     pub origins: BTreeMap<ObjectRef, String>,
 }
@@ -76,6 +77,7 @@ impl Resources {
         self.services.sort_by_key(|o| key(&o.metadata));
         self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
         self.secrets.sort_by_key(|o| key(&o.metadata));
+        self.wasm_filters.sort_by_key(|o| key(&o.metadata));
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {

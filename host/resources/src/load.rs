@@ -266,6 +266,9 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
                 Vec::new()
             })
         }
+        ("sluice.dev", "WasmFilter") if ok(&["v1alpha1"]) => {
+            push(e, &oref, doc, errors, &mut r.wasm_filters, validate::wasm_filter)
+        }
         ("", "Namespace") if ok(&["v1"]) => {
             push(e, &oref, doc, errors, &mut r.namespaces, |_| Vec::new())
         }
@@ -284,6 +287,7 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
             validate::endpoint_slice,
         ),
         ("gateway.networking.k8s.io", _)
+        | ("sluice.dev", _)
         | ("", "Service" | "Namespace" | "Secret")
         | ("discovery.k8s.io", _) => {
             errors.push(err(
@@ -410,5 +414,6 @@ has_meta!(
     crate::Namespace,
     crate::Service,
     crate::EndpointSlice,
-    crate::Secret
+    crate::Secret,
+    crate::WasmFilter
 );

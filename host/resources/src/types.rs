@@ -586,3 +586,89 @@ pub struct Secret {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub string_data: BTreeMap<String, String>,
 }
+
+// ---------------------------------------------------------------- Sluice's own kinds
+
+pub const SLUICE_GROUP: &str = "sluice.dev";
+
+/// A WebAssembly filter that HTTPRoute rules attach with an `ExtensionRef`
+/// (`group: sluice.dev, kind: WasmFilter`). Namespaced: a route can only use filters in
+/// its own namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmFilter {
+    pub metadata: ObjectMeta,
+    pub spec: WasmFilterSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmFilterSpec {
+    pub source: WasmSource,
+    /// Free JSON handed to the filter's `configure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<WasmLimits>,
+}
+
+/// Where the component comes from: exactly one of `path`, `url` or `oci`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmSource {
+    /// File mode: a `.wasm` file, relative to the config folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// An `https://` URL; `sha256` is then required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Hex SHA-256 of the component. Optional for `path`, where it pins the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// An OCI artifact (CNCF Wasm layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciSource>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OciSource {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret_ref: Option<LocalRef>,
+    /// `IfNotPresent` (default) or `Always`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct LocalRef {
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+pub enum FailurePolicy {
+    /// A failing filter fails the request with 500 (the default).
+    #[default]
+    FailClosed,
+    /// A failing filter is skipped, and the skip is counted.
+    FailOpen,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmLimits {
+    /// Linear memory per instance, as a Kubernetes quantity (`16Mi`); default 16Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Time per call, as a Gateway API duration (`5ms`); default 10ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Instances kept warm per gateway worker; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+}

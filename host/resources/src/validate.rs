@@ -239,6 +239,80 @@ pub fn http_route(r: &HttpRoute) -> Problems {
     p
 }
 
+pub fn wasm_filter(w: &WasmFilter) -> Problems {
+    let mut p = Vec::new();
+    let s = &w.spec.source;
+    let set = [s.path.is_some(), s.url.is_some(), s.oci.is_some()].iter().filter(|b| **b).count();
+    if set != 1 {
+        p.push(("spec.source".into(), "set exactly one of path, url or oci".into()));
+    }
+    if let Some(u) = &s.url {
+        if !u.starts_with("https://") {
+            p.push(("spec.source.url".into(), "must be an https:// URL".into()));
+        }
+        if s.sha256.is_none() {
+            p.push(("spec.source.sha256".into(), "required with url: the hex SHA-256 of the component".into()));
+        }
+    }
+    if let Some(h) = &s.sha256
+        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        p.push(("spec.source.sha256".into(), "must be 64 hex digits".into()));
+    }
+    if let Some(path) = &s.path
+        && path.is_empty()
+    {
+        p.push(("spec.source.path".into(), "must not be empty".into()));
+    }
+    if let Some(o) = &s.oci
+        && o.image.is_empty()
+    {
+        p.push(("spec.source.oci.image".into(), "required".into()));
+    }
+    if let Some(l) = &w.spec.limits {
+        if let Some(m) = &l.memory {
+            match parse_quantity(m) {
+                Ok(b) if !(64 << 10..=4 << 30).contains(&b) => {
+                    p.push(("spec.limits.memory".into(), "must be between 64Ki and 4Gi".into()))
+                }
+                Ok(_) => {}
+                Err(e) => p.push(("spec.limits.memory".into(), e)),
+            }
+        }
+        if let Some(t) = &l.timeout {
+            match parse_duration(t) {
+                Ok(d) if d.is_zero() || d > Duration::from_secs(10) => {
+                    p.push(("spec.limits.timeout".into(), "must be above 0 and at most 10s".into()))
+                }
+                Ok(_) => {}
+                Err(e) => p.push(("spec.limits.timeout".into(), e)),
+            }
+        }
+        if l.min_instances.is_some_and(|n| n > 64) {
+            p.push(("spec.limits.minInstances".into(), "must be at most 64".into()));
+        }
+    }
+    p
+}
+
+/// A Kubernetes quantity for bytes: `16Mi`, `1Gi`, `512Ki`, `1M`, `1000`.
+pub fn parse_quantity(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a quantity such as 16Mi, 512Ki or 1Gi");
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().map_err(|_| bad())?;
+    let mult: u64 = match &s[digits..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
 fn check_backend(b: &BackendObjectReference, field: &str, p: &mut Problems) {
     let core = b.group.as_deref().unwrap_or("").is_empty();
     if core && b.kind.as_deref().unwrap_or("Service") == "Service" && b.port.is_none() {

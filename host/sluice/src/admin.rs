@@ -18,15 +18,17 @@ use tokio::net::TcpListener;
 
 pub struct AdminState {
     gw: Arc<Gateway>,
+    runtime: Arc<sluice_wasm::Runtime>,
     pub statuses: ArcSwap<Vec<ObjectStatus>>,
     pub ready: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
 impl AdminState {
-    pub fn new(gw: Arc<Gateway>, statuses: Vec<ObjectStatus>) -> Self {
+    pub fn new(gw: Arc<Gateway>, runtime: Arc<sluice_wasm::Runtime>, statuses: Vec<ObjectStatus>) -> Self {
         AdminState {
             gw,
+            runtime,
             statuses: ArcSwap::from_pointee(statuses),
             ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
@@ -88,11 +90,11 @@ async fn answer(
                 )
             }
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            s.gw.metrics.render(),
-        ),
+        "/metrics" => {
+            let mut text = s.gw.metrics.render();
+            s.runtime.render_metrics(&mut text);
+            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         "/config_dump" => {
             let snap = s.gw.snapshot.load();
             let last_error = s

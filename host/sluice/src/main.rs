@@ -3,6 +3,7 @@
 
 mod admin;
 mod provider;
+mod wasm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ enum Command {
         /// On SIGTERM or Ctrl-C, how long open connections get to finish.
         #[arg(long, default_value = "30", value_name = "SECONDS")]
         drain_timeout: u64,
+        /// Where compiled Wasm filters are cached, by digest, so a restart does not
+        /// recompile them. Default: $XDG_CACHE_HOME/sluice/wasm or ~/.cache/sluice/wasm.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     Check { path: PathBuf },
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
             admin,
             workers,
             drain_timeout,
+            cache_dir,
         } => {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -84,10 +90,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let cache_dir = cache_dir.or_else(default_cache_dir);
             match rt.block_on(provider::run(
                 path,
                 admin,
                 Duration::from_secs(drain_timeout),
+                cache_dir,
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -137,6 +145,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sluice").join("wasm"))
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {

@@ -12,23 +12,29 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use notify::{RecursiveMode, Watcher};
-use sluice_proxy::{Gateway, Listeners, Metrics};
+use sluice_proxy::{Gateway, Listeners, Metrics, WasmPools};
+use sluice_wasm::Runtime;
 use sluice_translate::Translation;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
+use crate::wasm;
 
-/// Reads and translates `path`; the error lists every problem found.
-fn load(path: &Path) -> Result<Translation, String> {
+/// Reads `path`, loads its WasmFilters and translates; the error lists every problem
+/// found. Slow when a filter must be compiled: run it off the request path.
+fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<(Translation, WasmPools), String> {
     let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    Ok(sluice_translate::translate(&loaded.resources))
+    let base = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+    let (states, pools) = wasm::prepare(&loaded.resources, base, runtime);
+    Ok((sluice_translate::translate_with(&loaded.resources, &states), pools))
 }
 
 pub fn check(path: &Path) -> Result<String, String> {
-    let t = load(path)?;
+    let runtime = Runtime::new(None).map_err(|e| e.to_string())?;
+    let (t, _) = load(path, &runtime)?;
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     serde_norway::to_string(&v).map_err(|e| e.to_string())
 }
@@ -44,7 +50,7 @@ pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyh
     listeners
         .sync(&sockets)
         .context("binding the Gateway listeners")?;
-    let state = Arc::new(AdminState::new(gw.clone(), translation.statuses));
+    let state = Arc::new(AdminState::new(gw.clone(), runtime.clone(), translation.statuses));
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
@@ -62,9 +68,9 @@ pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyh
                 // Editors write in several steps; wait for the burst to settle.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
-                reload(&path, &gw, &listeners, &state);
+                reload(&path, &gw, &listeners, &state, &runtime).await;
             }
-            _ = hup.recv() => reload(&path, &gw, &listeners, &state),
+            _ = hup.recv() => reload(&path, &gw, &listeners, &state, &runtime).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -81,11 +87,21 @@ pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyh
     Ok(())
 }
 
-fn reload(path: &Path, gw: &Arc<Gateway>, listeners: &Listeners, state: &AdminState) {
-    let result = load(path).and_then(|t| {
-        let snap = sluice_proxy::build(t.ir, &gw.metrics).map_err(|e| e.to_string())?;
+async fn reload(path: &Path, gw: &Arc<Gateway>, listeners: &Listeners, state: &AdminState, runtime: &Arc<Runtime>) {
+    // Loading and compiling filters is blocking work: keep it off the serving threads.
+    let prepared = {
+        let (path, runtime, gw) = (path.to_path_buf(), runtime.clone(), gw.clone());
+        tokio::task::spawn_blocking(move || {
+            let (t, pools) = load(&path, &runtime)?;
+            let snap = sluice_proxy::build(t.ir, &gw.metrics, &pools).map_err(|e| e.to_string())?;
+            Ok::<_, String>((snap, t.statuses))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")))
+    };
+    let result = prepared.and_then(|(snap, statuses)| {
         listeners.sync(&snap.sockets()).map_err(|e| e.to_string())?;
-        Ok((snap, t.statuses))
+        Ok((snap, statuses))
     });
     let c = &gw.metrics.counters;
     match result {

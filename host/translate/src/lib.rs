@@ -18,6 +18,7 @@ mod backends;
 mod gateways;
 mod routes;
 pub mod status;
+pub mod wasm;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use sluice_ir::{Ir, ListenerIr, MatchIr, PathMatchIr, PortIr, Protocol, VirtualH
 use sluice_resources::Resources;
 
 pub use status::*;
+pub use wasm::{WasmState, WasmStates};
 
 /// The `controllerName` a GatewayClass names to be handled by Sluice.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -37,11 +39,19 @@ pub struct Translation {
     pub ir: Ir,
 }
 
+/// Translates with no WasmFilter loaded (every WasmFilter is `Pending`).
 pub fn translate(res: &Resources) -> Translation {
+    translate_with(res, &WasmStates::new())
+}
+
+/// Translates, given what loading each WasmFilter gave.
+pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
     let mut statuses = Vec::new();
     let classes = gateways::gateway_classes(res, &mut statuses);
     let mut gws = gateways::gateways(res, &classes);
-    let attached = routes::http_routes(res, &mut gws, &mut statuses);
+    // WasmFilters before routes: a route's ExtensionRef needs the filter's outcome.
+    wasm::statuses(res, wasm, &mut statuses);
+    let attached = routes::http_routes(res, wasm, &mut gws, &mut statuses);
     let ir = build_ir(&gws, attached);
     // Gateway statuses go last: attachedRoutes is counted while routes attach.
     for gw in &gws {

@@ -12,6 +12,7 @@ use sluice_resources::{
 };
 
 use crate::backends::{self, Problem};
+use crate::wasm::{self, WasmStates};
 use crate::gateways::GatewayState;
 use crate::status::*;
 use crate::{
@@ -33,7 +34,7 @@ pub(crate) fn http_routes(
         placed: Vec::new(),
     };
     for route in &res.http_routes {
-        http_route(res, route, gws, out, &mut attached);
+        http_route(res, wasm, route, gws, out, &mut attached);
     }
     attached
 }
@@ -56,7 +57,7 @@ fn http_route(
 ) {
     let ns = route.metadata.namespace_or_default();
     let generation = route.metadata.generation();
-    let compiled = compile(res, route);
+    let compiled = compile(res, wasm, route);
 
     let mut parents = Vec::new();
     // Listeners this route serves: (gateway, listener, hostnames).
@@ -222,7 +223,7 @@ fn http_route(
     }
 }
 
-fn compile(res: &Resources, route: &HttpRoute) -> Compiled {
+fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
     let ns = route.metadata.namespace_or_default();
     let mut c = Compiled {
         rules: Vec::new(),
@@ -378,6 +379,7 @@ fn normalize_prefix(p: &str) -> String {
 /// rule (or backend) must answer 500 instead.
 fn compile_filters(
     res: &Resources,
+    wasm: &WasmStates,
     ns: &str,
     rule: &HttpRouteRule,
     filters: &[HttpRouteFilter],
@@ -461,8 +463,19 @@ fn compile_filters(
             }
             "ExtensionRef" => {
                 let Some(e) = &f.extension_ref else { continue };
+                if e.group == sluice_resources::SLUICE_GROUP && e.kind == "WasmFilter" {
+                    match wasm::resolve(res, wasm, ns, &e.name) {
+                        Ok(ir) => out.push(FilterIr::Wasm(ir)),
+                        Err((reason, msg)) => {
+                            let msg = format!("{field}[{fi}].extensionRef: {msg}");
+                            c.unresolved.get_or_insert((reason, msg.clone()));
+                            invalid.get_or_insert(msg);
+                        }
+                    }
+                    continue;
+                }
                 let msg = format!(
-                    "{field}[{fi}].extensionRef: {}/{} {:?} is not a kind Sluice knows",
+                    "{field}[{fi}].extensionRef: {}/{} {:?} is not a kind Sluice knows; use group sluice.dev, kind WasmFilter",
                     if e.group.is_empty() { "core" } else { &e.group },
                     e.kind,
                     e.name

@@ -60,6 +60,23 @@ pub enum Status {
     Conditions(ConditionsStatus),
     Gateway(GatewayStatus),
     Route(RouteStatus),
+    WasmFilter(WasmFilterStatus),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmFilterStatus {
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config_errors: Vec<ConfigErrorStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConfigErrorStatus {
+    pub path: String,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

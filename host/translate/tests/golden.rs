@@ -3,7 +3,12 @@
 //!
 //! Every case is read together with `testdata/_common.yaml` (a GatewayClass, a Gateway
 //! `default/gw` with an HTTP listener on port 80, and two echo Services with endpoints),
-//! unless its first line is `# standalone`. Regenerate the outputs after an intended
+//! unless its first line is `# standalone`.
+//!
+//! WasmFilters are not loaded here (that is the provider's I/O); the test stands in for
+//! the loader: a filter whose `spec.source.path` ends in `missing.wasm` failed with
+//! `SourceNotFound`, one ending in `bad-config.wasm` failed with `InvalidConfig`, and
+//! every other one is ready. Regenerate the outputs after an intended
 //! change with `SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-translate --test golden`,
 //! then review the diff.
 
@@ -62,4 +67,32 @@ fn golden() {
         "golden outputs differ for {failed:?}; if the change is intended, run \
          SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-translate --test golden and review the diff"
     );
+}
+
+fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmStates {
+    use sluice_translate::WasmState;
+    res.wasm_filters
+        .iter()
+        .map(|f| {
+            let path = f.spec.source.path.clone().unwrap_or_default();
+            let state = if path.ends_with("missing.wasm") {
+                WasmState::Failed {
+                    reason: "SourceNotFound".into(),
+                    message: format!("{path}: no such file"),
+                    digest: None,
+                    config_errors: vec![],
+                }
+            } else if path.ends_with("bad-config.wasm") {
+                WasmState::Failed {
+                    reason: "InvalidConfig".into(),
+                    message: "the filter refused its config".into(),
+                    digest: Some("sha256:0b".into()),
+                    config_errors: vec![(".greeting".into(), "must not be empty".into())],
+                }
+            } else {
+                WasmState::Ready { digest: format!("sha256:{}", path.len()) }
+            };
+            ((f.metadata.namespace.clone().unwrap_or_default(), f.metadata.name.clone()), state)
+        })
+        .collect()
 }

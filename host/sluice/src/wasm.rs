@@ -1,0 +1,101 @@
+//! Loading the WasmFilters a config names: read the source, verify it, compile it (or
+//! take it from the AOT cache), and configure a first instance. The outcome feeds
+//! `translate` (as status) and `build` (as instance pools).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proxy::WasmPools;
+use sluice_resources::{Resources, WasmFilter, parse_duration, parse_quantity};
+use sluice_translate::wasm::{DEFAULT_MEMORY, DEFAULT_TIMEOUT};
+use sluice_translate::{WasmState, WasmStates};
+use sluice_wasm::{ErrorKind, FilterSpec, Runtime};
+
+pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>) -> (WasmStates, WasmPools) {
+    let mut states = WasmStates::new();
+    let mut pools = WasmPools::default();
+    for f in &res.wasm_filters {
+        let ns = f.metadata.namespace_or_default().to_string();
+        let name = format!("{ns}/{}", f.metadata.name);
+        let state = match prepare_one(f, &name, base, rt) {
+            Ok((digest, pool)) => {
+                pools.insert(name.clone(), pool);
+                WasmState::Ready { digest }
+            }
+            Err(failed) => {
+                if let WasmState::Failed { reason, message, .. } = &failed {
+                    tracing::warn!(filter = %name, reason, "WasmFilter not ready: {message}");
+                }
+                failed
+            }
+        };
+        states.insert((ns, f.metadata.name.clone()), state);
+    }
+    (states, pools)
+}
+
+fn failed(reason: &str, message: String, digest: Option<String>) -> WasmState {
+    WasmState::Failed { reason: reason.into(), message, digest, config_errors: Vec::new() }
+}
+
+fn prepare_one(f: &WasmFilter, name: &str, base: &Path, rt: &Arc<Runtime>) -> Result<(String, Arc<sluice_wasm::Pool>), WasmState> {
+    let src = &f.spec.source;
+    let bytes = match (&src.path, &src.url, &src.oci) {
+        (Some(p), _, _) => {
+            let full = base.join(p);
+            std::fs::read(&full).map_err(|e| {
+                failed("SourceNotFound", format!("spec.source.path: cannot read {}: {e}", full.display()), None)
+            })?
+        }
+        (_, Some(_), _) => {
+            return Err(failed(
+                "UnsupportedSource",
+                "spec.source.url: https sources are not supported by this version yet; use spec.source.path".into(),
+                None,
+            ));
+        }
+        _ => {
+            return Err(failed(
+                "UnsupportedSource",
+                "spec.source.oci: OCI sources are not supported by this version yet; use spec.source.path".into(),
+                None,
+            ));
+        }
+    };
+    let digest = sluice_wasm::sha256_hex(&bytes);
+    let shown = format!("sha256:{digest}");
+    if let Some(want) = &src.sha256
+        && !want.eq_ignore_ascii_case(&digest)
+    {
+        return Err(failed(
+            "DigestMismatch",
+            format!("spec.source.sha256 is {want} but the component's SHA-256 is {digest}"),
+            Some(shown),
+        ));
+    }
+    let compiled = rt.load(&bytes).map_err(|e| failed("InvalidComponent", e.to_string(), Some(shown.clone())))?;
+    let limits = f.spec.limits.clone().unwrap_or_default();
+    let spec = FilterSpec {
+        name: name.to_string(),
+        config: f.spec.config.clone().unwrap_or(serde_json::Value::Null).to_string(),
+        memory_bytes: limits.memory.as_deref().and_then(|m| parse_quantity(m).ok()).unwrap_or(DEFAULT_MEMORY) as usize,
+        timeout: limits
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TIMEOUT)
+            .max(Duration::from_millis(1)),
+        min_instances: limits.min_instances.unwrap_or(1) as usize,
+    };
+    match rt.pool(&compiled, &spec) {
+        Ok(pool) => Ok((shown, pool)),
+        Err(e) if e.kind == ErrorKind::Config => Err(WasmState::Failed {
+            reason: "InvalidConfig".into(),
+            message: format!("the filter refused spec.config: {}", e.message),
+            digest: Some(shown),
+            config_errors: e.config_errors,
+        }),
+        Err(e) => Err(failed("Trapped", format!("the filter failed while starting: {}", e.message), Some(shown))),
+    }
+}

@@ -1,0 +1,97 @@
+//! WasmFilters: their status, from what the provider found when it loaded them, and
+//! their IR, for routes that refer to them by ExtensionRef.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluice_ir::{FailurePolicy, WasmIr};
+use sluice_resources::{Resources, SLUICE_GROUP, WasmFilter, parse_duration, parse_quantity};
+
+use crate::status::*;
+
+pub const DEFAULT_MEMORY: u64 = 16 << 20;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// What loading a WasmFilter gave. Loading (reading, verifying, compiling, running
+/// `configure`) is I/O, so the provider does it and hands the outcome to `translate`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WasmState {
+    Ready { digest: String },
+    Failed {
+        /// `SourceNotFound`, `DigestMismatch`, `UnsupportedSource`, `InvalidComponent`,
+        /// `InvalidConfig`, `Trapped`, `Pending`.
+        reason: String,
+        message: String,
+        digest: Option<String>,
+        config_errors: Vec<(String, String)>,
+    },
+}
+
+/// Load outcomes by `(namespace, name)`.
+pub type WasmStates = BTreeMap<(String, String), WasmState>;
+
+fn key(f: &WasmFilter) -> (String, String) {
+    (f.metadata.namespace_or_default().to_string(), f.metadata.name.clone())
+}
+
+pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<ObjectStatus>) {
+    for f in &res.wasm_filters {
+        let g = f.metadata.generation();
+        let state = states.get(&key(f));
+        let (ready, digest, config_errors) = match state {
+            Some(WasmState::Ready { digest }) => {
+                (Condition::new("Ready", true, "Loaded", format!("component {digest} is loaded and configured"), g), Some(digest.clone()), Vec::new())
+            }
+            Some(WasmState::Failed { reason, message, digest, config_errors }) => (
+                Condition::new("Ready", false, reason, message.clone(), g),
+                digest.clone(),
+                config_errors.iter().map(|(p, m)| ConfigErrorStatus { path: p.clone(), message: m.clone() }).collect(),
+            ),
+            None => (Condition::new("Ready", false, "Pending", "not loaded yet", g), None, Vec::new()),
+        };
+        out.push(ObjectStatus {
+            api_version: format!("{SLUICE_GROUP}/v1alpha1"),
+            kind: "WasmFilter".into(),
+            metadata: StatusMeta { namespace: key(f).0, name: f.metadata.name.clone(), generation: g },
+            status: Status::WasmFilter(WasmFilterStatus {
+                conditions: vec![Condition::new("Accepted", true, "Accepted", "spec is valid", g), ready],
+                digest,
+                config_errors,
+            }),
+        });
+    }
+}
+
+/// The IR for an ExtensionRef to a WasmFilter named `name` in `ns`, or why it cannot be used.
+pub(crate) fn resolve(res: &Resources, states: &WasmStates, ns: &str, name: &str) -> Result<WasmIr, (&'static str, String)> {
+    let Some(f) = res.wasm_filters.iter().find(|f| f.metadata.name == name && f.metadata.namespace.as_deref() == Some(ns)) else {
+        return Err(("FilterNotFound", format!("WasmFilter {ns}/{name} not found; ExtensionRefs name a WasmFilter in the route's namespace")));
+    };
+    match states.get(&key(f)) {
+        Some(WasmState::Ready { digest }) => {
+            let limits = f.spec.limits.clone().unwrap_or_default();
+            Ok(WasmIr {
+                filter: format!("{ns}/{name}"),
+                digest: digest.clone(),
+                config: f.spec.config.clone().unwrap_or(serde_json::Value::Null).to_string(),
+                failure_policy: match f.spec.failure_policy.unwrap_or_default() {
+                    sluice_resources::FailurePolicy::FailClosed => FailurePolicy::FailClosed,
+                    sluice_resources::FailurePolicy::FailOpen => FailurePolicy::FailOpen,
+                },
+                memory_bytes: limits.memory.as_deref().and_then(|m| parse_quantity(m).ok()).unwrap_or(DEFAULT_MEMORY),
+                timeout_ms: limits
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .unwrap_or(DEFAULT_TIMEOUT)
+                    .as_millis()
+                    .max(1) as u64,
+                min_instances: limits.min_instances.unwrap_or(1),
+            })
+        }
+        Some(WasmState::Failed { message, .. }) => {
+            Err(("FilterNotReady", format!("WasmFilter {ns}/{name} is not ready: {message}")))
+        }
+        None => Err(("FilterNotReady", format!("WasmFilter {ns}/{name} is not loaded yet"))),
+    }
+}

@@ -1,0 +1,11 @@
+//! The one place `bindgen!` runs: the `sluice:filter/filter` world, with the WIT
+//! resources mapped to the host types that back them.
+
+wasmtime::component::bindgen!({
+    world: "filter",
+    path: "../../wit",
+    with: {
+        "sluice:filter/types.request": crate::host::RequestCtx,
+        "sluice:filter/types.response": crate::host::ResponseCtx,
+    },
+});

@@ -1,0 +1,300 @@
+//! The host side of the WIT imports: one `HostState` per store, the request and
+//! response resources, log, metrics, key-value and clock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::FilterShared;
+use crate::bindings::sluice::filter::{clock, kv, log, metrics, types};
+
+/// The request while a filter looks at it; moved into the store for the call and back out.
+pub struct RequestCtx {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// The response while a filter looks at it.
+pub struct ResponseCtx {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+/// Per-store state. A store is one pooled instance.
+pub struct HostState {
+    pub(crate) table: ResourceTable,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) shared: Arc<FilterShared>,
+    /// The guest's stderr (where a Rust panic message goes), logged when it traps.
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// `StoreLimits`, plus a note of whether the memory limit was what stopped the guest,
+/// so the failure is reported as `memory` rather than as a generic trap.
+pub struct MemoryLimiter {
+    pub inner: StoreLimits,
+    pub limit: usize,
+    pub exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if !ok || desired > self.limit {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(ok)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+/// Headers the gateway manages itself; filters may read but not write them.
+fn forbidden(name: &HeaderName, request: bool) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || (request && name == header::HOST)
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    match v.to_str() {
+        Ok(s) => s.to_string(),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    }
+}
+
+fn get(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).map(lossy)
+}
+
+fn get_all(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name).iter().map(lossy).collect()
+}
+
+fn names(h: &HeaderMap) -> Vec<String> {
+    h.keys().map(|k| k.as_str().to_string()).collect()
+}
+
+fn write(h: &mut HeaderMap, name: &str, value: &str, append: bool, request: bool) -> Result<(), types::HeaderError> {
+    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| types::HeaderError::InvalidName)?;
+    if forbidden(&n, request) {
+        return Err(types::HeaderError::Forbidden);
+    }
+    let v = HeaderValue::from_str(value).map_err(|_| types::HeaderError::InvalidValue)?;
+    if append {
+        h.append(n, v);
+    } else {
+        h.insert(n, v);
+    }
+    Ok(())
+}
+
+fn remove(h: &mut HeaderMap, name: &str, request: bool) {
+    if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+        && !forbidden(&n, request)
+    {
+        h.remove(n);
+    }
+}
+
+impl HostState {
+    fn req(&mut self, r: &Resource<RequestCtx>) -> wasmtime::Result<&mut RequestCtx> {
+        Ok(self.table.get_mut(r)?)
+    }
+    fn resp(&mut self, r: &Resource<ResponseCtx>) -> wasmtime::Result<&mut ResponseCtx> {
+        Ok(self.table.get_mut(r)?)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.method.as_str().to_string())
+    }
+    fn set_method(&mut self, r: Resource<RequestCtx>, method: String) -> wasmtime::Result<Result<(), ()>> {
+        Ok(match Method::from_bytes(method.as_bytes()) {
+            Ok(m) => {
+                self.req(&r)?.method = m;
+                Ok(())
+            }
+            Err(_) => Err(()),
+        })
+    }
+    fn path(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        Ok(self.req(&r)?.uri.path().to_string())
+    }
+    fn query(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<String>> {
+        Ok(self.req(&r)?.uri.query().map(str::to_string))
+    }
+    fn set_path_and_query(&mut self, r: Resource<RequestCtx>, pq: String) -> wasmtime::Result<Result<(), ()>> {
+        if !pq.starts_with('/') {
+            return Ok(Err(()));
+        }
+        let ctx = self.req(&r)?;
+        let mut parts = ctx.uri.clone().into_parts();
+        let Ok(p) = http::uri::PathAndQuery::try_from(pq) else { return Ok(Err(())) };
+        parts.path_and_query = Some(p);
+        Ok(match Uri::from_parts(parts) {
+            Ok(u) => {
+                ctx.uri = u;
+                Ok(())
+            }
+            Err(_) => Err(()),
+        })
+    }
+    fn authority(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
+        let ctx = self.req(&r)?;
+        Ok(match ctx.uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            None => get(&ctx.headers, "host").unwrap_or_default(),
+        })
+    }
+    fn set_authority(&mut self, r: Resource<RequestCtx>, authority: String) -> wasmtime::Result<Result<(), ()>> {
+        let ctx = self.req(&r)?;
+        let (Ok(a), Ok(v)) = (authority.parse::<http::uri::Authority>(), HeaderValue::from_str(&authority)) else {
+            return Ok(Err(()));
+        };
+        if ctx.uri.authority().is_some() {
+            let mut parts = ctx.uri.clone().into_parts();
+            parts.authority = Some(a);
+            if let Ok(u) = Uri::from_parts(parts) {
+                ctx.uri = u;
+            }
+        }
+        ctx.headers.insert(header::HOST, v);
+        Ok(Ok(()))
+    }
+    fn get_header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(get(&self.req(&r)?.headers, &name))
+    }
+    fn get_header_all(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(get_all(&self.req(&r)?.headers, &name))
+    }
+    fn header_names(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.req(&r)?.headers))
+    }
+    fn set_header(&mut self, r: Resource<RequestCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(&mut self.req(&r)?.headers, &name, &value, false, true))
+    }
+    fn append_header(&mut self, r: Resource<RequestCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(&mut self.req(&r)?.headers, &name, &value, true, true))
+    }
+    fn remove_header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<()> {
+        remove(&mut self.req(&r)?.headers, &name, true);
+        Ok(())
+    }
+    fn drop(&mut self, _r: Resource<RequestCtx>) -> wasmtime::Result<()> {
+        // The host owns request resources and deletes them after the call; the guest
+        // only ever borrows them.
+        Ok(())
+    }
+}
+
+impl types::HostResponse for HostState {
+    fn status(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<u16> {
+        Ok(self.resp(&r)?.status.as_u16())
+    }
+    fn set_status(&mut self, r: Resource<ResponseCtx>, status: u16) -> wasmtime::Result<Result<(), ()>> {
+        Ok(match StatusCode::from_u16(status) {
+            Ok(s) if (100..600).contains(&status) => {
+                self.resp(&r)?.status = s;
+                Ok(())
+            }
+            _ => Err(()),
+        })
+    }
+    fn get_header(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(get(&self.resp(&r)?.headers, &name))
+    }
+    fn get_header_all(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(get_all(&self.resp(&r)?.headers, &name))
+    }
+    fn header_names(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.resp(&r)?.headers))
+    }
+    fn set_header(&mut self, r: Resource<ResponseCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(&mut self.resp(&r)?.headers, &name, &value, false, false))
+    }
+    fn append_header(&mut self, r: Resource<ResponseCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(&mut self.resp(&r)?.headers, &name, &value, true, false))
+    }
+    fn remove_header(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<()> {
+        remove(&mut self.resp(&r)?.headers, &name, false);
+        Ok(())
+    }
+    fn drop(&mut self, _r: Resource<ResponseCtx>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let filter = &self.shared.name;
+        match level {
+            log::Level::Trace => tracing::trace!(%filter, "{message}"),
+            log::Level::Debug => tracing::debug!(%filter, "{message}"),
+            log::Level::Info => tracing::info!(%filter, "{message}"),
+            log::Level::Warn => tracing::warn!(%filter, "{message}"),
+            log::Level::Error => tracing::error!(%filter, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
+        self.shared.stats.guest_counter(&name, value);
+        Ok(())
+    }
+    fn histogram_observe(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        self.shared.stats.guest_histogram(&name, value);
+        Ok(())
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.shared.kv.get(&key))
+    }
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<bool> {
+        Ok(self.shared.kv.set(key, value, ttl_ms))
+    }
+    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<i64> {
+        Ok(self.shared.kv.increment(key, delta, ttl_ms))
+    }
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.shared.kv.delete(&key);
+        Ok(())
+    }
+}
+
+/// One process-wide origin, so every instance sees the same monotonic timeline.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+pub(crate) fn monotonic_nanos() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl clock::Host for HostState {
+    fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
+        Ok(monotonic_nanos())
+    }
+}

@@ -1,0 +1,489 @@
+//! The filter runtime: wasmtime's component model, running components that export the
+//! `sluice:filter/filter` world.
+//!
+//! - One [`Engine`] per process, with the pooling allocator and epoch interruption.
+//! - Components are compiled once per SHA-256 digest and cached on disk (AOT), so a
+//!   restart loads them in well under a millisecond instead of recompiling.
+//! - One `InstancePre` per digest; one [`Pool`] per (WasmFilter, digest, config,
+//!   limits). A pool hands out instances that serve one call at a time; `configure`
+//!   runs once per instance; an instance that failed is dropped, never reused.
+//! - Each call gets an epoch deadline, each instance a memory limit.
+//! - A filter gets no files, environment, sockets or wall clock: its WASI context is
+//!   empty and its clocks are frozen at zero. Only the WIT imports reach the host.
+#![deny(unsafe_code)]
+
+mod bindings;
+mod host;
+mod kv;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+
+use bindings::sluice::filter::types::{DirectResponse, RequestAction};
+pub use host::{RequestCtx, ResponseCtx};
+use host::{HostState, MemoryLimiter};
+pub use stats::{ErrorKind, FilterStats};
+
+/// Epoch tick: the granularity of call deadlines.
+const TICK: Duration = Duration::from_millis(1);
+/// The largest memory any WasmFilter may ask for; the pool reserves address space for it.
+const MAX_MEMORY: usize = 1 << 30;
+/// Time `configure` may take (it may parse a large config).
+const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Instances kept per pool; more are created under load and dropped when returned.
+const POOL_CAPACITY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a valid component for the sluice:filter/filter world: {0}")]
+    Compile(String),
+    #[error("the component does not fit the sluice:filter/filter world: {0}")]
+    Link(String),
+}
+
+/// What a WasmFilter's spec asks of its instances.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FilterSpec {
+    /// `namespace/name`, for logs and metrics.
+    pub name: String,
+    /// The JSON handed to `configure`.
+    pub config: String,
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+    pub min_instances: usize,
+}
+
+/// Everything the instances of one WasmFilter share.
+pub struct FilterShared {
+    pub name: String,
+    pub stats: Arc<FilterStats>,
+    kv: kv::Kv,
+}
+
+/// A component compiled for this engine and linked: instantiation is all that is left.
+pub struct Compiled {
+    pub digest: String,
+    pre: bindings::FilterPre<HostState>,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+    pools: Mutex<HashMap<(String, FilterSpec), Weak<Pool>>>,
+    shared: Mutex<HashMap<String, Arc<FilterShared>>>,
+    stats: Mutex<std::collections::BTreeMap<String, Arc<FilterStats>>>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct FrozenClock;
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl Runtime {
+    /// Creates the engine and starts its epoch ticker. `cache_dir` holds precompiled
+    /// components; `None` keeps them in memory only.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow_lite::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(1000)
+            .total_tables(2000)
+            .max_memory_size(MAX_MEMORY)
+            .max_core_instances_per_component(50)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = match Engine::new(&config) {
+            Ok(e) => e,
+            Err(e) => {
+                // The pool reserves address space up front; where that is refused (a
+                // tight ulimit -v), run with on-demand allocation instead of not at all.
+                tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config).map_err(|e| anyhow_lite::Error(e.to_string()))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow_lite::Error(e.to_string()))?;
+        bindings::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow_lite::Error(e.to_string()))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| anyhow_lite::Error(e.to_string()))?;
+        if let Some(dir) = &cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the Wasm cache folder; compiling in memory only");
+        }
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            compiled: Mutex::default(),
+            pools: Mutex::default(),
+            shared: Mutex::default(),
+            stats: Mutex::default(),
+        }))
+    }
+
+    fn cache_path(&self, digest: &str) -> Option<PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{digest}-{:016x}.cwasm", h.finish())))
+    }
+
+    /// Compiles (or loads from the AOT cache) and links a component. Slow on a cache
+    /// miss (tens of milliseconds): call it off the request path.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Compiled>, LoadError> {
+        let digest = sha256_hex(bytes);
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+            return Ok(c.clone());
+        }
+        let component = self.component(&digest, bytes)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = bindings::FilterPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let c = Arc::new(Compiled { digest: digest.clone(), pre });
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, c.clone());
+        Ok(c)
+    }
+
+    fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+        let path = self.cache_path(digest);
+        if let Some(p) = path.as_deref().filter(|p| p.exists()) {
+            // SAFETY: `deserialize_file` trusts that the file holds code this engine
+            // produced. The file is written only by `store_cache` below, from
+            // `Component::serialize` of this engine's compilation, under a name that
+            // carries the source digest and the engine's compatibility hash, and it is
+            // renamed into place only once complete. wasmtime also checks the header
+            // (version, target, engine flags) and refuses a mismatch, which we then
+            // treat as a cache miss.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, p) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(file = %p.display(), error = %e, "ignoring unusable Wasm cache entry"),
+            }
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        tracing::info!(digest, elapsed = ?started.elapsed(), "compiled Wasm component");
+        if let Some(p) = path {
+            store_cache(&p, &component);
+        }
+        Ok(component)
+    }
+
+    /// The shared metrics of a WasmFilter, created on first use; they outlive reloads.
+    pub fn stats(&self, name: &str) -> Arc<FilterStats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone()
+    }
+
+    fn shared(&self, name: &str) -> Arc<FilterShared> {
+        // The key-value store belongs to the WasmFilter, not to one digest or config,
+        // so a rate limit survives a filter upgrade.
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(FilterShared { name: name.to_string(), stats: self.stats(name), kv: kv::Kv::default() }))
+            .clone()
+    }
+
+    /// The pool for this filter, reused when nothing about it changed. Creating one
+    /// instantiates and configures a first instance, so config errors surface here.
+    pub fn pool(self: &Arc<Self>, compiled: &Arc<Compiled>, spec: &FilterSpec) -> Result<Arc<Pool>, FilterError> {
+        let key = (compiled.digest.clone(), spec.clone());
+        if let Some(p) = self.pools.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(Weak::upgrade) {
+            return Ok(p);
+        }
+        let pool = Arc::new(Pool {
+            runtime: self.clone(),
+            compiled: compiled.clone(),
+            spec: spec.clone(),
+            shared: self.shared(&spec.name),
+            idle: ArrayQueue::new(POOL_CAPACITY),
+            deadline_ticks: ticks(spec.timeout),
+        });
+        for _ in 0..spec.min_instances.max(1) {
+            let inst = pool.instantiate()?;
+            let _ = pool.idle.push(inst);
+        }
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, w| w.strong_count() > 0);
+        pools.insert(key, Arc::downgrade(&pool));
+        Ok(pool)
+    }
+
+    /// Prometheus text for every WasmFilter seen so far.
+    pub fn render_metrics(&self, out: &mut String) {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if stats.is_empty() {
+            return;
+        }
+        out.push_str(stats::HELP);
+        for (name, s) in stats {
+            s.render(out, &name);
+        }
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros().div_ceil(TICK.as_micros()) as u64).max(1) + 1
+}
+
+fn store_cache(path: &Path, component: &Component) {
+    let Ok(bytes) = component.serialize() else { return };
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let ok = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = ok {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the Wasm cache");
+    }
+}
+
+/// Why a filter call did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct FilterError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// For `Config`: the filter's own errors, `(path, message)`.
+    pub config_errors: Vec<(String, String)>,
+}
+
+struct Instance {
+    store: Store<HostState>,
+    filter: bindings::Filter,
+}
+
+/// Live instances of one WasmFilter at one digest and config.
+pub struct Pool {
+    runtime: Arc<Runtime>,
+    compiled: Arc<Compiled>,
+    spec: FilterSpec,
+    shared: Arc<FilterShared>,
+    idle: ArrayQueue<Instance>,
+    deadline_ticks: u64,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.store.data().shared.stats.instances.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What `on-request` decided.
+pub enum RequestOutcome {
+    Continue,
+    Respond { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
+}
+
+impl Pool {
+    pub fn spec(&self) -> &FilterSpec {
+        &self.spec
+    }
+
+    pub fn stats(&self) -> &Arc<FilterStats> {
+        &self.shared.stats
+    }
+
+    fn instantiate(&self) -> Result<Instance, FilterError> {
+        let stderr = MemoryOutputPipe::new(4096);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limiter = MemoryLimiter {
+            inner: StoreLimitsBuilder::new().memory_size(self.spec.memory_bytes).instances(64).build(),
+            limit: self.spec.memory_bytes,
+            exceeded: false,
+        };
+        let state = HostState { table: ResourceTable::new(), wasi, limiter, shared: self.shared.clone(), stderr };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks(CONFIGURE_TIMEOUT));
+        let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| self.fail(&mut store, e))?;
+        self.shared.stats.instances.fetch_add(1, Ordering::Relaxed);
+        let mut inst = Instance { store, filter };
+        match inst.filter.call_configure(&mut inst.store, &self.spec.config) {
+            Ok(Ok(())) => Ok(inst),
+            Ok(Err(errors)) => {
+                self.shared.stats.error(ErrorKind::Config);
+                Err(FilterError {
+                    kind: ErrorKind::Config,
+                    message: errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "),
+                    config_errors: errors.into_iter().map(|e| (e.path, e.message)).collect(),
+                })
+            }
+            Err(e) => Err(self.fail(&mut inst.store, e)),
+        }
+    }
+
+    /// Classifies a failure, counts it and logs what the guest printed.
+    fn fail(&self, store: &mut Store<HostState>, e: wasmtime::Error) -> FilterError {
+        let state = store.data_mut();
+        let kind = if state.limiter.exceeded {
+            ErrorKind::Memory
+        } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Trap
+        };
+        let printed = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+        let message = match kind {
+            ErrorKind::Timeout => format!("ran past its time limit of {:?}", self.spec.timeout),
+            ErrorKind::Memory => format!("tried to use more than its memory limit of {} bytes", self.spec.memory_bytes),
+            _ if !printed.is_empty() => format!("{e}: {printed}"),
+            _ => format!("{e}"),
+        };
+        self.shared.stats.error(kind);
+        tracing::warn!(filter = %self.spec.name, kind = kind.as_str(), "{message}");
+        FilterError { kind, message, config_errors: Vec::new() }
+    }
+
+    fn checkout(&self) -> Result<Instance, FilterError> {
+        match self.idle.pop() {
+            Some(i) => Ok(i),
+            None => self.instantiate(),
+        }
+    }
+
+    fn checkin(&self, inst: Instance) {
+        // A full queue drops the extra instance: the pool shrinks back after a burst.
+        let _ = self.idle.push(inst);
+    }
+
+    /// Runs `on-request`. The request's method, URI and headers move into the store for
+    /// the call and back out, whatever happens.
+    pub fn on_request(&self, method: &mut Method, uri: &mut Uri, headers: &mut HeaderMap) -> Result<RequestOutcome, FilterError> {
+        let mut inst = self.checkout()?;
+        let start = Instant::now();
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        let ctx = RequestCtx {
+            method: std::mem::replace(method, Method::GET),
+            uri: std::mem::take(uri),
+            headers: std::mem::take(headers),
+        };
+        let res = match inst.store.data_mut().table.push(ctx) {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(&mut inst.store, e.into())),
+        };
+        let borrowed = Resource::<RequestCtx>::new_borrow(res.rep());
+        let result = inst.filter.call_on_request(&mut inst.store, borrowed);
+        if let Ok(ctx) = inst.store.data_mut().table.delete(res) {
+            *method = ctx.method;
+            *uri = ctx.uri;
+            *headers = ctx.headers;
+        }
+        self.shared.stats.call(start.elapsed());
+        match result {
+            Ok(action) => {
+                self.checkin(inst);
+                Ok(match action {
+                    RequestAction::Continue => RequestOutcome::Continue,
+                    RequestAction::Respond(r) => direct(r),
+                })
+            }
+            Err(e) => Err(self.fail(&mut inst.store, e)),
+        }
+    }
+
+    /// Runs `on-response` on a response's status and headers.
+    pub fn on_response(&self, status: &mut StatusCode, headers: &mut HeaderMap) -> Result<(), FilterError> {
+        let mut inst = self.checkout()?;
+        let start = Instant::now();
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        let ctx = ResponseCtx { status: *status, headers: std::mem::take(headers) };
+        let res = match inst.store.data_mut().table.push(ctx) {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(&mut inst.store, e.into())),
+        };
+        let borrowed = Resource::<ResponseCtx>::new_borrow(res.rep());
+        let result = inst.filter.call_on_response(&mut inst.store, borrowed);
+        if let Ok(ctx) = inst.store.data_mut().table.delete(res) {
+            *status = ctx.status;
+            *headers = ctx.headers;
+        }
+        self.shared.stats.call(start.elapsed());
+        match result {
+            Ok(()) => {
+                self.checkin(inst);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(&mut inst.store, e)),
+        }
+    }
+}
+
+fn direct(r: DirectResponse) -> RequestOutcome {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    for (n, v) in r.headers {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(n.as_bytes()), http::HeaderValue::from_str(&v)) {
+            headers.append(n, v);
+        }
+    }
+    RequestOutcome::Respond { status, headers, body: r.body }
+}
+
+/// A tiny error type for the runtime's own setup failures.
+pub mod anyhow_lite {
+    #[derive(Debug)]
+    pub struct Error(pub String);
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Error {}
+    pub type Result<T> = std::result::Result<T, Error>;
+}

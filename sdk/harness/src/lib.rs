@@ -1,0 +1,166 @@
+//! Test a Sluice filter inside `cargo test`, without a gateway.
+//!
+//! The harness builds the filter for `wasm32-wasip2`, loads it in the same runtime the
+//! gateway uses (same limits, same sandbox), and runs its hooks on `http` values:
+//!
+//! ```ignore
+//! let wasm = sluice_harness::build(env!("CARGO_MANIFEST_DIR"))?;
+//! let filter = sluice_harness::Harness::load(&wasm, serde_json::json!({"greeting": "hi"}))?;
+//! let req = http::Request::get("/").body(()).unwrap();
+//! match filter.on_request(req)? {
+//!     sluice_harness::Outcome::Continue(req) => assert_eq!(req.headers()["x-hello"], "hi"),
+//!     sluice_harness::Outcome::Respond(resp) => panic!("unexpected answer {}", resp.status()),
+//! }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use sluice_wasm::{ErrorKind, FilterError};
+use sluice_wasm::{FilterSpec, Pool, RequestOutcome, Runtime};
+
+/// What `on-request` did to a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The filter let the request through, possibly changed.
+    Continue(http::Request<()>),
+    /// The filter answered itself.
+    Respond(http::Response<Vec<u8>>),
+}
+
+/// A loaded filter: one WasmFilter's worth of instances.
+pub struct Harness {
+    pool: Arc<Pool>,
+}
+
+fn runtime() -> Result<Arc<Runtime>, String> {
+    static RT: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+    RT.get_or_init(|| Runtime::new(None).map_err(|e| e.to_string())).clone()
+}
+
+/// Limits for [`Harness::load_with`]; the defaults are the gateway's.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 16 << 20, timeout: Duration::from_millis(10) }
+    }
+}
+
+impl Harness {
+    /// Loads a compiled filter and runs `configure` with `config`. A config the filter
+    /// refuses comes back as an error of kind `Config`, with the filter's messages.
+    pub fn load(wasm: &Path, config: serde_json::Value) -> Result<Harness, FilterError> {
+        Self::load_with(wasm, config, Limits::default())
+    }
+
+    pub fn load_with(wasm: &Path, config: serde_json::Value, limits: Limits) -> Result<Harness, FilterError> {
+        let err = |message: String| FilterError { kind: ErrorKind::Trap, message, config_errors: Vec::new() };
+        let rt = runtime().map_err(err)?;
+        let bytes = std::fs::read(wasm).map_err(|e| err(format!("{}: {e}", wasm.display())))?;
+        let compiled = rt.load(&bytes).map_err(|e| err(e.to_string()))?;
+        let spec = FilterSpec {
+            name: format!("test/{}", wasm.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()),
+            config: config.to_string(),
+            memory_bytes: limits.memory_bytes,
+            timeout: limits.timeout,
+            min_instances: 1,
+        };
+        Ok(Harness { pool: rt.pool(&compiled, &spec)? })
+    }
+
+    /// Runs `on-request`.
+    pub fn on_request(&self, req: http::Request<()>) -> Result<Outcome, FilterError> {
+        let (mut parts, ()) = req.into_parts();
+        match self.pool.on_request(&mut parts.method, &mut parts.uri, &mut parts.headers)? {
+            RequestOutcome::Continue => Ok(Outcome::Continue(http::Request::from_parts(parts, ()))),
+            RequestOutcome::Respond { status, headers, body } => {
+                let mut r = http::Response::new(body);
+                *r.status_mut() = status;
+                *r.headers_mut() = headers;
+                Ok(Outcome::Respond(r))
+            }
+        }
+    }
+
+    /// Runs `on-response`.
+    pub fn on_response(&self, resp: http::Response<()>) -> Result<http::Response<()>, FilterError> {
+        let (mut parts, ()) = resp.into_parts();
+        self.pool.on_response(&mut parts.status, &mut parts.headers)?;
+        Ok(http::Response::from_parts(parts, ()))
+    }
+
+    /// This filter's metrics (calls, errors by kind, live instances).
+    pub fn stats(&self) -> &sluice_wasm::FilterStats {
+        self.pool.stats()
+    }
+}
+
+/// Builds the filter crate at `manifest_dir` for `wasm32-wasip2` (release) and returns
+/// the path of its `.wasm`. Needs `rustup target add wasm32-wasip2`.
+pub fn build(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
+    let all = build_all(manifest_dir.as_ref())?;
+    match all.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!("expected one .wasm from {}, got {all:?}", manifest_dir.as_ref().display())),
+    }
+}
+
+/// Builds every cdylib of the crate or workspace at `manifest_dir` and returns their
+/// `.wasm` files.
+pub fn build_all(manifest_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(manifest_dir.join("target"))
+        // Settings of the outer build are for the host target, not for this one.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building {} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
+            manifest_dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut wasm = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        for f in msg["filenames"].as_array().into_iter().flatten() {
+            if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
+                wasm.push(PathBuf::from(f));
+            }
+        }
+    }
+    wasm.sort();
+    Ok(wasm)
+}
+
+/// The filters of this repository's `filters/` workspace, built once per test process.
+pub fn repo_filters() -> Result<PathBuf, String> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../filters");
+        let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+        build_all(&dir)?;
+        Ok(dir.join("target/wasm32-wasip2/release"))
+    })
+    .clone()
+}
