@@ -69,7 +69,10 @@ pub type ConfigErrors = Vec<ConfigError>;
 
 /// Builds a [`ConfigError`].
 pub fn config_error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { path: path.into(), message: message.into() }
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 /// What happens after [`Filter::on_request`].
@@ -78,13 +81,21 @@ pub enum Action {
     /// Go on: the next filter, then the backend.
     Continue,
     /// Answer the client now with this status, headers and body; the backend is not called.
-    Respond { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
 }
 
 impl Action {
     /// A direct answer with a status and a body, and no headers.
     pub fn respond(status: u16, body: impl Into<Vec<u8>>) -> Self {
-        Action::Respond { status, headers: Vec::new(), body: body.into() }
+        Action::Respond {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
     }
 }
 
@@ -193,10 +204,18 @@ pub mod __private {
     use super::*;
 
     pub fn configure<F: Filter>(cell: &OnceLock<F>, config: &str) -> Result<(), ConfigErrors> {
+        // A filter has no stderr: send panic messages to the gateway's log, where they
+        // are reported with the trap that follows.
+        std::panic::set_hook(Box::new(|info| {
+            crate::log::error(&format!("filter panicked: {info}"))
+        }));
         let de = &mut serde_json::Deserializer::from_str(config);
         let parsed: F::Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            vec![config_error(if path == "." { String::new() } else { path }, e.into_inner().to_string())]
+            vec![config_error(
+                if path == "." { String::new() } else { path },
+                e.into_inner().to_string(),
+            )]
         })?;
         let filter = F::new(parsed)?;
         // A second `configure` in the same instance keeps the first filter: the host
@@ -215,9 +234,15 @@ pub mod __private {
         };
         match f.on_request(request) {
             Action::Continue => types::RequestAction::Continue,
-            Action::Respond { status, headers, body } => {
-                types::RequestAction::Respond(types::DirectResponse { status, headers, body })
-            }
+            Action::Respond {
+                status,
+                headers,
+                body,
+            } => types::RequestAction::Respond(types::DirectResponse {
+                status,
+                headers,
+                body,
+            }),
         }
     }
 
@@ -237,17 +262,21 @@ macro_rules! export {
             static FILTER: ::std::sync::OnceLock<$filter> = ::std::sync::OnceLock::new();
             struct Export;
             impl $crate::bindings::Guest for Export {
-                fn configure(config: ::std::string::String) -> ::std::result::Result<(), $crate::ConfigErrors> {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), $crate::ConfigErrors> {
                     $crate::__private::configure::<$filter>(&FILTER, &config)
                 }
-                fn on_request(request: &$crate::Request) -> $crate::bindings::sluice::filter::types::RequestAction {
+                fn on_request(
+                    request: &$crate::Request,
+                ) -> $crate::bindings::sluice::filter::types::RequestAction {
                     $crate::__private::on_request::<$filter>(&FILTER, request)
                 }
                 fn on_response(response: &$crate::Response) {
                     $crate::__private::on_response::<$filter>(&FILTER, response)
                 }
             }
-            $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
         };
     };
 }

@@ -18,8 +18,8 @@ use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
 use crate::cors::Cors;
 use crate::metrics::Stats;
 use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
-use sluice_wasm::RequestOutcome;
 use crate::{Body, Gateway};
+use sluice_wasm::RequestOutcome;
 
 /// Mirrored requests are buffered so both copies can be sent; larger bodies get 413.
 const MIRROR_BODY_LIMIT: usize = 16 << 20;
@@ -123,20 +123,31 @@ async fn serve(
     }
     let Some(backend) = pick_backend(&rule) else {
         return (
-            local(StatusCode::INTERNAL_SERVER_ERROR, "no backend with a weight above zero\n"),
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no backend with a weight above zero\n",
+            ),
             rule.local_stats.clone(),
         );
     };
     if backend.invalid.is_some() {
         return (
-            local(StatusCode::INTERNAL_SERVER_ERROR, "backend is not valid; see the route's status\n"),
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backend is not valid; see the route's status\n",
+            ),
             backend.stats.clone(),
         );
     }
     if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &host, listener.port) {
         return (resp, backend.stats.clone());
     }
-    let FilterRun { steps, cors, mirrors, new_host } = st;
+    let FilterRun {
+        steps,
+        cors,
+        mirrors,
+        new_host,
+    } = st;
 
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -265,7 +276,10 @@ async fn serve(
     if let Some((c, origin)) = cors {
         c.decorate(origin.as_ref(), &mut parts.headers);
     }
-    (Response::from_parts(parts, Either::Left(body)), backend.stats.clone())
+    (
+        Response::from_parts(parts, Either::Left(body)),
+        backend.stats.clone(),
+    )
 }
 
 /// What the request filters leave for later: response work, CORS, mirrors, a new host.
@@ -310,7 +324,11 @@ fn request_filters<'a>(
                     set_path(req, &path);
                 }
             }
-            Filter::Mirror { backend, numerator, denominator } => {
+            Filter::Mirror {
+                backend,
+                numerator,
+                denominator,
+            } => {
                 if *numerator >= *denominator || fastrand::u32(0..*denominator) < *numerator {
                     st.mirrors.push(backend);
                 }
@@ -335,7 +353,11 @@ fn request_filters<'a>(
                 *req.headers_mut() = headers;
                 match outcome {
                     Ok(RequestOutcome::Continue) => st.steps.push(ResponseStep::Wasm(w)),
-                    Ok(RequestOutcome::Respond { mut status, mut headers, body }) => {
+                    Ok(RequestOutcome::Respond {
+                        mut status,
+                        mut headers,
+                        body,
+                    }) => {
                         // The answer goes back through the response work of the
                         // filters that ran before this one.
                         if !response_filters(&st.steps, &mut status, &mut headers) {
@@ -359,7 +381,11 @@ fn request_filters<'a>(
 
 /// Runs the response side of the filters that ran on the request, last first.
 /// Returns false when a FailClosed Wasm filter failed.
-fn response_filters(steps: &[ResponseStep<'_>], status: &mut StatusCode, headers: &mut HeaderMap) -> bool {
+fn response_filters(
+    steps: &[ResponseStep<'_>],
+    status: &mut StatusCode,
+    headers: &mut HeaderMap,
+) -> bool {
     for step in steps.iter().rev() {
         match step {
             ResponseStep::Headers(m) => m.apply(headers),

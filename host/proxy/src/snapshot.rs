@@ -311,10 +311,9 @@ fn build_filters(
                 },
                 FilterIr::Cors(c) => Filter::Cors(crate::cors::Cors::new(c)?),
                 FilterIr::Wasm(w) => Filter::Wasm(WasmFilter {
-                    pool: wasm
-                        .get(&w.filter)
-                        .cloned()
-                        .ok_or_else(|| BuildError(format!("WasmFilter {} has no loaded instances", w.filter)))?,
+                    pool: wasm.get(&w.filter).cloned().ok_or_else(|| {
+                        BuildError(format!("WasmFilter {} has no loaded instances", w.filter))
+                    })?,
                     fail_open: w.failure_policy == sluice_ir::FailurePolicy::FailOpen,
                 }),
             })

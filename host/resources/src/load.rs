@@ -266,9 +266,14 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
                 Vec::new()
             })
         }
-        ("sluice.dev", "WasmFilter") if ok(&["v1alpha1"]) => {
-            push(e, &oref, doc, errors, &mut r.wasm_filters, validate::wasm_filter)
-        }
+        ("sluice.dev", "WasmFilter") if ok(&["v1alpha1"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.wasm_filters,
+            validate::wasm_filter,
+        ),
         ("", "Namespace") if ok(&["v1"]) => {
             push(e, &oref, doc, errors, &mut r.namespaces, |_| Vec::new())
         }

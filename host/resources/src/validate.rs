@@ -242,16 +242,25 @@ pub fn http_route(r: &HttpRoute) -> Problems {
 pub fn wasm_filter(w: &WasmFilter) -> Problems {
     let mut p = Vec::new();
     let s = &w.spec.source;
-    let set = [s.path.is_some(), s.url.is_some(), s.oci.is_some()].iter().filter(|b| **b).count();
+    let set = [s.path.is_some(), s.url.is_some(), s.oci.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if set != 1 {
-        p.push(("spec.source".into(), "set exactly one of path, url or oci".into()));
+        p.push((
+            "spec.source".into(),
+            "set exactly one of path, url or oci".into(),
+        ));
     }
     if let Some(u) = &s.url {
         if !u.starts_with("https://") {
             p.push(("spec.source.url".into(), "must be an https:// URL".into()));
         }
         if s.sha256.is_none() {
-            p.push(("spec.source.sha256".into(), "required with url: the hex SHA-256 of the component".into()));
+            p.push((
+                "spec.source.sha256".into(),
+                "required with url: the hex SHA-256 of the component".into(),
+            ));
         }
     }
     if let Some(h) = &s.sha256
@@ -272,24 +281,29 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
     if let Some(l) = &w.spec.limits {
         if let Some(m) = &l.memory {
             match parse_quantity(m) {
-                Ok(b) if !(64 << 10..=4 << 30).contains(&b) => {
-                    p.push(("spec.limits.memory".into(), "must be between 64Ki and 4Gi".into()))
-                }
+                Ok(b) if !(64 << 10..=4 << 30).contains(&b) => p.push((
+                    "spec.limits.memory".into(),
+                    "must be between 64Ki and 4Gi".into(),
+                )),
                 Ok(_) => {}
                 Err(e) => p.push(("spec.limits.memory".into(), e)),
             }
         }
         if let Some(t) = &l.timeout {
             match parse_duration(t) {
-                Ok(d) if d.is_zero() || d > Duration::from_secs(10) => {
-                    p.push(("spec.limits.timeout".into(), "must be above 0 and at most 10s".into()))
-                }
+                Ok(d) if d.is_zero() || d > Duration::from_secs(10) => p.push((
+                    "spec.limits.timeout".into(),
+                    "must be above 0 and at most 10s".into(),
+                )),
                 Ok(_) => {}
                 Err(e) => p.push(("spec.limits.timeout".into(), e)),
             }
         }
         if l.min_instances.is_some_and(|n| n > 64) {
-            p.push(("spec.limits.minInstances".into(), "must be at most 64".into()));
+            p.push((
+                "spec.limits.minInstances".into(),
+                "must be at most 64".into(),
+            ));
         }
     }
     p

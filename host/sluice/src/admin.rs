@@ -25,7 +25,11 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(gw: Arc<Gateway>, runtime: Arc<sluice_wasm::Runtime>, statuses: Vec<ObjectStatus>) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        runtime: Arc<sluice_wasm::Runtime>,
+        statuses: Vec<ObjectStatus>,
+    ) -> Self {
         AdminState {
             gw,
             runtime,

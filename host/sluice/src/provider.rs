@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use notify::{RecursiveMode, Watcher};
 use sluice_proxy::{Gateway, Listeners, Metrics, WasmPools};
-use sluice_wasm::Runtime;
 use sluice_translate::Translation;
+use sluice_wasm::Runtime;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
@@ -27,9 +27,16 @@ fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<(Translation, WasmPools),
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let base = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+    let base = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
     let (states, pools) = wasm::prepare(&loaded.resources, base, runtime);
-    Ok((sluice_translate::translate_with(&loaded.resources, &states), pools))
+    Ok((
+        sluice_translate::translate_with(&loaded.resources, &states),
+        pools,
+    ))
 }
 
 pub fn check(path: &Path) -> Result<String, String> {
@@ -39,10 +46,22 @@ pub fn check(path: &Path) -> Result<String, String> {
     serde_norway::to_string(&v).map_err(|e| e.to_string())
 }
 
-pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    path: PathBuf,
+    admin_addr: SocketAddr,
+    drain: Duration,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let translation = load(&path).map_err(|e| anyhow!("{e}"))?;
-    let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics)
+    let runtime =
+        Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
+    let (translation, pools) = {
+        let (path, runtime) = (path.clone(), runtime.clone());
+        tokio::task::spawn_blocking(move || load(&path, &runtime))
+            .await?
+            .map_err(|e| anyhow!("{e}"))?
+    };
+    let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics, &pools)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let sockets = snapshot.sockets();
     let gw = Gateway::new(snapshot, metrics);
@@ -50,7 +69,11 @@ pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyh
     listeners
         .sync(&sockets)
         .context("binding the Gateway listeners")?;
-    let state = Arc::new(AdminState::new(gw.clone(), runtime.clone(), translation.statuses));
+    let state = Arc::new(AdminState::new(
+        gw.clone(),
+        runtime.clone(),
+        translation.statuses,
+    ));
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
@@ -87,7 +110,13 @@ pub async fn run(path: PathBuf, admin_addr: SocketAddr, drain: Duration) -> anyh
     Ok(())
 }
 
-async fn reload(path: &Path, gw: &Arc<Gateway>, listeners: &Listeners, state: &AdminState, runtime: &Arc<Runtime>) {
+async fn reload(
+    path: &Path,
+    gw: &Arc<Gateway>,
+    listeners: &Listeners,
+    state: &AdminState,
+    runtime: &Arc<Runtime>,
+) {
     // Loading and compiling filters is blocking work: keep it off the serving threads.
     let prepared = {
         let (path, runtime, gw) = (path.to_path_buf(), runtime.clone(), gw.clone());

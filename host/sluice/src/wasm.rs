@@ -24,7 +24,10 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>) -> (WasmStates, 
                 WasmState::Ready { digest }
             }
             Err(failed) => {
-                if let WasmState::Failed { reason, message, .. } = &failed {
+                if let WasmState::Failed {
+                    reason, message, ..
+                } = &failed
+                {
                     tracing::warn!(filter = %name, reason, "WasmFilter not ready: {message}");
                 }
                 failed
@@ -36,16 +39,30 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>) -> (WasmStates, 
 }
 
 fn failed(reason: &str, message: String, digest: Option<String>) -> WasmState {
-    WasmState::Failed { reason: reason.into(), message, digest, config_errors: Vec::new() }
+    WasmState::Failed {
+        reason: reason.into(),
+        message,
+        digest,
+        config_errors: Vec::new(),
+    }
 }
 
-fn prepare_one(f: &WasmFilter, name: &str, base: &Path, rt: &Arc<Runtime>) -> Result<(String, Arc<sluice_wasm::Pool>), WasmState> {
+fn prepare_one(
+    f: &WasmFilter,
+    name: &str,
+    base: &Path,
+    rt: &Arc<Runtime>,
+) -> Result<(String, Arc<sluice_wasm::Pool>), WasmState> {
     let src = &f.spec.source;
     let bytes = match (&src.path, &src.url, &src.oci) {
         (Some(p), _, _) => {
             let full = base.join(p);
             std::fs::read(&full).map_err(|e| {
-                failed("SourceNotFound", format!("spec.source.path: cannot read {}: {e}", full.display()), None)
+                failed(
+                    "SourceNotFound",
+                    format!("spec.source.path: cannot read {}: {e}", full.display()),
+                    None,
+                )
             })?
         }
         (_, Some(_), _) => {
@@ -74,12 +91,23 @@ fn prepare_one(f: &WasmFilter, name: &str, base: &Path, rt: &Arc<Runtime>) -> Re
             Some(shown),
         ));
     }
-    let compiled = rt.load(&bytes).map_err(|e| failed("InvalidComponent", e.to_string(), Some(shown.clone())))?;
+    let compiled = rt
+        .load(&bytes)
+        .map_err(|e| failed("InvalidComponent", e.to_string(), Some(shown.clone())))?;
     let limits = f.spec.limits.clone().unwrap_or_default();
     let spec = FilterSpec {
         name: name.to_string(),
-        config: f.spec.config.clone().unwrap_or(serde_json::Value::Null).to_string(),
-        memory_bytes: limits.memory.as_deref().and_then(|m| parse_quantity(m).ok()).unwrap_or(DEFAULT_MEMORY) as usize,
+        config: f
+            .spec
+            .config
+            .clone()
+            .unwrap_or(serde_json::Value::Null)
+            .to_string(),
+        memory_bytes: limits
+            .memory
+            .as_deref()
+            .and_then(|m| parse_quantity(m).ok())
+            .unwrap_or(DEFAULT_MEMORY) as usize,
         timeout: limits
             .timeout
             .as_deref()
@@ -96,6 +124,10 @@ fn prepare_one(f: &WasmFilter, name: &str, base: &Path, rt: &Arc<Runtime>) -> Re
             digest: Some(shown),
             config_errors: e.config_errors,
         }),
-        Err(e) => Err(failed("Trapped", format!("the filter failed while starting: {}", e.message), Some(shown))),
+        Err(e) => Err(failed(
+            "Trapped",
+            format!("the filter failed while starting: {}", e.message),
+            Some(shown),
+        )),
     }
 }

@@ -16,7 +16,11 @@ fn install_filters(dir: &TempDir) {
     let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
     std::fs::create_dir_all(dir.0.join("filters")).expect("mkdir");
     for name in ["headers", "respond", "hello", "misbehave"] {
-        std::fs::copy(built.join(format!("{name}.wasm")), dir.0.join(format!("filters/{name}.wasm"))).expect("copy filter");
+        std::fs::copy(
+            built.join(format!("{name}.wasm")),
+            dir.0.join(format!("filters/{name}.wasm")),
+        )
+        .expect("copy filter");
     }
 }
 
@@ -27,7 +31,9 @@ fn wasm_filter(name: &str, file: &str, extra: &str) -> String {
 }
 
 fn ext(name: &str) -> String {
-    format!("{{type: ExtensionRef, extensionRef: {{group: sluice.dev, kind: WasmFilter, name: {name}}}}}")
+    format!(
+        "{{type: ExtensionRef, extensionRef: {{group: sluice.dev, kind: WasmFilter, name: {name}}}}}"
+    )
 }
 
 fn route(rules: &str) -> String {
@@ -46,22 +52,38 @@ async fn setup(tag: &str, filters: &[String], rules: &str) -> (Echo, u16, TempDi
     dir.write("filters.yaml", &filters.join("---\n"));
     dir.write("routes.yaml", &route(rules));
     let cache = dir.0.join("cache");
-    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8 path")]).await;
+    let gw = Sluice::start(
+        &dir.0,
+        &["--cache-dir", cache.to_str().expect("utf-8 path")],
+    )
+    .await;
     (a, port, dir, gw)
 }
 
 fn status_of<'a>(status: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
     status["items"]
         .as_array()
-        .and_then(|items| items.iter().find(|i| i["kind"] == kind && i["metadata"]["name"] == name))
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
+        })
         .unwrap_or_else(|| panic!("no status for {kind} {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_filters_run_in_order_with_builtin_filters_and_answer_directly() {
     let filters = [
-        wasm_filter("headers", "headers", "  config: {request: {set: {x-wasm: 'yes'}, remove: [x-first]}, response: {set: {x-wasm-resp: 'yes'}}}\n"),
-        wasm_filter("maintenance", "respond", "  config: {status: 503, headers: {retry-after: '30'}, body: \"down\\n\"}\n"),
+        wasm_filter(
+            "headers",
+            "headers",
+            "  config: {request: {set: {x-wasm: 'yes'}, remove: [x-first]}, response: {set: {x-wasm-resp: 'yes'}}}\n",
+        ),
+        wasm_filter(
+            "maintenance",
+            "respond",
+            "  config: {status: 503, headers: {retry-after: '30'}, body: \"down\\n\"}\n",
+        ),
     ];
     let rules = format!(
         "  - matches: [{{path: {{value: /down}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n  - filters:\n    - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-first, value: '1'}}, {{name: x-kept, value: '1'}}]}}}}\n    - {}\n    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-wasm-resp, value: builtin}}]}}}}\n    backendRefs: [{{name: a, port: 80}}]\n",
@@ -73,24 +95,42 @@ async fn wasm_filters_run_in_order_with_builtin_filters_and_answer_directly() {
     let r = get(port, "h", "/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.seen("x-wasm").as_deref(), Some("yes"));
-    assert_eq!(r.seen("x-first"), None, "the Wasm filter ran after the built-in one and removed its header");
+    assert_eq!(
+        r.seen("x-first"),
+        None,
+        "the Wasm filter ran after the built-in one and removed its header"
+    );
     assert_eq!(r.seen("x-kept").as_deref(), Some("1"));
     // Response side runs in reverse: the built-in modifier (listed last) first, then Wasm.
     assert_eq!(r.headers["x-wasm-resp"], "yes");
 
     let before = a.id.requests.load(Ordering::Relaxed);
     let r = get(port, "h", "/down").await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "down\n"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "down\n")
+    );
     assert_eq!(r.headers["retry-after"], "30");
-    assert_eq!(a.id.requests.load(Ordering::Relaxed), before, "the backend was not called");
+    assert_eq!(
+        a.id.requests.load(Ordering::Relaxed),
+        before,
+        "the backend was not called"
+    );
 
     let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
     let wf = status_of(&status, "WasmFilter", "headers");
     assert_eq!(wf["status"]["conditions"][1]["type"], "Ready");
     assert_eq!(wf["status"]["conditions"][1]["status"], "True");
-    assert!(wf["status"]["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")));
+    assert!(
+        wf["status"]["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
     let metrics = gw.admin("/metrics").await;
-    assert!(metrics.contains(r#"sluice_wasm_calls_total{filter="default/headers"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"sluice_wasm_calls_total{filter="default/headers"} 2"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"sluice_wasm_instances{filter="default/headers"}"#));
 }
 
@@ -98,13 +138,37 @@ async fn wasm_filters_run_in_order_with_builtin_filters_and_answer_directly() {
 async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected() {
     let limits = "  limits: {memory: 4Mi, timeout: 20ms}\n";
     let filters = [
-        wasm_filter("trap", "misbehave", &format!("  config: {{mode: trap, path: /trap}}\n{limits}")),
-        wasm_filter("loop", "misbehave", &format!("  config: {{mode: loop, path: /loop}}\n{limits}")),
-        wasm_filter("grow", "misbehave", &format!("  config: {{mode: grow, path: /grow}}\n{limits}")),
-        wasm_filter("panic", "misbehave", &format!("  config: {{mode: panic, path: /panic}}\n{limits}")),
-        wasm_filter("open", "misbehave", &format!("  config: {{mode: trap, path: /open}}\n  failurePolicy: FailOpen\n{limits}")),
+        wasm_filter(
+            "trap",
+            "misbehave",
+            &format!("  config: {{mode: trap, path: /trap}}\n{limits}"),
+        ),
+        wasm_filter(
+            "loop",
+            "misbehave",
+            &format!("  config: {{mode: loop, path: /loop}}\n{limits}"),
+        ),
+        wasm_filter(
+            "grow",
+            "misbehave",
+            &format!("  config: {{mode: grow, path: /grow}}\n{limits}"),
+        ),
+        wasm_filter(
+            "panic",
+            "misbehave",
+            &format!("  config: {{mode: panic, path: /panic}}\n{limits}"),
+        ),
+        wasm_filter(
+            "open",
+            "misbehave",
+            &format!("  config: {{mode: trap, path: /open}}\n  failurePolicy: FailOpen\n{limits}"),
+        ),
         wasm_filter("rejected", "misbehave", "  config: {mode: reject-config}\n"),
-        wasm_filter("fine", "headers", "  config: {request: {set: {x-fine: '1'}}}\n"),
+        wasm_filter(
+            "fine",
+            "headers",
+            "  config: {request: {set: {x-fine: '1'}}}\n",
+        ),
     ];
     let mut rules = String::new();
     for name in ["trap", "loop", "grow", "panic", "open", "rejected"] {
@@ -113,7 +177,10 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
             ext(name)
         ));
     }
-    rules.push_str(&format!("  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n", ext("fine")));
+    rules.push_str(&format!(
+        "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("fine")
+    ));
     let (_a, port, _dir, gw) = setup("wasm-faults", &filters, &rules).await;
 
     // Traffic on a healthy route keeps flowing while the bad filters fail.
@@ -137,31 +204,72 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
     for name in ["trap", "loop", "grow", "panic"] {
         let t = Instant::now();
         let r = get(port, "h", &format!("/{name}")).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{name}: FailClosed answers 500");
-        assert!(t.elapsed() < Duration::from_secs(2), "{name} took {:?}", t.elapsed());
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{name}: FailClosed answers 500"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{name} took {:?}",
+            t.elapsed()
+        );
         // The same filter on another path still works: the failed instance was replaced.
         let r = get(port, "h", &format!("/{name}-other")).await;
-        assert_eq!(r.status, StatusCode::OK, "{name}: a fresh instance serves the next request");
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{name}: a fresh instance serves the next request"
+        );
         assert_eq!(r.seen("x-misbehave").as_deref(), Some("passed"));
     }
     let r = get(port, "h", "/open").await;
-    assert_eq!(r.status, StatusCode::OK, "FailOpen skips the failing filter");
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "FailOpen skips the failing filter"
+    );
     let r = get(port, "h", "/rejected").await;
-    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "a filter that refused its config fails its rule");
+    assert_eq!(
+        r.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a filter that refused its config fails its rule"
+    );
 
     stop.store(true, Ordering::Relaxed);
     background.await.expect("background client");
-    assert_eq!(bad.load(Ordering::Relaxed), 0, "requests on the healthy route failed");
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "requests on the healthy route failed"
+    );
     assert!(ok.load(Ordering::Relaxed) > 0);
-    assert_eq!(admin_get(gw.admin, "/healthz").await.expect("admin").0, StatusCode::OK, "the gateway is up");
+    assert_eq!(
+        admin_get(gw.admin, "/healthz").await.expect("admin").0,
+        StatusCode::OK,
+        "the gateway is up"
+    );
 
     let metrics = gw.admin("/metrics").await;
-    for (name, kind) in [("trap", "trap"), ("loop", "timeout"), ("grow", "memory"), ("panic", "trap"), ("open", "trap")] {
-        let line = format!(r#"sluice_wasm_errors_total{{filter="default/{name}",kind="{kind}"}} 1"#);
+    for (name, kind) in [
+        ("trap", "trap"),
+        ("loop", "timeout"),
+        ("grow", "memory"),
+        ("panic", "trap"),
+        ("open", "trap"),
+    ] {
+        let line =
+            format!(r#"sluice_wasm_errors_total{{filter="default/{name}",kind="{kind}"}} 1"#);
         assert!(metrics.contains(&line), "missing {line}\n{metrics}");
     }
-    assert!(metrics.contains(r#"sluice_wasm_failopen_skips_total{filter="default/open"} 1"#), "{metrics}");
-    assert!(gw.logs().contains("panicking on purpose"), "the guest's panic message is logged");
+    assert!(
+        metrics.contains(r#"sluice_wasm_failopen_skips_total{filter="default/open"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        gw.logs().contains("panicking on purpose"),
+        "the guest's panic message is logged"
+    );
 
     let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
     let wf = &status_of(&status, "WasmFilter", "rejected")["status"];
@@ -175,8 +283,17 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_filter_config_swaps_it_without_failing_a_request() {
-    let config = |v: u32| wasm_filter("h", "headers", &format!("  config: {{request: {{set: {{x-version: '{v}'}}}}}}\n"));
-    let rules = format!("  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n", ext("h"));
+    let config = |v: u32| {
+        wasm_filter(
+            "h",
+            "headers",
+            &format!("  config: {{request: {{set: {{x-version: '{v}'}}}}}}\n"),
+        )
+    };
+    let rules = format!(
+        "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("h")
+    );
     let (_a, port, dir, gw) = setup("wasm-swap", &[config(0)], &rules).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -204,30 +321,59 @@ async fn changing_a_filter_config_swaps_it_without_failing_a_request() {
     for t in tasks {
         t.await.expect("client");
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the swaps");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the swaps"
+    );
     assert!(ok.load(Ordering::Relaxed) > 50);
-    assert_eq!(get(port, "h", "/").await.seen("x-version").as_deref(), Some("3"));
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("3")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_filters_are_cached_on_disk_by_digest() {
-    let rules = format!("  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n", ext("h"));
+    let rules = format!(
+        "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("h")
+    );
     let (_a, port, dir, gw) = setup("wasm-cache", &[wasm_filter("h", "hello", "")], &rules).await;
-    assert_eq!(get(port, "h", "/").await.seen("x-hello").as_deref(), Some("world"));
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-hello").as_deref(),
+        Some("world")
+    );
     let cached: Vec<_> = std::fs::read_dir(dir.0.join("cache"))
         .expect("cache dir")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .filter(|n| n.ends_with(".cwasm"))
         .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
-    let digest = sluice_wasm::sha256_hex(&std::fs::read(dir.0.join("filters/hello.wasm")).expect("wasm"));
-    assert!(cached[0].starts_with(&digest), "{} is named by the component's digest", cached[0]);
+    let digest =
+        sluice_wasm::sha256_hex(&std::fs::read(dir.0.join("filters/hello.wasm")).expect("wasm"));
+    assert!(
+        cached[0].starts_with(&digest),
+        "{} is named by the component's digest",
+        cached[0]
+    );
     assert!(gw.logs().contains("compiled Wasm component"));
     drop(gw);
 
     // A restart loads the precompiled artifact instead of compiling.
     let cache = dir.0.join("cache");
-    let again = Sluice::start(Path::new(&dir.0), &["--cache-dir", cache.to_str().expect("utf-8")]).await;
-    assert_eq!(get(port, "h", "/").await.seen("x-hello").as_deref(), Some("world"));
-    assert!(!again.logs().contains("compiled Wasm component"), "restart recompiled:\n{}", again.logs());
+    let again = Sluice::start(
+        Path::new(&dir.0),
+        &["--cache-dir", cache.to_str().expect("utf-8")],
+    )
+    .await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-hello").as_deref(),
+        Some("world")
+    );
+    assert!(
+        !again.logs().contains("compiled Wasm component"),
+        "restart recompiled:\n{}",
+        again.logs()
+    );
 }

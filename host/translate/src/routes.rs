@@ -12,9 +12,9 @@ use sluice_resources::{
 };
 
 use crate::backends::{self, Problem};
-use crate::wasm::{self, WasmStates};
 use crate::gateways::GatewayState;
 use crate::status::*;
+use crate::wasm::{self, WasmStates};
 use crate::{
     CONTROLLER_NAME, Placed, PrecedenceKey, RankedHost, intersect_hostnames_ranked, path_rank,
 };
@@ -26,6 +26,7 @@ pub(crate) struct Attached {
 
 pub(crate) fn http_routes(
     res: &Resources,
+    wasm: &WasmStates,
     gws: &mut [GatewayState],
     out: &mut Vec<ObjectStatus>,
 ) -> Attached {
@@ -50,6 +51,7 @@ struct Compiled {
 
 fn http_route(
     res: &Resources,
+    wasm: &WasmStates,
     route: &HttpRoute,
     gws: &mut [GatewayState],
     out: &mut Vec<ObjectStatus>,
@@ -235,6 +237,7 @@ fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
         let matches = compile_matches(rule, &field, &mut c.unsupported);
         let (filters, mut invalid) = compile_filters(
             res,
+            wasm,
             ns,
             rule,
             &rule.filters,
@@ -249,6 +252,7 @@ fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
             }
             let (filters, bad) = compile_filters(
                 res,
+                wasm,
                 ns,
                 rule,
                 &b.filters,

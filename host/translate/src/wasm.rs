@@ -16,7 +16,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(10);
 /// `configure`) is I/O, so the provider does it and hands the outcome to `translate`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WasmState {
-    Ready { digest: String },
+    Ready {
+        digest: String,
+    },
     Failed {
         /// `SourceNotFound`, `DigestMismatch`, `UnsupportedSource`, `InvalidComponent`,
         /// `InvalidConfig`, `Trapped`, `Pending`.
@@ -31,7 +33,10 @@ pub enum WasmState {
 pub type WasmStates = BTreeMap<(String, String), WasmState>;
 
 fn key(f: &WasmFilter) -> (String, String) {
-    (f.metadata.namespace_or_default().to_string(), f.metadata.name.clone())
+    (
+        f.metadata.namespace_or_default().to_string(),
+        f.metadata.name.clone(),
+    )
 }
 
 pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<ObjectStatus>) {
@@ -39,22 +44,52 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
         let g = f.metadata.generation();
         let state = states.get(&key(f));
         let (ready, digest, config_errors) = match state {
-            Some(WasmState::Ready { digest }) => {
-                (Condition::new("Ready", true, "Loaded", format!("component {digest} is loaded and configured"), g), Some(digest.clone()), Vec::new())
-            }
-            Some(WasmState::Failed { reason, message, digest, config_errors }) => (
+            Some(WasmState::Ready { digest }) => (
+                Condition::new(
+                    "Ready",
+                    true,
+                    "Loaded",
+                    format!("component {digest} is loaded and configured"),
+                    g,
+                ),
+                Some(digest.clone()),
+                Vec::new(),
+            ),
+            Some(WasmState::Failed {
+                reason,
+                message,
+                digest,
+                config_errors,
+            }) => (
                 Condition::new("Ready", false, reason, message.clone(), g),
                 digest.clone(),
-                config_errors.iter().map(|(p, m)| ConfigErrorStatus { path: p.clone(), message: m.clone() }).collect(),
+                config_errors
+                    .iter()
+                    .map(|(p, m)| ConfigErrorStatus {
+                        path: p.clone(),
+                        message: m.clone(),
+                    })
+                    .collect(),
             ),
-            None => (Condition::new("Ready", false, "Pending", "not loaded yet", g), None, Vec::new()),
+            None => (
+                Condition::new("Ready", false, "Pending", "not loaded yet", g),
+                None,
+                Vec::new(),
+            ),
         };
         out.push(ObjectStatus {
             api_version: format!("{SLUICE_GROUP}/v1alpha1"),
             kind: "WasmFilter".into(),
-            metadata: StatusMeta { namespace: key(f).0, name: f.metadata.name.clone(), generation: g },
+            metadata: StatusMeta {
+                namespace: key(f).0,
+                name: f.metadata.name.clone(),
+                generation: g,
+            },
             status: Status::WasmFilter(WasmFilterStatus {
-                conditions: vec![Condition::new("Accepted", true, "Accepted", "spec is valid", g), ready],
+                conditions: vec![
+                    Condition::new("Accepted", true, "Accepted", "spec is valid", g),
+                    ready,
+                ],
                 digest,
                 config_errors,
             }),
@@ -63,9 +98,23 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
 }
 
 /// The IR for an ExtensionRef to a WasmFilter named `name` in `ns`, or why it cannot be used.
-pub(crate) fn resolve(res: &Resources, states: &WasmStates, ns: &str, name: &str) -> Result<WasmIr, (&'static str, String)> {
-    let Some(f) = res.wasm_filters.iter().find(|f| f.metadata.name == name && f.metadata.namespace.as_deref() == Some(ns)) else {
-        return Err(("FilterNotFound", format!("WasmFilter {ns}/{name} not found; ExtensionRefs name a WasmFilter in the route's namespace")));
+pub(crate) fn resolve(
+    res: &Resources,
+    states: &WasmStates,
+    ns: &str,
+    name: &str,
+) -> Result<WasmIr, (&'static str, String)> {
+    let Some(f) = res
+        .wasm_filters
+        .iter()
+        .find(|f| f.metadata.name == name && f.metadata.namespace.as_deref() == Some(ns))
+    else {
+        return Err((
+            "FilterNotFound",
+            format!(
+                "WasmFilter {ns}/{name} not found; ExtensionRefs name a WasmFilter in the route's namespace"
+            ),
+        ));
     };
     match states.get(&key(f)) {
         Some(WasmState::Ready { digest }) => {
@@ -73,12 +122,21 @@ pub(crate) fn resolve(res: &Resources, states: &WasmStates, ns: &str, name: &str
             Ok(WasmIr {
                 filter: format!("{ns}/{name}"),
                 digest: digest.clone(),
-                config: f.spec.config.clone().unwrap_or(serde_json::Value::Null).to_string(),
+                config: f
+                    .spec
+                    .config
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null)
+                    .to_string(),
                 failure_policy: match f.spec.failure_policy.unwrap_or_default() {
                     sluice_resources::FailurePolicy::FailClosed => FailurePolicy::FailClosed,
                     sluice_resources::FailurePolicy::FailOpen => FailurePolicy::FailOpen,
                 },
-                memory_bytes: limits.memory.as_deref().and_then(|m| parse_quantity(m).ok()).unwrap_or(DEFAULT_MEMORY),
+                memory_bytes: limits
+                    .memory
+                    .as_deref()
+                    .and_then(|m| parse_quantity(m).ok())
+                    .unwrap_or(DEFAULT_MEMORY),
                 timeout_ms: limits
                     .timeout
                     .as_deref()
@@ -89,9 +147,13 @@ pub(crate) fn resolve(res: &Resources, states: &WasmStates, ns: &str, name: &str
                 min_instances: limits.min_instances.unwrap_or(1),
             })
         }
-        Some(WasmState::Failed { message, .. }) => {
-            Err(("FilterNotReady", format!("WasmFilter {ns}/{name} is not ready: {message}")))
-        }
-        None => Err(("FilterNotReady", format!("WasmFilter {ns}/{name} is not loaded yet"))),
+        Some(WasmState::Failed { message, .. }) => Err((
+            "FilterNotReady",
+            format!("WasmFilter {ns}/{name} is not ready: {message}"),
+        )),
+        None => Err((
+            "FilterNotReady",
+            format!("WasmFilter {ns}/{name} is not loaded yet"),
+        )),
     }
 }

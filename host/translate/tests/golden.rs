@@ -45,8 +45,11 @@ fn golden() {
             format!("{common}\n---\n{text}")
         };
         let value = match sluice_resources::load_str(&format!("{name}.in.yaml"), &full) {
-            Ok(loaded) => serde_json::to_value(sluice_translate::translate(&loaded.resources))
-                .expect("serialize"),
+            Ok(loaded) => {
+                let states = stand_in_loader(&loaded.resources);
+                serde_json::to_value(sluice_translate::translate_with(&loaded.resources, &states))
+                    .expect("serialize")
+            }
             Err(errors) => serde_json::json!({
                 "loadErrors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
             }),
@@ -90,9 +93,17 @@ fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmS
                     config_errors: vec![(".greeting".into(), "must not be empty".into())],
                 }
             } else {
-                WasmState::Ready { digest: format!("sha256:{}", path.len()) }
+                WasmState::Ready {
+                    digest: format!("sha256:{}", path.len()),
+                }
             };
-            ((f.metadata.namespace.clone().unwrap_or_default(), f.metadata.name.clone()), state)
+            (
+                (
+                    f.metadata.namespace.clone().unwrap_or_default(),
+                    f.metadata.name.clone(),
+                ),
+                state,
+            )
         })
         .collect()
 }

@@ -4,6 +4,9 @@
 wasmtime::component::bindgen!({
     world: "filter",
     path: "../../wit",
+    // Host functions return `wasmtime::Result`, so a host-side failure (a resource
+    // handle the guest should not have) traps the guest instead of panicking.
+    imports: { default: trappable },
     with: {
         "sluice:filter/types.request": crate::host::RequestCtx,
         "sluice:filter/types.response": crate::host::ResponseCtx,

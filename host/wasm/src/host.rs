@@ -8,8 +8,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::FilterShared;
 use crate::bindings::sluice::filter::{clock, kv, log, metrics, types};
@@ -30,17 +28,11 @@ pub struct ResponseCtx {
 /// Per-store state. A store is one pooled instance.
 pub struct HostState {
     pub(crate) table: ResourceTable,
-    pub(crate) wasi: WasiCtx,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) shared: Arc<FilterShared>,
-    /// The guest's stderr (where a Rust panic message goes), logged when it traps.
-    pub(crate) stderr: MemoryOutputPipe,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
+    /// The last error the guest logged (the SDK logs a panic's message just before the
+    /// trap), so the trap can be reported with it.
+    pub(crate) last_error: Option<String>,
 }
 
 /// `StoreLimits`, plus a note of whether the memory limit was what stopped the guest,
@@ -52,7 +44,12 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = self.inner.memory_growing(current, desired, maximum)?;
         if !ok || desired > self.limit {
             self.exceeded = true;
@@ -60,7 +57,12 @@ impl ResourceLimiter for MemoryLimiter {
         }
         Ok(ok)
     }
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 }
@@ -92,7 +94,13 @@ fn names(h: &HeaderMap) -> Vec<String> {
     h.keys().map(|k| k.as_str().to_string()).collect()
 }
 
-fn write(h: &mut HeaderMap, name: &str, value: &str, append: bool, request: bool) -> Result<(), types::HeaderError> {
+fn write(
+    h: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    append: bool,
+    request: bool,
+) -> Result<(), types::HeaderError> {
     let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| types::HeaderError::InvalidName)?;
     if forbidden(&n, request) {
         return Err(types::HeaderError::Forbidden);
@@ -129,7 +137,11 @@ impl types::HostRequest for HostState {
     fn method(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<String> {
         Ok(self.req(&r)?.method.as_str().to_string())
     }
-    fn set_method(&mut self, r: Resource<RequestCtx>, method: String) -> wasmtime::Result<Result<(), ()>> {
+    fn set_method(
+        &mut self,
+        r: Resource<RequestCtx>,
+        method: String,
+    ) -> wasmtime::Result<Result<(), ()>> {
         Ok(match Method::from_bytes(method.as_bytes()) {
             Ok(m) => {
                 self.req(&r)?.method = m;
@@ -144,13 +156,19 @@ impl types::HostRequest for HostState {
     fn query(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Option<String>> {
         Ok(self.req(&r)?.uri.query().map(str::to_string))
     }
-    fn set_path_and_query(&mut self, r: Resource<RequestCtx>, pq: String) -> wasmtime::Result<Result<(), ()>> {
+    fn set_path_and_query(
+        &mut self,
+        r: Resource<RequestCtx>,
+        pq: String,
+    ) -> wasmtime::Result<Result<(), ()>> {
         if !pq.starts_with('/') {
             return Ok(Err(()));
         }
         let ctx = self.req(&r)?;
         let mut parts = ctx.uri.clone().into_parts();
-        let Ok(p) = http::uri::PathAndQuery::try_from(pq) else { return Ok(Err(())) };
+        let Ok(p) = http::uri::PathAndQuery::try_from(pq) else {
+            return Ok(Err(()));
+        };
         parts.path_and_query = Some(p);
         Ok(match Uri::from_parts(parts) {
             Ok(u) => {
@@ -167,9 +185,16 @@ impl types::HostRequest for HostState {
             None => get(&ctx.headers, "host").unwrap_or_default(),
         })
     }
-    fn set_authority(&mut self, r: Resource<RequestCtx>, authority: String) -> wasmtime::Result<Result<(), ()>> {
+    fn set_authority(
+        &mut self,
+        r: Resource<RequestCtx>,
+        authority: String,
+    ) -> wasmtime::Result<Result<(), ()>> {
         let ctx = self.req(&r)?;
-        let (Ok(a), Ok(v)) = (authority.parse::<http::uri::Authority>(), HeaderValue::from_str(&authority)) else {
+        let (Ok(a), Ok(v)) = (
+            authority.parse::<http::uri::Authority>(),
+            HeaderValue::from_str(&authority),
+        ) else {
             return Ok(Err(()));
         };
         if ctx.uri.authority().is_some() {
@@ -182,19 +207,43 @@ impl types::HostRequest for HostState {
         ctx.headers.insert(header::HOST, v);
         Ok(Ok(()))
     }
-    fn get_header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<Option<String>> {
+    fn get_header(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(get(&self.req(&r)?.headers, &name))
     }
-    fn get_header_all(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<Vec<String>> {
+    fn get_header_all(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(get_all(&self.req(&r)?.headers, &name))
     }
     fn header_names(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<String>> {
         Ok(names(&self.req(&r)?.headers))
     }
-    fn set_header(&mut self, r: Resource<RequestCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(&mut self.req(&r)?.headers, &name, &value, false, true))
+    fn set_header(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(
+            &mut self.req(&r)?.headers,
+            &name,
+            &value,
+            false,
+            true,
+        ))
     }
-    fn append_header(&mut self, r: Resource<RequestCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
+    fn append_header(
+        &mut self,
+        r: Resource<RequestCtx>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         Ok(write(&mut self.req(&r)?.headers, &name, &value, true, true))
     }
     fn remove_header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<()> {
@@ -212,7 +261,11 @@ impl types::HostResponse for HostState {
     fn status(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<u16> {
         Ok(self.resp(&r)?.status.as_u16())
     }
-    fn set_status(&mut self, r: Resource<ResponseCtx>, status: u16) -> wasmtime::Result<Result<(), ()>> {
+    fn set_status(
+        &mut self,
+        r: Resource<ResponseCtx>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), ()>> {
         Ok(match StatusCode::from_u16(status) {
             Ok(s) if (100..600).contains(&status) => {
                 self.resp(&r)?.status = s;
@@ -221,20 +274,50 @@ impl types::HostResponse for HostState {
             _ => Err(()),
         })
     }
-    fn get_header(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<Option<String>> {
+    fn get_header(
+        &mut self,
+        r: Resource<ResponseCtx>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
         Ok(get(&self.resp(&r)?.headers, &name))
     }
-    fn get_header_all(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<Vec<String>> {
+    fn get_header_all(
+        &mut self,
+        r: Resource<ResponseCtx>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(get_all(&self.resp(&r)?.headers, &name))
     }
     fn header_names(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Vec<String>> {
         Ok(names(&self.resp(&r)?.headers))
     }
-    fn set_header(&mut self, r: Resource<ResponseCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(&mut self.resp(&r)?.headers, &name, &value, false, false))
+    fn set_header(
+        &mut self,
+        r: Resource<ResponseCtx>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(
+            &mut self.resp(&r)?.headers,
+            &name,
+            &value,
+            false,
+            false,
+        ))
     }
-    fn append_header(&mut self, r: Resource<ResponseCtx>, name: String, value: String) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(&mut self.resp(&r)?.headers, &name, &value, true, false))
+    fn append_header(
+        &mut self,
+        r: Resource<ResponseCtx>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        Ok(write(
+            &mut self.resp(&r)?.headers,
+            &name,
+            &value,
+            true,
+            false,
+        ))
     }
     fn remove_header(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<()> {
         remove(&mut self.resp(&r)?.headers, &name, false);
@@ -253,7 +336,10 @@ impl log::Host for HostState {
             log::Level::Debug => tracing::debug!(%filter, "{message}"),
             log::Level::Info => tracing::info!(%filter, "{message}"),
             log::Level::Warn => tracing::warn!(%filter, "{message}"),
-            log::Level::Error => tracing::error!(%filter, "{message}"),
+            log::Level::Error => {
+                tracing::error!(%filter, "{message}");
+                self.last_error = Some(message.chars().take(1024).collect());
+            }
         }
         Ok(())
     }

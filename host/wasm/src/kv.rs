@@ -37,7 +37,10 @@ impl Kv {
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
-        self.lock().get(key).filter(|e| e.live(now)).map(|e| e.value.clone())
+        self.lock()
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.clone())
     }
 
     /// Makes room for one more key: drop expired entries first; false if still full.
@@ -58,7 +61,13 @@ impl Kv {
         if !Self::room(&mut map, &key, now) {
             return false;
         }
-        map.insert(key, Entry { value, expires: expiry(ttl_ms, now) });
+        map.insert(
+            key,
+            Entry {
+                value,
+                expires: expiry(ttl_ms, now),
+            },
+        );
         true
     }
 
@@ -84,7 +93,13 @@ impl Kv {
                 (delta, expiry(ttl_ms, now))
             }
         };
-        map.insert(key, Entry { value: value.to_le_bytes().to_vec(), expires });
+        map.insert(
+            key,
+            Entry {
+                value: value.to_le_bytes().to_vec(),
+                expires,
+            },
+        );
         value
     }
 
@@ -103,7 +118,11 @@ mod tests {
         assert_eq!(kv.increment("k".into(), 1, Some(50)), 1);
         assert_eq!(kv.increment("k".into(), 2, Some(10_000)), 3);
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(kv.increment("k".into(), 1, None), 1, "expired entries start again from 0");
+        assert_eq!(
+            kv.increment("k".into(), 1, None),
+            1,
+            "expired entries start again from 0"
+        );
         assert!(kv.set("v".into(), b"x".to_vec(), None));
         assert_eq!(kv.get("v"), Some(b"x".to_vec()));
         assert!(!kv.set("big".into(), vec![0; MAX_VALUE + 1], None));

@@ -8,13 +8,14 @@
 //!   limits). A pool hands out instances that serve one call at a time; `configure`
 //!   runs once per instance; an instance that failed is dropped, never reused.
 //! - Each call gets an epoch deadline, each instance a memory limit.
-//! - A filter gets no files, environment, sockets or wall clock: its WASI context is
-//!   empty and its clocks are frozen at zero. Only the WIT imports reach the host.
+//! - A filter gets no files, environment, sockets or wall clock (see `sandbox`). Only
+//!   the WIT imports reach the host.
 #![deny(unsafe_code)]
 
 mod bindings;
 mod host;
 mod kv;
+mod sandbox;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -27,13 +28,14 @@ use crossbeam_queue::ArrayQueue;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    Trap,
+};
 
 use bindings::sluice::filter::types::{DirectResponse, RequestAction};
-pub use host::{RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
+pub use host::{RequestCtx, ResponseCtx};
 pub use stats::{ErrorKind, FilterStats};
 
 /// Epoch tick: the granularity of call deadlines.
@@ -93,24 +95,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-struct FrozenClock;
-impl HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-impl HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
-    }
-}
-
 impl Runtime {
     /// Creates the engine and starts its epoch ticker. `cache_dir` holds precompiled
     /// components; `None` keeps them in memory only.
@@ -140,7 +124,6 @@ impl Runtime {
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow_lite::Error(e.to_string()))?;
         bindings::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow_lite::Error(e.to_string()))?;
         let weak = engine.weak();
@@ -182,14 +165,31 @@ impl Runtime {
     /// miss (tens of milliseconds): call it off the request path.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Compiled>, LoadError> {
         let digest = sha256_hex(bytes);
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
             return Ok(c.clone());
         }
         let component = self.component(&digest, bytes)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        // Each component gets the WASI answers its own imports need (see `sandbox`).
+        let mut linker = self.linker.clone();
+        sandbox::link(&mut linker, &component, &self.engine)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = bindings::FilterPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let c = Arc::new(Compiled { digest: digest.clone(), pre });
-        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, c.clone());
+        let c = Arc::new(Compiled {
+            digest: digest.clone(),
+            pre,
+        });
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, c.clone());
         Ok(c)
     }
 
@@ -206,11 +206,14 @@ impl Runtime {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, p) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(file = %p.display(), error = %e, "ignoring unusable Wasm cache entry"),
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "ignoring unusable Wasm cache entry")
+                }
             }
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         tracing::info!(digest, elapsed = ?started.elapsed(), "compiled Wasm component");
         if let Some(p) = path {
             store_cache(&p, &component);
@@ -220,7 +223,12 @@ impl Runtime {
 
     /// The shared metrics of a WasmFilter, created on first use; they outlive reloads.
     pub fn stats(&self, name: &str) -> Arc<FilterStats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone()
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     fn shared(&self, name: &str) -> Arc<FilterShared> {
@@ -230,15 +238,31 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(FilterShared { name: name.to_string(), stats: self.stats(name), kv: kv::Kv::default() }))
+            .or_insert_with(|| {
+                Arc::new(FilterShared {
+                    name: name.to_string(),
+                    stats: self.stats(name),
+                    kv: kv::Kv::default(),
+                })
+            })
             .clone()
     }
 
     /// The pool for this filter, reused when nothing about it changed. Creating one
     /// instantiates and configures a first instance, so config errors surface here.
-    pub fn pool(self: &Arc<Self>, compiled: &Arc<Compiled>, spec: &FilterSpec) -> Result<Arc<Pool>, FilterError> {
+    pub fn pool(
+        self: &Arc<Self>,
+        compiled: &Arc<Compiled>,
+        spec: &FilterSpec,
+    ) -> Result<Arc<Pool>, FilterError> {
         let key = (compiled.digest.clone(), spec.clone());
-        if let Some(p) = self.pools.lock().unwrap_or_else(|p| p.into_inner()).get(&key).and_then(Weak::upgrade) {
+        if let Some(p) = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .and_then(Weak::upgrade)
+        {
             return Ok(p);
         }
         let pool = Arc::new(Pool {
@@ -277,7 +301,9 @@ fn ticks(d: Duration) -> u64 {
 }
 
 fn store_cache(path: &Path, component: &Component) {
-    let Ok(bytes) = component.serialize() else { return };
+    let Ok(bytes) = component.serialize() else {
+        return;
+    };
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let ok = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = ok {
@@ -313,14 +339,23 @@ pub struct Pool {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        self.store.data().shared.stats.instances.fetch_sub(1, Ordering::Relaxed);
+        self.store
+            .data()
+            .shared
+            .stats
+            .instances
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// What `on-request` decided.
 pub enum RequestOutcome {
     Continue,
-    Respond { status: StatusCode, headers: HeaderMap, body: Vec<u8> },
+    Respond {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
 }
 
 impl Pool {
@@ -333,34 +368,44 @@ impl Pool {
     }
 
     fn instantiate(&self) -> Result<Instance, FilterError> {
-        let stderr = MemoryOutputPipe::new(4096);
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         let limiter = MemoryLimiter {
-            inner: StoreLimitsBuilder::new().memory_size(self.spec.memory_bytes).instances(64).build(),
+            inner: StoreLimitsBuilder::new()
+                .memory_size(self.spec.memory_bytes)
+                .instances(64)
+                .build(),
             limit: self.spec.memory_bytes,
             exceeded: false,
         };
-        let state = HostState { table: ResourceTable::new(), wasi, limiter, shared: self.shared.clone(), stderr };
+        let state = HostState {
+            table: ResourceTable::new(),
+            limiter,
+            shared: self.shared.clone(),
+            last_error: None,
+        };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(CONFIGURE_TIMEOUT));
-        let filter = self.compiled.pre.instantiate(&mut store).map_err(|e| self.fail(&mut store, e))?;
+        let filter = self
+            .compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.fail(&mut store, e))?;
         self.shared.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut inst = Instance { store, filter };
-        match inst.filter.call_configure(&mut inst.store, &self.spec.config) {
+        match inst
+            .filter
+            .call_configure(&mut inst.store, &self.spec.config)
+        {
             Ok(Ok(())) => Ok(inst),
             Ok(Err(errors)) => {
                 self.shared.stats.error(ErrorKind::Config);
                 Err(FilterError {
                     kind: ErrorKind::Config,
-                    message: errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "),
+                    message: errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.path, e.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     config_errors: errors.into_iter().map(|e| (e.path, e.message)).collect(),
                 })
             }
@@ -378,16 +423,23 @@ impl Pool {
         } else {
             ErrorKind::Trap
         };
-        let printed = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+        let printed = state.last_error.take().unwrap_or_default();
         let message = match kind {
             ErrorKind::Timeout => format!("ran past its time limit of {:?}", self.spec.timeout),
-            ErrorKind::Memory => format!("tried to use more than its memory limit of {} bytes", self.spec.memory_bytes),
+            ErrorKind::Memory => format!(
+                "tried to use more than its memory limit of {} bytes",
+                self.spec.memory_bytes
+            ),
             _ if !printed.is_empty() => format!("{e}: {printed}"),
             _ => format!("{e}"),
         };
         self.shared.stats.error(kind);
         tracing::warn!(filter = %self.spec.name, kind = kind.as_str(), "{message}");
-        FilterError { kind, message, config_errors: Vec::new() }
+        FilterError {
+            kind,
+            message,
+            config_errors: Vec::new(),
+        }
     }
 
     fn checkout(&self) -> Result<Instance, FilterError> {
@@ -404,7 +456,12 @@ impl Pool {
 
     /// Runs `on-request`. The request's method, URI and headers move into the store for
     /// the call and back out, whatever happens.
-    pub fn on_request(&self, method: &mut Method, uri: &mut Uri, headers: &mut HeaderMap) -> Result<RequestOutcome, FilterError> {
+    pub fn on_request(
+        &self,
+        method: &mut Method,
+        uri: &mut Uri,
+        headers: &mut HeaderMap,
+    ) -> Result<RequestOutcome, FilterError> {
         let mut inst = self.checkout()?;
         let start = Instant::now();
         inst.store.set_epoch_deadline(self.deadline_ticks);
@@ -438,11 +495,18 @@ impl Pool {
     }
 
     /// Runs `on-response` on a response's status and headers.
-    pub fn on_response(&self, status: &mut StatusCode, headers: &mut HeaderMap) -> Result<(), FilterError> {
+    pub fn on_response(
+        &self,
+        status: &mut StatusCode,
+        headers: &mut HeaderMap,
+    ) -> Result<(), FilterError> {
         let mut inst = self.checkout()?;
         let start = Instant::now();
         inst.store.set_epoch_deadline(self.deadline_ticks);
-        let ctx = ResponseCtx { status: *status, headers: std::mem::take(headers) };
+        let ctx = ResponseCtx {
+            status: *status,
+            headers: std::mem::take(headers),
+        };
         let res = match inst.store.data_mut().table.push(ctx) {
             Ok(r) => r,
             Err(e) => return Err(self.fail(&mut inst.store, e.into())),
@@ -468,11 +532,18 @@ fn direct(r: DirectResponse) -> RequestOutcome {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut headers = HeaderMap::new();
     for (n, v) in r.headers {
-        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(n.as_bytes()), http::HeaderValue::from_str(&v)) {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(n.as_bytes()),
+            http::HeaderValue::from_str(&v),
+        ) {
             headers.append(n, v);
         }
     }
-    RequestOutcome::Respond { status, headers, body: r.body }
+    RequestOutcome::Respond {
+        status,
+        headers,
+        body: r.body,
+    }
 }
 
 /// A tiny error type for the runtime's own setup failures.

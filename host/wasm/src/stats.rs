@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2];
+const BUCKETS: [f64; 12] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
+];
 const MAX_GUEST_METRICS: usize = 32;
 
 /// Why a filter call failed.
@@ -32,7 +34,12 @@ impl ErrorKind {
             ErrorKind::Config => "config",
         }
     }
-    const ALL: [ErrorKind; 4] = [ErrorKind::Trap, ErrorKind::Timeout, ErrorKind::Memory, ErrorKind::Config];
+    const ALL: [ErrorKind; 4] = [
+        ErrorKind::Trap,
+        ErrorKind::Timeout,
+        ErrorKind::Memory,
+        ErrorKind::Config,
+    ];
 }
 
 #[derive(Default)]
@@ -58,7 +65,11 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_nanos.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_nanos.load(Relaxed) as f64 / 1e9
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -77,7 +88,8 @@ pub struct FilterStats {
 fn valid_metric_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !n.as_bytes()[0].is_ascii_digit()
 }
 
@@ -96,7 +108,10 @@ impl FilterStats {
         if !valid_metric_name(name) {
             return;
         }
-        let mut m = self.guest_counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .guest_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if m.len() < MAX_GUEST_METRICS || m.contains_key(name) {
             *m.entry(name.to_string()).or_default() += v;
         }
@@ -105,7 +120,10 @@ impl FilterStats {
         if !valid_metric_name(name) || !v.is_finite() {
             return;
         }
-        let mut m = self.guest_histograms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .guest_histograms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if m.len() < MAX_GUEST_METRICS || m.contains_key(name) {
             let e = m.entry(name.to_string()).or_default();
             e.0 += 1;
@@ -114,18 +132,49 @@ impl FilterStats {
     }
 
     pub fn render(&self, out: &mut String, filter: &str) {
-        let l = format!("filter=\"{}\"", filter.replace('\\', "\\\\").replace('"', "\\\""));
-        let _ = writeln!(out, "sluice_wasm_calls_total{{{l}}} {}", self.calls.load(Relaxed));
+        let l = format!(
+            "filter=\"{}\"",
+            filter.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let _ = writeln!(
+            out,
+            "sluice_wasm_calls_total{{{l}}} {}",
+            self.calls.load(Relaxed)
+        );
         for k in ErrorKind::ALL {
-            let _ = writeln!(out, "sluice_wasm_errors_total{{{l},kind=\"{}\"}} {}", k.as_str(), self.errors(k));
+            let _ = writeln!(
+                out,
+                "sluice_wasm_errors_total{{{l},kind=\"{}\"}} {}",
+                k.as_str(),
+                self.errors(k)
+            );
         }
-        let _ = writeln!(out, "sluice_wasm_failopen_skips_total{{{l}}} {}", self.skipped.load(Relaxed));
-        let _ = writeln!(out, "sluice_wasm_instances{{{l}}} {}", self.instances.load(Relaxed));
-        self.latency.render(out, "sluice_wasm_call_duration_seconds", &l);
-        for (n, v) in self.guest_counters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "sluice_wasm_failopen_skips_total{{{l}}} {}",
+            self.skipped.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "sluice_wasm_instances{{{l}}} {}",
+            self.instances.load(Relaxed)
+        );
+        self.latency
+            .render(out, "sluice_wasm_call_duration_seconds", &l);
+        for (n, v) in self
+            .guest_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(out, "sluice_filter_{n}_total{{{l}}} {v}");
         }
-        for (n, (c, s)) in self.guest_histograms.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (n, (c, s)) in self
+            .guest_histograms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(out, "sluice_filter_{n}_count{{{l}}} {c}");
             let _ = writeln!(out, "sluice_filter_{n}_sum{{{l}}} {s}");
         }

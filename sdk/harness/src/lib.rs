@@ -38,7 +38,8 @@ pub struct Harness {
 
 fn runtime() -> Result<Arc<Runtime>, String> {
     static RT: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(None).map_err(|e| e.to_string())).clone()
+    RT.get_or_init(|| Runtime::new(None).map_err(|e| e.to_string()))
+        .clone()
 }
 
 /// Limits for [`Harness::load_with`]; the defaults are the gateway's.
@@ -50,7 +51,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 16 << 20, timeout: Duration::from_millis(10) }
+        Limits {
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_millis(10),
+        }
     }
 }
 
@@ -61,27 +65,49 @@ impl Harness {
         Self::load_with(wasm, config, Limits::default())
     }
 
-    pub fn load_with(wasm: &Path, config: serde_json::Value, limits: Limits) -> Result<Harness, FilterError> {
-        let err = |message: String| FilterError { kind: ErrorKind::Trap, message, config_errors: Vec::new() };
+    pub fn load_with(
+        wasm: &Path,
+        config: serde_json::Value,
+        limits: Limits,
+    ) -> Result<Harness, FilterError> {
+        let err = |message: String| FilterError {
+            kind: ErrorKind::Trap,
+            message,
+            config_errors: Vec::new(),
+        };
         let rt = runtime().map_err(err)?;
         let bytes = std::fs::read(wasm).map_err(|e| err(format!("{}: {e}", wasm.display())))?;
         let compiled = rt.load(&bytes).map_err(|e| err(e.to_string()))?;
         let spec = FilterSpec {
-            name: format!("test/{}", wasm.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()),
+            name: format!(
+                "test/{}",
+                wasm.file_stem()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default()
+            ),
             config: config.to_string(),
             memory_bytes: limits.memory_bytes,
             timeout: limits.timeout,
             min_instances: 1,
         };
-        Ok(Harness { pool: rt.pool(&compiled, &spec)? })
+        Ok(Harness {
+            pool: rt.pool(&compiled, &spec)?,
+        })
     }
 
     /// Runs `on-request`.
     pub fn on_request(&self, req: http::Request<()>) -> Result<Outcome, FilterError> {
         let (mut parts, ()) = req.into_parts();
-        match self.pool.on_request(&mut parts.method, &mut parts.uri, &mut parts.headers)? {
+        match self
+            .pool
+            .on_request(&mut parts.method, &mut parts.uri, &mut parts.headers)?
+        {
             RequestOutcome::Continue => Ok(Outcome::Continue(http::Request::from_parts(parts, ()))),
-            RequestOutcome::Respond { status, headers, body } => {
+            RequestOutcome::Respond {
+                status,
+                headers,
+                body,
+            } => {
                 let mut r = http::Response::new(body);
                 *r.status_mut() = status;
                 *r.headers_mut() = headers;
@@ -93,7 +119,8 @@ impl Harness {
     /// Runs `on-response`.
     pub fn on_response(&self, resp: http::Response<()>) -> Result<http::Response<()>, FilterError> {
         let (mut parts, ()) = resp.into_parts();
-        self.pool.on_response(&mut parts.status, &mut parts.headers)?;
+        self.pool
+            .on_response(&mut parts.status, &mut parts.headers)?;
         Ok(http::Response::from_parts(parts, ()))
     }
 
@@ -109,7 +136,10 @@ pub fn build(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
     let all = build_all(manifest_dir.as_ref())?;
     match all.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(format!("expected one .wasm from {}, got {all:?}", manifest_dir.as_ref().display())),
+        _ => Err(format!(
+            "expected one .wasm from {}, got {all:?}",
+            manifest_dir.as_ref().display()
+        )),
     }
 }
 
@@ -118,7 +148,13 @@ pub fn build(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
 pub fn build_all(manifest_dir: &Path) -> Result<Vec<PathBuf>, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(manifest_dir.join("Cargo.toml"))
         .arg("--target-dir")
@@ -139,7 +175,9 @@ pub fn build_all(manifest_dir: &Path) -> Result<Vec<PathBuf>, String> {
     }
     let mut wasm = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
@@ -158,7 +196,9 @@ pub fn repo_filters() -> Result<PathBuf, String> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../filters");
-        let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         build_all(&dir)?;
         Ok(dir.join("target/wasm32-wasip2/release"))
     })

@@ -8,17 +8,26 @@ use serde_json::json;
 use sluice_harness::{ErrorKind, Harness, Limits, Outcome};
 
 fn wasm(name: &str) -> PathBuf {
-    sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2").join(format!("{name}.wasm"))
+    sluice_harness::repo_filters()
+        .expect("building filters/ for wasm32-wasip2")
+        .join(format!("{name}.wasm"))
 }
 
 fn request(path: &str) -> http::Request<()> {
-    http::Request::get(path).header("x-debug", "1").header("host", "example.com").body(()).expect("request")
+    http::Request::get(path)
+        .header("x-debug", "1")
+        .header("host", "example.com")
+        .body(())
+        .expect("request")
 }
 
 fn continued(o: Outcome) -> http::Request<()> {
     match o {
         Outcome::Continue(r) => r,
-        Outcome::Respond(r) => panic!("expected the request to continue, got a {} answer", r.status()),
+        Outcome::Respond(r) => panic!(
+            "expected the request to continue, got a {} answer",
+            r.status()
+        ),
     }
 }
 
@@ -40,7 +49,11 @@ fn headers_filter_changes_request_and_response_headers() {
     assert_eq!(debug, ["1", "2"]);
     assert!(req.headers().get("x-drop").is_none());
 
-    let resp = http::Response::builder().status(200).header("server", "x").body(()).unwrap();
+    let resp = http::Response::builder()
+        .status(200)
+        .header("server", "x")
+        .body(())
+        .unwrap();
     let resp = f.on_response(resp).expect("on_response");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert!(resp.headers().get("server").is_none());
@@ -48,8 +61,11 @@ fn headers_filter_changes_request_and_response_headers() {
 
 #[test]
 fn respond_filter_answers_directly() {
-    let f = Harness::load(&wasm("respond"), json!({"status": 503, "headers": {"retry-after": "30"}, "body": "later\n"}))
-        .expect("load");
+    let f = Harness::load(
+        &wasm("respond"),
+        json!({"status": 503, "headers": {"retry-after": "30"}, "body": "later\n"}),
+    )
+    .expect("load");
     match f.on_request(request("/x")).expect("on_request") {
         Outcome::Respond(r) => {
             assert_eq!(r.status(), 503);
@@ -63,18 +79,37 @@ fn respond_filter_answers_directly() {
 #[test]
 fn hello_filter_greets_and_validates_its_config() {
     let f = Harness::load(&wasm("hello"), json!({"greeting": "hi"})).expect("load");
-    assert_eq!(continued(f.on_request(request("/")).unwrap()).headers()["x-hello"], "hi");
-    let Outcome::Respond(r) = f.on_request(request("/hello")).unwrap() else { panic!("/hello answers") };
+    assert_eq!(
+        continued(f.on_request(request("/")).unwrap()).headers()["x-hello"],
+        "hi"
+    );
+    let Outcome::Respond(r) = f.on_request(request("/hello")).unwrap() else {
+        panic!("/hello answers")
+    };
     assert_eq!(r.body(), b"hello, hi\n");
     // No config at all is fine: the default greeting.
     let f = Harness::load(&wasm("hello"), serde_json::Value::Null).expect("load");
-    assert_eq!(continued(f.on_request(request("/")).unwrap()).headers()["x-hello"], "world");
+    assert_eq!(
+        continued(f.on_request(request("/")).unwrap()).headers()["x-hello"],
+        "world"
+    );
 
-    let err = Harness::load(&wasm("hello"), json!({"greeting": ""})).err().expect("empty greeting refused");
+    let err = Harness::load(&wasm("hello"), json!({"greeting": ""}))
+        .err()
+        .expect("empty greeting refused");
     assert_eq!(err.kind, ErrorKind::Config);
-    assert_eq!(err.config_errors, vec![(".greeting".to_string(), "must not be empty".to_string())]);
-    let err = Harness::load(&wasm("hello"), json!({"greting": "x"})).err().expect("typo refused");
-    assert!(err.config_errors[0].1.contains("unknown field `greting`"), "{:?}", err.config_errors);
+    assert_eq!(
+        err.config_errors,
+        vec![(".greeting".to_string(), "must not be empty".to_string())]
+    );
+    let err = Harness::load(&wasm("hello"), json!({"greting": "x"}))
+        .err()
+        .expect("typo refused");
+    assert!(
+        err.config_errors[0].1.contains("unknown field `greting`"),
+        "{:?}",
+        err.config_errors
+    );
 }
 
 #[test]
@@ -82,7 +117,11 @@ fn a_filter_sees_no_files_environment_wall_clock_or_network() {
     let f = Harness::load(&wasm("misbehave"), json!({"mode": "sandbox"})).expect("load");
     let req = continued(f.on_request(request("/")).unwrap());
     let h = |n: &str| req.headers()[n].to_str().unwrap().to_string();
-    assert!(h("x-fs").starts_with("denied"), "file system: {}", h("x-fs"));
+    assert!(
+        h("x-fs").starts_with("denied"),
+        "file system: {}",
+        h("x-fs")
+    );
     assert_eq!(h("x-env"), "0", "environment variables");
     assert_eq!(h("x-clock"), "0", "the wall clock is frozen at the epoch");
     assert!(h("x-net").starts_with("denied"), "network: {}", h("x-net"));
@@ -90,20 +129,44 @@ fn a_filter_sees_no_files_environment_wall_clock_or_network() {
 
 #[test]
 fn faults_are_classified_and_the_bad_instance_is_replaced() {
-    let limits = Limits { memory_bytes: 4 << 20, timeout: Duration::from_millis(20) };
-    for (mode, kind) in [("trap", ErrorKind::Trap), ("loop", ErrorKind::Timeout), ("grow", ErrorKind::Memory), ("panic", ErrorKind::Trap)] {
-        let f = Harness::load_with(&wasm("misbehave"), json!({"mode": mode, "path": "/bad"}), limits.clone()).expect("load");
-        let err = f.on_request(request("/bad")).err().unwrap_or_else(|| panic!("{mode} must fail"));
+    let limits = Limits {
+        memory_bytes: 4 << 20,
+        timeout: Duration::from_millis(20),
+    };
+    for (mode, kind) in [
+        ("trap", ErrorKind::Trap),
+        ("loop", ErrorKind::Timeout),
+        ("grow", ErrorKind::Memory),
+        ("panic", ErrorKind::Trap),
+    ] {
+        let f = Harness::load_with(
+            &wasm("misbehave"),
+            json!({"mode": mode, "path": "/bad"}),
+            limits.clone(),
+        )
+        .expect("load");
+        // Metrics are per WasmFilter name, shared by every load of it in this process.
+        let before = f.stats().errors(kind);
+        let err = f
+            .on_request(request("/bad"))
+            .err()
+            .unwrap_or_else(|| panic!("{mode} must fail"));
         assert_eq!(err.kind, kind, "{mode}: {}", err.message);
         if mode == "panic" {
-            assert!(err.message.contains("panicking on purpose"), "the panic message is kept: {}", err.message);
+            assert!(
+                err.message.contains("panicking on purpose"),
+                "the panic message is kept: {}",
+                err.message
+            );
         }
-        assert_eq!(f.stats().errors(kind), 1);
+        assert_eq!(f.stats().errors(kind), before + 1);
         // The failed instance was dropped; a fresh one serves the next request.
         let ok = continued(f.on_request(request("/good")).expect("next request works"));
         assert_eq!(ok.headers()["x-misbehave"], "passed");
     }
-    let err = Harness::load(&wasm("misbehave"), json!({"mode": "reject-config"})).err().expect("refused");
+    let err = Harness::load(&wasm("misbehave"), json!({"mode": "reject-config"}))
+        .err()
+        .expect("refused");
     assert_eq!(err.kind, ErrorKind::Config);
     assert_eq!(err.config_errors.len(), 2);
     assert_eq!(err.config_errors[0].0, ".mode");
