@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Throughput benchmark: the same nginx `return 200` backend measured directly, through
 # nginx as a reverse proxy (one worker) and through Sluice (one worker thread), in one
-# run on this machine. Prints rps, p50, p99 and proxy CPU µs per request, and ratios to
-# nginx. Everything binds to 127.0.0.1.
+# run on this machine; then Sluice routes with 0, 1 and 3 `headers` Wasm filters. Prints
+# rps, p50, p99 and proxy CPU µs per request, the ratios to nginx, and the CPU each
+# filter adds. Everything binds to 127.0.0.1.
 #
 #   examples/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
@@ -16,6 +17,8 @@ if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release --bin sluice >&2
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p headers >&2
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; [ -f "$work/proxy.pid" ] && kill "$(cat "$work/proxy.pid")" 2>/dev/null; rm -rf "$work"' EXIT
@@ -40,6 +43,21 @@ nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$NGINX_PROXY; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
 
 mkdir -p "$work/sluice"
+cp filters/target/wasm32-wasip2/release/headers.wasm "$work/sluice/"
+for i in 1 2 3; do
+  # Each filter touches three headers: sets one on the request, removes one, and sets
+  # one on the response.
+  cat >> "$work/sluice/filters.yaml" <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: h$i, namespace: default}
+spec:
+  source: {path: headers.wasm}
+  config: {request: {set: {x-bench-$i: "1"}, remove: [x-none-$i]}, response: {set: {x-served-$i: "1"}}}
+---
+YAML
+done
+ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
 cat > "$work/sluice/config.yaml" <<YAML
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -71,7 +89,14 @@ kind: HTTPRoute
 metadata: {name: bench, namespace: default}
 spec:
   parentRefs: [{name: bench}]
-  rules: [{backendRefs: [{name: backend, port: 80}]}]
+  rules:
+  - backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /f1}}]
+    filters: [$(ext 1)]
+    backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /f3}}]
+    filters: [$(ext 1), $(ext 2), $(ext 3)]
+    backendRefs: [{name: backend, port: 80}]
 YAML
 SLUICE_LOG=warn ./target/release/sluice run "$work/sluice" --workers 1 --admin 127.0.0.1:$ADMIN &
 SLUICE_PID=$!
@@ -80,11 +105,11 @@ for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 worker_pid() { pgrep -P "$(cat "$work/$1.pid")" | head -1; }
 
-measure() { # label port pid-of-process-whose-cpu-counts
-  local label=$1 port=$2 pid=$3
-  wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/" >/dev/null # warm up pools
+measure() { # label port pid-of-process-whose-cpu-counts [path]
+  local label=$1 port=$2 pid=$3 path=${4:-/}
+  wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port$path" >/dev/null # warm up pools
   local c0; c0=$(cpu_ticks "$pid")
-  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/")
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port$path")
   local c1; c1=$(cpu_ticks "$pid")
   echo "$out" > "$work/$label.wrk"
   python3 - "$label" "$((c1 - c0))" "$(getconf CLK_TCK)" "$work/$label.wrk" <<'PY'
@@ -108,6 +133,9 @@ results=$work/results.tsv
 measure direct $BACKEND "$(worker_pid backend)" > "$results"
 measure nginx $NGINX_PROXY "$(worker_pid proxy)" >> "$results"
 measure sluice $SLUICE $SLUICE_PID >> "$results"
+measure wasm-0 $SLUICE $SLUICE_PID /f0 >> "$results"
+measure wasm-1 $SLUICE $SLUICE_PID /f1 >> "$results"
+measure wasm-3 $SLUICE $SLUICE_PID /f3 >> "$results"
 
 python3 - "$results" "$DURATION" "$CONNS" <<'PY'
 import sys
@@ -119,4 +147,7 @@ for r in rows:
 n = {r[0]: r for r in rows}
 s, x = n["sluice"], n["nginx"]
 print(f"sluice/nginx: rps x{float(s[1]) / float(x[1]):.2f}, p99 x{float(s[3]) / float(x[3]):.2f}, cpu/req x{float(s[4]) / float(x[4]):.2f}")
+w0, w1, w3 = (float(n[k][4]) for k in ("wasm-0", "wasm-1", "wasm-3"))
+print(f"Wasm headers filter (request + response hook, 3 headers): +{w1 - w0:.2f} us CPU/request for 1 filter, "
+      f"+{(w3 - w0) / 3:.2f} us per filter with 3; rps with 3 filters x{float(n['wasm-3'][1]) / float(n['wasm-0'][1]):.2f} of none")
 PY
