@@ -36,14 +36,23 @@ struct Headers {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn check(changes: &Changes, side: &str, errors: &mut ConfigErrors) {
-    let names = changes.set.keys().map(|n| ("set", n)).chain(changes.add.keys().map(|n| ("add", n)));
+    let names = changes
+        .set
+        .keys()
+        .map(|n| ("set", n))
+        .chain(changes.add.keys().map(|n| ("add", n)));
     for (what, n) in names.chain(changes.remove.iter().map(|n| ("remove", n))) {
         if !valid_name(n) {
-            errors.push(config_error(format!(".{side}.{what}"), format!("{n:?} is not a valid header name")));
+            errors.push(config_error(
+                format!(".{side}.{what}"),
+                format!("{n:?} is not a valid header name"),
+            ));
         }
     }
 }
@@ -101,7 +110,11 @@ impl Filter for Headers {
         let mut errors = Vec::new();
         check(&config.request, "request", &mut errors);
         check(&config.response, "response", &mut errors);
-        if errors.is_empty() { Ok(Headers { config }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Headers { config })
+        } else {
+            Err(errors)
+        }
     }
 
     fn on_request(&self, request: &Request) -> Action {

@@ -33,8 +33,14 @@ impl Filter for Misbehave {
                 config_error(".mode", "reject-config always refuses its config"),
                 config_error(".path", "and reports a second problem"),
             ]),
-            "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" => Ok(Misbehave { mode: c.mode, path: c.path }),
-            other => Err(vec![config_error(".mode", format!("unknown mode {other:?}"))]),
+            "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" => Ok(Misbehave {
+                mode: c.mode,
+                path: c.path,
+            }),
+            other => Err(vec![config_error(
+                ".mode",
+                format!("unknown mode {other:?}"),
+            )]),
         }
     }
 
@@ -72,7 +78,12 @@ impl Filter for Misbehave {
                     Ok(_) => "connected".to_string(),
                     Err(e) => format!("denied: {e}"),
                 };
-                for (n, v) in [("x-fs", fs), ("x-env", env), ("x-clock", clock), ("x-net", net)] {
+                for (n, v) in [
+                    ("x-fs", fs),
+                    ("x-env", env),
+                    ("x-clock", clock),
+                    ("x-net", net),
+                ] {
                     let _ = request.set_header(n, &v);
                 }
                 Action::Continue

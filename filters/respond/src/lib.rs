@@ -37,11 +37,19 @@ impl Filter for Respond {
         if !(100..=599).contains(&c.status) {
             return Err(vec![config_error(".status", "must be between 100 and 599")]);
         }
-        Ok(Respond { status: c.status, headers: c.headers.into_iter().collect(), body: c.body.into_bytes() })
+        Ok(Respond {
+            status: c.status,
+            headers: c.headers.into_iter().collect(),
+            body: c.body.into_bytes(),
+        })
     }
 
     fn on_request(&self, _: &Request) -> Action {
-        Action::Respond { status: self.status, headers: self.headers.clone(), body: self.body.clone() }
+        Action::Respond {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        }
     }
 }
 
