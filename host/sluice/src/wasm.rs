@@ -4,11 +4,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sluice_proxy::WasmPools;
-use sluice_resources::{Resources, WasmFilter, parse_duration, parse_quantity};
-use sluice_translate::wasm::{DEFAULT_MEMORY, DEFAULT_TIMEOUT};
+use sluice_resources::{Resources, WasmFilter};
 use sluice_translate::{WasmState, WasmStates};
 use sluice_wasm::{ErrorKind, FilterSpec, Runtime};
 
@@ -94,27 +92,13 @@ fn prepare_one(
     let compiled = rt
         .load(&bytes)
         .map_err(|e| failed("InvalidComponent", e.to_string(), Some(shown.clone())))?;
-    let limits = f.spec.limits.clone().unwrap_or_default();
+    let e = sluice_translate::wasm::effective(f);
     let spec = FilterSpec {
         name: name.to_string(),
-        config: f
-            .spec
-            .config
-            .clone()
-            .unwrap_or(serde_json::Value::Null)
-            .to_string(),
-        memory_bytes: limits
-            .memory
-            .as_deref()
-            .and_then(|m| parse_quantity(m).ok())
-            .unwrap_or(DEFAULT_MEMORY) as usize,
-        timeout: limits
-            .timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_TIMEOUT)
-            .max(Duration::from_millis(1)),
-        min_instances: limits.min_instances.unwrap_or(1) as usize,
+        config: e.config,
+        memory_bytes: usize::try_from(e.memory_bytes).unwrap_or(usize::MAX),
+        timeout: e.timeout,
+        min_instances: e.min_instances as usize,
     };
     match rt.pool(&compiled, &spec) {
         Ok(pool) => Ok((shown, pool)),

@@ -12,6 +12,41 @@ use crate::status::*;
 pub const DEFAULT_MEMORY: u64 = 16 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(10);
 
+/// A WasmFilter's settings with the defaults applied: the one place they are computed,
+/// for the IR and for the loader alike.
+pub struct Effective {
+    /// The JSON handed to `configure` (`null` when unset).
+    pub config: String,
+    pub memory_bytes: u64,
+    /// At least 1 ms.
+    pub timeout: Duration,
+    pub min_instances: u32,
+}
+
+pub fn effective(f: &WasmFilter) -> Effective {
+    let limits = f.spec.limits.clone().unwrap_or_default();
+    Effective {
+        config: f
+            .spec
+            .config
+            .clone()
+            .unwrap_or(serde_json::Value::Null)
+            .to_string(),
+        memory_bytes: limits
+            .memory
+            .as_deref()
+            .and_then(|m| parse_quantity(m).ok())
+            .unwrap_or(DEFAULT_MEMORY),
+        timeout: limits
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_TIMEOUT)
+            .max(Duration::from_millis(1)),
+        min_instances: limits.min_instances.unwrap_or(1),
+    }
+}
+
 /// What loading a WasmFilter gave. Loading (reading, verifying, compiling, running
 /// `configure`) is I/O, so the provider does it and hands the outcome to `translate`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,33 +153,18 @@ pub(crate) fn resolve(
     };
     match states.get(&key(f)) {
         Some(WasmState::Ready { digest }) => {
-            let limits = f.spec.limits.clone().unwrap_or_default();
+            let e = effective(f);
             Ok(WasmIr {
                 filter: format!("{ns}/{name}"),
                 digest: digest.clone(),
-                config: f
-                    .spec
-                    .config
-                    .clone()
-                    .unwrap_or(serde_json::Value::Null)
-                    .to_string(),
+                config: e.config,
                 failure_policy: match f.spec.failure_policy.unwrap_or_default() {
                     sluice_resources::FailurePolicy::FailClosed => FailurePolicy::FailClosed,
                     sluice_resources::FailurePolicy::FailOpen => FailurePolicy::FailOpen,
                 },
-                memory_bytes: limits
-                    .memory
-                    .as_deref()
-                    .and_then(|m| parse_quantity(m).ok())
-                    .unwrap_or(DEFAULT_MEMORY),
-                timeout_ms: limits
-                    .timeout
-                    .as_deref()
-                    .and_then(|t| parse_duration(t).ok())
-                    .unwrap_or(DEFAULT_TIMEOUT)
-                    .as_millis()
-                    .max(1) as u64,
-                min_instances: limits.min_instances.unwrap_or(1),
+                memory_bytes: e.memory_bytes,
+                timeout_ms: e.timeout.as_millis() as u64,
+                min_instances: e.min_instances,
             })
         }
         Some(WasmState::Failed { message, .. }) => Err((

@@ -131,6 +131,62 @@ impl HostState {
     }
 }
 
+/// The header accessors, identical on requests and responses but for the resource type
+/// and whether `host` is writable.
+macro_rules! header_methods {
+    ($ty:ty, $get:ident, $request:expr) => {
+        fn get_header(
+            &mut self,
+            r: Resource<$ty>,
+            name: String,
+        ) -> wasmtime::Result<Option<String>> {
+            Ok(get(&self.$get(&r)?.headers, &name))
+        }
+        fn get_header_all(
+            &mut self,
+            r: Resource<$ty>,
+            name: String,
+        ) -> wasmtime::Result<Vec<String>> {
+            Ok(get_all(&self.$get(&r)?.headers, &name))
+        }
+        fn header_names(&mut self, r: Resource<$ty>) -> wasmtime::Result<Vec<String>> {
+            Ok(names(&self.$get(&r)?.headers))
+        }
+        fn set_header(
+            &mut self,
+            r: Resource<$ty>,
+            name: String,
+            value: String,
+        ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+            Ok(write(
+                &mut self.$get(&r)?.headers,
+                &name,
+                &value,
+                false,
+                $request,
+            ))
+        }
+        fn append_header(
+            &mut self,
+            r: Resource<$ty>,
+            name: String,
+            value: String,
+        ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+            Ok(write(
+                &mut self.$get(&r)?.headers,
+                &name,
+                &value,
+                true,
+                $request,
+            ))
+        }
+        fn remove_header(&mut self, r: Resource<$ty>, name: String) -> wasmtime::Result<()> {
+            remove(&mut self.$get(&r)?.headers, &name, $request);
+            Ok(())
+        }
+    };
+}
+
 impl types::Host for HostState {}
 
 impl types::HostRequest for HostState {
@@ -207,49 +263,8 @@ impl types::HostRequest for HostState {
         ctx.headers.insert(header::HOST, v);
         Ok(Ok(()))
     }
-    fn get_header(
-        &mut self,
-        r: Resource<RequestCtx>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(get(&self.req(&r)?.headers, &name))
-    }
-    fn get_header_all(
-        &mut self,
-        r: Resource<RequestCtx>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(get_all(&self.req(&r)?.headers, &name))
-    }
-    fn header_names(&mut self, r: Resource<RequestCtx>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.req(&r)?.headers))
-    }
-    fn set_header(
-        &mut self,
-        r: Resource<RequestCtx>,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(
-            &mut self.req(&r)?.headers,
-            &name,
-            &value,
-            false,
-            true,
-        ))
-    }
-    fn append_header(
-        &mut self,
-        r: Resource<RequestCtx>,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(&mut self.req(&r)?.headers, &name, &value, true, true))
-    }
-    fn remove_header(&mut self, r: Resource<RequestCtx>, name: String) -> wasmtime::Result<()> {
-        remove(&mut self.req(&r)?.headers, &name, true);
-        Ok(())
-    }
+    header_methods!(RequestCtx, req, true);
+
     fn drop(&mut self, _r: Resource<RequestCtx>) -> wasmtime::Result<()> {
         // The host owns request resources and deletes them after the call; the guest
         // only ever borrows them.
@@ -274,55 +289,8 @@ impl types::HostResponse for HostState {
             _ => Err(()),
         })
     }
-    fn get_header(
-        &mut self,
-        r: Resource<ResponseCtx>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(get(&self.resp(&r)?.headers, &name))
-    }
-    fn get_header_all(
-        &mut self,
-        r: Resource<ResponseCtx>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(get_all(&self.resp(&r)?.headers, &name))
-    }
-    fn header_names(&mut self, r: Resource<ResponseCtx>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.resp(&r)?.headers))
-    }
-    fn set_header(
-        &mut self,
-        r: Resource<ResponseCtx>,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(
-            &mut self.resp(&r)?.headers,
-            &name,
-            &value,
-            false,
-            false,
-        ))
-    }
-    fn append_header(
-        &mut self,
-        r: Resource<ResponseCtx>,
-        name: String,
-        value: String,
-    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
-        Ok(write(
-            &mut self.resp(&r)?.headers,
-            &name,
-            &value,
-            true,
-            false,
-        ))
-    }
-    fn remove_header(&mut self, r: Resource<ResponseCtx>, name: String) -> wasmtime::Result<()> {
-        remove(&mut self.resp(&r)?.headers, &name, false);
-        Ok(())
-    }
+    header_methods!(ResponseCtx, resp, false);
+
     fn drop(&mut self, _r: Resource<ResponseCtx>) -> wasmtime::Result<()> {
         Ok(())
     }
