@@ -33,11 +33,7 @@ async fn routes_by_listener_hostname_path_headers_query_and_method() {
     );
     dir.write(
         "svc.yaml",
-        &format!(
-            "{}---\n{}",
-            service_yaml("a", &a, None),
-            service_yaml("b", &b, None)
-        ),
+        &services_yaml(&[("a", &a, None), ("b", &b, None)]),
     );
     dir.write(
         "routes.yaml",
@@ -147,11 +143,7 @@ async fn filters_modify_redirect_rewrite_mirror_and_cors() {
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write(
         "svc.yaml",
-        &format!(
-            "{}---\n{}",
-            service_yaml("a", &a, None),
-            service_yaml("mirror", &mirror, None)
-        ),
+        &services_yaml(&[("a", &a, None), ("mirror", &mirror, None)]),
     );
     dir.write(
         "routes.yaml",
@@ -411,11 +403,7 @@ async fn websocket_h2c_upstream_and_h2c_downstream() {
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write(
         "svc.yaml",
-        &format!(
-            "{}---\n{}",
-            service_yaml("a", &a, None),
-            service_yaml("h2", &h2, Some("kubernetes.io/h2c"))
-        ),
+        &services_yaml(&[("a", &a, None), ("h2", &h2, Some("kubernetes.io/h2c"))]),
     );
     dir.write(
         "routes.yaml",

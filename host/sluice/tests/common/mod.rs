@@ -68,6 +68,14 @@ endpoints:
     )
 }
 
+/// Several Services, one per echo backend.
+pub fn services_yaml(list: &[(&str, &Echo, Option<&str>)]) -> String {
+    list.iter()
+        .map(|(name, e, p)| service_yaml(name, e, *p))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 /// GatewayClass plus a Gateway `gw` on 127.0.0.1:`port` with the given listeners YAML
 /// (defaults to one HTTP listener without hostname).
 pub fn gateway_yaml(port: u16, listeners: Option<&str>) -> String {
