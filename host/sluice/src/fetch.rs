@@ -26,7 +26,11 @@ impl Downloads {
     }
 
     fn cached(&self, sha256: &str) -> Option<PathBuf> {
-        Some(self.dir.as_ref()?.join(format!("{}.wasm", sha256.to_ascii_lowercase())))
+        Some(
+            self.dir
+                .as_ref()?
+                .join(format!("{}.wasm", sha256.to_ascii_lowercase())),
+        )
     }
 
     /// The component at `url` whose SHA-256 is `sha256`: from the cache when present,
@@ -46,7 +50,9 @@ impl Downloads {
         if !got.eq_ignore_ascii_case(sha256) {
             return Err((
                 "DigestMismatch",
-                format!("spec.source.url: {url} has SHA-256 {got}, but spec.source.sha256 is {sha256}; refusing it"),
+                format!(
+                    "spec.source.url: {url} has SHA-256 {got}, but spec.source.sha256 is {sha256}; refusing it"
+                ),
             ));
         }
         if let Some(p) = self.cached(sha256) {
@@ -61,7 +67,10 @@ fn store(path: &Path, bytes: &[u8]) {
         let _ = std::fs::create_dir_all(dir);
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
+    if std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .is_err()
+    {
         let _ = std::fs::remove_file(&tmp);
         tracing::warn!(file = %path.display(), "cannot write the download cache");
     }
@@ -71,7 +80,9 @@ fn store(path: &Path, bytes: &[u8]) {
 /// Runs on the caller's thread: the loader is already off the serving threads.
 fn download(url: &str) -> Result<Vec<u8>, Failure> {
     let unavailable = |m: String| ("SourceUnavailable", format!("spec.source.url: {url}: {m}"));
-    let uri: http::Uri = url.parse().map_err(|e| unavailable(format!("not a valid URL: {e}")))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| unavailable(format!("not a valid URL: {e}")))?;
     if uri.scheme_str() != Some("https") {
         return Err(unavailable("only https:// URLs are fetched".into()));
     }
@@ -83,9 +94,15 @@ fn download(url: &str) -> Result<Vec<u8>, Failure> {
         .build();
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
     let fetch = async {
-        let resp = client.get(uri).await.map_err(|e| unavailable(format!("{e:#}")))?;
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|e| unavailable(format!("{e:#}")))?;
         if !resp.status().is_success() {
-            return Err(unavailable(format!("the server answered {}", resp.status())));
+            return Err(unavailable(format!(
+                "the server answered {}",
+                resp.status()
+            )));
         }
         let body = Limited::new(resp.into_body(), MAX_COMPONENT)
             .collect()
@@ -93,7 +110,11 @@ fn download(url: &str) -> Result<Vec<u8>, Failure> {
             .map_err(|e| unavailable(format!("reading the body: {e}")))?;
         Ok(body.to_bytes().to_vec())
     };
-    let fetch = async { tokio::time::timeout(TIMEOUT, fetch).await.unwrap_or_else(|_| Err(unavailable("timed out".into()))) };
+    let fetch = async {
+        tokio::time::timeout(TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(unavailable("timed out".into())))
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(h) => h.block_on(fetch),
         // `sluice check` runs without a runtime.

@@ -2,6 +2,7 @@
 //! the file provider, the translator, the data plane and the admin API together.
 
 mod admin;
+mod fetch;
 mod provider;
 mod wasm;
 

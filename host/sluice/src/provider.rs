@@ -18,11 +18,16 @@ use sluice_wasm::Runtime;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
+use crate::fetch::Downloads;
 use crate::wasm;
 
 /// Reads `path`, loads its WasmFilters and translates; the error lists every problem
 /// found. Slow when a filter must be compiled: run it off the request path.
-fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<(Translation, WasmPools), String> {
+fn load(
+    path: &Path,
+    runtime: &Arc<Runtime>,
+    downloads: &Downloads,
+) -> Result<(Translation, WasmPools), String> {
     let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -32,7 +37,7 @@ fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<(Translation, WasmPools),
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
-    let (states, pools) = wasm::prepare(&loaded.resources, base, runtime);
+    let (states, pools) = wasm::prepare(&loaded.resources, base, runtime, downloads);
     Ok((
         sluice_translate::translate_with(&loaded.resources, &states),
         pools,
@@ -41,7 +46,7 @@ fn load(path: &Path, runtime: &Arc<Runtime>) -> Result<(Translation, WasmPools),
 
 pub fn check(path: &Path) -> Result<String, String> {
     let runtime = Runtime::new(None).map_err(|e| e.to_string())?;
-    let (t, _) = load(path, &runtime)?;
+    let (t, _) = load(path, &runtime, &Downloads::new(None))?;
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     serde_norway::to_string(&v).map_err(|e| e.to_string())
 }
@@ -53,11 +58,14 @@ pub async fn run(
     cache_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let downloads = Arc::new(Downloads::new(
+        cache_dir.as_ref().map(|d| d.join("sources")),
+    ));
     let runtime =
         Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
     let (translation, pools) = {
-        let (path, runtime) = (path.clone(), runtime.clone());
-        tokio::task::spawn_blocking(move || load(&path, &runtime))
+        let (path, runtime, downloads) = (path.clone(), runtime.clone(), downloads.clone());
+        tokio::task::spawn_blocking(move || load(&path, &runtime, &downloads))
             .await?
             .map_err(|e| anyhow!("{e}"))?
     };
@@ -91,9 +99,9 @@ pub async fn run(
                 // Editors write in several steps; wait for the burst to settle.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
-                reload(&path, &gw, &listeners, &state, &runtime).await;
+                reload(&path, &gw, &listeners, &state, &runtime, &downloads).await;
             }
-            _ = hup.recv() => reload(&path, &gw, &listeners, &state, &runtime).await,
+            _ = hup.recv() => reload(&path, &gw, &listeners, &state, &runtime, &downloads).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -116,12 +124,19 @@ async fn reload(
     listeners: &Listeners,
     state: &AdminState,
     runtime: &Arc<Runtime>,
+    downloads: &Arc<Downloads>,
 ) {
-    // Loading and compiling filters is blocking work: keep it off the serving threads.
+    // Loading, downloading and compiling filters is blocking work: keep it off the
+    // serving threads.
     let prepared = {
-        let (path, runtime, gw) = (path.to_path_buf(), runtime.clone(), gw.clone());
+        let (path, runtime, gw, downloads) = (
+            path.to_path_buf(),
+            runtime.clone(),
+            gw.clone(),
+            downloads.clone(),
+        );
         tokio::task::spawn_blocking(move || {
-            let (t, pools) = load(&path, &runtime)?;
+            let (t, pools) = load(&path, &runtime, &downloads)?;
             let snap = sluice_proxy::build(t.ir, &gw.metrics, &pools).map_err(|e| e.to_string())?;
             Ok::<_, String>((snap, t.statuses))
         })

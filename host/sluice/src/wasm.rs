@@ -10,13 +10,20 @@ use sluice_resources::{Resources, WasmFilter};
 use sluice_translate::{WasmState, WasmStates};
 use sluice_wasm::{ErrorKind, FilterSpec, Runtime};
 
-pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>) -> (WasmStates, WasmPools) {
+use crate::fetch::Downloads;
+
+pub fn prepare(
+    res: &Resources,
+    base: &Path,
+    rt: &Arc<Runtime>,
+    downloads: &Downloads,
+) -> (WasmStates, WasmPools) {
     let mut states = WasmStates::new();
     let mut pools = WasmPools::default();
     for f in &res.wasm_filters {
         let ns = f.metadata.namespace_or_default().to_string();
         let name = format!("{ns}/{}", f.metadata.name);
-        let state = match prepare_one(f, &name, base, rt) {
+        let state = match prepare_one(f, &name, base, rt, downloads) {
             Ok((digest, pool)) => {
                 pools.insert(name.clone(), pool);
                 WasmState::Ready { digest }
@@ -50,6 +57,7 @@ fn prepare_one(
     name: &str,
     base: &Path,
     rt: &Arc<Runtime>,
+    downloads: &Downloads,
 ) -> Result<(String, Arc<sluice_wasm::Pool>), WasmState> {
     let src = &f.spec.source;
     let bytes = match (&src.path, &src.url, &src.oci) {
@@ -63,12 +71,12 @@ fn prepare_one(
                 )
             })?
         }
-        (_, Some(_), _) => {
-            return Err(failed(
-                "UnsupportedSource",
-                "spec.source.url: https sources are not supported by this version yet; use spec.source.path".into(),
-                None,
-            ));
+        (_, Some(url), _) => {
+            // The loader requires sha256 with url, so the download can be verified.
+            let sha = src.sha256.as_deref().unwrap_or_default();
+            downloads
+                .get(url, sha)
+                .map_err(|(reason, message)| failed(reason, message, None))?
         }
         _ => {
             return Err(failed(

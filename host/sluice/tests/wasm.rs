@@ -377,3 +377,118 @@ async fn compiled_filters_are_cached_on_disk_by_digest() {
         again.logs()
     );
 }
+
+/// A real HTTPS server on 127.0.0.1 with a certificate for `localhost`, signed by a CA
+/// made here. Serves `bytes` at every path and counts requests.
+async fn https_server(bytes: Vec<u8>, dir: &Path) -> (u16, std::path::PathBuf, Arc<AtomicU64>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("cert");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).expect("write ca");
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = Arc::new(AtomicU64::new(0));
+    let (bytes, counter) = (bytes::Bytes::from(bytes), hits.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, bytes, counter) = (acceptor.clone(), bytes.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let body = http_body_util::Full::new(bytes.clone());
+                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, ca_file, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_sources_are_downloaded_verified_and_cached() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("wasm-url");
+    install_filters(&dir);
+    let wasm = std::fs::read(dir.0.join("filters/hello.wasm")).expect("hello.wasm");
+    let sha = sluice_wasm::sha256_hex(&wasm);
+    let (https, ca, hits) = https_server(wasm, &dir.0).await;
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    let url = format!("https://localhost:{https}/hello.wasm");
+    dir.write(
+        "filters.yaml",
+        &format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: remote, namespace: default}}\nspec:\n  source: {{url: '{url}', sha256: {sha}}}\n  config: {{greeting: remote}}\n---\napiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: tampered, namespace: default}}\nspec:\n  source: {{url: '{url}', sha256: {}}}\n",
+            "0".repeat(64)
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - matches: [{{path: {{value: /bad}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("tampered"),
+            ext("remote")
+        )),
+    );
+    let cache = dir.0.join("cache");
+    let args = ["--cache-dir", cache.to_str().expect("utf-8")];
+    let gw = Sluice::start_with_env(&dir.0, &args, &[("SSL_CERT_FILE", &ca)]).await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-hello").as_deref(),
+        Some("remote")
+    );
+    assert_eq!(
+        get(port, "h", "/bad").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let tampered = &status_of(&status, "WasmFilter", "tampered")["status"]["conditions"][1];
+    assert_eq!(tampered["reason"], "DigestMismatch", "{tampered}");
+    let remote = &status_of(&status, "WasmFilter", "remote")["status"];
+    assert_eq!(remote["digest"], format!("sha256:{sha}"));
+    drop(gw);
+
+    // Restarted, the verified component comes from the download cache: no request is
+    // made for it (the tampered one is fetched again, and refused again).
+    let before = hits.load(Ordering::Relaxed);
+    let again = Sluice::start_with_env(&dir.0, &args, &[("SSL_CERT_FILE", &ca)]).await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-hello").as_deref(),
+        Some("remote")
+    );
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        before + 1,
+        "only the unverifiable source was fetched again"
+    );
+    drop(again);
+}

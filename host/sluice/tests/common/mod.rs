@@ -143,6 +143,11 @@ pub struct Sluice {
 impl Sluice {
     /// Starts `sluice run DIR` and waits until `/readyz` answers 200.
     pub async fn start(dir: &Path, extra: &[&str]) -> Sluice {
+        Self::start_with_env(dir, extra, &[]).await
+    }
+
+    /// As [`Sluice::start`], with extra environment variables.
+    pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Sluice {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = dir.with_extension("log");
         let out = std::fs::File::create(&log).expect("log file");
@@ -151,6 +156,7 @@ impl Sluice {
             .arg(dir)
             .args(["--admin", &admin.to_string()])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
