@@ -282,7 +282,7 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changing_a_filter_config_swaps_it_without_failing_a_request() {
+async fn changing_a_filter_config_or_source_swaps_it_without_failing_a_request() {
     let config = |v: u32| {
         wasm_filter(
             "h",
@@ -304,7 +304,11 @@ async fn changing_a_filter_config_swaps_it_without_failing_a_request() {
             let c = client();
             while !stop.load(Ordering::Relaxed) {
                 let r = send(&c, "GET", port, "h", "/", &[]).await;
-                if r.status == StatusCode::OK && r.seen("x-version").is_some() {
+                // Every answer comes through a filter: the headers one, or (after the
+                // source changes) the hello one.
+                if r.status == StatusCode::OK
+                    && (r.seen("x-version").is_some() || r.seen("x-hello").is_some())
+                {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -317,6 +321,18 @@ async fn changing_a_filter_config_swaps_it_without_failing_a_request() {
         dir.write("filters.yaml", &config(v));
         gw.wait_reloads("ok", u64::from(v)).await;
     }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("3")
+    );
+    // Now another component under the same WasmFilter name.
+    dir.write(
+        "filters.yaml",
+        &wasm_filter("h", "hello", "  config: {greeting: swapped}\n"),
+    );
+    gw.wait_reloads("ok", 4).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.expect("client");
@@ -328,8 +344,8 @@ async fn changing_a_filter_config_swaps_it_without_failing_a_request() {
     );
     assert!(ok.load(Ordering::Relaxed) > 50);
     assert_eq!(
-        get(port, "h", "/").await.seen("x-version").as_deref(),
-        Some("3")
+        get(port, "h", "/").await.seen("x-hello").as_deref(),
+        Some("swapped")
     );
 }
 
