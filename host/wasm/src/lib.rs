@@ -98,7 +98,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Runtime {
     /// Creates the engine and starts its epoch ticker. `cache_dir` holds precompiled
     /// components; `None` keeps them in memory only.
-    pub fn new(cache_dir: Option<PathBuf>) -> anyhow_lite::Result<Arc<Self>> {
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, SetupError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -120,12 +120,12 @@ impl Runtime {
                 // tight ulimit -v), run with on-demand allocation instead of not at all.
                 tracing::warn!(error = %e, "pooling allocator unavailable; allocating instances on demand");
                 config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                Engine::new(&config).map_err(|e| anyhow_lite::Error(e.to_string()))?
+                Engine::new(&config).map_err(|e| SetupError(e.to_string()))?
             }
         };
         let mut linker = Linker::new(&engine);
         bindings::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow_lite::Error(e.to_string()))?;
+            .map_err(|e| SetupError(e.to_string()))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("sluice-wasm-epoch".into())
@@ -136,7 +136,7 @@ impl Runtime {
                     std::thread::sleep(TICK);
                 }
             })
-            .map_err(|e| anyhow_lite::Error(e.to_string()))?;
+            .map_err(|e| SetupError(e.to_string()))?;
         if let Some(dir) = &cache_dir
             && let Err(e) = std::fs::create_dir_all(dir)
         {
@@ -546,15 +546,7 @@ fn direct(r: DirectResponse) -> RequestOutcome {
     }
 }
 
-/// A tiny error type for the runtime's own setup failures.
-pub mod anyhow_lite {
-    #[derive(Debug)]
-    pub struct Error(pub String);
-    impl std::fmt::Display for Error {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-    impl std::error::Error for Error {}
-    pub type Result<T> = std::result::Result<T, Error>;
-}
+/// The runtime could not start (engine, linker or epoch thread).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
