@@ -454,6 +454,38 @@ impl Pool {
         let _ = self.idle.push(inst);
     }
 
+    /// One hook call: takes an instance, moves `ctx` into its resource table for the
+    /// call, and hands it back afterwards whatever happened (a trap included). The
+    /// instance goes back to the pool only if the call succeeded.
+    fn call<C: Send + 'static, R>(
+        &self,
+        ctx: C,
+        hook: impl FnOnce(&bindings::Filter, &mut Store<HostState>, Resource<C>) -> wasmtime::Result<R>,
+    ) -> (Option<C>, Result<R, FilterError>) {
+        let mut inst = match self.checkout() {
+            Ok(i) => i,
+            Err(e) => return (Some(ctx), Err(e)),
+        };
+        let start = Instant::now();
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        // The table only refuses a push past u32::MAX live entries; a store holds one.
+        let res = match inst.store.data_mut().table.push(ctx) {
+            Ok(r) => r,
+            Err(e) => return (None, Err(self.fail(&mut inst.store, e.into()))),
+        };
+        let borrowed = Resource::<C>::new_borrow(res.rep());
+        let result = hook(&inst.filter, &mut inst.store, borrowed);
+        let back = inst.store.data_mut().table.delete(res).ok();
+        self.shared.stats.call(start.elapsed());
+        match result {
+            Ok(r) => {
+                self.checkin(inst);
+                (back, Ok(r))
+            }
+            Err(e) => (back, Err(self.fail(&mut inst.store, e))),
+        }
+    }
+
     /// Runs `on-request`. The request's method, URI and headers move into the store for
     /// the call and back out, whatever happens.
     pub fn on_request(
@@ -462,36 +494,21 @@ impl Pool {
         uri: &mut Uri,
         headers: &mut HeaderMap,
     ) -> Result<RequestOutcome, FilterError> {
-        let mut inst = self.checkout()?;
-        let start = Instant::now();
-        inst.store.set_epoch_deadline(self.deadline_ticks);
         let ctx = RequestCtx {
             method: std::mem::replace(method, Method::GET),
             uri: std::mem::take(uri),
             headers: std::mem::take(headers),
         };
-        let res = match inst.store.data_mut().table.push(ctx) {
-            Ok(r) => r,
-            Err(e) => return Err(self.fail(&mut inst.store, e.into())),
-        };
-        let borrowed = Resource::<RequestCtx>::new_borrow(res.rep());
-        let result = inst.filter.call_on_request(&mut inst.store, borrowed);
-        if let Ok(ctx) = inst.store.data_mut().table.delete(res) {
+        let (back, result) = self.call(ctx, |f, store, r| f.call_on_request(store, r));
+        if let Some(ctx) = back {
             *method = ctx.method;
             *uri = ctx.uri;
             *headers = ctx.headers;
         }
-        self.shared.stats.call(start.elapsed());
-        match result {
-            Ok(action) => {
-                self.checkin(inst);
-                Ok(match action {
-                    RequestAction::Continue => RequestOutcome::Continue,
-                    RequestAction::Respond(r) => direct(r),
-                })
-            }
-            Err(e) => Err(self.fail(&mut inst.store, e)),
-        }
+        Ok(match result? {
+            RequestAction::Continue => RequestOutcome::Continue,
+            RequestAction::Respond(r) => direct(r),
+        })
     }
 
     /// Runs `on-response` on a response's status and headers.
@@ -500,31 +517,16 @@ impl Pool {
         status: &mut StatusCode,
         headers: &mut HeaderMap,
     ) -> Result<(), FilterError> {
-        let mut inst = self.checkout()?;
-        let start = Instant::now();
-        inst.store.set_epoch_deadline(self.deadline_ticks);
         let ctx = ResponseCtx {
             status: *status,
             headers: std::mem::take(headers),
         };
-        let res = match inst.store.data_mut().table.push(ctx) {
-            Ok(r) => r,
-            Err(e) => return Err(self.fail(&mut inst.store, e.into())),
-        };
-        let borrowed = Resource::<ResponseCtx>::new_borrow(res.rep());
-        let result = inst.filter.call_on_response(&mut inst.store, borrowed);
-        if let Ok(ctx) = inst.store.data_mut().table.delete(res) {
+        let (back, result) = self.call(ctx, |f, store, r| f.call_on_response(store, r));
+        if let Some(ctx) = back {
             *status = ctx.status;
             *headers = ctx.headers;
         }
-        self.shared.stats.call(start.elapsed());
-        match result {
-            Ok(()) => {
-                self.checkin(inst);
-                Ok(())
-            }
-            Err(e) => Err(self.fail(&mut inst.store, e)),
-        }
+        result
     }
 }
 
