@@ -684,3 +684,46 @@ fn check_prints_errors_with_file_object_and_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml: HTTPRoute default/r: spec.rules[0].matches[0].path.value: must be an absolute path"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_opens_and_closes_listener_ports() {
+    let a = echo("a").await;
+    let (port, extra) = (free_port(), free_port());
+    let dir = TempDir::new("ports");
+    let one = format!("  - {{name: http, port: {port}, protocol: HTTP}}\n");
+    let two = format!("{one}  - {{name: extra, port: {extra}, protocol: HTTP}}\n");
+    dir.write("gw.yaml", &gateway_yaml(port, Some(&one)));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", extra)).is_err());
+
+    dir.write("gw.yaml", &gateway_yaml(port, Some(&two)));
+    gw.wait_reloads("ok", 1).await;
+    assert_eq!(
+        get(extra, "h", "/").await.status,
+        StatusCode::OK,
+        "the new listener serves"
+    );
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let gateway = status["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|o| o["kind"] == "Gateway"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(gateway["status"]["listeners"][1]["attachedRoutes"], 1);
+
+    dir.write("gw.yaml", &gateway_yaml(port, Some(&one)));
+    gw.wait_reloads("ok", 2).await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", extra)).is_err(),
+        "the removed listener's port is closed"
+    );
+    assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
+}
