@@ -5,11 +5,15 @@
 # rps, p50, p99 and proxy CPU µs per request, the ratios to nginx, and the CPU each
 # filter adds. Everything binds to 127.0.0.1.
 #
-#   examples/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+#   examples/bench/run.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS]
+#
+# Each target is measured ROUNDS times (default 3), the targets interleaved, and the
+# median of each column is printed: the machines are shared and noisy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${1:-10}
+DURATION=${1:-6}
 CONNS=${2:-32}
+ROUNDS=${3:-3}
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -130,20 +134,29 @@ PY
 }
 
 results=$work/results.tsv
-measure direct $BACKEND "$(worker_pid backend)" > "$results"
-measure nginx $NGINX_PROXY "$(worker_pid proxy)" >> "$results"
-measure sluice $SLUICE $SLUICE_PID >> "$results"
-measure wasm-0 $SLUICE $SLUICE_PID /f0 >> "$results"
-measure wasm-1 $SLUICE $SLUICE_PID /f1 >> "$results"
-measure wasm-3 $SLUICE $SLUICE_PID /f3 >> "$results"
+: > "$results"
+for _ in $(seq "$ROUNDS"); do
+  measure direct $BACKEND "$(worker_pid backend)" >> "$results"
+  measure nginx $NGINX_PROXY "$(worker_pid proxy)" >> "$results"
+  measure sluice $SLUICE $SLUICE_PID >> "$results"
+  measure wasm-0 $SLUICE $SLUICE_PID /f0 >> "$results"
+  measure wasm-1 $SLUICE $SLUICE_PID /f1 >> "$results"
+  measure wasm-3 $SLUICE $SLUICE_PID /f3 >> "$results"
+done
 
-python3 - "$results" "$DURATION" "$CONNS" <<'PY'
-import sys
-rows = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
-print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[2]}s, one proxy worker each; CPU is the proxy's own (the backend's for 'direct')")
+python3 - "$results" "$DURATION" "$CONNS" "$ROUNDS" <<'PY'
+import statistics, sys
+raw = [l.split("\t") for l in open(sys.argv[1]).read().split("\n") if l]
+labels = list(dict.fromkeys(r[0] for r in raw))
+rows = []
+for label in labels:
+    mine = [r for r in raw if r[0] == label]
+    rows.append([label] + [str(statistics.median(float(r[i]) for r in mine)) for i in range(1, 6)])
+print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[2]}s, one proxy worker each, median of {sys.argv[4]} interleaved rounds; "
+      "CPU is the proxy's own (the backend's for 'direct')")
 print(f"{'target':8} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} {'non-2xx':>8}")
 for r in rows:
-    print(f"{r[0]:8} {float(r[1]):9.0f} {float(r[2]):8.3f} {float(r[3]):8.3f} {float(r[4]):11.1f} {r[5]:>8}")
+    print(f"{r[0]:8} {float(r[1]):9.0f} {float(r[2]):8.3f} {float(r[3]):8.3f} {float(r[4]):11.1f} {float(r[5]):8.0f}")
 n = {r[0]: r for r in rows}
 s, x = n["sluice"], n["nginx"]
 print(f"sluice/nginx: rps x{float(s[1]) / float(x[1]):.2f}, p99 x{float(s[3]) / float(x[3]):.2f}, cpu/req x{float(s[4]) / float(x[4]):.2f}")
