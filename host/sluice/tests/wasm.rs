@@ -508,3 +508,56 @@ async fn https_sources_are_downloaded_verified_and_cached() {
     );
     drop(again);
 }
+
+#[test]
+fn the_quickstart_config_loads_and_every_object_is_accepted() {
+    let dir = TempDir::new("quickstart");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    for entry in std::fs::read_dir(&src).expect("examples/quickstart") {
+        let p = entry.expect("entry").path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&p, dir.0.join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    install_filters(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&dir.0)
+        .output()
+        .expect("run sluice check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_norway::from_str(&text).expect("check prints YAML");
+    let mut conditions = Vec::new();
+    fn collect(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::Array(c)) = m.get("conditions") {
+                    out.extend(c.iter().cloned());
+                }
+                m.values().for_each(|x| collect(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            _ => {}
+        }
+    }
+    collect(&v["statuses"], &mut conditions);
+    assert!(conditions.len() > 10, "{text}");
+    for c in &conditions {
+        // Conflicted is the one condition whose healthy value is False.
+        let healthy = if c["type"] == "Conflicted" {
+            "False"
+        } else {
+            "True"
+        };
+        assert_eq!(c["status"], healthy, "{c}");
+    }
+    assert!(
+        text.contains("reason: Loaded"),
+        "the hello filter loads:\n{text}"
+    );
+}
