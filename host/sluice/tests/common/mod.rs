@@ -17,12 +17,21 @@ use hyper_util::rt::TokioExecutor;
 use sluice_echo::Identity;
 
 /// A port that was free a moment ago. The gateway binds it from its config, so the test
-/// cannot hand it a listener; the window for a clash is tiny on a test machine.
+/// cannot hand it a listener; the window for a clash is tiny on a test machine, and a
+/// port is never handed out twice in one test process.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Echo {
