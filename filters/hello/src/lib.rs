@@ -40,6 +40,8 @@ impl Filter for Hello {
 
     fn on_request(&self, request: &Request) -> Action {
         if request.path() == "/hello" {
+            // Shows up on the gateway's /metrics as sluice_filter_greetings_total.
+            sluice_sdk::metrics::counter_add("greetings", 1);
             return Action::respond(200, format!("hello, {}\n", self.greeting));
         }
         // A header change can only fail for an invalid name or value; ours are fixed.

@@ -374,6 +374,13 @@ async fn compiled_filters_are_cached_on_disk_by_digest() {
         cached[0]
     );
     assert!(gw.logs().contains("compiled Wasm component"));
+    // The filter's own metric, through the metrics import.
+    assert_eq!(get(port, "h", "/hello").await.body, "hello, world\n");
+    let metrics = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"sluice_filter_greetings_total{filter="default/h"} 1"#),
+        "{metrics}"
+    );
     drop(gw);
 
     // A restart loads the precompiled artifact instead of compiling.

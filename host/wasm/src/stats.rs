@@ -11,6 +11,17 @@ const BUCKETS: [f64; 12] = [
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
 ];
 const MAX_GUEST_METRICS: usize = 32;
+/// Buckets of filters' own histograms: Prometheus's defaults.
+const GUEST_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+struct GuestHistogram {
+    buckets: [u64; GUEST_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
 
 /// Why a filter call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +93,7 @@ pub struct FilterStats {
     pub instances: AtomicI64,
     latency: Histogram,
     guest_counters: Mutex<BTreeMap<String, u64>>,
-    guest_histograms: Mutex<BTreeMap<String, (u64, f64)>>,
+    guest_histograms: Mutex<BTreeMap<String, GuestHistogram>>,
 }
 
 fn valid_metric_name(n: &str) -> bool {
@@ -125,9 +136,12 @@ impl FilterStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if m.len() < MAX_GUEST_METRICS || m.contains_key(name) {
-            let e = m.entry(name.to_string()).or_default();
-            e.0 += 1;
-            e.1 += v;
+            let h = m.entry(name.to_string()).or_default();
+            if let Some(i) = GUEST_BUCKETS.iter().position(|b| v <= *b) {
+                h.buckets[i] += 1;
+            }
+            h.count += 1;
+            h.sum += v;
         }
     }
 
@@ -169,14 +183,27 @@ impl FilterStats {
         {
             let _ = writeln!(out, "sluice_filter_{n}_total{{{l}}} {v}");
         }
-        for (n, (c, s)) in self
+        for (n, h) in self
             .guest_histograms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            let _ = writeln!(out, "sluice_filter_{n}_count{{{l}}} {c}");
-            let _ = writeln!(out, "sluice_filter_{n}_sum{{{l}}} {s}");
+            let mut cumulative = 0;
+            for (b, c) in GUEST_BUCKETS.iter().zip(h.buckets) {
+                cumulative += c;
+                let _ = writeln!(
+                    out,
+                    "sluice_filter_{n}_bucket{{{l},le=\"{b}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sluice_filter_{n}_bucket{{{l},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "sluice_filter_{n}_sum{{{l}}} {}", h.sum);
+            let _ = writeln!(out, "sluice_filter_{n}_count{{{l}}} {}", h.count);
         }
     }
 }
@@ -193,3 +220,36 @@ pub const HELP: &str = "\
 # HELP sluice_wasm_call_duration_seconds Time in one filter hook call.
 # TYPE sluice_wasm_call_duration_seconds histogram
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_metrics_render_as_prometheus_counters_and_histograms() {
+        let s = FilterStats::default();
+        s.guest_counter("hits", 2);
+        s.guest_counter("Bad-Name", 1);
+        s.guest_histogram("size", 0.2);
+        s.guest_histogram("size", 3.0);
+        let mut out = String::new();
+        s.render(&mut out, "ns/f");
+        assert!(
+            out.contains(r#"sluice_filter_hits_total{filter="ns/f"} 2"#),
+            "{out}"
+        );
+        assert!(!out.contains("Bad-Name"), "invalid names are ignored");
+        assert!(
+            out.contains(r#"sluice_filter_size_bucket{filter="ns/f",le="0.25"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sluice_filter_size_bucket{filter="ns/f",le="5"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"sluice_filter_size_count{filter="ns/f"} 2"#),
+            "{out}"
+        );
+    }
+}
