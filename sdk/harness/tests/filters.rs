@@ -171,3 +171,54 @@ fn faults_are_classified_and_the_bad_instance_is_replaced() {
     assert_eq!(err.config_errors.len(), 2);
     assert_eq!(err.config_errors[0].0, ".mode");
 }
+
+#[test]
+fn ratelimit_counts_in_the_shared_store_across_instances() {
+    let f = Harness::load(
+        &wasm("ratelimit"),
+        json!({"requests": 2, "windowSeconds": 60, "keyHeader": "x-key"}),
+    )
+    .expect("load");
+    let keyed = |k: &str| {
+        let mut r = request("/");
+        r.headers_mut().insert("x-key", k.parse().unwrap());
+        r
+    };
+    assert!(matches!(
+        f.on_request(keyed("a")).unwrap(),
+        Outcome::Continue(_)
+    ));
+    assert!(matches!(
+        f.on_request(keyed("a")).unwrap(),
+        Outcome::Continue(_)
+    ));
+    match f.on_request(keyed("a")).unwrap() {
+        Outcome::Respond(r) => {
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()["retry-after"], "60");
+        }
+        Outcome::Continue(_) => panic!("the third request in the window must be limited"),
+    }
+    assert!(
+        matches!(f.on_request(keyed("b")).unwrap(), Outcome::Continue(_)),
+        "keys count apart"
+    );
+    // A second load of the same WasmFilter (another pool, as after a config reload)
+    // shares the store, so the limit still holds.
+    let g = Harness::load(
+        &wasm("ratelimit"),
+        json!({"requests": 2, "windowSeconds": 60, "keyHeader": "x-key"}),
+    )
+    .expect("load");
+    assert!(matches!(
+        g.on_request(keyed("a")).unwrap(),
+        Outcome::Respond(_)
+    ));
+    let err = Harness::load(
+        &wasm("ratelimit"),
+        json!({"requests": 0, "windowSeconds": 0}),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(err.config_errors.len(), 2);
+}
