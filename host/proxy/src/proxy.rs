@@ -28,6 +28,20 @@ pub(crate) struct ConnInfo {
     /// The configured socket (`0.0.0.0:80`), which names the port in the snapshot.
     pub key: SocketAddr,
     pub remote: SocketAddr,
+    /// `remote`'s IP as a header value, made once per connection for X-Forwarded-For.
+    pub remote_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(key: SocketAddr, remote: SocketAddr) -> Self {
+        let remote_ip = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            key,
+            remote,
+            remote_ip,
+        }
+    }
 }
 
 pub(crate) async fn handle(
@@ -45,16 +59,22 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
+/// A response the gateway makes itself.
+fn answer(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
+    *r.headers_mut() = headers;
+    r
+}
+
+/// A short plain-text answer (errors, 404).
+pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    r
+    answer(status, headers, Bytes::from_static(body.as_bytes()))
 }
 
 /// The request's host, lowercase, without port: `:authority` for HTTP/2, else `Host`.
@@ -172,7 +192,7 @@ async fn serve(
     if let Some(h) = host_value {
         parts.headers.insert(header::HOST, h);
     }
-    forwarded_headers(&mut parts.headers, conn.remote);
+    forwarded_headers(&mut parts.headers, conn);
 
     let body: Body = if mirrors.is_empty() {
         Either::Left(body)
@@ -335,10 +355,11 @@ fn request_filters<'a>(
             }
             Filter::Cors(c) => {
                 if Cors::is_preflight(req.method(), req.headers()) {
-                    let mut resp = local(StatusCode::OK, "");
-                    resp.headers_mut().extend(c.preflight(req.headers()));
-                    resp.headers_mut().remove(header::CONTENT_TYPE);
-                    return Some(resp);
+                    return Some(answer(
+                        StatusCode::OK,
+                        c.preflight(req.headers()),
+                        Bytes::new(),
+                    ));
                 }
                 st.cors = Some((c, req.headers().get(header::ORIGIN).cloned()));
             }
@@ -363,10 +384,7 @@ fn request_filters<'a>(
                         if !response_filters(&st.steps, &mut status, &mut headers) {
                             return Some(filter_failed());
                         }
-                        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-                        *resp.status_mut() = status;
-                        *resp.headers_mut() = headers;
-                        return Some(resp);
+                        return Some(answer(status, headers, Bytes::from(body)));
                     }
                     Err(_) if w.fail_open => {
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
@@ -486,13 +504,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn forwarded_headers(h: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
+fn forwarded_headers(h: &mut HeaderMap, conn: &ConnInfo) {
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.remote.ip())).ok(),
+        // The common case reuses the connection's value: no formatting per request.
+        None => Some(conn.remote_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
     h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
@@ -569,15 +587,12 @@ fn redirect(
         location.push('?');
         location.push_str(q);
     }
-    let mut resp = local(
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND),
-        "",
-    );
-    resp.headers_mut().remove(header::CONTENT_TYPE);
     match HeaderValue::from_str(&location) {
         Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-            resp
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, v);
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+            answer(status, headers, Bytes::new())
         }
         Err(_) => local(
             StatusCode::BAD_REQUEST,

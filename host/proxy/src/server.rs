@@ -163,7 +163,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         tracker.open.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(tracker.clone());
-        let info = Arc::new(ConnInfo { key, remote });
+        let info = Arc::new(ConnInfo::new(key, remote));
         let gw = gw.clone();
         let http = http.clone();
         let mut draining = draining.clone();

@@ -352,7 +352,6 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
             ("CORS", f.cors.is_some()),
             ("ExtensionRef", f.extension_ref.is_some()),
         ];
-        let known = present.iter().any(|(t, _)| *t == f.type_);
         for (t, set) in present {
             let camel = lower_first(t);
             if t == f.type_ && !set {
@@ -367,10 +366,8 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
                 ));
             }
         }
-        if !known {
-            // Unknown types are reported by the translator as UnsupportedValue: a cluster
-            // with experimental CRDs admits them, so the route exists but is not accepted.
-        }
+        // An unknown type is not refused here: a cluster with experimental CRDs admits
+        // it, so the translator reports it as UnsupportedValue instead.
         if filters[..fi].iter().any(|o| {
             o.type_ == f.type_
                 && matches!(
@@ -461,10 +458,8 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
                     ));
                 }
             }
-            if c.allow_credentials == Some(true) && c.allow_origins.iter().any(|o| o == "*") {
-                // The CORS spec forbids a wildcard origin with credentials; the filter then
-                // echoes the request's origin instead, which is what the Gateway API asks.
-            }
+            // A wildcard origin with allowCredentials is valid: the filter answers with
+            // the request's origin, as the Fetch standard requires.
         }
     }
 }

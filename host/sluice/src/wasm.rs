@@ -98,7 +98,7 @@ fn prepare_one(
         ));
     }
     let compiled = rt
-        .load(&bytes)
+        .load_digested(&digest, &bytes)
         .map_err(|e| failed("InvalidComponent", e.to_string(), Some(shown.clone())))?;
     let e = sluice_translate::wasm::effective(f);
     let spec = FilterSpec {

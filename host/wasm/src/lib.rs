@@ -18,7 +18,7 @@ mod kv;
 mod sandbox;
 pub mod stats;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -86,8 +86,9 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
     pools: Mutex<HashMap<(String, FilterSpec), Weak<Pool>>>,
-    shared: Mutex<HashMap<String, Arc<FilterShared>>>,
-    stats: Mutex<std::collections::BTreeMap<String, Arc<FilterStats>>>,
+    /// Per WasmFilter name, for as long as the process lives: its metrics and its
+    /// key-value store outlive reloads and upgrades.
+    shared: Mutex<BTreeMap<String, Arc<FilterShared>>>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -149,7 +150,6 @@ impl Runtime {
             compiled: Mutex::default(),
             pools: Mutex::default(),
             shared: Mutex::default(),
-            stats: Mutex::default(),
         }))
     }
 
@@ -164,16 +164,21 @@ impl Runtime {
     /// Compiles (or loads from the AOT cache) and links a component. Slow on a cache
     /// miss (tens of milliseconds): call it off the request path.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Compiled>, LoadError> {
-        let digest = sha256_hex(bytes);
+        self.load_digested(&sha256_hex(bytes), bytes)
+    }
+
+    /// As [`Runtime::load`], for a caller that has already computed `sha256_hex(bytes)`
+    /// (to check a pinned digest) and should not hash the bytes again.
+    pub fn load_digested(&self, digest: &str, bytes: &[u8]) -> Result<Arc<Compiled>, LoadError> {
         if let Some(c) = self
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
+            .get(digest)
         {
             return Ok(c.clone());
         }
-        let component = self.component(&digest, bytes)?;
+        let component = self.component(digest, bytes)?;
         // Each component gets the WASI answers its own imports need (see `sandbox`).
         let mut linker = self.linker.clone();
         sandbox::link(&mut linker, &component, &self.engine)
@@ -183,13 +188,13 @@ impl Runtime {
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let pre = bindings::FilterPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let c = Arc::new(Compiled {
-            digest: digest.clone(),
+            digest: digest.to_string(),
             pre,
         });
         self.compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, c.clone());
+            .insert(digest.to_string(), c.clone());
         Ok(c)
     }
 
@@ -221,16 +226,6 @@ impl Runtime {
         Ok(component)
     }
 
-    /// The shared metrics of a WasmFilter, created on first use; they outlive reloads.
-    pub fn stats(&self, name: &str) -> Arc<FilterStats> {
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .clone()
-    }
-
     fn shared(&self, name: &str) -> Arc<FilterShared> {
         // The key-value store belongs to the WasmFilter, not to one digest or config,
         // so a rate limit survives a filter upgrade.
@@ -241,7 +236,7 @@ impl Runtime {
             .or_insert_with(|| {
                 Arc::new(FilterShared {
                     name: name.to_string(),
-                    stats: self.stats(name),
+                    stats: Arc::default(),
                     kv: kv::Kv::default(),
                 })
             })
@@ -285,13 +280,17 @@ impl Runtime {
 
     /// Prometheus text for every WasmFilter seen so far.
     pub fn render_metrics(&self, out: &mut String) {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if stats.is_empty() {
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if shared.is_empty() {
             return;
         }
         out.push_str(stats::HELP);
-        for (name, s) in stats {
-            s.render(out, &name);
+        for (name, s) in shared {
+            s.stats.render(out, &name);
         }
     }
 }
@@ -359,10 +358,6 @@ pub enum RequestOutcome {
 }
 
 impl Pool {
-    pub fn spec(&self) -> &FilterSpec {
-        &self.spec
-    }
-
     pub fn stats(&self) -> &Arc<FilterStats> {
         &self.shared.stats
     }
