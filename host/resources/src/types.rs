@@ -587,6 +587,19 @@ pub struct Secret {
     pub string_data: BTreeMap<String, String>,
 }
 
+impl Secret {
+    /// The value under `key`: from `stringData`, else decoded from `data`.
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        if let Some(v) = self.string_data.get(key) {
+            return Some(v.as_bytes().to_vec());
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(self.data.get(key)?.trim())
+            .ok()
+    }
+}
+
 // ---------------------------------------------------------------- Sluice's own kinds
 
 pub const SLUICE_GROUP: &str = "sluice.dev";

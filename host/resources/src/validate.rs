@@ -76,8 +76,20 @@ pub fn secret(s: &Secret) -> Problems {
             ));
         }
     }
+    if s.type_.as_deref() == Some(DOCKER_CONFIG_JSON)
+        && !s.data.contains_key(".dockerconfigjson")
+        && !s.string_data.contains_key(".dockerconfigjson")
+    {
+        p.push((
+            "data[.dockerconfigjson]".into(),
+            format!("required for type {DOCKER_CONFIG_JSON}: Docker's config.json, base64"),
+        ));
+    }
     p
 }
+
+/// The Secret type that holds registry credentials.
+pub const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 
 pub fn endpoint_slice(es: &EndpointSlice) -> Problems {
     let mut p = Vec::new();
@@ -273,10 +285,27 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
     {
         p.push(("spec.source.path".into(), "must not be empty".into()));
     }
-    if let Some(o) = &s.oci
-        && o.image.is_empty()
-    {
-        p.push(("spec.source.oci.image".into(), "required".into()));
+    if let Some(o) = &s.oci {
+        if o.image.is_empty() {
+            p.push(("spec.source.oci.image".into(), "required".into()));
+        }
+        if let Some(d) = &o.digest {
+            let hex = d.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                p.push((
+                    "spec.source.oci.digest".into(),
+                    "must be sha256: followed by 64 lowercase hex digits (the manifest digest `sluice filter push` prints)".into(),
+                ));
+            }
+        }
+        if let Some(pp) = &o.pull_policy
+            && !matches!(pp.as_str(), "IfNotPresent" | "Always")
+        {
+            p.push((
+                "spec.source.oci.pullPolicy".into(),
+                format!("{pp:?}: must be IfNotPresent or Always"),
+            ));
+        }
     }
     if let Some(l) = &w.spec.limits {
         if let Some(m) = &l.memory {

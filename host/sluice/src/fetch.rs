@@ -33,17 +33,30 @@ impl Downloads {
         )
     }
 
+    /// The cached component whose SHA-256 is `sha256`, verified; a damaged entry is
+    /// dropped.
+    pub fn cached_component(&self, sha256: &str) -> Option<Vec<u8>> {
+        let p = self.cached(sha256)?;
+        let bytes = std::fs::read(&p).ok()?;
+        if sluice_wasm::sha256_hex(&bytes).eq_ignore_ascii_case(sha256) {
+            return Some(bytes);
+        }
+        let _ = std::fs::remove_file(&p);
+        None
+    }
+
+    /// Keeps `bytes` (whose SHA-256 the caller has checked) in the cache.
+    pub fn store_component(&self, sha256: &str, bytes: &[u8]) {
+        if let Some(p) = self.cached(sha256) {
+            store(&p, bytes);
+        }
+    }
+
     /// The component at `url` whose SHA-256 is `sha256`: from the cache when present,
     /// else downloaded, verified and cached.
     pub fn get(&self, url: &str, sha256: &str) -> Result<Vec<u8>, Failure> {
-        if let Some(p) = self.cached(sha256)
-            && let Ok(bytes) = std::fs::read(&p)
-        {
-            if sluice_wasm::sha256_hex(&bytes).eq_ignore_ascii_case(sha256) {
-                return Ok(bytes);
-            }
-            // A damaged cache entry is dropped and fetched again.
-            let _ = std::fs::remove_file(&p);
+        if let Some(bytes) = self.cached_component(sha256) {
+            return Ok(bytes);
         }
         let bytes = download(url)?;
         let got = sluice_wasm::sha256_hex(&bytes);
@@ -55,14 +68,13 @@ impl Downloads {
                 ),
             ));
         }
-        if let Some(p) = self.cached(sha256) {
-            store(&p, &bytes);
-        }
+        self.store_component(sha256, &bytes);
         Ok(bytes)
     }
 }
 
-fn store(path: &Path, bytes: &[u8]) {
+/// Writes `bytes` to `path` atomically (a temporary file, then a rename).
+pub fn store(path: &Path, bytes: &[u8]) {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

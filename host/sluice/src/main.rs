@@ -3,6 +3,8 @@
 
 mod admin;
 mod fetch;
+mod filter_cmd;
+mod oci;
 mod provider;
 mod wasm;
 
@@ -49,9 +51,16 @@ enum Command {
         /// recompile them. Default: $XDG_CACHE_HOME/sluice/wasm or ~/.cache/sluice/wasm.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// A registry (host[:port]) to pull filters from over plain HTTP; repeatable.
+        /// Registries on loopback always use plain HTTP.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     Check { path: PathBuf },
+    /// Publish and fetch filters in OCI registries.
+    #[command(subcommand)]
+    Filter(FilterCommand),
     /// Run the echo backend used by the quickstart and the tests.
     Echo {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -62,6 +71,29 @@ enum Command {
         service: String,
         #[arg(long, env = "POD_NAME", default_value = "echo-0")]
         pod: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Push a component as an OCI artifact (CNCF Wasm layout); prints the manifest digest.
+    Push {
+        /// The component, e.g. filters/target/wasm32-wasip2/release/hello.wasm.
+        file: PathBuf,
+        /// registry/repository:tag, e.g. 127.0.0.1:5000/filters/hello:v1.
+        image: String,
+        #[command(flatten)]
+        creds: filter_cmd::Credentials,
+    },
+    /// Pull a filter from a registry and verify it; prints the manifest digest.
+    Pull {
+        /// registry/repository:tag or registry/repository@sha256:...
+        image: String,
+        /// Where to write the component (default: ./<repository name>.wasm).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        creds: filter_cmd::Credentials,
     },
 }
 
@@ -81,6 +113,7 @@ fn main() -> ExitCode {
             workers,
             drain_timeout,
             cache_dir,
+            insecure_registries,
         } => {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -97,7 +130,36 @@ fn main() -> ExitCode {
                 admin,
                 Duration::from_secs(drain_timeout),
                 cache_dir,
+                insecure_registries,
             )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Filter(cmd) => {
+            let rt = match runtime(1) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = rt.block_on(async {
+                match cmd {
+                    FilterCommand::Push { file, image, creds } => {
+                        filter_cmd::push(&file, &image, &creds).await
+                    }
+                    FilterCommand::Pull {
+                        image,
+                        output,
+                        creds,
+                    } => filter_cmd::pull(&image, output, &creds).await,
+                }
+            });
+            match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -13,21 +13,26 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use notify::{RecursiveMode, Watcher};
 use sluice_proxy::{Gateway, Listeners, Metrics, WasmPools};
-use sluice_translate::Translation;
+use sluice_translate::{ObjectStatus, Translation};
 use sluice_wasm::Runtime;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
 use crate::fetch::Downloads;
-use crate::wasm;
+use crate::oci::OciSources;
+use crate::wasm::{self, Sources};
+
+/// A loaded config: its translation, the filter pools, and the filters still being
+/// pulled (name, what it waits for).
+struct Loaded {
+    translation: Translation,
+    pools: WasmPools,
+    pending: Vec<(String, String)>,
+}
 
 /// Reads `path`, loads its WasmFilters and translates; the error lists every problem
 /// found. Slow when a filter must be compiled: run it off the request path.
-fn load(
-    path: &Path,
-    runtime: &Arc<Runtime>,
-    downloads: &Downloads,
-) -> Result<(Translation, WasmPools), String> {
+fn load(path: &Path, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Loaded, String> {
     let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -37,18 +42,32 @@ fn load(
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
-    let (states, pools) = wasm::prepare(&loaded.resources, base, runtime, downloads);
-    Ok((
-        sluice_translate::translate_with(&loaded.resources, &states),
-        pools,
-    ))
+    let prepared = wasm::prepare(&loaded.resources, base, runtime, sources);
+    Ok(Loaded {
+        translation: sluice_translate::translate_with(&loaded.resources, &prepared.states),
+        pools: prepared.pools,
+        pending: prepared.pending,
+    })
 }
 
 pub fn check(path: &Path) -> Result<String, String> {
     let runtime = Runtime::new(None).map_err(|e| e.to_string())?;
-    let (t, _) = load(path, &runtime, &Downloads::new(None))?;
+    let sources = Sources::new(Arc::new(Downloads::new(None)), None);
+    let t = load(path, &runtime, &sources)?.translation;
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     serde_norway::to_string(&v).map_err(|e| e.to_string())
+}
+
+/// Loads on a blocking thread.
+async fn load_blocking(
+    path: &Path,
+    runtime: &Arc<Runtime>,
+    sources: &Arc<Sources>,
+) -> Result<Loaded, String> {
+    let (path, runtime, sources) = (path.to_path_buf(), runtime.clone(), sources.clone());
+    tokio::task::spawn_blocking(move || load(&path, &runtime, &sources))
+        .await
+        .unwrap_or_else(|e| Err(format!("load task failed: {e}")))
 }
 
 pub async fn run(
@@ -56,19 +75,41 @@ pub async fn run(
     admin_addr: SocketAddr,
     drain: Duration,
     cache_dir: Option<PathBuf>,
+    insecure_registries: Vec<String>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let downloads = Arc::new(Downloads::new(
         cache_dir.as_ref().map(|d| d.join("sources")),
     ));
+    // Reload requests: file changes, and OCI pulls that finished or failed.
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let oci = OciSources::new(
+        cache_dir.clone(),
+        downloads.clone(),
+        tokio::runtime::Handle::current(),
+        tx.clone(),
+        insecure_registries,
+    );
+    let sources = Arc::new(Sources::new(downloads, Some(oci)));
     let runtime =
         Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
-    let (translation, pools) = {
-        let (path, runtime, downloads) = (path.clone(), runtime.clone(), downloads.clone());
-        tokio::task::spawn_blocking(move || load(&path, &runtime, &downloads))
-            .await?
-            .map_err(|e| anyhow!("{e}"))?
-    };
+    // The first snapshot waits for the first pull of each OCI filter (each attempt is
+    // bounded; a failed one reports and stops blocking).
+    let mut first = load_blocking(&path, &runtime, &sources)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    while !first.pending.is_empty() {
+        for (name, what) in &first.pending {
+            tracing::info!(filter = %name, "waiting: {what}");
+        }
+        rx.recv().await;
+        first = load_blocking(&path, &runtime, &sources)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let Loaded {
+        translation, pools, ..
+    } = first;
     let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics, &pools)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let sockets = snapshot.sockets();
@@ -89,8 +130,7 @@ pub async fn run(
     state.ready.store(true, Ordering::Release);
     tracing::info!(config = %path.display(), %admin_addr, "sluice is serving");
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let _watcher = watch(&path, tx.clone())?;
+    let _watcher = watch(&path, tx)?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -99,9 +139,9 @@ pub async fn run(
                 // Editors write in several steps; wait for the burst to settle.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
-                reload(&path, &gw, &listeners, &state, &runtime, &downloads).await;
+                reload(&path, &gw, &listeners, &state, &runtime, &sources).await;
             }
-            _ = hup.recv() => reload(&path, &gw, &listeners, &state, &runtime, &downloads).await,
+            _ = hup.recv() => reload(&path, &gw, &listeners, &state, &runtime, &sources).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -124,24 +164,36 @@ async fn reload(
     listeners: &Listeners,
     state: &AdminState,
     runtime: &Arc<Runtime>,
-    downloads: &Arc<Downloads>,
+    sources: &Arc<Sources>,
 ) {
     // Loading, downloading and compiling filters is blocking work: keep it off the
     // serving threads.
-    let prepared = {
-        let (path, runtime, gw, downloads) = (
-            path.to_path_buf(),
-            runtime.clone(),
-            gw.clone(),
-            downloads.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let (t, pools) = load(&path, &runtime, &downloads)?;
-            let snap = sluice_proxy::build(t.ir, &gw.metrics, &pools).map_err(|e| e.to_string())?;
-            Ok::<_, String>((snap, t.statuses))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")))
+    let prepared = match load_blocking(path, runtime, sources).await {
+        Ok(l) if !l.pending.is_empty() => {
+            // A filter this config needs is still being pulled: keep serving the
+            // previous snapshot, and say in the filter's status what it waits for.
+            for (name, what) in &l.pending {
+                tracing::info!(filter = %name, "holding the previous configuration: {what}");
+            }
+            let names: Vec<&str> = l.pending.iter().map(|(n, _)| n.as_str()).collect();
+            state.statuses.store(Arc::new(pending_statuses(
+                &state.statuses.load(),
+                l.translation.statuses,
+                &names,
+            )));
+            return;
+        }
+        Ok(l) => {
+            let gw = gw.clone();
+            tokio::task::spawn_blocking(move || {
+                let snap = sluice_proxy::build(l.translation.ir, &gw.metrics, &l.pools)
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((snap, l.translation.statuses))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")))
+        }
+        Err(e) => Err(e),
     };
     let result = prepared.and_then(|(snap, statuses)| {
         listeners.sync(&snap.sockets()).map_err(|e| e.to_string())?;
@@ -162,6 +214,22 @@ async fn reload(
             state.set_last_error(Some(e));
         }
     }
+}
+
+/// The statuses in force, with the WasmFilters named in `pending` taken from `new`:
+/// the rest of the new config is not serving yet, so its status is not shown yet.
+fn pending_statuses(
+    current: &[ObjectStatus],
+    new: Vec<ObjectStatus>,
+    pending: &[&str],
+) -> Vec<ObjectStatus> {
+    let is_pending = |s: &ObjectStatus| {
+        s.kind == "WasmFilter"
+            && pending.contains(&format!("{}/{}", s.metadata.namespace, s.metadata.name).as_str())
+    };
+    let mut out: Vec<ObjectStatus> = current.iter().filter(|s| !is_pending(s)).cloned().collect();
+    out.extend(new.into_iter().filter(is_pending));
+    out
 }
 
 /// Watches `path` (a folder recursively, or a file's folder) and signals on change.

@@ -2,45 +2,123 @@
 //! take it from the AOT cache), and configure a first instance. The outcome feeds
 //! `translate` (as status) and `build` (as instance pools).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sluice_proxy::WasmPools;
 use sluice_resources::{Resources, WasmFilter};
 use sluice_translate::{WasmState, WasmStates};
-use sluice_wasm::{ErrorKind, FilterSpec, Runtime};
+use sluice_wasm::{ErrorKind, FilterSpec, Pool, Runtime};
 
 use crate::fetch::Downloads;
+use crate::oci::{OciSources, Outcome};
 
-pub fn prepare(
-    res: &Resources,
-    base: &Path,
-    rt: &Arc<Runtime>,
-    downloads: &Downloads,
-) -> (WasmStates, WasmPools) {
-    let mut states = WasmStates::new();
-    let mut pools = WasmPools::default();
+/// Where filters come from, and what each filter name last loaded as.
+pub struct Sources {
+    pub base_downloads: Arc<Downloads>,
+    /// `None` in `sluice check`, which does not pull.
+    pub oci: Option<Arc<OciSources>>,
+    /// Per filter (`ns/name`): the digest and pool that last loaded. A filter whose new
+    /// spec fails keeps serving this one.
+    last_good: Mutex<HashMap<String, (String, Arc<Pool>)>>,
+}
+
+impl Sources {
+    pub fn new(downloads: Arc<Downloads>, oci: Option<Arc<OciSources>>) -> Self {
+        Sources {
+            base_downloads: downloads,
+            oci,
+            last_good: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What loading a config's WasmFilters gave.
+pub struct Prepared {
+    pub states: WasmStates,
+    pub pools: WasmPools,
+    /// Filters whose first pull is still running, with what each waits for: while any
+    /// is, the previous snapshot keeps serving.
+    pub pending: Vec<(String, String)>,
+}
+
+pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Sources) -> Prepared {
+    let mut out = Prepared {
+        states: WasmStates::new(),
+        pools: WasmPools::default(),
+        pending: Vec::new(),
+    };
+    let mut used = HashSet::new();
+    let mut last_good = sources.last_good.lock().unwrap_or_else(|p| p.into_inner());
     for f in &res.wasm_filters {
         let ns = f.metadata.namespace_or_default().to_string();
         let name = format!("{ns}/{}", f.metadata.name);
-        let state = match prepare_one(f, &name, base, rt, downloads) {
+        let state = match prepare_one(res, f, &name, base, rt, sources, &mut used) {
             Ok((digest, pool)) => {
-                pools.insert(name.clone(), pool);
+                last_good.insert(name.clone(), (digest.clone(), pool.clone()));
+                out.pools.insert(name.clone(), pool);
                 WasmState::Ready { digest }
             }
-            Err(failed) => {
-                if let WasmState::Failed {
-                    reason, message, ..
-                } = &failed
-                {
-                    tracing::warn!(filter = %name, reason, "WasmFilter not ready: {message}");
+            Err(Failure::Pending(message)) => {
+                out.pending.push((name.clone(), message.clone()));
+                WasmState::Failed {
+                    reason: "Pulling".into(),
+                    message,
+                    digest: None,
+                    config_errors: Vec::new(),
                 }
-                failed
             }
+            Err(Failure::Failed(WasmState::Failed {
+                reason,
+                message,
+                config_errors,
+                digest,
+            })) => {
+                tracing::warn!(filter = %name, reason, "WasmFilter not ready: {message}");
+                match last_good.get(&name) {
+                    Some((good, pool)) => {
+                        out.pools.insert(name.clone(), pool.clone());
+                        WasmState::Stale {
+                            digest: good.clone(),
+                            reason,
+                            message,
+                            config_errors,
+                        }
+                    }
+                    None => WasmState::Failed {
+                        reason,
+                        message,
+                        digest,
+                        config_errors,
+                    },
+                }
+            }
+            Err(Failure::Failed(other)) => other,
         };
-        states.insert((ns, f.metadata.name.clone()), state);
+        out.states.insert((ns, f.metadata.name.clone()), state);
     }
-    (states, pools)
+    // Filters that are gone from the config are forgotten, and so are their pulls.
+    last_good.retain(|name, _| {
+        out.states
+            .keys()
+            .any(|(ns, n)| name == &format!("{ns}/{n}"))
+    });
+    if let Some(oci) = &sources.oci {
+        oci.retain(&used);
+    }
+    out
+}
+
+enum Failure {
+    Pending(String),
+    Failed(WasmState),
+}
+
+impl From<WasmState> for Failure {
+    fn from(s: WasmState) -> Self {
+        Failure::Failed(s)
+    }
 }
 
 fn failed(reason: &str, message: String, digest: Option<String>) -> WasmState {
@@ -53,12 +131,14 @@ fn failed(reason: &str, message: String, digest: Option<String>) -> WasmState {
 }
 
 fn prepare_one(
+    res: &Resources,
     f: &WasmFilter,
     name: &str,
     base: &Path,
     rt: &Arc<Runtime>,
-    downloads: &Downloads,
-) -> Result<(String, Arc<sluice_wasm::Pool>), WasmState> {
+    sources: &Sources,
+    used: &mut HashSet<crate::oci::Key>,
+) -> Result<(String, Arc<Pool>), Failure> {
     let src = &f.spec.source;
     let bytes = match (&src.path, &src.url, &src.oci) {
         (Some(p), _, _) => {
@@ -74,16 +154,44 @@ fn prepare_one(
         (_, Some(url), _) => {
             // The loader requires sha256 with url, so the download can be verified.
             let sha = src.sha256.as_deref().unwrap_or_default();
-            downloads
+            sources
+                .base_downloads
                 .get(url, sha)
                 .map_err(|(reason, message)| failed(reason, message, None))?
+        }
+        (_, _, Some(o)) => {
+            let Some(oci) = &sources.oci else {
+                return Err(failed(
+                    "NotPulled",
+                    format!(
+                        "spec.source.oci: `sluice check` does not pull images; `sluice filter pull {}` fetches it",
+                        o.image
+                    ),
+                    None,
+                )
+                .into());
+            };
+            match oci.get(res, f, o, name, used) {
+                Outcome::Ready {
+                    component,
+                    manifest_digest,
+                } => {
+                    tracing::debug!(filter = %name, %manifest_digest, "OCI source ready");
+                    component
+                }
+                Outcome::Pending { message } => return Err(Failure::Pending(message)),
+                Outcome::Failed { reason, message } => {
+                    return Err(failed(reason, message, None).into());
+                }
+            }
         }
         _ => {
             return Err(failed(
                 "UnsupportedSource",
-                "spec.source.oci: OCI sources are not supported by this version yet; use spec.source.path".into(),
+                "spec.source: set one of path, url or oci".into(),
                 None,
-            ));
+            )
+            .into());
         }
     };
     let digest = sluice_wasm::sha256_hex(&bytes);
@@ -95,11 +203,16 @@ fn prepare_one(
             "DigestMismatch",
             format!("spec.source.sha256 is {want} but the component's SHA-256 is {digest}"),
             Some(shown),
-        ));
+        )
+        .into());
     }
-    let compiled = rt
-        .load_digested(&digest, &bytes)
-        .map_err(|e| failed("InvalidComponent", e.to_string(), Some(shown.clone())))?;
+    let compiled = rt.load_digested(&digest, &bytes).map_err(|e| {
+        Failure::from(failed(
+            "InvalidComponent",
+            e.to_string(),
+            Some(shown.clone()),
+        ))
+    })?;
     let e = sluice_translate::wasm::effective(f);
     let spec = FilterSpec {
         name: name.to_string(),
@@ -110,16 +223,17 @@ fn prepare_one(
     };
     match rt.pool(&compiled, &spec) {
         Ok(pool) => Ok((shown, pool)),
-        Err(e) if e.kind == ErrorKind::Config => Err(WasmState::Failed {
+        Err(e) if e.kind == ErrorKind::Config => Err(Failure::Failed(WasmState::Failed {
             reason: "InvalidConfig".into(),
             message: format!("the filter refused spec.config: {}", e.message),
             digest: Some(shown),
             config_errors: e.config_errors,
-        }),
+        })),
         Err(e) => Err(failed(
             "Trapped",
             format!("the filter failed while starting: {}", e.message),
             Some(shown),
-        )),
+        )
+        .into()),
     }
 }

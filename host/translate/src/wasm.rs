@@ -62,6 +62,15 @@ pub enum WasmState {
         digest: Option<String>,
         config_errors: Vec<(String, String)>,
     },
+    /// The spec could not be loaded (`reason`, `message`), and the version that last
+    /// loaded under this name, `digest`, keeps serving: a bad update never takes a
+    /// running filter away.
+    Stale {
+        digest: String,
+        reason: String,
+        message: String,
+        config_errors: Vec<(String, String)>,
+    },
 }
 
 /// Load outcomes by `(namespace, name)`.
@@ -90,6 +99,22 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 Some(digest.clone()),
                 Vec::new(),
             ),
+            Some(WasmState::Stale {
+                digest,
+                reason,
+                message,
+                config_errors,
+            }) => (
+                Condition::new(
+                    "Ready",
+                    false,
+                    reason,
+                    format!("{message}; still serving {digest}, the version that last loaded"),
+                    g,
+                ),
+                Some(digest.clone()),
+                config_error_statuses(config_errors),
+            ),
             Some(WasmState::Failed {
                 reason,
                 message,
@@ -98,13 +123,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
             }) => (
                 Condition::new("Ready", false, reason, message.clone(), g),
                 digest.clone(),
-                config_errors
-                    .iter()
-                    .map(|(p, m)| ConfigErrorStatus {
-                        path: p.clone(),
-                        message: m.clone(),
-                    })
-                    .collect(),
+                config_error_statuses(config_errors),
             ),
             None => (
                 Condition::new("Ready", false, "Pending", "not loaded yet", g),
@@ -132,6 +151,16 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
     }
 }
 
+fn config_error_statuses(errors: &[(String, String)]) -> Vec<ConfigErrorStatus> {
+    errors
+        .iter()
+        .map(|(p, m)| ConfigErrorStatus {
+            path: p.clone(),
+            message: m.clone(),
+        })
+        .collect()
+}
+
 /// The IR for an ExtensionRef to a WasmFilter named `name` in `ns`, or why it cannot be used.
 pub(crate) fn resolve(
     res: &Resources,
@@ -152,7 +181,7 @@ pub(crate) fn resolve(
         ));
     };
     match states.get(&key(f)) {
-        Some(WasmState::Ready { digest }) => {
+        Some(WasmState::Ready { digest } | WasmState::Stale { digest, .. }) => {
             let e = effective(f);
             Ok(WasmIr {
                 filter: format!("{ns}/{name}"),
