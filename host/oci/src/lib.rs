@@ -99,6 +99,10 @@ fn classify(image: &Reference, e: OciDistributionError) -> Error {
         E::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
         E::DigestError(_) => ErrorKind::DigestMismatch,
         E::ServerError { code: 404, .. } => ErrorKind::NotFound,
+        E::RequestError(r) if r.status().is_some_and(|s| s.as_u16() == 404) => ErrorKind::NotFound,
+        E::RequestError(r) if r.status().is_some_and(|s| matches!(s.as_u16(), 401 | 403)) => {
+            ErrorKind::Unauthorized
+        }
         E::ServerError {
             code: 401 | 403, ..
         } => ErrorKind::Unauthorized,
@@ -393,12 +397,20 @@ async fn pull_blob(
     );
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            let message = format!("{image}: reading layer {}: {e}", layer.digest);
             // The verifying stream reports a digest mismatch as an I/O error at the end.
             if e.to_string().to_ascii_lowercase().contains("digest") {
-                err(ErrorKind::DigestMismatch, message)
+                err(
+                    ErrorKind::DigestMismatch,
+                    format!(
+                        "{image}: layer {} does not match its digest; the registry's copy is corrupt ({e})",
+                        layer.digest
+                    ),
+                )
             } else {
-                err(ErrorKind::Unavailable, message)
+                err(
+                    ErrorKind::Unavailable,
+                    format!("{image}: reading layer {}: {e}", layer.digest),
+                )
             }
         })?;
         out.extend_from_slice(&chunk);

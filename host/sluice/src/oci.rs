@@ -34,7 +34,8 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 pub enum Outcome {
     Ready {
         component: Vec<u8>,
-        manifest_digest: String,
+        /// `registry/repository@<manifest digest>`.
+        pinned: String,
     },
     /// The first pull is in flight: the provider holds the previous snapshot.
     Pending { message: String },
@@ -177,7 +178,7 @@ impl OciSources {
                 } => {
                     return Outcome::Ready {
                         component: component.to_vec(),
-                        manifest_digest: manifest_digest.clone(),
+                        pinned: pinned(&image, manifest_digest),
                     };
                 }
                 JobState::Pulling {
@@ -191,7 +192,7 @@ impl OciSources {
                         }
                         return Outcome::Ready {
                             component,
-                            manifest_digest,
+                            pinned: pinned(&image, &manifest_digest),
                         };
                     }
                     return match last {
@@ -202,8 +203,12 @@ impl OciSources {
                         },
                         Some(e) => {
                             let wait = retry_at
-                                .map(|t| t.saturating_duration_since(Instant::now()).as_secs())
-                                .unwrap_or(0);
+                                .map(|t| {
+                                    t.saturating_duration_since(Instant::now())
+                                        .as_secs_f64()
+                                        .ceil()
+                                })
+                                .unwrap_or(0.0);
                             Outcome::Failed {
                                 reason: e.kind.reason(),
                                 message: format!(
@@ -219,7 +224,7 @@ impl OciSources {
         match cached {
             Some((component, manifest_digest)) => Outcome::Ready {
                 component,
-                manifest_digest,
+                pinned: pinned(&image, &manifest_digest),
             },
             // Unreachable in practice: a job was started above when nothing was cached.
             None => Outcome::Pending {
@@ -367,6 +372,14 @@ impl PullCtx {
             }
         }
     }
+}
+
+fn pinned(image: &Reference, manifest_digest: &str) -> String {
+    format!(
+        "{}/{}@{manifest_digest}",
+        image.registry(),
+        image.repository()
+    )
 }
 
 fn manifest_file(digest: &str) -> Option<String> {

@@ -21,7 +21,7 @@ pub struct Sources {
     pub oci: Option<Arc<OciSources>>,
     /// Per filter (`ns/name`): the digest and pool that last loaded. A filter whose new
     /// spec fails keeps serving this one.
-    last_good: Mutex<HashMap<String, (String, Arc<Pool>)>>,
+    last_good: Mutex<HashMap<String, Loaded>>,
 }
 
 impl Sources {
@@ -32,6 +32,15 @@ impl Sources {
             last_good: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// A filter that loaded: its component digest, the image it came from (OCI
+/// sources), and its instances.
+#[derive(Clone)]
+struct Loaded {
+    digest: String,
+    image: Option<String>,
+    pool: Arc<Pool>,
 }
 
 /// What loading a config's WasmFilters gave.
@@ -55,10 +64,13 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Source
         let ns = f.metadata.namespace_or_default().to_string();
         let name = format!("{ns}/{}", f.metadata.name);
         let state = match prepare_one(res, f, &name, base, rt, sources, &mut used) {
-            Ok((digest, pool)) => {
-                last_good.insert(name.clone(), (digest.clone(), pool.clone()));
-                out.pools.insert(name.clone(), pool);
-                WasmState::Ready { digest }
+            Ok(l) => {
+                last_good.insert(name.clone(), l.clone());
+                out.pools.insert(name.clone(), l.pool);
+                WasmState::Ready {
+                    digest: l.digest,
+                    image: l.image,
+                }
             }
             Err(Failure::Pending(message)) => {
                 out.pending.push((name.clone(), message.clone()));
@@ -77,10 +89,11 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Source
             })) => {
                 tracing::warn!(filter = %name, reason, "WasmFilter not ready: {message}");
                 match last_good.get(&name) {
-                    Some((good, pool)) => {
-                        out.pools.insert(name.clone(), pool.clone());
+                    Some(good) => {
+                        out.pools.insert(name.clone(), good.pool.clone());
                         WasmState::Stale {
-                            digest: good.clone(),
+                            digest: good.digest.clone(),
+                            image: good.image.clone(),
                             reason,
                             message,
                             config_errors,
@@ -138,8 +151,9 @@ fn prepare_one(
     rt: &Arc<Runtime>,
     sources: &Sources,
     used: &mut HashSet<crate::oci::Key>,
-) -> Result<(String, Arc<Pool>), Failure> {
+) -> Result<Loaded, Failure> {
     let src = &f.spec.source;
+    let mut image = None;
     let bytes = match (&src.path, &src.url, &src.oci) {
         (Some(p), _, _) => {
             let full = base.join(p);
@@ -172,11 +186,8 @@ fn prepare_one(
                 .into());
             };
             match oci.get(res, f, o, name, used) {
-                Outcome::Ready {
-                    component,
-                    manifest_digest,
-                } => {
-                    tracing::debug!(filter = %name, %manifest_digest, "OCI source ready");
+                Outcome::Ready { component, pinned } => {
+                    image = Some(pinned);
                     component
                 }
                 Outcome::Pending { message } => return Err(Failure::Pending(message)),
@@ -222,7 +233,11 @@ fn prepare_one(
         min_instances: e.min_instances as usize,
     };
     match rt.pool(&compiled, &spec) {
-        Ok(pool) => Ok((shown, pool)),
+        Ok(pool) => Ok(Loaded {
+            digest: shown,
+            image,
+            pool,
+        }),
         Err(e) if e.kind == ErrorKind::Config => Err(Failure::Failed(WasmState::Failed {
             reason: "InvalidConfig".into(),
             message: format!("the filter refused spec.config: {}", e.message),

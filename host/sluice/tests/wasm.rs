@@ -30,18 +30,6 @@ fn wasm_filter(name: &str, file: &str, extra: &str) -> String {
     )
 }
 
-fn ext(name: &str) -> String {
-    format!(
-        "{{type: ExtensionRef, extensionRef: {{group: sluice.dev, kind: WasmFilter, name: {name}}}}}"
-    )
-}
-
-fn route(rules: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
-    )
-}
-
 async fn setup(tag: &str, filters: &[String], rules: &str) -> (Echo, u16, TempDir, Sluice) {
     let a = echo("a").await;
     let port = free_port();
@@ -58,17 +46,6 @@ async fn setup(tag: &str, filters: &[String], rules: &str) -> (Echo, u16, TempDi
     )
     .await;
     (a, port, dir, gw)
-}
-
-fn status_of<'a>(status: &'a serde_json::Value, kind: &str, name: &str) -> &'a serde_json::Value {
-    status["items"]
-        .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
-        })
-        .unwrap_or_else(|| panic!("no status for {kind} {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

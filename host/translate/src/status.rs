@@ -69,6 +69,10 @@ pub struct WasmFilterStatus {
     pub conditions: Vec<Condition>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// For OCI sources: the image serving, pinned by manifest digest
+    /// (`registry/repository@sha256:...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub config_errors: Vec<ConfigErrorStatus>,
 }

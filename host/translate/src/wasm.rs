@@ -53,6 +53,8 @@ pub fn effective(f: &WasmFilter) -> Effective {
 pub enum WasmState {
     Ready {
         digest: String,
+        /// For OCI sources, the image pinned by its manifest digest.
+        image: Option<String>,
     },
     Failed {
         /// `SourceNotFound`, `DigestMismatch`, `UnsupportedSource`, `InvalidComponent`,
@@ -67,6 +69,7 @@ pub enum WasmState {
     /// running filter away.
     Stale {
         digest: String,
+        image: Option<String>,
         reason: String,
         message: String,
         config_errors: Vec<(String, String)>,
@@ -87,20 +90,25 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
     for f in &res.wasm_filters {
         let g = f.metadata.generation();
         let state = states.get(&key(f));
-        let (ready, digest, config_errors) = match state {
-            Some(WasmState::Ready { digest }) => (
+        let (ready, digest, image, config_errors) = match state {
+            Some(WasmState::Ready { digest, image }) => (
                 Condition::new(
                     "Ready",
                     true,
                     "Loaded",
-                    format!("component {digest} is loaded and configured"),
+                    match image {
+                        Some(i) => format!("component {digest} from {i} is loaded and configured"),
+                        None => format!("component {digest} is loaded and configured"),
+                    },
                     g,
                 ),
                 Some(digest.clone()),
+                image.clone(),
                 Vec::new(),
             ),
             Some(WasmState::Stale {
                 digest,
+                image,
                 reason,
                 message,
                 config_errors,
@@ -113,6 +121,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                     g,
                 ),
                 Some(digest.clone()),
+                image.clone(),
                 config_error_statuses(config_errors),
             ),
             Some(WasmState::Failed {
@@ -123,10 +132,12 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
             }) => (
                 Condition::new("Ready", false, reason, message.clone(), g),
                 digest.clone(),
+                None,
                 config_error_statuses(config_errors),
             ),
             None => (
                 Condition::new("Ready", false, "Pending", "not loaded yet", g),
+                None,
                 None,
                 Vec::new(),
             ),
@@ -145,6 +156,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                     ready,
                 ],
                 digest,
+                image,
                 config_errors,
             }),
         });
@@ -181,7 +193,7 @@ pub(crate) fn resolve(
         ));
     };
     match states.get(&key(f)) {
-        Some(WasmState::Ready { digest } | WasmState::Stale { digest, .. }) => {
+        Some(WasmState::Ready { digest, .. } | WasmState::Stale { digest, .. }) => {
             let e = effective(f);
             Ok(WasmIr {
                 filter: format!("{ns}/{name}"),

@@ -95,6 +95,7 @@ fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmS
             } else {
                 WasmState::Ready {
                     digest: format!("sha256:{}", path.len()),
+                    image: None,
                 }
             };
             (

@@ -293,3 +293,30 @@ pub async fn send(
 pub async fn get(port: u16, host: &str, path: &str) -> Answer {
     send(&client(), "GET", port, host, path, &[]).await
 }
+
+pub fn ext(name: &str) -> String {
+    format!(
+        "{{type: ExtensionRef, extensionRef: {{group: sluice.dev, kind: WasmFilter, name: {name}}}}}"
+    )
+}
+
+pub fn route(rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+    )
+}
+
+pub fn status_of<'a>(
+    status: &'a serde_json::Value,
+    kind: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    status["items"]
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
+        })
+        .unwrap_or_else(|| panic!("no status for {kind} {name}"))
+}

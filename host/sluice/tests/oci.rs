@@ -1,0 +1,759 @@
+//! Filters in OCI registries, end to end: a real registry (Debian's `docker-registry`)
+//! on 127.0.0.1, with and without htpasswd auth; `oras` as the independent client;
+//! the real `sluice` binary for the CLI and the gateway.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::StatusCode;
+
+/// A `docker-registry` on 127.0.0.1 with its storage in a temporary folder.
+struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Registry {
+    async fn start(tag: &str, user: Option<(&str, &str)>) -> Registry {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let auth = match user {
+            Some((u, p)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", u, p])
+                    .output()
+                    .expect("htpasswd (Debian package apache2-utils; .ci/run installs it)");
+                assert!(out.status.success(), "htpasswd failed");
+                std::fs::write(dir.0.join("htpasswd"), &out.stdout).expect("htpasswd file");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: sluice-test\n    path: {}\n",
+                    dir.0.join("htpasswd").display()
+                )
+            }
+            None => String::new(),
+        };
+        dir.write(
+            "config.yml",
+            &format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                dir.0.join("data").display()
+            ),
+        );
+        let mut r = Registry {
+            child: None,
+            port,
+            dir,
+        };
+        r.resume().await;
+        r
+    }
+
+    /// Starts the registry process (again), on the same port and storage.
+    async fn resume(&mut self) {
+        let log = std::fs::File::create(self.dir.0.join("registry.log")).expect("log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.0.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry; .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let url = format!("127.0.0.1:{}", self.port);
+        while admin_get(url.parse().expect("addr"), "/v2/").await.is_err() {
+            assert!(Instant::now() < deadline, "registry not up in 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where the registry keeps the blob (or manifest) with `digest`.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .0
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn filter_file(name: &str) -> PathBuf {
+    sluice_harness::repo_filters()
+        .expect("building filters/ for wasm32-wasip2")
+        .join(format!("{name}.wasm"))
+}
+
+/// Runs the `sluice` CLI with `env`, feeding `stdin`.
+fn sluice(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("SLUICE_REGISTRY_USERNAME")
+        .env_remove("SLUICE_REGISTRY_PASSWORD")
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sluice");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("sluice output")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `oras`, built from its Go module by `.ci/run` into target/tools (or `SLUICE_ORAS`).
+fn oras(args: &[&str], cwd: &Path) -> String {
+    let bin = std::env::var_os("SLUICE_ORAS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/oras"));
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("{} ({e}); .ci/run builds it", bin.display()));
+    ok(&out)
+}
+
+/// A valid component of over `mib` MiB: `base` with a custom section appended.
+fn padded(base: &[u8], mib: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let name = b"padding";
+    let payload = vec![0x5a; mib << 20];
+    let mut section = Vec::new();
+    leb(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = base.to_vec();
+    out.push(0);
+    leb(section.len(), &mut out);
+    out.extend_from_slice(&section);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_interoperate_with_oras_and_other_layouts() {
+    let reg = Registry::start("oci-interop", None).await;
+    let dir = TempDir::new("oci-interop-files");
+    let hello = std::fs::read(filter_file("hello")).expect("hello.wasm");
+
+    // Sluice pushes (a component over 4 MiB, so progress shows); oras pulls the same bytes.
+    let big = padded(&hello, 5);
+    std::fs::write(dir.0.join("big.wasm"), &big).expect("write");
+    let image = format!("{}/filters/big:v1", reg.addr());
+    let out = sluice(
+        &[
+            "filter",
+            "push",
+            dir.0.join("big.wasm").to_str().expect("utf-8"),
+            &image,
+        ],
+        &[],
+        "",
+    );
+    let digest = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(100%)"), "progress is shown: {stderr}");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    assert_eq!(
+        oras(&["resolve", "--plain-http", &image], &dir.0),
+        digest,
+        "the printed digest is the manifest's"
+    );
+    oras(&["pull", "--plain-http", &image, "-o", "from-oras"], &dir.0);
+    assert!(
+        std::fs::read(dir.0.join("from-oras/big.wasm")).expect("oras output") == big,
+        "oras pulled different bytes"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&oras(
+        &["manifest", "fetch", "--plain-http", &image],
+        &dir.0,
+    ))
+    .expect("manifest json");
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(manifest["layers"].as_array().map(Vec::len), Some(1));
+
+    // oras pushes the CNCF layout; Sluice pulls the same bytes, by tag and by digest.
+    let headers = std::fs::read(filter_file("headers")).expect("headers.wasm");
+    std::fs::write(dir.0.join("headers.wasm"), &headers).expect("write");
+    std::fs::write(dir.0.join("config.json"), "{}").expect("write");
+    let image = format!("{}/filters/headers:v1", reg.addr());
+    oras(
+        &[
+            "push",
+            "--plain-http",
+            &image,
+            "--config",
+            "config.json:application/vnd.wasm.config.v0+json",
+            "headers.wasm:application/wasm",
+        ],
+        &dir.0,
+    );
+    let oras_digest = oras(&["resolve", "--plain-http", &image], &dir.0);
+    let out_file = dir.0.join("pulled.wasm");
+    let pulled = ok(&sluice(
+        &[
+            "filter",
+            "pull",
+            &image,
+            "-o",
+            out_file.to_str().expect("utf-8"),
+        ],
+        &[],
+        "",
+    ));
+    assert_eq!(pulled, oras_digest);
+    assert!(
+        std::fs::read(&out_file).expect("pulled") == headers,
+        "different bytes"
+    );
+    let by_digest = format!("{}/filters/headers@{oras_digest}", reg.addr());
+    ok(&sluice(
+        &[
+            "filter",
+            "pull",
+            &by_digest,
+            "-o",
+            out_file.to_str().expect("utf-8"),
+        ],
+        &[],
+        "",
+    ));
+    assert!(std::fs::read(&out_file).expect("pulled") == headers);
+
+    // The layout other gateways accept: an image whose one layer is a tar.gz holding
+    // plugin.wasm.
+    std::fs::create_dir_all(dir.0.join("img")).expect("mkdir");
+    std::fs::write(dir.0.join("img/plugin.wasm"), &hello).expect("write");
+    let tar = Command::new("tar")
+        .args(["-czf", "layer.tar.gz", "-C", "img", "plugin.wasm"])
+        .current_dir(&dir.0)
+        .status()
+        .expect("tar");
+    assert!(tar.success());
+    let image = format!("{}/filters/plugin:v1", reg.addr());
+    oras(
+        &[
+            "push",
+            "--plain-http",
+            &image,
+            "--config",
+            "config.json:application/vnd.oci.image.config.v1+json",
+            "layer.tar.gz:application/vnd.oci.image.layer.v1.tar+gzip",
+        ],
+        &dir.0,
+    );
+    let out = sluice(
+        &[
+            "filter",
+            "pull",
+            &image,
+            "-o",
+            out_file.to_str().expect("utf-8"),
+        ],
+        &[],
+        "",
+    );
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("image layer with plugin.wasm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&out_file).expect("pulled") == hello);
+
+    // A file that is not a component is refused before anything is sent.
+    std::fs::write(dir.0.join("junk.wasm"), b"not wasm").expect("write");
+    let e = failed(&sluice(
+        &[
+            "filter",
+            "push",
+            dir.0.join("junk.wasm").to_str().expect("utf-8"),
+            &image,
+        ],
+        &[],
+        "",
+    ));
+    assert!(e.contains("not a Wasm component"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_flags_environment_or_docker_config() {
+    let reg = Registry::start("oci-auth", Some(("alice", "s3cret"))).await;
+    let file = filter_file("hello");
+    let file = file.to_str().expect("utf-8");
+    let image = format!("{}/private/hello:v1", reg.addr());
+
+    let e = failed(&sluice(&["filter", "push", file, &image], &[], ""));
+    assert!(
+        e.contains("credentials"),
+        "anonymous push refused with a hint: {e}"
+    );
+    let e = failed(&sluice(
+        &[
+            "filter",
+            "push",
+            file,
+            &image,
+            "--username",
+            "alice",
+            "--password-stdin",
+        ],
+        &[],
+        "wrong\n",
+    ));
+    assert!(e.contains("credentials"), "wrong password refused: {e}");
+
+    let digest = ok(&sluice(
+        &[
+            "filter",
+            "push",
+            file,
+            &image,
+            "--username",
+            "alice",
+            "--password-stdin",
+        ],
+        &[],
+        "s3cret\n",
+    ));
+    let dir = TempDir::new("oci-auth-files");
+    let out_file = dir.0.join("out.wasm");
+    let out_arg = out_file.to_str().expect("utf-8");
+    let pulled = ok(&sluice(
+        &["filter", "pull", &image, "-o", out_arg],
+        &[
+            ("SLUICE_REGISTRY_USERNAME", "alice"),
+            ("SLUICE_REGISTRY_PASSWORD", "s3cret"),
+        ],
+        "",
+    ));
+    assert_eq!(pulled, digest);
+
+    // Docker's config.json, with the base64 `auth` form `docker login` writes.
+    std::fs::create_dir_all(dir.0.join("docker")).expect("mkdir");
+    std::fs::write(
+        dir.0.join("docker/config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "YWxpY2U6czNjcmV0"}}}}}}"#,
+            reg.addr()
+        ),
+    )
+    .expect("write");
+    let docker = dir.0.join("docker");
+    let pulled = ok(&sluice(
+        &["filter", "pull", &image, "-o", out_arg],
+        &[("DOCKER_CONFIG", docker.to_str().expect("utf-8"))],
+        "",
+    ));
+    assert_eq!(pulled, digest);
+    assert!(std::fs::read(&out_file).expect("pulled") == std::fs::read(file).expect("hello"));
+}
+
+fn oci_filter(name: &str, source: &str, greeting: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  source:\n    oci: {source}\n  config: {{greeting: {greeting}}}\n"
+    )
+}
+
+fn wasm_status(
+    status: &serde_json::Value,
+    name: &str,
+) -> Option<(String, String, serde_json::Value)> {
+    let item = status["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["kind"] == "WasmFilter" && i["metadata"]["name"] == name)?;
+    let s = &item["status"];
+    let ready = &s["conditions"][1];
+    Some((
+        ready["reason"].as_str().unwrap_or_default().to_string(),
+        ready["message"].as_str().unwrap_or_default().to_string(),
+        s.clone(),
+    ))
+}
+
+/// Polls `/status` until filter `name`'s Ready reason is `reason`.
+async fn wait_reason(gw: &Sluice, name: &str, reason: &str) -> (String, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&gw.admin("/status").await).expect("status json");
+        let found = wasm_status(&status, name);
+        if let Some((r, message, s)) = &found
+            && r == reason
+        {
+            return (message.clone(), s.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {found:?}, not {reason}, after 20 s\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn greeting(port: u16, path: &str) -> (StatusCode, Option<String>) {
+    let a = get(port, "h", path).await;
+    let seen = if a.status == StatusCode::OK {
+        a.seen("x-hello")
+    } else {
+        None
+    };
+    (a.status, seen)
+}
+
+fn rules(paths: &[(&str, &str)]) -> String {
+    paths
+        .iter()
+        .map(|(path, filter)| {
+            format!(
+                "  - matches: [{{path: {{value: {path}}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+                ext(filter)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_filters_serve_traffic_and_every_registry_fault_gets_a_status() {
+    let mut reg = Registry::start("oci-gw", None).await;
+    let private = Registry::start("oci-gw-auth", Some(("bob", "right"))).await;
+    let hello = filter_file("hello");
+    let hello = hello.to_str().expect("utf-8");
+    let image = format!("{}/filters/hello", reg.addr());
+    let digest = ok(&sluice(
+        &["filter", "push", hello, &format!("{image}:v1")],
+        &[],
+        "",
+    ));
+    // A second repository whose layer is then corrupted in the registry's storage.
+    let broken = format!("{}/filters/broken:v1", reg.addr());
+    ok(&sluice(&["filter", "push", hello, &broken], &[], ""));
+    let layer = {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(reg.blob_file(&digest)).expect("manifest blob"))
+                .expect("manifest");
+        m["layers"][0]["digest"]
+            .as_str()
+            .expect("layer")
+            .to_string()
+    };
+    let private_image = format!("{}/filters/hello:v1", private.addr());
+    ok(&sluice(
+        &[
+            "filter",
+            "push",
+            hello,
+            &private_image,
+            "--username",
+            "bob",
+            "--password-stdin",
+        ],
+        &[],
+        "right",
+    ));
+    // Same bytes, same layer digest in both repositories of `reg`: corrupt it only
+    // after the good filters have been pulled and cached.
+
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("oci-gw-conf");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    let good = [
+        oci_filter("bytag", &format!("{{image: '{image}:v1'}}"), "tag"),
+        oci_filter(
+            "bydigest",
+            &format!("{{image: '{image}', digest: '{digest}'}}"),
+            "digest",
+        ),
+    ];
+    dir.write("filters.yaml", &good.join("---\n"));
+    dir.write(
+        "routes.yaml",
+        &route(&rules(&[("/tag", "bytag"), ("/digest", "bydigest")])),
+    );
+    let cache = dir.0.join("cache");
+    let args = ["--cache-dir", cache.to_str().expect("utf-8")];
+    let gw = Sluice::start(&dir.0, &args).await;
+
+    assert_eq!(
+        greeting(port, "/tag").await,
+        (StatusCode::OK, Some("tag".into()))
+    );
+    assert_eq!(
+        greeting(port, "/digest").await,
+        (StatusCode::OK, Some("digest".into()))
+    );
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    for name in ["bytag", "bydigest"] {
+        let (reason, _, s) = wasm_status(&status, name).expect("status");
+        assert_eq!(reason, "Loaded", "{s}");
+        assert_eq!(
+            s["image"],
+            format!("{image}@{digest}"),
+            "resolved digest in status"
+        );
+    }
+
+    // Faults, each in its own WasmFilter: a tag that does not exist, a digest the
+    // registry does not have, wrong credentials, and a corrupted blob.
+    std::fs::write(reg.blob_file(&layer), vec![0u8; 1000]).expect("corrupt the layer");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let bad_auth = base64_of(&format!(
+        r#"{{"auths": {{"{}": {{"username": "bob", "password": "wrong"}}}}}}"#,
+        private.addr()
+    ));
+    let faults = [
+        oci_filter("notag", &format!("{{image: '{image}:nope'}}"), "x"),
+        oci_filter(
+            "nodigest",
+            &format!("{{image: '{image}', digest: '{wrong}'}}"),
+            "x",
+        ),
+        oci_filter(
+            "denied",
+            &format!("{{image: '{private_image}', pullSecretRef: {{name: regcred}}}}"),
+            "x",
+        ),
+        oci_filter("corrupt", &format!("{{image: '{broken}'}}"), "x"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: regcred, namespace: default}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {bad_auth}\n"
+        ),
+    ];
+    dir.write("faults.yaml", &faults.join("---\n"));
+    dir.write(
+        "routes.yaml",
+        &route(&rules(&[
+            ("/tag", "bytag"),
+            ("/digest", "bydigest"),
+            ("/notag", "notag"),
+            ("/corrupt", "corrupt"),
+        ])),
+    );
+    for (name, reason, says) in [
+        ("notag", "ImageNotFound", ":nope"),
+        ("nodigest", "ImageNotFound", wrong.as_str()),
+        ("denied", "Unauthorized", "credentials"),
+        ("corrupt", "DigestMismatch", "corrupt"),
+    ] {
+        let (message, _) = wait_reason(&gw, name, reason).await;
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(message.contains("retrying in"), "{name}: {message}");
+    }
+    assert_eq!(
+        greeting(port, "/notag").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        greeting(port, "/tag").await,
+        (StatusCode::OK, Some("tag".into()))
+    );
+
+    // The registry stops. A config change reloads from the disk cache; a bad update to
+    // a running filter keeps the running version; a filter never pulled says why.
+    reg.stop();
+    dir.write("faults.yaml", "");
+    let changed = [
+        oci_filter("bytag", &format!("{{image: '{image}:v1'}}"), "tag2"),
+        oci_filter("bydigest", &format!("{{image: '{image}:v2'}}"), "digest2"),
+        oci_filter("offline", &format!("{{image: '{image}:v3'}}"), "x"),
+    ];
+    dir.write("filters.yaml", &changed.join("---\n"));
+    dir.write(
+        "routes.yaml",
+        &route(&rules(&[
+            ("/tag", "bytag"),
+            ("/digest", "bydigest"),
+            ("/offline", "offline"),
+        ])),
+    );
+    let (message, s) = wait_reason(&gw, "bydigest", "SourceUnavailable").await;
+    assert!(message.contains("still serving"), "{message}");
+    assert_eq!(s["image"], format!("{image}@{digest}"));
+    wait_reason(&gw, "offline", "SourceUnavailable").await;
+    assert_eq!(
+        greeting(port, "/tag").await,
+        (StatusCode::OK, Some("tag2".into()))
+    );
+    assert_eq!(
+        greeting(port, "/digest").await,
+        (StatusCode::OK, Some("digest".into())),
+        "the running filter is kept"
+    );
+    assert_eq!(
+        greeting(port, "/offline").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    drop(gw);
+
+    // Restarted with the registry still down: the tag comes from the disk cache.
+    dir.write("filters.yaml", &good.join("---\n"));
+    dir.write(
+        "routes.yaml",
+        &route(&rules(&[("/tag", "bytag"), ("/digest", "bydigest")])),
+    );
+    let gw = Sluice::start(&dir.0, &args).await;
+    assert_eq!(
+        greeting(port, "/tag").await,
+        (StatusCode::OK, Some("tag".into()))
+    );
+    assert_eq!(
+        greeting(port, "/digest").await,
+        (StatusCode::OK, Some("digest".into()))
+    );
+    drop(gw);
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Forwards connections to `to`, each after a pause: a slow link to a real registry.
+async fn slow_link(to: u16, pause: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_snapshot_serves_until_a_new_filter_is_pulled() {
+    let reg = Registry::start("oci-slow", None).await;
+    let hello = filter_file("hello");
+    let image = format!("{}/filters/hello:v1", reg.addr());
+    ok(&sluice(
+        &["filter", "push", hello.to_str().expect("utf-8"), &image],
+        &[],
+        "",
+    ));
+    let slow = slow_link(reg.port, Duration::from_millis(1500)).await;
+
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("oci-slow-conf");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &route("  - backendRefs: [{name: a, port: 80}]\n"),
+    );
+    let cache = dir.0.join("cache");
+    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    assert_eq!(greeting(port, "/").await, (StatusCode::OK, None));
+
+    // The route now needs a filter that is behind the slow link.
+    dir.write(
+        "filters.yaml",
+        &oci_filter(
+            "slow",
+            &format!("{{image: '127.0.0.1:{slow}/filters/hello:v1'}}"),
+            "pulled",
+        ),
+    );
+    dir.write("routes.yaml", &route(&rules(&[("/", "slow")])));
+    let (message, _) = wait_reason(&gw, "slow", "Pulling").await;
+    assert!(
+        message.contains("previous configuration serves"),
+        "{message}"
+    );
+    // Until the pull lands every request is served, by the previous snapshot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut before = 0;
+    loop {
+        let (status, seen) = greeting(port, "/").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "no request fails while the filter is pulled"
+        );
+        if seen.as_deref() == Some("pulled") {
+            break;
+        }
+        assert_eq!(seen, None);
+        before += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the pulled filter never served\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(before > 0, "the old snapshot served while the pull ran");
+    wait_reason(&gw, "slow", "Loaded").await;
+}
