@@ -25,6 +25,9 @@ pub struct Ir {
 pub enum Protocol {
     #[serde(rename = "HTTP")]
     Http,
+    /// HTTP over TLS terminated by the gateway; every listener on the port has `tls`.
+    #[serde(rename = "HTTPS")]
+    Https,
 }
 
 /// A bound socket, shared by every listener (of any Gateway) with the same address and port.
@@ -53,9 +56,40 @@ pub struct ListenerIr {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Certificates for an HTTPS listener, chosen by SNI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsIr>,
     /// One per effective hostname (the intersection of the route's and the listener's
     /// hostnames); `*` stands for "any host".
     pub virtual_hosts: Vec<VirtualHostIr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTlsIr {
+    /// The valid certificateRefs, in order; the first whose names cover the SNI serves.
+    pub certificates: Vec<CertificateIr>,
+}
+
+/// A certificate and key from a `kubernetes.io/tls` Secret. The PEM is kept out of
+/// `/config_dump`: the key is a secret.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateIr {
+    /// `namespace/name` of the Secret.
+    pub secret: String,
+    #[serde(skip)]
+    pub chain_pem: Vec<u8>,
+    #[serde(skip)]
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for CertificateIr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateIr")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

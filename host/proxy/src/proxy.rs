@@ -30,18 +30,36 @@ pub(crate) struct ConnInfo {
     pub remote: SocketAddr,
     /// `remote`'s IP as a header value, made once per connection for X-Forwarded-For.
     pub remote_ip: HeaderValue,
+    /// Set when the gateway terminated TLS: the SNI the client sent, lowercase, if any.
+    pub tls: Option<Tls>,
+}
+
+pub(crate) struct Tls {
+    pub sni: Option<String>,
 }
 
 impl ConnInfo {
-    pub fn new(key: SocketAddr, remote: SocketAddr) -> Self {
+    pub fn new(key: SocketAddr, remote: SocketAddr, tls: Option<Tls>) -> Self {
         let remote_ip = HeaderValue::from_str(&remote.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo {
             key,
             remote,
             remote_ip,
+            tls,
         }
     }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// What a request came in on, for redirects: its host, the listener's port, the scheme.
+struct Origin<'a> {
+    host: &'a str,
+    port: u16,
+    scheme: &'static str,
 }
 
 pub(crate) async fn handle(
@@ -115,6 +133,28 @@ async fn serve(
     let Some(listener) = port.listeners.get(&host) else {
         return no_route();
     };
+    // A connection belongs to the listener its SNI chose. A request for a host of
+    // another listener (a browser reusing a connection for a name the certificate also
+    // covers) is sent back to open its own connection.
+    if let Some(Tls { sni: Some(sni) }) = &conn.tls
+        && !port
+            .listeners
+            .get(sni)
+            .is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
+    {
+        return (
+            local(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this connection's TLS server name belongs to another listener\n",
+            ),
+            snap.no_route.clone(),
+        );
+    }
+    let origin = Origin {
+        host: &host,
+        port: listener.port,
+        scheme: conn.scheme(),
+    };
     let Some(router) = listener.vhosts.get(&host) else {
         return no_route();
     };
@@ -138,7 +178,7 @@ async fn serve(
 
     // Request filters, in order: the rule's, then the chosen backend's.
     let mut st = FilterRun::default();
-    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &host, listener.port) {
+    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &origin) {
         return (resp, rule.local_stats.clone());
     }
     let Some(backend) = pick_backend(&rule) else {
@@ -159,7 +199,7 @@ async fn serve(
             backend.stats.clone(),
         );
     }
-    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &host, listener.port) {
+    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &origin) {
         return (resp, backend.stats.clone());
     }
     let FilterRun {
@@ -327,14 +367,13 @@ fn request_filters<'a>(
     filters: &'a [Filter],
     req: &mut Request<Incoming>,
     st: &mut FilterRun<'a>,
-    host: &str,
-    port: u16,
+    origin: &Origin<'_>,
 ) -> Option<Response<Body>> {
     for f in filters {
         match f {
             Filter::RequestHeaders(m) => m.apply(req.headers_mut()),
             Filter::ResponseHeaders(m) => st.steps.push(ResponseStep::Headers(m)),
-            Filter::Redirect(r) => return Some(redirect(r, req, host, port)),
+            Filter::Redirect(r) => return Some(redirect(r, req, origin)),
             Filter::Rewrite(r) => {
                 if let Some(h) = &r.hostname {
                     st.new_host = Some(h.clone());
@@ -513,7 +552,7 @@ fn forwarded_headers(h: &mut HeaderMap, conn: &ConnInfo) {
     if let Some(v) = xff {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme()));
 }
 
 fn set_path(req: &mut Request<Incoming>, path: &str) {
@@ -557,19 +596,14 @@ pub(crate) fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
     out
 }
 
-fn redirect(
-    r: &RedirectIr,
-    req: &Request<Incoming>,
-    host: &str,
-    listener_port: u16,
-) -> Response<Body> {
-    let scheme = r.scheme.as_deref().unwrap_or("http");
+fn redirect(r: &RedirectIr, req: &Request<Incoming>, origin: &Origin<'_>) -> Response<Body> {
+    let scheme = r.scheme.as_deref().unwrap_or(origin.scheme);
     let port = r.port.unwrap_or(match r.scheme.as_deref() {
         Some("https") => 443,
         Some("http") => 80,
-        _ => listener_port,
+        _ => origin.port,
     });
-    let hostname = r.hostname.as_deref().unwrap_or(host);
+    let hostname = r.hostname.as_deref().unwrap_or(origin.host);
     let default_port = match scheme {
         "https" => 443,
         _ => 80,

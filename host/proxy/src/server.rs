@@ -15,7 +15,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, watch};
 
 use crate::Gateway;
-use crate::proxy::{ConnInfo, handle};
+use crate::proxy::{ConnInfo, Tls, handle};
+
+/// A client gets this long to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Open connections, so shutdown can wait for them.
 #[derive(Default)]
@@ -163,24 +166,71 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         tracker.open.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(tracker.clone());
-        let info = Arc::new(ConnInfo::new(key, remote));
+        // The snapshot at accept time decides the handshake; a reload (a rotated
+        // certificate) applies to the next connection and leaves this one alone.
+        let tls = gw.snapshot.load().port(&key).and_then(|p| p.tls.clone());
         let gw = gw.clone();
         let http = http.clone();
-        let mut draining = draining.clone();
+        let draining = draining.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let svc = service_fn(move |req| handle(gw.clone(), info.clone(), req));
-            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            if *draining.borrow() {
-                conn.as_mut().graceful_shutdown();
+            match tls {
+                None => {
+                    let info = Arc::new(ConnInfo::new(key, remote, None));
+                    serve(TokioIo::new(stream), gw, info, http, draining).await;
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let sni = stream
+                        .get_ref()
+                        .1
+                        .server_name()
+                        .map(str::to_ascii_lowercase);
+                    let info = Arc::new(ConnInfo::new(key, remote, Some(Tls { sni })));
+                    serve(TokioIo::new(stream), gw, info, http, draining).await;
+                }
             }
-            tokio::select! {
-                r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
-                _ = draining.changed() => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
         });
     }
+}
+
+/// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) until it closes, or, once
+/// draining starts, until its requests in flight finish.
+async fn serve<I>(
+    io: TokioIo<I>,
+    gw: Arc<Gateway>,
+    info: Arc<ConnInfo>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    mut draining: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = info.remote;
+    let svc = service_fn(move |req| handle(gw.clone(), info.clone(), req));
+    let conn = http.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    if *draining.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
+        _ = draining.changed() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }

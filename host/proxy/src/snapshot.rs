@@ -7,7 +7,11 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use sluice_ir::{BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, RuleIr, UpstreamProtocol};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use sluice_ir::{
+    BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, PortIr, Protocol, RuleIr, UpstreamProtocol,
+};
 
 use crate::BuildError;
 use crate::metrics::{Metrics, Stats, StatsKey};
@@ -89,6 +93,67 @@ impl<T> HostTable<T> {
 
 pub(crate) struct PortTable {
     pub listeners: HostTable<ListenerTable>,
+    /// For HTTPS ports: the handshake, with certificates chosen by SNI.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Picks a listener's certificate by the ClientHello's server name, the way requests
+/// pick a listener by host: exact, then the longest wildcard, then a listener without a
+/// hostname. Among a listener's certificates, the first whose key suits the client's
+/// signature schemes wins (an ECDSA and an RSA certificate can serve side by side).
+struct SniResolver {
+    by_name: HostTable<Vec<Arc<CertifiedKey>>>,
+    /// For clients that send no SNI and a port without a catch-all listener.
+    fallback: Vec<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().unwrap_or("").to_ascii_lowercase();
+        let certs = self.by_name.get(&name).unwrap_or(&self.fallback);
+        let schemes = hello.signature_schemes();
+        certs
+            .iter()
+            .find(|c| c.key.choose_scheme(schemes).is_some())
+            .or(certs.first())
+            .cloned()
+    }
+}
+
+fn tls_acceptor(p: &PortIr) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
+    let mut entries = Vec::new();
+    for l in &p.listeners {
+        let Some(tls) = &l.tls else { continue };
+        let keys = tls
+            .certificates
+            .iter()
+            .map(|c| {
+                sluice_resources::tls::certified_key(&c.chain_pem, &c.key_pem)
+                    .map_err(|e| BuildError(format!("Secret {}: {e}", c.secret)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.push((l.hostname.as_deref(), keys));
+    }
+    let fallback = entries.first().map(|(_, k)| k.clone()).unwrap_or_default();
+    let resolver = SniResolver {
+        by_name: HostTable::new(entries),
+        fallback,
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| BuildError(format!("TLS: {e}")))?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 pub(crate) struct ListenerTable {
@@ -180,10 +245,15 @@ pub fn build(ir: Ir, metrics: &Metrics, wasm: &WasmPools) -> Result<Snapshot, Bu
             .iter()
             .map(|l| Ok((l.hostname.as_deref(), build_listener(l, p.port, &rules)?)))
             .collect::<Result<Vec<_>, BuildError>>()?;
+        let tls = match p.protocol {
+            Protocol::Https => Some(tls_acceptor(p)?),
+            Protocol::Http => None,
+        };
         ports.push((
             p.socket_addr(),
             PortTable {
                 listeners: HostTable::new(listeners),
+                tls,
             },
         ));
     }

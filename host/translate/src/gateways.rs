@@ -3,9 +3,12 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
+use sluice_ir::{CertificateIr, ListenerTlsIr};
 use sluice_resources::{
     FromNamespaces, GATEWAY_GROUP, Gateway, Listener, ParentReference, Resources, RouteGroupKind,
 };
+
+use crate::backends::ref_permitted;
 
 use crate::CONTROLLER_NAME;
 use crate::status::*;
@@ -77,12 +80,16 @@ pub(crate) struct ListenerState {
     /// Conflicted=True reason.
     pub conflict: Option<&'static str>,
     pub attached_routes: u32,
+    /// For HTTPS: the certificates that resolved (none means not programmed).
+    pub tls: Option<ListenerTlsIr>,
 }
 
 impl ListenerState {
     /// Whether routes may attach and traffic is served.
     pub fn programmed(&self) -> bool {
-        self.unaccepted.is_none() && self.conflict.is_none()
+        self.unaccepted.is_none()
+            && self.conflict.is_none()
+            && self.tls.as_ref().is_none_or(|t| !t.certificates.is_empty())
     }
 
     pub fn allows_namespace(&self, res: &Resources, gateway_ns: &str, route_ns: &str) -> bool {
@@ -110,7 +117,7 @@ impl ListenerState {
 /// Route kinds a listener of each protocol can carry.
 fn kinds_for(protocol: &str) -> &'static [&'static str] {
     match protocol {
-        "HTTP" => &["HTTPRoute"],
+        "HTTP" | "HTTPS" => &["HTTPRoute"],
         _ => &[],
     }
 }
@@ -120,13 +127,13 @@ pub(crate) fn gateways(res: &Resources, classes: &BTreeSet<String>) -> Vec<Gatew
         .gateways
         .iter()
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(gateway)
+        .map(|g| gateway(res, g))
         .collect();
     detect_conflicts(&mut out);
     out
 }
 
-fn gateway(gw: &Gateway) -> GatewayState {
+fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
     let mut bind = Vec::new();
     let mut address_problem = None;
     let mut spec_addresses = Vec::new();
@@ -162,9 +169,15 @@ fn gateway(gw: &Gateway) -> GatewayState {
     if bind.is_empty() {
         bind.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
-    let listeners = gw.spec.listeners.iter().map(listener).collect();
+    let ns = gw.metadata.namespace_or_default();
+    let listeners = gw
+        .spec
+        .listeners
+        .iter()
+        .map(|l| listener(res, ns, l))
+        .collect();
     GatewayState {
-        namespace: gw.metadata.namespace_or_default().to_string(),
+        namespace: ns.to_string(),
         name: gw.metadata.name.clone(),
         generation: gw.metadata.generation(),
         bind,
@@ -174,19 +187,35 @@ fn gateway(gw: &Gateway) -> GatewayState {
     }
 }
 
-fn listener(l: &Listener) -> ListenerState {
+fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
     let supported = kinds_for(&l.protocol);
     let mut unaccepted = None;
     let mut unresolved = None;
     if supported.is_empty() {
         let msg = match l.protocol.as_str() {
-            "HTTPS" | "TLS" | "TCP" | "UDP" => format!(
-                "protocol {} is not supported by this version of Sluice yet; use HTTP",
+            "TLS" | "TCP" | "UDP" => format!(
+                "protocol {} is not supported by this version of Sluice yet; use HTTP or HTTPS",
                 l.protocol
             ),
-            p => format!("protocol {p:?} is not supported; use HTTP"),
+            p => format!("protocol {p:?} is not supported; use HTTP or HTTPS"),
         };
         unaccepted = Some(("UnsupportedProtocol", msg));
+    }
+    let mut tls = None;
+    if l.protocol == "HTTPS" {
+        let spec = l.tls.clone().unwrap_or_default();
+        let mode = spec.mode.as_deref().unwrap_or("Terminate");
+        if mode != "Terminate" {
+            unaccepted = Some((
+                "UnsupportedValue",
+                format!(
+                    "tls.mode {mode} is not valid on an HTTPS listener; use Terminate (or a TLS listener for Passthrough)"
+                ),
+            ));
+        }
+        let (certificates, problem) = certificates(res, gw_ns, &spec.certificate_refs);
+        unresolved = problem;
+        tls = Some(ListenerTlsIr { certificates });
     }
     let supported_kinds = match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
         None => supported
@@ -225,7 +254,65 @@ fn listener(l: &Listener) -> ListenerState {
         unresolved,
         conflict: None,
         attached_routes: 0,
+        tls,
     }
+}
+
+/// Resolves an HTTPS listener's certificateRefs: the usable certificates, and the first
+/// problem (`InvalidCertificateRef` or `RefNotPermitted`) for ResolvedRefs=False.
+fn certificates(
+    res: &Resources,
+    gw_ns: &str,
+    refs: &[sluice_resources::SecretObjectReference],
+) -> (Vec<CertificateIr>, Option<(&'static str, String)>) {
+    let mut ok = Vec::new();
+    let mut problem = None;
+    if refs.is_empty() {
+        problem = Some((
+            "InvalidCertificateRef",
+            "tls.certificateRefs is empty; name a kubernetes.io/tls Secret".to_string(),
+        ));
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let what = format!("tls.certificateRefs[{i}] ({ns}/{})", r.name);
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Secret");
+        let found = if group != "" || kind != "Secret" {
+            Err((
+                "InvalidCertificateRef",
+                format!("{what}: {group}/{kind} is not supported; refer to a core Secret"),
+            ))
+        } else if !ref_permitted(res, "Gateway", gw_ns, "", "Secret", ns, &r.name) {
+            Err((
+                "RefNotPermitted",
+                format!(
+                    "{what}: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns} to refer to it"
+                ),
+            ))
+        } else {
+            match res
+                .secrets
+                .iter()
+                .find(|s| s.metadata.name == r.name && s.metadata.namespace_or_default() == ns)
+            {
+                None => Err(("InvalidCertificateRef", format!("{what}: Secret not found"))),
+                Some(secret) => sluice_resources::tls::secret_pair(secret)
+                    .map_err(|e| ("InvalidCertificateRef", format!("{what}: Secret {e}"))),
+            }
+        };
+        match found {
+            Ok((chain_pem, key_pem)) => ok.push(CertificateIr {
+                secret: format!("{ns}/{}", r.name),
+                chain_pem,
+                key_pem,
+            }),
+            Err(p) => {
+                problem.get_or_insert(p);
+            }
+        }
+    }
+    (ok, problem)
 }
 
 /// Listeners that share an address and port must differ by hostname and agree on protocol.

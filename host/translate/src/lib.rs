@@ -208,7 +208,13 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
                 gateway: format!("{}/{}", gw.namespace, gw.name),
                 name: l.spec.name.clone(),
                 hostname: l.spec.hostname.clone(),
+                tls: l.tls.clone(),
                 virtual_hosts: vhosts,
+            };
+            let protocol = if l.tls.is_some() {
+                Protocol::Https
+            } else {
+                Protocol::Http
             };
             for addr in &gw.bind {
                 match ports
@@ -219,7 +225,7 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
                     None => ports.push(PortIr {
                         address: *addr,
                         port: l.spec.port,
-                        protocol: Protocol::Http,
+                        protocol,
                         listeners: vec![listener.clone()],
                     }),
                 }
