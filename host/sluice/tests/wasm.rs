@@ -381,26 +381,10 @@ async fn compiled_filters_are_cached_on_disk_by_digest() {
 /// A real HTTPS server on 127.0.0.1 with a certificate for `localhost`, signed by a CA
 /// made here. Serves `bytes` at every path and counts requests.
 async fn https_server(bytes: Vec<u8>, dir: &Path) -> (u16, std::path::PathBuf, Arc<AtomicU64>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("cert");
+    let ca = TestCa::new();
     let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).expect("write ca");
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("server config");
+    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    let config = ca.server_config(&["localhost"]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -52,6 +52,11 @@ pub async fn echo(service: &str) -> Echo {
 
 /// A Service with one EndpointSlice pointing at `echo`, as YAML.
 pub fn service_yaml(name: &str, echo: &Echo, app_protocol: Option<&str>) -> String {
+    service_yaml_port(name, echo.addr.port(), app_protocol)
+}
+
+/// A Service with one EndpointSlice pointing at 127.0.0.1:`port`, as YAML.
+pub fn service_yaml_port(name: &str, port: u16, app_protocol: Option<&str>) -> String {
     let ap = app_protocol
         .map(|p| format!(", appProtocol: {p}"))
         .unwrap_or_default();
@@ -72,8 +77,7 @@ addressType: IPv4
 ports: [{{name: http, port: {port}}}]
 endpoints:
 - addresses: [127.0.0.1]
-",
-        port = echo.addr.port()
+"
     )
 }
 
@@ -319,4 +323,81 @@ pub fn status_of<'a>(
                 .find(|i| i["kind"] == kind && i["metadata"]["name"] == name)
         })
         .unwrap_or_else(|| panic!("no status for {kind} {name}"))
+}
+
+/// A certificate authority made for one test, issuing certificates with rcgen.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// A certificate and its key, PEM, plus the certificate's DER to compare with.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sluice test CA");
+        let cert = params.self_signed(&key).expect("ca cert");
+        TestCa {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (the first is also the common name).
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.issuer).expect("cert");
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A rustls server config presenting a certificate for `names`.
+    pub fn server_config(&self, names: &[&str]) -> rustls::ServerConfig {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params")
+                .signed_by(&key, &self.issuer)
+                .expect("cert");
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config")
+    }
+}
+
+/// A `kubernetes.io/tls` Secret holding `c`, as YAML.
+pub fn tls_secret_yaml(name: &str, c: &Issued) -> String {
+    use base64::Engine;
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b(&c.cert_pem),
+        b(&c.key_pem)
+    )
 }

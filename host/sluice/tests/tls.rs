@@ -1,0 +1,431 @@
+//! HTTPS listeners end to end: certificates made here by rcgen, the real binary, and
+//! real clients (curl, openssl s_client, hyper over tokio-rustls).
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+
+const LISTENERS: &str = "  - {name: a, port: PORT, protocol: HTTPS, hostname: a.example.com, tls: {certificateRefs: [{name: a}]}}
+  - {name: b, port: PORT, protocol: HTTPS, hostname: '*.b.example.com', tls: {certificateRefs: [{name: b}]}}
+";
+
+struct Setup {
+    port: u16,
+    dir: TempDir,
+    ca: TestCa,
+    gw: Sluice,
+    ca_file: String,
+    _echo: Echo,
+}
+
+async fn setup(tag: &str) -> Setup {
+    let echo = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    let ca = TestCa::new();
+    let ca_file = dir.0.with_extension("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    dir.write("gw.yaml", &gateway_yaml(port, Some(LISTENERS)));
+    dir.write("svc.yaml", &service_yaml("a", &echo, None));
+    dir.write(
+        "secrets.yaml",
+        &[
+            tls_secret_yaml("a", &ca.issue(&["a.example.com"])),
+            tls_secret_yaml("b", &ca.issue(&["*.b.example.com"])),
+        ]
+        .join("---\n"),
+    );
+    dir.write(
+        "routes.yaml",
+        &route("  - matches: [{path: {value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n  - backendRefs: [{name: a, port: 80}]\n"),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    Setup {
+        port,
+        dir,
+        ca,
+        gw,
+        ca_file: ca_file.to_str().expect("utf-8").to_string(),
+        _echo: echo,
+    }
+}
+
+/// curl over TLS, resolving `host` to 127.0.0.1; returns (stdout, stderr).
+fn curl(s: &Setup, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &s.ca_file])
+        .args(["--resolve", &format!("{host}:{}:127.0.0.1", s.port)])
+        .args(extra)
+        .arg(format!("https://{host}:{}{path}", s.port))
+        .output()
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `openssl s_client` with `sni` and `alpn`; returns its output.
+fn s_client(port: u16, sni: &str, alpn: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", sni, "-alpn", alpn])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A TLS connection from a rustls client trusting the test CA.
+async fn tls_connect(
+    port: u16,
+    ca: &TestCa,
+    sni: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).expect("root");
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
+        .await
+        .expect("handshake")
+}
+
+fn peer_cert(
+    s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().expect("certificates")[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listeners_choose_certificates_by_sni_and_speak_h2_and_http1() {
+    let s = setup("tls-sni").await;
+
+    // curl, both protocols; the backend sees X-Forwarded-Proto https.
+    let (out, err) = curl(
+        &s,
+        "a.example.com",
+        "/x",
+        &["--http2", "-w", "\n%{http_version} %{http_code}"],
+    );
+    assert!(out.ends_with("\n2 200"), "{out}{err}");
+    assert!(out.contains(r#""x-forwarded-proto":["https"]"#), "{out}");
+    let (out, err) = curl(
+        &s,
+        "x.b.example.com",
+        "/x",
+        &["--http1.1", "-w", "\n%{http_version} %{http_code}"],
+    );
+    assert!(out.ends_with("\n1.1 200"), "{out}{err}");
+
+    // openssl: the certificate follows the SNI, and ALPN picks what the client offers.
+    let a = s_client(s.port, "a.example.com", "h2");
+    assert!(a.contains("CN = a.example.com"), "{a}");
+    assert!(a.contains("ALPN protocol: h2"), "{a}");
+    let b = s_client(s.port, "deep.b.example.com", "http/1.1");
+    assert!(b.contains("CN = *.b.example.com"), "{b}");
+    assert!(b.contains("ALPN protocol: http/1.1"), "{b}");
+    assert!(b.contains("TLSv1.3"), "{b}");
+
+    // A Host that belongs to another listener than the SNI: 421.
+    let (out, _) = curl(
+        &s,
+        "a.example.com",
+        "/x",
+        &[
+            "-H",
+            "Host: x.b.example.com",
+            "-w",
+            "%{http_code}",
+            "-o",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(out, "421");
+
+    // Redirects keep the request's scheme.
+    let (out, _) = curl(
+        &s,
+        "a.example.com",
+        "/old",
+        &["-w", "%{redirect_url}", "-o", "/dev/null"],
+    );
+    assert_eq!(out, format!("https://a.example.com:{}/new", s.port));
+
+    // A client that only does TLS 1.2 is served too.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.ca.der.clone()).expect("root");
+    let cfg = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .expect("connect");
+    let tls12 = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("a.example.com").expect("name"), tcp)
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        tls12.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_secret_rotates_the_certificate_without_dropping_connections() {
+    let s = setup("tls-rotate").await;
+    let first = tls_connect(s.port, &s.ca, "a.example.com", b"http/1.1").await;
+    let old_cert = peer_cert(&first);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(first))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn);
+    let get = || {
+        Request::get("/x")
+            .header("host", "a.example.com")
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    assert_eq!(
+        sender.send_request(get()).await.expect("send").status(),
+        StatusCode::OK
+    );
+
+    let rotated = s.ca.issue(&["a.example.com"]);
+    s.dir.write(
+        "secrets.yaml",
+        &[
+            tls_secret_yaml("a", &rotated),
+            tls_secret_yaml("b", &s.ca.issue(&["*.b.example.com"])),
+        ]
+        .join("---\n"),
+    );
+    s.gw.wait_reloads("ok", 1).await;
+
+    let fresh = tls_connect(s.port, &s.ca, "a.example.com", b"http/1.1").await;
+    assert_eq!(
+        peer_cert(&fresh),
+        rotated.der,
+        "new connections get the new certificate"
+    );
+    assert_ne!(old_cert, rotated.der);
+    // The connection opened before the rotation keeps working.
+    for _ in 0..3 {
+        let resp = sender
+            .send_request(get())
+            .await
+            .expect("old connection still serves");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.expect("body");
+    }
+
+    // A Secret that breaks (a key that does not match) is reported on the listener.
+    let broken = s.ca.issue(&["a.example.com"]);
+    let other = s.ca.issue(&["a.example.com"]);
+    s.dir.write(
+        "secrets.yaml",
+        &[
+            tls_secret_yaml(
+                "a",
+                &Issued {
+                    cert_pem: broken.cert_pem,
+                    key_pem: other.key_pem,
+                    der: broken.der,
+                },
+            ),
+            tls_secret_yaml("b", &s.ca.issue(&["*.b.example.com"])),
+        ]
+        .join("---\n"),
+    );
+    s.gw.wait_reloads("ok", 2).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&s.gw.admin("/status").await).expect("json");
+    let listener = &status_of(&status, "Gateway", "gw")["status"]["listeners"][0];
+    let resolved = &listener["conditions"][2];
+    assert_eq!(resolved["reason"], "InvalidCertificateRef", "{listener}");
+    assert!(
+        resolved["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not match"),
+        "{resolved}"
+    );
+    // The other listener on the port still serves.
+    let (out, err) = curl(
+        &s,
+        "x.b.example.com",
+        "/x",
+        &["-w", "%{http_code}", "-o", "/dev/null"],
+    );
+    assert_eq!(out, "200", "{err}");
+}
+
+/// An HTTP/2 cleartext backend that answers with the request's trailer echoed in a
+/// response trailer, as gRPC servers send their status.
+async fn h2c_trailer_backend() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let te = req.headers().get("te").cloned();
+                        let got = req.into_body().collect().await?;
+                        let seen = got
+                            .trailers()
+                            .and_then(|t| t.get("x-client-trailer"))
+                            .cloned()
+                            .unwrap_or(http::HeaderValue::from_static("none"));
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        trailers.insert("x-seen-trailer", seen);
+                        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                            Ok(Frame::data(got.to_bytes())),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let mut resp = hyper::Response::new(StreamBody::new(
+                            futures_util::stream::iter(frames),
+                        ));
+                        if let Some(te) = te {
+                            resp.headers_mut().insert("x-seen-te", te);
+                        }
+                        Ok::<_, hyper::Error>(resp)
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_and_h2c_forward_trailers_both_ways() {
+    let backend = h2c_trailer_backend().await;
+    let port = free_port();
+    let plain = free_port();
+    let dir = TempDir::new("tls-trailers");
+    let ca = TestCa::new();
+    let listeners = format!(
+        "  - {{name: tls, port: PORT, protocol: HTTPS, tls: {{certificateRefs: [{{name: a}}]}}}}\n  - {{name: h2c, port: {plain}, protocol: HTTP}}\n"
+    );
+    dir.write("gw.yaml", &gateway_yaml(port, Some(&listeners)));
+    dir.write(
+        "svc.yaml",
+        &service_yaml_port("grpc", backend, Some("kubernetes.io/h2c")),
+    );
+    dir.write(
+        "secrets.yaml",
+        &tls_secret_yaml("a", &ca.issue(&["api.example.com"])),
+    );
+    dir.write(
+        "routes.yaml",
+        &route("  - backendRefs: [{name: grpc, port: 80}]\n"),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+
+    let tls = tls_connect(port, &ca, "api.example.com", b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", plain))
+        .await
+        .expect("connect");
+    let (h2c_sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+
+    for (mut sender, scheme, authority) in [
+        (sender, "https", "api.example.com"),
+        (h2c_sender, "http", "api.example.com"),
+    ] {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-client-trailer", http::HeaderValue::from_static("t1"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let req = Request::post(format!("{scheme}://{authority}/svc/Method"))
+            .header("te", "trailers")
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
+        assert_eq!(
+            resp.headers()["x-seen-te"],
+            "trailers",
+            "{scheme}: TE: trailers forwarded"
+        );
+        let body = resp.into_body().collect().await.expect("body");
+        let t = body.trailers().cloned().expect("response trailers");
+        assert_eq!(t["grpc-status"], "0", "{scheme}");
+        assert_eq!(
+            t["x-seen-trailer"], "t1",
+            "{scheme}: request trailers forwarded"
+        );
+        assert_eq!(body.to_bytes(), Bytes::from_static(b"payload"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
+    let s = setup("tls-bad-clients").await;
+    // A client speaking plain HTTP to the HTTPS port, and one that stalls mid-handshake.
+    let (out, _) = {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("http://127.0.0.1:{}/", s.port))
+            .output()
+            .expect("curl");
+        (String::from_utf8_lossy(&o.stdout).into_owned(), ())
+    };
+    assert_eq!(out, "000", "plain HTTP on an HTTPS port gets no answer");
+    let _stalled = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .expect("connect");
+    // Meanwhile a good client is served at once.
+    let start = Instant::now();
+    let (out, err) = curl(
+        &s,
+        "a.example.com",
+        "/x",
+        &["-w", "%{http_code}", "-o", "/dev/null"],
+    );
+    assert_eq!(out, "200", "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
