@@ -19,6 +19,64 @@ pub struct Ir {
     /// Route rules, referred to by index from [`MatchIr::rule`]. A rule attached to
     /// several listeners or hostnames appears here once.
     pub rules: Vec<RuleIr>,
+    /// TCP, TLS and UDP listeners: connections and datagrams forwarded, not parsed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamPortIr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum StreamProtocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// Routed by the ClientHello's server name; passed through, or terminated when the
+    /// listener has certificates.
+    #[serde(rename = "TLS")]
+    Tls,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// A socket for TCPRoutes, TLSRoutes or UDPRoutes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPortIr {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: StreamProtocol,
+    pub listeners: Vec<StreamListenerIr>,
+}
+
+impl StreamPortIr {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamListenerIr {
+    pub gateway: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// TLS listeners in Terminate mode: the gateway's certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminate: Option<ListenerTlsIr>,
+    /// Attached routes, oldest first. TCP and UDP listeners use the first; TLS
+    /// listeners pick by server name.
+    pub routes: Vec<StreamRouteIr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRouteIr {
+    /// `Kind namespace/name`.
+    pub route: String,
+    /// For TLSRoutes: the server names served (already intersected with the listener's
+    /// hostname); empty means any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    pub backends: Vec<BackendIr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -11,6 +11,7 @@ mod proxy;
 mod router;
 mod server;
 mod snapshot;
+mod stream;
 mod upstream;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 
 pub use metrics::Metrics;
 pub use server::Listeners;
-pub use snapshot::{Snapshot, WasmPools, build};
+pub use snapshot::{Snapshot, Socket, WasmPools, build};
 
 /// A body the gateway sends: streamed from a peer, or made here.
 pub type Body = Either<Incoming, Full<Bytes>>;

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::Gateway;
 use crate::proxy::{ConnInfo, Tls, handle};
+use crate::snapshot::Socket;
 
 /// A client gets this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,11 +41,13 @@ impl Drop for Guard {
 /// The bound sockets. `sync` makes them match a snapshot; `shutdown` drains.
 pub struct Listeners {
     gw: Arc<Gateway>,
-    bound: Mutex<HashMap<SocketAddr, watch::Sender<bool>>>,
+    bound: Mutex<HashMap<Socket, watch::Sender<bool>>>,
     /// Set once on shutdown: every connection finishes its request and closes.
     draining: watch::Sender<bool>,
     tracker: Arc<Tracker>,
     http: Arc<auto::Builder<TokioExecutor>>,
+    /// UDP sessions end after this long without a datagram either way.
+    udp_idle: Duration,
 }
 
 impl Listeners {
@@ -60,42 +63,72 @@ impl Listeners {
             draining: watch::channel(false).0,
             tracker: Arc::default(),
             http: Arc::new(http),
+            udp_idle: Duration::from_secs(60),
         }
+    }
+
+    /// Sets the UDP session idle timeout (default 60 s).
+    pub fn with_udp_idle_timeout(mut self, idle: Duration) -> Self {
+        self.udp_idle = idle;
+        self
     }
 
     /// Binds every socket in `wanted` that is not bound yet, then stops accepting on the
     /// ones no longer wanted (their open connections finish normally). If a bind fails,
     /// nothing changes and the error names the address.
-    pub fn sync(&self, wanted: &[SocketAddr]) -> io::Result<()> {
+    pub fn sync(&self, wanted: &[Socket]) -> io::Result<()> {
         let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = Vec::new();
-        for addr in wanted {
-            if !bound.contains_key(addr) {
-                let l = bind(*addr).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        for sock in wanted {
+            if !bound.contains_key(sock) {
+                let b = match sock {
+                    Socket::Tcp(addr) => bind(*addr).map(Bound::Tcp),
+                    Socket::Udp(addr) => bind_udp(*addr).map(Bound::Udp),
+                };
+                let b = b.map_err(|e| {
+                    let (kind, addr) = match sock {
+                        Socket::Tcp(a) => ("", a),
+                        Socket::Udp(a) => (" udp", a),
+                    };
+                    io::Error::new(e.kind(), format!("cannot listen on{kind} {addr}: {e}"))
                 })?;
-                fresh.push((*addr, l));
+                fresh.push((*sock, b));
             }
         }
-        for (addr, listener) in fresh {
+        for (sock, b) in fresh {
             let (stop, stopped) = watch::channel(false);
-            bound.insert(addr, stop);
-            tokio::spawn(accept_loop(
-                listener,
-                addr,
-                self.gw.clone(),
-                stopped,
-                self.draining.subscribe(),
-                self.tracker.clone(),
-                self.http.clone(),
-            ));
-            tracing::info!(%addr, "listening");
+            bound.insert(sock, stop);
+            match b {
+                Bound::Tcp(listener) => {
+                    let Socket::Tcp(addr) = sock else { continue };
+                    tokio::spawn(accept_loop(
+                        listener,
+                        addr,
+                        self.gw.clone(),
+                        stopped,
+                        self.draining.subscribe(),
+                        self.tracker.clone(),
+                        self.http.clone(),
+                    ));
+                }
+                Bound::Udp(socket) => {
+                    let Socket::Udp(addr) = sock else { continue };
+                    tokio::spawn(crate::stream::serve_udp(
+                        self.gw.clone(),
+                        addr,
+                        socket,
+                        stopped,
+                        self.udp_idle,
+                    ));
+                }
+            }
+            tracing::info!(socket = ?sock, "listening");
         }
-        bound.retain(|addr, stop| {
-            let keep = wanted.contains(addr);
+        bound.retain(|sock, stop| {
+            let keep = wanted.contains(sock);
             if !keep {
                 let _ = stop.send(true);
-                tracing::info!(%addr, "stopped listening");
+                tracing::info!(socket = ?sock, "stopped listening");
             }
             keep
         });
@@ -126,6 +159,17 @@ impl Listeners {
         let _ = tokio::time::timeout(timeout, wait).await;
         self.tracker.open.load(Ordering::Acquire)
     }
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(s)
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -168,7 +212,19 @@ async fn accept_loop(
         let guard = Guard(tracker.clone());
         // The snapshot at accept time decides the handshake; a reload (a rotated
         // certificate) applies to the next connection and leaves this one alone.
-        let tls = gw.snapshot.load().port(&key).and_then(|p| p.tls.clone());
+        let (is_http, tls) = {
+            let snap = gw.snapshot.load();
+            let port = snap.port(&key);
+            (port.is_some(), port.and_then(|p| p.tls.clone()))
+        };
+        if !is_http {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                crate::stream::serve_tcp(gw, key, stream).await;
+            });
+            continue;
+        }
         let gw = gw.clone();
         let http = http.clone();
         let draining = draining.clone();

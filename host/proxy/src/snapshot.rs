@@ -10,12 +10,14 @@ use http::{HeaderName, HeaderValue};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sluice_ir::{
-    BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, PortIr, Protocol, RuleIr, UpstreamProtocol,
+    BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, ListenerTlsIr, PortIr, Protocol, RuleIr,
+    StreamProtocol, UpstreamProtocol,
 };
 
 use crate::BuildError;
 use crate::metrics::{Metrics, Stats, StatsKey};
 use crate::router::PathRouter;
+use crate::stream::StreamTable;
 
 /// One immutable configuration. A request loads it once and uses it to the end, so a
 /// reload never changes the rules under a request in flight.
@@ -23,6 +25,8 @@ pub struct Snapshot {
     pub ir: Arc<Ir>,
     /// Few entries: a scan beats hashing.
     pub(crate) ports: Vec<(SocketAddr, PortTable)>,
+    /// TCP, TLS and UDP sockets.
+    pub(crate) streams: Vec<(SocketAddr, StreamTable)>,
     /// Requests that matched no route.
     pub(crate) no_route: Arc<Stats>,
 }
@@ -31,13 +35,29 @@ impl Snapshot {
     pub(crate) fn port(&self, key: &SocketAddr) -> Option<&PortTable> {
         self.ports.iter().find(|(a, _)| a == key).map(|(_, p)| p)
     }
+
+    pub(crate) fn stream(&self, key: &SocketAddr) -> Option<&StreamTable> {
+        self.streams.iter().find(|(a, _)| a == key).map(|(_, p)| p)
+    }
+}
+
+/// A socket to bind: TCP (HTTP, HTTPS, TLS, TCP listeners) or UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Socket {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
 }
 
 impl Snapshot {
     /// The sockets this snapshot serves.
-    pub fn sockets(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<_> = self.ports.iter().map(|(a, _)| *a).collect();
+    pub fn sockets(&self) -> Vec<Socket> {
+        let mut v: Vec<_> = self.ports.iter().map(|(a, _)| Socket::Tcp(*a)).collect();
+        v.extend(self.streams.iter().map(|(a, t)| match t.protocol {
+            StreamProtocol::Udp => Socket::Udp(*a),
+            StreamProtocol::Tcp | StreamProtocol::Tls => Socket::Tcp(*a),
+        }));
         v.sort();
+        v.dedup();
         v
     }
 }
@@ -51,7 +71,7 @@ pub(crate) struct HostTable<T> {
 }
 
 impl<T> HostTable<T> {
-    fn new(entries: Vec<(Option<&str>, T)>) -> Self {
+    pub(crate) fn new(entries: Vec<(Option<&str>, T)>) -> Self {
         let mut t = HostTable {
             exact: HashMap::default(),
             wildcard: Vec::new(),
@@ -127,9 +147,21 @@ impl ResolvesServerCert for SniResolver {
 }
 
 fn tls_acceptor(p: &PortIr) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
+    let entries: Vec<_> = p
+        .listeners
+        .iter()
+        .filter_map(|l| Some((l.hostname.as_deref(), l.tls.as_ref()?)))
+        .collect();
+    tls_acceptor_for(&entries, &[b"h2", b"http/1.1"])
+}
+
+/// A TLS server config choosing among `listeners`' certificates by SNI, offering `alpn`.
+pub(crate) fn tls_acceptor_for(
+    listeners: &[(Option<&str>, &ListenerTlsIr)],
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
     let mut entries = Vec::new();
-    for l in &p.listeners {
-        let Some(tls) = &l.tls else { continue };
+    for (hostname, tls) in listeners {
         let keys = tls
             .certificates
             .iter()
@@ -138,7 +170,7 @@ fn tls_acceptor(p: &PortIr) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
                     .map_err(|e| BuildError(format!("Secret {}: {e}", c.secret)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        entries.push((l.hostname.as_deref(), keys));
+        entries.push((*hostname, keys));
     }
     let fallback = entries.first().map(|(_, k)| k.clone()).unwrap_or_default();
     let resolver = SniResolver {
@@ -152,7 +184,7 @@ fn tls_acceptor(p: &PortIr) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
     .map_err(|e| BuildError(format!("TLS: {e}")))?
     .with_no_client_auth()
     .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
@@ -257,6 +289,11 @@ pub fn build(ir: Ir, metrics: &Metrics, wasm: &WasmPools) -> Result<Snapshot, Bu
             },
         ));
     }
+    let streams = ir
+        .streams
+        .iter()
+        .map(|p| Ok((p.socket_addr(), crate::stream::build_table(p)?)))
+        .collect::<Result<Vec<_>, BuildError>>()?;
     let no_route = metrics.stats(StatsKey {
         route: String::new(),
         rule: String::new(),
@@ -265,6 +302,7 @@ pub fn build(ir: Ir, metrics: &Metrics, wasm: &WasmPools) -> Result<Snapshot, Bu
     Ok(Snapshot {
         ir: Arc::new(ir),
         ports,
+        streams,
         no_route,
     })
 }

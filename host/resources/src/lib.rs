@@ -55,6 +55,9 @@ pub struct Resources {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub tcp_routes: Vec<StreamRoute>,
+    pub tls_routes: Vec<StreamRoute>,
+    pub udp_routes: Vec<StreamRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
     pub namespaces: Vec<Namespace>,
     pub services: Vec<Service>,
@@ -73,6 +76,9 @@ impl Resources {
         self.gateway_classes.sort_by_key(|o| key(&o.metadata));
         self.gateways.sort_by_key(|o| key(&o.metadata));
         self.http_routes.sort_by_key(|o| key(&o.metadata));
+        self.tcp_routes.sort_by_key(|o| key(&o.metadata));
+        self.tls_routes.sort_by_key(|o| key(&o.metadata));
+        self.udp_routes.sort_by_key(|o| key(&o.metadata));
         self.reference_grants.sort_by_key(|o| key(&o.metadata));
         self.namespaces.sort_by_key(|o| key(&o.metadata));
         self.services.sort_by_key(|o| key(&o.metadata));

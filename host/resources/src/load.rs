@@ -261,6 +261,30 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
             &mut r.http_routes,
             validate::http_route,
         ),
+        ("gateway.networking.k8s.io", "TCPRoute") if ok(&["v1alpha2"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.tcp_routes,
+            validate::no_hostnames,
+        ),
+        ("gateway.networking.k8s.io", "UDPRoute") if ok(&["v1alpha2"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.udp_routes,
+            validate::no_hostnames,
+        ),
+        ("gateway.networking.k8s.io", "TLSRoute") if ok(&["v1", "v1alpha3", "v1alpha2"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.tls_routes,
+            validate::tls_route,
+        ),
         ("gateway.networking.k8s.io", "ReferenceGrant") if ok(&["v1", "v1beta1"]) => {
             push(e, &oref, doc, errors, &mut r.reference_grants, |_| {
                 Vec::new()
@@ -412,6 +436,7 @@ macro_rules! has_meta {
     )*};
 }
 has_meta!(
+    crate::StreamRoute,
     crate::GatewayClass,
     crate::Gateway,
     crate::HttpRoute,

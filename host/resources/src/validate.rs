@@ -642,3 +642,31 @@ mod tests {
         assert!(check_hostname("1.2.3.4").is_err());
     }
 }
+
+/// TCPRoutes and UDPRoutes have no hostnames: a byte stream or datagram names no host.
+pub fn no_hostnames(r: &StreamRoute) -> Problems {
+    let mut p = Vec::new();
+    if !r.spec.hostnames.is_empty() {
+        p.push((
+            "spec.hostnames".into(),
+            "only TLSRoutes have hostnames (matched against the TLS server name)".into(),
+        ));
+    }
+    if r.spec.rules.len() != 1 {
+        p.push(("spec.rules".into(), "must have exactly one rule".into()));
+    }
+    p
+}
+
+pub fn tls_route(r: &StreamRoute) -> Problems {
+    let mut p = Vec::new();
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        if let Err(e) = check_hostname(h) {
+            p.push((format!("spec.hostnames[{i}]"), e));
+        }
+    }
+    if r.spec.rules.len() != 1 {
+        p.push(("spec.rules".into(), "must have exactly one rule".into()));
+    }
+    p
+}

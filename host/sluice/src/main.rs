@@ -55,6 +55,10 @@ enum Command {
         /// Registries on loopback always use plain HTTP.
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
+        /// UDPRoute sessions (one per client address) end after this long without a
+        /// datagram either way.
+        #[arg(long, default_value = "60", value_name = "SECONDS")]
+        udp_idle_timeout: u64,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     Check { path: PathBuf },
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             drain_timeout,
             cache_dir,
             insecure_registries,
+            udp_idle_timeout,
         } => {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
                 Duration::from_secs(drain_timeout),
                 cache_dir,
                 insecure_registries,
+                Duration::from_secs(udp_idle_timeout),
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

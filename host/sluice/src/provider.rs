@@ -76,6 +76,7 @@ pub async fn run(
     drain: Duration,
     cache_dir: Option<PathBuf>,
     insecure_registries: Vec<String>,
+    udp_idle: Duration,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let downloads = Arc::new(Downloads::new(
@@ -114,7 +115,7 @@ pub async fn run(
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let sockets = snapshot.sockets();
     let gw = Gateway::new(snapshot, metrics);
-    let listeners = Arc::new(Listeners::new(gw.clone()));
+    let listeners = Arc::new(Listeners::new(gw.clone()).with_udp_idle_timeout(udp_idle));
     listeners
         .sync(&sockets)
         .context("binding the Gateway listeners")?;

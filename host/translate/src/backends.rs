@@ -42,6 +42,17 @@ pub(crate) fn resolve(
     b: &BackendObjectReference,
     weight: u32,
 ) -> (BackendIr, Option<Problem>) {
+    resolve_for(res, "HTTPRoute", route_ns, b, weight)
+}
+
+/// As [`resolve`], for a route of `route_kind` (which ReferenceGrants name).
+pub(crate) fn resolve_for(
+    res: &Resources,
+    route_kind: &str,
+    route_ns: &str,
+    b: &BackendObjectReference,
+    weight: u32,
+) -> (BackendIr, Option<Problem>) {
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
@@ -54,7 +65,7 @@ pub(crate) fn resolve(
         filters: Vec::new(),
         invalid: None,
     };
-    let problem = resolve_service(res, route_ns, ns, group, kind, b, port, &mut ir);
+    let problem = resolve_service(res, route_kind, route_ns, ns, group, kind, b, port, &mut ir);
     if let Some((_, msg)) = &problem {
         ir.invalid = Some(msg.clone());
     }
@@ -64,6 +75,7 @@ pub(crate) fn resolve(
 #[allow(clippy::too_many_arguments)]
 fn resolve_service(
     res: &Resources,
+    route_kind: &str,
     route_ns: &str,
     ns: &str,
     group: &str,
@@ -82,11 +94,11 @@ fn resolve_service(
             ),
         ));
     }
-    if !ref_permitted(res, "HTTPRoute", route_ns, "", "Service", ns, &b.name) {
+    if !ref_permitted(res, route_kind, route_ns, "", "Service", ns, &b.name) {
         return Some((
             "RefNotPermitted",
             format!(
-                "backendRef {ns}/{}: no ReferenceGrant in namespace {ns} allows HTTPRoutes from {route_ns} to refer to it",
+                "backendRef {ns}/{}: no ReferenceGrant in namespace {ns} allows {route_kind}s from {route_ns} to refer to it",
                 b.name
             ),
         ));

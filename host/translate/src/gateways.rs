@@ -118,6 +118,9 @@ impl ListenerState {
 fn kinds_for(protocol: &str) -> &'static [&'static str] {
     match protocol {
         "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "TLS" => &["TLSRoute"],
+        "TCP" => &["TCPRoute"],
+        "UDP" => &["UDPRoute"],
         _ => &[],
     }
 }
@@ -192,20 +195,19 @@ fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
     let mut unaccepted = None;
     let mut unresolved = None;
     if supported.is_empty() {
-        let msg = match l.protocol.as_str() {
-            "TLS" | "TCP" | "UDP" => format!(
-                "protocol {} is not supported by this version of Sluice yet; use HTTP or HTTPS",
+        unaccepted = Some((
+            "UnsupportedProtocol",
+            format!(
+                "protocol {:?} is not supported; use HTTP, HTTPS, TLS, TCP or UDP",
                 l.protocol
             ),
-            p => format!("protocol {p:?} is not supported; use HTTP or HTTPS"),
-        };
-        unaccepted = Some(("UnsupportedProtocol", msg));
+        ));
     }
     let mut tls = None;
-    if l.protocol == "HTTPS" {
-        let spec = l.tls.clone().unwrap_or_default();
-        let mode = spec.mode.as_deref().unwrap_or("Terminate");
-        if mode != "Terminate" {
+    let spec = l.tls.clone().unwrap_or_default();
+    let mode = spec.mode.as_deref().unwrap_or("Terminate");
+    match l.protocol.as_str() {
+        "HTTPS" if mode != "Terminate" => {
             unaccepted = Some((
                 "UnsupportedValue",
                 format!(
@@ -213,6 +215,28 @@ fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
                 ),
             ));
         }
+        "TLS" if mode == "Passthrough" => {
+            if !spec.certificate_refs.is_empty() {
+                unaccepted = Some((
+                    "UnsupportedValue",
+                    "tls.certificateRefs must be empty with tls.mode Passthrough: the backend presents its own certificate".into(),
+                ));
+            }
+        }
+        "TLS" if mode != "Terminate" => {
+            unaccepted = Some((
+                "UnsupportedValue",
+                format!("tls.mode {mode} is not valid; use Terminate or Passthrough"),
+            ));
+        }
+        _ => {}
+    }
+    let terminates = match l.protocol.as_str() {
+        "HTTPS" => true,
+        "TLS" => mode == "Terminate",
+        _ => false,
+    };
+    if terminates {
         let (certificates, problem) = certificates(res, gw_ns, &spec.certificate_refs);
         unresolved = problem;
         tls = Some(ListenerTlsIr { certificates });
@@ -334,8 +358,11 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
                         .iter()
                         .any(|b| a == b || a.is_unspecified() || b.is_unspecified())
                 };
+                // UDP and TCP ports of the same number are different sockets.
+                let udp = |g: usize, l: usize| gws[g].listeners[l].spec.protocol == "UDP";
                 let shares_socket = gws[gi].listeners[li].spec.port
                     == gws[gj].listeners[lj].spec.port
+                    && udp(gi, li) == udp(gj, lj)
                     && gws[gi].bind.iter().any(overlap);
                 if !shares_socket {
                     continue;

@@ -18,6 +18,7 @@ mod backends;
 mod gateways;
 mod routes;
 pub mod status;
+mod streams;
 pub mod wasm;
 
 use std::cmp::Ordering;
@@ -52,7 +53,9 @@ pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
     // WasmFilters before routes: a route's ExtensionRef needs the filter's outcome.
     wasm::statuses(res, wasm, &mut statuses);
     let attached = routes::http_routes(res, wasm, &mut gws, &mut statuses);
-    let ir = build_ir(&gws, attached);
+    let streams = streams::stream_routes(res, &mut gws, &mut statuses);
+    let mut ir = build_ir(&gws, attached);
+    ir.streams = streams;
     // Gateway statuses go last: attachedRoutes is counted while routes attach.
     for gw in &gws {
         statuses.push(gw.status());
@@ -175,7 +178,7 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
     let mut ports: Vec<PortIr> = Vec::new();
     for (gi, gw) in gws.iter().enumerate() {
         for (li, l) in gw.listeners.iter().enumerate() {
-            if !l.programmed() {
+            if !l.programmed() || !matches!(l.spec.protocol.as_str(), "HTTP" | "HTTPS") {
                 continue;
             }
             let hosts = per_listener.remove(&(gi, li)).unwrap_or_default();
@@ -233,7 +236,11 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
         }
     }
     ports.sort_by_key(|p| (p.port, p.address));
-    Ir { ports, rules }
+    Ir {
+        ports,
+        rules,
+        streams: Vec::new(),
+    }
 }
 
 /// Does `host` (a request or route hostname, no wildcard) match `pattern` (exact or `*.suffix`)?

@@ -61,127 +61,22 @@ fn http_route(
     let generation = route.metadata.generation();
     let compiled = compile(res, wasm, route);
 
-    let mut parents = Vec::new();
-    // Listeners this route serves: (gateway, listener, hostnames).
-    let mut targets: Vec<(usize, usize, Vec<RankedHost>)> = Vec::new();
-    let mut seen = Vec::new();
-    for pref in &route.spec.parent_refs {
-        if seen.contains(&pref) {
-            continue;
-        }
-        seen.push(pref);
-        // Parents that are not Gateways of a class of ours belong to someone else, who
-        // writes their status; say nothing.
-        let Some(gi) = gws.iter().position(|g| g.matches_parent(pref, ns)) else {
-            continue;
-        };
-        let gw = &gws[gi];
-        let candidates: Vec<usize> = gw
-            .listeners
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| pref.section_name.as_ref().is_none_or(|s| *s == l.spec.name))
-            .filter(|(_, l)| pref.port.is_none_or(|p| p == l.spec.port))
-            .map(|(i, _)| i)
-            .collect();
-        let accepted = if candidates.is_empty() {
-            Err((
-                "NoMatchingParent",
-                "no listener matches the parentRef's sectionName and port".to_string(),
-            ))
-        } else {
-            let allowed: Vec<usize> = candidates
-                .iter()
-                .copied()
-                .filter(|&li| {
-                    let l = &gw.listeners[li];
-                    l.programmed()
-                        && l.allows_kind("HTTPRoute")
-                        && l.allows_namespace(res, &gw.namespace, ns)
-                })
-                .collect();
-            if allowed.is_empty() {
-                Err((
-                    "NotAllowedByListeners",
-                    "no listener allows this route: check allowedRoutes namespaces and kinds"
-                        .to_string(),
-                ))
-            } else {
-                let hits: Vec<(usize, Vec<RankedHost>)> = allowed
-                    .iter()
-                    .map(|&li| {
-                        (
-                            li,
-                            intersect_hostnames_ranked(
-                                gw.listeners[li].spec.hostname.as_deref(),
-                                &route.spec.hostnames,
-                            ),
-                        )
-                    })
-                    .filter(|(_, h)| !h.is_empty())
-                    .collect();
-                if hits.is_empty() {
-                    Err((
-                        "NoMatchingListenerHostname",
-                        "none of the route's hostnames matches a listener hostname".to_string(),
-                    ))
-                } else if let Some(msg) = &compiled.unsupported {
-                    Err(("UnsupportedValue", msg.clone()))
-                } else {
-                    Ok(hits)
-                }
-            }
-        };
-        let mut conditions = Vec::new();
-        match accepted {
-            Ok(hits) => {
-                conditions.push(Condition::new(
-                    "Accepted",
-                    true,
-                    "Accepted",
-                    "route attached",
-                    generation,
-                ));
-                for (li, hosts) in hits {
-                    gws[gi].listeners[li].attached_routes += 1;
-                    targets.push((gi, li, hosts));
-                }
-            }
-            Err((reason, msg)) => {
-                conditions.push(Condition::new("Accepted", false, reason, msg, generation))
-            }
-        }
-        conditions.push(match &compiled.unresolved {
-            None => Condition::new(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references resolved",
-                generation,
-            ),
-            Some((reason, msg)) => {
-                Condition::new("ResolvedRefs", false, reason, msg.clone(), generation)
-            }
-        });
-        parents.push(RouteParentStatus {
-            parent_ref: pref.clone(),
-            controller_name: CONTROLLER_NAME.into(),
-            conditions,
-        });
-    }
-
-    if !parents.is_empty() {
-        out.push(ObjectStatus {
-            api_version: format!("{GATEWAY_GROUP}/v1"),
-            kind: "HTTPRoute".into(),
-            metadata: StatusMeta {
-                namespace: ns.into(),
-                name: route.metadata.name.clone(),
-                generation,
-            },
-            status: Status::Route(RouteStatus { parents }),
-        });
-    }
+    let targets = attach(
+        res,
+        gws,
+        out,
+        RouteRef {
+            kind: "HTTPRoute",
+            api_version: "v1",
+            namespace: ns,
+            name: &route.metadata.name,
+            generation,
+            parent_refs: &route.spec.parent_refs,
+            hostnames: &route.spec.hostnames,
+        },
+        compiled.unresolved.as_ref(),
+        compiled.unsupported.as_deref(),
+    );
     if targets.is_empty() {
         return;
     }
@@ -223,6 +118,152 @@ fn http_route(
             }
         }
     }
+}
+
+/// The route being attached, as far as attaching needs it.
+pub(crate) struct RouteRef<'a> {
+    pub kind: &'static str,
+    pub api_version: &'static str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub generation: i64,
+    pub parent_refs: &'a [sluice_resources::ParentReference],
+    pub hostnames: &'a [String],
+}
+
+/// Attaches a route to the listeners its parentRefs select, counts it on them, and
+/// writes its per-parent status. Returns `(gateway, listener, hostnames)` for each
+/// listener it serves.
+pub(crate) fn attach(
+    res: &Resources,
+    gws: &mut [GatewayState],
+    out: &mut Vec<ObjectStatus>,
+    r: RouteRef<'_>,
+    unresolved: Option<&Problem>,
+    unsupported: Option<&str>,
+) -> Vec<(usize, usize, Vec<RankedHost>)> {
+    let mut parents = Vec::new();
+    // Listeners this route serves: (gateway, listener, hostnames).
+    let mut targets: Vec<(usize, usize, Vec<RankedHost>)> = Vec::new();
+    let mut seen = Vec::new();
+    for pref in r.parent_refs {
+        if seen.contains(&pref) {
+            continue;
+        }
+        seen.push(pref);
+        // Parents that are not Gateways of a class of ours belong to someone else, who
+        // writes their status; say nothing.
+        let Some(gi) = gws.iter().position(|g| g.matches_parent(pref, r.namespace)) else {
+            continue;
+        };
+        let gw = &gws[gi];
+        let candidates: Vec<usize> = gw
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| pref.section_name.as_ref().is_none_or(|s| *s == l.spec.name))
+            .filter(|(_, l)| pref.port.is_none_or(|p| p == l.spec.port))
+            .map(|(i, _)| i)
+            .collect();
+        let accepted = if candidates.is_empty() {
+            Err((
+                "NoMatchingParent",
+                "no listener matches the parentRef's sectionName and port".to_string(),
+            ))
+        } else {
+            let allowed: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&li| {
+                    let l = &gw.listeners[li];
+                    l.programmed()
+                        && l.allows_kind(r.kind)
+                        && l.allows_namespace(res, &gw.namespace, r.namespace)
+                })
+                .collect();
+            if allowed.is_empty() {
+                Err((
+                    "NotAllowedByListeners",
+                    "no listener allows this route: check allowedRoutes namespaces and kinds"
+                        .to_string(),
+                ))
+            } else {
+                let hits: Vec<(usize, Vec<RankedHost>)> = allowed
+                    .iter()
+                    .map(|&li| {
+                        (
+                            li,
+                            intersect_hostnames_ranked(
+                                gw.listeners[li].spec.hostname.as_deref(),
+                                &r.hostnames,
+                            ),
+                        )
+                    })
+                    .filter(|(_, h)| !h.is_empty())
+                    .collect();
+                if hits.is_empty() {
+                    Err((
+                        "NoMatchingListenerHostname",
+                        "none of the route's hostnames matches a listener hostname".to_string(),
+                    ))
+                } else if let Some(msg) = unsupported {
+                    Err(("UnsupportedValue", msg.to_string()))
+                } else {
+                    Ok(hits)
+                }
+            }
+        };
+        let mut conditions = Vec::new();
+        match accepted {
+            Ok(hits) => {
+                conditions.push(Condition::new(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "route attached",
+                    r.generation,
+                ));
+                for (li, hosts) in hits {
+                    gws[gi].listeners[li].attached_routes += 1;
+                    targets.push((gi, li, hosts));
+                }
+            }
+            Err((reason, msg)) => {
+                conditions.push(Condition::new("Accepted", false, reason, msg, r.generation))
+            }
+        }
+        conditions.push(match unresolved {
+            None => Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                r.generation,
+            ),
+            Some((reason, msg)) => {
+                Condition::new("ResolvedRefs", false, reason, msg.clone(), r.generation)
+            }
+        });
+        parents.push(RouteParentStatus {
+            parent_ref: pref.clone(),
+            controller_name: CONTROLLER_NAME.into(),
+            conditions,
+        });
+    }
+
+    if !parents.is_empty() {
+        out.push(ObjectStatus {
+            api_version: format!("{GATEWAY_GROUP}/{}", r.api_version),
+            kind: r.kind.into(),
+            metadata: StatusMeta {
+                namespace: r.namespace.into(),
+                name: r.name.to_string(),
+                generation: r.generation,
+            },
+            status: Status::Route(RouteStatus { parents }),
+        });
+    }
+    targets
 }
 
 fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
