@@ -615,34 +615,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_follow_gep_2257() {
-        assert_eq!(
-            parse_duration("1h2m3s4ms"),
-            Ok(Duration::from_millis(3_723_004))
-        );
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("123456s").is_err());
-    }
-
-    #[test]
-    fn hostnames_are_rfc1123_with_optional_wildcard() {
-        assert!(check_hostname("foo.example.com").is_ok());
-        assert!(check_hostname("*.example.com").is_ok());
-        assert!(check_hostname("Foo.com").is_err());
-        assert!(check_hostname("foo.*.com").is_err());
-        assert!(check_hostname("1.2.3.4").is_err());
-    }
-}
-
 /// TCPRoutes and UDPRoutes have no hostnames: a byte stream or datagram names no host.
 pub fn no_hostnames(r: &StreamRoute) -> Problems {
     let mut p = Vec::new();
@@ -669,4 +641,32 @@ pub fn tls_route(r: &StreamRoute) -> Problems {
         p.push(("spec.rules".into(), "must have exactly one rule".into()));
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_gep_2257() {
+        assert_eq!(
+            parse_duration("1h2m3s4ms"),
+            Ok(Duration::from_millis(3_723_004))
+        );
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("123456s").is_err());
+    }
+
+    #[test]
+    fn hostnames_are_rfc1123_with_optional_wildcard() {
+        assert!(check_hostname("foo.example.com").is_ok());
+        assert!(check_hostname("*.example.com").is_ok());
+        assert!(check_hostname("Foo.com").is_err());
+        assert!(check_hostname("foo.*.com").is_err());
+        assert!(check_hostname("1.2.3.4").is_err());
+    }
 }

@@ -429,3 +429,55 @@ async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
     assert_eq!(out, "200", "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_filters_run_on_https_over_http2_and_http1() {
+    let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
+    let echo = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("tls-wasm");
+    std::fs::create_dir_all(dir.0.join("filters")).expect("mkdir");
+    std::fs::copy(built.join("hello.wasm"), dir.0.join("filters/hello.wasm")).expect("copy");
+    let ca = TestCa::new();
+    let ca_file = dir.0.with_extension("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(
+            port,
+            Some("  - {name: tls, port: PORT, protocol: HTTPS, tls: {certificateRefs: [{name: a}]}}\n"),
+        ),
+    );
+    dir.write("svc.yaml", &service_yaml("a", &echo, None));
+    dir.write(
+        "secret.yaml",
+        &tls_secret_yaml("a", &ca.issue(&["api.example.com"])),
+    );
+    dir.write(
+        "filter.yaml",
+        "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello, namespace: default}\nspec:\n  source: {path: filters/hello.wasm}\n  config: {greeting: over tls}\n",
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("hello")
+        )),
+    );
+    let cache = dir.0.join("cache");
+    let _gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    for proto in ["--http2", "--http1.1"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", proto, "--cacert"])
+            .arg(&ca_file)
+            .args(["--resolve", &format!("api.example.com:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_version}"])
+            .arg(format!("https://api.example.com:{port}/anything"))
+            .output()
+            .expect("curl");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.contains(r#""x-hello":["over tls"]"#), "{proto}: {out}");
+        let version = if proto == "--http2" { "\n2" } else { "\n1.1" };
+        assert!(out.ends_with(version), "{proto}: {out}");
+    }
+}

@@ -215,14 +215,13 @@ fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
                 ),
             ));
         }
-        "TLS" if mode == "Passthrough" => {
-            if !spec.certificate_refs.is_empty() {
-                unaccepted = Some((
-                    "UnsupportedValue",
-                    "tls.certificateRefs must be empty with tls.mode Passthrough: the backend presents its own certificate".into(),
-                ));
-            }
+        "TLS" if mode == "Passthrough" && !spec.certificate_refs.is_empty() => {
+            unaccepted = Some((
+                "UnsupportedValue",
+                "tls.certificateRefs must be empty with tls.mode Passthrough: the backend presents its own certificate".into(),
+            ));
         }
+        "TLS" if mode == "Passthrough" => {}
         "TLS" if mode != "Terminate" => {
             unaccepted = Some((
                 "UnsupportedValue",
@@ -302,7 +301,7 @@ fn certificates(
         let what = format!("tls.certificateRefs[{i}] ({ns}/{})", r.name);
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
-        let found = if group != "" || kind != "Secret" {
+        let found = if !group.is_empty() || kind != "Secret" {
             Err((
                 "InvalidCertificateRef",
                 format!("{what}: {group}/{kind} is not supported; refer to a core Secret"),

@@ -195,7 +195,7 @@ pub(crate) fn attach(
                             li,
                             intersect_hostnames_ranked(
                                 gw.listeners[li].spec.hostname.as_deref(),
-                                &r.hostnames,
+                                r.hostnames,
                             ),
                         )
                     })
