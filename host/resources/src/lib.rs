@@ -55,6 +55,7 @@ pub struct Resources {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
     pub tcp_routes: Vec<StreamRoute>,
     pub tls_routes: Vec<StreamRoute>,
     pub udp_routes: Vec<StreamRoute>,
@@ -76,6 +77,7 @@ impl Resources {
         self.gateway_classes.sort_by_key(|o| key(&o.metadata));
         self.gateways.sort_by_key(|o| key(&o.metadata));
         self.http_routes.sort_by_key(|o| key(&o.metadata));
+        self.grpc_routes.sort_by_key(|o| key(&o.metadata));
         self.tcp_routes.sort_by_key(|o| key(&o.metadata));
         self.tls_routes.sort_by_key(|o| key(&o.metadata));
         self.udp_routes.sort_by_key(|o| key(&o.metadata));

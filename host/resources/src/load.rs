@@ -261,6 +261,14 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
             &mut r.http_routes,
             validate::http_route,
         ),
+        ("gateway.networking.k8s.io", "GRPCRoute") if ok(&["v1"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.grpc_routes,
+            validate::grpc_route,
+        ),
         ("gateway.networking.k8s.io", "TCPRoute") if ok(&["v1alpha2"]) => push(
             e,
             &oref,
@@ -437,6 +445,7 @@ macro_rules! has_meta {
 }
 has_meta!(
     crate::StreamRoute,
+    crate::GrpcRoute,
     crate::GatewayClass,
     crate::Gateway,
     crate::HttpRoute,

@@ -643,6 +643,64 @@ pub fn tls_route(r: &StreamRoute) -> Problems {
     p
 }
 
+/// GRPCRoute: hostnames, method matches that name something, and the filters the
+/// kind allows.
+pub fn grpc_route(r: &GrpcRoute) -> Problems {
+    let mut p = Vec::new();
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        if let Err(e) = check_hostname(h) {
+            p.push((format!("spec.hostnames[{i}]"), e));
+        }
+    }
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        for (j, m) in rule.matches.iter().enumerate() {
+            if let Some(mm) = &m.method {
+                if mm.service.is_none() && mm.method.is_none() {
+                    p.push((
+                        format!("spec.rules[{i}].matches[{j}].method"),
+                        "set service, method, or both".into(),
+                    ));
+                }
+                if mm.type_ == Some(ValueMatchType::RegularExpression) {
+                    for (field, v) in [("service", &mm.service), ("method", &mm.method)] {
+                        if let Some(v) = v
+                            && regex::Regex::new(v).is_err()
+                        {
+                            p.push((
+                                format!("spec.rules[{i}].matches[{j}].method.{field}"),
+                                format!("{v:?} is not a valid regular expression"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let filter_lists = std::iter::once((format!("spec.rules[{i}]"), &rule.filters)).chain(
+            rule.backend_refs
+                .iter()
+                .enumerate()
+                .map(|(k, b)| (format!("spec.rules[{i}].backendRefs[{k}]"), &b.filters)),
+        );
+        for (at, filters) in filter_lists {
+            for (j, f) in filters.iter().enumerate() {
+                if !matches!(
+                    f.type_.as_str(),
+                    "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror" | "ExtensionRef"
+                ) {
+                    p.push((
+                        format!("{at}.filters[{j}].type"),
+                        format!(
+                            "{} is not a GRPCRoute filter; use RequestHeaderModifier, ResponseHeaderModifier, RequestMirror or ExtensionRef",
+                            f.type_
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

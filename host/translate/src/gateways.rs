@@ -117,7 +117,7 @@ impl ListenerState {
 /// Route kinds a listener of each protocol can carry.
 fn kinds_for(protocol: &str) -> &'static [&'static str] {
     match protocol {
-        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
         "TLS" => &["TLSRoute"],
         "TCP" => &["TCPRoute"],
         "UDP" => &["UDPRoute"],

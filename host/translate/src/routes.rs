@@ -4,11 +4,12 @@
 use regex::Regex;
 use sluice_ir::{
     CorsIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr, RedirectIr,
-    RewriteIr, RuleId, RuleIr, ValueMatchIr,
+    RewriteIr, RuleId, RuleIr, UpstreamProtocol, ValueMatchIr,
 };
 use sluice_resources::{
-    GATEWAY_GROUP, HttpHeaderFilter, HttpPathModifier, HttpRoute, HttpRouteFilter, HttpRouteRule,
-    PathMatchType, PathModifierType, Resources, ValueMatchType, parse_duration,
+    GATEWAY_GROUP, GrpcMethodMatch, GrpcRoute, HttpHeaderFilter, HttpPathMatch, HttpPathModifier,
+    HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, PathMatchType,
+    PathModifierType, Resources, ValueMatchType, parse_duration,
 };
 
 use crate::backends::{self, Problem};
@@ -35,9 +36,69 @@ pub(crate) fn http_routes(
         placed: Vec::new(),
     };
     for route in &res.http_routes {
-        http_route(res, wasm, route, gws, out, &mut attached);
+        http_route(res, wasm, "HTTPRoute", route, gws, out, &mut attached);
+    }
+    for route in &res.grpc_routes {
+        http_route(res, wasm, "GRPCRoute", &grpc_as_http(route), gws, out, &mut attached);
     }
     attached
+}
+
+/// A GRPCRoute as the HTTPRoute it amounts to: gRPC calls are HTTP/2 POSTs to
+/// `/<service>/<method>`, so a method match is a path match, and the rest (headers,
+/// filters, backends) carries over.
+fn grpc_as_http(g: &GrpcRoute) -> HttpRoute {
+    let path = |m: &GrpcMethodMatch| {
+        let (service, method) = (m.service.as_deref(), m.method.as_deref());
+        match m.type_.unwrap_or_default() {
+            ValueMatchType::Exact => match (service, method) {
+                (Some(s), Some(m)) => (PathMatchType::Exact, format!("/{s}/{m}")),
+                (Some(s), None) => (PathMatchType::PathPrefix, format!("/{s}")),
+                (None, Some(m)) => (
+                    PathMatchType::RegularExpression,
+                    format!("/[^/]+/{}", regex::escape(m)),
+                ),
+                (None, None) => (PathMatchType::PathPrefix, "/".into()),
+            },
+            ValueMatchType::RegularExpression => (
+                PathMatchType::RegularExpression,
+                format!("/{}/{}", service.unwrap_or("[^/]+"), method.unwrap_or("[^/]+")),
+            ),
+        }
+    };
+    HttpRoute {
+        metadata: g.metadata.clone(),
+        spec: HttpRouteSpec {
+            parent_refs: g.spec.parent_refs.clone(),
+            hostnames: g.spec.hostnames.clone(),
+            rules: g
+                .spec
+                .rules
+                .iter()
+                .map(|r| HttpRouteRule {
+                    name: r.name.clone(),
+                    matches: r
+                        .matches
+                        .iter()
+                        .map(|m| HttpRouteMatch {
+                            path: m.method.as_ref().map(|mm| {
+                                let (kind, value) = path(mm);
+                                HttpPathMatch {
+                                    type_: Some(kind),
+                                    value: Some(value),
+                                }
+                            }),
+                            headers: m.headers.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    filters: r.filters.clone(),
+                    backend_refs: r.backend_refs.clone(),
+                    timeouts: None,
+                })
+                .collect(),
+        },
+    }
 }
 
 /// What a route compiles to before it is attached anywhere.
@@ -52,6 +113,7 @@ struct Compiled {
 fn http_route(
     res: &Resources,
     wasm: &WasmStates,
+    kind: &'static str,
     route: &HttpRoute,
     gws: &mut [GatewayState],
     out: &mut Vec<ObjectStatus>,
@@ -59,14 +121,31 @@ fn http_route(
 ) {
     let ns = route.metadata.namespace_or_default();
     let generation = route.metadata.generation();
-    let compiled = compile(res, wasm, route);
+    let mut compiled = compile(res, wasm, route);
+    if kind == "GRPCRoute" {
+        // gRPC is HTTP/2 end to end: a GRPCRoute's backends speak h2c.
+        let h2c = |filters: &mut Vec<FilterIr>| {
+            for f in filters {
+                if let FilterIr::Mirror(m) = f {
+                    m.backend.protocol = UpstreamProtocol::H2c;
+                }
+            }
+        };
+        for (rule, _) in &mut compiled.rules {
+            h2c(&mut rule.filters);
+            for b in &mut rule.backends {
+                b.protocol = UpstreamProtocol::H2c;
+                h2c(&mut b.filters);
+            }
+        }
+    }
 
     let targets = attach(
         res,
         gws,
         out,
         RouteRef {
-            kind: "HTTPRoute",
+            kind,
             api_version: "v1",
             namespace: ns,
             name: &route.metadata.name,
