@@ -685,7 +685,10 @@ pub fn grpc_route(r: &GrpcRoute) -> Problems {
             for (j, f) in filters.iter().enumerate() {
                 if !matches!(
                     f.type_.as_str(),
-                    "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror" | "ExtensionRef"
+                    "RequestHeaderModifier"
+                        | "ResponseHeaderModifier"
+                        | "RequestMirror"
+                        | "ExtensionRef"
                 ) {
                     p.push((
                         format!("{at}.filters[{j}].type"),

@@ -39,7 +39,15 @@ pub(crate) fn http_routes(
         http_route(res, wasm, "HTTPRoute", route, gws, out, &mut attached);
     }
     for route in &res.grpc_routes {
-        http_route(res, wasm, "GRPCRoute", &grpc_as_http(route), gws, out, &mut attached);
+        http_route(
+            res,
+            wasm,
+            "GRPCRoute",
+            &grpc_as_http(route),
+            gws,
+            out,
+            &mut attached,
+        );
     }
     attached
 }
@@ -62,7 +70,11 @@ fn grpc_as_http(g: &GrpcRoute) -> HttpRoute {
             },
             ValueMatchType::RegularExpression => (
                 PathMatchType::RegularExpression,
-                format!("/{}/{}", service.unwrap_or("[^/]+"), method.unwrap_or("[^/]+")),
+                format!(
+                    "/{}/{}",
+                    service.unwrap_or("[^/]+"),
+                    method.unwrap_or("[^/]+")
+                ),
             ),
         }
     };
