@@ -257,6 +257,38 @@ pub struct BackendIr {
     /// When set, requests sent to this backend get a 500, in proportion to its weight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
+    /// TLS to the endpoints, from a BackendTLSPolicy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsIr>,
+}
+
+/// How the gateway speaks TLS to a backend.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTlsIr {
+    /// `namespace/name` of the BackendTLSPolicy.
+    pub policy: String,
+    /// The SNI, and the name verified unless `subjectAltNames` is set.
+    pub hostname: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Trust the system's roots (`wellKnownCACertificates: System`).
+    pub system_roots: bool,
+    /// The CA certificates from caCertificateRefs, PEM.
+    #[serde(skip)]
+    pub ca_pem: Vec<u8>,
+    /// The Gateway's client certificate (spec.tls.backend.clientCertificateRef).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CertificateIr>,
+}
+
+impl std::fmt::Debug for UpstreamTlsIr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTlsIr")
+            .field("policy", &self.policy)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

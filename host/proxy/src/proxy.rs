@@ -267,7 +267,11 @@ async fn serve(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = match Uri::builder()
-        .scheme("http")
+        .scheme(if backend.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
         .authority(endpoint.clone())
         .path_and_query(pq)
         .build()
@@ -286,10 +290,7 @@ async fn serve(
     };
 
     let timeout = deadline(&rule, start);
-    let call = gw
-        .upstream
-        .client(backend.protocol)
-        .request(Request::from_parts(parts, body));
+    let call = send(gw, backend, Request::from_parts(parts, body));
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
@@ -305,7 +306,7 @@ async fn serve(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(backend = %backend.name, error = %e, "upstream request failed");
+            tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
             let (status, msg) = if e.is_connect() {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
             } else {
@@ -493,6 +494,18 @@ fn pick_backend(rule: &Rule) -> Option<&Backend> {
     }
 }
 
+/// Sends `req` on the backend's pool: its own TLS pool, or the shared cleartext one.
+fn send(
+    gw: &Gateway,
+    backend: &Backend,
+    req: Request<Body>,
+) -> hyper_util::client::legacy::ResponseFuture {
+    match &backend.tls {
+        Some(tls) => tls.request(req),
+        None => gw.upstream.client(backend.protocol).request(req),
+    }
+}
+
 fn next_endpoint(b: &Backend) -> Option<&Authority> {
     match b.endpoints.len() {
         0 => None,
@@ -646,7 +659,11 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let Ok(uri) = Uri::builder()
-        .scheme("http")
+        .scheme(if backend.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
         .authority(endpoint.clone())
         .path_and_query(pq)
         .build()
@@ -661,7 +678,7 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2c => Version::HTTP_2,
     };
-    let call = gw.upstream.client(backend.protocol).request(req);
+    let call = send(gw, backend, req);
     let stats = backend.stats.clone();
     let metrics = gw.metrics.clone();
     let start = Instant::now();

@@ -207,6 +207,8 @@ pub(crate) struct Rule {
 
 pub(crate) struct Backend {
     pub name: String,
+    /// TLS to the endpoints (BackendTLSPolicy).
+    pub tls: Option<crate::upstream::TlsClient>,
     pub weight: u32,
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<http::uri::Authority>,
@@ -369,6 +371,13 @@ fn build_backend(
 ) -> Result<Backend, BuildError> {
     Ok(Backend {
         name: b.name.clone(),
+        tls: match &b.tls {
+            Some(t) => Some(
+                crate::upstream::tls_client(t, b.protocol)
+                    .map_err(|e| BuildError(format!("backend {}: {e}", b.name)))?,
+            ),
+            None => None,
+        },
         weight: b.weight,
         protocol: b.protocol,
         endpoints: b

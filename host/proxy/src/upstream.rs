@@ -1,12 +1,19 @@
 //! Upstream connection pools: keep-alive HTTP/1.1, and HTTP/2 cleartext with prior
 //! knowledge for backends whose appProtocol is `kubernetes.io/h2c`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::DigitallySignedStruct;
+use rustls::SignatureScheme;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sluice_ir::UpstreamProtocol;
+use sluice_ir::{UpstreamProtocol, UpstreamTlsIr};
 
 use crate::Body;
 
@@ -45,5 +52,139 @@ impl Upstream {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::H2c => &self.h2c,
         }
+    }
+}
+
+/// A pool speaking TLS to one backend, as its BackendTLSPolicy says.
+pub(crate) type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// Builds the TLS pool for a backend: trust (the policy's CAs or the system's roots),
+/// SNI and name checks from `hostname` (or the subjectAltNames), the Gateway's client
+/// certificate when it has one, and ALPN for the backend's protocol.
+pub(crate) fn tls_client(
+    t: &UpstreamTlsIr,
+    protocol: UpstreamProtocol,
+) -> Result<TlsClient, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if t.system_roots {
+        let found = rustls_native_certs::load_native_certs();
+        for c in found.certs {
+            let _ = roots.add(c);
+        }
+    } else {
+        for c in sluice_resources::tls::certificates(&t.ca_pem, "ca.crt")? {
+            roots.add(c).map_err(|e| format!("ca.crt: {e}"))?;
+        }
+    }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("BackendTLSPolicy {}: {e}", t.policy))?;
+    let verifier: Arc<dyn ServerCertVerifier> = if t.subject_alt_names.is_empty() {
+        webpki
+    } else {
+        Arc::new(SanVerifier {
+            inner: webpki,
+            names: t
+                .subject_alt_names
+                .iter()
+                .filter_map(|n| ServerName::try_from(n.clone()).ok())
+                .collect(),
+        })
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let cfg = match &t.client_certificate {
+        Some(c) => {
+            let chain = sluice_resources::tls::certificates(&c.chain_pem, "tls.crt")?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&c.key_pem)
+                .map_err(|e| format!("tls.key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate {}: {e}", c.secret))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let sni = ServerName::try_from(t.hostname.clone())
+        .map_err(|e| format!("hostname {:?}: {e}", t.hostname))?;
+    // hyper-rustls sets ALPN from the protocols enabled: h2 for gRPC-style backends,
+    // http/1.1 otherwise.
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cfg)
+        .https_only()
+        .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni));
+    let mut tcp = connector();
+    // The TLS connector hands https:// URIs to the TCP one.
+    tcp.enforce_http(false);
+    let https = match protocol {
+        UpstreamProtocol::H2c => builder.enable_http2().wrap_connector(tcp),
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(tcp),
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(1024);
+    if protocol == UpstreamProtocol::H2c {
+        b.http2_only(true).timer(TokioTimer::new());
+    }
+    Ok(b.build(https))
+}
+
+/// Accepts a certificate valid for any of `names` (BackendTLSPolicy subjectAltNames),
+/// whatever name was sent as SNI.
+#[derive(Debug)]
+struct SanVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no subjectAltNames".into());
+        for n in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, n, ocsp_response, now)
+            {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }

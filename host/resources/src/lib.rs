@@ -64,6 +64,8 @@ pub struct Resources {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub secrets: Vec<Secret>,
+    pub config_maps: Vec<ConfigMap>,
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
     pub wasm_filters: Vec<WasmFilter>,
     /// Where each object came from (`file.yaml#2` in file mode), for error messages.
     pub origins: BTreeMap<ObjectRef, String>,
@@ -79,6 +81,8 @@ impl Resources {
         self.http_routes.sort_by_key(|o| key(&o.metadata));
         self.grpc_routes.sort_by_key(|o| key(&o.metadata));
         self.tcp_routes.sort_by_key(|o| key(&o.metadata));
+        self.config_maps.sort_by_key(|o| key(&o.metadata));
+        self.backend_tls_policies.sort_by_key(|o| key(&o.metadata));
         self.tls_routes.sort_by_key(|o| key(&o.metadata));
         self.udp_routes.sort_by_key(|o| key(&o.metadata));
         self.reference_grants.sort_by_key(|o| key(&o.metadata));

@@ -269,6 +269,14 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
             &mut r.grpc_routes,
             validate::grpc_route,
         ),
+        ("gateway.networking.k8s.io", "BackendTLSPolicy") if ok(&["v1", "v1alpha3"]) => {
+            push(e, &oref, doc, errors, &mut r.backend_tls_policies, |_| {
+                Vec::new()
+            })
+        }
+        ("", "ConfigMap") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.config_maps, |_| Vec::new())
+        }
         ("gateway.networking.k8s.io", "TCPRoute") if ok(&["v1alpha2"]) => push(
             e,
             &oref,
@@ -325,7 +333,7 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
         ),
         ("gateway.networking.k8s.io", _)
         | ("sluice.dev", _)
-        | ("", "Service" | "Namespace" | "Secret")
+        | ("", "Service" | "Namespace" | "Secret" | "ConfigMap")
         | ("discovery.k8s.io", _) => {
             errors.push(err(
                 object,
@@ -445,6 +453,8 @@ macro_rules! has_meta {
 }
 has_meta!(
     crate::StreamRoute,
+    crate::BackendTlsPolicy,
+    crate::ConfigMap,
     crate::GrpcRoute,
     crate::GatewayClass,
     crate::Gateway,

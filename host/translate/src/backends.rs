@@ -64,6 +64,7 @@ pub(crate) fn resolve_for(
         endpoints: Vec::new(),
         filters: Vec::new(),
         invalid: None,
+        tls: None,
     };
     let problem = resolve_service(res, route_kind, route_ns, ns, group, kind, b, port, &mut ir);
     if let Some((_, msg)) = &problem {
@@ -121,6 +122,14 @@ fn resolve_service(
     };
     if sp.app_protocol.as_deref() == Some("kubernetes.io/h2c") {
         ir.protocol = UpstreamProtocol::H2c;
+    }
+    if let Some(policy) = crate::policies::policy_for(res, ns, &b.name, sp.name.as_deref()) {
+        match crate::policies::upstream_tls(res, policy) {
+            Ok(tls) => ir.tls = Some(tls),
+            // The policy's own status says what is wrong; requests fail rather than
+            // go out without the TLS it asks for.
+            Err((_, msg)) => ir.invalid = Some(msg),
+        }
     }
     for slice in res.endpoint_slices.iter().filter(|s| {
         s.metadata.namespace.as_deref() == Some(ns)

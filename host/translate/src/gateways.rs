@@ -68,6 +68,10 @@ pub(crate) struct GatewayState {
     pub address_problem: Option<(&'static str, &'static str, String)>,
     pub spec_addresses: Vec<StatusAddress>,
     pub listeners: Vec<ListenerState>,
+    /// spec.tls.backend.clientCertificateRef, resolved.
+    pub backend_client_cert: Option<CertificateIr>,
+    /// Why spec.tls.backend.clientCertificateRef does not resolve.
+    pub client_cert_problem: Option<(&'static str, String)>,
 }
 
 pub(crate) struct ListenerState {
@@ -173,6 +177,31 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         bind.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     }
     let ns = gw.metadata.namespace_or_default();
+    let (mut backend_client_cert, mut client_cert_problem) = (None, None);
+    if let Some(r) = gw
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+    {
+        let (mut certs, problem) = certificates(res, ns, std::slice::from_ref(r));
+        backend_client_cert = certs.pop();
+        client_cert_problem = problem.map(|(reason, msg)| {
+            let reason = if reason == "InvalidCertificateRef" {
+                "InvalidClientCertificateRef"
+            } else {
+                reason
+            };
+            (
+                reason,
+                msg.replace(
+                    "tls.certificateRefs[0]",
+                    "spec.tls.backend.clientCertificateRef",
+                ),
+            )
+        });
+    }
     let listeners = gw
         .spec
         .listeners
@@ -187,6 +216,8 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         address_problem,
         spec_addresses,
         listeners,
+        backend_client_cert,
+        client_cert_problem,
     }
 }
 
@@ -522,7 +553,14 @@ impl GatewayState {
             },
             status: Status::Gateway(GatewayStatus {
                 addresses: self.spec_addresses.clone(),
-                conditions: vec![accepted, programmed],
+                conditions: match &self.client_cert_problem {
+                    None => vec![accepted, programmed],
+                    Some((reason, msg)) => vec![
+                        accepted,
+                        programmed,
+                        Condition::new("ResolvedRefs", false, reason, msg.clone(), g),
+                    ],
+                },
                 listeners,
             }),
         }

@@ -16,6 +16,7 @@
 
 mod backends;
 mod gateways;
+mod policies;
 mod routes;
 pub mod status;
 mod streams;
@@ -54,6 +55,7 @@ pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
     wasm::statuses(res, wasm, &mut statuses);
     let attached = routes::http_routes(res, wasm, &mut gws, &mut statuses);
     let streams = streams::stream_routes(res, &mut gws, &mut statuses);
+    policies::statuses(res, &gws, &attached.services, &mut statuses);
     let mut ir = build_ir(&gws, attached);
     ir.streams = streams;
     // Gateway statuses go last: attachedRoutes is counted while routes attach.
@@ -164,7 +166,7 @@ type HostMatches = BTreeMap<String, Vec<(PrecedenceKey, MatchIr)>>;
 pub(crate) type RankedHost = (String, (usize, usize));
 
 fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
-    let routes::Attached { rules, placed } = attached;
+    let routes::Attached { rules, placed, .. } = attached;
     // listener -> hostname -> matches
     let mut per_listener: BTreeMap<(usize, usize), HostMatches> = BTreeMap::new();
     for p in placed {

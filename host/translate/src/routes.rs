@@ -23,6 +23,9 @@ use crate::{
 pub(crate) struct Attached {
     pub rules: Vec<RuleIr>,
     pub placed: Vec<Placed>,
+    /// (Service `namespace/name`, gateway index) for each backend Service in use, for
+    /// the status of the policies that target them.
+    pub services: std::collections::BTreeSet<(String, usize)>,
 }
 
 pub(crate) fn http_routes(
@@ -34,6 +37,7 @@ pub(crate) fn http_routes(
     let mut attached = Attached {
         rules: Vec::new(),
         placed: Vec::new(),
+        services: Default::default(),
     };
     for route in &res.http_routes {
         http_route(res, wasm, "HTTPRoute", route, gws, out, &mut attached);
@@ -170,6 +174,27 @@ fn http_route(
     );
     if targets.is_empty() {
         return;
+    }
+    // Backend TLS: note which Services are used under which Gateways (for policy
+    // status), and give TLS backends the Gateway's client certificate (the first target Gateway's, when a
+    // route spans Gateways that differ).
+    let client_cert = targets
+        .iter()
+        .find_map(|(gi, _, _)| gws[*gi].backend_client_cert.clone());
+    for (rule, _) in &mut compiled.rules {
+        let mirrors = rule.filters.iter_mut().filter_map(|f| match f {
+            FilterIr::Mirror(m) => Some(&mut m.backend),
+            _ => None,
+        });
+        for b in rule.backends.iter_mut().chain(mirrors) {
+            let service = b.name.rsplit_once(':').map_or(b.name.as_str(), |(s, _)| s);
+            for (gi, _, _) in &targets {
+                acc.services.insert((service.to_string(), *gi));
+            }
+            if let Some(tls) = &mut b.tls {
+                tls.client_certificate = client_cert.clone();
+            }
+        }
     }
     let base = acc.rules.len();
     for (ri, (rule, matches)) in compiled.rules.into_iter().enumerate() {
@@ -402,7 +427,7 @@ fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
             if backends.is_empty() {
                 invalid = Some("the rule has no backendRefs and no filter that answers".into());
             } else if backends.iter().all(|b| b.invalid.is_some()) {
-                invalid = Some("every backendRef of the rule is invalid; see the route's ResolvedRefs condition".into());
+                invalid = Some("every backendRef of the rule is invalid; see the route's ResolvedRefs condition and any BackendTLSPolicy status".into());
             }
         }
         let timeout = |v: &Option<String>| {

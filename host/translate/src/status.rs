@@ -61,6 +61,22 @@ pub enum Status {
     Gateway(GatewayStatus),
     Route(RouteStatus),
     WasmFilter(WasmFilterStatus),
+    Policy(PolicyStatus),
+}
+
+/// A policy's status, per Gateway it takes effect under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: ParentReference,
+    pub controller_name: String,
+    pub conditions: Vec<Condition>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
