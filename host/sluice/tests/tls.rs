@@ -203,10 +203,10 @@ async fn a_changed_secret_rotates_the_certificate_without_dropping_connections()
             .body(Empty::<Bytes>::new())
             .expect("request")
     };
-    assert_eq!(
-        sender.send_request(get()).await.expect("send").status(),
-        StatusCode::OK
-    );
+    let resp = sender.send_request(get()).await.expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Read the body, so the HTTP/1.1 connection is ready for the next request.
+    resp.into_body().collect().await.expect("body");
 
     let rotated = s.ca.issue(&["a.example.com"]);
     s.dir.write(
@@ -228,6 +228,7 @@ async fn a_changed_secret_rotates_the_certificate_without_dropping_connections()
     assert_ne!(old_cert, rotated.der);
     // The connection opened before the rotation keeps working.
     for _ in 0..3 {
+        sender.ready().await.expect("old connection still open");
         let resp = sender
             .send_request(get())
             .await
