@@ -43,7 +43,7 @@ CONF
 }
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX_TLS ssl; http2 on; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
+  server { listen 127.0.0.1:$NGINX_TLS ssl http2; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
     ssl_protocols TLSv1.3; keepalive_requests 100000;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
 

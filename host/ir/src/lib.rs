@@ -127,6 +127,29 @@ pub struct ListenerIr {
 pub struct ListenerTlsIr {
     /// The valid certificateRefs, in order; the first whose names cover the SNI serves.
     pub certificates: Vec<CertificateIr>,
+    /// Client certificate validation (the Gateway's spec.tls.frontend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<ClientValidationIr>,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientValidationIr {
+    /// `namespace/name` of each CA reference.
+    pub ca_refs: Vec<String>,
+    /// The CA bundle, PEM.
+    #[serde(skip)]
+    pub ca_pem: Vec<u8>,
+    /// `AllowInsecureFallback`: clients without a valid certificate are served too.
+    pub allow_insecure_fallback: bool,
+}
+
+impl std::fmt::Debug for ClientValidationIr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientValidationIr")
+            .field("ca_refs", &self.ca_refs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A certificate and key from a `kubernetes.io/tls` Secret. The PEM is kept out of

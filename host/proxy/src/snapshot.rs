@@ -177,13 +177,38 @@ pub(crate) fn tls_acceptor_for(
         by_name: HostTable::new(entries),
         fallback,
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| BuildError(format!("TLS: {e}")))?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(resolver));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BuildError(format!("TLS: {e}")))?;
+    // Client certificates are checked per port: the first listener that asks decides.
+    let validation = listeners
+        .iter()
+        .find_map(|(_, t)| t.client_validation.as_ref());
+    let builder = match validation {
+        None => builder.with_no_client_auth(),
+        Some(v) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in sluice_resources::tls::certificates(&v.ca_pem, "ca.crt").map_err(BuildError)? {
+                roots
+                    .add(c)
+                    .map_err(|e| BuildError(format!("client CA: {e}")))?;
+            }
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            if v.allow_insecure_fallback {
+                verifier = verifier.allow_unauthenticated();
+            }
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| BuildError(format!("client CA: {e}")))?,
+            )
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }

@@ -482,3 +482,101 @@ async fn wasm_filters_run_on_https_over_http2_and_http1() {
         assert!(out.ends_with(version), "{proto}: {out}");
     }
 }
+
+/// A client certificate from `ca`, written as PEM files for curl.
+fn client_cert_files(dir: &TempDir, ca: &TestCa, name: &str) -> (String, String) {
+    let c = ca.issue(&[name]);
+    let (crt, key) = (
+        dir.0.join(format!("{name}.crt")),
+        dir.0.join(format!("{name}.key")),
+    );
+    std::fs::write(&crt, &c.cert_pem).expect("write");
+    std::fs::write(&key, &c.key_pem).expect("write");
+    (
+        crt.to_str().expect("utf-8").to_string(),
+        key.to_str().expect("utf-8").to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_validation_requires_client_certificates_from_the_named_ca() {
+    let echo = echo("a").await;
+    let (strict, lenient) = (free_port(), free_port());
+    let dir = TempDir::new("tls-mtls");
+    let server_ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let other_ca = TestCa::new();
+    let ca_file = dir.0.with_extension("ca.pem");
+    std::fs::write(&ca_file, &server_ca.pem).expect("write ca");
+    let gw = gateway_yaml(
+        strict,
+        Some(&format!(
+            "  - {{name: strict, port: PORT, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}\n  - {{name: lenient, port: {lenient}, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}\n"
+        )),
+    )
+    .replace(
+        "  gatewayClassName: sluice\n",
+        &format!(
+            "  gatewayClassName: sluice\n  tls:\n    frontend:\n      default:\n        validation:\n          caCertificateRefs: [{{group: '', kind: ConfigMap, name: clients}}]\n      perPort:\n      - port: {lenient}\n        tls:\n          validation:\n            caCertificateRefs: [{{group: '', kind: ConfigMap, name: clients}}]\n            mode: AllowInsecureFallback\n"
+        ),
+    );
+    dir.write("gw.yaml", &gw);
+    dir.write("svc.yaml", &service_yaml("a", &echo, None));
+    dir.write(
+        "secret.yaml",
+        &tls_secret_yaml("cert", &server_ca.issue(&["api.example.com"])),
+    );
+    dir.write(
+        "ca.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: clients, namespace: default}}\ndata:\n  ca.crt: |\n{}",
+            client_ca.pem.lines().map(|l| format!("    {l}\n")).collect::<String>()
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route("  - backendRefs: [{name: a, port: 80}]\n"),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+
+    let (good_crt, good_key) = client_cert_files(&dir, &client_ca, "client.example.com");
+    let (bad_crt, bad_key) = client_cert_files(&dir, &other_ca, "intruder.example.com");
+    let curl = |port: u16, cert: Option<(&str, &str)>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(&ca_file)
+        .args(["--resolve", &format!("api.example.com:{port}:127.0.0.1")]);
+        if let Some((crt, key)) = cert {
+            c.args(["--cert", crt, "--key", key]);
+        }
+        let out = c
+            .arg(format!("https://api.example.com:{port}/"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // AllowValidOnly (the default): a certificate from the named CA, or no handshake.
+    assert_eq!(curl(strict, Some((&good_crt, &good_key))), "200");
+    assert_eq!(
+        curl(strict, None),
+        "000",
+        "no client certificate, no connection"
+    );
+    assert_eq!(
+        curl(strict, Some((&bad_crt, &bad_key))),
+        "000",
+        "a certificate from another CA is refused"
+    );
+    // AllowInsecureFallback on the other port: clients without one are served too.
+    assert_eq!(curl(lenient, None), "200");
+    assert_eq!(curl(lenient, Some((&good_crt, &good_key))), "200");
+}

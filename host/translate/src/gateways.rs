@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use sluice_ir::{CertificateIr, ListenerTlsIr};
+use sluice_ir::{CertificateIr, ClientValidationIr, ListenerTlsIr};
 use sluice_resources::{
     FromNamespaces, GATEWAY_GROUP, Gateway, Listener, ParentReference, Resources, RouteGroupKind,
 };
@@ -206,7 +206,7 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         .spec
         .listeners
         .iter()
-        .map(|l| listener(res, ns, l))
+        .map(|l| listener(res, gw, l))
         .collect();
     GatewayState {
         namespace: ns.to_string(),
@@ -221,7 +221,8 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
     }
 }
 
-fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
+fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
+    let gw_ns = gw.metadata.namespace_or_default();
     let supported = kinds_for(&l.protocol);
     let mut unaccepted = None;
     let mut unresolved = None;
@@ -269,7 +270,21 @@ fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
     if terminates {
         let (certificates, problem) = certificates(res, gw_ns, &spec.certificate_refs);
         unresolved = problem;
-        tls = Some(ListenerTlsIr { certificates });
+        let client_validation = match frontend_validation(res, gw, l.port) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(p)) => {
+                // Without its CAs the listener cannot check clients: it must not serve
+                // as if no check were asked for.
+                unaccepted.get_or_insert(("NoValidCACertificate", p.1.clone()));
+                unresolved.get_or_insert(p);
+                None
+            }
+        };
+        tls = Some(ListenerTlsIr {
+            certificates,
+            client_validation,
+        });
     }
     let supported_kinds = match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
         None => supported
@@ -310,6 +325,67 @@ fn listener(res: &Resources, gw_ns: &str, l: &Listener) -> ListenerState {
         attached_routes: 0,
         tls,
     }
+}
+
+/// The Gateway's client certificate validation for listeners on `port`: its
+/// `spec.tls.frontend.perPort` entry for the port, else `default`.
+fn frontend_validation(
+    res: &Resources,
+    gw: &Gateway,
+    port: u16,
+) -> Option<Result<ClientValidationIr, (&'static str, String)>> {
+    let frontend = gw.spec.tls.as_ref()?.frontend.as_ref()?;
+    let (at, cfg) = match frontend.per_port.iter().position(|p| p.port == port) {
+        Some(i) => (
+            format!("spec.tls.frontend.perPort[{i}].tls"),
+            &frontend.per_port[i].tls,
+        ),
+        None => (
+            "spec.tls.frontend.default".to_string(),
+            frontend.default_.as_ref()?,
+        ),
+    };
+    let v = cfg.validation.as_ref()?;
+    let gw_ns = gw.metadata.namespace_or_default();
+    let mut ca_pem = Vec::new();
+    let mut ca_refs = Vec::new();
+    for (i, r) in v.ca_certificate_refs.iter().enumerate() {
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let kind = r.kind.as_deref().unwrap_or("ConfigMap");
+        let group = r.group.as_deref().unwrap_or("");
+        let what = format!("{at}.validation.caCertificateRefs[{i}] ({ns}/{})", r.name);
+        if !ref_permitted(res, "Gateway", gw_ns, group, kind, ns, &r.name) {
+            return Some(Err((
+                "RefNotPermitted",
+                format!(
+                    "{what}: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns} to refer to it"
+                ),
+            )));
+        }
+        match crate::policies::read_ca(res, ns, group, kind, &r.name, &what) {
+            Ok(pem) => ca_pem.extend(pem),
+            Err((reason, msg)) => {
+                let reason = if reason == "InvalidKind" {
+                    "InvalidCACertificateKind"
+                } else {
+                    reason
+                };
+                return Some(Err((reason, msg)));
+            }
+        }
+        ca_refs.push(format!("{ns}/{}", r.name));
+    }
+    if ca_refs.is_empty() {
+        return Some(Err((
+            "InvalidCACertificateRef",
+            format!("{at}.validation.caCertificateRefs is empty"),
+        )));
+    }
+    Some(Ok(ClientValidationIr {
+        ca_refs,
+        ca_pem,
+        allow_insecure_fallback: v.mode.as_deref() == Some("AllowInsecureFallback"),
+    }))
 }
 
 /// Resolves an HTTPS listener's certificateRefs: the usable certificates, and the first

@@ -77,34 +77,7 @@ pub(crate) fn upstream_tls(
             "BackendTLSPolicy {name}: validation.caCertificateRefs[{i}] ({}/{})",
             r.kind, r.name
         );
-        let pem = match (r.group.as_str(), r.kind.as_str()) {
-            ("", "ConfigMap") => res
-                .config_maps
-                .iter()
-                .find(|c| c.metadata.name == r.name && c.metadata.namespace_or_default() == ns)
-                .ok_or_else(|| ("InvalidCACertificateRef", format!("{what}: not found")))?
-                .data
-                .get("ca.crt")
-                .map(|s| s.as_bytes().to_vec())
-                .ok_or_else(|| ("InvalidCACertificateRef", format!("{what}: has no ca.crt")))?,
-            ("", "Secret") => res
-                .secrets
-                .iter()
-                .find(|s| s.metadata.name == r.name && s.metadata.namespace_or_default() == ns)
-                .ok_or_else(|| ("InvalidCACertificateRef", format!("{what}: not found")))?
-                .value("ca.crt")
-                .ok_or_else(|| ("InvalidCACertificateRef", format!("{what}: has no ca.crt")))?,
-            _ => {
-                return Err((
-                    "InvalidKind",
-                    format!("{what}: refer to a ConfigMap or a Secret"),
-                ));
-            }
-        };
-        sluice_resources::tls::certificates(&pem, "ca.crt")
-            .map_err(|e| ("InvalidCACertificateRef", format!("{what}: {e}")))?;
-        ca_pem.extend_from_slice(&pem);
-        ca_pem.push(b'\n');
+        ca_pem.extend(read_ca(res, ns, &r.group, &r.kind, &r.name, &what)?);
     }
     let mut subject_alt_names = Vec::new();
     for (i, san) in v.subject_alt_names.iter().enumerate() {
@@ -128,6 +101,48 @@ pub(crate) fn upstream_tls(
         ca_pem,
         client_certificate: None,
     })
+}
+
+/// The PEM CA bundle under key `ca.crt` of a ConfigMap or Secret `ns/name`, checked to
+/// hold at least one certificate. `what` names the reference in errors.
+pub(crate) fn read_ca(
+    res: &Resources,
+    ns: &str,
+    group: &str,
+    kind: &str,
+    name: &str,
+    what: &str,
+) -> Result<Vec<u8>, Problem> {
+    let not_found = || ("InvalidCACertificateRef", format!("{what}: not found"));
+    let no_key = || ("InvalidCACertificateRef", format!("{what}: has no ca.crt"));
+    let mut pem = match (group, kind) {
+        ("", "ConfigMap") => res
+            .config_maps
+            .iter()
+            .find(|c| c.metadata.name == name && c.metadata.namespace_or_default() == ns)
+            .ok_or_else(not_found)?
+            .data
+            .get("ca.crt")
+            .map(|s| s.as_bytes().to_vec())
+            .ok_or_else(no_key)?,
+        ("", "Secret") => res
+            .secrets
+            .iter()
+            .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == ns)
+            .ok_or_else(not_found)?
+            .value("ca.crt")
+            .ok_or_else(no_key)?,
+        _ => {
+            return Err((
+                "InvalidKind",
+                format!("{what}: refer to a ConfigMap or a Secret"),
+            ));
+        }
+    };
+    sluice_resources::tls::certificates(&pem, "ca.crt")
+        .map_err(|e| ("InvalidCACertificateRef", format!("{what}: {e}")))?;
+    pem.push(b'\n');
+    Ok(pem)
 }
 
 /// Status for each policy, under each Gateway whose routes use a Service it targets.
