@@ -66,9 +66,23 @@ pub struct Counters {
     pub mirror_errors: AtomicU64,
 }
 
+/// Per TCPRoute, TLSRoute or UDPRoute: connections (UDP: sessions) and bytes.
+#[derive(Default)]
+pub struct StreamStats {
+    pub connections: AtomicU64,
+    pub active: AtomicU64,
+    pub connect_errors: AtomicU64,
+    /// Bytes from clients to backends.
+    pub rx_bytes: AtomicU64,
+    /// Bytes from backends to clients.
+    pub tx_bytes: AtomicU64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     stats: Mutex<BTreeMap<StatsKey, Arc<Stats>>>,
+    /// By (route kind, `namespace/name`).
+    streams: Mutex<BTreeMap<(String, String), Arc<StreamStats>>>,
     pub counters: Counters,
 }
 
@@ -78,6 +92,14 @@ impl Metrics {
         let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
             .or_insert_with(|| Arc::new(Stats::new()))
+            .clone()
+    }
+
+    /// The shared entry for a stream route (`kind`, `namespace/name`).
+    pub fn stream(&self, kind: &str, route: &str) -> Arc<StreamStats> {
+        let mut map = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((kind.to_string(), route.to_string()))
+            .or_default()
             .clone()
     }
 
@@ -135,6 +157,7 @@ impl Metrics {
                 "sluice_http_request_duration_seconds_count{{{l}}} {count}"
             );
         }
+        self.render_streams(&mut out);
         let c = &self.counters;
         for (name, help, v) in [
             (
@@ -160,6 +183,71 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", v.load(Relaxed));
         }
         out
+    }
+}
+
+impl Metrics {
+    fn render_streams(&self, out: &mut String) {
+        let streams = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if streams.is_empty() {
+            return;
+        }
+        type Field = fn(&StreamStats) -> &AtomicU64;
+        let families: [(&str, &str, &str, Field, &str); 5] = [
+            (
+                "sluice_stream_connections_total",
+                "counter",
+                "Connections (UDP: sessions) accepted, by route.",
+                |s| &s.connections,
+                "",
+            ),
+            (
+                "sluice_stream_active",
+                "gauge",
+                "Connections (UDP: sessions) open now, by route.",
+                |s| &s.active,
+                "",
+            ),
+            (
+                "sluice_stream_connect_errors_total",
+                "counter",
+                "Backend connections that could not be made, by route.",
+                |s| &s.connect_errors,
+                "",
+            ),
+            (
+                "sluice_stream_bytes_total",
+                "counter",
+                "Bytes forwarded, by route and direction (rx: from clients, tx: to clients).",
+                |s| &s.rx_bytes,
+                ",direction=\"rx\"",
+            ),
+            (
+                "sluice_stream_bytes_total",
+                "counter",
+                "",
+                |s| &s.tx_bytes,
+                ",direction=\"tx\"",
+            ),
+        ];
+        for (name, kind, help, field, extra) in families {
+            if !help.is_empty() {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            }
+            for ((k, route), s) in &streams {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kind=\"{}\",route=\"{}\"{extra}}} {}",
+                    escape(k),
+                    escape(route),
+                    field(s).load(Relaxed)
+                );
+            }
+        }
     }
 }
 

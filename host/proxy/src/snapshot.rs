@@ -319,7 +319,7 @@ pub fn build(ir: Ir, metrics: &Metrics, wasm: &WasmPools) -> Result<Snapshot, Bu
     let streams = ir
         .streams
         .iter()
-        .map(|p| Ok((p.socket_addr(), crate::stream::build_table(p)?)))
+        .map(|p| Ok((p.socket_addr(), crate::stream::build_table(p, metrics)?)))
         .collect::<Result<Vec<_>, BuildError>>()?;
     let no_route = metrics.stats(StatsKey {
         route: String::new(),

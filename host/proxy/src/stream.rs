@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 
+use crate::metrics::{Metrics, StreamStats};
 use crate::snapshot::{HostTable, tls_acceptor_for};
 use crate::{BuildError, Gateway};
 
@@ -46,6 +47,7 @@ pub(crate) struct StreamListener {
 
 pub(crate) struct StreamRoute {
     pub name: String,
+    pub stats: Arc<StreamStats>,
     pub backends: Vec<StreamBackend>,
     pub total_weight: u64,
 }
@@ -82,10 +84,10 @@ impl StreamRoute {
     }
 }
 
-pub(crate) fn build_table(p: &StreamPortIr) -> Result<StreamTable, BuildError> {
+pub(crate) fn build_table(p: &StreamPortIr, metrics: &Metrics) -> Result<StreamTable, BuildError> {
     let mut listeners = Vec::new();
     for l in &p.listeners {
-        listeners.push((l.hostname.as_deref(), build_listener(l)?));
+        listeners.push((l.hostname.as_deref(), build_listener(l, metrics)?));
     }
     Ok(StreamTable {
         protocol: p.protocol,
@@ -93,7 +95,7 @@ pub(crate) fn build_table(p: &StreamPortIr) -> Result<StreamTable, BuildError> {
     })
 }
 
-fn build_listener(l: &StreamListenerIr) -> Result<StreamListener, BuildError> {
+fn build_listener(l: &StreamListenerIr, metrics: &Metrics) -> Result<StreamListener, BuildError> {
     let terminate = match &l.terminate {
         // No ALPN: the gateway does not know what the bytes inside are.
         Some(tls) => Some(tls_acceptor_for(&[(l.hostname.as_deref(), tls)], &[])?),
@@ -101,8 +103,10 @@ fn build_listener(l: &StreamListenerIr) -> Result<StreamListener, BuildError> {
     };
     let mut routes = Vec::new();
     for r in &l.routes {
+        let (kind, name) = r.route.split_once(' ').unwrap_or(("", &r.route));
         let route = Arc::new(StreamRoute {
             name: r.route.clone(),
+            stats: metrics.stream(kind, name),
             // Invalid backends keep their share (with no endpoints), so the connections
             // that would have gone to them are refused rather than moved elsewhere.
             total_weight: r.backends.iter().map(|b| u64::from(b.weight)).sum(),
@@ -155,7 +159,7 @@ pub(crate) async fn serve_tcp(gw: Arc<Gateway>, key: SocketAddr, mut client: Tcp
         };
         drop(snap);
         if let Some(mut upstream) = connect(&route).await {
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            pipe(&route, &mut client, &mut upstream).await;
         }
         return;
     }
@@ -189,22 +193,39 @@ pub(crate) async fn serve_tcp(gw: Arc<Gateway>, key: SocketAddr, mut client: Tcp
                 return;
             };
             if let Some(mut upstream) = connect(&route).await {
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                pipe(&route, &mut tls, &mut upstream).await;
             }
         }
         None => {
             let mut client = client;
             if let Some(mut upstream) = connect(&route).await {
                 // The ClientHello goes first, replayed from `prefix`.
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                pipe(&route, &mut client, &mut upstream).await;
             }
         }
     }
 }
 
+/// Copies both ways until both sides have closed, counting the connection and bytes.
+async fn pipe<A, B>(route: &StreamRoute, client: &mut A, upstream: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let s = &route.stats;
+    s.connections.fetch_add(1, Ordering::Relaxed);
+    s.active.fetch_add(1, Ordering::Relaxed);
+    if let Ok((rx, tx)) = tokio::io::copy_bidirectional(client, upstream).await {
+        s.rx_bytes.fetch_add(rx, Ordering::Relaxed);
+        s.tx_bytes.fetch_add(tx, Ordering::Relaxed);
+    }
+    s.active.fetch_sub(1, Ordering::Relaxed);
+}
+
 async fn connect(route: &StreamRoute) -> Option<TcpStream> {
     let Some(addr) = route.endpoint() else {
         tracing::debug!(route = %route.name, "no ready endpoint");
+        route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
         return None;
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
@@ -214,9 +235,13 @@ async fn connect(route: &StreamRoute) -> Option<TcpStream> {
         }
         Ok(Err(e)) => {
             tracing::debug!(route = %route.name, %addr, error = %e, "connect failed");
+            route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
             None
         }
-        Err(_) => None,
+        Err(_) => {
+            route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -290,6 +315,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 }
 
 struct Session {
+    stats: Arc<StreamStats>,
     upstream: Arc<UdpSocket>,
     closed: Arc<AtomicBool>,
     activity: Arc<Activity>,
@@ -355,6 +381,10 @@ pub(crate) async fn serve_udp(
             }
         };
         session.activity.touch();
+        session
+            .stats
+            .rx_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
         if let Err(e) = session.upstream.send(&buf[..n]).await {
             tracing::debug!(%client, error = %e, "udp send upstream failed");
         }
@@ -377,7 +407,10 @@ async fn open_session(
             .get("")?
             .clone()
     };
-    let addr = route.endpoint()?;
+    let Some(addr) = route.endpoint() else {
+        route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
     let local: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().ok()?
     } else {
@@ -390,7 +423,15 @@ async fn open_session(
         epoch: Instant::now(),
         last_ms: AtomicU64::new(0),
     });
-    let (up, done, seen) = (upstream.clone(), closed.clone(), activity.clone());
+    let stats = route.stats.clone();
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    let (up, done, seen, counts) = (
+        upstream.clone(),
+        closed.clone(),
+        activity.clone(),
+        stats.clone(),
+    );
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         // Replies flow back until the session has been idle for `idle`; a datagram from
@@ -400,6 +441,7 @@ async fn open_session(
             match tokio::time::timeout(wait, up.recv(&mut buf)).await {
                 Ok(Ok(n)) => {
                     seen.touch();
+                    counts.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     let _ = downstream.send_to(&buf[..n], client).await;
                     wait = idle;
                 }
@@ -414,10 +456,12 @@ async fn open_session(
             }
         }
         done.store(true, Ordering::Release);
+        counts.active.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(%client, "udp session closed");
     });
     tracing::debug!(%client, upstream = %addr, route = %route.name, "udp session opened");
     Some(Session {
+        stats,
         upstream,
         closed,
         activity,

@@ -233,6 +233,19 @@ async fn tcp_tls_and_udp_routes_forward_to_their_backends() {
         "a new session after the idle timeout"
     );
 
+    // Metrics per route: connections (UDP sessions) and bytes each way.
+    let metrics = gw.admin("/metrics").await;
+    for line in [
+        r#"sluice_stream_connections_total{kind="TCPRoute",route="default/tcp"} 1"#,
+        r#"sluice_stream_bytes_total{kind="TCPRoute",route="default/tcp",direction="rx"} 14"#,
+        r#"sluice_stream_bytes_total{kind="TCPRoute",route="default/tcp",direction="tx"} 18"#,
+        r#"sluice_stream_connections_total{kind="TLSRoute",route="default/db"} 1"#,
+        r#"sluice_stream_connections_total{kind="UDPRoute",route="default/udp"} 3"#,
+        r#"sluice_stream_active{kind="TCPRoute",route="default/tcp"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+    }
+
     // Status: each route attached to its listener.
     let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
     for (kind, name) in [
