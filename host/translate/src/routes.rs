@@ -40,7 +40,7 @@ pub(crate) fn http_routes(
         services: Default::default(),
     };
     for route in &res.http_routes {
-        http_route(res, wasm, "HTTPRoute", route, gws, out, &mut attached);
+        http_route(res, wasm, "HTTPRoute", route, None, gws, out, &mut attached);
     }
     for route in &res.grpc_routes {
         http_route(
@@ -48,6 +48,7 @@ pub(crate) fn http_routes(
             wasm,
             "GRPCRoute",
             &grpc_as_http(route),
+            Some(route),
             gws,
             out,
             &mut attached,
@@ -126,11 +127,13 @@ struct Compiled {
     unsupported: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn http_route(
     res: &Resources,
     wasm: &WasmStates,
     kind: &'static str,
     route: &HttpRoute,
+    grpc: Option<&GrpcRoute>,
     gws: &mut [GatewayState],
     out: &mut Vec<ObjectStatus>,
     acc: &mut Attached,
@@ -200,7 +203,24 @@ fn http_route(
     for (ri, (rule, matches)) in compiled.rules.into_iter().enumerate() {
         acc.rules.push(rule);
         for (mi, m) in matches.into_iter().enumerate() {
-            let (path_rank, path_len) = path_rank(&m.path);
+            let (path_rank, path_len) = match grpc {
+                None => path_rank(&m.path),
+                // GRPCRoute precedence: more characters in the matching service, then
+                // in the matching method (not path kinds).
+                Some(g) => {
+                    let mm = g
+                        .spec
+                        .rules
+                        .get(ri)
+                        .and_then(|r| r.matches.get(mi))
+                        .and_then(|m| m.method.as_ref());
+                    let len = |v: Option<&String>| v.map_or(0, |s| s.len().min(0xffff));
+                    let (svc, method) = mm.map_or((0, 0), |m| {
+                        (len(m.service.as_ref()), len(m.method.as_ref()))
+                    });
+                    (0, (svc << 16) | method)
+                }
+            };
             let key = PrecedenceKey {
                 host_exact: 0,
                 host_len: 0,
