@@ -135,6 +135,18 @@ async fn https_listeners_choose_certificates_by_sni_and_speak_h2_and_http1() {
     );
     assert!(out.ends_with("\n1.1 200"), "{out}{err}");
 
+    // An 8 MiB upload over h2, far past the initial 64 KiB flow-control window: every
+    // byte arrives as the windows open.
+    let big = s.dir.0.with_extension("upload.bin");
+    std::fs::write(&big, vec![b'x'; 8 << 20]).expect("write");
+    let (out, err) = curl(
+        &s,
+        "a.example.com",
+        "/upload",
+        &["--http2", "--data-binary", &format!("@{}", big.display())],
+    );
+    assert!(out.contains(r#""bodyLength":8388608"#), "{out}{err}");
+
     // openssl: the certificate follows the SNI, and ALPN picks what the client offers.
     let a = s_client(s.port, "a.example.com", "h2");
     assert!(a.contains("CN = a.example.com"), "{a}");
