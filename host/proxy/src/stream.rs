@@ -350,6 +350,7 @@ pub(crate) async fn serve_udp(
 ) {
     let sock = Arc::new(sock);
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let mut last_sweep = Instant::now();
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, client) = tokio::select! {
@@ -368,8 +369,10 @@ pub(crate) async fn serve_udp(
         {
             sessions.remove(&client);
         }
-        if sessions.len() > 1024 {
+        // Closed sessions of clients that went quiet are swept now and then.
+        if last_sweep.elapsed() > idle {
             sessions.retain(|_, s| !s.closed.load(Ordering::Acquire));
+            last_sweep = Instant::now();
         }
         let session = match sessions.get(&client) {
             Some(s) => s,
