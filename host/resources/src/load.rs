@@ -277,7 +277,7 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
         ("", "ConfigMap") if ok(&["v1"]) => {
             push(e, &oref, doc, errors, &mut r.config_maps, |_| Vec::new())
         }
-        ("gateway.networking.k8s.io", "TCPRoute") if ok(&["v1alpha2"]) => push(
+        ("gateway.networking.k8s.io", "TCPRoute") if ok(&["v1", "v1alpha2"]) => push(
             e,
             &oref,
             doc,
@@ -285,7 +285,7 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
             &mut r.tcp_routes,
             validate::no_hostnames,
         ),
-        ("gateway.networking.k8s.io", "UDPRoute") if ok(&["v1alpha2"]) => push(
+        ("gateway.networking.k8s.io", "UDPRoute") if ok(&["v1", "v1alpha2"]) => push(
             e,
             &oref,
             doc,

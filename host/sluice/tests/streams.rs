@@ -153,7 +153,7 @@ async fn tcp_tls_and_udp_routes_forward_to_their_backends() {
     dir.write(
         "routes.yaml",
         &[
-            route("TCPRoute", "v1alpha2", "tcp", "tcp", "", "tcp-echo"),
+            route("TCPRoute", "v1", "tcp", "tcp", "", "tcp-echo"),
             route(
                 "TLSRoute",
                 "v1",

@@ -17,9 +17,10 @@ pub(crate) fn stream_routes(
     // (gateway, listener) -> routes, in route order (namespace/name).
     let mut attached: Vec<((usize, usize), StreamRouteIr)> = Vec::new();
     for (kind, api_version, routes) in [
-        ("TCPRoute", "v1alpha2", &res.tcp_routes),
+        // v1 in the Gateway API v1.6 standard channel; v1alpha2 is read too.
+        ("TCPRoute", "v1", &res.tcp_routes),
         ("TLSRoute", "v1", &res.tls_routes),
-        ("UDPRoute", "v1alpha2", &res.udp_routes),
+        ("UDPRoute", "v1", &res.udp_routes),
     ] {
         for route in routes {
             attached.extend(stream_route(res, gws, out, kind, api_version, route));
