@@ -28,20 +28,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; [ -f "$work/proxy.pid" ] && kill "$(cat "$work/proxy.pid")" 2>/dev/null; rm -rf "$work"' EXIT
 BACKEND=18080 NGINX_PROXY=18081 SLUICE=18082 ADMIN=18083
 
-nginx_conf() { # name body
-  cat > "$work/$1.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $work/$1.pid;
-error_log $work/$1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $2
-}
-CONF
-  nginx -c "$work/$1.conf" -p "$work"
-}
+source examples/bench/lib.sh
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$NGINX_PROXY; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
@@ -62,32 +49,9 @@ spec:
 YAML
 done
 ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
-cat > "$work/sluice/config.yaml" <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: sluice}
-spec: {controllerName: sluice.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: bench, namespace: default}
-spec:
-  gatewayClassName: sluice
-  addresses: [{type: IPAddress, value: 127.0.0.1}]
-  listeners: [{name: http, port: $SLUICE, protocol: HTTP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: default}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: backend-1, namespace: default, labels: {kubernetes.io/service-name: backend}}
-addressType: IPv4
-ports: [{name: http, port: $BACKEND}]
-endpoints: [{addresses: [127.0.0.1]}]
----
+{
+  sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"
+  cat <<YAML
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: bench, namespace: default}
@@ -102,12 +66,8 @@ spec:
     filters: [$(ext 1), $(ext 2), $(ext 3)]
     backendRefs: [{name: backend, port: 80}]
 YAML
-SLUICE_LOG=warn ./target/release/sluice run "$work/sluice" --workers 1 --admin 127.0.0.1:$ADMIN &
-SLUICE_PID=$!
-for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-worker_pid() { pgrep -P "$(cat "$work/$1.pid")" | head -1; }
+} > "$work/sluice/config.yaml"
+start_sluice "$work/sluice"
 
 measure() { # label port pid-of-process-whose-cpu-counts [path]
   local label=$1 port=$2 pid=$3 path=${4:-/}

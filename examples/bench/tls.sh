@@ -27,20 +27,7 @@ BACKEND=18180 NGINX_TLS=18181 SLUICE_TLS=18182 ADMIN=18183
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls.key" \
   -out "$work/tls.crt" -days 2 -subj /CN=bench.example.com -addext subjectAltName=DNS:bench.example.com 2>/dev/null
 
-nginx_conf() { # name body
-  cat > "$work/$1.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $work/$1.pid;
-error_log $work/$1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $2
-}
-CONF
-  nginx -c "$work/$1.conf" -p "$work"
-}
+source examples/bench/lib.sh
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$NGINX_TLS ssl http2; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
@@ -49,37 +36,14 @@ nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
 
 mkdir -p "$work/sluice"
 b64() { base64 -w0 "$1"; }
-cat > "$work/sluice/config.yaml" <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: sluice}
-spec: {controllerName: sluice.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: bench, namespace: default}
-spec:
-  gatewayClassName: sluice
-  addresses: [{type: IPAddress, value: 127.0.0.1}]
-  listeners: [{name: https, port: $SLUICE_TLS, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}]
----
+{
+  sluice_config "[{name: https, port: $SLUICE_TLS, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}]"
+  cat <<YAML
 apiVersion: v1
 kind: Secret
 metadata: {name: cert, namespace: default}
 type: kubernetes.io/tls
 data: {tls.crt: $(b64 "$work/tls.crt"), tls.key: $(b64 "$work/tls.key")}
----
-apiVersion: v1
-kind: Service
-metadata: {name: backend, namespace: default}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: backend-1, namespace: default, labels: {kubernetes.io/service-name: backend}}
-addressType: IPv4
-ports: [{name: http, port: $BACKEND}]
-endpoints: [{addresses: [127.0.0.1]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -88,12 +52,8 @@ spec:
   parentRefs: [{name: bench}]
   rules: [{backendRefs: [{name: backend, port: 80}]}]
 YAML
-SLUICE_LOG=warn ./target/release/sluice run "$work/sluice" --workers 1 --admin 127.0.0.1:$ADMIN &
-SLUICE_PID=$!
-for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-worker_pid() { pgrep -P "$(cat "$work/$1.pid")" | head -1; }
+} > "$work/sluice/config.yaml"
+start_sluice "$work/sluice"
 
 measure() { # label port pid proto(h1|h2)
   local label=$1 port=$2 pid=$3 proto=$4 flags=()

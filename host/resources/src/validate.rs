@@ -117,11 +117,7 @@ pub fn endpoint_slice(es: &EndpointSlice) -> Problems {
 
 pub fn http_route(r: &HttpRoute) -> Problems {
     let mut p = Vec::new();
-    for (i, h) in r.spec.hostnames.iter().enumerate() {
-        if let Err(m) = check_hostname(h) {
-            p.push((format!("spec.hostnames[{i}]"), m));
-        }
-    }
+    hostnames(&r.spec.hostnames, &mut p);
     if r.spec.rules.len() > 16 {
         p.push((
             "spec.rules".into(),
@@ -617,41 +613,44 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// TCPRoutes and UDPRoutes have no hostnames: a byte stream or datagram names no host.
 pub fn no_hostnames(r: &StreamRoute) -> Problems {
-    let mut p = Vec::new();
+    let mut p = one_rule(r);
     if !r.spec.hostnames.is_empty() {
         p.push((
             "spec.hostnames".into(),
             "only TLSRoutes have hostnames (matched against the TLS server name)".into(),
         ));
     }
-    if r.spec.rules.len() != 1 {
-        p.push(("spec.rules".into(), "must have exactly one rule".into()));
-    }
     p
 }
 
 pub fn tls_route(r: &StreamRoute) -> Problems {
-    let mut p = Vec::new();
-    for (i, h) in r.spec.hostnames.iter().enumerate() {
-        if let Err(e) = check_hostname(h) {
-            p.push((format!("spec.hostnames[{i}]"), e));
+    let mut p = one_rule(r);
+    hostnames(&r.spec.hostnames, &mut p);
+    p
+}
+
+fn one_rule(r: &StreamRoute) -> Problems {
+    if r.spec.rules.len() == 1 {
+        Vec::new()
+    } else {
+        vec![("spec.rules".into(), "must have exactly one rule".into())]
+    }
+}
+
+/// A route's `spec.hostnames`, each checked.
+fn hostnames(hs: &[String], p: &mut Problems) {
+    for (i, h) in hs.iter().enumerate() {
+        if let Err(m) = check_hostname(h) {
+            p.push((format!("spec.hostnames[{i}]"), m));
         }
     }
-    if r.spec.rules.len() != 1 {
-        p.push(("spec.rules".into(), "must have exactly one rule".into()));
-    }
-    p
 }
 
 /// GRPCRoute: hostnames, method matches that name something, and the filters the
 /// kind allows.
 pub fn grpc_route(r: &GrpcRoute) -> Problems {
     let mut p = Vec::new();
-    for (i, h) in r.spec.hostnames.iter().enumerate() {
-        if let Err(e) = check_hostname(h) {
-            p.push((format!("spec.hostnames[{i}]"), e));
-        }
-    }
+    hostnames(&r.spec.hostnames, &mut p);
     for (i, rule) in r.spec.rules.iter().enumerate() {
         for (j, m) in rule.matches.iter().enumerate() {
             if let Some(mm) = &m.method {

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 // A proxy allocates and frees small buffers on every request; mimalloc's thread-local
@@ -122,57 +123,31 @@ fn main() -> ExitCode {
         } => {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let rt = match runtime(workers) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             let cache_dir = cache_dir.or_else(default_cache_dir);
-            match rt.block_on(provider::run(
-                path,
-                admin,
-                Duration::from_secs(drain_timeout),
-                cache_dir,
-                insecure_registries,
-                Duration::from_secs(udp_idle_timeout),
-            )) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(
+                workers,
+                provider::run(
+                    path,
+                    admin,
+                    Duration::from_secs(drain_timeout),
+                    cache_dir,
+                    insecure_registries,
+                    Duration::from_secs(udp_idle_timeout),
+                ),
+            )
         }
-        Command::Filter(cmd) => {
-            let rt = match runtime(1) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+        Command::Filter(cmd) => block_on(1, async {
+            match cmd {
+                FilterCommand::Push { file, image, creds } => {
+                    filter_cmd::push(&file, &image, &creds).await
                 }
-            };
-            let r = rt.block_on(async {
-                match cmd {
-                    FilterCommand::Push { file, image, creds } => {
-                        filter_cmd::push(&file, &image, &creds).await
-                    }
-                    FilterCommand::Pull {
-                        image,
-                        output,
-                        creds,
-                    } => filter_cmd::pull(&image, output, &creds).await,
-                }
-            });
-            match r {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+                FilterCommand::Pull {
+                    image,
+                    output,
+                    creds,
+                } => filter_cmd::pull(&image, output, &creds).await,
             }
-        }
+        }),
         Command::Check { path } => match provider::check(&path) {
             Ok(out) => {
                 print!("{out}");
@@ -188,30 +163,35 @@ fn main() -> ExitCode {
             namespace,
             service,
             pod,
-        } => {
-            let rt = match runtime(1) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let r = rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind(listen).await?;
-                tracing::info!(addr = %listener.local_addr()?, "echo backend listening");
-                sluice_echo::serve(
-                    listener,
-                    Arc::new(sluice_echo::Identity::new(&namespace, &service, &pod)),
-                )
+        } => block_on(1, async {
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
-            });
-            match r {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: echo on {listen}: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+                .with_context(|| format!("echo on {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "echo backend listening");
+            sluice_echo::serve(
+                listener,
+                Arc::new(sluice_echo::Identity::new(&namespace, &service, &pod)),
+            )
+            .await
+            .with_context(|| format!("echo on {listen}"))
+        }),
+    }
+}
+
+/// Runs `fut` on a runtime of `workers` threads; prints its error and fails.
+fn block_on(workers: usize, fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match runtime(workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -96,13 +96,7 @@ async fn backend_tls_policies_verify_the_backend_and_present_the_gateway_certifi
         "client.yaml",
         &tls_secret_yaml("client", &ca.issue(&["gateway.example.com"])),
     );
-    dir.write(
-        "ca.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca, namespace: default}}\ndata:\n  ca.crt: |\n{}",
-            ca.pem.lines().map(|l| format!("    {l}\n")).collect::<String>()
-        ),
-    );
+    dir.write("ca.yaml", &ca.config_map_yaml("ca"));
     dir.write("policy.yaml", &policy("secure.example.com", "", "ca"));
     dir.write(
         "routes.yaml",

@@ -72,14 +72,11 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
 async fn grpc_routes_match_services_and_methods_and_pass_status_and_trailers() {
     let a = GrpcServer::start("a");
     let b = GrpcServer::start("b");
-    let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
     let (port, tls) = (free_port(), free_port());
     let dir = TempDir::new("grpc");
-    std::fs::create_dir_all(dir.0.join("filters")).expect("mkdir");
-    std::fs::copy(built.join("hello.wasm"), dir.0.join("filters/hello.wasm")).expect("copy");
+    install_filters(&dir, &["hello"]);
     let ca = TestCa::new();
-    let ca_file = dir.0.with_extension("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    let ca_file = ca.write_pem(&dir);
     dir.write(
         "gw.yaml",
         &gateway_yaml(

@@ -72,25 +72,6 @@ async fn udp_echo() -> u16 {
     port
 }
 
-async fn tls_client(
-    port: u16,
-    ca: &TestCa,
-    sni: &str,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).expect("root");
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
-        .await
-        .expect("handshake")
-}
-
 async fn echo_line(s: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin), line: &str) -> String {
     s.write_all(line.as_bytes()).await.expect("write");
     s.flush().await.expect("flush");
@@ -184,7 +165,7 @@ async fn tcp_tls_and_udp_routes_forward_to_their_backends() {
 
     // TLS passthrough: the handshake is the backend's own (its certificate, which the
     // gateway never had), routed by SNI.
-    let mut c = tls_client(tls, &ca, "app.example.com").await;
+    let mut c = ca.connect(tls, "app.example.com", &[]).await;
     assert_eq!(echo_line(&mut c, "through\n").await, "through\n");
     // A server name with no TLSRoute gets no backend: the connection closes.
     let mut roots = rustls::RootCertStore::empty();
@@ -204,7 +185,7 @@ async fn tcp_tls_and_udp_routes_forward_to_their_backends() {
     assert!(refused.is_err(), "no route for that server name");
 
     // TLS terminate: the gateway's certificate, plaintext to the backend.
-    let mut c = tls_client(term, &ca, "db.example.com").await;
+    let mut c = ca.connect(term, "db.example.com", &[]).await;
     c.write_all(b"hello over tls").await.expect("write");
     c.shutdown().await.expect("close_notify and half-close");
     let mut got = String::new();

@@ -33,8 +33,7 @@ async fn setup(tag: &str) -> Setup {
     let port = free_port();
     let dir = TempDir::new(tag);
     let ca = TestCa::new();
-    let ca_file = dir.0.with_extension("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    let ca_file = ca.write_pem(&dir);
     dir.write("gw.yaml", &gateway_yaml(port, Some(LISTENERS)));
     dir.write("svc.yaml", &service_yaml("a", &echo, None));
     dir.write(
@@ -84,28 +83,6 @@ fn s_client(port: u16, sni: &str, alpn: &str) -> String {
         .output()
         .expect("openssl");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// A TLS connection from a rustls client trusting the test CA.
-async fn tls_connect(
-    port: u16,
-    ca: &TestCa,
-    sni: &str,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).expect("root");
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
-        .await
-        .expect("handshake")
 }
 
 fn peer_cert(
@@ -203,7 +180,7 @@ async fn https_listeners_choose_certificates_by_sni_and_speak_h2_and_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_secret_rotates_the_certificate_without_dropping_connections() {
     let s = setup("tls-rotate").await;
-    let first = tls_connect(s.port, &s.ca, "a.example.com", b"http/1.1").await;
+    let first = s.ca.connect(s.port, "a.example.com", &[b"http/1.1"]).await;
     let old_cert = peer_cert(&first);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(first))
         .await
@@ -231,7 +208,7 @@ async fn a_changed_secret_rotates_the_certificate_without_dropping_connections()
     );
     s.gw.wait_reloads("ok", 1).await;
 
-    let fresh = tls_connect(s.port, &s.ca, "a.example.com", b"http/1.1").await;
+    let fresh = s.ca.connect(s.port, "a.example.com", &[b"http/1.1"]).await;
     assert_eq!(
         peer_cert(&fresh),
         rotated.der,
@@ -358,7 +335,7 @@ async fn http2_over_tls_and_h2c_forward_trailers_both_ways() {
     );
     let _gw = Sluice::start(&dir.0, &[]).await;
 
-    let tls = tls_connect(port, &ca, "api.example.com", b"h2").await;
+    let tls = ca.connect(port, "api.example.com", &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -445,15 +422,12 @@ async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_filters_run_on_https_over_http2_and_http1() {
-    let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
     let echo = echo("a").await;
     let port = free_port();
     let dir = TempDir::new("tls-wasm");
-    std::fs::create_dir_all(dir.0.join("filters")).expect("mkdir");
-    std::fs::copy(built.join("hello.wasm"), dir.0.join("filters/hello.wasm")).expect("copy");
+    install_filters(&dir, &["hello"]);
     let ca = TestCa::new();
-    let ca_file = dir.0.with_extension("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).expect("write ca");
+    let ca_file = ca.write_pem(&dir);
     dir.write(
         "gw.yaml",
         &gateway_yaml(
@@ -518,8 +492,7 @@ async fn frontend_validation_requires_client_certificates_from_the_named_ca() {
     let server_ca = TestCa::new();
     let client_ca = TestCa::new();
     let other_ca = TestCa::new();
-    let ca_file = dir.0.with_extension("ca.pem");
-    std::fs::write(&ca_file, &server_ca.pem).expect("write ca");
+    let ca_file = server_ca.write_pem(&dir);
     let gw = gateway_yaml(
         strict,
         Some(&format!(
@@ -538,13 +511,7 @@ async fn frontend_validation_requires_client_certificates_from_the_named_ca() {
         "secret.yaml",
         &tls_secret_yaml("cert", &server_ca.issue(&["api.example.com"])),
     );
-    dir.write(
-        "ca.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: clients, namespace: default}}\ndata:\n  ca.crt: |\n{}",
-            client_ca.pem.lines().map(|l| format!("    {l}\n")).collect::<String>()
-        ),
-    );
+    dir.write("ca.yaml", &client_ca.config_map_yaml("clients"));
     dir.write(
         "routes.yaml",
         &route("  - backendRefs: [{name: a, port: 80}]\n"),

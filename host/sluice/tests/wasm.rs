@@ -11,19 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use hyper::StatusCode;
 
-/// Copies the built filters into the config folder, so sources are plain relative paths.
-fn install_filters(dir: &TempDir) {
-    let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
-    std::fs::create_dir_all(dir.0.join("filters")).expect("mkdir");
-    for name in ["headers", "respond", "hello", "misbehave"] {
-        std::fs::copy(
-            built.join(format!("{name}.wasm")),
-            dir.0.join(format!("filters/{name}.wasm")),
-        )
-        .expect("copy filter");
-    }
-}
-
 fn wasm_filter(name: &str, file: &str, extra: &str) -> String {
     format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  source: {{path: filters/{file}.wasm}}\n{extra}"
@@ -34,7 +21,7 @@ async fn setup(tag: &str, filters: &[String], rules: &str) -> (Echo, u16, TempDi
     let a = echo("a").await;
     let port = free_port();
     let dir = TempDir::new(tag);
-    install_filters(&dir);
+    install_filters(&dir, &["headers", "respond", "hello", "misbehave"]);
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write("svc.yaml", &service_yaml("a", &a, None));
     dir.write("filters.yaml", &filters.join("---\n"));
@@ -421,7 +408,7 @@ async fn https_sources_are_downloaded_verified_and_cached() {
     let a = echo("a").await;
     let port = free_port();
     let dir = TempDir::new("wasm-url");
-    install_filters(&dir);
+    install_filters(&dir, &["headers", "respond", "hello", "misbehave"]);
     let wasm = std::fs::read(dir.0.join("filters/hello.wasm")).expect("hello.wasm");
     let sha = sluice_wasm::sha256_hex(&wasm);
     let (https, ca, hits) = https_server(wasm, &dir.0).await;
@@ -487,7 +474,7 @@ fn the_quickstart_config_loads_and_every_object_is_accepted() {
             std::fs::copy(&p, dir.0.join(p.file_name().expect("name"))).expect("copy");
         }
     }
-    install_filters(&dir);
+    install_filters(&dir, &["headers", "respond", "hello", "misbehave"]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("check")
         .arg(&dir.0)

@@ -332,6 +332,20 @@ pub struct TestCa {
     pub der: rustls::pki_types::CertificateDer<'static>,
 }
 
+/// Copies built filters of `filters/` into `dir/filters/`, so WasmFilter sources are
+/// plain relative paths (`filters/<name>.wasm`).
+pub fn install_filters(dir: &TempDir, names: &[&str]) {
+    let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
+    std::fs::create_dir_all(dir.0.join("filters")).expect("mkdir");
+    for name in names {
+        std::fs::copy(
+            built.join(format!("{name}.wasm")),
+            dir.0.join(format!("filters/{name}.wasm")),
+        )
+        .expect("copy filter");
+    }
+}
+
 /// A certificate and its key, PEM, plus the certificate's DER to compare with.
 pub struct Issued {
     pub cert_pem: String,
@@ -354,6 +368,50 @@ impl TestCa {
             der: cert.der().clone(),
             issuer: Issuer::new(params, key),
         }
+    }
+
+    /// Writes the CA certificate next to `dir` (for curl's and grpcurl's --cacert).
+    pub fn write_pem(&self, dir: &TempDir) -> PathBuf {
+        let file = dir.0.with_extension("ca.pem");
+        std::fs::write(&file, &self.pem).expect("write ca");
+        file
+    }
+
+    /// A ConfigMap `name` holding this CA as `ca.crt`, as YAML.
+    pub fn config_map_yaml(&self, name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default}}\ndata:\n  ca.crt: |\n{}",
+            self.pem
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        )
+    }
+
+    /// A TLS connection to 127.0.0.1:`port` with `sni`, trusting this CA, offering
+    /// `alpn` (none when empty).
+    pub async fn connect(
+        &self,
+        port: u16,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).expect("root");
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(
+                rustls::pki_types::ServerName::try_from(sni.to_string()).expect("name"),
+                tcp,
+            )
+            .await
+            .expect("handshake")
     }
 
     /// A certificate for `names` (the first is also the common name).

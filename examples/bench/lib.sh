@@ -1,0 +1,59 @@
+# Shared by the benchmark scripts: sourced after $work, $BACKEND and $ADMIN are set.
+
+# nginx_conf NAME BODY: starts an nginx (one worker) with BODY inside `http {}`.
+nginx_conf() {
+  cat > "$work/$1.conf" <<CONF
+worker_processes 1;
+daemon on;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $2
+}
+CONF
+  nginx -c "$work/$1.conf" -p "$work"
+}
+
+# sluice_config LISTENERS: the GatewayClass, a Gateway `bench` with LISTENERS (YAML
+# flow list) on 127.0.0.1, and the Service `backend` pointing at $BACKEND.
+sluice_config() {
+  cat <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bench, namespace: default}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress, value: 127.0.0.1}]
+  listeners: $1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: backend-1, namespace: default, labels: {kubernetes.io/service-name: backend}}
+addressType: IPv4
+ports: [{name: http, port: $BACKEND}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+YAML
+}
+
+# start_sluice DIR: one worker thread, waits for /readyz; sets SLUICE_PID.
+start_sluice() {
+  SLUICE_LOG=warn ./target/release/sluice run "$1" --workers 1 --admin 127.0.0.1:$ADMIN &
+  SLUICE_PID=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+worker_pid() { pgrep -P "$(cat "$work/$1.pid")" | head -1; }
