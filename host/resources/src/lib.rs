@@ -11,7 +11,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use load::{LoadError, LoadErrors, Loaded, load_path, load_str};
+pub use load::{LoadError, LoadErrors, Loaded, load_objects, load_path, load_str};
 pub mod tls;
 pub use types::*;
 pub use validate::{DOCKER_CONFIG_JSON, check_hostname, parse_duration, parse_quantity};
@@ -72,6 +72,44 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// Adds `other`'s objects (call [`Resources::sort`] after the last one).
+    pub fn extend(&mut self, other: Resources) {
+        let Resources {
+            gateway_classes,
+            gateways,
+            http_routes,
+            grpc_routes,
+            tcp_routes,
+            tls_routes,
+            udp_routes,
+            reference_grants,
+            namespaces,
+            services,
+            endpoint_slices,
+            secrets,
+            config_maps,
+            backend_tls_policies,
+            wasm_filters,
+            origins,
+        } = other;
+        self.gateway_classes.extend(gateway_classes);
+        self.gateways.extend(gateways);
+        self.http_routes.extend(http_routes);
+        self.grpc_routes.extend(grpc_routes);
+        self.tcp_routes.extend(tcp_routes);
+        self.tls_routes.extend(tls_routes);
+        self.udp_routes.extend(udp_routes);
+        self.reference_grants.extend(reference_grants);
+        self.namespaces.extend(namespaces);
+        self.services.extend(services);
+        self.endpoint_slices.extend(endpoint_slices);
+        self.secrets.extend(secrets);
+        self.config_maps.extend(config_maps);
+        self.backend_tls_policies.extend(backend_tls_policies);
+        self.wasm_filters.extend(wasm_filters);
+        self.origins.extend(origins);
+    }
+
     pub fn sort(&mut self) {
         fn key(m: &ObjectMeta) -> (String, String) {
             (m.namespace.clone().unwrap_or_default(), m.name.clone())

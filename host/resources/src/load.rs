@@ -97,6 +97,40 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, LoadErrors> {
     load_many([(name, text)])
 }
 
+/// Cluster mode: objects read from the API server, each loaded on its own, with the
+/// same checks as files. An object that does not load is left out and its errors are
+/// returned; the others still serve (one bad object must not stop a cluster's traffic).
+/// `location` names where an object came from in errors.
+pub fn load_objects(
+    objects: impl IntoIterator<Item = (String, serde_json::Value)>,
+) -> (Loaded, Vec<LoadError>) {
+    let mut loaded = Loaded::default();
+    let mut errors = Vec::new();
+    for (location, json) in objects {
+        let doc = match serde_norway::to_value(&json) {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(LoadError {
+                    location,
+                    object: None,
+                    field: None,
+                    message: format!("cannot read the object: {e}"),
+                });
+                continue;
+            }
+        };
+        let mut one = Loaded::default();
+        let before = errors.len();
+        load_document(&location, doc, &mut one, &mut errors);
+        if errors.len() == before {
+            loaded.resources.extend(one.resources);
+            loaded.warnings.extend(one.warnings);
+        }
+    }
+    loaded.resources.sort();
+    (loaded, errors)
+}
+
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if meta.is_file() {

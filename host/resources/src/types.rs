@@ -854,12 +854,13 @@ pub struct WasmFilter {
     pub spec: WasmFilterSpec,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmFilterSpec {
     pub source: WasmSource,
     /// Free JSON handed to the filter's `configure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_json")]
     pub config: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_policy: Option<FailurePolicy>,
@@ -868,7 +869,11 @@ pub struct WasmFilterSpec {
 }
 
 /// Where the component comes from: exactly one of `path`, `url` or `oci`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.path), has(self.url), has(self.oci)].filter(x, x).size() == 1",
+    "message": "set exactly one of path, url and oci"
+}]))]
 #[serde(rename_all = "camelCase")]
 pub struct WasmSource {
     /// File mode: a `.wasm` file, relative to the config folder.
@@ -879,31 +884,39 @@ pub struct WasmSource {
     pub url: Option<String>,
     /// Hex SHA-256 of the component. Optional for `path`, where it pins the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
     /// An OCI artifact (CNCF Wasm layout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciSource>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OciSource {
+    /// `registry/repository:tag` or `registry/repository@sha256:...`.
     pub image: String,
+    /// Pins the manifest: `sha256:` and 64 hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub digest: Option<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in the WasmFilter's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_secret_ref: Option<LocalRef>,
     /// `IfNotPresent` (default) or `Always`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["IfNotPresent", "Always"]))]
     pub pull_policy: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LocalRef {
     pub name: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 pub enum FailurePolicy {
     /// A failing filter fails the request with 500 (the default).
     #[default]
@@ -912,7 +925,7 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmLimits {
     /// Linear memory per instance, as a Kubernetes quantity (`16Mi`); default 16Mi.
@@ -924,4 +937,9 @@ pub struct WasmLimits {
     /// Instances kept warm per gateway worker; default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_instances: Option<u32>,
+}
+
+/// `spec.config` is free JSON: the CRD keeps whatever the user wrote.
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub statuses: ArcSwap<Vec<ObjectStatus>>,
     pub ready: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Kubernetes mode: the status writer's lease and write counts.
+    pub status_stats: Option<Arc<crate::cluster::status::StatusStats>>,
 }
 
 impl AdminState {
@@ -36,6 +38,7 @@ impl AdminState {
             statuses: ArcSwap::from_pointee(statuses),
             ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            status_stats: None,
         }
     }
     pub fn set_last_error(&self, e: Option<String>) {
@@ -97,6 +100,9 @@ async fn answer(
         "/metrics" => {
             let mut text = s.gw.metrics.render();
             s.runtime.render_metrics(&mut text);
+            if let Some(st) = &s.status_stats {
+                st.render(&mut text);
+            }
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/config_dump" => {

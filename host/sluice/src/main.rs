@@ -2,6 +2,8 @@
 //! the file provider, the translator, the data plane and the admin API together.
 
 mod admin;
+mod cluster;
+mod crd;
 mod fetch;
 mod filter_cmd;
 mod oci;
@@ -35,10 +37,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic by the Gateway API objects in a YAML file or folder, reloading on change.
+    /// Serve traffic by the Gateway API objects in a YAML file or folder, or in the
+    /// Kubernetes API (--kubernetes), reloading on change.
     Run {
         /// A YAML file, or a folder read recursively for *.yaml and *.yml.
-        path: PathBuf,
+        #[arg(required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+        path: Option<PathBuf>,
+        /// Read the objects from the Kubernetes API (in-cluster credentials, or
+        /// $KUBECONFIG / ~/.kube/config) and write their statuses back.
+        #[arg(long)]
+        kubernetes: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Where Gateways without spec.addresses listen, instead of 0.0.0.0 (in a Pod,
+        /// e.g. its own IP).
+        #[arg(long, value_name = "IP")]
+        bind_address: Option<std::net::IpAddr>,
         /// Admin API address (/healthz, /readyz, /metrics, /config_dump, /status).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
@@ -63,6 +77,8 @@ enum Command {
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     Check { path: PathBuf },
+    /// Print the WasmFilter CustomResourceDefinition (YAML), generated from the Rust types.
+    Crd,
     /// Publish and fetch filters in OCI registries.
     #[command(subcommand)]
     Filter(FilterCommand),
@@ -77,6 +93,65 @@ enum Command {
         #[arg(long, env = "POD_NAME", default_value = "echo-0")]
         pod: String,
     },
+}
+
+/// Kubernetes mode's settings (ignored in file mode).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The Lease whose holder writes statuses (every replica serves traffic).
+    /// Default: sluice in $POD_NAMESPACE, else in default.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    lease: Option<String>,
+    /// This replica's name in the Lease. Default: $POD_NAME, else host name and PID.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease holder that stopped renewing keeps it.
+    #[arg(long, default_value = "15", value_name = "SECONDS")]
+    lease_duration: u64,
+    /// The data plane Service whose load-balancer addresses (else cluster IPs) Gateways
+    /// without spec.addresses report in status.addresses.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    gateway_service: Option<String>,
+}
+
+impl ClusterArgs {
+    fn options(self) -> anyhow::Result<provider::ClusterOptions> {
+        let split = |flag: &str, v: &str| -> anyhow::Result<(String, String)> {
+            match v.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                    Ok((ns.to_string(), name.to_string()))
+                }
+                _ => anyhow::bail!("--{flag} {v:?}: expected NAMESPACE/NAME"),
+            }
+        };
+        let (lease_namespace, lease_name) = match &self.lease {
+            Some(l) => split("lease", l)?,
+            None => (
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+                "sluice".into(),
+            ),
+        };
+        let addresses = match &self.gateway_service {
+            Some(s) => {
+                let (namespace, name) = split("gateway-service", s)?;
+                Some(cluster::status::AddressSource { namespace, name })
+            }
+            None => None,
+        };
+        let identity = self.identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "sluice".into());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(provider::ClusterOptions {
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_duration: Duration::from_secs(self.lease_duration.max(1)),
+            addresses,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -114,6 +189,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run {
             path,
+            kubernetes,
+            cluster,
+            bind_address,
             admin,
             workers,
             drain_timeout,
@@ -124,17 +202,34 @@ fn main() -> ExitCode {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let cache_dir = cache_dir.or_else(default_cache_dir);
-            block_on(
-                workers,
+            block_on(workers, async move {
+                let (from, options) = match path {
+                    Some(p) if !kubernetes => (provider::From::Files(p), None),
+                    _ => {
+                        let options = cluster.options()?;
+                        let client = kube::Client::try_default().await.context(
+                            "cannot reach the Kubernetes API (in-cluster, or $KUBECONFIG / ~/.kube/config)",
+                        )?;
+                        let c = cluster::Cluster::discover(client).await?;
+                        (provider::From::Cluster(c), Some(options))
+                    }
+                };
+                let source = provider::Source { from, bind_address };
                 provider::run(
-                    path,
+                    source,
+                    options,
                     admin,
                     Duration::from_secs(drain_timeout),
                     cache_dir,
                     insecure_registries,
                     Duration::from_secs(udp_idle_timeout),
-                ),
-            )
+                )
+                .await
+            })
+        }
+        Command::Crd => {
+            print!("{}", crd::wasm_filter_crd_yaml());
+            ExitCode::SUCCESS
         }
         Command::Filter(cmd) => block_on(1, async {
             match cmd {

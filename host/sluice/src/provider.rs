@@ -1,10 +1,15 @@
-//! The file provider: load, translate, build, swap; then watch and do it again.
+//! The provider: load, translate, build, swap; then watch and do it again.
+//!
+//! The objects come from a folder (file mode) or from the API server (Kubernetes mode,
+//! [`crate::cluster`]); everything after loading is the same.
 //!
 //! A reload is all or nothing. Load errors (bad YAML, an unknown field, a value the
 //! CRD schema refuses), build errors and bind errors all leave the running snapshot in
-//! place, and the error names the file, the object and the field.
+//! place, and the error names the file, the object and the field. In Kubernetes mode
+//! the API server has already admitted each object, so an object Sluice cannot read is
+//! left out (and logged) rather than holding back every other change.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +23,9 @@ use sluice_wasm::Runtime;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::Cluster;
+use crate::cluster::lease::Election;
+use crate::cluster::status::{self, AddressSource, StatusStats};
 use crate::fetch::Downloads;
 use crate::oci::OciSources;
 use crate::wasm::{self, Sources};
@@ -30,21 +38,72 @@ struct Loaded {
     pending: Vec<(String, String)>,
 }
 
-/// Reads `path`, loads its WasmFilters and translates; the error lists every problem
-/// found. Slow when a filter must be compiled: run it off the request path.
-fn load(path: &Path, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Loaded, String> {
-    let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
+/// Where the objects come from, and where Gateways without `spec.addresses` bind.
+#[derive(Clone)]
+pub struct Source {
+    pub from: From,
+    /// Replaces the default `0.0.0.0` (e.g. a Pod's own IP).
+    pub bind_address: Option<IpAddr>,
+}
+
+#[derive(Clone)]
+pub enum From {
+    /// A YAML file, or a folder of them.
+    Files(PathBuf),
+    /// The API server, through the watchers' cache.
+    Cluster(Arc<Cluster>),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match &self.from {
+            From::Files(p) => p.display().to_string(),
+            From::Cluster(_) => "the Kubernetes API".into(),
+        }
+    }
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.from {
+            From::Cluster(c) => Some(c),
+            From::Files(_) => None,
+        }
+    }
+}
+
+/// Kubernetes mode's settings.
+pub struct ClusterOptions {
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub addresses: Option<AddressSource>,
+}
+
+/// Reads the objects, loads their WasmFilters and translates; the error lists every
+/// problem found. Slow when a filter must be compiled: run it off the request path.
+fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Loaded, String> {
+    let (loaded, base) = match &source.from {
+        From::Files(path) => {
+            let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
+            let base = if path.is_dir() {
+                path.clone()
+            } else {
+                path.parent().unwrap_or(Path::new(".")).to_path_buf()
+            };
+            (loaded, base)
+        }
+        // `path` sources are read relative to the working directory.
+        From::Cluster(c) => (c.load(), PathBuf::from(".")),
+    };
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let base = if path.is_dir() {
-        path
-    } else {
-        path.parent().unwrap_or(Path::new("."))
-    };
-    let prepared = wasm::prepare(&loaded.resources, base, runtime, sources);
+    let prepared = wasm::prepare(&loaded.resources, &base, runtime, sources);
+    let mut translation = sluice_translate::translate_with(&loaded.resources, &prepared.states);
+    if let Some(ip) = source.bind_address {
+        rebind(&mut translation.ir, ip);
+    }
     Ok(Loaded {
-        translation: sluice_translate::translate_with(&loaded.resources, &prepared.states),
+        translation,
         pools: prepared.pools,
         pending: prepared.pending,
     })
@@ -53,25 +112,30 @@ fn load(path: &Path, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Loaded
 pub fn check(path: &Path) -> Result<String, String> {
     let runtime = Runtime::new(None).map_err(|e| e.to_string())?;
     let sources = Sources::new(Arc::new(Downloads::new(None)), None);
-    let t = load(path, &runtime, &sources)?.translation;
+    let source = Source {
+        from: From::Files(path.to_path_buf()),
+        bind_address: None,
+    };
+    let t = load(&source, &runtime, &sources)?.translation;
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     serde_norway::to_string(&v).map_err(|e| e.to_string())
 }
 
 /// Loads on a blocking thread.
 async fn load_blocking(
-    path: &Path,
+    source: &Source,
     runtime: &Arc<Runtime>,
     sources: &Arc<Sources>,
 ) -> Result<Loaded, String> {
-    let (path, runtime, sources) = (path.to_path_buf(), runtime.clone(), sources.clone());
-    tokio::task::spawn_blocking(move || load(&path, &runtime, &sources))
+    let (source, runtime, sources) = (source.clone(), runtime.clone(), sources.clone());
+    tokio::task::spawn_blocking(move || load(&source, &runtime, &sources))
         .await
         .unwrap_or_else(|e| Err(format!("load task failed: {e}")))
 }
 
 pub async fn run(
-    path: PathBuf,
+    source: Source,
+    cluster_options: Option<ClusterOptions>,
     admin_addr: SocketAddr,
     drain: Duration,
     cache_dir: Option<PathBuf>,
@@ -94,9 +158,20 @@ pub async fn run(
     let sources = Arc::new(Sources::new(downloads, Some(oci)));
     let runtime =
         Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
+    let _watcher = match &source.from {
+        From::Files(path) => Some(watch(path, tx.clone())?),
+        From::Cluster(c) => {
+            c.watch(tx.clone());
+            tracing::info!("waiting for the first list of every kind from the API server");
+            while !c.synced() {
+                rx.recv().await;
+            }
+            None
+        }
+    };
     // The first snapshot waits for the first pull of each OCI filter (each attempt is
     // bounded; a failed one reports and stops blocking).
-    let mut first = load_blocking(&path, &runtime, &sources)
+    let mut first = load_blocking(&source, &runtime, &sources)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     while !first.pending.is_empty() {
@@ -104,7 +179,7 @@ pub async fn run(
             tracing::info!(filter = %name, "waiting: {what}");
         }
         rx.recv().await;
-        first = load_blocking(&path, &runtime, &sources)
+        first = load_blocking(&source, &runtime, &sources)
             .await
             .map_err(|e| anyhow!("{e}"))?;
     }
@@ -112,26 +187,40 @@ pub async fn run(
         translation, pools, ..
     } = first;
     let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics, &pools)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{}: {e}", source.describe()))?;
     let sockets = snapshot.sockets();
     let gw = Gateway::new(snapshot, metrics);
     let listeners = Arc::new(Listeners::new(gw.clone()).with_udp_idle_timeout(udp_idle));
     listeners
         .sync(&sockets)
         .context("binding the Gateway listeners")?;
-    let state = Arc::new(AdminState::new(
-        gw.clone(),
-        runtime.clone(),
-        translation.statuses,
-    ));
+    if let Some(c) = source.cluster() {
+        c.publish(translation.statuses.clone());
+    }
+    let mut state = AdminState::new(gw.clone(), runtime.clone(), translation.statuses);
+    // Kubernetes mode: the lease holder writes statuses.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut election = None;
+    if let (Some(c), Some(o)) = (source.cluster(), cluster_options) {
+        let stats = Arc::new(StatusStats::default());
+        state.status_stats = Some(stats.clone());
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+        let e = Election {
+            namespace: o.lease_namespace,
+            name: o.lease_name,
+            identity: o.identity,
+            duration: o.lease_duration,
+        };
+        election = Some(tokio::spawn(e.run(c.client.clone(), leader_tx, stop_rx)));
+        tokio::spawn(status::run(c.clone(), leader_rx, o.addresses, stats));
+    }
+    let state = Arc::new(state);
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     state.ready.store(true, Ordering::Release);
-    tracing::info!(config = %path.display(), %admin_addr, "sluice is serving");
-
-    let _watcher = watch(&path, tx)?;
+    tracing::info!(config = %source.describe(), %admin_addr, "sluice is serving");
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -140,15 +229,20 @@ pub async fn run(
                 // Editors write in several steps; wait for the burst to settle.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
-                reload(&path, &gw, &listeners, &state, &runtime, &sources).await;
+                reload(&source, &gw, &listeners, &state, &runtime, &sources).await;
             }
-            _ = hup.recv() => reload(&path, &gw, &listeners, &state, &runtime, &sources).await,
+            _ = hup.recv() => reload(&source, &gw, &listeners, &state, &runtime, &sources).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!(timeout = ?drain, "draining connections");
     state.ready.store(false, Ordering::Release);
+    // Hand the lease over first, so another replica takes up status writing now.
+    let _ = stop_tx.send(true);
+    if let Some(e) = election {
+        let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+    }
     let left = listeners.shutdown(drain).await;
     if left > 0 {
         tracing::warn!(
@@ -160,7 +254,7 @@ pub async fn run(
 }
 
 async fn reload(
-    path: &Path,
+    source: &Source,
     gw: &Arc<Gateway>,
     listeners: &Listeners,
     state: &AdminState,
@@ -169,7 +263,7 @@ async fn reload(
 ) {
     // Loading, downloading and compiling filters is blocking work: keep it off the
     // serving threads.
-    let prepared = match load_blocking(path, runtime, sources).await {
+    let prepared = match load_blocking(source, runtime, sources).await {
         Ok(l) if !l.pending.is_empty() => {
             // A filter this config needs is still being pulled: keep serving the
             // previous snapshot, and say in the filter's status what it waits for.
@@ -177,11 +271,11 @@ async fn reload(
                 tracing::info!(filter = %name, "holding the previous configuration: {what}");
             }
             let names: Vec<&str> = l.pending.iter().map(|(n, _)| n.as_str()).collect();
-            state.statuses.store(Arc::new(pending_statuses(
-                &state.statuses.load(),
-                l.translation.statuses,
-                &names,
-            )));
+            let statuses = pending_statuses(&state.statuses.load(), l.translation.statuses, &names);
+            if let Some(c) = source.cluster() {
+                c.publish(statuses.clone());
+            }
+            state.statuses.store(Arc::new(statuses));
             return;
         }
         Ok(l) => {
@@ -204,16 +298,30 @@ async fn reload(
     match result {
         Ok((snap, statuses)) => {
             gw.snapshot.store(Arc::new(snap));
+            if let Some(c) = source.cluster() {
+                c.publish(statuses.clone());
+            }
             state.statuses.store(Arc::new(statuses));
             state.set_last_error(None);
             c.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(config = %path.display(), "configuration reloaded");
+            tracing::info!(config = %source.describe(), "configuration reloaded");
         }
         Err(e) => {
             c.reloads_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!("configuration rejected, still serving the previous one:\n{e}");
             state.set_last_error(Some(e));
         }
+    }
+}
+
+/// Gateways without `spec.addresses` bind `0.0.0.0`; `--bind-address` narrows that.
+fn rebind(ir: &mut sluice_ir::Ir, ip: IpAddr) {
+    let any = |a: &IpAddr| a.is_unspecified();
+    for p in ir.ports.iter_mut().filter(|p| any(&p.address)) {
+        p.address = ip;
+    }
+    for p in ir.streams.iter_mut().filter(|p| any(&p.address)) {
+        p.address = ip;
     }
 }
 

@@ -1,0 +1,10 @@
+//go:build tools
+
+// The Kubernetes control plane the Kubernetes-mode tests run against, built from the
+// k8s.io/kubernetes module (see ../run and README). Test tooling only: the product is Rust.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)

@@ -1,0 +1,377 @@
+//! Kubernetes mode: the objects come from the API server instead of a folder.
+//!
+//! One watcher per kind keeps a cache of the objects (managedFields and the
+//! last-applied annotation stripped) and wakes the provider on every change; the
+//! provider turns the cache into the same [`Resources`](sluice_resources::Resources)
+//! through the same loader and translator as file mode. While the API server is away
+//! the cache stays as it was, so traffic keeps flowing on the last good snapshot; a
+//! watcher that reconnects replaces its kind's objects in one step once its re-list is
+//! complete.
+//!
+//! Statuses are written back by [`status`] on the replica that holds the [`lease`].
+
+pub mod lease;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+/// A kind Sluice reads from the cluster, with the versions it understands, newest first.
+pub struct Kind {
+    pub group: &'static str,
+    pub versions: &'static [&'static str],
+    pub kind: &'static str,
+}
+
+const GW: &str = "gateway.networking.k8s.io";
+
+pub const KINDS: &[Kind] = &[
+    Kind {
+        group: GW,
+        versions: &["v1"],
+        kind: "GatewayClass",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1"],
+        kind: "Gateway",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1"],
+        kind: "HTTPRoute",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1"],
+        kind: "GRPCRoute",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1", "v1alpha3", "v1alpha2"],
+        kind: "TLSRoute",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1", "v1alpha2"],
+        kind: "TCPRoute",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1", "v1alpha2"],
+        kind: "UDPRoute",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1", "v1beta1"],
+        kind: "ReferenceGrant",
+    },
+    Kind {
+        group: GW,
+        versions: &["v1", "v1alpha3"],
+        kind: "BackendTLSPolicy",
+    },
+    Kind {
+        group: "sluice.dev",
+        versions: &["v1alpha1"],
+        kind: "WasmFilter",
+    },
+    Kind {
+        group: "",
+        versions: &["v1"],
+        kind: "Namespace",
+    },
+    Kind {
+        group: "",
+        versions: &["v1"],
+        kind: "Service",
+    },
+    Kind {
+        group: "discovery.k8s.io",
+        versions: &["v1"],
+        kind: "EndpointSlice",
+    },
+    Kind {
+        group: "",
+        versions: &["v1"],
+        kind: "Secret",
+    },
+    Kind {
+        group: "",
+        versions: &["v1"],
+        kind: "ConfigMap",
+    },
+];
+
+type Key = (String, String);
+
+/// What the watchers saw: per kind, the objects by (namespace, name).
+#[derive(Default)]
+struct Cache {
+    objects: Vec<BTreeMap<Key, Value>>,
+    synced: Vec<bool>,
+}
+
+/// The cluster source: the served version of each kind, the cache, and where
+/// statuses go.
+pub struct Cluster {
+    pub client: kube::Client,
+    /// Per entry of [`KINDS`]: the served resource, or `None` when its CRD is not
+    /// installed (such objects cannot exist, so none are read).
+    pub resources: Vec<Option<ApiResource>>,
+    cache: Mutex<Cache>,
+    /// Load errors already logged, so that each is logged once, not on every change.
+    logged: Mutex<BTreeSet<String>>,
+    statuses: watch::Sender<Arc<Vec<sluice_translate::ObjectStatus>>>,
+    /// Wakes the status writer when an object changes, even if no status did.
+    pub changed: watch::Sender<()>,
+}
+
+impl Cluster {
+    /// Finds which version of each kind the API server serves.
+    pub async fn discover(client: kube::Client) -> anyhow::Result<Arc<Cluster>> {
+        let mut resources = Vec::new();
+        for k in KINDS {
+            let mut found = None;
+            for v in k.versions {
+                let gvk = GroupVersionKind::gvk(k.group, v, k.kind);
+                match kube::discovery::pinned_kind(&client, &gvk).await {
+                    Ok((ar, _)) => {
+                        found = Some(ar);
+                        break;
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        return Err(anyhow::anyhow!(
+                            "cannot ask the API server which {} versions it serves: {e}",
+                            k.kind
+                        ));
+                    }
+                }
+            }
+            if found.is_none() {
+                tracing::warn!(
+                    kind = k.kind,
+                    "the API server does not serve {} {}; install its CRD and restart Sluice to use it",
+                    k.group,
+                    k.kind
+                );
+            }
+            resources.push(found);
+        }
+        let n = KINDS.len();
+        Ok(Arc::new(Cluster {
+            client,
+            resources,
+            cache: Mutex::new(Cache {
+                objects: vec![BTreeMap::new(); n],
+                synced: vec![false; n],
+            }),
+            logged: Mutex::new(BTreeSet::new()),
+            statuses: watch::Sender::new(Arc::new(Vec::new())),
+            changed: watch::Sender::new(()),
+        }))
+    }
+
+    /// Starts one watcher per served kind; each change is signalled on `tx`.
+    pub fn watch(self: &Arc<Self>, tx: mpsc::UnboundedSender<()>) {
+        for (i, ar) in self.resources.iter().enumerate() {
+            let Some(ar) = ar.clone() else { continue };
+            let this = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move { this.watch_kind(i, ar, tx).await });
+        }
+    }
+
+    async fn watch_kind(&self, i: usize, ar: ApiResource, tx: mpsc::UnboundedSender<()>) {
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let kind = KINDS[i].kind;
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        futures_util::pin_mut!(stream);
+        let mut buffer: Option<BTreeMap<Key, Value>> = None;
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(e) => {
+                    if failing {
+                        tracing::info!(kind, "watching again");
+                        failing = false;
+                    }
+                    e
+                }
+                Err(e) => {
+                    // The watcher retries with backoff; the cache keeps serving.
+                    if !failing {
+                        tracing::warn!(
+                            kind,
+                            "watch failed, retrying; serving the last objects seen: {e}"
+                        );
+                        failing = true;
+                    }
+                    continue;
+                }
+            };
+            let changed = {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                match event {
+                    Event::Init => {
+                        buffer = Some(BTreeMap::new());
+                        false
+                    }
+                    Event::InitApply(o) => {
+                        if let (Some(b), Some((k, v))) = (buffer.as_mut(), clean(i, &ar, o)) {
+                            b.insert(k, v);
+                        }
+                        false
+                    }
+                    Event::InitDone => {
+                        let new = buffer.take().unwrap_or_default();
+                        let changed = !cache.synced[i] || differs(&cache.objects[i], &new);
+                        cache.objects[i] = new;
+                        cache.synced[i] = true;
+                        changed
+                    }
+                    Event::Apply(o) => match clean(i, &ar, o) {
+                        Some((k, v)) => {
+                            let old = cache.objects[i].insert(k, v.clone());
+                            old.is_none_or(|old| !same_but_status(&old, &v))
+                        }
+                        // A Secret or ConfigMap that is no longer of interest.
+                        None => false,
+                    },
+                    Event::Delete(o) => {
+                        let k = key(&o);
+                        cache.objects[i].remove(&k).is_some()
+                    }
+                }
+            };
+            self.changed.send_replace(());
+            if changed && self.synced() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Whether every watcher has listed its kind once.
+    pub fn synced(&self) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.resources
+            .iter()
+            .zip(&cache.synced)
+            .all(|(ar, s)| ar.is_none() || *s)
+    }
+
+    /// The cached objects, loaded as file mode loads YAML. Objects that do not load
+    /// are left out and logged (once per distinct error).
+    pub fn load(&self) -> sluice_resources::Loaded {
+        let objects: Vec<(String, Value)> = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .objects
+                .iter()
+                .flat_map(|m| m.values().cloned())
+                .map(|v| ("cluster".to_string(), v))
+                .collect()
+        };
+        let (loaded, errors) = sluice_resources::load_objects(objects);
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        let now: BTreeSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        for e in now.difference(&logged) {
+            tracing::warn!("object ignored: {e}");
+        }
+        *logged = now;
+        loaded
+    }
+
+    /// One cached object, as the API server last showed it.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let i = KINDS.iter().position(|k| k.kind == kind)?;
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.objects[i]
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Hands the statuses of a published snapshot to the status writer.
+    pub fn publish(&self, statuses: Vec<sluice_translate::ObjectStatus>) {
+        self.statuses.send_replace(Arc::new(statuses));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<sluice_translate::ObjectStatus>>> {
+        self.statuses.subscribe()
+    }
+}
+
+fn key(o: &DynamicObject) -> Key {
+    (
+        o.metadata.namespace.clone().unwrap_or_default(),
+        o.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The object as JSON with its apiVersion and kind (list items may lack them), without
+/// the fields Sluice never reads and that are large; `None` for Secrets and ConfigMaps
+/// that cannot be referenced as certificates, CAs or pull secrets, so that the cache
+/// holds no other Secret.
+fn clean(i: usize, ar: &ApiResource, mut o: DynamicObject) -> Option<(Key, Value)> {
+    o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    let k = key(&o);
+    let mut v = serde_json::to_value(&o).ok()?;
+    let map = v.as_object_mut()?;
+    map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+    map.insert("kind".into(), Value::String(ar.kind.clone()));
+    let has_ca = |m: &serde_json::Map<String, Value>| {
+        m.get("data")
+            .and_then(Value::as_object)
+            .is_some_and(|d| d.contains_key("ca.crt"))
+    };
+    match KINDS[i].kind {
+        "Secret" => {
+            let t = map.get("type").and_then(Value::as_str).unwrap_or("");
+            let wanted = matches!(
+                t,
+                "kubernetes.io/tls" | sluice_resources::DOCKER_CONFIG_JSON
+            ) || has_ca(map);
+            if !wanted {
+                return None;
+            }
+        }
+        "ConfigMap" if !has_ca(map) => return None,
+        _ => {}
+    }
+    Some((k, v))
+}
+
+/// Whether two objects are the same but for their status and resourceVersion (a
+/// status write, often Sluice's own, needs no new translation).
+fn same_but_status(a: &Value, b: &Value) -> bool {
+    fn strip(v: &Value) -> Value {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("status");
+            if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("resourceVersion");
+            }
+        }
+        v
+    }
+    strip(a) == strip(b)
+}
+
+fn differs(old: &BTreeMap<Key, Value>, new: &BTreeMap<Key, Value>) -> bool {
+    old.len() != new.len()
+        || old
+            .iter()
+            .zip(new)
+            .any(|((ka, a), (kb, b))| ka != kb || !same_but_status(a, b))
+}

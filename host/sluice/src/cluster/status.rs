@@ -1,0 +1,356 @@
+//! Writes the translator's statuses to the objects' status subresources.
+//!
+//! Only the replica holding the lease writes, and only what changed: the desired status
+//! is compared with the one the API server holds (conditions keep their
+//! `lastTransitionTime` while their status does not change), so a restart, a new
+//! leader or a reconnect writes nothing when nothing changed. Route parents and policy
+//! ancestors written by other controllers are kept.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{Timestamp, Unit};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::{Value, json};
+use sluice_translate::{CONTROLLER_NAME, ObjectStatus};
+use tokio::sync::watch;
+
+use super::{Cluster, KINDS};
+
+/// What the admin API shows of the status writer.
+#[derive(Default)]
+pub struct StatusStats {
+    pub leader: AtomicBool,
+    pub writes: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl StatusStats {
+    pub fn render(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "# HELP sluice_leader 1 when this replica holds the status lease and writes statuses.\n\
+             # TYPE sluice_leader gauge\nsluice_leader {}\n\
+             # HELP sluice_status_writes_total Status subresource updates sent and accepted.\n\
+             # TYPE sluice_status_writes_total counter\nsluice_status_writes_total {}\n\
+             # HELP sluice_status_write_failures_total Status updates the API server refused or did not answer.\n\
+             # TYPE sluice_status_write_failures_total counter\nsluice_status_write_failures_total {}\n",
+            u8::from(self.leader.load(Ordering::Relaxed)),
+            self.writes.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// Where Gateways without `spec.addresses` say they are reachable: the data plane
+/// Service's load-balancer addresses, else its cluster IPs.
+#[derive(Clone, Debug)]
+pub struct AddressSource {
+    pub namespace: String,
+    pub name: String,
+}
+
+pub async fn run(
+    cluster: Arc<Cluster>,
+    mut leader: watch::Receiver<bool>,
+    addresses: Option<AddressSource>,
+    stats: Arc<StatusStats>,
+) {
+    let mut statuses = cluster.subscribe();
+    let mut changed = cluster.changed.subscribe();
+    // Per object: the resourceVersion a write produced and what it wrote, so that an
+    // object is not written again before the API server's echo reaches the cache.
+    let mut written: HashMap<(String, String, String), (String, Value)> = HashMap::new();
+    let mut retry = false;
+    loop {
+        tokio::select! {
+            r = statuses.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)), if retry => {}
+        }
+        // Let a burst of events settle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let is_leader = *leader.borrow_and_update();
+        stats.leader.store(is_leader, Ordering::Relaxed);
+        if !is_leader {
+            written.clear();
+            retry = false;
+            continue;
+        }
+        changed.borrow_and_update();
+        let current = statuses.borrow_and_update().clone();
+        let now = Timestamp::now()
+            .round(Unit::Second)
+            .unwrap_or_else(|_| Timestamp::now());
+        retry = false;
+        for s in current.iter() {
+            match write(&cluster, s, addresses.as_ref(), &mut written, now).await {
+                Ok(true) => {
+                    stats.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "cannot write the status of {} {}/{}, will retry: {e}",
+                        s.kind,
+                        s.metadata.namespace,
+                        s.metadata.name
+                    );
+                    retry = true;
+                }
+            }
+        }
+    }
+}
+
+/// Writes one object's status if it differs from the API server's; `Ok(true)` when
+/// it wrote.
+async fn write(
+    cluster: &Cluster,
+    s: &ObjectStatus,
+    addresses: Option<&AddressSource>,
+    written: &mut HashMap<(String, String, String), (String, Value)>,
+    now: Timestamp,
+) -> Result<bool, kube::Error> {
+    let Some(i) = KINDS.iter().position(|k| k.kind == s.kind) else {
+        return Ok(false);
+    };
+    let Some(ar) = &cluster.resources[i] else {
+        return Ok(false);
+    };
+    let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
+    // Not in the cache: deleted, or not seen yet; the next change brings it.
+    let Some(existing) = cluster.get(&s.kind, ns, name) else {
+        return Ok(false);
+    };
+    let current = existing.get("status").cloned().unwrap_or_else(|| json!({}));
+    let rv = existing
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let Ok(mut desired) = serde_json::to_value(&s.status) else {
+        return Ok(false);
+    };
+    match s.kind.as_str() {
+        "Gateway" => {
+            let empty = desired
+                .get("addresses")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty);
+            if empty && let Some(src) = addresses {
+                let found = service_addresses(cluster, src);
+                if let Some(m) = desired.as_object_mut() {
+                    m.insert("addresses".into(), Value::Array(found));
+                }
+            }
+        }
+        "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
+            keep_others(&mut desired, &current, "parents", "parentRef");
+        }
+        "BackendTLSPolicy" => keep_others(&mut desired, &current, "ancestors", "ancestorRef"),
+        _ => {}
+    }
+    stamp(&mut desired, &current, now);
+    if covers(&current, &desired) {
+        return Ok(false);
+    }
+    let key = (s.kind.clone(), ns.clone(), name.clone());
+    if written
+        .get(&key)
+        .is_some_and(|(v, d)| *v == rv && *d == desired)
+    {
+        return Ok(false);
+    }
+    let api: Api<DynamicObject> = if ns.is_empty() {
+        Api::all_with(cluster.client.clone(), ar)
+    } else {
+        Api::namespaced_with(cluster.client.clone(), ns, ar)
+    };
+    let patch = json!({ "status": desired });
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(o) => {
+            let new_rv = o.metadata.resource_version.unwrap_or_default();
+            written.insert(key, (new_rv, desired));
+            Ok(true)
+        }
+        // Deleted meanwhile: nothing to write.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The data plane Service's addresses, in Gateway status form.
+fn service_addresses(cluster: &Cluster, src: &AddressSource) -> Vec<Value> {
+    let Some(svc) = cluster.get("Service", &src.namespace, &src.name) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let ingress = svc
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for i in &ingress {
+        if let Some(ip) = i.get("ip").and_then(Value::as_str) {
+            out.push(json!({ "type": "IPAddress", "value": ip }));
+        } else if let Some(h) = i.get("hostname").and_then(Value::as_str) {
+            out.push(json!({ "type": "Hostname", "value": h }));
+        }
+    }
+    if out.is_empty() {
+        let ips = svc
+            .pointer("/spec/clusterIPs")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for ip in ips.iter().filter_map(Value::as_str) {
+            if ip != "None" {
+                out.push(json!({ "type": "IPAddress", "value": ip }));
+            }
+        }
+    }
+    out
+}
+
+/// Adds the entries of `list` that other controllers wrote to ours.
+fn keep_others(desired: &mut Value, current: &Value, list: &str, reference: &str) {
+    let ours = |e: &Value| e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME);
+    let others: Vec<Value> = current
+        .get(list)
+        .and_then(Value::as_array)
+        .map(|l| l.iter().filter(|e| !ours(e)).cloned().collect())
+        .unwrap_or_default();
+    if let Some(l) = desired.get_mut(list).and_then(Value::as_array_mut) {
+        for e in l.iter_mut() {
+            if let Some(r) = e.get_mut(reference) {
+                default_ref(r);
+            }
+        }
+        l.extend(others);
+    }
+}
+
+/// The defaults the Gateway API CRDs apply to a parent reference, so that what is
+/// written compares equal to what is read back.
+fn default_ref(r: &mut Value) {
+    if let Some(m) = r.as_object_mut() {
+        m.entry("group")
+            .or_insert_with(|| Value::String("gateway.networking.k8s.io".into()));
+        m.entry("kind")
+            .or_insert_with(|| Value::String("Gateway".into()));
+    }
+}
+
+/// Gives every condition a `lastTransitionTime`: the one the API server holds for the
+/// same condition when its status did not change, else `now`. Conditions sit at the top
+/// and in each listener, route parent and policy ancestor.
+fn stamp(desired: &mut Value, current: &Value, now: Timestamp) {
+    stamp_conditions(desired, current, now);
+    for (list, id) in [
+        ("listeners", "name"),
+        ("parents", "parentRef"),
+        ("ancestors", "ancestorRef"),
+    ] {
+        let Some(items) = desired.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        let before = current.get(list).and_then(Value::as_array);
+        for item in items {
+            let same = before.and_then(|b| {
+                b.iter().find(|c| {
+                    c.get(id) == item.get(id)
+                        && c.get("controllerName") == item.get("controllerName")
+                })
+            });
+            stamp_conditions(item, same.unwrap_or(&Value::Null), now);
+        }
+    }
+}
+
+fn stamp_conditions(desired: &mut Value, current: &Value, now: Timestamp) {
+    let Some(conds) = desired.get_mut("conditions").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let before = current.get("conditions").and_then(Value::as_array);
+    for c in conds {
+        let kept = before
+            .and_then(|b| {
+                b.iter()
+                    .find(|o| o.get("type") == c.get("type") && o.get("status") == c.get("status"))
+            })
+            .and_then(|o| o.get("lastTransitionTime").cloned());
+        if let Some(m) = c.as_object_mut() {
+            m.insert(
+                "lastTransitionTime".into(),
+                kept.unwrap_or_else(|| Value::String(now.to_string())),
+            );
+        }
+    }
+}
+
+/// Whether `current` already holds every field of `desired`.
+fn covers(current: &Value, desired: &Value) -> bool {
+    match desired.as_object() {
+        Some(d) => d.iter().all(|(k, v)| current.get(k) == Some(v)),
+        None => current == desired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_conditions_keep_their_time_and_need_no_write() {
+        let now: Timestamp = "2026-01-02T03:04:05Z".parse().unwrap();
+        let current = json!({"conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+             "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
+        let mut desired = json!({"conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+             "observedGeneration": 1}]});
+        stamp(&mut desired, &current, now);
+        assert_eq!(
+            desired["conditions"][0]["lastTransitionTime"],
+            "2025-01-01T00:00:00Z"
+        );
+        assert!(covers(&current, &desired));
+
+        let mut flipped = json!({"conditions": [
+            {"type": "Accepted", "status": "False", "reason": "Invalid", "message": "",
+             "observedGeneration": 2}]});
+        stamp(&mut flipped, &current, now);
+        assert_eq!(
+            flipped["conditions"][0]["lastTransitionTime"],
+            "2026-01-02T03:04:05Z"
+        );
+        assert!(!covers(&current, &flipped));
+    }
+
+    #[test]
+    fn other_controllers_parents_are_kept() {
+        let current = json!({"parents": [
+            {"parentRef": {"name": "a"}, "controllerName": "example.com/other", "conditions": []},
+            {"parentRef": {"name": "b"}, "controllerName": CONTROLLER_NAME, "conditions": []}]});
+        let mut desired = json!({"parents": [
+            {"parentRef": {"name": "c"}, "controllerName": CONTROLLER_NAME, "conditions": []}]});
+        keep_others(&mut desired, &current, "parents", "parentRef");
+        let names: Vec<&str> = desired["parents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["parentRef"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["c", "a"]);
+        assert_eq!(desired["parents"][0]["parentRef"]["kind"], "Gateway");
+    }
+}
