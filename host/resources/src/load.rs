@@ -97,6 +97,9 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, LoadErrors> {
     load_many([(name, text)])
 }
 
+const UNKNOWN_FIELD: &str =
+    "unknown field; check its spelling and the Gateway API version (v1.6 standard channel)";
+
 /// Cluster mode: objects read from the API server, each loaded on its own, with the
 /// same checks as files. An object that does not load is left out and its errors are
 /// returned; the others still serve (one bad object must not stop a cluster's traffic).
@@ -119,12 +122,24 @@ pub fn load_objects(
                 continue;
             }
         };
+        // Core objects carry many fields the API server fills in that Sluice does not
+        // read (ipFamilies, sessionAffinity, ...); only Gateway API and Sluice objects
+        // are held to "every field is understood".
+        let core = matches!(
+            json.get("kind").and_then(serde_json::Value::as_str),
+            Some("Service" | "EndpointSlice" | "Namespace" | "Secret" | "ConfigMap")
+        );
         let mut one = Loaded::default();
-        let before = errors.len();
-        load_document(&location, doc, &mut one, &mut errors);
-        if errors.len() == before {
+        let mut mine = Vec::new();
+        load_document(&location, doc, &mut one, &mut mine);
+        if core {
+            mine.retain(|e| e.message != UNKNOWN_FIELD);
+        }
+        if mine.is_empty() {
             loaded.resources.extend(one.resources);
             loaded.warnings.extend(one.warnings);
+        } else {
+            errors.extend(mine);
         }
     }
     loaded.resources.sort();
@@ -437,7 +452,7 @@ fn push<T: DeserializeOwned + HasMeta>(
             location: location.to_string(),
             object: object.clone(),
             field: Some(p),
-            message: "unknown field; check its spelling and the Gateway API version (v1.6 standard channel)".into(),
+            message: UNKNOWN_FIELD.into(),
         });
     }
     if !oref.namespace.is_empty() {

@@ -83,6 +83,7 @@ pub async fn run(
         }
         changed.borrow_and_update();
         let current = statuses.borrow_and_update().clone();
+        tracing::debug!(objects = current.len(), "writing statuses");
         let now = Timestamp::now()
             .round(Unit::Second)
             .unwrap_or_else(|_| Timestamp::now());
@@ -126,6 +127,7 @@ async fn write(
     let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
     // Not in the cache: deleted, or not seen yet; the next change brings it.
     let Some(existing) = cluster.get(&s.kind, ns, name) else {
+        tracing::debug!(kind = %s.kind, %ns, %name, "not in the cache; status not written");
         return Ok(false);
     };
     let current = existing.get("status").cloned().unwrap_or_else(|| json!({}));
@@ -158,6 +160,7 @@ async fn write(
     }
     stamp(&mut desired, &current, now);
     if covers(&current, &desired) {
+        tracing::debug!(kind = %s.kind, %ns, %name, "status unchanged");
         return Ok(false);
     }
     let key = (s.kind.clone(), ns.clone(), name.clone());
@@ -174,7 +177,14 @@ async fn write(
     };
     let patch = json!({ "status": desired });
     match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some("sluice".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(o) => {

@@ -161,14 +161,21 @@ impl Sluice {
 
     /// As [`Sluice::start`], with extra environment variables.
     pub async fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Sluice {
+        let mut args = vec![dir.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(&args, &dir.with_extension("log"), env).await
+    }
+
+    /// Starts `sluice run ARGS --admin <free port>`, logging to `log`, and waits until
+    /// `/readyz` answers 200.
+    pub async fn launch(args: &[String], log: &Path, env: &[(&str, &Path)]) -> Sluice {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let log = dir.with_extension("log");
+        let log = log.to_path_buf();
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("run")
-            .arg(dir)
             .args(["--admin", &admin.to_string()])
-            .args(extra)
+            .args(args)
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(out)

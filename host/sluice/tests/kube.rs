@@ -1,0 +1,835 @@
+//! Kubernetes mode against a real control plane: Debian's etcd and a kube-apiserver
+//! built from the k8s.io/kubernetes Go module (`.ci/run` builds it into
+//! target/tools), with the Gateway API v1.6 standard CRDs and the WasmFilter CRD from
+//! `sluice crd`, applied by server-side apply.
+//!
+//! The API server refuses EndpointSlice addresses in 127.0.0.0/8, so each test runs in
+//! a network namespace of its own (`unshare --net`) whose loopback also carries
+//! 198.18.0.0/16: backends listen on 198.18.0.x, and everything stays on that
+//! namespace's loopback. The test re-runs itself inside the namespace.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Sluice, TempDir, free_port, install_filters};
+use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::discovery::Scope;
+use serde_json::Value;
+
+const INSIDE: &str = "SLUICE_TEST_NETNS";
+
+/// Runs the test named `name` in a fresh network namespace (the test binary re-runs
+/// itself there), or, inside it, runs `body`.
+fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
+    if std::env::var_os(INSIDE).is_some() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(body());
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    let out = cmd
+        .args(["--net", "--", "sh", "-ec"])
+        .arg("ip link set lo up; ip addr add 198.18.0.0/16 dev lo; exec \"$0\" \"$@\"")
+        .arg(&exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("unshare (util-linux) and ip (iproute2) are needed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} inside its network namespace failed:\n{text}"
+    );
+}
+
+fn tools() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools")
+}
+
+/// etcd and kube-apiserver on this namespace's 127.0.0.1, and a client for them.
+struct Rig {
+    dir: TempDir,
+    etcd: Child,
+    apiserver: Option<Child>,
+    port: u16,
+    etcd_port: u16,
+    kubeconfig: PathBuf,
+    client: kube::Client,
+}
+
+const TOKEN: &str = "sluice-test-admin-token";
+
+impl Rig {
+    async fn start(tag: &str) -> Rig {
+        let dir = TempDir::new(tag);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.0.join("serving.crt"), cert.pem()).expect("write");
+        std::fs::write(dir.0.join("serving.key"), key.serialize_pem()).expect("write");
+        let sa = rcgen::KeyPair::generate().expect("sa key");
+        std::fs::write(dir.0.join("sa.key"), sa.serialize_pem()).expect("write");
+        std::fs::write(dir.0.join("sa.pub"), sa.public_key_pem()).expect("write");
+        std::fs::write(
+            dir.0.join("tokens.csv"),
+            format!("{TOKEN},admin,admin,system:masters\n"),
+        )
+        .expect("write");
+        let etcd_port = free_port();
+        let peer = free_port();
+        let log = std::fs::File::create(dir.0.join("etcd.log")).expect("log");
+        let etcd = Command::new("etcd")
+            .args(["--data-dir", &dir.0.join("etcd").display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{etcd_port}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{etcd_port}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (Debian's etcd-server) is needed");
+        let port = free_port();
+        let kubeconfig = dir.0.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: rig\n  cluster: {{server: \"https://127.0.0.1:{port}\", certificate-authority: \"{}\"}}\nusers:\n- name: admin\n  user: {{token: {TOKEN}}}\ncontexts:\n- name: rig\n  context: {{cluster: rig, user: admin}}\ncurrent-context: rig\n",
+                dir.0.join("serving.crt").display()
+            ),
+        )
+        .expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("config");
+        let client = kube::Client::try_from(config).expect("client");
+        let mut rig = Rig {
+            dir,
+            etcd,
+            apiserver: None,
+            port,
+            etcd_port,
+            kubeconfig,
+            client,
+        };
+        rig.start_apiserver().await;
+        rig.install_crds().await;
+        rig
+    }
+
+    async fn start_apiserver(&mut self) {
+        let bin = tools().join("kube-apiserver");
+        assert!(
+            bin.exists(),
+            "{} is missing: .ci/run builds it from the k8s.io/kubernetes Go module",
+            bin.display()
+        );
+        let d = |f: &str| self.dir.0.join(f).display().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("apiserver.log"))
+            .expect("log");
+        let child = Command::new(bin)
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.port))
+            .arg(format!("--tls-cert-file={}", d("serving.crt")))
+            .arg(format!("--tls-private-key-file={}", d("serving.key")))
+            .arg(format!("--token-auth-file={}", d("tokens.csv")))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-key-file={}", d("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                d("sa.key")
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            // On loopback the endpoint reconciler would publish 127.0.0.1, which
+            // EndpointSlices refuse.
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--enable-priority-and-fairness=false")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kube-apiserver");
+        self.apiserver = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("request");
+            if let Ok(body) = self.client.request_text(req).await
+                && body.trim() == "ok"
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready in 60 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn stop_apiserver(&mut self) {
+        if let Some(mut c) = self.apiserver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        let tail = |f: &str| {
+            let t = std::fs::read_to_string(self.dir.0.join(f)).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        let mut out = format!(
+            "--- etcd\n{}\n--- apiserver\n{}",
+            tail("etcd.log"),
+            tail("apiserver.log")
+        );
+        for e in std::fs::read_dir(&self.dir.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let f = e.file_name().to_string_lossy().to_string();
+            if f.starts_with("replica") {
+                out += &format!("\n--- {f}\n{}", tail(&f));
+            }
+        }
+        out
+    }
+
+    /// The Gateway API standard CRDs (copied by .ci/run from the gateway-api Go module)
+    /// and `sluice crd`'s WasmFilter CRD.
+    async fn install_crds(&self) {
+        let crds = tools().join("gateway-api-crds");
+        let mut docs = Vec::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&crds)
+            .unwrap_or_else(|e| panic!("{}: {e}; .ci/run copies the CRDs there", crds.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files {
+            docs.push(std::fs::read_to_string(f).expect("read CRD"));
+        }
+        let ours = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("crd")
+            .output()
+            .expect("sluice crd");
+        assert!(ours.status.success());
+        docs.push(String::from_utf8(ours.stdout).expect("utf8"));
+        for text in docs {
+            for obj in yaml_docs(&text) {
+                if obj["kind"] == "CustomResourceDefinition" {
+                    self.apply_value(&obj).await;
+                }
+            }
+        }
+        // Served once established.
+        for (g, v, k) in [
+            ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            ("gateway.networking.k8s.io", "v1", "Gateway"),
+            ("sluice.dev", "v1alpha1", "WasmFilter"),
+        ] {
+            let gvk = GroupVersionKind::gvk(g, v, k);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while kube::discovery::pinned_kind(&self.client, &gvk)
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "{k} CRD not served in 30 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    async fn api(&self, obj: &Value) -> (Api<DynamicObject>, String) {
+        let api_version = obj["apiVersion"].as_str().expect("apiVersion");
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let kind = obj["kind"].as_str().expect("kind");
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{api_version} {kind}: {e}"));
+        let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+        let api = if caps.scope == Scope::Namespaced {
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+            Api::namespaced_with(self.client.clone(), ns, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        };
+        (api, name)
+    }
+
+    async fn apply_value(&self, obj: &Value) {
+        let (api, name) = self.api(obj).await;
+        api.patch(
+            &name,
+            &PatchParams::apply("sluice-test").force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    }
+
+    /// Server-side applies every object in `yaml`.
+    async fn apply(&self, yaml: &str) {
+        for obj in yaml_docs(yaml) {
+            self.apply_value(&obj).await;
+        }
+    }
+
+    async fn delete(&self, yaml: &str) {
+        for obj in yaml_docs(yaml) {
+            let (api, name) = self.api(&obj).await;
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+        }
+    }
+
+    /// The object's status as the API server holds it.
+    async fn status(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Value {
+        let obj = serde_json::json!({
+            "apiVersion": api_version, "kind": kind,
+            "metadata": {"name": name, "namespace": ns}
+        });
+        let (api, name) = self.api(&obj).await;
+        let o = api.get(&name).await.expect("get");
+        let v = serde_json::to_value(&o).expect("json");
+        if std::env::var_os("SLUICE_TEST_DEBUG").is_some() {
+            println!("OBJECT {v:#}");
+        }
+        v["status"].clone()
+    }
+
+    /// Polls the status until `ok` accepts it.
+    async fn wait_status(
+        &self,
+        what: (&str, &str, &str, &str),
+        ok: impl Fn(&Value) -> bool,
+        why: &str,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(what.0, what.1, what.2, what.3).await;
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {}: {why} within 30 s; status: {s:#}\n{}",
+                what.1,
+                what.3,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `sluice run --kubernetes` against this API server.
+    async fn sluice(&self, name: &str, extra: &[&str]) -> Sluice {
+        let mut args: Vec<String> = vec!["--kubernetes".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["--identity".into(), name.into()]);
+        args.extend([
+            "--cache-dir".into(),
+            self.dir.0.join("cache").display().to_string(),
+        ]);
+        Sluice::launch(
+            &args,
+            &self.dir.0.join(format!("{name}.log")),
+            &[
+                ("KUBECONFIG", self.kubeconfig.as_path()),
+                ("SLUICE_LOG", Path::new("info,sluice::cluster=debug")),
+            ],
+        )
+        .await
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop_apiserver();
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+    }
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// An echo backend on `ip` (in 198.18.0.0/16, which EndpointSlices accept).
+async fn echo_on(ip: &str, service: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip.parse::<IpAddr>().expect("ip"), 0))
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("addr");
+    let id = Arc::new(sluice_echo::Identity::new(
+        "default",
+        service,
+        &format!("{service}-0"),
+    ));
+    tokio::spawn(sluice_echo::serve(listener, id));
+    addr
+}
+
+fn backend_yaml(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+- addresses: [\"{ip}\"]
+  conditions: {{ready: true}}
+",
+        port = addr.port(),
+        ip = addr.ip()
+    )
+}
+
+fn gateway_yaml(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: http, port: {port}, protocol: HTTP}}
+"
+    )
+}
+
+fn route_yaml(path: &str, filter: bool) -> String {
+    let filters = if filter {
+        "    filters:\n    - {type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: hello}}\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+{filters}    backendRefs: [{{name: echo, port: 80}}]
+"
+    )
+}
+
+/// GET http://ip:port/path with curl; (status, body).
+fn curl(ip: &str, port: u16, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .arg(format!("http://{ip}:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+async fn wait_curl(ip: &str, port: u16, path: &str, want: u16, why: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = curl(ip, port, path);
+        if code == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: {why}: still {code} after 20 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition<'a>(conds: &'a Value, t: &str) -> &'a Value {
+    conds
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == t))
+        .unwrap_or(&Value::Null)
+}
+
+fn is_true(conds: &Value, t: &str) -> bool {
+    condition(conds, t)["status"] == "True"
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const GW: &str = "gateway.networking.k8s.io/v1";
+
+#[test]
+fn objects_route_traffic_and_get_statuses() {
+    in_netns("objects_route_traffic_and_get_statuses", || async {
+        let rig = Rig::start("kube-basic").await;
+        let filters = TempDir::new("kube-basic-filters");
+        install_filters(&filters, &["hello"]);
+        let wasm = filters.0.join("filters/hello.wasm");
+        let echo = echo_on("198.18.0.10", "echo").await;
+        let port = free_port();
+        rig.apply(&gateway_yaml(port)).await;
+        rig.apply(&backend_yaml("echo", echo)).await;
+        // The data plane Service, whose cluster IP Gateways report as their address.
+        rig.apply("apiVersion: v1\nkind: Service\nmetadata: {name: sluice, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n").await;
+        rig.apply(&format!(
+            "apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {{name: hello, namespace: default}}
+spec:
+  source: {{path: \"{}\"}}
+  config: {{greeting: kube}}
+",
+            wasm.display()
+        ))
+        .await;
+        rig.apply(&route_yaml("/", true)).await;
+        let gw = rig
+            .sluice("replica-a", &["--gateway-service", "default/sluice"])
+            .await;
+
+        let s = rig
+            .wait_status(
+                (GW, "HTTPRoute", "default", "web"),
+                |s| is_true(&s["parents"][0]["conditions"], "ResolvedRefs"),
+                "ResolvedRefs",
+            )
+            .await;
+        assert!(is_true(&s["parents"][0]["conditions"], "Accepted"), "{s:#}");
+
+        // Traffic, through the Wasm filter.
+        let body = wait_curl("127.0.0.1", port, "/anything", 200, "route served").await;
+        assert!(body.contains("x-hello"), "filter ran: {body}");
+        assert_eq!(curl("127.0.0.1", port, "/hello").1, "hello, kube\n");
+
+        // Statuses in the status subresources.
+        let class = rig
+            .wait_status(
+                (GW, "GatewayClass", "", "sluice"),
+                |s| is_true(&s["conditions"], "Accepted"),
+                "Accepted",
+            )
+            .await;
+        assert!(condition(&class["conditions"], "Accepted")["lastTransitionTime"].is_string());
+        let gws = rig
+            .wait_status(
+                (GW, "Gateway", "default", "gw"),
+                |s| is_true(&s["conditions"], "Programmed") && s["addresses"].is_array(),
+                "Programmed with addresses",
+            )
+            .await;
+        let cluster_ip = serde_json::to_value(
+            &rig.api(&serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sluice", "namespace": "default"}}))
+                .await
+                .0
+                .get("sluice")
+                .await
+                .expect("service"),
+        )
+        .expect("json")["spec"]["clusterIP"]
+            .clone();
+        assert_eq!(gws["addresses"][0]["value"], cluster_ip, "{gws:#}");
+        assert_eq!(gws["listeners"][0]["attachedRoutes"], 1);
+        let route = rig
+            .wait_status(
+                (GW, "HTTPRoute", "default", "web"),
+                |s| is_true(&s["parents"][0]["conditions"], "Accepted"),
+                "Accepted",
+            )
+            .await;
+        assert_eq!(
+            route["parents"][0]["controllerName"],
+            "sluice.dev/gateway-controller"
+        );
+        assert_eq!(
+            condition(&route["parents"][0]["conditions"], "Accepted")["observedGeneration"],
+            1
+        );
+        let wf = rig
+            .wait_status(
+                ("sluice.dev/v1alpha1", "WasmFilter", "default", "hello"),
+                |s| is_true(&s["conditions"], "Ready"),
+                "Ready",
+            )
+            .await;
+        assert!(
+            wf["digest"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{wf:#}"
+        );
+
+        // Statuses are written only when they change: an unrelated change triggers a
+        // new translation but no write.
+        let writes = metric(&gw.admin("/metrics").await, "sluice_status_writes_total");
+        assert!(writes >= 4, "statuses written: {writes}");
+        assert_eq!(metric(&gw.admin("/metrics").await, "sluice_leader"), 1);
+        let reloads = metric(
+            &gw.admin("/metrics").await,
+            "sluice_config_reloads_total{result=\"ok\"}",
+        );
+        rig.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: unrelated}\n")
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(
+            &gw.admin("/metrics").await,
+            "sluice_config_reloads_total{result=\"ok\"}",
+        ) == reloads
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no reload after a namespace appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            metric(&gw.admin("/metrics").await, "sluice_status_writes_total"),
+            writes,
+            "nothing changed, nothing written"
+        );
+
+        // Update: the route moves to /v2 and drops the filter.
+        rig.apply(&route_yaml("/v2", false)).await;
+        wait_curl("127.0.0.1", port, "/anything", 404, "old path gone").await;
+        let body = wait_curl("127.0.0.1", port, "/v2/x", 200, "new path").await;
+        assert!(!body.contains("x-hello"), "filter removed: {body}");
+        rig.wait_status(
+            (GW, "HTTPRoute", "default", "web"),
+            |s| condition(&s["parents"][0]["conditions"], "Accepted")["observedGeneration"] == 2,
+            "observedGeneration 2",
+        )
+        .await;
+
+        // A route to a missing backend: ResolvedRefs=False, written back.
+        rig.apply(&route_yaml("/v2", false).replace("name: echo", "name: missing"))
+            .await;
+        let s = rig
+            .wait_status(
+                (GW, "HTTPRoute", "default", "web"),
+                |s| {
+                    condition(&s["parents"][0]["conditions"], "ResolvedRefs")["reason"]
+                        == "BackendNotFound"
+                },
+                "BackendNotFound",
+            )
+            .await;
+        assert_eq!(
+            condition(&s["parents"][0]["conditions"], "ResolvedRefs")["status"],
+            "False"
+        );
+        wait_curl(
+            "127.0.0.1",
+            port,
+            "/v2/x",
+            500,
+            "missing backend answers 500",
+        )
+        .await;
+
+        // Delete: the route is gone, and so is its attachment.
+        rig.delete(&route_yaml("/v2", false)).await;
+        wait_curl("127.0.0.1", port, "/v2/x", 404, "route deleted").await;
+        rig.wait_status(
+            (GW, "Gateway", "default", "gw"),
+            |s| s["listeners"][0]["attachedRoutes"] == 0,
+            "attachedRoutes 0",
+        )
+        .await;
+        drop(gw);
+    });
+}
+
+#[test]
+fn traffic_survives_losing_the_api_server() {
+    in_netns("traffic_survives_losing_the_api_server", || async {
+        let mut rig = Rig::start("kube-loss").await;
+        let echo = echo_on("198.18.0.11", "echo").await;
+        let port = free_port();
+        rig.apply(&gateway_yaml(port)).await;
+        rig.apply(&backend_yaml("echo", echo)).await;
+        rig.apply(&route_yaml("/", false)).await;
+        let gw = rig.sluice("replica-a", &[]).await;
+        wait_curl("127.0.0.1", port, "/a", 200, "served").await;
+
+        rig.stop_apiserver();
+        // The watchers fail and retry; the last snapshot keeps serving.
+        for _ in 0..30 {
+            assert_eq!(curl("127.0.0.1", port, "/a").0, 200, "{}", gw.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(gw.admin("/readyz").await.trim(), "ready");
+
+        // Back: changes made while it was away are picked up.
+        rig.start_apiserver().await;
+        rig.apply(&route_yaml("/b", false)).await;
+        wait_curl("127.0.0.1", port, "/a", 404, "change after reconnect").await;
+        wait_curl("127.0.0.1", port, "/b", 200, "change after reconnect").await;
+        assert!(gw.logs().contains("watch failed"), "{}", gw.logs());
+    });
+}
+
+#[test]
+fn with_two_replicas_exactly_one_writes_statuses() {
+    in_netns("with_two_replicas_exactly_one_writes_statuses", || async {
+        let rig = Rig::start("kube-replicas").await;
+        let echo = echo_on("198.18.0.12", "echo").await;
+        let port = free_port();
+        rig.apply(&gateway_yaml(port)).await;
+        rig.apply(&backend_yaml("echo", echo)).await;
+        rig.apply(&route_yaml("/", false)).await;
+        // Two replicas, each on an address of its own, as two Pods would be.
+        let lease = ["--lease", "default/sluice", "--lease-duration", "4"];
+        let a = rig
+            .sluice(
+                "replica-a",
+                &[&lease[..], &["--bind-address", "198.18.1.1"]].concat(),
+            )
+            .await;
+        let b = rig
+            .sluice(
+                "replica-b",
+                &[&lease[..], &["--bind-address", "198.18.1.2"]].concat(),
+            )
+            .await;
+        // Both serve.
+        wait_curl("198.18.1.1", port, "/x", 200, "replica a serves").await;
+        wait_curl("198.18.1.2", port, "/x", 200, "replica b serves").await;
+        rig.wait_status(
+            (GW, "HTTPRoute", "default", "web"),
+            |s| is_true(&s["parents"][0]["conditions"], "Accepted"),
+            "Accepted",
+        )
+        .await;
+        // A status change for the leader to write.
+        rig.apply(&route_yaml("/", false).replace("name: echo", "name: missing"))
+            .await;
+        rig.wait_status(
+            (GW, "HTTPRoute", "default", "web"),
+            |s| {
+                condition(&s["parents"][0]["conditions"], "ResolvedRefs")["reason"]
+                    == "BackendNotFound"
+            },
+            "BackendNotFound",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (ma, mb) = (a.admin("/metrics").await, b.admin("/metrics").await);
+        let leaders = metric(&ma, "sluice_leader") + metric(&mb, "sluice_leader");
+        assert_eq!(leaders, 1, "exactly one leader:\n{ma}\n{mb}");
+        let (mut leader, follower) = if metric(&ma, "sluice_leader") == 1 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let fm = follower.admin("/metrics").await;
+        assert_eq!(
+            metric(&fm, "sluice_status_writes_total"),
+            0,
+            "the follower wrote"
+        );
+        assert!(
+            metric(
+                &leader.admin("/metrics").await,
+                "sluice_status_writes_total"
+            ) > 0
+        );
+
+        // The leader goes away (SIGTERM releases the lease); the other takes over and
+        // writes the next change.
+        leader.sigterm();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "leader did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(leader.logs().contains("draining"), "{}", leader.logs());
+        rig.apply(&route_yaml("/", false)).await;
+        rig.wait_status(
+            (GW, "HTTPRoute", "default", "web"),
+            |s| is_true(&s["parents"][0]["conditions"], "ResolvedRefs"),
+            "ResolvedRefs again, written by the new leader",
+        )
+        .await;
+        let fm = follower.admin("/metrics").await;
+        assert_eq!(metric(&fm, "sluice_leader"), 1);
+        assert!(metric(&fm, "sluice_status_writes_total") > 0);
+    });
+}
