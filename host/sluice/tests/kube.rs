@@ -833,3 +833,136 @@ fn with_two_replicas_exactly_one_writes_statuses() {
         assert!(metric(&fm, "sluice_status_writes_total") > 0);
     });
 }
+
+/// The chart, rendered by `helm template` (helm built by .ci/run from its Go module),
+/// is accepted by the API server, and its RBAC is enough: a gateway holding only the
+/// chart's ServiceAccount token serves traffic, takes the Lease and writes statuses.
+#[test]
+fn the_charts_objects_apply_and_its_rbac_is_enough() {
+    in_netns(
+        "the_charts_objects_apply_and_its_rbac_is_enough",
+        || async {
+            let rig = Rig::start("kube-chart").await;
+            let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/sluice");
+            let out = Command::new(tools().join("helm"))
+                .args(["template", "sluice"])
+                .arg(&chart)
+                .args(["--namespace", "sluice-system", "--kube-version", "1.37.0"])
+                .output()
+                .expect("helm (built by .ci/run into target/tools)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let rendered = String::from_utf8(out.stdout).expect("utf8");
+            rig.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: sluice-system}\n")
+                .await;
+            // CRDs first, as Helm does, then the rest.
+            let docs = yaml_docs(&rendered);
+            let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+            for k in [
+                "CustomResourceDefinition",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "Deployment",
+                "GatewayClass",
+                "PodDisruptionBudget",
+            ] {
+                assert!(kinds.contains(&k), "the chart renders a {k}: {kinds:?}");
+            }
+            for d in docs
+                .iter()
+                .filter(|d| d["kind"] == "CustomResourceDefinition")
+            {
+                rig.apply_value(d).await;
+            }
+            for d in docs
+                .iter()
+                .filter(|d| d["kind"] != "CustomResourceDefinition")
+            {
+                rig.apply_value(d).await;
+            }
+
+            // A token for the chart's ServiceAccount, and a kubeconfig that uses it.
+            let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(rig.client.clone(), "sluice-system");
+            let token = sa
+                .create_token_request(
+                    "sluice",
+                    &Default::default(),
+                    &k8s_openapi::api::authentication::v1::TokenRequest {
+                        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                            audiences: vec!["https://kubernetes.default.svc".into()],
+                            expiration_seconds: Some(3600),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("token request")
+                .status
+                .expect("token")
+                .token;
+            let admin_config = std::fs::read_to_string(&rig.kubeconfig).expect("kubeconfig");
+            let sa_config = rig.dir.0.join("sa-kubeconfig");
+            std::fs::write(&sa_config, admin_config.replace(TOKEN, &token)).expect("write");
+
+            let echo = echo_on("198.18.0.13", "echo").await;
+            let port = free_port();
+            // The chart's GatewayClass (not the test's).
+            let gateway = gateway_yaml(port);
+            let gateway = gateway.split("---\n").nth(1).expect("gateway doc");
+            rig.apply(gateway).await;
+            rig.apply(&backend_yaml("echo", echo)).await;
+            rig.apply(&route_yaml("/", false)).await;
+            let mut args: Vec<String> = [
+                "--kubernetes",
+                "--identity",
+                "replica-chart",
+                "--lease",
+                "sluice-system/sluice",
+                "--gateway-service",
+                "sluice-system/sluice",
+                "--cache-dir",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.push(rig.dir.0.join("cache").display().to_string());
+            let gw = Sluice::launch(
+                &args,
+                &rig.dir.0.join("replica-chart.log"),
+                &[("KUBECONFIG", sa_config.as_path())],
+            )
+            .await;
+            wait_curl("127.0.0.1", port, "/x", 200, "served with the chart's RBAC").await;
+            rig.wait_status(
+                (GW, "GatewayClass", "", "sluice"),
+                |s| is_true(&s["conditions"], "Accepted"),
+                "the chart's GatewayClass Accepted",
+            )
+            .await;
+            rig.wait_status(
+                (GW, "HTTPRoute", "default", "web"),
+                |s| is_true(&s["parents"][0]["conditions"], "Accepted"),
+                "route status written with the chart's RBAC",
+            )
+            .await;
+            let m = gw.admin("/metrics").await;
+            assert_eq!(metric(&m, "sluice_leader"), 1, "{}", gw.logs());
+            assert_eq!(
+                metric(&m, "sluice_status_write_failures_total"),
+                0,
+                "{}",
+                gw.logs()
+            );
+            assert!(!gw.logs().contains("forbidden"), "{}", gw.logs());
+        },
+    );
+}
