@@ -595,16 +595,10 @@ spec:
                 "Programmed with addresses",
             )
             .await;
-        let cluster_ip = serde_json::to_value(
-            &rig.api(&serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sluice", "namespace": "default"}}))
-                .await
-                .0
-                .get("sluice")
-                .await
-                .expect("service"),
-        )
-        .expect("json")["spec"]["clusterIP"]
-            .clone();
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(rig.client.clone(), "default");
+        let svc = services.get("sluice").await.expect("service");
+        let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
         assert_eq!(gws["addresses"][0]["value"], cluster_ip, "{gws:#}");
         assert_eq!(gws["listeners"][0]["attachedRoutes"], 1);
         let route = rig
