@@ -158,17 +158,13 @@ pub async fn run(
     let sources = Arc::new(Sources::new(downloads, Some(oci)));
     let runtime =
         Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
-    let _watcher = match &source.from {
-        From::Files(path) => Some(watch(path, tx.clone())?),
-        From::Cluster(c) => {
-            c.watch(tx.clone());
-            tracing::info!("waiting for the first list of every kind from the API server");
-            while !c.synced() {
-                rx.recv().await;
-            }
-            None
+    if let Some(c) = source.cluster() {
+        c.watch(tx.clone());
+        tracing::info!("waiting for the first list of every kind from the API server");
+        while !c.synced() {
+            rx.recv().await;
         }
-    };
+    }
     // The first snapshot waits for the first pull of each OCI filter (each attempt is
     // bounded; a failed one reports and stops blocking).
     let mut first = load_blocking(&source, &runtime, &sources)
@@ -221,6 +217,11 @@ pub async fn run(
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     state.ready.store(true, Ordering::Release);
     tracing::info!(config = %source.describe(), %admin_addr, "sluice is serving");
+
+    let _watcher = match &source.from {
+        From::Files(path) => Some(watch(path, tx)?),
+        From::Cluster(_) => None,
+    };
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
