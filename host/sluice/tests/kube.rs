@@ -217,6 +217,48 @@ impl Rig {
         }
     }
 
+    /// kube-controller-manager with the EndpointSlice controller, on this API server.
+    fn controller_manager(&self) -> ChildGuard {
+        let bin = tools().join("kube-controller-manager");
+        assert!(
+            bin.exists(),
+            "{} is missing: .ci/run builds it from the k8s.io/kubernetes Go module",
+            bin.display()
+        );
+        let log = std::fs::File::create(self.dir.0.join("controller-manager.log")).expect("log");
+        let child = Command::new(bin)
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--controllers=endpointslice,serviceaccount")
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg("--use-service-account-credentials=false")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kube-controller-manager");
+        ChildGuard(child)
+    }
+
+    /// What a kubelet reports for a Pod: its IP, Running, and Ready or not.
+    async fn pod_ready(&self, name: &str, ip: &str, ready: bool) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), "default");
+        let ready = if ready { "True" } else { "False" };
+        let status = serde_json::json!({"status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [
+                {"type": "Ready", "status": ready},
+                {"type": "ContainersReady", "status": ready},
+            ],
+        }});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("pod status");
+    }
+
     fn stop_apiserver(&mut self) {
         if let Some(mut c) = self.apiserver.take() {
             let _ = c.kill();
@@ -241,7 +283,7 @@ impl Rig {
             .flatten()
         {
             let f = e.file_name().to_string_lossy().to_string();
-            if f.starts_with("replica") {
+            if f.starts_with("replica") || f.starts_with("controller-manager") {
                 out += &format!("\n--- {f}\n{}", tail(&f));
             }
         }
@@ -394,6 +436,16 @@ impl Rig {
             ],
         )
         .await
+    }
+}
+
+/// A process killed when the test ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -957,6 +1009,67 @@ fn the_charts_objects_apply_and_its_rbac_is_enough() {
                 gw.logs()
             );
             assert!(!gw.logs().contains("forbidden"), "{}", gw.logs());
+        },
+    );
+}
+
+/// kube-controller-manager's EndpointSlice controller makes the slices from a Service's
+/// selector and its Pods (this test acts as the kubelet: it registers a Node and sets
+/// the Pod's IP and readiness); Sluice routes to the Pod, then stops when the Pod turns
+/// unready, and routes again when it is ready.
+#[test]
+fn endpoint_slices_made_by_the_controller_manager_route_to_pods() {
+    in_netns(
+        "endpoint_slices_made_by_the_controller_manager_route_to_pods",
+        || async {
+            let rig = Rig::start("kube-kcm").await;
+            let _kcm = rig.controller_manager();
+            let echo = echo_on("198.18.0.30", "echo").await;
+            let port = free_port();
+            rig.apply(&gateway_yaml(port)).await;
+            rig.apply("apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n")
+                .await;
+            // Pods need their namespace's default ServiceAccount, which the controller
+            // manager's serviceaccount controller creates.
+            let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                Api::namespaced(rig.client.clone(), "default");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while sas.get_opt("default").await.ok().flatten().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no default ServiceAccount:\n{}",
+                    rig.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            rig.apply(&format!(
+                "apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: http, port: 80, targetPort: {}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-0, namespace: default, labels: {{app: echo}}}}
+spec:
+  nodeName: node-1
+  containers: [{{name: echo, image: echo}}]
+",
+                echo.port()
+            ))
+            .await;
+            rig.pod_ready("echo-0", "198.18.0.30", true).await;
+            rig.apply(&route_yaml("/", false)).await;
+            let _gw = rig.sluice("replica-a", &[]).await;
+            let body = wait_curl("127.0.0.1", port, "/p", 200, "routed to the Pod").await;
+            assert!(body.contains("echo-0"), "{body}");
+
+            rig.pod_ready("echo-0", "198.18.0.30", false).await;
+            wait_curl("127.0.0.1", port, "/p", 503, "unready Pod left out").await;
+            rig.pod_ready("echo-0", "198.18.0.30", true).await;
+            wait_curl("127.0.0.1", port, "/p", 200, "ready again").await;
         },
     );
 }
