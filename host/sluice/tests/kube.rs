@@ -750,6 +750,35 @@ spec:
         )
         .await;
 
+        // Moved to another controller's Gateway: Sluice takes its entry out of the
+        // route's parents, and leaves the other controller's entry alone.
+        rig.apply(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: other}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: foreign, namespace: default}
+spec:
+  gatewayClassName: other
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+",
+        )
+        .await;
+        rig.apply(&route_yaml("/v2", false).replace("{name: gw}", "{name: foreign}"))
+            .await;
+        rig.wait_status(
+            (GW, "HTTPRoute", "default", "web"),
+            |s| s["parents"].as_array().is_some_and(|p| p.is_empty()),
+            "Sluice's parent entry removed",
+        )
+        .await;
+        wait_curl("127.0.0.1", port, "/v2/x", 404, "route left this Gateway").await;
+        rig.apply(&route_yaml("/v2", false)).await;
+        wait_curl("127.0.0.1", port, "/v2/x", 200, "route back").await;
+
         // Delete: the route is gone, and so is its attachment.
         rig.delete(&route_yaml("/v2", false)).await;
         wait_curl("127.0.0.1", port, "/v2/x", 404, "route deleted").await;

@@ -299,6 +299,15 @@ impl Cluster {
             .cloned()
     }
 
+    /// Every cached object of `kind`.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let Some(i) = KINDS.iter().position(|k| k.kind == kind) else {
+            return Vec::new();
+        };
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.objects[i].values().cloned().collect()
+    }
+
     /// Hands the statuses of a published snapshot to the status writer.
     pub fn publish(&self, statuses: Vec<sluice_translate::ObjectStatus>) {
         self.statuses.send_replace(Arc::new(statuses));

@@ -88,7 +88,9 @@ pub async fn run(
             .round(Unit::Second)
             .unwrap_or_else(|_| Timestamp::now());
         retry = false;
-        for s in current.iter() {
+        let mut writes: Vec<ObjectStatus> = current.to_vec();
+        writes.extend(stale_entries(&cluster, &current));
+        for s in writes.iter() {
             match write(&cluster, s, addresses.as_ref(), &mut written, now).await {
                 Ok(true) => {
                     stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -107,6 +109,78 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Routes and policies that still list Sluice among their parents (ancestors) though
+/// the translation no longer gives them a status (moved to another controller's
+/// Gateway, say): a status of no entries of ours, which [`keep_others`] fills with
+/// the other controllers' entries.
+fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatus> {
+    use sluice_translate::{PolicyStatus, RouteStatus, Status, StatusMeta};
+    let produced: std::collections::HashSet<(&str, &str, &str)> = current
+        .iter()
+        .map(|s| {
+            let m = &s.metadata;
+            (s.kind.as_str(), m.namespace.as_str(), m.name.as_str())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (kind, list) in [
+        ("HTTPRoute", "parents"),
+        ("GRPCRoute", "parents"),
+        ("TLSRoute", "parents"),
+        ("TCPRoute", "parents"),
+        ("UDPRoute", "parents"),
+        ("BackendTLSPolicy", "ancestors"),
+    ] {
+        for obj in cluster.list(kind) {
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if produced.contains(&(kind, ns, name)) {
+                continue;
+            }
+            let ours = obj
+                .pointer(&format!("/status/{list}"))
+                .and_then(Value::as_array)
+                .is_some_and(|l| {
+                    l.iter().any(|e| {
+                        e.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+                    })
+                });
+            if !ours {
+                continue;
+            }
+            let status = if list == "parents" {
+                Status::Route(RouteStatus {
+                    parents: Vec::new(),
+                })
+            } else {
+                Status::Policy(PolicyStatus {
+                    ancestors: Vec::new(),
+                })
+            };
+            out.push(ObjectStatus {
+                api_version: obj["apiVersion"].as_str().unwrap_or_default().to_string(),
+                kind: kind.to_string(),
+                metadata: StatusMeta {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    generation: obj
+                        .pointer("/metadata/generation")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                },
+                status,
+            });
+        }
+    }
+    out
 }
 
 /// Writes one object's status if it differs from the API server's; `Ok(true)` when
