@@ -1099,6 +1099,60 @@ spec:
             wait_curl("127.0.0.1", port, "/p", 503, "unready Pod left out").await;
             rig.pod_ready("echo-0", "198.18.0.30", true).await;
             wait_curl("127.0.0.1", port, "/p", 200, "ready again").await;
+
+            // A CA ConfigMap for a BackendTLSPolicy, then the same ConfigMap without its
+            // ca.crt: the cached copy goes (ConfigMaps without ca.crt are not cached),
+            // and the policy's status says so.
+            let key = rcgen::KeyPair::generate().expect("key");
+            let ca = rcgen::CertificateParams::new(vec!["ca.internal".to_string()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("ca");
+            let ca_pem = ca.pem().replace('\n', "\n    ");
+            rig.apply(&format!(
+                "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ca, namespace: default}}
+data:
+  ca.crt: |
+    {ca_pem}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: echo-tls, namespace: default}}
+spec:
+  targetRefs: [{{group: '', kind: Service, name: echo}}]
+  validation:
+    caCertificateRefs: [{{group: '', kind: ConfigMap, name: ca}}]
+    hostname: echo.internal
+"
+            ))
+            .await;
+            let policy = (GW, "BackendTLSPolicy", "default", "echo-tls");
+            rig.wait_status(
+                policy,
+                |s| is_true(&s["ancestors"][0]["conditions"], "ResolvedRefs"),
+                "CA resolved",
+            )
+            .await;
+            rig.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca, namespace: default}\ndata: {other: x}\n")
+                .await;
+            let s = rig
+                .wait_status(
+                    policy,
+                    |s| {
+                        condition(&s["ancestors"][0]["conditions"], "ResolvedRefs")["reason"]
+                            == "InvalidCACertificateRef"
+                    },
+                    "CA gone",
+                )
+                .await;
+            assert!(
+                condition(&s["ancestors"][0]["conditions"], "ResolvedRefs")["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("not found")),
+                "{s:#}"
+            );
         },
     );
 }

@@ -238,14 +238,18 @@ impl Cluster {
                         cache.synced[i] = true;
                         changed
                     }
-                    Event::Apply(o) => match clean(i, &ar, o) {
-                        Some((k, v)) => {
-                            let old = cache.objects[i].insert(k, v.clone());
-                            old.is_none_or(|old| !same_but_status(&old, &v))
+                    Event::Apply(o) => {
+                        let k = key(&o);
+                        match clean(i, &ar, o) {
+                            Some((k, v)) => {
+                                let old = cache.objects[i].insert(k, v.clone());
+                                old.is_none_or(|old| !same_but_status(&old, &v))
+                            }
+                            // A Secret or ConfigMap that is no longer of interest (its
+                            // ca.crt was removed, say): drop the cached copy.
+                            None => cache.objects[i].remove(&k).is_some(),
                         }
-                        // A Secret or ConfigMap that is no longer of interest.
-                        None => false,
-                    },
+                    }
                     Event::Delete(o) => {
                         let k = key(&o);
                         cache.objects[i].remove(&k).is_some()
