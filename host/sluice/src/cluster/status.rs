@@ -90,6 +90,18 @@ pub async fn run(
         retry = false;
         let mut writes: Vec<ObjectStatus> = current.to_vec();
         writes.extend(stale_entries(&cluster, &current));
+        // Forget objects that are gone, so the map does not grow with churn.
+        let keys: std::collections::HashSet<(&str, &str, &str)> = writes
+            .iter()
+            .map(|s| {
+                (
+                    s.kind.as_str(),
+                    s.metadata.namespace.as_str(),
+                    s.metadata.name.as_str(),
+                )
+            })
+            .collect();
+        written.retain(|(k, ns, n), _| keys.contains(&(k.as_str(), ns.as_str(), n.as_str())));
         for s in writes.iter() {
             match write(&cluster, s, addresses.as_ref(), &mut written, now).await {
                 Ok(true) => {
