@@ -122,19 +122,9 @@ pub fn load_objects(
                 continue;
             }
         };
-        // Core objects carry many fields the API server fills in that Sluice does not
-        // read (ipFamilies, sessionAffinity, ...); only Gateway API and Sluice objects
-        // are held to "every field is understood".
-        let core = matches!(
-            json.get("kind").and_then(serde_json::Value::as_str),
-            Some("Service" | "EndpointSlice" | "Namespace" | "Secret" | "ConfigMap")
-        );
         let mut one = Loaded::default();
         let mut mine = Vec::new();
-        load_document(&location, doc, &mut one, &mut mine);
-        if core {
-            mine.retain(|e| e.message != UNKNOWN_FIELD);
-        }
+        load_document(Source::Cluster, &location, doc, &mut one, &mut mine);
         if mine.is_empty() {
             loaded.resources.extend(one.resources);
             loaded.warnings.extend(one.warnings);
@@ -203,7 +193,7 @@ fn load_many<'a>(
             } else {
                 name.to_string()
             };
-            load_document(&location, doc, &mut loaded, &mut errors);
+            load_document(Source::Files, &location, doc, &mut loaded, &mut errors);
         }
     }
     loaded.resources.sort();
@@ -225,7 +215,29 @@ fn split_documents(text: &str) -> Result<Vec<Value>, String> {
 }
 
 /// Reads one document into its typed struct, recording where it came from.
-fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut Vec<LoadError>) {
+/// Where a document comes from: files are held to "every field is understood"; in a
+/// cluster, core objects carry many fields the API server fills in that Sluice does not
+/// read (ipFamilies, sessionAffinity, ...), so only Gateway API and Sluice objects are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Files,
+    Cluster,
+}
+
+/// What [`push`] needs to know about the document.
+#[derive(Clone, Copy)]
+struct Doc<'a> {
+    location: &'a str,
+    unknown_fields_ok: bool,
+}
+
+fn load_document(
+    source: Source,
+    location: &str,
+    doc: Value,
+    loaded: &mut Loaded,
+    errors: &mut Vec<LoadError>,
+) {
     let err = |object: Option<String>, field: Option<&str>, message: String| LoadError {
         location: location.to_string(),
         object,
@@ -253,7 +265,7 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
     if kind == "List" {
         if let Some(Value::Sequence(items)) = map.get("items") {
             for item in items.clone() {
-                load_document(location, item, loaded, errors);
+                load_document(source, location, item, loaded, errors);
             }
         }
         return;
@@ -289,7 +301,12 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
     let r = &mut loaded.resources;
     let before = errors.len();
     let ok = |allowed: &[&str]| allowed.contains(&version);
-    let e = location;
+    let e = Doc {
+        location,
+        unknown_fields_ok: source == Source::Cluster
+            && group != "gateway.networking.k8s.io"
+            && group != "sluice.dev",
+    };
     match (group, kind.as_str()) {
         ("gateway.networking.k8s.io", "GatewayClass") if ok(&["v1", "v1beta1"]) => push(
             e,
@@ -415,13 +432,14 @@ fn load_document(location: &str, doc: Value, loaded: &mut Loaded, errors: &mut V
 /// Deserializes a typed object, rejecting unknown fields (as `kubectl apply` with strict
 /// field validation does), normalising the namespace and running the CRD validation rules.
 fn push<T: DeserializeOwned + HasMeta>(
-    location: &str,
+    d: Doc,
     oref: &ObjectRef,
     doc: Value,
     errors: &mut Vec<LoadError>,
     into: &mut Vec<T>,
     validate: impl Fn(&T) -> Vec<(String, String)>,
 ) {
+    let location = d.location;
     let object = Some(oref.to_string());
     let mut unknown = Vec::new();
     let parsed: Result<T, _> = serde_path_to_error::deserialize(doc.clone());
@@ -440,13 +458,15 @@ fn push<T: DeserializeOwned + HasMeta>(
     };
     // Second pass only to list fields serde skipped; metadata and status may carry
     // anything a cluster adds (managedFields, ownerReferences, ...).
-    let _: Result<T, _> = serde_ignored::deserialize(doc, |path| {
-        let p = field_path(&path);
-        let top = p.split(['.', '[']).next().unwrap_or("");
-        if !matches!(top, "metadata" | "status" | "apiVersion" | "kind") {
-            unknown.push(p);
-        }
-    });
+    if !d.unknown_fields_ok {
+        let _: Result<T, _> = serde_ignored::deserialize(doc, |path| {
+            let p = field_path(&path);
+            let top = p.split(['.', '[']).next().unwrap_or("");
+            if !matches!(top, "metadata" | "status" | "apiVersion" | "kind") {
+                unknown.push(p);
+            }
+        });
+    }
     for p in unknown {
         errors.push(LoadError {
             location: location.to_string(),

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Sluice, TempDir, free_port, install_filters};
+use common::{Sluice, TempDir, free_port, install_filters, metric};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::Scope;
 use serde_json::Value;
@@ -580,10 +580,9 @@ fn is_true(conds: &Value, t: &str) -> bool {
     condition(conds, t)["status"] == "True"
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
+/// A route status's condition `t` for its first parent.
+fn route_condition<'a>(s: &'a Value, t: &str) -> &'a Value {
+    condition(&s["parents"][0]["conditions"], t)
 }
 
 const GW: &str = "gateway.networking.k8s.io/v1";
@@ -620,11 +619,11 @@ spec:
         let s = rig
             .wait_status(
                 (GW, "HTTPRoute", "default", "web"),
-                |s| is_true(&s["parents"][0]["conditions"], "ResolvedRefs"),
+                |s| route_condition(s, "ResolvedRefs")["status"] == "True",
                 "ResolvedRefs",
             )
             .await;
-        assert!(is_true(&s["parents"][0]["conditions"], "Accepted"), "{s:#}");
+        assert!(route_condition(&s, "Accepted")["status"] == "True", "{s:#}");
 
         // Traffic, through the Wasm filter.
         let body = wait_curl("127.0.0.1", port, "/anything", 200, "route served").await;
@@ -656,7 +655,7 @@ spec:
         let route = rig
             .wait_status(
                 (GW, "HTTPRoute", "default", "web"),
-                |s| is_true(&s["parents"][0]["conditions"], "Accepted"),
+                |s| route_condition(s, "Accepted")["status"] == "True",
                 "Accepted",
             )
             .await;
@@ -684,20 +683,19 @@ spec:
 
         // Statuses are written only when they change: an unrelated change triggers a
         // new translation but no write.
-        let writes = metric(&gw.admin("/metrics").await, "sluice_status_writes_total");
+        let writes = gw.metric("sluice_status_writes_total").await;
         assert!(writes >= 4, "statuses written: {writes}");
-        assert_eq!(metric(&gw.admin("/metrics").await, "sluice_leader"), 1);
-        let reloads = metric(
-            &gw.admin("/metrics").await,
-            "sluice_config_reloads_total{result=\"ok\"}",
-        );
+        assert_eq!(gw.metric("sluice_leader").await, 1);
+        let reloads = gw
+            .metric("sluice_config_reloads_total{result=\"ok\"}")
+            .await;
         rig.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: unrelated}\n")
             .await;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metric(
-            &gw.admin("/metrics").await,
-            "sluice_config_reloads_total{result=\"ok\"}",
-        ) == reloads
+        while gw
+            .metric("sluice_config_reloads_total{result=\"ok\"}")
+            .await
+            == reloads
         {
             assert!(
                 Instant::now() < deadline,
@@ -707,7 +705,7 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
-            metric(&gw.admin("/metrics").await, "sluice_status_writes_total"),
+            gw.metric("sluice_status_writes_total").await,
             writes,
             "nothing changed, nothing written"
         );
@@ -719,7 +717,7 @@ spec:
         assert!(!body.contains("x-hello"), "filter removed: {body}");
         rig.wait_status(
             (GW, "HTTPRoute", "default", "web"),
-            |s| condition(&s["parents"][0]["conditions"], "Accepted")["observedGeneration"] == 2,
+            |s| route_condition(s, "Accepted")["observedGeneration"] == 2,
             "observedGeneration 2",
         )
         .await;
@@ -730,17 +728,11 @@ spec:
         let s = rig
             .wait_status(
                 (GW, "HTTPRoute", "default", "web"),
-                |s| {
-                    condition(&s["parents"][0]["conditions"], "ResolvedRefs")["reason"]
-                        == "BackendNotFound"
-                },
+                |s| route_condition(s, "ResolvedRefs")["reason"] == "BackendNotFound",
                 "BackendNotFound",
             )
             .await;
-        assert_eq!(
-            condition(&s["parents"][0]["conditions"], "ResolvedRefs")["status"],
-            "False"
-        );
+        assert_eq!(route_condition(&s, "ResolvedRefs")["status"], "False");
         wait_curl(
             "127.0.0.1",
             port,
@@ -849,7 +841,7 @@ fn with_two_replicas_exactly_one_writes_statuses() {
         wait_curl("198.18.1.2", port, "/x", 200, "replica b serves").await;
         rig.wait_status(
             (GW, "HTTPRoute", "default", "web"),
-            |s| is_true(&s["parents"][0]["conditions"], "Accepted"),
+            |s| route_condition(s, "Accepted")["status"] == "True",
             "Accepted",
         )
         .await;
@@ -858,10 +850,7 @@ fn with_two_replicas_exactly_one_writes_statuses() {
             .await;
         rig.wait_status(
             (GW, "HTTPRoute", "default", "web"),
-            |s| {
-                condition(&s["parents"][0]["conditions"], "ResolvedRefs")["reason"]
-                    == "BackendNotFound"
-            },
+            |s| route_condition(s, "ResolvedRefs")["reason"] == "BackendNotFound",
             "BackendNotFound",
         )
         .await;
@@ -880,12 +869,7 @@ fn with_two_replicas_exactly_one_writes_statuses() {
             0,
             "the follower wrote"
         );
-        assert!(
-            metric(
-                &leader.admin("/metrics").await,
-                "sluice_status_writes_total"
-            ) > 0
-        );
+        assert!(leader.metric("sluice_status_writes_total").await > 0);
 
         // The leader goes away (SIGTERM releases the lease); the other takes over and
         // writes the next change.
@@ -899,7 +883,7 @@ fn with_two_replicas_exactly_one_writes_statuses() {
         rig.apply(&route_yaml("/", false)).await;
         rig.wait_status(
             (GW, "HTTPRoute", "default", "web"),
-            |s| is_true(&s["parents"][0]["conditions"], "ResolvedRefs"),
+            |s| route_condition(s, "ResolvedRefs")["status"] == "True",
             "ResolvedRefs again, written by the new leader",
         )
         .await;
@@ -1025,7 +1009,7 @@ fn the_charts_objects_apply_and_its_rbac_is_enough() {
             .await;
             rig.wait_status(
                 (GW, "HTTPRoute", "default", "web"),
-                |s| is_true(&s["parents"][0]["conditions"], "Accepted"),
+                |s| route_condition(s, "Accepted")["status"] == "True",
                 "route status written with the chart's RBAC",
             )
             .await;

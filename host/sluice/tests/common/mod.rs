@@ -221,6 +221,11 @@ impl Sluice {
         }
     }
 
+    /// One unlabelled (or exactly labelled) counter or gauge from `/metrics`; 0 when absent.
+    pub async fn metric(&self, name: &str) -> u64 {
+        metric(&self.admin("/metrics").await, name)
+    }
+
     pub fn sigterm(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -233,6 +238,13 @@ impl Drop for Sluice {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of `name` (with its labels, if any) in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub async fn admin_get(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), String> {
