@@ -1,6 +1,7 @@
 //! `sluice`: the gateway binary. Thin by design: it parses the command line and wires
 //! the file provider, the translator, the data plane and the admin API together.
 
+mod address_pool;
 mod admin;
 mod cluster;
 mod crd;
@@ -53,6 +54,11 @@ enum Command {
         /// e.g. its own IP).
         #[arg(long, value_name = "IP")]
         bind_address: Option<std::net::IpAddr>,
+        /// Give each Gateway without spec.addresses an address of its own from this
+        /// range (e.g. 198.18.2.0/24), bind it and report it in status.addresses. The
+        /// host must own the range (bare metal, a routed block, a test network).
+        #[arg(long, value_name = "CIDR")]
+        gateway_address_pool: Option<String>,
         /// Admin API address (/healthz, /readyz, /metrics, /config_dump, /status).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
@@ -192,6 +198,7 @@ fn main() -> ExitCode {
             kubernetes,
             cluster,
             bind_address,
+            gateway_address_pool,
             admin,
             workers,
             drain_timeout,
@@ -202,6 +209,17 @@ fn main() -> ExitCode {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let cache_dir = cache_dir.or_else(default_cache_dir);
+            let address_pool = match gateway_address_pool
+                .as_deref()
+                .map(address_pool::AddressPool::parse)
+            {
+                None => None,
+                Some(Ok(p)) => Some(Arc::new(p)),
+                Some(Err(e)) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             block_on(workers, async move {
                 let (from, options) = match path {
                     Some(p) if !kubernetes => (provider::From::Files(p), None),
@@ -214,7 +232,11 @@ fn main() -> ExitCode {
                         (provider::From::Cluster(c), Some(options))
                     }
                 };
-                let source = provider::Source { from, bind_address };
+                let source = provider::Source {
+                    from,
+                    bind_address,
+                    address_pool,
+                };
                 provider::run(
                     source,
                     options,

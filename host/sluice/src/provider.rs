@@ -22,6 +22,7 @@ use sluice_translate::{ObjectStatus, Translation};
 use sluice_wasm::Runtime;
 use tokio::sync::mpsc;
 
+use crate::address_pool::AddressPool;
 use crate::admin::{self, AdminState};
 use crate::cluster::Cluster;
 use crate::cluster::lease::Election;
@@ -44,6 +45,8 @@ pub struct Source {
     pub from: From,
     /// Replaces the default `0.0.0.0` (e.g. a Pod's own IP).
     pub bind_address: Option<IpAddr>,
+    /// Gives each Gateway without `spec.addresses` an address of its own.
+    pub address_pool: Option<Arc<AddressPool>>,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,10 @@ fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Lo
         // `path` sources are read relative to the working directory.
         From::Cluster(c) => (c.load(), PathBuf::from(".")),
     };
+    let mut loaded = loaded;
+    if let Some(pool) = &source.address_pool {
+        loaded.warnings.extend(pool.assign(&mut loaded.resources));
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -115,6 +122,7 @@ pub fn check(path: &Path) -> Result<String, String> {
     let source = Source {
         from: From::Files(path.to_path_buf()),
         bind_address: None,
+        address_pool: None,
     };
     let t = load(&source, &runtime, &sources)?.translation;
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;

@@ -26,6 +26,11 @@ const INSIDE: &str = "SLUICE_TEST_NETNS";
 /// Runs the test named `name` in a fresh network namespace (the test binary re-runs
 /// itself there), or, inside it, runs `body`.
 fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
+    in_netns_with(name, "ip addr add 198.18.0.0/16 dev lo", body)
+}
+
+/// [`in_netns`], with `setup` (shell) run in the namespace first.
+fn in_netns_with<F: Future<Output = ()>>(name: &str, setup: &str, body: impl FnOnce() -> F) {
     if std::env::var_os(INSIDE).is_some() {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -46,9 +51,15 @@ fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
     }
     let out = cmd
         .args(["--net", "--", "sh", "-ec"])
-        .arg("ip link set lo up; ip addr add 198.18.0.0/16 dev lo; exec \"$0\" \"$@\"")
+        .arg(format!("ip link set lo up; {setup}; exec \"$0\" \"$@\""))
         .arg(&exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(INSIDE, "1")
         .output()
         .expect("unshare (util-linux) and ip (iproute2) are needed");
@@ -61,6 +72,7 @@ fn in_netns<F: Future<Output = ()>>(name: &str, body: impl FnOnce() -> F) {
         out.status.success() && text.contains("1 passed"),
         "{name} inside its network namespace failed:\n{text}"
     );
+    println!("{text}");
 }
 
 fn tools() -> PathBuf {
@@ -219,6 +231,11 @@ impl Rig {
 
     /// kube-controller-manager with the EndpointSlice controller, on this API server.
     fn controller_manager(&self) -> ChildGuard {
+        self.controller_manager_with("endpointslice,serviceaccount")
+    }
+
+    /// kube-controller-manager running `controllers` (comma-separated).
+    fn controller_manager_with(&self, controllers: &str) -> ChildGuard {
         let bin = tools().join("kube-controller-manager");
         assert!(
             bin.exists(),
@@ -228,7 +245,7 @@ impl Rig {
         let log = std::fs::File::create(self.dir.0.join("controller-manager.log")).expect("log");
         let child = Command::new(bin)
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg("--controllers=endpointslice,serviceaccount")
+            .arg(format!("--controllers={controllers}"))
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_port()))
@@ -1136,6 +1153,103 @@ spec:
                     .as_str()
                     .is_some_and(|m| m.contains("not found")),
                 "{s:#}"
+            );
+        },
+    );
+}
+
+/// The official Gateway API conformance suite (GATEWAY-HTTP profile) against Sluice.
+/// Slow (minutes) and it needs the Go-built suite, fake kubelet and echo-basic, so it
+/// is left out of the default run: `.ci/conformance` builds them and runs it. Pods are
+/// real echo-basic processes, each in a network namespace of its own on the bridge
+/// 198.18.128.1/17 that the fake kubelet makes; Gateways get addresses from
+/// 198.18.2.0/24 (`--gateway-address-pool`) on this namespace's loopback (198.18.0.0/17).
+/// Logs and the suite's report go to target/conformance/.
+#[test]
+#[ignore = "the Gateway API conformance suite; run it with .ci/conformance"]
+fn gateway_api_conformance() {
+    in_netns_with(
+        "gateway_api_conformance",
+        "ip addr add 198.18.0.0/17 dev lo",
+        || async {
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/conformance");
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(out.join("pods")).expect("target/conformance");
+            for bin in ["kubelet", "echo-basic", "conformance.test"] {
+                assert!(
+                    tools().join(bin).exists(),
+                    "target/tools/{bin} is missing: .ci/conformance builds it"
+                );
+            }
+            let rig = Rig::start("conformance").await;
+            let _kcm = rig.controller_manager_with(
+                "deployment-controller,replicaset-controller,endpointslice-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller",
+            );
+            let _kubelet = ChildGuard(
+                Command::new(tools().join("kubelet"))
+                    .arg(format!("--kubeconfig={}", rig.kubeconfig.display()))
+                    .arg(format!(
+                        "--echo-basic={}",
+                        tools().join("echo-basic").display()
+                    ))
+                    .arg("--pod-cidr=198.18.128.1/17")
+                    .arg(format!("--dir={}", out.join("pods").display()))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(out.join("kubelet.log")).expect("log"))
+                    .spawn()
+                    .expect("start the fake kubelet"),
+            );
+            rig.apply(
+                "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+",
+            )
+            .await;
+            let sluice = rig
+                .sluice("sluice", &["--gateway-address-pool", "198.18.2.0/24"])
+                .await;
+            let options = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.ci/kube/conformance/options.yaml");
+            let log = out.join("suite.log");
+            let status = Command::new(tools().join("conformance.test"))
+                .args(["-test.v", "-test.timeout=60m", "-test.run=TestConformance"])
+                .arg(format!("-conformance-options-file={}", options.display()))
+                .arg(format!(
+                    "-report-output={}",
+                    out.join("report.yaml").display()
+                ))
+                .env("KUBECONFIG", &rig.kubeconfig)
+                .stdout(std::fs::File::create(&log).expect("log"))
+                .stderr(Stdio::inherit())
+                .status()
+                .expect("run conformance.test");
+            let _ = std::fs::copy(&sluice.log, out.join("sluice.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let count = |what: &str| {
+                text.lines()
+                    .filter(|l| l.trim_start().starts_with(what))
+                    .count()
+            };
+            println!(
+                "conformance: {} passed, {} failed, {} skipped (subtests and the suite)\nreport: {}\nlog: {}",
+                count("--- PASS"),
+                count("--- FAIL"),
+                count("--- SKIP"),
+                out.join("report.yaml").display(),
+                log.display()
+            );
+            for l in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("--- FAIL"))
+            {
+                println!("{l}");
+            }
+            assert!(
+                status.success(),
+                "the conformance suite failed; see {}",
+                log.display()
             );
         },
     );

@@ -1,0 +1,212 @@
+//! `--gateway-address-pool`: each of our Gateways without `spec.addresses` gets an
+//! address of its own from a range, binds it, and reports it in `status.addresses`.
+//!
+//! Without a pool such Gateways all bind the same `0.0.0.0` (or `--bind-address`) and
+//! share its ports, so two Gateways with a port-80 listener and no hostnames conflict.
+//! With one, each is reachable on its own address, as a cloud load balancer per
+//! Gateway would make it, for hosts that own a routed range (bare metal, a node with
+//! several addresses, the conformance rig).
+//!
+//! An assignment is kept for as long as the Gateway exists, so a reload never moves a
+//! Gateway; a deleted Gateway's address returns to the pool. New Gateways take the
+//! lowest free address in namespace/name order, so replicas that see the same Gateways
+//! assign the same addresses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use sluice_resources::{GatewayAddress, Resources};
+use sluice_translate::CONTROLLER_NAME;
+
+pub struct AddressPool {
+    /// The first and last usable addresses, as numbers.
+    first: u128,
+    last: u128,
+    v4: bool,
+    assigned: Mutex<BTreeMap<(String, String), IpAddr>>,
+}
+
+impl AddressPool {
+    /// Parses `198.18.2.0/24` or `fd00::/120`. For IPv4 ranges of more than two
+    /// addresses the network and broadcast addresses are left out.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let fix = "give a range in CIDR form, like 198.18.2.0/24";
+        let (ip, bits) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--gateway-address-pool {s:?}: no prefix length; {fix}"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|e| format!("--gateway-address-pool {s:?}: {e}; {fix}"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits: u32 = bits.parse().ok().filter(|b| *b <= max).ok_or_else(|| {
+            format!("--gateway-address-pool {s:?}: prefix length must be 0..={max}; {fix}")
+        })?;
+        let n = match ip {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let host_bits = max - bits;
+        let size_minus_one = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        let base = n & !size_minus_one;
+        let (mut first, mut last) = (base, base | size_minus_one);
+        if ip.is_ipv4() && host_bits >= 2 {
+            first += 1;
+            last -= 1;
+        }
+        Ok(AddressPool {
+            first,
+            last,
+            v4: ip.is_ipv4(),
+            assigned: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn addr(&self, n: u128) -> IpAddr {
+        if self.v4 {
+            // In range: `first..=last` lies within a /0..=/32 IPv4 prefix.
+            IpAddr::V4(u32::try_from(n).unwrap_or(u32::MAX).into())
+        } else {
+            IpAddr::V6(n.into())
+        }
+    }
+
+    /// Gives each Gateway of our GatewayClasses that has no `spec.addresses` its
+    /// address, as if it had asked for it. Returns a warning per Gateway left without
+    /// one because the pool is used up (those bind the default address).
+    pub fn assign(&self, res: &mut Resources) -> Vec<String> {
+        let ours: BTreeSet<&str> = res
+            .gateway_classes
+            .iter()
+            .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+            .map(|c| c.metadata.name.as_str())
+            .collect();
+        let key = |g: &sluice_resources::Gateway| {
+            (
+                g.metadata.namespace_or_default().to_string(),
+                g.metadata.name.clone(),
+            )
+        };
+        let wants: Vec<usize> = (0..res.gateways.len())
+            .filter(|&i| {
+                let g = &res.gateways[i];
+                g.spec.addresses.is_empty() && ours.contains(g.spec.gateway_class_name.as_str())
+            })
+            .collect();
+        let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        let live: BTreeSet<(String, String)> =
+            wants.iter().map(|&i| key(&res.gateways[i])).collect();
+        assigned.retain(|k, _| live.contains(k));
+        let mut used: BTreeSet<IpAddr> = assigned.values().copied().collect();
+        // Addresses Gateways ask for themselves are not handed out either.
+        for g in &res.gateways {
+            used.extend(
+                g.spec
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.value.parse::<IpAddr>().ok()),
+            );
+        }
+        let mut warnings = Vec::new();
+        let mut next = self.first;
+        for i in wants {
+            let k = key(&res.gateways[i]);
+            let ip = match assigned.get(&k) {
+                Some(ip) => Some(*ip),
+                None => {
+                    while next <= self.last && used.contains(&self.addr(next)) {
+                        next += 1;
+                    }
+                    (next <= self.last).then(|| {
+                        let ip = self.addr(next);
+                        used.insert(ip);
+                        assigned.insert(k.clone(), ip);
+                        ip
+                    })
+                }
+            };
+            match ip {
+                Some(ip) => res.gateways[i].spec.addresses.push(GatewayAddress {
+                    type_: Some("IPAddress".into()),
+                    value: ip.to_string(),
+                }),
+                None => warnings.push(format!(
+                    "Gateway {}/{}: --gateway-address-pool is used up; it binds the default address",
+                    k.0, k.1
+                )),
+            }
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(gateways: &[(&str, &str)]) -> Resources {
+        let mut yaml = String::from(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n",
+        );
+        for (name, class) in gateways {
+            yaml += &format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: {class}\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
+            );
+        }
+        sluice_resources::load_str("test.yaml", &yaml)
+            .expect("load")
+            .resources
+    }
+
+    fn addresses(res: &Resources) -> Vec<(String, Vec<String>)> {
+        res.gateways
+            .iter()
+            .map(|g| {
+                let a = g.spec.addresses.iter().map(|a| a.value.clone()).collect();
+                (g.metadata.name.clone(), a)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_gateway_keeps_its_own_address_and_freed_ones_return() {
+        let pool = AddressPool::parse("198.18.2.0/30").expect("pool");
+        let mut res = resources(&[("a", "sluice"), ("b", "sluice"), ("other", "foreign")]);
+        assert!(pool.assign(&mut res).is_empty());
+        let got = addresses(&res);
+        assert_eq!(got[0], ("a".into(), vec!["198.18.2.1".into()]));
+        assert_eq!(got[1], ("b".into(), vec!["198.18.2.2".into()]));
+        assert!(got[2].1.is_empty(), "another controller's Gateway: {got:?}");
+
+        // A Gateway sorted before both does not move them; the pool (2 hosts) is used up.
+        let mut res = resources(&[("0", "sluice"), ("a", "sluice"), ("b", "sluice")]);
+        let warnings = pool.assign(&mut res);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("default/0"), "{warnings:?}");
+        let got = addresses(&res);
+        assert_eq!(got[1].1, vec!["198.18.2.1".to_string()]);
+        assert_eq!(got[2].1, vec!["198.18.2.2".to_string()]);
+
+        // `a` deleted: its address goes to the next Gateway that needs one.
+        let mut res = resources(&[("0", "sluice"), ("b", "sluice")]);
+        assert!(pool.assign(&mut res).is_empty());
+        let got = addresses(&res);
+        assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
+        assert_eq!(got[1].1, vec!["198.18.2.2".to_string()]);
+    }
+
+    #[test]
+    fn bad_ranges_say_how_to_write_one() {
+        for bad in ["198.18.2.0", "198.18.2.0/33", "nope/24"] {
+            let e = AddressPool::parse(bad).err().expect("refused");
+            assert!(e.contains("CIDR form"), "{e}");
+        }
+        let v6 = AddressPool::parse("fd00::/127").expect("v6");
+        assert_eq!(v6.addr(v6.first).to_string(), "fd00::");
+        assert_eq!(v6.addr(v6.last).to_string(), "fd00::1");
+    }
+}
