@@ -6,6 +6,8 @@
 // Running and Ready once its process runs; a terminating Pod's process is killed and the
 // Pod force-deleted.
 //
+// It also serves the Pods' logs on the kubelet port (10250), for pods/log.
+//
 // Limits, because there is no container runtime: only `echo-basic` images run (the
 // binary given by --echo-basic); a Pod of any other image (the suite's coredns) is
 // reported Running without a process, and the kubelet logs that. Secret and ConfigMap
@@ -15,10 +17,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"flag"
 	"fmt"
+	"io"
 	"log"
+	"math/big"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -100,6 +113,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if err := k.serveLogs(net.JoinHostPort(k.gateway.String(), "10250")); err != nil {
+		log.Fatalf("kubelet port: %v", err)
+	}
 	if err := k.registerNode(ctx); err != nil {
 		log.Fatalf("node %s: %v", k.node, err)
 	}
@@ -166,6 +182,7 @@ func (k *kubelet) nodeReadyOnce(ctx context.Context) error {
 		LastHeartbeatTime: now, LastTransitionTime: now,
 	}}
 	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: k.gateway.String()}}
+	n.Status.DaemonEndpoints.KubeletEndpoint.Port = 10250
 	capacity := corev1.ResourceList{}
 	for name, q := range map[corev1.ResourceName]string{"cpu": "64", "memory": "256Gi", "pods": "1000"} {
 		capacity[name] = resource.MustParse(q)
@@ -300,13 +317,26 @@ ip link set lo up; ip addr add %s/%d dev eth0; ip link set eth0 up; ip route add
 exec "$0"`, ip, k.prefix, k.gateway)
 	cmd := exec.Command("unshare", "--net", "--", "sh", "-ec", script, k.echo)
 	cmd.Env = env
-	logFile, err := os.Create(filepath.Join(k.dir, fmt.Sprintf("%s_%s.log", p.Namespace, p.Name)))
+	logFile, err := os.Create(k.logPath(p.Namespace, p.Name))
 	if err != nil {
 		return ip, err
 	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Each line of output is stored with its time, as a container runtime does, so
+	// `kubectl logs --since-time` (the mirror tests use it) can be answered.
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return ip, err
+	}
+	cmd.Stderr = cmd.Stdout
+	go stampLines(out, logFile)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
+		return ip, err
+	}
+	// The veth's far end must land in the Pod's namespace, which exists only once
+	// unshare has run: until then the process is still in ours.
+	if err := waitForOwnNetns(cmd.Process.Pid); err != nil {
+		_ = cmd.Process.Kill()
 		return ip, err
 	}
 	k.links++
@@ -319,11 +349,109 @@ exec "$0"`, ip, k.prefix, k.gateway)
 		_ = cmd.Process.Kill()
 		return ip, err
 	}
-	go func() { _ = cmd.Wait(); logFile.Close() }()
+	go func() { _ = cmd.Wait() }()
 	entry.cmd, entry.link = cmd, link
 	k.pods[p.UID] = entry
 	log.Printf("pod %s/%s: echo-basic on %s (pid %d)", p.Namespace, p.Name, ip, cmd.Process.Pid)
 	return ip, nil
+}
+
+func (k *kubelet) logPath(ns, name string) string {
+	return filepath.Join(k.dir, fmt.Sprintf("%s_%s.log", ns, name))
+}
+
+func stampLines(r io.Reader, w *os.File) {
+	defer w.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		fmt.Fprintf(w, "%s %s\n", time.Now().UTC().Format(time.RFC3339Nano), sc.Text())
+	}
+}
+
+// serveLogs answers the API server's pods/log requests
+// (GET /containerLogs/NAMESPACE/POD/CONTAINER?sinceTime=...&timestamps=...) on the
+// kubelet port, over TLS with a throwaway certificate (the API server does not check
+// kubelet certificates unless told to).
+func (k *kubelet) serveLogs(addr string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: k.node},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.IP(k.gateway.AsSlice())},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /containerLogs/{ns}/{pod}/{container}", func(w http.ResponseWriter, r *http.Request) {
+		data, err := os.ReadFile(k.logPath(r.PathValue("ns"), r.PathValue("pod")))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		var since time.Time
+		if v := r.URL.Query().Get("sinceTime"); v != "" {
+			if since, err = time.Parse(time.RFC3339, v); err != nil {
+				http.Error(w, "sinceTime: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+		stamps := r.URL.Query().Get("timestamps") == "true"
+		for _, line := range strings.SplitAfter(string(data), "\n") {
+			stamp, text, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			t, err := time.Parse(time.RFC3339Nano, stamp)
+			if err != nil || t.Before(since) {
+				continue
+			}
+			if stamps {
+				text = line
+			}
+			_, _ = io.WriteString(w, text)
+		}
+	})
+	srv := &http.Server{
+		Addr:              addr,
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{
+			Certificate: [][]byte{der}, PrivateKey: key,
+		}}},
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	go func() { log.Print(srv.ServeTLS(ln, "", "")) }()
+	return nil
+}
+
+func waitForOwnNetns(pid int) error {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			return err
+		}
+		if ns != self {
+			return nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("process %d did not enter a network namespace of its own in 10 s", pid)
 }
 
 // environment resolves the container's env and writes its Secret and ConfigMap volumes.

@@ -154,6 +154,11 @@ impl Cors {
         } else if let Some(h) = &self.headers {
             out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, h.clone());
         }
+        // Not read by browsers on a preflight, but the Gateway API conformance suite (and
+        // Envoy) send it there too, so clients see one consistent policy.
+        if let Some(e) = &self.expose {
+            out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+        }
         out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         out
     }

@@ -74,25 +74,31 @@ impl Listeners {
     }
 
     /// Binds every socket in `wanted` that is not bound yet, then stops accepting on the
-    /// ones no longer wanted (their open connections finish normally). If a bind fails,
-    /// nothing changes and the error names the address.
-    pub fn sync(&self, wanted: &[Socket]) -> io::Result<()> {
+    /// ones no longer wanted (their open connections finish normally). A socket that
+    /// cannot be bound (an address the host does not own, a port another process holds)
+    /// does not hold back the others: it is returned with its error, naming the address,
+    /// and the caller reports it and tries again later.
+    pub fn sync(&self, wanted: &[Socket]) -> Vec<(Socket, io::Error)> {
         let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = Vec::new();
+        let mut failed = Vec::new();
         for sock in wanted {
             if !bound.contains_key(sock) {
                 let b = match sock {
                     Socket::Tcp(addr) => bind(*addr).map(Bound::Tcp),
                     Socket::Udp(addr) => bind_udp(*addr).map(Bound::Udp),
                 };
-                let b = b.map_err(|e| {
-                    let (kind, addr) = match sock {
-                        Socket::Tcp(a) => ("", a),
-                        Socket::Udp(a) => (" udp", a),
-                    };
-                    io::Error::new(e.kind(), format!("cannot listen on{kind} {addr}: {e}"))
-                })?;
-                fresh.push((*sock, b));
+                match b {
+                    Ok(b) => fresh.push((*sock, b)),
+                    Err(e) => {
+                        let (kind, addr) = match sock {
+                            Socket::Tcp(a) => ("", a),
+                            Socket::Udp(a) => (" udp", a),
+                        };
+                        let msg = format!("cannot listen on{kind} {addr}: {e}");
+                        failed.push((*sock, io::Error::new(e.kind(), msg)));
+                    }
+                }
             }
         }
         for (sock, b) in fresh {
@@ -132,7 +138,7 @@ impl Listeners {
             }
             keep
         });
-        Ok(())
+        failed
     }
 
     /// Stops accepting, asks every connection to finish, and waits up to `timeout` for

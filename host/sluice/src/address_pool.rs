@@ -8,9 +8,11 @@
 //! several addresses, the conformance rig).
 //!
 //! An assignment is kept for as long as the Gateway exists, so a reload never moves a
-//! Gateway; a deleted Gateway's address returns to the pool. New Gateways take the
-//! lowest free address in namespace/name order, so replicas that see the same Gateways
-//! assign the same addresses.
+//! Gateway; a deleted Gateway's address returns to the pool, but is handed out again
+//! only after the rest of the range (as DHCP servers do), so a new Gateway does not
+//! inherit the clients, or the lingering UDP sessions, of a deleted one. New Gateways
+//! take free addresses in namespace/name order, so replicas that saw the same Gateways
+//! come and go assign the same addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,7 +26,14 @@ pub struct AddressPool {
     first: u128,
     last: u128,
     v4: bool,
-    assigned: Mutex<BTreeMap<(String, String), IpAddr>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    assigned: BTreeMap<(String, String), IpAddr>,
+    /// Where the search for the next free address starts.
+    cursor: u128,
 }
 
 impl AddressPool {
@@ -62,7 +71,10 @@ impl AddressPool {
             first,
             last,
             v4: ip.is_ipv4(),
-            assigned: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(State {
+                assigned: BTreeMap::new(),
+                cursor: first,
+            }),
         })
     }
 
@@ -97,7 +109,8 @@ impl AddressPool {
                 g.spec.addresses.is_empty() && ours.contains(g.spec.gateway_class_name.as_str())
             })
             .collect();
-        let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let State { assigned, cursor } = &mut *state;
         let live: BTreeSet<(String, String)> =
             wants.iter().map(|&i| key(&res.gateways[i])).collect();
         assigned.retain(|k, _| live.contains(k));
@@ -112,17 +125,18 @@ impl AddressPool {
             );
         }
         let mut warnings = Vec::new();
-        let mut next = self.first;
         for i in wants {
             let k = key(&res.gateways[i]);
             let ip = match assigned.get(&k) {
                 Some(ip) => Some(*ip),
                 None => {
-                    while next <= self.last && used.contains(&self.addr(next)) {
-                        next += 1;
-                    }
-                    (next <= self.last).then(|| {
-                        let ip = self.addr(next);
+                    // From the cursor to the end of the range, then from its start.
+                    let free = (*cursor..=self.last)
+                        .chain(self.first..*cursor)
+                        .find(|&n| !used.contains(&self.addr(n)));
+                    free.map(|n| {
+                        *cursor = if n == self.last { self.first } else { n + 1 };
+                        let ip = self.addr(n);
                         used.insert(ip);
                         assigned.insert(k.clone(), ip);
                         ip
@@ -183,20 +197,34 @@ mod tests {
         assert!(got[2].1.is_empty(), "another controller's Gateway: {got:?}");
 
         // A Gateway sorted before both does not move them; the pool (2 hosts) is used up.
-        let mut res = resources(&[("0", "sluice"), ("a", "sluice"), ("b", "sluice")]);
+        let mut res = resources(&[("0a", "sluice"), ("a", "sluice"), ("b", "sluice")]);
         let warnings = pool.assign(&mut res);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("default/0"), "{warnings:?}");
+        assert!(warnings[0].contains("default/0a"), "{warnings:?}");
         let got = addresses(&res);
         assert_eq!(got[1].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[2].1, vec!["198.18.2.2".to_string()]);
 
-        // `a` deleted: its address goes to the next Gateway that needs one.
-        let mut res = resources(&[("0", "sluice"), ("b", "sluice")]);
+        // `a` deleted: its address goes to the next Gateway that needs one (the only
+        // free one here).
+        let mut res = resources(&[("0a", "sluice"), ("b", "sluice")]);
         assert!(pool.assign(&mut res).is_empty());
         let got = addresses(&res);
         assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.2".to_string()]);
+    }
+
+    #[test]
+    fn a_freed_address_is_reused_last() {
+        let pool = AddressPool::parse("198.18.2.0/29").expect("pool"); // .1 to .6
+        let mut res = resources(&[("a", "sluice"), ("b", "sluice")]);
+        pool.assign(&mut res);
+        // `a` (.1) goes, `c` comes: it gets .3, not .1.
+        let mut res = resources(&[("b", "sluice"), ("c", "sluice")]);
+        pool.assign(&mut res);
+        let got = addresses(&res);
+        assert_eq!(got[0].1, vec!["198.18.2.2".to_string()]);
+        assert_eq!(got[1].1, vec!["198.18.2.3".to_string()]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod fetch;
 mod filter_cmd;
 mod oci;
 mod provider;
+mod unbound;
 mod wasm;
 
 use std::net::SocketAddr;

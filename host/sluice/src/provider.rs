@@ -29,12 +29,15 @@ use crate::cluster::lease::Election;
 use crate::cluster::status::{self, AddressSource, StatusStats};
 use crate::fetch::Downloads;
 use crate::oci::OciSources;
+use crate::unbound::{self, GatewayBind};
 use crate::wasm::{self, Sources};
 
 /// A loaded config: its translation, the filter pools, and the filters still being
 /// pulled (name, what it waits for).
 struct Loaded {
     translation: Translation,
+    /// The sockets each Gateway asks for, to report those that cannot be bound.
+    binds: Vec<GatewayBind>,
     pools: WasmPools,
     pending: Vec<(String, String)>,
 }
@@ -109,8 +112,12 @@ fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Lo
     if let Some(ip) = source.bind_address {
         rebind(&mut translation.ir, ip);
     }
+    let default = source
+        .bind_address
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     Ok(Loaded {
         translation,
+        binds: unbound::gateway_binds(&loaded.resources, default),
         pools: prepared.pools,
         pending: prepared.pending,
     })
@@ -188,16 +195,18 @@ pub async fn run(
             .map_err(|e| anyhow!("{e}"))?;
     }
     let Loaded {
-        translation, pools, ..
+        mut translation,
+        pools,
+        binds,
+        ..
     } = first;
     let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics, &pools)
         .map_err(|e| anyhow!("{}: {e}", source.describe()))?;
     let sockets = snapshot.sockets();
     let gw = Gateway::new(snapshot, metrics);
     let listeners = Arc::new(Listeners::new(gw.clone()).with_udp_idle_timeout(udp_idle));
-    listeners
-        .sync(&sockets)
-        .context("binding the Gateway listeners")?;
+    let failed = listeners.sync(&sockets);
+    bind_failures(&mut translation.statuses, &binds, &failed, &tx);
     if let Some(c) = source.cluster() {
         c.publish(translation.statuses.clone());
     }
@@ -227,7 +236,7 @@ pub async fn run(
     tracing::info!(config = %source.describe(), %admin_addr, "sluice is serving");
 
     let _watcher = match &source.from {
-        From::Files(path) => Some(watch(path, tx)?),
+        From::Files(path) => Some(watch(path, tx.clone())?),
         From::Cluster(_) => None,
     };
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -238,9 +247,9 @@ pub async fn run(
                 // Editors write in several steps; wait for the burst to settle.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
-                reload(&source, &gw, &listeners, &state, &runtime, &sources).await;
+                reload(&source, &gw, &listeners, &state, &runtime, &sources, &tx).await;
             }
-            _ = hup.recv() => reload(&source, &gw, &listeners, &state, &runtime, &sources).await,
+            _ = hup.recv() => reload(&source, &gw, &listeners, &state, &runtime, &sources, &tx).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -269,6 +278,7 @@ async fn reload(
     state: &AdminState,
     runtime: &Arc<Runtime>,
     sources: &Arc<Sources>,
+    retry: &mpsc::UnboundedSender<()>,
 ) {
     // Loading, downloading and compiling filters is blocking work: keep it off the
     // serving threads.
@@ -292,16 +302,17 @@ async fn reload(
             tokio::task::spawn_blocking(move || {
                 let snap = sluice_proxy::build(l.translation.ir, &gw.metrics, &l.pools)
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>((snap, l.translation.statuses))
+                Ok::<_, String>((snap, l.translation.statuses, l.binds))
             })
             .await
             .unwrap_or_else(|e| Err(format!("reload task failed: {e}")))
         }
         Err(e) => Err(e),
     };
-    let result = prepared.and_then(|(snap, statuses)| {
-        listeners.sync(&snap.sockets()).map_err(|e| e.to_string())?;
-        Ok((snap, statuses))
+    let result = prepared.map(|(snap, mut statuses, binds)| {
+        let failed = listeners.sync(&snap.sockets());
+        bind_failures(&mut statuses, &binds, &failed, retry);
+        (snap, statuses)
     });
     let c = &gw.metrics.counters;
     match result {
@@ -322,6 +333,31 @@ async fn reload(
         }
     }
 }
+
+/// Reports sockets that could not be bound in their Gateways' statuses, logs them, and
+/// asks for another reload in a few seconds.
+fn bind_failures(
+    statuses: &mut [ObjectStatus],
+    binds: &[GatewayBind],
+    failed: &[(sluice_proxy::Socket, std::io::Error)],
+    retry: &mpsc::UnboundedSender<()>,
+) {
+    if failed.is_empty() {
+        return;
+    }
+    for (_, e) in failed {
+        tracing::error!("{e}; the rest of the configuration is served, and this is retried");
+    }
+    unbound::report(statuses, binds, failed);
+    let retry = retry.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(BIND_RETRY).await;
+        let _ = retry.send(());
+    });
+}
+
+/// How soon a socket that could not be bound is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(3);
 
 /// Gateways without `spec.addresses` bind `0.0.0.0`; `--bind-address` narrows that.
 fn rebind(ir: &mut sluice_ir::Ir, ip: IpAddr) {

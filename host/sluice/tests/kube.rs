@@ -1227,25 +1227,25 @@ spec: {controllerName: sluice.dev/gateway-controller}
                 .expect("run conformance.test");
             let _ = std::fs::copy(&sluice.log, out.join("sluice.log"));
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let count = |what: &str| {
+            // The suite's own tests, one level below TestConformance (not their subtests).
+            let tests = |what: &str| -> Vec<&str> {
+                let prefix = format!("    --- {what}: TestConformance/");
                 text.lines()
-                    .filter(|l| l.trim_start().starts_with(what))
-                    .count()
+                    .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                    .filter_map(|rest| rest.split(' ').next())
+                    .filter(|name| !name.contains('/'))
+                    .collect()
             };
+            let (passed, failed, skipped) = (tests("PASS"), tests("FAIL"), tests("SKIP"));
             println!(
-                "conformance: {} passed, {} failed, {} skipped (subtests and the suite)\nreport: {}\nlog: {}",
-                count("--- PASS"),
-                count("--- FAIL"),
-                count("--- SKIP"),
+                "conformance: {} passed, {} failed, {} skipped\nfailed: {}\nreport: {}\nlog: {}",
+                passed.len(),
+                failed.len(),
+                skipped.len(),
+                failed.join(" "),
                 out.join("report.yaml").display(),
                 log.display()
             );
-            for l in text
-                .lines()
-                .filter(|l| l.trim_start().starts_with("--- FAIL"))
-            {
-                println!("{l}");
-            }
             assert!(
                 status.success(),
                 "the conformance suite failed; see {}",

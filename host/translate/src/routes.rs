@@ -311,10 +311,11 @@ pub(crate) fn attach(
                 .iter()
                 .copied()
                 .filter(|&li| {
+                    // Attachment depends on allowedRoutes and the parentRef only, not on
+                    // the listener's own status: a listener that is not programmed (a
+                    // missing certificate, a conflict) still counts its routes.
                     let l = &gw.listeners[li];
-                    l.programmed()
-                        && l.allows_kind(r.kind)
-                        && l.allows_namespace(res, &gw.namespace, r.namespace)
+                    l.allows_kind(r.kind) && l.allows_namespace(res, &gw.namespace, r.namespace)
                 })
                 .collect();
             if allowed.is_empty() {
@@ -361,7 +362,10 @@ pub(crate) fn attach(
                 ));
                 for (li, hosts) in hits {
                     gws[gi].listeners[li].attached_routes += 1;
-                    targets.push((gi, li, hosts));
+                    // Traffic only flows through listeners that are programmed.
+                    if gws[gi].listeners[li].programmed() {
+                        targets.push((gi, li, hosts));
+                    }
                 }
             }
             Err((reason, msg)) => {

@@ -1,0 +1,62 @@
+# Shared by .ci/run and .ci/conformance: the Debian packages and the Go-built tools the
+# tests use. Sourced, not run.
+
+# Debian packages the tests use: curl (a real HTTP client), docker-registry (a real
+# OCI registry, which the OCI tests start on 127.0.0.1 themselves) and htpasswd (its
+# basic-auth file), from apache2-utils.
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+# Kubernetes-mode tests: etcd for the API server, and a network namespace of their own
+# (unshare from util-linux, ip from iproute2).
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+unset need
+
+mkdir -p target/tools
+go_tools() {
+  set -euo pipefail
+  # oras, the independent OCI client the interop tests push and pull with, built from
+  # its Go module into target/tools (the tests look there).
+  if [ ! -x target/tools/oras ]; then
+    GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install oras.land/oras/cmd/oras@v1.3.6
+  fi
+  # grpcurl, the gRPC client of the GRPCRoute tests, from its Go module.
+  if [ ! -x target/tools/grpcurl ]; then
+    GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+  fi
+  # The Kubernetes control plane of the Kubernetes-mode tests: kube-apiserver and
+  # kube-controller-manager from the k8s.io/kubernetes Go module, through the wrapper
+  # module in .ci/kube (test tooling only).
+  if [ ! -x target/tools/kube-apiserver ] || [ ! -x target/tools/kube-controller-manager ]; then
+    (cd .ci/kube && GOBIN="$PWD/../../target/tools" go install \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+  fi
+  # The Gateway API v1.6 standard CRDs, from the gateway-api Go module; the tests apply
+  # them with server-side apply.
+  if [ ! -f target/tools/gateway-api-crds/gateway.networking.k8s.io_httproutes.yaml ]; then
+    dir=$(go mod download -json sigs.k8s.io/gateway-api@v1.6.3 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    mkdir -p target/tools/gateway-api-crds
+    cp "$dir"/config/crd/standard/*.yaml target/tools/gateway-api-crds/
+  fi
+  # helm, from its Go module: lint and render the chart (the tests apply the rendering).
+  if [ ! -x target/tools/helm ]; then
+    GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0
+  fi
+}
+
+# The Gateway API conformance suite's parts (.ci/conformance runs them): the suite's
+# test binary, its echo-basic backend and the fake kubelet, from the same wrapper module.
+conformance_tools() {
+  set -euo pipefail
+  # Always built: Go's build cache makes an unchanged rebuild take seconds.
+  (cd .ci/kube && GOBIN="$PWD/../../target/tools" go install ./kubelet sigs.k8s.io/gateway-api/conformance/echo-basic &&
+    go test -c -o ../../target/tools/conformance.test ./conformance)
+}

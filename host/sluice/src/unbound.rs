@@ -1,0 +1,244 @@
+//! Sockets that could not be bound, in the statuses of the Gateways that asked for them.
+//!
+//! A Gateway may name an address the host does not own, or a port another process
+//! holds. That must not hold back every other Gateway: the rest of the configuration
+//! is applied, and the Gateway says what is wrong. An address that is not the host's
+//! makes the Gateway `Programmed: False` (`AddressNotUsable`); a port that is taken makes
+//! the listener `Accepted: False` (`PortUnavailable`) and `Programmed: False`. The
+//! provider tries again every few seconds, so a port that frees up is taken then.
+
+use std::io;
+use std::net::IpAddr;
+
+use sluice_proxy::Socket;
+use sluice_resources::Resources;
+use sluice_translate::{Condition, ObjectStatus, Status};
+
+/// What one Gateway binds: its addresses and its listeners (name, port, UDP or not).
+#[derive(Clone, Debug)]
+pub struct GatewayBind {
+    namespace: String,
+    name: String,
+    addresses: Vec<IpAddr>,
+    listeners: Vec<(String, u16, bool)>,
+}
+
+/// The sockets each Gateway asks for. `default` is where Gateways without
+/// `spec.addresses` listen (`0.0.0.0`, or `--bind-address`).
+pub fn gateway_binds(res: &Resources, default: IpAddr) -> Vec<GatewayBind> {
+    res.gateways
+        .iter()
+        .map(|g| {
+            let mut addresses: Vec<IpAddr> = g
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|a| a.value.parse().ok())
+                .collect();
+            if addresses.is_empty() {
+                addresses.push(default);
+            }
+            GatewayBind {
+                namespace: g.metadata.namespace_or_default().to_string(),
+                name: g.metadata.name.clone(),
+                addresses,
+                listeners: g
+                    .spec
+                    .listeners
+                    .iter()
+                    .map(|l| (l.name.clone(), l.port, l.protocol == "UDP"))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Writes the failures into the statuses of the Gateways they belong to.
+pub fn report(
+    statuses: &mut [ObjectStatus],
+    binds: &[GatewayBind],
+    failed: &[(Socket, io::Error)],
+) {
+    for s in statuses.iter_mut().filter(|s| s.kind == "Gateway") {
+        let Some(b) = binds
+            .iter()
+            .find(|b| b.namespace == s.metadata.namespace && b.name == s.metadata.name)
+        else {
+            continue;
+        };
+        let generation = s.metadata.generation;
+        let Status::Gateway(gs) = &mut s.status else {
+            continue;
+        };
+        for (sock, err) in failed {
+            let (addr, udp) = match sock {
+                Socket::Tcp(a) => (a, false),
+                Socket::Udp(a) => (a, true),
+            };
+            if !b.addresses.contains(&addr.ip()) {
+                continue;
+            }
+            let hit: Vec<&String> = b
+                .listeners
+                .iter()
+                .filter(|(_, port, u)| *port == addr.port() && *u == udp)
+                .map(|(name, _, _)| name)
+                .collect();
+            if hit.is_empty() {
+                continue;
+            }
+            let msg = format!("{err}; retrying every few seconds");
+            if err.kind() == io::ErrorKind::AddrNotAvailable {
+                set(
+                    &mut gs.conditions,
+                    Condition::new(
+                        "Programmed",
+                        false,
+                        "AddressNotUsable",
+                        format!("{msg}: is {} this host's address?", addr.ip()),
+                        generation,
+                    ),
+                );
+                gs.addresses.retain(|a| a.value != addr.ip().to_string());
+            }
+            for l in gs.listeners.iter_mut().filter(|l| hit.contains(&&l.name)) {
+                if err.kind() != io::ErrorKind::AddrNotAvailable {
+                    set(
+                        &mut l.conditions,
+                        Condition::new("Accepted", false, "PortUnavailable", &msg, generation),
+                    );
+                }
+                set(
+                    &mut l.conditions,
+                    Condition::new("Programmed", false, "Pending", &msg, generation),
+                );
+            }
+        }
+    }
+}
+
+fn set(conditions: &mut Vec<Condition>, c: Condition) {
+    match conditions.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => *x = c,
+        None => conditions.push(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate(yaml: &str) -> (Vec<ObjectStatus>, Vec<GatewayBind>) {
+        let res = sluice_resources::load_str("test.yaml", yaml)
+            .expect("load")
+            .resources;
+        let t = sluice_translate::translate(&res);
+        (
+            t.statuses,
+            gateway_binds(&res, "0.0.0.0".parse().expect("ip")),
+        )
+    }
+
+    fn conditions<'a>(
+        statuses: &'a [ObjectStatus],
+        name: &str,
+    ) -> &'a sluice_translate::GatewayStatus {
+        let s = statuses
+            .iter()
+            .find(|s| s.kind == "Gateway" && s.metadata.name == name)
+            .expect("gateway status");
+        match &s.status {
+            Status::Gateway(g) => g,
+            _ => panic!("not a Gateway status"),
+        }
+    }
+
+    const YAML: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: elsewhere, namespace: default}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress, value: 203.0.113.1}]
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: busy, namespace: default}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: dns, port: 53, protocol: UDP}
+";
+
+    #[test]
+    fn an_address_not_ours_and_a_taken_port_show_in_their_gateways_only() {
+        let (mut statuses, binds) = translate(YAML);
+        let failed = vec![
+            (
+                Socket::Tcp("203.0.113.1:80".parse().expect("addr")),
+                io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    "cannot listen on 203.0.113.1:80",
+                ),
+            ),
+            (
+                Socket::Udp("0.0.0.0:53".parse().expect("addr")),
+                io::Error::new(io::ErrorKind::AddrInUse, "cannot listen on udp 0.0.0.0:53"),
+            ),
+        ];
+        report(&mut statuses, &binds, &failed);
+
+        let g = conditions(&statuses, "elsewhere");
+        let programmed = g
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Programmed")
+            .expect("Programmed");
+        assert_eq!(
+            (programmed.status.as_str(), programmed.reason.as_str()),
+            ("False", "AddressNotUsable")
+        );
+        assert!(
+            programmed.message.contains("203.0.113.1"),
+            "{}",
+            programmed.message
+        );
+        assert!(g.addresses.is_empty(), "{:?}", g.addresses);
+
+        let g = conditions(&statuses, "busy");
+        let programmed = g
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Programmed")
+            .expect("Programmed");
+        assert_eq!(
+            programmed.status, "True",
+            "the Gateway's other listener serves"
+        );
+        let dns = g.listeners.iter().find(|l| l.name == "dns").expect("dns");
+        let accepted = dns
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .expect("Accepted");
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "PortUnavailable")
+        );
+        let http = g.listeners.iter().find(|l| l.name == "http").expect("http");
+        assert!(
+            http.conditions
+                .iter()
+                .filter(|c| c.type_ == "Accepted" || c.type_ == "Programmed")
+                .all(|c| c.status == "True"),
+            "UDP 53 failing says nothing about TCP 80: {:?}",
+            http.conditions
+        );
+    }
+}
