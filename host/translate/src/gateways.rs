@@ -70,6 +70,8 @@ pub(crate) struct GatewayState {
     pub listeners: Vec<ListenerState>,
     /// spec.tls.backend.clientCertificateRef, resolved.
     pub backend_client_cert: Option<CertificateIr>,
+    /// Some spec.tls.frontend validation lets clients without a valid certificate in.
+    pub insecure_fallback: bool,
     /// Why spec.tls.backend.clientCertificateRef does not resolve.
     pub client_cert_problem: Option<(&'static str, String)>,
 }
@@ -208,6 +210,18 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         .iter()
         .map(|l| listener(res, gw, l))
         .collect();
+    let insecure_fallback = gw
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.frontend.as_ref())
+        .is_some_and(|f| {
+            f.default_
+                .iter()
+                .chain(f.per_port.iter().map(|p| &p.tls))
+                .filter_map(|c| c.validation.as_ref())
+                .any(|v| v.mode.as_deref() == Some("AllowInsecureFallback"))
+        });
     GatewayState {
         namespace: ns.to_string(),
         name: gw.metadata.name.clone(),
@@ -218,6 +232,7 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         listeners,
         backend_client_cert,
         client_cert_problem,
+        insecure_fallback,
     }
 }
 
@@ -629,13 +644,28 @@ impl GatewayState {
             },
             status: Status::Gateway(GatewayStatus {
                 addresses: self.spec_addresses.clone(),
-                conditions: match &self.client_cert_problem {
-                    None => vec![accepted, programmed],
-                    Some((reason, msg)) => vec![
-                        accepted,
-                        programmed,
-                        Condition::new("ResolvedRefs", false, reason, msg.clone(), g),
-                    ],
+                conditions: {
+                    let mut c = vec![accepted, programmed];
+                    if let Some((reason, msg)) = &self.client_cert_problem {
+                        c.push(Condition::new(
+                            "ResolvedRefs",
+                            false,
+                            reason,
+                            msg.clone(),
+                            g,
+                        ));
+                    }
+                    // The spec asks for this warning whenever a fallback is configured.
+                    if self.insecure_fallback {
+                        c.push(Condition::new(
+                            "InsecureFrontendValidationMode",
+                            true,
+                            "ConfigurationChanged",
+                            "spec.tls.frontend uses mode AllowInsecureFallback: clients without a valid certificate are served",
+                            g,
+                        ));
+                    }
+                    c
                 },
                 listeners,
             }),

@@ -44,6 +44,39 @@ pub(crate) fn policy_for<'a>(
     oldest(true).or_else(|| oldest(false))
 }
 
+/// The older policy (by creationTimestamp, then name) that wins every Service and
+/// sectionName `p` targets, when there is one: `p` then applies nowhere (Conflicted).
+fn shadowed_by<'a>(res: &'a Resources, p: &BackendTlsPolicy) -> Option<&'a str> {
+    let ns = p.metadata.namespace_or_default();
+    let key = |q: &BackendTlsPolicy| {
+        (
+            q.metadata.creation_timestamp.clone(),
+            q.metadata.name.clone(),
+        )
+    };
+    let services: Vec<_> = p
+        .spec
+        .target_refs
+        .iter()
+        .filter(|t| t.group.is_empty() && t.kind == "Service")
+        .collect();
+    let mut winner = None;
+    for t in &services {
+        let older = res.backend_tls_policies.iter().find(|q| {
+            q.metadata.namespace_or_default() == ns
+                && key(q) < key(p)
+                && q.spec.target_refs.iter().any(|u| {
+                    u.group.is_empty()
+                        && u.kind == "Service"
+                        && u.name == t.name
+                        && u.section_name == t.section_name
+                })
+        })?;
+        winner = Some(older.metadata.name.as_str());
+    }
+    winner
+}
+
 /// The upstream TLS a policy asks for, or why it cannot be used.
 pub(crate) fn upstream_tls(
     res: &Resources,
@@ -168,9 +201,12 @@ pub(crate) fn statuses(
             .map(|(_, gi)| *gi)
             .collect();
         let g = p.metadata.generation();
-        let conditions = match upstream_tls(res, p) {
-            Ok(_) => vec![
-                Condition::new("Accepted", true, "Accepted", "policy accepted", g),
+        let conditions = if let Some(winner) = shadowed_by(res, p) {
+            let msg = format!(
+                "BackendTLSPolicy {ns}/{winner} targets the same Service and sectionName and takes precedence (it is older, or as old and first by name)"
+            );
+            vec![
+                Condition::new("Accepted", false, "Conflicted", msg, g),
                 Condition::new(
                     "ResolvedRefs",
                     true,
@@ -178,21 +214,34 @@ pub(crate) fn statuses(
                     "all references resolved",
                     g,
                 ),
-            ],
-            Err((reason, msg)) => vec![
-                Condition::new(
-                    "Accepted",
-                    false,
-                    if reason == "UnsupportedValue" {
-                        "UnsupportedValue"
-                    } else {
-                        "NoValidCACertificate"
-                    },
-                    msg.clone(),
-                    g,
-                ),
-                Condition::new("ResolvedRefs", false, reason, msg, g),
-            ],
+            ]
+        } else {
+            match upstream_tls(res, p) {
+                Ok(_) => vec![
+                    Condition::new("Accepted", true, "Accepted", "policy accepted", g),
+                    Condition::new(
+                        "ResolvedRefs",
+                        true,
+                        "ResolvedRefs",
+                        "all references resolved",
+                        g,
+                    ),
+                ],
+                Err((reason, msg)) => vec![
+                    Condition::new(
+                        "Accepted",
+                        false,
+                        if reason == "UnsupportedValue" {
+                            "UnsupportedValue"
+                        } else {
+                            "NoValidCACertificate"
+                        },
+                        msg.clone(),
+                        g,
+                    ),
+                    Condition::new("ResolvedRefs", false, reason, msg, g),
+                ],
+            }
         };
         let ancestors: Vec<PolicyAncestorStatus> = used
             .iter()

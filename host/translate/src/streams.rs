@@ -14,8 +14,8 @@ pub(crate) fn stream_routes(
     gws: &mut [GatewayState],
     out: &mut Vec<ObjectStatus>,
 ) -> Vec<StreamPortIr> {
-    // (gateway, listener) -> routes, in route order (namespace/name).
-    let mut attached: Vec<((usize, usize), StreamRouteIr)> = Vec::new();
+    // (creationTimestamp, (gateway, listener), route), in route order (namespace/name).
+    let mut attached: Vec<(Option<&str>, (usize, usize), StreamRouteIr)> = Vec::new();
     for (kind, api_version, routes) in [
         // v1 in the Gateway API v1.6 standard channel; v1alpha2 is read too.
         ("TCPRoute", "v1", &res.tcp_routes),
@@ -23,9 +23,19 @@ pub(crate) fn stream_routes(
         ("UDPRoute", "v1", &res.udp_routes),
     ] {
         for route in routes {
-            attached.extend(stream_route(res, gws, out, kind, api_version, route));
+            let created = route.metadata.creation_timestamp.as_deref();
+            attached.extend(
+                stream_route(res, gws, out, kind, api_version, route)
+                    .into_iter()
+                    .map(|(at, r)| (created, at, r)),
+            );
         }
     }
+    // Where routes compete for one listener (no hostnames to tell them apart), the
+    // oldest wins, as the spec's conflict rules say: the snapshot keeps the first route
+    // per hostname, so order by creationTimestamp (RFC 3339 in UTC sorts as text); the
+    // stable sort keeps namespace/name order among equals and for objects from files.
+    attached.sort_by_key(|(created, _, _)| *created);
     let mut ports: Vec<StreamPortIr> = Vec::new();
     for (gi, gw) in gws.iter().enumerate() {
         for (li, l) in gw.listeners.iter().enumerate() {
@@ -45,8 +55,8 @@ pub(crate) fn stream_routes(
                 terminate: l.tls.clone(),
                 routes: attached
                     .iter()
-                    .filter(|(at, _)| *at == (gi, li))
-                    .map(|(_, r)| r.clone())
+                    .filter(|(_, at, _)| *at == (gi, li))
+                    .map(|(_, _, r)| r.clone())
                     .collect(),
             };
             for addr in &gw.bind {
