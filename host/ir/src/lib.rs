@@ -295,6 +295,9 @@ pub struct UpstreamTlsIr {
     pub hostname: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    /// subjectAltNames of type URI (e.g. SPIFFE IDs): the certificate must carry one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_name_uris: Vec<String>,
     /// Trust the system's roots (`wellKnownCACertificates: System`).
     pub system_roots: bool,
     /// The CA certificates from caCertificateRefs, PEM.

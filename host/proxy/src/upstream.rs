@@ -77,24 +77,29 @@ pub(crate) fn tls_client(
             roots.add(c).map_err(|e| format!("ca.crt: {e}"))?;
         }
     }
+    let roots = Arc::new(roots);
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
+        roots.clone(),
         provider.clone(),
     )
     .build()
     .map_err(|e| format!("BackendTLSPolicy {}: {e}", t.policy))?;
-    let verifier: Arc<dyn ServerCertVerifier> = if t.subject_alt_names.is_empty() {
-        webpki
-    } else {
-        Arc::new(SanVerifier {
-            inner: webpki,
-            names: t
-                .subject_alt_names
-                .iter()
-                .filter_map(|n| ServerName::try_from(n.clone()).ok())
-                .collect(),
-        })
-    };
+    let verifier: Arc<dyn ServerCertVerifier> =
+        if t.subject_alt_names.is_empty() && t.subject_alt_name_uris.is_empty() {
+            webpki
+        } else {
+            Arc::new(SanVerifier {
+                inner: webpki,
+                names: t
+                    .subject_alt_names
+                    .iter()
+                    .filter_map(|n| ServerName::try_from(n.clone()).ok())
+                    .collect(),
+                uris: t.subject_alt_name_uris.clone(),
+                roots,
+                algorithms: provider.signature_verification_algorithms,
+            })
+        };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -136,12 +141,59 @@ pub(crate) fn tls_client(
     Ok(b.build(https))
 }
 
-/// Accepts a certificate valid for any of `names` (BackendTLSPolicy subjectAltNames),
-/// whatever name was sent as SNI.
+/// Accepts a certificate valid for any of `names` or carrying any of `uris`
+/// (BackendTLSPolicy subjectAltNames of type Hostname and URI), whatever name was sent
+/// as SNI.
 #[derive(Debug)]
 struct SanVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     names: Vec<ServerName<'static>>,
+    uris: Vec<String>,
+    roots: Arc<rustls::RootCertStore>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl SanVerifier {
+    /// The chain checked as webpki checks it for a server (trust anchors, validity,
+    /// signatures, serverAuth usage), then a URI subjectAltName looked for, since
+    /// webpki matches DNS names and IP addresses only.
+    fn verify_uri(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(format!("certificate: {e}")))?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::General(format!("certificate chain: {e}")))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("certificate: {e}")))?;
+        let found = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value.general_names.iter().any(|n| {
+                    matches!(n, x509_parser::extensions::GeneralName::URI(u) if self.uris.iter().any(|w| w == u))
+                })
+            });
+        if found {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
 }
 
 impl ServerCertVerifier for SanVerifier {
@@ -160,6 +212,12 @@ impl ServerCertVerifier for SanVerifier {
                 .verify_server_cert(end_entity, intermediates, n, ocsp_response, now)
             {
                 Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        if !self.uris.is_empty() {
+            match self.verify_uri(end_entity, intermediates, now) {
+                Ok(()) => return Ok(ServerCertVerified::assertion()),
                 Err(e) => last = e,
             }
         }

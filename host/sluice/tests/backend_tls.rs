@@ -12,10 +12,14 @@ use http_body_util::Full;
 use hyper::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// An HTTPS backend with a certificate for `secure.example.com` that demands a client
-/// certificate signed by `ca`, and answers with the SNI it was sent.
+/// The backend's identity as a URI subjectAltName, as SPIFFE-style meshes issue them.
+const BACKEND_URI: &str = "spiffe://sluice.test/ns/default/sa/secure";
+
+/// An HTTPS backend with a certificate for `secure.example.com` (and [`BACKEND_URI`])
+/// that demands a client certificate signed by `ca`, and answers with the SNI it was
+/// sent.
 async fn https_backend(ca: &TestCa) -> u16 {
-    let issued = ca.issue(&["secure.example.com"]);
+    let issued = ca.issue_with_uris(&["secure.example.com"], &[BACKEND_URI]);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der.clone()).expect("root");
     let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
@@ -144,10 +148,33 @@ async fn backend_tls_policies_verify_the_backend_and_present_the_gateway_certifi
         (StatusCode::OK, "sni=other.example.com")
     );
 
+    // A URI subjectAltName: the chain is verified, and the certificate must carry it.
+    let uri_policy = |uri: &str| {
+        policy(
+            "other.example.com",
+            &format!("    subjectAltNames: [{{type: URI, uri: \"{uri}\"}}]\n"),
+            "ca",
+        )
+    };
+    dir.write("policy.yaml", &uri_policy(BACKEND_URI));
+    gw.wait_reloads("ok", 4).await;
+    let a = get(port, "h", "/").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (StatusCode::OK, "sni=other.example.com")
+    );
+    dir.write(
+        "policy.yaml",
+        &uri_policy("spiffe://sluice.test/ns/default/sa/other"),
+    );
+    gw.wait_reloads("ok", 5).await;
+    let a = get(port, "h", "/").await;
+    assert!(a.status.is_server_error(), "{} {}", a.status, a.body);
+
     // A CA ConfigMap that does not exist: the policy says so, and requests fail rather
     // than go out unverified.
     dir.write("policy.yaml", &policy("secure.example.com", "", "missing"));
-    gw.wait_reloads("ok", 4).await;
+    gw.wait_reloads("ok", 6).await;
     let a = get(port, "h", "/").await;
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.body);
     let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");

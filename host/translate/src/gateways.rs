@@ -646,14 +646,23 @@ impl GatewayState {
                 addresses: self.spec_addresses.clone(),
                 conditions: {
                     let mut c = vec![accepted, programmed];
-                    if let Some((reason, msg)) = &self.client_cert_problem {
-                        c.push(Condition::new(
+                    match (&self.client_cert_problem, &self.backend_client_cert) {
+                        (Some((reason, msg)), _) => c.push(Condition::new(
                             "ResolvedRefs",
                             false,
                             reason,
                             msg.clone(),
                             g,
-                        ));
+                        )),
+                        // Said only when the Gateway references something of its own.
+                        (None, Some(_)) => c.push(Condition::new(
+                            "ResolvedRefs",
+                            true,
+                            "ResolvedRefs",
+                            "spec.tls.backend.clientCertificateRef resolved",
+                            g,
+                        )),
+                        (None, None) => {}
                     }
                     // The spec asks for this warning whenever a fallback is configured.
                     if self.insecure_fallback {

@@ -113,14 +113,17 @@ pub(crate) fn upstream_tls(
         ca_pem.extend(read_ca(res, ns, &r.group, &r.kind, &r.name, &what)?);
     }
     let mut subject_alt_names = Vec::new();
+    let mut subject_alt_name_uris = Vec::new();
     for (i, san) in v.subject_alt_names.iter().enumerate() {
-        match (san.type_.as_str(), &san.hostname) {
-            ("Hostname", Some(h)) => subject_alt_names.push(h.clone()),
-            _ => {
+        match (san.type_.as_str(), &san.hostname, &san.uri) {
+            ("Hostname", Some(h), _) => subject_alt_names.push(h.clone()),
+            ("URI", _, Some(u)) => subject_alt_name_uris.push(u.clone()),
+            (t, _, _) => {
                 return Err((
                     "UnsupportedValue",
                     format!(
-                        "BackendTLSPolicy {name}: validation.subjectAltNames[{i}]: only type Hostname is supported"
+                        "BackendTLSPolicy {name}: validation.subjectAltNames[{i}]: type {t:?} needs its {} field; types Hostname and URI are supported",
+                        if t == "URI" { "uri" } else { "hostname" }
                     ),
                 ));
             }
@@ -130,6 +133,7 @@ pub(crate) fn upstream_tls(
         policy: name,
         hostname: v.hostname.clone(),
         subject_alt_names,
+        subject_alt_name_uris,
         system_roots: system,
         ca_pem,
         client_certificate: None,

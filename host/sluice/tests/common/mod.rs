@@ -435,10 +435,20 @@ impl TestCa {
 
     /// A certificate for `names` (the first is also the common name).
     pub fn issue(&self, names: &[&str]) -> Issued {
+        self.issue_with_uris(names, &[])
+    }
+
+    /// As [`TestCa::issue`], with URI subjectAltNames too (e.g. SPIFFE IDs).
+    pub fn issue_with_uris(&self, names: &[&str], uris: &[&str]) -> Issued {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().expect("IA5 URI")));
+        }
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
