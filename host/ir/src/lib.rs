@@ -323,7 +323,7 @@ pub enum FilterIr {
     ResponseHeaders(HeaderModIr),
     Redirect(RedirectIr),
     Rewrite(RewriteIr),
-    Mirror(MirrorIr),
+    Mirror(Box<MirrorIr>),
     Cors(CorsIr),
     /// A WasmFilter, by ExtensionRef.
     Wasm(WasmIr),

@@ -628,11 +628,11 @@ fn compile_filters(
                     Some(p) => {
                         c.unresolved.get_or_insert(p);
                     }
-                    None => out.push(FilterIr::Mirror(MirrorIr {
+                    None => out.push(FilterIr::Mirror(Box::new(MirrorIr {
                         backend,
                         numerator,
                         denominator,
-                    })),
+                    }))),
                 }
             }
             "CORS" => {
