@@ -201,16 +201,74 @@ pub(crate) fn tls_acceptor_for(
             if v.allow_insecure_fallback {
                 verifier = verifier.allow_unauthenticated();
             }
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|e| BuildError(format!("client CA: {e}")))?,
-            )
+            let verifier = verifier
+                .build()
+                .map_err(|e| BuildError(format!("client CA: {e}")))?;
+            if v.allow_insecure_fallback {
+                builder.with_client_cert_verifier(Arc::new(InsecureFallback(verifier)))
+            } else {
+                builder.with_client_cert_verifier(verifier)
+            }
         }
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// `AllowInsecureFallback`: a client certificate is asked for and checked, but a client
+/// whose certificate does not verify is served like one that sent none (the mode's
+/// point is a migration path; the Gateway says `InsecureFrontendValidationMode`). The
+/// handshake signature is still checked, so the client holds the key it presents.
+#[derive(Debug)]
+struct InsecureFallback(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for InsecureFallback {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if let Err(e) = self.0.verify_client_cert(end_entity, intermediates, now) {
+            tracing::debug!(error = %e, "client certificate not valid; served anyway (AllowInsecureFallback)");
+        }
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 pub(crate) struct ListenerTable {

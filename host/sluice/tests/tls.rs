@@ -555,7 +555,13 @@ async fn frontend_validation_requires_client_certificates_from_the_named_ca() {
         "000",
         "a certificate from another CA is refused"
     );
-    // AllowInsecureFallback on the other port: clients without one are served too.
+    // AllowInsecureFallback on the other port: clients without one, or with one that
+    // does not verify, are served too.
     assert_eq!(curl(lenient, None), "200");
     assert_eq!(curl(lenient, Some((&good_crt, &good_key))), "200");
+    assert_eq!(
+        curl(lenient, Some((&bad_crt, &bad_key))),
+        "200",
+        "a certificate from another CA falls back to an unauthenticated client"
+    );
 }
