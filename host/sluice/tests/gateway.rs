@@ -727,3 +727,103 @@ async fn reload_opens_and_closes_listener_ports() {
     );
     assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
 }
+
+/// The listener status of `listener` of Gateway `gw` in `/status`.
+fn listener_condition(status: &serde_json::Value, gw: &str, listener: &str, t: &str) -> String {
+    let g = &status_of(status, "Gateway", gw)["status"];
+    let l = g["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["name"] == listener))
+        .unwrap_or_else(|| panic!("no listener {listener}: {g}"));
+    let c = l["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+        .unwrap_or_else(|| panic!("no {t}: {l}"));
+    format!(
+        "{} {}",
+        c["status"].as_str().unwrap_or(""),
+        c["reason"].as_str().unwrap_or("")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_cannot_be_bound_are_reported_and_do_not_hold_back_the_rest() {
+    let echo = echo("a").await;
+    let (port, taken_port) = (free_port(), free_port());
+    // Another process's socket on the port a listener wants.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", taken_port)).expect("bind");
+    let dir = TempDir::new("unbound");
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(
+            port,
+            Some(&format!(
+                "  - {{name: http, port: PORT, protocol: HTTP}}\n  - {{name: busy, port: {taken_port}, protocol: HTTP}}\n"
+            )),
+        ),
+    );
+    // 203.0.113.1 (TEST-NET-3) is not this host's address.
+    dir.write(
+        "elsewhere.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: elsewhere, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{type: IPAddress, value: 203.0.113.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+"
+        ),
+    );
+    dir.write("svc.yaml", &service_yaml("a", &echo, None));
+    dir.write(
+        "routes.yaml",
+        &common::route("  - backendRefs: [{name: a, port: 80}]\n"),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+
+    // The Gateway and listener that can be served are.
+    assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let elsewhere = &status_of(&status, "Gateway", "elsewhere")["status"];
+    let programmed = elsewhere["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Programmed"))
+        .expect("Programmed");
+    assert_eq!(programmed["status"], "False", "{elsewhere}");
+    assert_eq!(programmed["reason"], "AddressNotUsable", "{elsewhere}");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("203.0.113.1"),
+        "{programmed}"
+    );
+    assert_eq!(
+        listener_condition(&status, "gw", "http", "Programmed"),
+        "True Programmed"
+    );
+    assert_eq!(
+        listener_condition(&status, "gw", "busy", "Accepted"),
+        "False PortUnavailable"
+    );
+
+    // The port is freed: the retry takes it, and the status says so.
+    drop(taken);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&gw.admin("/status").await).expect("json");
+        if listener_condition(&status, "gw", "busy", "Accepted") == "True Accepted" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port not taken after it was freed:\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(taken_port, "h", "/").await.status, StatusCode::OK);
+}
