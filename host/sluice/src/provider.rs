@@ -349,12 +349,19 @@ fn bind_failures(
         tracing::error!("{e}; the rest of the configuration is served, and this is retried");
     }
     unbound::report(statuses, binds, failed);
-    let retry = retry.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(BIND_RETRY).await;
-        let _ = retry.send(());
-    });
+    // One retry in flight at a time, however many reloads fail meanwhile.
+    if !RETRY_PENDING.swap(true, Ordering::AcqRel) {
+        let retry = retry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(BIND_RETRY).await;
+            RETRY_PENDING.store(false, Ordering::Release);
+            let _ = retry.send(());
+        });
+    }
 }
+
+/// Whether a bind retry is scheduled (one gateway per process).
+static RETRY_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// How soon a socket that could not be bound is tried again.
 const BIND_RETRY: Duration = Duration::from_secs(3);
