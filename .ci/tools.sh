@@ -60,3 +60,15 @@ conformance_tools() {
   (cd .ci/kube && GOBIN="$PWD/../../target/tools" go install ./kubelet sigs.k8s.io/gateway-api/conformance/echo-basic &&
     go test -c -o ../../target/tools/conformance.test ./conformance)
 }
+
+# Runs the conformance suite (the ignored test gateway_api_conformance) and prints its
+# counts; the whole output goes to target/conformance-run.log.
+run_conformance() {
+  local status
+  set +e
+  cargo test -p sluice --locked --test kube gateway_api_conformance -- --ignored --nocapture 2>&1 |
+    tee target/conformance-run.log | grep -E '(^|[.][.][.] )conformance:|^(failed|report|log):'
+  status=${PIPESTATUS[0]}
+  set -e
+  return "$status"
+}
