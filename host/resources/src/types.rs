@@ -141,6 +141,8 @@ pub struct GatewayAddress {
     /// `IPAddress` (the default) or `Hostname`, or an implementation-specific type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// Empty (or left out): "give me one of this type" (`--gateway-address-pool`).
+    #[serde(default)]
     pub value: String,
 }
 

@@ -1,5 +1,6 @@
-//! `--gateway-address-pool`: each of our Gateways without `spec.addresses` gets an
-//! address of its own from a range, binds it, and reports it in `status.addresses`.
+//! `--gateway-address-pool`: each of our Gateways without `spec.addresses` (or with an
+//! `IPAddress` entry that has no value) gets an address of its own from a range, binds
+//! it, and reports it in `status.addresses`.
 //!
 //! Without a pool such Gateways all bind the same `0.0.0.0` (or `--bind-address`) and
 //! share its ports, so two Gateways with a port-80 listener and no hostnames conflict.
@@ -103,10 +104,15 @@ impl AddressPool {
                 g.metadata.name.clone(),
             )
         };
+        // An IPAddress entry without a value asks for an address just as no entry does.
+        let unfilled = |a: &GatewayAddress| {
+            a.value.is_empty() && a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress"
+        };
         let wants: Vec<usize> = (0..res.gateways.len())
             .filter(|&i| {
                 let g = &res.gateways[i];
-                g.spec.addresses.is_empty() && ours.contains(g.spec.gateway_class_name.as_str())
+                let asks = g.spec.addresses.is_empty() || g.spec.addresses.iter().any(unfilled);
+                asks && ours.contains(g.spec.gateway_class_name.as_str())
             })
             .collect();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,10 +150,14 @@ impl AddressPool {
                 }
             };
             match ip {
-                Some(ip) => res.gateways[i].spec.addresses.push(GatewayAddress {
-                    type_: Some("IPAddress".into()),
-                    value: ip.to_string(),
-                }),
+                Some(ip) => {
+                    let addresses = &mut res.gateways[i].spec.addresses;
+                    addresses.retain(|a| !unfilled(a));
+                    addresses.push(GatewayAddress {
+                        type_: Some("IPAddress".into()),
+                        value: ip.to_string(),
+                    });
+                }
                 None => warnings.push(format!(
                     "Gateway {}/{}: --gateway-address-pool is used up; it binds the default address",
                     k.0, k.1
@@ -212,6 +222,31 @@ mod tests {
         let got = addresses(&res);
         assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.2".to_string()]);
+    }
+
+    #[test]
+    fn an_address_entry_without_a_value_is_filled_in() {
+        let pool = AddressPool::parse("198.18.2.0/24").expect("pool");
+        let mut res = sluice_resources::load_str(
+            "test.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: g, namespace: default}
+spec:
+  gatewayClassName: sluice
+  addresses: [{type: IPAddress}]
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+",
+        )
+        .expect("load")
+        .resources;
+        assert!(pool.assign(&mut res).is_empty());
+        assert_eq!(addresses(&res)[0].1, vec!["198.18.2.1".to_string()]);
     }
 
     #[test]

@@ -158,6 +158,11 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
             ));
             continue;
         }
+        if a.value.is_empty() {
+            // An address of this type, whichever: `--gateway-address-pool` fills these
+            // in; without one the Gateway listens where Gateways without addresses do.
+            continue;
+        }
         match a.value.parse::<IpAddr>() {
             Ok(ip) => {
                 bind.push(ip);
