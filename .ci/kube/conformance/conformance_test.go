@@ -1,6 +1,7 @@
-// The official Gateway API conformance suite, run against Sluice by
-// host/sluice/tests/kube.rs (`conformance`, see README "Conformance"), which starts the
-// control plane, the fake kubelet (../kubelet) and Sluice, then runs this test binary.
+// The official Gateway API conformance suite, run against Sluice by the test
+// `gateway_api_conformance` in host/sluice/tests/kube.rs (README, "Conformance"), which
+// starts the control plane, the fake kubelet (../kubelet) and Sluice, then runs this
+// test binary.
 // Test tooling only: the product is Rust.
 package conformance
 
