@@ -22,6 +22,27 @@ use std::sync::Mutex;
 use sluice_resources::{GatewayAddress, Resources};
 use sluice_translate::CONTROLLER_NAME;
 
+/// The addresses each Gateway (namespace, name) reports in its status.
+pub type Reported = BTreeMap<(String, String), Vec<IpAddr>>;
+
+/// Reads [`Reported`] from Gateway objects as the API server holds them.
+pub fn reported(gateways: &[serde_json::Value]) -> Reported {
+    gateways
+        .iter()
+        .filter_map(|g| {
+            let ns = g.pointer("/metadata/namespace")?.as_str()?.to_string();
+            let name = g.pointer("/metadata/name")?.as_str()?.to_string();
+            let ips = g
+                .pointer("/status/addresses")?
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.get("value")?.as_str()?.parse().ok())
+                .collect();
+            Some(((ns, name), ips))
+        })
+        .collect()
+}
+
 pub struct AddressPool {
     /// The first and last usable addresses, as numbers.
     first: u128,
@@ -88,10 +109,22 @@ impl AddressPool {
         }
     }
 
+    fn contains(&self, ip: IpAddr) -> bool {
+        let n = match ip {
+            IpAddr::V4(a) if self.v4 => u128::from(u32::from(a)),
+            IpAddr::V6(a) if !self.v4 => u128::from(a),
+            _ => return false,
+        };
+        (self.first..=self.last).contains(&n)
+    }
+
     /// Gives each Gateway of our GatewayClasses that has no `spec.addresses` its
-    /// address, as if it had asked for it. Returns a warning per Gateway left without
+    /// address, as if it had asked for it. `reported` holds the addresses each Gateway
+    /// (namespace, name) already shows in its status (Kubernetes mode): one of those in
+    /// the range and free is kept, so a restarted replica, or a standby one, uses the
+    /// address the status writer published. Returns a warning per Gateway left without
     /// one because the pool is used up (those bind the default address).
-    pub fn assign(&self, res: &mut Resources) -> Vec<String> {
+    pub fn assign(&self, res: &mut Resources, reported: &Reported) -> Vec<String> {
         let ours: BTreeSet<&str> = res
             .gateway_classes
             .iter()
@@ -133,9 +166,24 @@ impl AddressPool {
         let mut warnings = Vec::new();
         for i in wants {
             let k = key(&res.gateways[i]);
-            let ip = match assigned.get(&k) {
-                Some(ip) => Some(*ip),
-                None => {
+            let current = assigned.get(&k).copied();
+            let published = reported
+                .get(&k)
+                .into_iter()
+                .flatten()
+                .copied()
+                .find(|ip| self.contains(*ip) && (current == Some(*ip) || !used.contains(ip)));
+            let ip = match (published, current) {
+                (Some(ip), _) => {
+                    if let Some(old) = current.filter(|c| *c != ip) {
+                        used.remove(&old);
+                    }
+                    used.insert(ip);
+                    assigned.insert(k.clone(), ip);
+                    Some(ip)
+                }
+                (None, Some(ip)) => Some(ip),
+                (None, None) => {
                     // From the cursor to the end of the range, then from its start.
                     let free = (*cursor..=self.last)
                         .chain(self.first..*cursor)
@@ -200,7 +248,7 @@ mod tests {
     fn each_gateway_keeps_its_own_address_and_freed_ones_return() {
         let pool = AddressPool::parse("198.18.2.0/30").expect("pool");
         let mut res = resources(&[("a", "sluice"), ("b", "sluice"), ("other", "foreign")]);
-        assert!(pool.assign(&mut res).is_empty());
+        assert!(pool.assign(&mut res, &Reported::new()).is_empty());
         let got = addresses(&res);
         assert_eq!(got[0], ("a".into(), vec!["198.18.2.1".into()]));
         assert_eq!(got[1], ("b".into(), vec!["198.18.2.2".into()]));
@@ -208,7 +256,7 @@ mod tests {
 
         // A Gateway sorted before both does not move them; the pool (2 hosts) is used up.
         let mut res = resources(&[("0a", "sluice"), ("a", "sluice"), ("b", "sluice")]);
-        let warnings = pool.assign(&mut res);
+        let warnings = pool.assign(&mut res, &Reported::new());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("default/0a"), "{warnings:?}");
         let got = addresses(&res);
@@ -218,7 +266,7 @@ mod tests {
         // `a` deleted: its address goes to the next Gateway that needs one (the only
         // free one here).
         let mut res = resources(&[("0a", "sluice"), ("b", "sluice")]);
-        assert!(pool.assign(&mut res).is_empty());
+        assert!(pool.assign(&mut res, &Reported::new()).is_empty());
         let got = addresses(&res);
         assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.2".to_string()]);
@@ -245,18 +293,36 @@ spec:
         )
         .expect("load")
         .resources;
-        assert!(pool.assign(&mut res).is_empty());
+        assert!(pool.assign(&mut res, &Reported::new()).is_empty());
         assert_eq!(addresses(&res)[0].1, vec!["198.18.2.1".to_string()]);
+    }
+
+    #[test]
+    fn addresses_reported_in_status_are_kept_across_restarts() {
+        // A new process (empty memory) that finds `b` reporting .5 keeps it there;
+        // `a` reports an address outside the range, which is ignored.
+        let pool = AddressPool::parse("198.18.2.0/24").expect("pool");
+        let reported = super::reported(&[
+            serde_json::json!({"metadata": {"namespace": "default", "name": "b"},
+                "status": {"addresses": [{"type": "IPAddress", "value": "198.18.2.5"}]}}),
+            serde_json::json!({"metadata": {"namespace": "default", "name": "a"},
+                "status": {"addresses": [{"type": "IPAddress", "value": "10.0.0.1"}]}}),
+        ]);
+        let mut res = resources(&[("a", "sluice"), ("b", "sluice")]);
+        assert!(pool.assign(&mut res, &reported).is_empty());
+        let got = addresses(&res);
+        assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
+        assert_eq!(got[1].1, vec!["198.18.2.5".to_string()]);
     }
 
     #[test]
     fn a_freed_address_is_reused_last() {
         let pool = AddressPool::parse("198.18.2.0/29").expect("pool"); // .1 to .6
         let mut res = resources(&[("a", "sluice"), ("b", "sluice")]);
-        pool.assign(&mut res);
+        pool.assign(&mut res, &Reported::new());
         // `a` (.1) goes, `c` comes: it gets .3, not .1.
         let mut res = resources(&[("b", "sluice"), ("c", "sluice")]);
-        pool.assign(&mut res);
+        pool.assign(&mut res, &Reported::new());
         let got = addresses(&res);
         assert_eq!(got[0].1, vec!["198.18.2.2".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.3".to_string()]);

@@ -102,7 +102,13 @@ fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Lo
     };
     let mut loaded = loaded;
     if let Some(pool) = &source.address_pool {
-        loaded.warnings.extend(pool.assign(&mut loaded.resources));
+        let reported = match &source.from {
+            From::Cluster(c) => crate::address_pool::reported(&c.list("Gateway")),
+            From::Files(_) => Default::default(),
+        };
+        loaded
+            .warnings
+            .extend(pool.assign(&mut loaded.resources, &reported));
     }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
