@@ -52,7 +52,7 @@ go_tools() {
   fi
 }
 
-# The Gateway API conformance suite's parts (.ci/conformance runs them): the suite's
+# The Gateway API conformance suite's parts (.ci/run and .ci/conformance run the suite): its
 # test binary, its echo-basic backend and the fake kubelet, from the same wrapper module.
 conformance_tools() {
   set -euo pipefail
