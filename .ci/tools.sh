@@ -52,8 +52,9 @@ go_tools() {
   fi
 }
 
-# The Gateway API conformance suite's parts (.ci/run and .ci/conformance run the suite): its
-# test binary, its echo-basic backend and the fake kubelet, from the same wrapper module.
+# The Gateway API conformance suite's parts (.ci/run and .ci/conformance run the
+# suite): its test binary, its echo-basic backend and the fake kubelet, from the same
+# wrapper module.
 conformance_tools() {
   set -euo pipefail
   # Always built: Go's build cache makes an unchanged rebuild take seconds.
