@@ -220,10 +220,10 @@ impl AddressPool {
 mod tests {
     use super::*;
 
+    const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n";
+
     fn resources(gateways: &[(&str, &str)]) -> Resources {
-        let mut yaml = String::from(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n",
-        );
+        let mut yaml = String::from(CLASS);
         for (name, class) in gateways {
             yaml += &format!(
                 "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: {class}\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
@@ -275,24 +275,20 @@ mod tests {
     #[test]
     fn an_address_entry_without_a_value_is_filled_in() {
         let pool = AddressPool::parse("198.18.2.0/24").expect("pool");
-        let mut res = sluice_resources::load_str(
-            "test.yaml",
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: sluice}
-spec: {controllerName: sluice.dev/gateway-controller}
----
+        let yaml = format!(
+            "{CLASS}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: g, namespace: default}
+metadata: {{name: g, namespace: default}}
 spec:
   gatewayClassName: sluice
-  addresses: [{type: IPAddress}]
-  listeners: [{name: http, port: 80, protocol: HTTP}]
-",
-        )
-        .expect("load")
-        .resources;
+  addresses: [{{type: IPAddress}}]
+  listeners: [{{name: http, port: 80, protocol: HTTP}}]
+"
+        );
+        let mut res = sluice_resources::load_str("test.yaml", &yaml)
+            .expect("load")
+            .resources;
         assert!(pool.assign(&mut res, &Reported::new()).is_empty());
         assert_eq!(addresses(&res)[0].1, vec!["198.18.2.1".to_string()]);
     }

@@ -29,15 +29,13 @@ use crate::cluster::lease::Election;
 use crate::cluster::status::{self, AddressSource, StatusStats};
 use crate::fetch::Downloads;
 use crate::oci::OciSources;
-use crate::unbound::{self, GatewayBind};
+use crate::unbound;
 use crate::wasm::{self, Sources};
 
 /// A loaded config: its translation, the filter pools, and the filters still being
 /// pulled (name, what it waits for).
 struct Loaded {
     translation: Translation,
-    /// The sockets each Gateway asks for, to report those that cannot be bound.
-    binds: Vec<GatewayBind>,
     pools: WasmPools,
     pending: Vec<(String, String)>,
 }
@@ -87,7 +85,7 @@ pub struct ClusterOptions {
 /// Reads the objects, loads their WasmFilters and translates; the error lists every
 /// problem found. Slow when a filter must be compiled: run it off the request path.
 fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Loaded, String> {
-    let (loaded, base) = match &source.from {
+    let (mut loaded, base) = match &source.from {
         From::Files(path) => {
             let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
             let base = if path.is_dir() {
@@ -100,7 +98,6 @@ fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Lo
         // `path` sources are read relative to the working directory.
         From::Cluster(c) => (c.load(), PathBuf::from(".")),
     };
-    let mut loaded = loaded;
     if let Some(pool) = &source.address_pool {
         let reported = match &source.from {
             From::Cluster(c) => crate::address_pool::reported(&c.list("Gateway")),
@@ -116,14 +113,10 @@ fn load(source: &Source, runtime: &Arc<Runtime>, sources: &Sources) -> Result<Lo
     let prepared = wasm::prepare(&loaded.resources, &base, runtime, sources);
     let mut translation = sluice_translate::translate_with(&loaded.resources, &prepared.states);
     if let Some(ip) = source.bind_address {
-        rebind(&mut translation.ir, ip);
+        rebind(&mut translation, ip);
     }
-    let default = source
-        .bind_address
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     Ok(Loaded {
         translation,
-        binds: unbound::gateway_binds(&loaded.resources, default),
         pools: prepared.pools,
         pending: prepared.pending,
     })
@@ -203,7 +196,6 @@ pub async fn run(
     let Loaded {
         mut translation,
         pools,
-        binds,
         ..
     } = first;
     let snapshot = sluice_proxy::build(translation.ir.clone(), &metrics, &pools)
@@ -212,7 +204,12 @@ pub async fn run(
     let gw = Gateway::new(snapshot, metrics);
     let listeners = Arc::new(Listeners::new(gw.clone()).with_udp_idle_timeout(udp_idle));
     let failed = listeners.sync(&sockets);
-    bind_failures(&mut translation.statuses, &binds, &failed, &tx);
+    bind_failures(
+        &mut translation.statuses,
+        &translation.bindings,
+        &failed,
+        &tx,
+    );
     if let Some(c) = source.cluster() {
         c.publish(translation.statuses.clone());
     }
@@ -308,7 +305,7 @@ async fn reload(
             tokio::task::spawn_blocking(move || {
                 let snap = sluice_proxy::build(l.translation.ir, &gw.metrics, &l.pools)
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>((snap, l.translation.statuses, l.binds))
+                Ok::<_, String>((snap, l.translation.statuses, l.translation.bindings))
             })
             .await
             .unwrap_or_else(|e| Err(format!("reload task failed: {e}")))
@@ -344,7 +341,7 @@ async fn reload(
 /// asks for another reload in a few seconds.
 fn bind_failures(
     statuses: &mut [ObjectStatus],
-    binds: &[GatewayBind],
+    binds: &[sluice_translate::GatewayBinding],
     failed: &[(sluice_proxy::Socket, std::io::Error)],
     retry: &mpsc::UnboundedSender<()>,
 ) {
@@ -373,13 +370,17 @@ static RETRY_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 const BIND_RETRY: Duration = Duration::from_secs(3);
 
 /// Gateways without `spec.addresses` bind `0.0.0.0`; `--bind-address` narrows that.
-fn rebind(ir: &mut sluice_ir::Ir, ip: IpAddr) {
+fn rebind(t: &mut Translation, ip: IpAddr) {
     let any = |a: &IpAddr| a.is_unspecified();
-    for p in ir.ports.iter_mut().filter(|p| any(&p.address)) {
+    for p in t.ir.ports.iter_mut().filter(|p| any(&p.address)) {
         p.address = ip;
     }
-    for p in ir.streams.iter_mut().filter(|p| any(&p.address)) {
+    for p in t.ir.streams.iter_mut().filter(|p| any(&p.address)) {
         p.address = ip;
+    }
+    let bound = t.bindings.iter_mut().flat_map(|b| &mut b.addresses);
+    for a in bound.filter(|a| any(a)) {
+        *a = ip;
     }
 }
 

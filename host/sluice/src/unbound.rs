@@ -8,55 +8,14 @@
 //! provider tries again every few seconds, so a port that frees up is taken then.
 
 use std::io;
-use std::net::IpAddr;
 
 use sluice_proxy::Socket;
-use sluice_resources::Resources;
-use sluice_translate::{Condition, ObjectStatus, Status};
-
-/// What one Gateway binds: its addresses and its listeners (name, port, UDP or not).
-#[derive(Clone, Debug)]
-pub struct GatewayBind {
-    namespace: String,
-    name: String,
-    addresses: Vec<IpAddr>,
-    listeners: Vec<(String, u16, bool)>,
-}
-
-/// The sockets each Gateway asks for. `default` is where Gateways without
-/// `spec.addresses` listen (`0.0.0.0`, or `--bind-address`).
-pub fn gateway_binds(res: &Resources, default: IpAddr) -> Vec<GatewayBind> {
-    res.gateways
-        .iter()
-        .map(|g| {
-            let mut addresses: Vec<IpAddr> = g
-                .spec
-                .addresses
-                .iter()
-                .filter_map(|a| a.value.parse().ok())
-                .collect();
-            if addresses.is_empty() {
-                addresses.push(default);
-            }
-            GatewayBind {
-                namespace: g.metadata.namespace_or_default().to_string(),
-                name: g.metadata.name.clone(),
-                addresses,
-                listeners: g
-                    .spec
-                    .listeners
-                    .iter()
-                    .map(|l| (l.name.clone(), l.port, l.protocol == "UDP"))
-                    .collect(),
-            }
-        })
-        .collect()
-}
+use sluice_translate::{Condition, GatewayBinding, ObjectStatus, Status};
 
 /// Writes the failures into the statuses of the Gateways they belong to.
 pub fn report(
     statuses: &mut [ObjectStatus],
-    binds: &[GatewayBind],
+    binds: &[GatewayBinding],
     failed: &[(Socket, io::Error)],
 ) {
     for s in statuses.iter_mut().filter(|s| s.kind == "Gateway") {
@@ -81,8 +40,8 @@ pub fn report(
             let hit: Vec<&String> = b
                 .listeners
                 .iter()
-                .filter(|(_, port, u)| *port == addr.port() && *u == udp)
-                .map(|(name, _, _)| name)
+                .filter(|l| l.port == addr.port() && l.udp == udp)
+                .map(|l| &l.name)
                 .collect();
             if hit.is_empty() {
                 continue;
@@ -128,15 +87,21 @@ fn set(conditions: &mut Vec<Condition>, c: Condition) {
 mod tests {
     use super::*;
 
-    fn translate(yaml: &str) -> (Vec<ObjectStatus>, Vec<GatewayBind>) {
+    fn translate(yaml: &str) -> (Vec<ObjectStatus>, Vec<GatewayBinding>) {
         let res = sluice_resources::load_str("test.yaml", yaml)
             .expect("load")
             .resources;
         let t = sluice_translate::translate(&res);
-        (
-            t.statuses,
-            gateway_binds(&res, "0.0.0.0".parse().expect("ip")),
-        )
+        (t.statuses, t.bindings)
+    }
+
+    /// (status, reason) of condition `t`.
+    fn condition<'a>(conds: &'a [Condition], t: &str) -> (&'a str, &'a str) {
+        let c = conds
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} in {conds:?}"));
+        (c.status.as_str(), c.reason.as_str())
     }
 
     fn conditions<'a>(
@@ -195,40 +160,24 @@ spec:
         report(&mut statuses, &binds, &failed);
 
         let g = conditions(&statuses, "elsewhere");
-        let programmed = g
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Programmed")
-            .expect("Programmed");
         assert_eq!(
-            (programmed.status.as_str(), programmed.reason.as_str()),
+            condition(&g.conditions, "Programmed"),
             ("False", "AddressNotUsable")
         );
-        assert!(
-            programmed.message.contains("203.0.113.1"),
-            "{}",
-            programmed.message
-        );
+        let programmed = g.conditions.iter().find(|c| c.type_ == "Programmed");
+        let message = programmed.map_or("", |c| c.message.as_str());
+        assert!(message.contains("203.0.113.1"), "{message}");
         assert!(g.addresses.is_empty(), "{:?}", g.addresses);
 
         let g = conditions(&statuses, "busy");
-        let programmed = g
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Programmed")
-            .expect("Programmed");
         assert_eq!(
-            programmed.status, "True",
+            condition(&g.conditions, "Programmed").0,
+            "True",
             "the Gateway's other listener serves"
         );
         let dns = g.listeners.iter().find(|l| l.name == "dns").expect("dns");
-        let accepted = dns
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Accepted")
-            .expect("Accepted");
         assert_eq!(
-            (accepted.status.as_str(), accepted.reason.as_str()),
+            condition(&dns.conditions, "Accepted"),
             ("False", "PortUnavailable")
         );
         let http = g.listeners.iter().find(|l| l.name == "http").expect("http");

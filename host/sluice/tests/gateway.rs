@@ -735,10 +735,7 @@ fn listener_condition(status: &serde_json::Value, gw: &str, listener: &str, t: &
         .as_array()
         .and_then(|ls| ls.iter().find(|l| l["name"] == listener))
         .unwrap_or_else(|| panic!("no listener {listener}: {g}"));
-    let c = l["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == t))
-        .unwrap_or_else(|| panic!("no {t}: {l}"));
+    let c = condition(&l["conditions"], t);
     format!(
         "{} {}",
         c["status"].as_str().unwrap_or(""),
@@ -787,10 +784,7 @@ spec:
     assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
     let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
     let elsewhere = &status_of(&status, "Gateway", "elsewhere")["status"];
-    let programmed = elsewhere["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Programmed"))
-        .expect("Programmed");
+    let programmed = condition(&elsewhere["conditions"], "Programmed");
     assert_eq!(programmed["status"], "False", "{elsewhere}");
     assert_eq!(programmed["reason"], "AddressNotUsable", "{elsewhere}");
     assert!(

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Sluice, TempDir, free_port, install_filters, metric};
+use common::{Sluice, TempDir, condition, free_port, install_filters, metric};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::Scope;
 use serde_json::Value;
@@ -584,13 +584,6 @@ async fn wait_curl(ip: &str, port: u16, path: &str, want: u16, why: &str) -> Str
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn condition<'a>(conds: &'a Value, t: &str) -> &'a Value {
-    conds
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == t))
-        .unwrap_or(&Value::Null)
 }
 
 fn is_true(conds: &Value, t: &str) -> bool {

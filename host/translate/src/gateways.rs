@@ -514,6 +514,23 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
 }
 
 impl GatewayState {
+    pub fn binding(&self) -> crate::GatewayBinding {
+        crate::GatewayBinding {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            addresses: self.bind.clone(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| crate::ListenerBinding {
+                    name: l.spec.name.clone(),
+                    port: l.spec.port,
+                    udp: l.spec.protocol == "UDP",
+                })
+                .collect(),
+        }
+    }
+
     pub fn matches_parent(&self, p: &ParentReference, route_ns: &str) -> bool {
         p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
             && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"

@@ -39,6 +39,26 @@ pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
 pub struct Translation {
     pub statuses: Vec<ObjectStatus>,
     pub ir: Ir,
+    /// What each of our Gateways binds, to say in its status which sockets could not be
+    /// bound (the IR merges Gateways that share a socket).
+    #[serde(skip)]
+    pub bindings: Vec<GatewayBinding>,
+}
+
+/// A Gateway's addresses (`0.0.0.0` when it names none) and its listeners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayBinding {
+    pub namespace: String,
+    pub name: String,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub listeners: Vec<ListenerBinding>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerBinding {
+    pub name: String,
+    pub port: u16,
+    pub udp: bool,
 }
 
 /// Translates with no WasmFilter loaded (every WasmFilter is `Pending`).
@@ -69,7 +89,12 @@ pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
             &b.metadata.name,
         ))
     });
-    Translation { statuses, ir }
+    let bindings = gws.iter().map(|g| g.binding()).collect();
+    Translation {
+        statuses,
+        ir,
+        bindings,
+    }
 }
 
 /// A route match placed on a listener's virtual host, with what its precedence needs.

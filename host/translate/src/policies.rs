@@ -44,35 +44,22 @@ pub(crate) fn policy_for<'a>(
     oldest(true).or_else(|| oldest(false))
 }
 
-/// The older policy (by creationTimestamp, then name) that wins every Service and
-/// sectionName `p` targets, when there is one: `p` then applies nowhere (Conflicted).
+/// The policy that wins every Service and sectionName `p` targets instead of `p`
+/// ([`policy_for`]'s choice), when there is one: `p` then applies nowhere (Conflicted).
 fn shadowed_by<'a>(res: &'a Resources, p: &BackendTlsPolicy) -> Option<&'a str> {
     let ns = p.metadata.namespace_or_default();
-    let key = |q: &BackendTlsPolicy| {
-        (
-            q.metadata.creation_timestamp.clone(),
-            q.metadata.name.clone(),
-        )
-    };
-    let services: Vec<_> = p
+    let mut winner = None;
+    for t in p
         .spec
         .target_refs
         .iter()
         .filter(|t| t.group.is_empty() && t.kind == "Service")
-        .collect();
-    let mut winner = None;
-    for t in &services {
-        let older = res.backend_tls_policies.iter().find(|q| {
-            q.metadata.namespace_or_default() == ns
-                && key(q) < key(p)
-                && q.spec.target_refs.iter().any(|u| {
-                    u.group.is_empty()
-                        && u.kind == "Service"
-                        && u.name == t.name
-                        && u.section_name == t.section_name
-                })
-        })?;
-        winner = Some(older.metadata.name.as_str());
+    {
+        let w = policy_for(res, ns, &t.name, t.section_name.as_deref())?;
+        if std::ptr::eq(w, p) {
+            return None;
+        }
+        winner = Some(w.metadata.name.as_str());
     }
     winner
 }

@@ -329,6 +329,14 @@ pub fn route(rules: &str) -> String {
     )
 }
 
+/// Condition `t` of a status's `conditions` array (null when absent).
+pub fn condition<'a>(conds: &'a serde_json::Value, t: &str) -> &'a serde_json::Value {
+    conds
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == t))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
 pub fn status_of<'a>(
     status: &'a serde_json::Value,
     kind: &str,
