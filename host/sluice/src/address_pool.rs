@@ -207,7 +207,7 @@ impl AddressPool {
                     });
                 }
                 None => warnings.push(format!(
-                    "Gateway {}/{}: --gateway-address-pool is used up; it binds the default address",
+                    "Gateway {}/{}: --gateway-address-pool is used up, so it binds the default address; give a larger range",
                     k.0, k.1
                 )),
             }

@@ -46,22 +46,26 @@ pub fn report(
             if hit.is_empty() {
                 continue;
             }
-            let msg = format!("{err}; retrying every few seconds");
-            if err.kind() == io::ErrorKind::AddrNotAvailable {
+            let not_ours = err.kind() == io::ErrorKind::AddrNotAvailable;
+            let msg = if not_ours {
+                format!(
+                    "{err}: {} is not an address of this host; use one it has, or leave spec.addresses out (retrying every few seconds)",
+                    addr.ip()
+                )
+            } else {
+                format!(
+                    "{err}: another process holds the port, or binding it needs privileges; free it or use another port (retrying every few seconds)"
+                )
+            };
+            if not_ours {
                 set(
                     &mut gs.conditions,
-                    Condition::new(
-                        "Programmed",
-                        false,
-                        "AddressNotUsable",
-                        format!("{msg}: is {} this host's address?", addr.ip()),
-                        generation,
-                    ),
+                    Condition::new("Programmed", false, "AddressNotUsable", &msg, generation),
                 );
                 gs.addresses.retain(|a| a.value != addr.ip().to_string());
             }
             for l in gs.listeners.iter_mut().filter(|l| hit.contains(&&l.name)) {
-                if err.kind() != io::ErrorKind::AddrNotAvailable {
+                if !not_ours {
                     set(
                         &mut l.conditions,
                         Condition::new("Accepted", false, "PortUnavailable", &msg, generation),
