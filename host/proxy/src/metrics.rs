@@ -6,15 +6,11 @@
 //! counters keep counting across reloads.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+use sluice_metrics::{Collect, Encoder, Histogram, Labels, REQUEST_BUCKETS, Type};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StatsKey {
@@ -29,18 +25,14 @@ pub struct StatsKey {
 pub struct Stats {
     /// Responses by status code; index is `code - 100`.
     codes: Box<[AtomicU64]>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    latency: Histogram,
 }
 
 impl Stats {
     fn new() -> Self {
         Stats {
             codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
-            buckets: Default::default(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            latency: Histogram::new(REQUEST_BUCKETS),
         }
     }
 
@@ -48,13 +40,7 @@ impl Stats {
         if let Some(c) = self.codes.get(usize::from(status.saturating_sub(100))) {
             c.fetch_add(1, Relaxed);
         }
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.latency.observe_duration(elapsed);
     }
 }
 
@@ -102,92 +88,59 @@ impl Metrics {
             .or_default()
             .clone()
     }
+}
 
-    /// Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
+impl Collect for Metrics {
+    fn collect(&self, out: &mut Encoder) {
         let map = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut out = String::with_capacity(4096);
         let labels = |k: &StatsKey| {
-            format!(
-                "route=\"{}\",rule=\"{}\",backend=\"{}\"",
-                escape(&k.route),
-                escape(&k.rule),
-                escape(&k.backend)
-            )
+            Labels::new()
+                .with("route", &k.route)
+                .with("rule", &k.rule)
+                .with("backend", &k.backend)
         };
-        out.push_str("# HELP sluice_http_requests_total HTTP responses sent, by route rule, backend and status code.\n");
-        out.push_str("# TYPE sluice_http_requests_total counter\n");
+        let name = "sluice_http_requests_total";
+        out.family(
+            name,
+            Type::Counter,
+            "HTTP responses sent, by route rule, backend and status code.",
+        );
         for (k, s) in &map {
-            let l = labels(k);
             for (i, c) in s.codes.iter().enumerate() {
                 let n = c.load(Relaxed);
                 if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "sluice_http_requests_total{{{l},code=\"{}\"}} {n}",
-                        i + 100
-                    );
+                    out.sample(name, &labels(k).with("code", i + 100), n);
                 }
             }
         }
-        out.push_str("# HELP sluice_http_request_duration_seconds Time from request received to response headers sent.\n");
-        out.push_str("# TYPE sluice_http_request_duration_seconds histogram\n");
+        let name = "sluice_http_request_duration_seconds";
+        out.family(
+            name,
+            Type::Histogram,
+            "Time from request received to response headers sent.",
+        );
         for (k, s) in &map {
-            let l = labels(k);
-            let mut cumulative = 0;
-            for (b, n) in BUCKETS.iter().zip(&s.buckets) {
-                cumulative += n.load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "sluice_http_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let count = s.count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "sluice_http_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "sluice_http_request_duration_seconds_sum{{{l}}} {}",
-                s.sum_micros.load(Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "sluice_http_request_duration_seconds_count{{{l}}} {count}"
-            );
+            out.histogram(name, &labels(k), &s.latency.snapshot());
         }
-        self.render_streams(&mut out);
+        self.collect_streams(out);
         let c = &self.counters;
-        for (name, help, v) in [
-            (
-                "sluice_config_reloads_total{result=\"ok\"}",
-                "Configuration reloads, by result.",
-                &c.reloads_ok,
-            ),
-            (
-                "sluice_config_reloads_total{result=\"rejected\"}",
-                "",
-                &c.reloads_rejected,
-            ),
-            (
-                "sluice_mirror_errors_total",
-                "Mirrored requests that failed (the primary is unaffected).",
-                &c.mirror_errors,
-            ),
-        ] {
-            let metric = name.split('{').next().unwrap_or(name);
-            if !help.is_empty() {
-                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            }
-            let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+        let name = "sluice_config_reloads_total";
+        out.family(name, Type::Counter, "Configuration reloads, by result.");
+        for (result, v) in [("ok", &c.reloads_ok), ("rejected", &c.reloads_rejected)] {
+            out.sample(name, &Labels::new().with("result", result), v.load(Relaxed));
         }
-        out
+        let name = "sluice_mirror_errors_total";
+        out.family(
+            name,
+            Type::Counter,
+            "Mirrored requests that failed (the primary is unaffected).",
+        );
+        out.sample(name, &Labels::new(), c.mirror_errors.load(Relaxed));
     }
 }
 
 impl Metrics {
-    fn render_streams(&self, out: &mut String) {
+    fn collect_streams(&self, out: &mut Encoder) {
         let streams = self
             .streams
             .lock()
@@ -197,62 +150,43 @@ impl Metrics {
             return;
         }
         type Field = fn(&StreamStats) -> &AtomicU64;
-        let families: [(&str, &str, &str, Field, &str); 5] = [
+        let families: [(&str, Type, &str, &[(Field, Option<&str>)]); 4] = [
             (
                 "sluice_stream_connections_total",
-                "counter",
+                Type::Counter,
                 "Connections (UDP: sessions) accepted, by route.",
-                |s| &s.connections,
-                "",
+                &[(|s| &s.connections, None)],
             ),
             (
                 "sluice_stream_active",
-                "gauge",
+                Type::Gauge,
                 "Connections (UDP: sessions) open now, by route.",
-                |s| &s.active,
-                "",
+                &[(|s| &s.active, None)],
             ),
             (
                 "sluice_stream_connect_errors_total",
-                "counter",
+                Type::Counter,
                 "Backend connections that could not be made, by route.",
-                |s| &s.connect_errors,
-                "",
+                &[(|s| &s.connect_errors, None)],
             ),
             (
                 "sluice_stream_bytes_total",
-                "counter",
+                Type::Counter,
                 "Bytes forwarded, by route and direction (rx: from clients, tx: to clients).",
-                |s| &s.rx_bytes,
-                ",direction=\"rx\"",
-            ),
-            (
-                "sluice_stream_bytes_total",
-                "counter",
-                "",
-                |s| &s.tx_bytes,
-                ",direction=\"tx\"",
+                &[(|s| &s.rx_bytes, Some("rx")), (|s| &s.tx_bytes, Some("tx"))],
             ),
         ];
-        for (name, kind, help, field, extra) in families {
-            if !help.is_empty() {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            }
-            for ((k, route), s) in &streams {
-                let _ = writeln!(
-                    out,
-                    "{name}{{kind=\"{}\",route=\"{}\"{extra}}} {}",
-                    escape(k),
-                    escape(route),
-                    field(s).load(Relaxed)
-                );
+        for (name, kind, help, fields) in families {
+            out.family(name, kind, help);
+            for (field, direction) in fields {
+                for ((k, route), s) in &streams {
+                    let mut l = Labels::new().with("kind", k).with("route", route);
+                    if let Some(d) = direction {
+                        l = l.with("direction", d);
+                    }
+                    out.sample(name, &l, field(s).load(Relaxed));
+                }
             }
         }
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -166,7 +166,7 @@ pub(crate) fn tls_acceptor_for(
             .certificates
             .iter()
             .map(|c| {
-                sluice_resources::tls::certified_key(&c.chain_pem, &c.key_pem)
+                sluice_tls::certified_key(&c.chain_pem, &c.key_pem)
                     .map_err(|e| BuildError(format!("Secret {}: {e}", c.secret)))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -189,7 +189,7 @@ pub(crate) fn tls_acceptor_for(
         None => builder.with_no_client_auth(),
         Some(v) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in sluice_resources::tls::certificates(&v.ca_pem, "ca.crt").map_err(BuildError)? {
+            for c in sluice_tls::certificates(&v.ca_pem, "ca.crt").map_err(BuildError)? {
                 roots
                     .add(c)
                     .map_err(|e| BuildError(format!("client CA: {e}")))?;

@@ -73,7 +73,7 @@ pub(crate) fn tls_client(
             let _ = roots.add(c);
         }
     } else {
-        for c in sluice_resources::tls::certificates(&t.ca_pem, "ca.crt")? {
+        for c in sluice_tls::certificates(&t.ca_pem, "ca.crt")? {
             roots.add(c).map_err(|e| format!("ca.crt: {e}"))?;
         }
     }
@@ -107,7 +107,7 @@ pub(crate) fn tls_client(
         .with_custom_certificate_verifier(verifier);
     let cfg = match &t.client_certificate {
         Some(c) => {
-            let chain = sluice_resources::tls::certificates(&c.chain_pem, "tls.crt")?;
+            let chain = sluice_tls::certificates(&c.chain_pem, "tls.crt")?;
             let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&c.key_pem)
                 .map_err(|e| format!("tls.key: {e}"))?;
             builder

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use load::{LoadError, LoadErrors, Loaded, load_objects, load_path, load_str};
-pub mod tls;
 pub use types::*;
 pub use validate::{DOCKER_CONFIG_JSON, check_hostname, parse_duration, parse_quantity};
 

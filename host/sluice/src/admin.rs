@@ -12,33 +12,31 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use sluice_metrics::Registry;
 use sluice_proxy::Gateway;
 use sluice_translate::ObjectStatus;
 use tokio::net::TcpListener;
 
 pub struct AdminState {
     gw: Arc<Gateway>,
-    runtime: Arc<sluice_wasm::Runtime>,
+    /// Routes, streams, filters and (Kubernetes mode) the status writer.
+    pub metrics: Registry,
     pub statuses: ArcSwap<Vec<ObjectStatus>>,
     pub ready: AtomicBool,
     last_error: Mutex<Option<String>>,
-    /// Kubernetes mode: the status writer's lease and write counts.
-    pub status_stats: Option<Arc<crate::cluster::status::StatusStats>>,
 }
 
 impl AdminState {
-    pub fn new(
-        gw: Arc<Gateway>,
-        runtime: Arc<sluice_wasm::Runtime>,
-        statuses: Vec<ObjectStatus>,
-    ) -> Self {
+    pub fn new(gw: Arc<Gateway>, runtime: Arc<sluice_wasm::Runtime>, statuses: Vec<ObjectStatus>) -> Self {
+        let metrics = Registry::default();
+        metrics.register(gw.metrics.clone());
+        metrics.register(runtime);
         AdminState {
             gw,
-            runtime,
+            metrics,
             statuses: ArcSwap::from_pointee(statuses),
             ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
-            status_stats: None,
         }
     }
     pub fn set_last_error(&self, e: Option<String>) {
@@ -98,12 +96,7 @@ async fn answer(
             }
         }
         "/metrics" => {
-            let mut text = s.gw.metrics.render();
-            s.runtime.render_metrics(&mut text);
-            if let Some(st) = &s.status_stats {
-                st.render(&mut text);
-            }
-            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+            respond(StatusCode::OK, "text/plain; version=0.0.4", s.metrics.encode())
         }
         "/config_dump" => {
             let snap = s.gw.snapshot.load();

@@ -3,14 +3,9 @@
 
 mod address_pool;
 mod admin;
-mod cluster;
-mod crd;
-mod fetch;
 mod filter_cmd;
-mod oci;
 mod provider;
 mod unbound;
-mod wasm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,7 +136,7 @@ impl ClusterArgs {
         let addresses = match &self.gateway_service {
             Some(s) => {
                 let (namespace, name) = split("gateway-service", s)?;
-                Some(cluster::status::AddressSource { namespace, name })
+                Some(sluice_kube::status::AddressSource { namespace, name })
             }
             None => None,
         };
@@ -229,7 +224,7 @@ fn main() -> ExitCode {
                         let client = kube::Client::try_default().await.context(
                             "cannot reach the Kubernetes API (in-cluster, or $KUBECONFIG / ~/.kube/config)",
                         )?;
-                        let c = cluster::Cluster::discover(client).await?;
+                        let c = sluice_kube::Cluster::discover(client).await?;
                         (provider::From::Cluster(c), Some(options))
                     }
                 };
@@ -251,7 +246,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Crd => {
-            print!("{}", crd::wasm_filter_crd_yaml());
+            print!("{}", sluice_kube::crd::wasm_filter_crd_yaml());
             ExitCode::SUCCESS
         }
         Command::Filter(cmd) => block_on(1, async {

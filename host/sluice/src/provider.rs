@@ -24,13 +24,13 @@ use tokio::sync::mpsc;
 
 use crate::address_pool::AddressPool;
 use crate::admin::{self, AdminState};
-use crate::cluster::Cluster;
-use crate::cluster::lease::Election;
-use crate::cluster::status::{self, AddressSource, StatusStats};
-use crate::fetch::Downloads;
-use crate::oci::OciSources;
 use crate::unbound;
-use crate::wasm::{self, Sources};
+use sluice_kube::Cluster;
+use sluice_kube::lease::Election;
+use sluice_kube::status::{self, AddressSource, StatusStats};
+use sluice_loader::fetch::Downloads;
+use sluice_loader::oci::OciSources;
+use sluice_loader::{self as wasm, Sources};
 
 /// A loaded config: its translation, the filter pools, and the filters still being
 /// pulled (name, what it waits for).
@@ -219,7 +219,7 @@ pub async fn run(
     let mut election = None;
     if let (Some(c), Some(o)) = (source.cluster(), cluster_options) {
         let stats = Arc::new(StatusStats::default());
-        state.status_stats = Some(stats.clone());
+        state.metrics.register(stats.clone());
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
         let e = Election {
             namespace: o.lease_namespace,

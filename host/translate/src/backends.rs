@@ -4,10 +4,12 @@
 use std::net::{IpAddr, SocketAddr};
 
 use sluice_ir::{BackendIr, UpstreamProtocol};
+
+use crate::status::{Kind, Reason};
 use sluice_resources::{BackendObjectReference, GATEWAY_GROUP, Resources, SERVICE_NAME_LABEL};
 
 /// Why a reference does not resolve: the ResolvedRefs reason and a message that says what to fix.
-pub(crate) type Problem = (&'static str, String);
+pub(crate) type Problem = (Reason, String);
 
 /// Does a ReferenceGrant in `to_ns` let a `from_kind` in `from_ns` refer to this object?
 pub(crate) fn ref_permitted(
@@ -42,13 +44,13 @@ pub(crate) fn resolve(
     b: &BackendObjectReference,
     weight: u32,
 ) -> (BackendIr, Option<Problem>) {
-    resolve_for(res, "HTTPRoute", route_ns, b, weight)
+    resolve_for(res, Kind::HTTPRoute, route_ns, b, weight)
 }
 
 /// As [`resolve`], for a route of `route_kind` (which ReferenceGrants name).
 pub(crate) fn resolve_for(
     res: &Resources,
-    route_kind: &str,
+    route_kind: Kind,
     route_ns: &str,
     b: &BackendObjectReference,
     weight: u32,
@@ -66,7 +68,7 @@ pub(crate) fn resolve_for(
         invalid: None,
         tls: None,
     };
-    let problem = resolve_service(res, route_kind, route_ns, ns, group, kind, b, port, &mut ir);
+    let problem = resolve_service(res, route_kind.as_str(), route_ns, ns, group, kind, b, port, &mut ir);
     if let Some((_, msg)) = &problem {
         ir.invalid = Some(msg.clone());
     }
@@ -88,7 +90,7 @@ fn resolve_service(
     if !(group.is_empty() && kind == "Service") {
         let g = if group.is_empty() { "core" } else { group };
         return Some((
-            "InvalidKind",
+            Reason::InvalidKind,
             format!(
                 "backendRef {}: kind {g}/{kind} is not supported; use a Service",
                 b.name
@@ -97,7 +99,7 @@ fn resolve_service(
     }
     if !ref_permitted(res, route_kind, route_ns, "", "Service", ns, &b.name) {
         return Some((
-            "RefNotPermitted",
+            Reason::RefNotPermitted,
             format!(
                 "backendRef {ns}/{}: no ReferenceGrant in namespace {ns} allows {route_kind}s from {route_ns} to refer to it",
                 b.name
@@ -110,13 +112,13 @@ fn resolve_service(
         .find(|s| s.metadata.name == b.name && s.metadata.namespace.as_deref() == Some(ns))
     else {
         return Some((
-            "BackendNotFound",
+            Reason::BackendNotFound,
             format!("backendRef {ns}/{}: Service not found", b.name),
         ));
     };
     let Some(sp) = svc.spec.ports.iter().find(|p| p.port == port) else {
         return Some((
-            "BackendNotFound",
+            Reason::BackendNotFound,
             format!("backendRef {ns}/{}: the Service has no port {port}", b.name),
         ));
     };

@@ -21,17 +21,17 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
         }
         let generation = gc.metadata.generation();
         let mut conditions = vec![Condition::new(
-            "Accepted",
+            ConditionType::Accepted,
             true,
-            "Accepted",
+            Reason::Accepted,
             "Handled by Sluice",
             generation,
         )];
         if gc.spec.parameters_ref.is_some() {
             conditions[0] = Condition::new(
-                "Accepted",
+                ConditionType::Accepted,
                 false,
-                "InvalidParameters",
+                Reason::InvalidParameters,
                 "Sluice takes no parametersRef; remove spec.parametersRef",
                 generation,
             );
@@ -39,15 +39,15 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
             ours.insert(gc.metadata.name.clone());
         }
         conditions.push(Condition::new(
-            "SupportedVersion",
+            ConditionType::SupportedVersion,
             true,
-            "SupportedVersion",
+            Reason::SupportedVersion,
             "Gateway API v1.6",
             generation,
         ));
         out.push(ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
-            kind: "GatewayClass".into(),
+            kind: Kind::GatewayClass,
             metadata: StatusMeta {
                 namespace: String::new(),
                 name: gc.metadata.name.clone(),
@@ -65,7 +65,7 @@ pub(crate) struct GatewayState {
     pub generation: i64,
     pub bind: Vec<IpAddr>,
     /// `(condition, reason, message)` when an address cannot be used.
-    pub address_problem: Option<(&'static str, &'static str, String)>,
+    pub address_problem: Option<(ConditionType, Reason, String)>,
     pub spec_addresses: Vec<StatusAddress>,
     pub listeners: Vec<ListenerState>,
     /// spec.tls.backend.clientCertificateRef, resolved.
@@ -73,18 +73,18 @@ pub(crate) struct GatewayState {
     /// Some spec.tls.frontend validation lets clients without a valid certificate in.
     pub insecure_fallback: bool,
     /// Why spec.tls.backend.clientCertificateRef does not resolve.
-    pub client_cert_problem: Option<(&'static str, String)>,
+    pub client_cert_problem: Option<(Reason, String)>,
 }
 
 pub(crate) struct ListenerState {
     pub spec: Listener,
     pub supported_kinds: Vec<RouteGroupKind>,
     /// `(reason, message)` for Accepted=False.
-    pub unaccepted: Option<(&'static str, String)>,
+    pub unaccepted: Option<(Reason, String)>,
     /// `(reason, message)` for ResolvedRefs=False.
-    pub unresolved: Option<(&'static str, String)>,
+    pub unresolved: Option<(Reason, String)>,
     /// Conflicted=True reason.
-    pub conflict: Option<&'static str>,
+    pub conflict: Option<Reason>,
     pub attached_routes: u32,
     /// For HTTPS: the certificates that resolved (none means not programmed).
     pub tls: Option<ListenerTlsIr>,
@@ -113,20 +113,20 @@ impl ListenerState {
         }
     }
 
-    pub fn allows_kind(&self, kind: &str) -> bool {
+    pub fn allows_kind(&self, kind: Kind) -> bool {
         self.supported_kinds
             .iter()
-            .any(|k| k.kind == kind && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP)
+            .any(|k| k.kind == kind.as_str() && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP)
     }
 }
 
 /// Route kinds a listener of each protocol can carry.
-fn kinds_for(protocol: &str) -> &'static [&'static str] {
+fn kinds_for(protocol: &str) -> &'static [Kind] {
     match protocol {
-        "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
-        "TLS" => &["TLSRoute"],
-        "TCP" => &["TCPRoute"],
-        "UDP" => &["UDPRoute"],
+        "HTTP" | "HTTPS" => &[Kind::HTTPRoute, Kind::GRPCRoute],
+        "TLS" => &[Kind::TLSRoute],
+        "TCP" => &[Kind::TCPRoute],
+        "UDP" => &[Kind::UDPRoute],
         _ => &[],
     }
 }
@@ -150,8 +150,8 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         let t = a.type_.as_deref().unwrap_or("IPAddress");
         if t != "IPAddress" {
             address_problem = Some((
-                "Accepted",
-                "UnsupportedAddress",
+                ConditionType::Accepted,
+                Reason::UnsupportedAddress,
                 format!(
                     "spec.addresses[{i}]: type {t} is not supported; Sluice binds IPAddress addresses"
                 ),
@@ -173,8 +173,8 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
             }
             Err(_) => {
                 address_problem = Some((
-                    "Programmed",
-                    "AddressNotUsable",
+                    ConditionType::Programmed,
+                    Reason::AddressNotUsable,
                     format!("spec.addresses[{i}]: {:?} is not an IP address", a.value),
                 ))
             }
@@ -195,8 +195,8 @@ fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
         let (mut certs, problem) = certificates(res, ns, std::slice::from_ref(r));
         backend_client_cert = certs.pop();
         client_cert_problem = problem.map(|(reason, msg)| {
-            let reason = if reason == "InvalidCertificateRef" {
-                "InvalidClientCertificateRef"
+            let reason = if reason == Reason::InvalidCertificateRef {
+                Reason::InvalidClientCertificateRef
             } else {
                 reason
             };
@@ -248,7 +248,7 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
     let mut unresolved = None;
     if supported.is_empty() {
         unaccepted = Some((
-            "UnsupportedProtocol",
+            Reason::UnsupportedProtocol,
             format!(
                 "protocol {:?} is not supported; use HTTP, HTTPS, TLS, TCP or UDP",
                 l.protocol
@@ -261,7 +261,7 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
     match l.protocol.as_str() {
         "HTTPS" if mode != "Terminate" => {
             unaccepted = Some((
-                "UnsupportedValue",
+                Reason::UnsupportedValue,
                 format!(
                     "tls.mode {mode} is not valid on an HTTPS listener; use Terminate (or a TLS listener for Passthrough)"
                 ),
@@ -269,14 +269,14 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
         }
         "TLS" if mode == "Passthrough" && !spec.certificate_refs.is_empty() => {
             unaccepted = Some((
-                "UnsupportedValue",
+                Reason::UnsupportedValue,
                 "tls.certificateRefs must be empty with tls.mode Passthrough: the backend presents its own certificate".into(),
             ));
         }
         "TLS" if mode == "Passthrough" => {}
         "TLS" if mode != "Terminate" => {
             unaccepted = Some((
-                "UnsupportedValue",
+                Reason::UnsupportedValue,
                 format!("tls.mode {mode} is not valid; use Terminate or Passthrough"),
             ));
         }
@@ -296,7 +296,7 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
             Some(Err(p)) => {
                 // Without its CAs the listener cannot check clients: it must not serve
                 // as if no check were asked for.
-                unaccepted.get_or_insert(("NoValidCACertificate", p.1.clone()));
+                unaccepted.get_or_insert((Reason::NoValidCACertificate, p.1.clone()));
                 unresolved.get_or_insert(p);
                 None
             }
@@ -311,21 +311,21 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
             .iter()
             .map(|k| RouteGroupKind {
                 group: Some(GATEWAY_GROUP.into()),
-                kind: (*k).into(),
+                kind: k.as_str().into(),
             })
             .collect(),
         Some(kinds) => {
             let mut ok = Vec::new();
             for k in kinds {
                 let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && supported.contains(&k.kind.as_str()) {
+                if group == GATEWAY_GROUP && supported.iter().any(|s| s.as_str() == k.kind) {
                     ok.push(RouteGroupKind {
                         group: Some(GATEWAY_GROUP.into()),
                         kind: k.kind.clone(),
                     });
                 } else if unresolved.is_none() {
                     unresolved = Some((
-                        "InvalidRouteKinds",
+                        Reason::InvalidRouteKinds,
                         format!(
                             "route kind {group}/{} is not supported on a {} listener",
                             k.kind, l.protocol
@@ -353,7 +353,7 @@ fn frontend_validation(
     res: &Resources,
     gw: &Gateway,
     port: u16,
-) -> Option<Result<ClientValidationIr, (&'static str, String)>> {
+) -> Option<Result<ClientValidationIr, (Reason, String)>> {
     let frontend = gw.spec.tls.as_ref()?.frontend.as_ref()?;
     let (at, cfg) = match frontend.per_port.iter().position(|p| p.port == port) {
         Some(i) => (
@@ -376,7 +376,7 @@ fn frontend_validation(
         let what = format!("{at}.validation.caCertificateRefs[{i}] ({ns}/{})", r.name);
         if !ref_permitted(res, "Gateway", gw_ns, group, kind, ns, &r.name) {
             return Some(Err((
-                "RefNotPermitted",
+                Reason::RefNotPermitted,
                 format!(
                     "{what}: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns} to refer to it"
                 ),
@@ -385,8 +385,8 @@ fn frontend_validation(
         match crate::policies::read_ca(res, ns, group, kind, &r.name, &what) {
             Ok(pem) => ca_pem.extend(pem),
             Err((reason, msg)) => {
-                let reason = if reason == "InvalidKind" {
-                    "InvalidCACertificateKind"
+                let reason = if reason == Reason::InvalidKind {
+                    Reason::InvalidCACertificateKind
                 } else {
                     reason
                 };
@@ -397,7 +397,7 @@ fn frontend_validation(
     }
     if ca_refs.is_empty() {
         return Some(Err((
-            "InvalidCACertificateRef",
+            Reason::InvalidCACertificateRef,
             format!("{at}.validation.caCertificateRefs is empty"),
         )));
     }
@@ -414,12 +414,12 @@ fn certificates(
     res: &Resources,
     gw_ns: &str,
     refs: &[sluice_resources::SecretObjectReference],
-) -> (Vec<CertificateIr>, Option<(&'static str, String)>) {
+) -> (Vec<CertificateIr>, Option<(Reason, String)>) {
     let mut ok = Vec::new();
     let mut problem = None;
     if refs.is_empty() {
         problem = Some((
-            "InvalidCertificateRef",
+            Reason::InvalidCertificateRef,
             "tls.certificateRefs is empty; name a kubernetes.io/tls Secret".to_string(),
         ));
     }
@@ -430,12 +430,12 @@ fn certificates(
         let kind = r.kind.as_deref().unwrap_or("Secret");
         let found = if !group.is_empty() || kind != "Secret" {
             Err((
-                "InvalidCertificateRef",
+                Reason::InvalidCertificateRef,
                 format!("{what}: {group}/{kind} is not supported; refer to a core Secret"),
             ))
         } else if !ref_permitted(res, "Gateway", gw_ns, "", "Secret", ns, &r.name) {
             Err((
-                "RefNotPermitted",
+                Reason::RefNotPermitted,
                 format!(
                     "{what}: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns} to refer to it"
                 ),
@@ -446,9 +446,9 @@ fn certificates(
                 .iter()
                 .find(|s| s.metadata.name == r.name && s.metadata.namespace_or_default() == ns)
             {
-                None => Err(("InvalidCertificateRef", format!("{what}: Secret not found"))),
-                Some(secret) => sluice_resources::tls::secret_pair(secret)
-                    .map_err(|e| ("InvalidCertificateRef", format!("{what}: Secret {e}"))),
+                None => Err((Reason::InvalidCertificateRef, format!("{what}: Secret not found"))),
+                Some(secret) => secret_pair(secret)
+                    .map_err(|e| (Reason::InvalidCertificateRef, format!("{what}: Secret {e}"))),
             }
         };
         match found {
@@ -495,9 +495,9 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
                 }
                 let (a, b) = (&gws[gi].listeners[li].spec, &gws[gj].listeners[lj].spec);
                 let reason = if a.protocol != b.protocol {
-                    Some("ProtocolConflict")
+                    Some(Reason::ProtocolConflict)
                 } else if a.hostname == b.hostname {
-                    Some("HostnameConflict")
+                    Some(Reason::HostnameConflict)
                 } else {
                     None
                 };
@@ -543,12 +543,12 @@ impl GatewayState {
         let valid = self.listeners.iter().filter(|l| l.programmed()).count();
         let total = self.listeners.len();
         let mut accepted = if valid == total {
-            Condition::new("Accepted", true, "Accepted", "Gateway accepted", g)
+            Condition::new(ConditionType::Accepted, true, Reason::Accepted, "Gateway accepted", g)
         } else {
             Condition::new(
-                "Accepted",
+                ConditionType::Accepted,
                 valid > 0,
-                "ListenersNotValid",
+                Reason::ListenersNotValid,
                 format!(
                     "{} of {total} listeners are not valid; see status.listeners",
                     total - valid
@@ -557,22 +557,22 @@ impl GatewayState {
             )
         };
         let mut programmed = if valid > 0 {
-            Condition::new("Programmed", true, "Programmed", "Gateway is serving", g)
+            Condition::new(ConditionType::Programmed, true, Reason::Programmed, "Gateway is serving", g)
         } else {
             Condition::new(
-                "Programmed",
+                ConditionType::Programmed,
                 false,
-                "Invalid",
+                Reason::Invalid,
                 "no valid listener to serve",
                 g,
             )
         };
         match &self.address_problem {
-            Some(("Accepted", reason, msg)) => {
-                accepted = Condition::new("Accepted", false, reason, msg.clone(), g)
+            Some((ConditionType::Accepted, reason, msg)) => {
+                accepted = Condition::new(ConditionType::Accepted, false, *reason, msg.clone(), g)
             }
             Some((_, reason, msg)) => {
-                programmed = Condition::new("Programmed", false, reason, msg.clone(), g)
+                programmed = Condition::new(ConditionType::Programmed, false, *reason, msg.clone(), g)
             }
             None => {}
         }
@@ -583,23 +583,23 @@ impl GatewayState {
                 let mut conditions = Vec::new();
                 match &l.unaccepted {
                     Some((reason, msg)) => {
-                        conditions.push(Condition::new("Accepted", false, reason, msg.clone(), g))
+                        conditions.push(Condition::new(ConditionType::Accepted, false, *reason, msg.clone(), g))
                     }
                     None => conditions.push(Condition::new(
-                        "Accepted",
+                        ConditionType::Accepted,
                         true,
-                        "Accepted",
+                        Reason::Accepted,
                         "listener accepted",
                         g,
                     )),
                 }
                 match l.conflict {
                     Some(reason) => conditions.push(Condition::new(
-                        "Conflicted",
+                        ConditionType::Conflicted,
                         true,
                         reason,
                         match reason {
-                            "ProtocolConflict" => {
+                            Reason::ProtocolConflict => {
                                 "another listener on this port uses a different protocol"
                                     .to_string()
                             }
@@ -608,42 +608,42 @@ impl GatewayState {
                         g,
                     )),
                     None => conditions.push(Condition::new(
-                        "Conflicted",
+                        ConditionType::Conflicted,
                         false,
-                        "NoConflicts",
+                        Reason::NoConflicts,
                         "no conflicts",
                         g,
                     )),
                 }
                 match &l.unresolved {
                     Some((reason, msg)) => conditions.push(Condition::new(
-                        "ResolvedRefs",
+                        ConditionType::ResolvedRefs,
                         false,
-                        reason,
+                        *reason,
                         msg.clone(),
                         g,
                     )),
                     None => conditions.push(Condition::new(
-                        "ResolvedRefs",
+                        ConditionType::ResolvedRefs,
                         true,
-                        "ResolvedRefs",
+                        Reason::ResolvedRefs,
                         "all references resolved",
                         g,
                     )),
                 }
                 if l.programmed() {
                     conditions.push(Condition::new(
-                        "Programmed",
+                        ConditionType::Programmed,
                         true,
-                        "Programmed",
+                        Reason::Programmed,
                         "listener is serving",
                         g,
                     ));
                 } else {
                     conditions.push(Condition::new(
-                        "Programmed",
+                        ConditionType::Programmed,
                         false,
-                        "Invalid",
+                        Reason::Invalid,
                         "listener is not valid",
                         g,
                     ));
@@ -658,7 +658,7 @@ impl GatewayState {
             .collect();
         ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
-            kind: "Gateway".into(),
+            kind: Kind::Gateway,
             metadata: StatusMeta {
                 namespace: self.namespace.clone(),
                 name: self.name.clone(),
@@ -670,17 +670,17 @@ impl GatewayState {
                     let mut c = vec![accepted, programmed];
                     match (&self.client_cert_problem, &self.backend_client_cert) {
                         (Some((reason, msg)), _) => c.push(Condition::new(
-                            "ResolvedRefs",
+                            ConditionType::ResolvedRefs,
                             false,
-                            reason,
+                            *reason,
                             msg.clone(),
                             g,
                         )),
                         // Said only when the Gateway references something of its own.
                         (None, Some(_)) => c.push(Condition::new(
-                            "ResolvedRefs",
+                            ConditionType::ResolvedRefs,
                             true,
-                            "ResolvedRefs",
+                            Reason::ResolvedRefs,
                             "spec.tls.backend.clientCertificateRef resolved",
                             g,
                         )),
@@ -689,9 +689,9 @@ impl GatewayState {
                     // The spec asks for this warning whenever a fallback is configured.
                     if self.insecure_fallback {
                         c.push(Condition::new(
-                            "InsecureFrontendValidationMode",
+                            ConditionType::InsecureFrontendValidationMode,
                             true,
-                            "ConfigurationChanged",
+                            Reason::ConfigurationChanged,
                             "spec.tls.frontend uses mode AllowInsecureFallback: clients without a valid certificate are served",
                             g,
                         ));
@@ -702,4 +702,21 @@ impl GatewayState {
             }),
         }
     }
+}
+
+const TLS_SECRET: &str = "kubernetes.io/tls";
+
+/// The `tls.crt` and `tls.key` of a `kubernetes.io/tls` Secret, checked: both present,
+/// valid PEM, and the key matches the certificate.
+pub fn secret_pair(s: &sluice_resources::Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if s.type_.as_deref() != Some(TLS_SECRET) {
+        return Err(format!(
+            "has type {:?}; certificateRefs need a {TLS_SECRET} Secret",
+            s.type_.as_deref().unwrap_or("Opaque")
+        ));
+    }
+    let crt = s.value("tls.crt").ok_or("has no tls.crt")?;
+    let key = s.value("tls.key").ok_or("has no tls.key")?;
+    sluice_tls::certified_key(&crt, &key)?;
+    Ok((crt, key))
 }

@@ -83,8 +83,9 @@ pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
         statuses.push(gw.status());
     }
     statuses.sort_by(|a, b| {
-        (&a.kind, &a.metadata.namespace, &a.metadata.name).cmp(&(
-            &b.kind,
+        // By the kind's name, as the golden files and /status list them.
+        (a.kind.as_str(), &a.metadata.namespace, &a.metadata.name).cmp(&(
+            b.kind.as_str(),
             &b.metadata.namespace,
             &b.metadata.name,
         ))

@@ -77,7 +77,7 @@ pub(crate) fn upstream_tls(
         && w != "System"
     {
         return Err((
-            "InvalidCACertificateRef",
+            Reason::InvalidCACertificateRef,
             format!(
                 "BackendTLSPolicy {name}: wellKnownCACertificates {w:?} is not supported; use System"
             ),
@@ -85,7 +85,7 @@ pub(crate) fn upstream_tls(
     }
     if system != v.ca_certificate_refs.is_empty() {
         return Err((
-            "InvalidCACertificateRef",
+            Reason::InvalidCACertificateRef,
             format!(
                 "BackendTLSPolicy {name}: set exactly one of caCertificateRefs and wellKnownCACertificates"
             ),
@@ -107,7 +107,7 @@ pub(crate) fn upstream_tls(
             ("URI", _, Some(u)) => subject_alt_name_uris.push(u.clone()),
             (t, _, _) => {
                 return Err((
-                    "UnsupportedValue",
+                    Reason::UnsupportedValue,
                     format!(
                         "BackendTLSPolicy {name}: validation.subjectAltNames[{i}]: type {t:?} needs its {} field; types Hostname and URI are supported",
                         if t == "URI" { "uri" } else { "hostname" }
@@ -137,8 +137,8 @@ pub(crate) fn read_ca(
     name: &str,
     what: &str,
 ) -> Result<Vec<u8>, Problem> {
-    let not_found = || ("InvalidCACertificateRef", format!("{what}: not found"));
-    let no_key = || ("InvalidCACertificateRef", format!("{what}: has no ca.crt"));
+    let not_found = || (Reason::InvalidCACertificateRef, format!("{what}: not found"));
+    let no_key = || (Reason::InvalidCACertificateRef, format!("{what}: has no ca.crt"));
     let mut pem = match (group, kind) {
         ("", "ConfigMap") => res
             .config_maps
@@ -158,13 +158,13 @@ pub(crate) fn read_ca(
             .ok_or_else(no_key)?,
         _ => {
             return Err((
-                "InvalidKind",
+                Reason::InvalidKind,
                 format!("{what}: refer to a ConfigMap or a Secret"),
             ));
         }
     };
-    sluice_resources::tls::certificates(&pem, "ca.crt")
-        .map_err(|e| ("InvalidCACertificateRef", format!("{what}: {e}")))?;
+    sluice_tls::certificates(&pem, "ca.crt")
+        .map_err(|e| (Reason::InvalidCACertificateRef, format!("{what}: {e}")))?;
     pem.push(b'\n');
     Ok(pem)
 }
@@ -197,11 +197,11 @@ pub(crate) fn statuses(
                 "BackendTLSPolicy {ns}/{winner} targets the same Service and sectionName and takes precedence (it is older, or as old and first by name)"
             );
             vec![
-                Condition::new("Accepted", false, "Conflicted", msg, g),
+                Condition::new(ConditionType::Accepted, false, Reason::Conflicted, msg, g),
                 Condition::new(
-                    "ResolvedRefs",
+                    ConditionType::ResolvedRefs,
                     true,
-                    "ResolvedRefs",
+                    Reason::ResolvedRefs,
                     "all references resolved",
                     g,
                 ),
@@ -209,28 +209,28 @@ pub(crate) fn statuses(
         } else {
             match upstream_tls(res, p) {
                 Ok(_) => vec![
-                    Condition::new("Accepted", true, "Accepted", "policy accepted", g),
+                    Condition::new(ConditionType::Accepted, true, Reason::Accepted, "policy accepted", g),
                     Condition::new(
-                        "ResolvedRefs",
+                        ConditionType::ResolvedRefs,
                         true,
-                        "ResolvedRefs",
+                        Reason::ResolvedRefs,
                         "all references resolved",
                         g,
                     ),
                 ],
                 Err((reason, msg)) => vec![
                     Condition::new(
-                        "Accepted",
+                        ConditionType::Accepted,
                         false,
-                        if reason == "UnsupportedValue" {
-                            "UnsupportedValue"
+                        if reason == Reason::UnsupportedValue {
+                            Reason::UnsupportedValue
                         } else {
-                            "NoValidCACertificate"
+                            Reason::NoValidCACertificate
                         },
                         msg.clone(),
                         g,
                     ),
-                    Condition::new("ResolvedRefs", false, reason, msg, g),
+                    Condition::new(ConditionType::ResolvedRefs, false, reason, msg, g),
                 ],
             }
         };
@@ -255,7 +255,7 @@ pub(crate) fn statuses(
         }
         out.push(ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
-            kind: "BackendTLSPolicy".into(),
+            kind: Kind::BackendTLSPolicy,
             metadata: StatusMeta {
                 namespace: ns.into(),
                 name: p.metadata.name.clone(),

@@ -40,13 +40,13 @@ pub(crate) fn http_routes(
         services: Default::default(),
     };
     for route in &res.http_routes {
-        http_route(res, wasm, "HTTPRoute", route, None, gws, out, &mut attached);
+        http_route(res, wasm, Kind::HTTPRoute, route, None, gws, out, &mut attached);
     }
     for route in &res.grpc_routes {
         http_route(
             res,
             wasm,
-            "GRPCRoute",
+            Kind::GRPCRoute,
             &grpc_as_http(route),
             Some(route),
             gws,
@@ -131,7 +131,7 @@ struct Compiled {
 fn http_route(
     res: &Resources,
     wasm: &WasmStates,
-    kind: &'static str,
+    kind: Kind,
     route: &HttpRoute,
     grpc: Option<&GrpcRoute>,
     gws: &mut [GatewayState],
@@ -141,7 +141,7 @@ fn http_route(
     let ns = route.metadata.namespace_or_default();
     let generation = route.metadata.generation();
     let mut compiled = compile(res, wasm, route);
-    if kind == "GRPCRoute" {
+    if kind == Kind::GRPCRoute {
         // gRPC is HTTP/2 end to end: a GRPCRoute's backends speak h2c.
         let h2c = |filters: &mut Vec<FilterIr>| {
             for f in filters {
@@ -258,7 +258,7 @@ fn http_route(
 
 /// The route being attached, as far as attaching needs it.
 pub(crate) struct RouteRef<'a> {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub api_version: &'static str,
     pub namespace: &'a str,
     pub name: &'a str,
@@ -303,7 +303,7 @@ pub(crate) fn attach(
             .collect();
         let accepted = if candidates.is_empty() {
             Err((
-                "NoMatchingParent",
+                Reason::NoMatchingParent,
                 "no listener matches the parentRef's sectionName and port".to_string(),
             ))
         } else {
@@ -320,7 +320,7 @@ pub(crate) fn attach(
                 .collect();
             if allowed.is_empty() {
                 Err((
-                    "NotAllowedByListeners",
+                    Reason::NotAllowedByListeners,
                     "no listener allows this route: check allowedRoutes namespaces and kinds"
                         .to_string(),
                 ))
@@ -340,11 +340,11 @@ pub(crate) fn attach(
                     .collect();
                 if hits.is_empty() {
                     Err((
-                        "NoMatchingListenerHostname",
+                        Reason::NoMatchingListenerHostname,
                         "none of the route's hostnames matches a listener hostname".to_string(),
                     ))
                 } else if let Some(msg) = unsupported {
-                    Err(("UnsupportedValue", msg.to_string()))
+                    Err((Reason::UnsupportedValue, msg.to_string()))
                 } else {
                     Ok(hits)
                 }
@@ -354,9 +354,9 @@ pub(crate) fn attach(
         match accepted {
             Ok(hits) => {
                 conditions.push(Condition::new(
-                    "Accepted",
+                    ConditionType::Accepted,
                     true,
-                    "Accepted",
+                    Reason::Accepted,
                     "route attached",
                     r.generation,
                 ));
@@ -369,19 +369,19 @@ pub(crate) fn attach(
                 }
             }
             Err((reason, msg)) => {
-                conditions.push(Condition::new("Accepted", false, reason, msg, r.generation))
+                conditions.push(Condition::new(ConditionType::Accepted, false, reason, msg, r.generation))
             }
         }
         conditions.push(match unresolved {
             None => Condition::new(
-                "ResolvedRefs",
+                ConditionType::ResolvedRefs,
                 true,
-                "ResolvedRefs",
+                Reason::ResolvedRefs,
                 "all references resolved",
                 r.generation,
             ),
             Some((reason, msg)) => {
-                Condition::new("ResolvedRefs", false, reason, msg.clone(), r.generation)
+                Condition::new(ConditionType::ResolvedRefs, false, *reason, msg.clone(), r.generation)
             }
         });
         parents.push(RouteParentStatus {
@@ -394,7 +394,7 @@ pub(crate) fn attach(
     if !parents.is_empty() {
         out.push(ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/{}", r.api_version),
-            kind: r.kind.into(),
+            kind: r.kind,
             metadata: StatusMeta {
                 namespace: r.namespace.into(),
                 name: r.name.to_string(),
@@ -665,7 +665,7 @@ fn compile_filters(
                     e.kind,
                     e.name
                 );
-                c.unresolved.get_or_insert(("InvalidKind", msg.clone()));
+                c.unresolved.get_or_insert((Reason::InvalidKind, msg.clone()));
                 invalid.get_or_insert(msg);
             }
             other => {

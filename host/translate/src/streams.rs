@@ -6,7 +6,7 @@ use sluice_resources::{Resources, StreamRoute};
 use crate::backends::{self, Problem};
 use crate::gateways::GatewayState;
 use crate::routes::{RouteRef, attach};
-use crate::status::ObjectStatus;
+use crate::status::{Kind, ObjectStatus};
 
 /// Attaches every stream route and returns the stream sockets to serve.
 pub(crate) fn stream_routes(
@@ -18,9 +18,9 @@ pub(crate) fn stream_routes(
     let mut attached: Vec<(Option<&str>, (usize, usize), StreamRouteIr)> = Vec::new();
     for (kind, api_version, routes) in [
         // v1 in the Gateway API v1.6 standard channel; v1alpha2 is read too.
-        ("TCPRoute", "v1", &res.tcp_routes),
-        ("TLSRoute", "v1", &res.tls_routes),
-        ("UDPRoute", "v1", &res.udp_routes),
+        (Kind::TCPRoute, "v1", &res.tcp_routes),
+        (Kind::TLSRoute, "v1", &res.tls_routes),
+        (Kind::UDPRoute, "v1", &res.udp_routes),
     ] {
         for route in routes {
             let created = route.metadata.creation_timestamp.as_deref();
@@ -83,7 +83,7 @@ fn stream_route(
     res: &Resources,
     gws: &mut [GatewayState],
     out: &mut Vec<ObjectStatus>,
-    kind: &'static str,
+    kind: Kind,
     api_version: &'static str,
     route: &StreamRoute,
 ) -> Vec<((usize, usize), StreamRouteIr)> {

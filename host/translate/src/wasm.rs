@@ -57,9 +57,9 @@ pub enum WasmState {
         image: Option<String>,
     },
     Failed {
-        /// `SourceNotFound`, `DigestMismatch`, `UnsupportedSource`, `InvalidComponent`,
-        /// `InvalidConfig`, `Trapped`, `Pending`.
-        reason: String,
+        /// Why: one of the WasmFilter reasons of [`Reason`] (`Pulling` to
+        /// `Trapped`), each documented there.
+        reason: Reason,
         message: String,
         digest: Option<String>,
         config_errors: Vec<(String, String)>,
@@ -70,7 +70,7 @@ pub enum WasmState {
     Stale {
         digest: String,
         image: Option<String>,
-        reason: String,
+        reason: Reason,
         message: String,
         config_errors: Vec<(String, String)>,
     },
@@ -93,9 +93,9 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
         let (ready, digest, image, config_errors) = match state {
             Some(WasmState::Ready { digest, image }) => (
                 Condition::new(
-                    "Ready",
+                    ConditionType::Ready,
                     true,
-                    "Loaded",
+                    Reason::Loaded,
                     match image {
                         Some(i) => format!("component {digest} from {i} is loaded and configured"),
                         None => format!("component {digest} is loaded and configured"),
@@ -114,9 +114,9 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 config_errors,
             }) => (
                 Condition::new(
-                    "Ready",
+                    ConditionType::Ready,
                     false,
-                    reason,
+                    *reason,
                     format!("{message}; still serving {digest}, the version that last loaded"),
                     g,
                 ),
@@ -130,13 +130,13 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 digest,
                 config_errors,
             }) => (
-                Condition::new("Ready", false, reason, message.clone(), g),
+                Condition::new(ConditionType::Ready, false, *reason, message.clone(), g),
                 digest.clone(),
                 None,
                 config_error_statuses(config_errors),
             ),
             None => (
-                Condition::new("Ready", false, "Pending", "not loaded yet", g),
+                Condition::new(ConditionType::Ready, false, Reason::Pending, "not loaded yet", g),
                 None,
                 None,
                 Vec::new(),
@@ -144,7 +144,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
         };
         out.push(ObjectStatus {
             api_version: format!("{SLUICE_GROUP}/v1alpha1"),
-            kind: "WasmFilter".into(),
+            kind: Kind::WasmFilter,
             metadata: StatusMeta {
                 namespace: key(f).0,
                 name: f.metadata.name.clone(),
@@ -152,7 +152,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
             },
             status: Status::WasmFilter(WasmFilterStatus {
                 conditions: vec![
-                    Condition::new("Accepted", true, "Accepted", "spec is valid", g),
+                    Condition::new(ConditionType::Accepted, true, Reason::Accepted, "spec is valid", g),
                     ready,
                 ],
                 digest,
@@ -179,14 +179,14 @@ pub(crate) fn resolve(
     states: &WasmStates,
     ns: &str,
     name: &str,
-) -> Result<WasmIr, (&'static str, String)> {
+) -> Result<WasmIr, (Reason, String)> {
     let Some(f) = res
         .wasm_filters
         .iter()
         .find(|f| f.metadata.name == name && f.metadata.namespace.as_deref() == Some(ns))
     else {
         return Err((
-            "FilterNotFound",
+            Reason::FilterNotFound,
             format!(
                 "WasmFilter {ns}/{name} not found; ExtensionRefs name a WasmFilter in the route's namespace"
             ),
@@ -209,11 +209,11 @@ pub(crate) fn resolve(
             })
         }
         Some(WasmState::Failed { message, .. }) => Err((
-            "FilterNotReady",
+            Reason::FilterNotReady,
             format!("WasmFilter {ns}/{name} is not ready: {message}"),
         )),
         None => Err((
-            "FilterNotReady",
+            Reason::FilterNotReady,
             format!("WasmFilter {ns}/{name} is not loaded yet"),
         )),
     }

@@ -80,14 +80,14 @@ fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmS
             let path = f.spec.source.path.clone().unwrap_or_default();
             let state = if path.ends_with("missing.wasm") {
                 WasmState::Failed {
-                    reason: "SourceNotFound".into(),
+                    reason: sluice_translate::Reason::SourceNotFound,
                     message: format!("{path}: no such file"),
                     digest: None,
                     config_errors: vec![],
                 }
             } else if path.ends_with("bad-config.wasm") {
                 WasmState::Failed {
-                    reason: "InvalidConfig".into(),
+                    reason: sluice_translate::Reason::InvalidConfig,
                     message: "the filter refused its config".into(),
                     digest: Some("sha256:0b".into()),
                     config_errors: vec![(".greeting".into(), "must not be empty".into())],

@@ -277,21 +277,21 @@ impl Runtime {
         pools.insert(key, Arc::downgrade(&pool));
         Ok(pool)
     }
+}
 
-    /// Prometheus text for every WasmFilter seen so far.
-    pub fn render_metrics(&self, out: &mut String) {
+/// Every WasmFilter seen so far.
+impl sluice_metrics::Collect for Runtime {
+    fn collect(&self, out: &mut sluice_metrics::Encoder) {
         let shared = self
             .shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if shared.is_empty() {
-            return;
-        }
-        out.push_str(stats::HELP);
-        for (name, s) in shared {
-            s.stats.render(out, &name);
-        }
+        let filters: Vec<(&str, &FilterStats)> = shared
+            .iter()
+            .map(|(name, s)| (name.as_str(), &*s.stats))
+            .collect();
+        stats::collect(out, &filters);
     }
 }
 

@@ -2,26 +2,13 @@
 //! skips, and the filter's own counters and histograms.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2,
-];
-const MAX_GUEST_METRICS: usize = 32;
-/// Buckets of filters' own histograms: Prometheus's defaults.
-const GUEST_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+use sluice_metrics::{CALL_BUCKETS, DEFAULT_BUCKETS, Encoder, Histogram, Labels, Type};
 
-#[derive(Default)]
-struct GuestHistogram {
-    buckets: [u64; GUEST_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
+const MAX_GUEST_METRICS: usize = 32;
 
 /// Why a filter call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,39 +40,6 @@ impl ErrorKind {
     ];
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn observe_secs(&self, secs: f64) {
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add((secs * 1e9) as u64, Relaxed);
-    }
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut c = 0;
-        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
-            c += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {c}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_nanos.load(Relaxed) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
-
-#[derive(Default)]
 pub struct FilterStats {
     pub calls: AtomicU64,
     errors: [AtomicU64; 4],
@@ -93,7 +47,21 @@ pub struct FilterStats {
     pub instances: AtomicI64,
     latency: Histogram,
     guest_counters: Mutex<BTreeMap<String, u64>>,
-    guest_histograms: Mutex<BTreeMap<String, GuestHistogram>>,
+    guest_histograms: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl Default for FilterStats {
+    fn default() -> Self {
+        FilterStats {
+            calls: AtomicU64::new(0),
+            errors: Default::default(),
+            skipped: AtomicU64::new(0),
+            instances: AtomicI64::new(0),
+            latency: Histogram::new(CALL_BUCKETS),
+            guest_counters: Mutex::default(),
+            guest_histograms: Mutex::default(),
+        }
+    }
 }
 
 fn valid_metric_name(n: &str) -> bool {
@@ -107,7 +75,7 @@ fn valid_metric_name(n: &str) -> bool {
 impl FilterStats {
     pub fn call(&self, elapsed: Duration) {
         self.calls.fetch_add(1, Relaxed);
-        self.latency.observe_secs(elapsed.as_secs_f64());
+        self.latency.observe_duration(elapsed);
     }
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].fetch_add(1, Relaxed);
@@ -136,90 +104,91 @@ impl FilterStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if m.len() < MAX_GUEST_METRICS || m.contains_key(name) {
-            let h = m.entry(name.to_string()).or_default();
-            if let Some(i) = GUEST_BUCKETS.iter().position(|b| v <= *b) {
-                h.buckets[i] += 1;
-            }
-            h.count += 1;
-            h.sum += v;
-        }
-    }
-
-    pub fn render(&self, out: &mut String, filter: &str) {
-        let l = format!(
-            "filter=\"{}\"",
-            filter.replace('\\', "\\\\").replace('"', "\\\"")
-        );
-        let _ = writeln!(
-            out,
-            "sluice_wasm_calls_total{{{l}}} {}",
-            self.calls.load(Relaxed)
-        );
-        for k in ErrorKind::ALL {
-            let _ = writeln!(
-                out,
-                "sluice_wasm_errors_total{{{l},kind=\"{}\"}} {}",
-                k.as_str(),
-                self.errors(k)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "sluice_wasm_failopen_skips_total{{{l}}} {}",
-            self.skipped.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "sluice_wasm_instances{{{l}}} {}",
-            self.instances.load(Relaxed)
-        );
-        self.latency
-            .render(out, "sluice_wasm_call_duration_seconds", &l);
-        for (n, v) in self
-            .guest_counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "sluice_filter_{n}_total{{{l}}} {v}");
-        }
-        for (n, h) in self
-            .guest_histograms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let mut cumulative = 0;
-            for (b, c) in GUEST_BUCKETS.iter().zip(h.buckets) {
-                cumulative += c;
-                let _ = writeln!(
-                    out,
-                    "sluice_filter_{n}_bucket{{{l},le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "sluice_filter_{n}_bucket{{{l},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(out, "sluice_filter_{n}_sum{{{l}}} {}", h.sum);
-            let _ = writeln!(out, "sluice_filter_{n}_count{{{l}}} {}", h.count);
+            m.entry(name.to_string())
+                .or_insert_with(|| Histogram::new(DEFAULT_BUCKETS))
+                .observe(v);
         }
     }
 }
 
-pub const HELP: &str = "\
-# HELP sluice_wasm_calls_total Filter hook calls, per WasmFilter.
-# TYPE sluice_wasm_calls_total counter
-# HELP sluice_wasm_errors_total Failed filter calls, by kind (trap, timeout, memory, config).
-# TYPE sluice_wasm_errors_total counter
-# HELP sluice_wasm_failopen_skips_total Requests on which a failing FailOpen filter was skipped.
-# TYPE sluice_wasm_failopen_skips_total counter
-# HELP sluice_wasm_instances Live instances in the filter's pools.
-# TYPE sluice_wasm_instances gauge
-# HELP sluice_wasm_call_duration_seconds Time in one filter hook call.
-# TYPE sluice_wasm_call_duration_seconds histogram
-";
+/// Writes every filter's metrics, a family at a time: the built-in families, then each
+/// filter's own counters and histograms (`sluice_filter_<name>_total`, `_bucket`...).
+pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
+    if filters.is_empty() {
+        return;
+    }
+    let label = |f: &str| Labels::new().with("filter", f);
+    type Value = fn(&FilterStats) -> i64;
+    let simple: [(&str, Type, &str, Value); 2] = [
+        (
+            "sluice_wasm_calls_total",
+            Type::Counter,
+            "Filter hook calls, per WasmFilter.",
+            |s| s.calls.load(Relaxed) as i64,
+        ),
+        (
+            "sluice_wasm_failopen_skips_total",
+            Type::Counter,
+            "Requests on which a failing FailOpen filter was skipped.",
+            |s| s.skipped.load(Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        out.family(name, kind, help);
+        for (f, s) in filters {
+            out.sample(name, &label(f), value(s));
+        }
+    }
+    let name = "sluice_wasm_errors_total";
+    out.family(
+        name,
+        Type::Counter,
+        "Failed filter calls, by kind (trap, timeout, memory, config).",
+    );
+    for (f, s) in filters {
+        for k in ErrorKind::ALL {
+            out.sample(name, &label(f).with("kind", k.as_str()), s.errors(k));
+        }
+    }
+    let name = "sluice_wasm_instances";
+    out.family(name, Type::Gauge, "Live instances in the filter's pools.");
+    for (f, s) in filters {
+        out.sample(name, &label(f), s.instances.load(Relaxed));
+    }
+    let name = "sluice_wasm_call_duration_seconds";
+    out.family(name, Type::Histogram, "Time in one filter hook call.");
+    for (f, s) in filters {
+        out.histogram(name, &label(f), &s.latency.snapshot());
+    }
+    // A filter's own metrics: one family per name, across the filters that report it.
+    let mut counters: BTreeMap<String, Vec<(&str, u64)>> = BTreeMap::new();
+    let mut histograms: BTreeMap<String, Vec<(&str, sluice_metrics::HistogramSnapshot)>> =
+        BTreeMap::new();
+    for (f, s) in filters {
+        let c = s.guest_counters.lock().unwrap_or_else(|p| p.into_inner());
+        for (n, v) in c.iter() {
+            counters.entry(n.clone()).or_default().push((f, *v));
+        }
+        let h = s.guest_histograms.lock().unwrap_or_else(|p| p.into_inner());
+        for (n, v) in h.iter() {
+            histograms.entry(n.clone()).or_default().push((f, v.snapshot()));
+        }
+    }
+    for (n, samples) in counters {
+        let name = format!("sluice_filter_{n}_total");
+        out.family(&name, Type::Counter, "A counter the filter reports.");
+        for (f, v) in samples {
+            out.sample(&name, &label(f), v);
+        }
+    }
+    for (n, samples) in histograms {
+        let name = format!("sluice_filter_{n}");
+        out.family(&name, Type::Histogram, "A histogram the filter reports.");
+        for (f, h) in samples {
+            out.histogram(&name, &label(f), &h);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -232,8 +201,9 @@ mod tests {
         s.guest_counter("Bad-Name", 1);
         s.guest_histogram("size", 0.2);
         s.guest_histogram("size", 3.0);
-        let mut out = String::new();
-        s.render(&mut out, "ns/f");
+        let mut enc = Encoder::default();
+        collect(&mut enc, &[("ns/f", &s)]);
+        let out = enc.finish();
         assert!(
             out.contains(r#"sluice_filter_hits_total{filter="ns/f"} 2"#),
             "{out}"

@@ -143,7 +143,7 @@ impl OciSources {
             Ok(a) => a,
             Err(message) => {
                 return Outcome::Failed {
-                    reason: "InvalidPullSecret",
+                    reason: Reason::InvalidPullSecret,
                     message,
                 };
             }

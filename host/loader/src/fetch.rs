@@ -62,7 +62,7 @@ impl Downloads {
         let got = sluice_wasm::sha256_hex(&bytes);
         if !got.eq_ignore_ascii_case(sha256) {
             return Err((
-                "DigestMismatch",
+                Reason::DigestMismatch,
                 format!(
                     "spec.source.url: {url} has SHA-256 {got}, but spec.source.sha256 is {sha256}; refusing it"
                 ),
@@ -91,7 +91,7 @@ pub fn store(path: &Path, bytes: &[u8]) {
 /// Downloads over HTTPS only, trusting the system's roots (and `SSL_CERT_FILE`).
 /// Runs on the caller's thread: the loader is already off the serving threads.
 fn download(url: &str) -> Result<Vec<u8>, Failure> {
-    let unavailable = |m: String| ("SourceUnavailable", format!("spec.source.url: {url}: {m}"));
+    let unavailable = |m: String| (Reason::SourceUnavailable, format!("spec.source.url: {url}: {m}"));
     let uri: http::Uri = url
         .parse()
         .map_err(|e| unavailable(format!("not a valid URL: {e}")))?;

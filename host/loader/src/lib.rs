@@ -2,6 +2,11 @@
 //! take it from the AOT cache), and configure a first instance. The outcome feeds
 //! `translate` (as status) and `build` (as instance pools).
 
+#![forbid(unsafe_code)]
+
+pub mod fetch;
+pub mod oci;
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -75,7 +80,7 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Source
             Err(Failure::Pending(message)) => {
                 out.pending.push((name.clone(), message.clone()));
                 WasmState::Failed {
-                    reason: "Pulling".into(),
+                    reason: Reason::Pulling.into(),
                     message,
                     digest: None,
                     config_errors: Vec::new(),
@@ -159,7 +164,7 @@ fn prepare_one(
             let full = base.join(p);
             std::fs::read(&full).map_err(|e| {
                 failed(
-                    "SourceNotFound",
+                    Reason::SourceNotFound,
                     format!("spec.source.path: cannot read {}: {e}", full.display()),
                     None,
                 )
@@ -176,7 +181,7 @@ fn prepare_one(
         (_, _, Some(o)) => {
             let Some(oci) = &sources.oci else {
                 return Err(failed(
-                    "NotPulled",
+                    Reason::NotPulled,
                     format!(
                         "spec.source.oci: `sluice check` does not pull images; `sluice filter pull {}` fetches it",
                         o.image
@@ -198,7 +203,7 @@ fn prepare_one(
         }
         _ => {
             return Err(failed(
-                "UnsupportedSource",
+                Reason::UnsupportedSource,
                 "spec.source: set one of path, url or oci".into(),
                 None,
             )
@@ -211,7 +216,7 @@ fn prepare_one(
         && !want.eq_ignore_ascii_case(&digest)
     {
         return Err(failed(
-            "DigestMismatch",
+            Reason::DigestMismatch,
             format!("spec.source.sha256 is {want} but the component's SHA-256 is {digest}"),
             Some(shown),
         )
@@ -219,7 +224,7 @@ fn prepare_one(
     }
     let compiled = rt.load_digested(&digest, &bytes).map_err(|e| {
         Failure::from(failed(
-            "InvalidComponent",
+            Reason::InvalidComponent,
             e.to_string(),
             Some(shown.clone()),
         ))
@@ -239,13 +244,13 @@ fn prepare_one(
             pool,
         }),
         Err(e) if e.kind == ErrorKind::Config => Err(Failure::Failed(WasmState::Failed {
-            reason: "InvalidConfig".into(),
+            reason: Reason::InvalidConfig.into(),
             message: format!("the filter refused spec.config: {}", e.message),
             digest: Some(shown),
             config_errors: e.config_errors,
         })),
         Err(e) => Err(failed(
-            "Trapped",
+            Reason::Trapped,
             format!("the filter failed while starting: {}", e.message),
             Some(shown),
         )

@@ -7,7 +7,6 @@
 //! ancestors written by other controllers are kept.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,10 +14,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
+use sluice_metrics::{Collect, Encoder, Labels, Type};
 use sluice_translate::{CONTROLLER_NAME, ObjectStatus};
 use tokio::sync::watch;
 
-use super::{Cluster, KINDS};
+use crate::{Cluster, KINDS};
 
 /// What the admin API shows of the status writer.
 #[derive(Default)]
@@ -28,20 +28,33 @@ pub struct StatusStats {
     pub failures: AtomicU64,
 }
 
-impl StatusStats {
-    pub fn render(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            "# HELP sluice_leader 1 when this replica holds the status lease and writes statuses.\n\
-             # TYPE sluice_leader gauge\nsluice_leader {}\n\
-             # HELP sluice_status_writes_total Status subresource updates sent and accepted.\n\
-             # TYPE sluice_status_writes_total counter\nsluice_status_writes_total {}\n\
-             # HELP sluice_status_write_failures_total Status updates the API server refused or did not answer.\n\
-             # TYPE sluice_status_write_failures_total counter\nsluice_status_write_failures_total {}\n",
-            u8::from(self.leader.load(Ordering::Relaxed)),
-            self.writes.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-        );
+impl Collect for StatusStats {
+    fn collect(&self, out: &mut Encoder) {
+        let none = Labels::new();
+        let families = [
+            (
+                "sluice_leader",
+                Type::Gauge,
+                "1 when this replica holds the status lease and writes statuses.",
+                u64::from(self.leader.load(Ordering::Relaxed)),
+            ),
+            (
+                "sluice_status_writes_total",
+                Type::Counter,
+                "Status subresource updates sent and accepted.",
+                self.writes.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_status_write_failures_total",
+                Type::Counter,
+                "Status updates the API server refused or did not answer.",
+                self.failures.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            out.family(name, kind, help);
+            out.sample(name, &none, value);
+        }
     }
 }
 

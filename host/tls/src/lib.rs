@@ -1,15 +1,14 @@
-//! TLS material from Secrets: the `kubernetes.io/tls` pair (`tls.crt`, `tls.key`) and CA
-//! bundles, parsed and checked once, the same way for status and for serving.
+//! TLS material as rustls takes it: a certificate chain with its key, and CA bundles,
+//! parsed from PEM the same way for status (the translator checks a Secret once) and
+//! for serving (the data plane builds its certificate resolvers and verifiers).
+
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-
-use crate::Secret;
-
-pub const TLS_SECRET: &str = "kubernetes.io/tls";
 
 /// A certificate chain with its key, ready to serve.
 pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, String> {
@@ -36,19 +35,4 @@ pub fn certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'stati
         return Err(format!("{field}: no PEM certificate"));
     }
     Ok(certs)
-}
-
-/// The `tls.crt` and `tls.key` of a `kubernetes.io/tls` Secret, checked: both present,
-/// valid PEM, and the key matches the certificate.
-pub fn secret_pair(s: &Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
-    if s.type_.as_deref() != Some(TLS_SECRET) {
-        return Err(format!(
-            "has type {:?}; certificateRefs need a {TLS_SECRET} Secret",
-            s.type_.as_deref().unwrap_or("Opaque")
-        ));
-    }
-    let crt = s.value("tls.crt").ok_or("has no tls.crt")?;
-    let key = s.value("tls.key").ok_or("has no tls.key")?;
-    certified_key(&crt, &key)?;
-    Ok((crt, key))
 }

@@ -10,6 +10,9 @@
 //!
 //! Statuses are written back by [`status`] on the replica that holds the [`lease`].
 
+#![forbid(unsafe_code)]
+
+pub mod crd;
 pub mod lease;
 pub mod status;
 
