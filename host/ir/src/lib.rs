@@ -335,11 +335,40 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
+/// Names a WasmFilter: the key its instance pool is found by when a snapshot is built.
+/// Shown (and serialized) as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FilterKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl FilterKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        FilterKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FilterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Serialize for FilterKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmIr {
-    /// `namespace/name` of the WasmFilter.
-    pub filter: String,
+    /// The WasmFilter.
+    pub filter: FilterKey,
     /// `sha256:<hex>` of the component.
     pub digest: String,
     /// The JSON handed to `configure`.

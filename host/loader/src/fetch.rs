@@ -8,6 +8,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use sluice_translate::Reason;
 
 /// Components larger than this are refused.
 const MAX_COMPONENT: usize = 64 << 20;
@@ -17,8 +18,32 @@ pub struct Downloads {
     dir: Option<PathBuf>,
 }
 
-/// Why a download did not give the component: `(reason, message)` for the WasmFilter status.
-pub type Failure = (&'static str, String);
+/// Why a download did not give the component.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The server could not be reached, refused, or sent something unusable; retried
+    /// on the next reload.
+    #[error("spec.source.url: {url}: {why}")]
+    Unavailable { url: String, why: String },
+    #[error(
+        "spec.source.url: {url} has SHA-256 {got}, but spec.source.sha256 is {want}; refusing it"
+    )]
+    DigestMismatch {
+        url: String,
+        got: String,
+        want: String,
+    },
+}
+
+impl Failure {
+    /// The WasmFilter `Ready=False` reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Failure::Unavailable { .. } => Reason::SourceUnavailable,
+            Failure::DigestMismatch { .. } => Reason::DigestMismatch,
+        }
+    }
+}
 
 impl Downloads {
     pub fn new(dir: Option<PathBuf>) -> Self {
@@ -61,12 +86,11 @@ impl Downloads {
         let bytes = download(url)?;
         let got = sluice_wasm::sha256_hex(&bytes);
         if !got.eq_ignore_ascii_case(sha256) {
-            return Err((
-                Reason::DigestMismatch,
-                format!(
-                    "spec.source.url: {url} has SHA-256 {got}, but spec.source.sha256 is {sha256}; refusing it"
-                ),
-            ));
+            return Err(Failure::DigestMismatch {
+                url: url.to_string(),
+                got,
+                want: sha256.to_string(),
+            });
         }
         self.store_component(sha256, &bytes);
         Ok(bytes)
@@ -91,7 +115,10 @@ pub fn store(path: &Path, bytes: &[u8]) {
 /// Downloads over HTTPS only, trusting the system's roots (and `SSL_CERT_FILE`).
 /// Runs on the caller's thread: the loader is already off the serving threads.
 fn download(url: &str) -> Result<Vec<u8>, Failure> {
-    let unavailable = |m: String| (Reason::SourceUnavailable, format!("spec.source.url: {url}: {m}"));
+    let unavailable = |why: String| Failure::Unavailable {
+        url: url.to_string(),
+        why,
+    };
     let uri: http::Uri = url
         .parse()
         .map_err(|e| unavailable(format!("not a valid URL: {e}")))?;

@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use sluice_proxy::WasmPools;
+use sluice_ir::FilterKey;
 use sluice_resources::{Resources, WasmFilter};
-use sluice_translate::{WasmState, WasmStates};
+use sluice_translate::{Reason, WasmState, WasmStates};
 use sluice_wasm::{ErrorKind, FilterSpec, Pool, Runtime};
 
 use crate::fetch::Downloads;
@@ -24,9 +24,9 @@ pub struct Sources {
     pub base_downloads: Arc<Downloads>,
     /// `None` in `sluice check`, which does not pull.
     pub oci: Option<Arc<OciSources>>,
-    /// Per filter (`ns/name`): the digest and pool that last loaded. A filter whose new
-    /// spec fails keeps serving this one.
-    last_good: Mutex<HashMap<String, Loaded>>,
+    /// Per filter: the digest and pool that last loaded. A filter whose new spec fails
+    /// keeps serving this one.
+    last_good: Mutex<HashMap<FilterKey, Loaded>>,
 }
 
 impl Sources {
@@ -51,36 +51,37 @@ struct Loaded {
 /// What loading a config's WasmFilters gave.
 pub struct Prepared {
     pub states: WasmStates,
-    pub pools: WasmPools,
+    /// The instances of each filter that loaded (or that last loaded).
+    pub pools: HashMap<FilterKey, Arc<Pool>>,
     /// Filters whose first pull is still running, with what each waits for: while any
     /// is, the previous snapshot keeps serving.
-    pub pending: Vec<(String, String)>,
+    pub pending: Vec<(FilterKey, String)>,
 }
 
 pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Sources) -> Prepared {
     let mut out = Prepared {
         states: WasmStates::new(),
-        pools: WasmPools::default(),
+        pools: HashMap::new(),
         pending: Vec::new(),
     };
     let mut used = HashSet::new();
     let mut last_good = sources.last_good.lock().unwrap_or_else(|p| p.into_inner());
     for f in &res.wasm_filters {
-        let ns = f.metadata.namespace_or_default().to_string();
-        let name = format!("{ns}/{}", f.metadata.name);
+        let key = sluice_translate::wasm::key(f);
+        let name = key.to_string();
         let state = match prepare_one(res, f, &name, base, rt, sources, &mut used) {
             Ok(l) => {
-                last_good.insert(name.clone(), l.clone());
-                out.pools.insert(name.clone(), l.pool);
+                last_good.insert(key.clone(), l.clone());
+                out.pools.insert(key.clone(), l.pool);
                 WasmState::Ready {
                     digest: l.digest,
                     image: l.image,
                 }
             }
             Err(Failure::Pending(message)) => {
-                out.pending.push((name.clone(), message.clone()));
+                out.pending.push((key.clone(), message.clone()));
                 WasmState::Failed {
-                    reason: Reason::Pulling.into(),
+                    reason: Reason::Pulling,
                     message,
                     digest: None,
                     config_errors: Vec::new(),
@@ -92,10 +93,10 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Source
                 config_errors,
                 digest,
             })) => {
-                tracing::warn!(filter = %name, reason, "WasmFilter not ready: {message}");
-                match last_good.get(&name) {
+                tracing::warn!(filter = %name, %reason, "WasmFilter not ready: {message}");
+                match last_good.get(&key) {
                     Some(good) => {
-                        out.pools.insert(name.clone(), good.pool.clone());
+                        out.pools.insert(key.clone(), good.pool.clone());
                         WasmState::Stale {
                             digest: good.digest.clone(),
                             image: good.image.clone(),
@@ -114,14 +115,10 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Source
             }
             Err(Failure::Failed(other)) => other,
         };
-        out.states.insert((ns, f.metadata.name.clone()), state);
+        out.states.insert(key, state);
     }
     // Filters that are gone from the config are forgotten, and so are their pulls.
-    last_good.retain(|name, _| {
-        out.states
-            .keys()
-            .any(|(ns, n)| name == &format!("{ns}/{n}"))
-    });
+    last_good.retain(|key, _| out.states.contains_key(key));
     if let Some(oci) = &sources.oci {
         oci.retain(&used);
     }
@@ -139,9 +136,9 @@ impl From<WasmState> for Failure {
     }
 }
 
-fn failed(reason: &str, message: String, digest: Option<String>) -> WasmState {
+fn failed(reason: Reason, message: String, digest: Option<String>) -> WasmState {
     WasmState::Failed {
-        reason: reason.into(),
+        reason,
         message,
         digest,
         config_errors: Vec::new(),
@@ -176,7 +173,7 @@ fn prepare_one(
             sources
                 .base_downloads
                 .get(url, sha)
-                .map_err(|(reason, message)| failed(reason, message, None))?
+                .map_err(|e| failed(e.reason(), e.to_string(), None))?
         }
         (_, _, Some(o)) => {
             let Some(oci) = &sources.oci else {
@@ -244,7 +241,7 @@ fn prepare_one(
             pool,
         }),
         Err(e) if e.kind == ErrorKind::Config => Err(Failure::Failed(WasmState::Failed {
-            reason: Reason::InvalidConfig.into(),
+            reason: Reason::InvalidConfig,
             message: format!("the filter refused spec.config: {}", e.message),
             digest: Some(shown),
             config_errors: e.config_errors,

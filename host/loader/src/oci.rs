@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sluice_oci::{Reference, RegistryAuth};
 use sluice_resources::{DOCKER_CONFIG_JSON, OciSource, Resources, WasmFilter};
+use sluice_translate::Reason;
 use tokio::sync::mpsc;
 
 use crate::fetch::{Downloads, store};
@@ -40,10 +41,7 @@ pub enum Outcome {
     /// The first pull is in flight: the provider holds the previous snapshot.
     Pending { message: String },
     /// Pulling failed; retries continue in the background (except for bad input).
-    Failed {
-        reason: &'static str,
-        message: String,
-    },
+    Failed { reason: Reason, message: String },
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -96,6 +94,19 @@ struct TagEntry {
     digest: String,
 }
 
+/// The WasmFilter `Ready=False` reason for a registry failure.
+fn reason(kind: sluice_oci::ErrorKind) -> Reason {
+    use sluice_oci::ErrorKind as K;
+    match kind {
+        K::InvalidReference => Reason::InvalidReference,
+        K::NotFound => Reason::ImageNotFound,
+        K::Unauthorized => Reason::Unauthorized,
+        K::Unavailable => Reason::SourceUnavailable,
+        K::DigestMismatch => Reason::DigestMismatch,
+        K::InvalidLayout => Reason::InvalidImage,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind; keep going.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -134,7 +145,7 @@ impl OciSources {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Failed {
-                    reason: e.kind.reason(),
+                    reason: reason(e.kind),
                     message: format!("spec.source.oci: {e}"),
                 };
             }
@@ -210,7 +221,7 @@ impl OciSources {
                                 })
                                 .unwrap_or(0.0);
                             Outcome::Failed {
-                                reason: e.kind.reason(),
+                                reason: reason(e.kind),
                                 message: format!(
                                     "spec.source.oci: {e} (attempt {}, retrying in {wait}s)",
                                     attempt - 1

@@ -39,7 +39,7 @@ const ACCEPTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LI
 const WASM_MAGIC: &[u8] = b"\0asm";
 const CHUNK: usize = 1 << 20;
 
-/// Why a registry operation failed. Each maps to a WasmFilter status reason.
+/// Why a registry operation failed (the loader turns it into a WasmFilter status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Not a valid image reference.
@@ -54,20 +54,6 @@ pub enum ErrorKind {
     DigestMismatch,
     /// The image is not in a layout Sluice reads.
     InvalidLayout,
-}
-
-impl ErrorKind {
-    /// The WasmFilter `Ready` condition reason for this failure.
-    pub fn reason(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidReference => "InvalidReference",
-            ErrorKind::NotFound => "ImageNotFound",
-            ErrorKind::Unauthorized => "Unauthorized",
-            ErrorKind::Unavailable => "SourceUnavailable",
-            ErrorKind::DigestMismatch => "DigestMismatch",
-            ErrorKind::InvalidLayout => "InvalidImage",
-        }
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -107,17 +93,21 @@ fn classify(image: &Reference, e: OciDistributionError) -> Error {
             code: 401 | 403, ..
         } => ErrorKind::Unauthorized,
         E::RegistryError { envelope, .. } => {
-            let codes: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| format!("{:?}", e.code))
-                .collect();
-            if codes.iter().any(|c| c.contains("Unknown")) {
+            use oci_client::errors::OciErrorCode as C;
+            let codes = || envelope.errors.iter().map(|e| &e.code);
+            if codes().any(|c| {
+                matches!(
+                    c,
+                    C::BlobUnknown
+                        | C::ManifestBlobUnknown
+                        | C::ManifestUnknown
+                        | C::BlobUploadUnknown
+                        | C::NameUnknown
+                        | C::NotFound
+                )
+            }) {
                 ErrorKind::NotFound
-            } else if codes
-                .iter()
-                .any(|c| c.contains("Unauthorized") || c.contains("Denied"))
-            {
+            } else if codes().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
                 ErrorKind::Unauthorized
             } else {
                 ErrorKind::Unavailable

@@ -344,7 +344,7 @@ pub(crate) struct WasmFilter {
 /// The instance pools of the WasmFilters a snapshot uses, by `namespace/name`. The
 /// provider creates them (compiling and configuring off the request path); `build`
 /// only looks them up.
-pub type WasmPools = HashMap<String, Arc<sluice_wasm::Pool>>;
+pub type WasmPools = HashMap<sluice_ir::FilterKey, Arc<sluice_wasm::Pool>>;
 
 /// Compiles the IR. Fails only on values the translator let through but the data plane
 /// cannot represent (a header value with a newline, say); the caller keeps the old

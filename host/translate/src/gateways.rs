@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use sluice_ir::{CertificateIr, ClientValidationIr, ListenerTlsIr};
 use sluice_resources::{
-    FromNamespaces, GATEWAY_GROUP, Gateway, Listener, ParentReference, Resources, RouteGroupKind,
+    FromNamespaces, GATEWAY_GROUP, Gateway, GatewayAddress, Listener, ParentReference, Resources, RouteGroupKind,
 };
 
 use crate::backends::ref_permitted;
@@ -131,22 +131,51 @@ fn kinds_for(protocol: &str) -> &'static [Kind] {
     }
 }
 
-pub(crate) fn gateways(res: &Resources, classes: &BTreeSet<String>) -> Vec<GatewayState> {
+pub(crate) fn gateways(
+    res: &Resources,
+    classes: &BTreeSet<String>,
+    assigned: &crate::Assignments,
+) -> Vec<GatewayState> {
     let mut out: Vec<GatewayState> = res
         .gateways
         .iter()
         .filter(|g| classes.contains(&g.spec.gateway_class_name))
-        .map(|g| gateway(res, g))
+        .map(|g| {
+            let key = (
+                g.metadata.namespace_or_default().to_string(),
+                g.metadata.name.clone(),
+            );
+            gateway(res, g, &addresses(g, assigned.get(&key).copied()))
+        })
         .collect();
     detect_conflicts(&mut out);
     out
 }
 
-fn gateway(res: &Resources, gw: &Gateway) -> GatewayState {
+/// Whether an address entry asks for an address (an `IPAddress` without a value) rather
+/// than naming one; `--gateway-address-pool` fills these in.
+pub fn asks_for_address(a: &GatewayAddress) -> bool {
+    a.value.is_empty() && a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress"
+}
+
+/// The Gateway's addresses, with the one the pool gave it in place of those it asks for.
+fn addresses(gw: &Gateway, assigned: Option<IpAddr>) -> Vec<GatewayAddress> {
+    let mut out = gw.spec.addresses.clone();
+    if let Some(ip) = assigned {
+        out.retain(|a| !asks_for_address(a));
+        out.push(GatewayAddress {
+            type_: Some("IPAddress".into()),
+            value: ip.to_string(),
+        });
+    }
+    out
+}
+
+fn gateway(res: &Resources, gw: &Gateway, addresses: &[GatewayAddress]) -> GatewayState {
     let mut bind = Vec::new();
     let mut address_problem = None;
     let mut spec_addresses = Vec::new();
-    for (i, a) in gw.spec.addresses.iter().enumerate() {
+    for (i, a) in addresses.iter().enumerate() {
         let t = a.type_.as_deref().unwrap_or("IPAddress");
         if t != "IPAddress" {
             address_problem = Some((

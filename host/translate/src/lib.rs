@@ -1,8 +1,10 @@
-//! `translate(&Resources) -> Translation { ir, statuses }`.
+//! `translate(&Resources, &Inputs) -> Translation { ir, statuses }`.
 //!
 //! Pure: no I/O, no clock, no randomness, so the same input always gives the same output
-//! and the golden tests in `testdata/` pin it down. The steps run in a fixed order, each
-//! needing the one before:
+//! and the golden tests in `testdata/` pin it down. Everything it reads besides the
+//! objects comes in [`Inputs`] (what the loader and the listeners found, the operator's
+//! flags), and what comes out is final: nothing patches the IR or the statuses
+//! afterwards. The steps run in a fixed order, each needing the one before:
 //!
 //! 1. GatewayClasses: find ours; a Gateway of another class is not ours to touch.
 //! 2. Gateways and listeners: validate them and detect conflicts, since routes may only
@@ -12,6 +14,8 @@
 //!    the listeners' statuses.
 //! 4. IR: group the attached routes by socket, listener and effective hostname, and sort
 //!    each host's matches by the Gateway API precedence rules.
+//! 5. Addresses: Gateways without addresses bind the default address; sockets that could
+//!    not be bound are said in their Gateways' statuses.
 #![forbid(unsafe_code)]
 
 mod backends;
@@ -20,16 +24,19 @@ mod policies;
 mod routes;
 pub mod status;
 mod streams;
+mod unbound;
 pub mod wasm;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 use sluice_ir::{Ir, ListenerIr, MatchIr, PathMatchIr, PortIr, Protocol, VirtualHostIr};
 use sluice_resources::Resources;
 
 pub use status::*;
+pub use gateways::asks_for_address;
 pub use wasm::{WasmState, WasmStates};
 
 /// The `controllerName` a GatewayClass names to be handled by Sluice.
@@ -61,16 +68,44 @@ pub struct ListenerBinding {
     pub udp: bool,
 }
 
-/// Translates with no WasmFilter loaded (every WasmFilter is `Pending`).
-pub fn translate(res: &Resources) -> Translation {
-    translate_with(res, &WasmStates::new())
+/// What the translator reads besides the objects. The default is what `sluice check`
+/// sees: no filter loaded (each WasmFilter is `Pending`), `0.0.0.0`, no pool, every
+/// socket bound.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// What loading each WasmFilter gave (the loader's answer).
+    pub wasm: WasmStates,
+    /// Where Gateways without `spec.addresses` bind instead of `0.0.0.0`
+    /// (`--bind-address`, e.g. a Pod's own IP).
+    pub default_address: Option<IpAddr>,
+    /// Addresses `--gateway-address-pool` gave Gateways that ask for one, by
+    /// (namespace, name): bound and reported as if the Gateway had named them.
+    pub assigned: Assignments,
+    /// Sockets the listeners could not bind on the last attempt.
+    pub unbound: Vec<Unbound>,
 }
 
-/// Translates, given what loading each WasmFilter gave.
-pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
+/// Pool addresses by Gateway (namespace, name).
+pub type Assignments = BTreeMap<(String, String), IpAddr>;
+
+/// A socket the listeners could not bind, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unbound {
+    pub address: SocketAddr,
+    pub udp: bool,
+    /// The host does not own the address (`EADDRNOTAVAIL`); otherwise the port is
+    /// taken or needs privileges.
+    pub address_not_ours: bool,
+    /// The error as the system gave it.
+    pub error: String,
+}
+
+/// Translates `res`, given everything else the answer depends on.
+pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
+    let wasm = &inputs.wasm;
     let mut statuses = Vec::new();
     let classes = gateways::gateway_classes(res, &mut statuses);
-    let mut gws = gateways::gateways(res, &classes);
+    let mut gws = gateways::gateways(res, &classes, &inputs.assigned);
     // WasmFilters before routes: a route's ExtensionRef needs the filter's outcome.
     wasm::statuses(res, wasm, &mut statuses);
     let attached = routes::http_routes(res, wasm, &mut gws, &mut statuses);
@@ -90,11 +125,31 @@ pub fn translate_with(res: &Resources, wasm: &WasmStates) -> Translation {
             &b.metadata.name,
         ))
     });
-    let bindings = gws.iter().map(|g| g.binding()).collect();
-    Translation {
+    let mut t = Translation {
         statuses,
         ir,
-        bindings,
+        bindings: gws.iter().map(|g| g.binding()).collect(),
+    };
+    if let Some(ip) = inputs.default_address {
+        rebind(&mut t, ip);
+    }
+    unbound::report(&mut t.statuses, &t.bindings, &inputs.unbound);
+    t
+}
+
+/// Gateways without `spec.addresses` (and listeners that name `0.0.0.0`) bind `ip`:
+/// done on the finished IR, so that which listeners conflict does not depend on it.
+fn rebind(t: &mut Translation, ip: IpAddr) {
+    let any = |a: &IpAddr| a.is_unspecified();
+    for p in t.ir.ports.iter_mut().filter(|p| any(&p.address)) {
+        p.address = ip;
+    }
+    for p in t.ir.streams.iter_mut().filter(|p| any(&p.address)) {
+        p.address = ip;
+    }
+    let bound = t.bindings.iter_mut().flat_map(|b| &mut b.addresses);
+    for a in bound.filter(|a| any(a)) {
+        *a = ip;
     }
 }
 

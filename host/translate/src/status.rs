@@ -30,6 +30,19 @@ macro_rules! spelled {
             }
         }
 
+        /// Compares with the API's spelling (tests, and objects read back as JSON).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = UnknownName;
             fn from_str(s: &str) -> Result<Self, UnknownName> {
@@ -222,12 +235,13 @@ spelled! {
     }
 }
 
-/// A condition's `status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ConditionStatus {
-    True,
-    False,
-    Unknown,
+spelled! {
+    /// A condition's `status`.
+    pub enum ConditionStatus {
+        True,
+        False,
+        Unknown,
+    }
 }
 
 impl From<bool> for ConditionStatus {
@@ -307,19 +321,12 @@ pub fn merge_transition_times(desired: &mut [Condition], current: &[ObservedCond
     for c in desired {
         let kept = current
             .iter()
-            .find(|o| o.type_ == c.type_.as_str() && o.status == status_str(c.status))
+            .find(|o| c.type_ == o.type_.as_str() && c.status == o.status.as_str())
             .and_then(|o| o.last_transition_time.clone());
         c.last_transition_time = Some(kept.unwrap_or_else(|| now.to_string()));
     }
 }
 
-fn status_str(s: ConditionStatus) -> &'static str {
-    match s {
-        ConditionStatus::True => "True",
-        ConditionStatus::False => "False",
-        ConditionStatus::Unknown => "Unknown",
-    }
-}
 
 /// One object's computed status, in the shape of a Kubernetes object (for `/status`
 /// and for the status subresource).

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_ir::{FailurePolicy, WasmIr};
+use sluice_ir::{FailurePolicy, FilterKey, WasmIr};
 use sluice_resources::{Resources, SLUICE_GROUP, WasmFilter, parse_duration, parse_quantity};
 
 use crate::status::*;
@@ -77,13 +77,11 @@ pub enum WasmState {
 }
 
 /// Load outcomes by `(namespace, name)`.
-pub type WasmStates = BTreeMap<(String, String), WasmState>;
+pub type WasmStates = BTreeMap<FilterKey, WasmState>;
 
-fn key(f: &WasmFilter) -> (String, String) {
-    (
-        f.metadata.namespace_or_default().to_string(),
-        f.metadata.name.clone(),
-    )
+/// The key of WasmFilter `f`.
+pub fn key(f: &WasmFilter) -> FilterKey {
+    FilterKey::new(f.metadata.namespace_or_default(), f.metadata.name.clone())
 }
 
 pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<ObjectStatus>) {
@@ -146,7 +144,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
             api_version: format!("{SLUICE_GROUP}/v1alpha1"),
             kind: Kind::WasmFilter,
             metadata: StatusMeta {
-                namespace: key(f).0,
+                namespace: key(f).namespace,
                 name: f.metadata.name.clone(),
                 generation: g,
             },
@@ -196,7 +194,7 @@ pub(crate) fn resolve(
         Some(WasmState::Ready { digest, .. } | WasmState::Stale { digest, .. }) => {
             let e = effective(f);
             Ok(WasmIr {
-                filter: format!("{ns}/{name}"),
+                filter: key(f),
                 digest: digest.clone(),
                 config: e.config,
                 failure_policy: match f.spec.failure_policy.unwrap_or_default() {

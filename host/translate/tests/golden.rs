@@ -46,8 +46,11 @@ fn golden() {
         };
         let value = match sluice_resources::load_str(&format!("{name}.in.yaml"), &full) {
             Ok(loaded) => {
-                let states = stand_in_loader(&loaded.resources);
-                serde_json::to_value(sluice_translate::translate_with(&loaded.resources, &states))
+                let inputs = sluice_translate::Inputs {
+                    wasm: stand_in_loader(&loaded.resources),
+                    ..Default::default()
+                };
+                serde_json::to_value(sluice_translate::translate(&loaded.resources, &inputs))
                     .expect("serialize")
             }
             Err(errors) => serde_json::json!({
@@ -99,7 +102,7 @@ fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmS
                 }
             };
             (
-                (
+                sluice_ir::FilterKey::new(
                     f.metadata.namespace.clone().unwrap_or_default(),
                     f.metadata.name.clone(),
                 ),

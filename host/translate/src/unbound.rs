@@ -7,18 +7,15 @@
 //! the listener `Accepted: False` (`PortUnavailable`) and `Programmed: False`. The
 //! provider tries again every few seconds, so a port that frees up is taken then.
 
-use std::io;
-
-use sluice_proxy::Socket;
-use sluice_translate::{Condition, GatewayBinding, ObjectStatus, Status};
+use crate::status::*;
+use crate::{GatewayBinding, Unbound};
 
 /// Writes the failures into the statuses of the Gateways they belong to.
-pub fn report(
-    statuses: &mut [ObjectStatus],
-    binds: &[GatewayBinding],
-    failed: &[(Socket, io::Error)],
-) {
-    for s in statuses.iter_mut().filter(|s| s.kind == "Gateway") {
+pub(crate) fn report(statuses: &mut [ObjectStatus], binds: &[GatewayBinding], failed: &[Unbound]) {
+    if failed.is_empty() {
+        return;
+    }
+    for s in statuses.iter_mut().filter(|s| s.kind == Kind::Gateway) {
         let Some(b) = binds
             .iter()
             .find(|b| b.namespace == s.metadata.namespace && b.name == s.metadata.name)
@@ -29,11 +26,8 @@ pub fn report(
         let Status::Gateway(gs) = &mut s.status else {
             continue;
         };
-        for (sock, err) in failed {
-            let (addr, udp) = match sock {
-                Socket::Tcp(a) => (a, false),
-                Socket::Udp(a) => (a, true),
-            };
+        for f in failed {
+            let (addr, udp, err) = (f.address, f.udp, &f.error);
             if !b.addresses.contains(&addr.ip()) {
                 continue;
             }
@@ -46,7 +40,7 @@ pub fn report(
             if hit.is_empty() {
                 continue;
             }
-            let not_ours = err.kind() == io::ErrorKind::AddrNotAvailable;
+            let not_ours = f.address_not_ours;
             let msg = if not_ours {
                 format!(
                     "{err}: {} is not an address of this host; use one it has, or leave spec.addresses out (retrying every few seconds)",
@@ -60,7 +54,13 @@ pub fn report(
             if not_ours {
                 set(
                     &mut gs.conditions,
-                    Condition::new("Programmed", false, "AddressNotUsable", &msg, generation),
+                    Condition::new(
+                        ConditionType::Programmed,
+                        false,
+                        Reason::AddressNotUsable,
+                        &msg,
+                        generation,
+                    ),
                 );
                 gs.addresses.retain(|a| a.value != addr.ip().to_string());
             }
@@ -68,12 +68,24 @@ pub fn report(
                 if !not_ours {
                     set(
                         &mut l.conditions,
-                        Condition::new("Accepted", false, "PortUnavailable", &msg, generation),
+                        Condition::new(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::PortUnavailable,
+                            &msg,
+                            generation,
+                        ),
                     );
                 }
                 set(
                     &mut l.conditions,
-                    Condition::new("Programmed", false, "Pending", &msg, generation),
+                    Condition::new(
+                        ConditionType::Programmed,
+                        false,
+                        Reason::Pending,
+                        &msg,
+                        generation,
+                    ),
                 );
             }
         }
@@ -91,12 +103,15 @@ fn set(conditions: &mut Vec<Condition>, c: Condition) {
 mod tests {
     use super::*;
 
-    fn translate(yaml: &str) -> (Vec<ObjectStatus>, Vec<GatewayBinding>) {
+    fn translate(yaml: &str, unbound: Vec<Unbound>) -> Vec<ObjectStatus> {
         let res = sluice_resources::load_str("test.yaml", yaml)
             .expect("load")
             .resources;
-        let t = sluice_translate::translate(&res);
-        (t.statuses, t.bindings)
+        let inputs = crate::Inputs {
+            unbound,
+            ..Default::default()
+        };
+        crate::translate(&res, &inputs).statuses
     }
 
     /// (status, reason) of condition `t`.
@@ -111,7 +126,7 @@ mod tests {
     fn conditions<'a>(
         statuses: &'a [ObjectStatus],
         name: &str,
-    ) -> &'a sluice_translate::GatewayStatus {
+    ) -> &'a GatewayStatus {
         let s = statuses
             .iter()
             .find(|s| s.kind == "Gateway" && s.metadata.name == name)
@@ -147,21 +162,21 @@ spec:
 
     #[test]
     fn an_address_not_ours_and_a_taken_port_show_in_their_gateways_only() {
-        let (mut statuses, binds) = translate(YAML);
         let failed = vec![
-            (
-                Socket::Tcp("203.0.113.1:80".parse().expect("addr")),
-                io::Error::new(
-                    io::ErrorKind::AddrNotAvailable,
-                    "cannot listen on 203.0.113.1:80",
-                ),
-            ),
-            (
-                Socket::Udp("0.0.0.0:53".parse().expect("addr")),
-                io::Error::new(io::ErrorKind::AddrInUse, "cannot listen on udp 0.0.0.0:53"),
-            ),
+            Unbound {
+                address: "203.0.113.1:80".parse().expect("addr"),
+                udp: false,
+                address_not_ours: true,
+                error: "cannot listen on 203.0.113.1:80".into(),
+            },
+            Unbound {
+                address: "0.0.0.0:53".parse().expect("addr"),
+                udp: true,
+                address_not_ours: false,
+                error: "cannot listen on udp 0.0.0.0:53".into(),
+            },
         ];
-        report(&mut statuses, &binds, &failed);
+        let statuses = translate(YAML, failed);
 
         let g = conditions(&statuses, "elsewhere");
         assert_eq!(
