@@ -335,6 +335,11 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
+/// A WasmFilter's memory limit when `spec.limits.memory` is not set.
+pub const WASM_DEFAULT_MEMORY: u64 = 16 << 20;
+/// A WasmFilter's time limit per hook call when `spec.limits.timeout` is not set.
+pub const WASM_DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Names a WasmFilter: the key its instance pool is found by when a snapshot is built.
 /// Shown (and serialized) as `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

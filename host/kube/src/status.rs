@@ -15,7 +15,9 @@ use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use sluice_metrics::{Collect, Encoder, Labels, Type};
-use sluice_translate::{CONTROLLER_NAME, ObjectStatus};
+use sluice_translate::{
+    CONTROLLER_NAME, Kind, ObjectStatus, ObservedCondition, Status, merge_transition_times,
+};
 use tokio::sync::watch;
 
 use crate::{Cluster, KINDS};
@@ -141,7 +143,7 @@ pub async fn run(
 /// Gateway, say): a status of no entries of ours, which [`keep_others`] fills with
 /// the other controllers' entries.
 fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatus> {
-    use sluice_translate::{PolicyStatus, RouteStatus, Status, StatusMeta};
+    use sluice_translate::{PolicyStatus, RouteStatus, StatusMeta};
     let produced: std::collections::HashSet<(&str, &str, &str)> = current
         .iter()
         .map(|s| {
@@ -150,15 +152,20 @@ fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatu
         })
         .collect();
     let mut out = Vec::new();
-    for (kind, list) in [
-        ("HTTPRoute", "parents"),
-        ("GRPCRoute", "parents"),
-        ("TLSRoute", "parents"),
-        ("TCPRoute", "parents"),
-        ("UDPRoute", "parents"),
-        ("BackendTLSPolicy", "ancestors"),
+    for kind in [
+        Kind::HTTPRoute,
+        Kind::GRPCRoute,
+        Kind::TLSRoute,
+        Kind::TCPRoute,
+        Kind::UDPRoute,
+        Kind::BackendTLSPolicy,
     ] {
-        for obj in cluster.list(kind) {
+        let list = if kind.is_route() {
+            "parents"
+        } else {
+            "ancestors"
+        };
+        for obj in cluster.list(kind.as_str()) {
             let ns = obj
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
@@ -167,7 +174,7 @@ fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatu
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            if produced.contains(&(kind, ns, name)) {
+            if produced.contains(&(kind.as_str(), ns, name)) {
                 continue;
             }
             let ours = obj
@@ -192,7 +199,7 @@ fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatu
             };
             out.push(ObjectStatus {
                 api_version: obj["apiVersion"].as_str().unwrap_or_default().to_string(),
-                kind: kind.to_string(),
+                kind,
                 metadata: StatusMeta {
                     namespace: ns.to_string(),
                     name: name.to_string(),
@@ -217,7 +224,7 @@ async fn write(
     written: &mut HashMap<(String, String, String), (String, Value)>,
     now: Timestamp,
 ) -> Result<bool, kube::Error> {
-    let Some(i) = KINDS.iter().position(|k| k.kind == s.kind) else {
+    let Some(i) = KINDS.iter().position(|k| s.kind == k.kind) else {
         return Ok(false);
     };
     let Some(ar) = &cluster.resources[i] else {
@@ -225,7 +232,7 @@ async fn write(
     };
     let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
     // Not in the cache: deleted, or not seen yet; the next change brings it.
-    let Some(existing) = cluster.get(&s.kind, ns, name) else {
+    let Some(existing) = cluster.get(s.kind.as_str(), ns, name) else {
         tracing::debug!(kind = %s.kind, %ns, %name, "not in the cache; status not written");
         return Ok(false);
     };
@@ -235,11 +242,13 @@ async fn write(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let Ok(mut desired) = serde_json::to_value(&s.status) else {
+    let mut typed = s.status.clone();
+    stamp(&mut typed, &current, now);
+    let Ok(mut desired) = serde_json::to_value(&typed) else {
         return Ok(false);
     };
-    match s.kind.as_str() {
-        "Gateway" => {
+    match s.kind {
+        Kind::Gateway => {
             let empty = desired
                 .get("addresses")
                 .and_then(Value::as_array)
@@ -251,18 +260,15 @@ async fn write(
                 }
             }
         }
-        "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
-            keep_others(&mut desired, &current, "parents", "parentRef");
-        }
-        "BackendTLSPolicy" => keep_others(&mut desired, &current, "ancestors", "ancestorRef"),
+        Kind::BackendTLSPolicy => keep_others(&mut desired, &current, "ancestors", "ancestorRef"),
+        k if k.is_route() => keep_others(&mut desired, &current, "parents", "parentRef"),
         _ => {}
     }
-    stamp(&mut desired, &current, now);
     if covers(&current, &desired) {
         tracing::debug!(kind = %s.kind, %ns, %name, "status unchanged");
         return Ok(false);
     }
-    let key = (s.kind.clone(), ns.clone(), name.clone());
+    let key = (s.kind.to_string(), ns.clone(), name.clone());
     if written
         .get(&key)
         .is_some_and(|(v, d)| *v == rv && *d == desired)
@@ -359,49 +365,57 @@ fn default_ref(r: &mut Value) {
     }
 }
 
-/// Gives every condition a `lastTransitionTime`: the one the API server holds for the
-/// same condition when its status did not change, else `now`. Conditions sit at the top
-/// and in each listener, route parent and policy ancestor.
-fn stamp(desired: &mut Value, current: &Value, now: Timestamp) {
-    stamp_conditions(desired, current, now);
-    for (list, id) in [
-        ("listeners", "name"),
-        ("parents", "parentRef"),
-        ("ancestors", "ancestorRef"),
-    ] {
-        let Some(items) = desired.get_mut(list).and_then(Value::as_array_mut) else {
-            continue;
-        };
-        let before = current.get(list).and_then(Value::as_array);
-        for item in items {
-            let same = before.and_then(|b| {
-                b.iter().find(|c| {
-                    c.get(id) == item.get(id)
-                        && c.get("controllerName") == item.get("controllerName")
-                })
-            });
-            stamp_conditions(item, same.unwrap_or(&Value::Null), now);
-        }
-    }
-}
-
-fn stamp_conditions(desired: &mut Value, current: &Value, now: Timestamp) {
-    let Some(conds) = desired.get_mut("conditions").and_then(Value::as_array_mut) else {
-        return;
+/// Gives every condition a `lastTransitionTime` ([`merge_transition_times`]: the one
+/// the API server holds for the same condition when its status did not change, else
+/// `now`). Conditions sit at the top and in each listener, route parent and policy
+/// ancestor; an entry's earlier conditions are those of the entry for the same listener
+/// name, or the same reference written by Sluice.
+fn stamp(status: &mut Status, current: &Value, now: Timestamp) {
+    let now = now.to_string();
+    let observed = |v: Option<&Value>| -> Vec<ObservedCondition> {
+        v.and_then(|v| v.get("conditions"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default()
     };
-    let before = current.get("conditions").and_then(Value::as_array);
-    for c in conds {
-        let kept = before
-            .and_then(|b| {
-                b.iter()
-                    .find(|o| o.get("type") == c.get("type") && o.get("status") == c.get("status"))
-            })
-            .and_then(|o| o.get("lastTransitionTime").cloned());
-        if let Some(m) = c.as_object_mut() {
-            m.insert(
-                "lastTransitionTime".into(),
-                kept.unwrap_or_else(|| Value::String(now.to_string())),
-            );
+    let entry = |list: &str, id: &str, want: &Value| -> Option<&Value> {
+        current.get(list)?.as_array()?.iter().find(|c| {
+            c.get(id) == Some(want)
+                && c.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+        })
+    };
+    let reference = |r: &sluice_resources::ParentReference| {
+        let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+        default_ref(&mut v);
+        v
+    };
+    match status {
+        Status::Conditions(c) => {
+            merge_transition_times(&mut c.conditions, &observed(Some(current)), &now)
+        }
+        Status::WasmFilter(w) => {
+            merge_transition_times(&mut w.conditions, &observed(Some(current)), &now)
+        }
+        Status::Gateway(g) => {
+            merge_transition_times(&mut g.conditions, &observed(Some(current)), &now);
+            for l in &mut g.listeners {
+                let before = current
+                    .get("listeners")
+                    .and_then(Value::as_array)
+                    .and_then(|ls| ls.iter().find(|c| c.get("name") == Some(&json!(l.name))));
+                merge_transition_times(&mut l.conditions, &observed(before), &now);
+            }
+        }
+        Status::Route(r) => {
+            for p in &mut r.parents {
+                let before = entry("parents", "parentRef", &reference(&p.parent_ref));
+                merge_transition_times(&mut p.conditions, &observed(before), &now);
+            }
+        }
+        Status::Policy(pol) => {
+            for a in &mut pol.ancestors {
+                let before = entry("ancestors", "ancestorRef", &reference(&a.ancestor_ref));
+                merge_transition_times(&mut a.conditions, &observed(before), &now);
+            }
         }
     }
 }
@@ -418,26 +432,43 @@ fn covers(current: &Value, desired: &Value) -> bool {
 mod tests {
     use super::*;
 
+    use sluice_translate::{Condition, ConditionType, ConditionsStatus, Reason};
+
     #[test]
     fn unchanged_conditions_keep_their_time_and_need_no_write() {
         let now: Timestamp = "2026-01-02T03:04:05Z".parse().unwrap();
         let current = json!({"conditions": [
             {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
              "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z"}]});
-        let mut desired = json!({"conditions": [
-            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
-             "observedGeneration": 1}]});
-        stamp(&mut desired, &current, now);
+        let conditions = |c| {
+            Status::Conditions(ConditionsStatus {
+                conditions: vec![c],
+            })
+        };
+        let mut typed = conditions(Condition::new(
+            ConditionType::Accepted,
+            true,
+            Reason::Accepted,
+            "",
+            1,
+        ));
+        stamp(&mut typed, &current, now);
+        let desired = serde_json::to_value(&typed).expect("json");
         assert_eq!(
             desired["conditions"][0]["lastTransitionTime"],
             "2025-01-01T00:00:00Z"
         );
         assert!(covers(&current, &desired));
 
-        let mut flipped = json!({"conditions": [
-            {"type": "Accepted", "status": "False", "reason": "Invalid", "message": "",
-             "observedGeneration": 2}]});
-        stamp(&mut flipped, &current, now);
+        let mut typed = conditions(Condition::new(
+            ConditionType::Accepted,
+            false,
+            Reason::Invalid,
+            "",
+            2,
+        ));
+        stamp(&mut typed, &current, now);
+        let flipped = serde_json::to_value(&typed).expect("json");
         assert_eq!(
             flipped["conditions"][0]["lastTransitionTime"],
             "2026-01-02T03:04:05Z"

@@ -77,7 +77,11 @@ pub struct Encoder {
 impl Encoder {
     /// `# HELP` and `# TYPE` for the family `name`.
     pub fn family(&mut self, name: &str, kind: Type, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
+        let _ = writeln!(
+            self.out,
+            "# HELP {name} {help}\n# TYPE {name} {}",
+            kind.as_str()
+        );
     }
 
     /// One sample: `name{labels} value`.
@@ -206,9 +210,9 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        let _ = self
-            .sum
-            .fetch_update(Relaxed, Relaxed, |s| Some((f64::from_bits(s) + v).to_bits()));
+        let _ = self.sum.fetch_update(Relaxed, Relaxed, |s| {
+            Some((f64::from_bits(s) + v).to_bits())
+        });
     }
 
     pub fn observe_duration(&self, d: Duration) {
@@ -233,9 +237,17 @@ mod tests {
     impl Collect for Part {
         fn collect(&self, out: &mut Encoder) {
             out.family("t_total", Type::Counter, "A count.");
-            out.sample("t_total", &Labels::new().with("route", "a\"b\\c\nd"), self.1.get());
+            out.sample(
+                "t_total",
+                &Labels::new().with("route", "a\"b\\c\nd"),
+                self.1.get(),
+            );
             out.family("t_seconds", Type::Histogram, "A latency.");
-            out.histogram("t_seconds", &Labels::new().with("k", "v"), &self.0.snapshot());
+            out.histogram(
+                "t_seconds",
+                &Labels::new().with("k", "v"),
+                &self.0.snapshot(),
+            );
         }
     }
 

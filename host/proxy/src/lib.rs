@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 
 mod cors;
+mod hosts;
 pub mod metrics;
 mod proxy;
 mod router;
 mod server;
 mod snapshot;
 mod stream;
+mod tls;
 mod upstream;
 
 use std::sync::Arc;

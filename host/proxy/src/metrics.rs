@@ -150,7 +150,9 @@ impl Metrics {
             return;
         }
         type Field = fn(&StreamStats) -> &AtomicU64;
-        let families: [(&str, Type, &str, &[(Field, Option<&str>)]); 4] = [
+        /// Name, type, help, and each value with its `direction` label, if any.
+        type Family<'a> = (&'a str, Type, &'a str, &'a [(Field, Option<&'a str>)]);
+        let families: [Family; 4] = [
             (
                 "sluice_stream_connections_total",
                 Type::Counter,

@@ -1,23 +1,22 @@
 //! `build(ir)`: everything the request path needs, compiled once per configuration.
 
-use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use sluice_ir::{
-    BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, ListenerTlsIr, PortIr, Protocol, RuleIr,
-    StreamProtocol, UpstreamProtocol,
+    BackendIr, FilterIr, HeaderModIr, Ir, ListenerIr, Protocol, RuleIr, StreamProtocol,
+    UpstreamProtocol,
 };
 
 use crate::BuildError;
+use crate::hosts::HostTable;
 use crate::metrics::{Metrics, Stats, StatsKey};
 use crate::router::PathRouter;
 use crate::stream::StreamTable;
+use crate::tls::tls_acceptor;
 
 /// One immutable configuration. A request loads it once and uses it to the end, so a
 /// reload never changes the rules under a request in flight.
@@ -62,213 +61,10 @@ impl Snapshot {
     }
 }
 
-/// Hostname lookup: exact names, then wildcard suffixes longest first, then "any".
-pub(crate) struct HostTable<T> {
-    exact: HashMap<String, T>,
-    /// (`.example.com`, value), longest suffix first.
-    wildcard: Vec<(String, T)>,
-    any: Option<T>,
-}
-
-impl<T> HostTable<T> {
-    pub(crate) fn new(entries: Vec<(Option<&str>, T)>) -> Self {
-        let mut t = HostTable {
-            exact: HashMap::default(),
-            wildcard: Vec::new(),
-            any: None,
-        };
-        for (host, v) in entries {
-            match host {
-                None | Some("*") => {
-                    if t.any.is_none() {
-                        t.any = Some(v);
-                    }
-                }
-                Some(h) => match h.strip_prefix('*') {
-                    Some(suffix) => t.wildcard.push((suffix.to_string(), v)),
-                    None => {
-                        t.exact.entry(h.to_string()).or_insert(v);
-                    }
-                },
-            }
-        }
-        t.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        t
-    }
-
-    pub fn get(&self, host: &str) -> Option<&T> {
-        self.exact
-            .get(host)
-            .or_else(|| {
-                self.wildcard
-                    .iter()
-                    .find(|(suffix, _)| {
-                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                    })
-                    .map(|(_, v)| v)
-            })
-            .or(self.any.as_ref())
-    }
-}
-
 pub(crate) struct PortTable {
     pub listeners: HostTable<ListenerTable>,
     /// For HTTPS ports: the handshake, with certificates chosen by SNI.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-/// Picks a listener's certificate by the ClientHello's server name, the way requests
-/// pick a listener by host: exact, then the longest wildcard, then a listener without a
-/// hostname. Among a listener's certificates, the first whose key suits the client's
-/// signature schemes wins (an ECDSA and an RSA certificate can serve side by side).
-struct SniResolver {
-    by_name: HostTable<Vec<Arc<CertifiedKey>>>,
-    /// For clients that send no SNI and a port without a catch-all listener.
-    fallback: Vec<Arc<CertifiedKey>>,
-}
-
-impl std::fmt::Debug for SniResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SniResolver").finish_non_exhaustive()
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name().unwrap_or("").to_ascii_lowercase();
-        let certs = self.by_name.get(&name).unwrap_or(&self.fallback);
-        let schemes = hello.signature_schemes();
-        certs
-            .iter()
-            .find(|c| c.key.choose_scheme(schemes).is_some())
-            .or(certs.first())
-            .cloned()
-    }
-}
-
-fn tls_acceptor(p: &PortIr) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
-    let entries: Vec<_> = p
-        .listeners
-        .iter()
-        .filter_map(|l| Some((l.hostname.as_deref(), l.tls.as_ref()?)))
-        .collect();
-    tls_acceptor_for(&entries, &[b"h2", b"http/1.1"])
-}
-
-/// A TLS server config choosing among `listeners`' certificates by SNI, offering `alpn`.
-pub(crate) fn tls_acceptor_for(
-    listeners: &[(Option<&str>, &ListenerTlsIr)],
-    alpn: &[&[u8]],
-) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
-    let mut entries = Vec::new();
-    for (hostname, tls) in listeners {
-        let keys = tls
-            .certificates
-            .iter()
-            .map(|c| {
-                sluice_tls::certified_key(&c.chain_pem, &c.key_pem)
-                    .map_err(|e| BuildError(format!("Secret {}: {e}", c.secret)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        entries.push((*hostname, keys));
-    }
-    let fallback = entries.first().map(|(_, k)| k.clone()).unwrap_or_default();
-    let resolver = SniResolver {
-        by_name: HostTable::new(entries),
-        fallback,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BuildError(format!("TLS: {e}")))?;
-    // Client certificates are checked per port: the first listener that asks decides.
-    let validation = listeners
-        .iter()
-        .find_map(|(_, t)| t.client_validation.as_ref());
-    let builder = match validation {
-        None => builder.with_no_client_auth(),
-        Some(v) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in sluice_tls::certificates(&v.ca_pem, "ca.crt").map_err(BuildError)? {
-                roots
-                    .add(c)
-                    .map_err(|e| BuildError(format!("client CA: {e}")))?;
-            }
-            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            );
-            if v.allow_insecure_fallback {
-                verifier = verifier.allow_unauthenticated();
-            }
-            let verifier = verifier
-                .build()
-                .map_err(|e| BuildError(format!("client CA: {e}")))?;
-            if v.allow_insecure_fallback {
-                builder.with_client_cert_verifier(Arc::new(InsecureFallback(verifier)))
-            } else {
-                builder.with_client_cert_verifier(verifier)
-            }
-        }
-    };
-    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
-}
-
-/// `AllowInsecureFallback`: a client certificate is asked for and checked, but a client
-/// whose certificate does not verify is served like one that sent none (the mode's
-/// point is a migration path; the Gateway says `InsecureFrontendValidationMode`). The
-/// handshake signature is still checked, so the client holds the key it presents.
-#[derive(Debug)]
-struct InsecureFallback(Arc<dyn rustls::server::danger::ClientCertVerifier>);
-
-impl rustls::server::danger::ClientCertVerifier for InsecureFallback {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        if let Err(e) = self.0.verify_client_cert(end_entity, intermediates, now) {
-            tracing::debug!(error = %e, "client certificate not valid; served anyway (AllowInsecureFallback)");
-        }
-        Ok(rustls::server::danger::ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
 }
 
 pub(crate) struct ListenerTable {
@@ -344,7 +140,7 @@ pub(crate) struct WasmFilter {
 /// The instance pools of the WasmFilters a snapshot uses, by `namespace/name`. The
 /// provider creates them (compiling and configuring off the request path); `build`
 /// only looks them up.
-pub type WasmPools = HashMap<sluice_ir::FilterKey, Arc<sluice_wasm::Pool>>;
+pub type WasmPools = std::collections::HashMap<sluice_ir::FilterKey, Arc<sluice_wasm::Pool>>;
 
 /// Compiles the IR. Fails only on values the translator let through but the data plane
 /// cannot represent (a header value with a newline, say); the caller keeps the old

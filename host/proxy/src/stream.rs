@@ -24,8 +24,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 
+use crate::hosts::HostTable;
 use crate::metrics::{Metrics, StreamStats};
-use crate::snapshot::{HostTable, tls_acceptor_for};
+use crate::tls::tls_acceptor_for;
 use crate::{BuildError, Gateway};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

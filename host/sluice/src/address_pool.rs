@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use sluice_resources::{GatewayAddress, Resources};
-use sluice_translate::CONTROLLER_NAME;
+use sluice_resources::Resources;
+use sluice_translate::{Assignments, CONTROLLER_NAME, asks_for_address};
 
 /// The addresses each Gateway (namespace, name) reports in its status.
 pub type Reported = BTreeMap<(String, String), Vec<IpAddr>>;
@@ -118,13 +118,14 @@ impl AddressPool {
         (self.first..=self.last).contains(&n)
     }
 
-    /// Gives each Gateway of our GatewayClasses that has no `spec.addresses` its
-    /// address, as if it had asked for it. `reported` holds the addresses each Gateway
+    /// Gives each Gateway of our GatewayClasses that has no `spec.addresses` (or asks
+    /// for one) its address; the translator binds and reports it as if the Gateway had
+    /// named it. `reported` holds the addresses each Gateway
     /// (namespace, name) already shows in its status (Kubernetes mode): one of those in
     /// the range and free is kept, so a restarted replica, or a standby one, uses the
     /// address the status writer published. Returns a warning per Gateway left without
     /// one because the pool is used up (those bind the default address).
-    pub fn assign(&self, res: &mut Resources, reported: &Reported) -> Vec<String> {
+    pub fn assign(&self, res: &Resources, reported: &Reported) -> (Assignments, Vec<String>) {
         let ours: BTreeSet<&str> = res
             .gateway_classes
             .iter()
@@ -137,14 +138,11 @@ impl AddressPool {
                 g.metadata.name.clone(),
             )
         };
-        // An IPAddress entry without a value asks for an address just as no entry does.
-        let unfilled = |a: &GatewayAddress| {
-            a.value.is_empty() && a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress"
-        };
         let wants: Vec<usize> = (0..res.gateways.len())
             .filter(|&i| {
                 let g = &res.gateways[i];
-                let asks = g.spec.addresses.is_empty() || g.spec.addresses.iter().any(unfilled);
+                let asks =
+                    g.spec.addresses.is_empty() || g.spec.addresses.iter().any(asks_for_address);
                 asks && ours.contains(g.spec.gateway_class_name.as_str())
             })
             .collect();
@@ -164,6 +162,7 @@ impl AddressPool {
             );
         }
         let mut warnings = Vec::new();
+        let mut out = Assignments::new();
         for i in wants {
             let k = key(&res.gateways[i]);
             let current = assigned.get(&k).copied();
@@ -199,12 +198,7 @@ impl AddressPool {
             };
             match ip {
                 Some(ip) => {
-                    let addresses = &mut res.gateways[i].spec.addresses;
-                    addresses.retain(|a| !unfilled(a));
-                    addresses.push(GatewayAddress {
-                        type_: Some("IPAddress".into()),
-                        value: ip.to_string(),
-                    });
+                    out.insert(k, ip);
                 }
                 None => warnings.push(format!(
                     "Gateway {}/{}: --gateway-address-pool is used up, so it binds the default address; give a larger range",
@@ -212,7 +206,7 @@ impl AddressPool {
                 )),
             }
         }
-        warnings
+        (out, warnings)
     }
 }
 
@@ -234,11 +228,24 @@ mod tests {
             .resources
     }
 
-    fn addresses(res: &Resources) -> Vec<(String, Vec<String>)> {
+    /// Each Gateway's addresses as the translator binds them, given the pool's
+    /// answer (a Gateway of another class binds nothing of ours: empty).
+    fn addresses(res: &Resources, assigned: Assignments) -> Vec<(String, Vec<String>)> {
+        let inputs = sluice_translate::Inputs {
+            assigned,
+            ..Default::default()
+        };
+        let t = sluice_translate::translate(res, &inputs);
         res.gateways
             .iter()
             .map(|g| {
-                let a = g.spec.addresses.iter().map(|a| a.value.clone()).collect();
+                let bound = t.bindings.iter().find(|b| b.name == g.metadata.name);
+                let a = bound
+                    .into_iter()
+                    .flat_map(|b| &b.addresses)
+                    .filter(|a| !a.is_unspecified())
+                    .map(|a| a.to_string())
+                    .collect();
                 (g.metadata.name.clone(), a)
             })
             .collect()
@@ -247,27 +254,29 @@ mod tests {
     #[test]
     fn each_gateway_keeps_its_own_address_and_freed_ones_return() {
         let pool = AddressPool::parse("198.18.2.0/30").expect("pool");
-        let mut res = resources(&[("a", "sluice"), ("b", "sluice"), ("other", "foreign")]);
-        assert!(pool.assign(&mut res, &Reported::new()).is_empty());
-        let got = addresses(&res);
+        let res = resources(&[("a", "sluice"), ("b", "sluice"), ("other", "foreign")]);
+        let (assigned, warnings) = pool.assign(&res, &Reported::new());
+        assert!(warnings.is_empty());
+        let got = addresses(&res, assigned);
         assert_eq!(got[0], ("a".into(), vec!["198.18.2.1".into()]));
         assert_eq!(got[1], ("b".into(), vec!["198.18.2.2".into()]));
         assert!(got[2].1.is_empty(), "another controller's Gateway: {got:?}");
 
         // A Gateway sorted before both does not move them; the pool (2 hosts) is used up.
-        let mut res = resources(&[("0a", "sluice"), ("a", "sluice"), ("b", "sluice")]);
-        let warnings = pool.assign(&mut res, &Reported::new());
+        let res = resources(&[("0a", "sluice"), ("a", "sluice"), ("b", "sluice")]);
+        let (assigned, warnings) = pool.assign(&res, &Reported::new());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("default/0a"), "{warnings:?}");
-        let got = addresses(&res);
+        let got = addresses(&res, assigned);
         assert_eq!(got[1].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[2].1, vec!["198.18.2.2".to_string()]);
 
         // `a` deleted: its address goes to the next Gateway that needs one (the only
         // free one here).
-        let mut res = resources(&[("0a", "sluice"), ("b", "sluice")]);
-        assert!(pool.assign(&mut res, &Reported::new()).is_empty());
-        let got = addresses(&res);
+        let res = resources(&[("0a", "sluice"), ("b", "sluice")]);
+        let (assigned, warnings) = pool.assign(&res, &Reported::new());
+        assert!(warnings.is_empty());
+        let got = addresses(&res, assigned);
         assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.2".to_string()]);
     }
@@ -286,11 +295,15 @@ spec:
   listeners: [{{name: http, port: 80, protocol: HTTP}}]
 "
         );
-        let mut res = sluice_resources::load_str("test.yaml", &yaml)
+        let res = sluice_resources::load_str("test.yaml", &yaml)
             .expect("load")
             .resources;
-        assert!(pool.assign(&mut res, &Reported::new()).is_empty());
-        assert_eq!(addresses(&res)[0].1, vec!["198.18.2.1".to_string()]);
+        let (assigned, warnings) = pool.assign(&res, &Reported::new());
+        assert!(warnings.is_empty());
+        assert_eq!(
+            addresses(&res, assigned)[0].1,
+            vec!["198.18.2.1".to_string()]
+        );
     }
 
     #[test]
@@ -304,9 +317,10 @@ spec:
             serde_json::json!({"metadata": {"namespace": "default", "name": "a"},
                 "status": {"addresses": [{"type": "IPAddress", "value": "10.0.0.1"}]}}),
         ]);
-        let mut res = resources(&[("a", "sluice"), ("b", "sluice")]);
-        assert!(pool.assign(&mut res, &reported).is_empty());
-        let got = addresses(&res);
+        let res = resources(&[("a", "sluice"), ("b", "sluice")]);
+        let (assigned, warnings) = pool.assign(&res, &reported);
+        assert!(warnings.is_empty());
+        let got = addresses(&res, assigned);
         assert_eq!(got[0].1, vec!["198.18.2.1".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.5".to_string()]);
     }
@@ -314,12 +328,12 @@ spec:
     #[test]
     fn a_freed_address_is_reused_last() {
         let pool = AddressPool::parse("198.18.2.0/29").expect("pool"); // .1 to .6
-        let mut res = resources(&[("a", "sluice"), ("b", "sluice")]);
-        pool.assign(&mut res, &Reported::new());
+        let res = resources(&[("a", "sluice"), ("b", "sluice")]);
+        pool.assign(&res, &Reported::new());
         // `a` (.1) goes, `c` comes: it gets .3, not .1.
-        let mut res = resources(&[("b", "sluice"), ("c", "sluice")]);
-        pool.assign(&mut res, &Reported::new());
-        let got = addresses(&res);
+        let res = resources(&[("b", "sluice"), ("c", "sluice")]);
+        let (assigned, _) = pool.assign(&res, &Reported::new());
+        let got = addresses(&res, assigned);
         assert_eq!(got[0].1, vec!["198.18.2.2".to_string()]);
         assert_eq!(got[1].1, vec!["198.18.2.3".to_string()]);
     }

@@ -27,7 +27,11 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(gw: Arc<Gateway>, runtime: Arc<sluice_wasm::Runtime>, statuses: Vec<ObjectStatus>) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        runtime: Arc<sluice_wasm::Runtime>,
+        statuses: Vec<ObjectStatus>,
+    ) -> Self {
         let metrics = Registry::default();
         metrics.register(gw.metrics.clone());
         metrics.register(runtime);
@@ -95,9 +99,11 @@ async fn answer(
                 )
             }
         }
-        "/metrics" => {
-            respond(StatusCode::OK, "text/plain; version=0.0.4", s.metrics.encode())
-        }
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            s.metrics.encode(),
+        ),
         "/config_dump" => {
             let snap = s.gw.snapshot.load();
             let last_error = s

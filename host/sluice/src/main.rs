@@ -5,7 +5,6 @@ mod address_pool;
 mod admin;
 mod filter_cmd;
 mod provider;
-mod unbound;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -210,7 +209,7 @@ fn main() -> ExitCode {
                 .map(address_pool::AddressPool::parse)
             {
                 None => None,
-                Some(Ok(p)) => Some(Arc::new(p)),
+                Some(Ok(p)) => Some(p),
                 Some(Err(e)) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
@@ -228,20 +227,17 @@ fn main() -> ExitCode {
                         (provider::From::Cluster(c), Some(options))
                     }
                 };
-                let source = provider::Source {
+                provider::App::run(provider::Config {
                     from,
+                    cluster: options,
                     bind_address,
                     address_pool,
-                };
-                provider::run(
-                    source,
-                    options,
                     admin,
-                    Duration::from_secs(drain_timeout),
+                    drain: Duration::from_secs(drain_timeout),
                     cache_dir,
                     insecure_registries,
-                    Duration::from_secs(udp_idle_timeout),
-                )
+                    udp_idle: Duration::from_secs(udp_idle_timeout),
+                })
                 .await
             })
         }

@@ -5,35 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use sluice_ir::{BackendIr, UpstreamProtocol};
 
-use crate::status::{Kind, Reason};
-use sluice_resources::{BackendObjectReference, GATEWAY_GROUP, Resources, SERVICE_NAME_LABEL};
+use sluice_resources::{BackendObjectReference, Resources, SERVICE_NAME_LABEL};
 
-/// Why a reference does not resolve: the ResolvedRefs reason and a message that says what to fix.
-pub(crate) type Problem = (Reason, String);
-
-/// Does a ReferenceGrant in `to_ns` let a `from_kind` in `from_ns` refer to this object?
-pub(crate) fn ref_permitted(
-    res: &Resources,
-    from_kind: &str,
-    from_ns: &str,
-    to_group: &str,
-    to_kind: &str,
-    to_ns: &str,
-    to_name: &str,
-) -> bool {
-    from_ns == to_ns
-        || res.reference_grants.iter().any(|g| {
-            g.metadata.namespace.as_deref() == Some(to_ns)
-                && g.spec.from.iter().any(|f| {
-                    f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns
-                })
-                && g.spec.to.iter().any(|t| {
-                    t.group == to_group
-                        && t.kind == to_kind
-                        && t.name.as_deref().is_none_or(|n| n == to_name)
-                })
-        })
-}
+use crate::grants::ref_permitted;
+use crate::status::{Kind, Problem, Reason};
 
 /// Resolves one backendRef of an HTTPRoute in `route_ns`. An unresolvable reference still
 /// yields a backend (with `invalid` set) so that it keeps its share of the weight: the
@@ -68,7 +43,17 @@ pub(crate) fn resolve_for(
         invalid: None,
         tls: None,
     };
-    let problem = resolve_service(res, route_kind.as_str(), route_ns, ns, group, kind, b, port, &mut ir);
+    let problem = resolve_service(
+        res,
+        route_kind.as_str(),
+        route_ns,
+        ns,
+        group,
+        kind,
+        b,
+        port,
+        &mut ir,
+    );
     if let Some((_, msg)) = &problem {
         ir.invalid = Some(msg.clone());
     }

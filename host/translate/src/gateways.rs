@@ -5,10 +5,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use sluice_ir::{CertificateIr, ClientValidationIr, ListenerTlsIr};
 use sluice_resources::{
-    FromNamespaces, GATEWAY_GROUP, Gateway, GatewayAddress, Listener, ParentReference, Resources, RouteGroupKind,
+    FromNamespaces, GATEWAY_GROUP, Gateway, GatewayAddress, Listener, ParentReference, Resources,
+    RouteGroupKind,
 };
 
-use crate::backends::ref_permitted;
+use crate::certs::{read_ca, secret_pair};
+use crate::grants::ref_permitted;
 
 use crate::CONTROLLER_NAME;
 use crate::status::*;
@@ -114,9 +116,9 @@ impl ListenerState {
     }
 
     pub fn allows_kind(&self, kind: Kind) -> bool {
-        self.supported_kinds
-            .iter()
-            .any(|k| k.kind == kind.as_str() && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP)
+        self.supported_kinds.iter().any(|k| {
+            k.kind == kind.as_str() && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        })
     }
 }
 
@@ -411,7 +413,7 @@ fn frontend_validation(
                 ),
             )));
         }
-        match crate::policies::read_ca(res, ns, group, kind, &r.name, &what) {
+        match read_ca(res, ns, group, kind, &r.name, &what) {
             Ok(pem) => ca_pem.extend(pem),
             Err((reason, msg)) => {
                 let reason = if reason == Reason::InvalidKind {
@@ -475,7 +477,10 @@ fn certificates(
                 .iter()
                 .find(|s| s.metadata.name == r.name && s.metadata.namespace_or_default() == ns)
             {
-                None => Err((Reason::InvalidCertificateRef, format!("{what}: Secret not found"))),
+                None => Err((
+                    Reason::InvalidCertificateRef,
+                    format!("{what}: Secret not found"),
+                )),
                 Some(secret) => secret_pair(secret)
                     .map_err(|e| (Reason::InvalidCertificateRef, format!("{what}: Secret {e}"))),
             }
@@ -572,7 +577,13 @@ impl GatewayState {
         let valid = self.listeners.iter().filter(|l| l.programmed()).count();
         let total = self.listeners.len();
         let mut accepted = if valid == total {
-            Condition::new(ConditionType::Accepted, true, Reason::Accepted, "Gateway accepted", g)
+            Condition::new(
+                ConditionType::Accepted,
+                true,
+                Reason::Accepted,
+                "Gateway accepted",
+                g,
+            )
         } else {
             Condition::new(
                 ConditionType::Accepted,
@@ -586,7 +597,13 @@ impl GatewayState {
             )
         };
         let mut programmed = if valid > 0 {
-            Condition::new(ConditionType::Programmed, true, Reason::Programmed, "Gateway is serving", g)
+            Condition::new(
+                ConditionType::Programmed,
+                true,
+                Reason::Programmed,
+                "Gateway is serving",
+                g,
+            )
         } else {
             Condition::new(
                 ConditionType::Programmed,
@@ -601,7 +618,8 @@ impl GatewayState {
                 accepted = Condition::new(ConditionType::Accepted, false, *reason, msg.clone(), g)
             }
             Some((_, reason, msg)) => {
-                programmed = Condition::new(ConditionType::Programmed, false, *reason, msg.clone(), g)
+                programmed =
+                    Condition::new(ConditionType::Programmed, false, *reason, msg.clone(), g)
             }
             None => {}
         }
@@ -611,9 +629,13 @@ impl GatewayState {
             .map(|l| {
                 let mut conditions = Vec::new();
                 match &l.unaccepted {
-                    Some((reason, msg)) => {
-                        conditions.push(Condition::new(ConditionType::Accepted, false, *reason, msg.clone(), g))
-                    }
+                    Some((reason, msg)) => conditions.push(Condition::new(
+                        ConditionType::Accepted,
+                        false,
+                        *reason,
+                        msg.clone(),
+                        g,
+                    )),
                     None => conditions.push(Condition::new(
                         ConditionType::Accepted,
                         true,
@@ -731,21 +753,4 @@ impl GatewayState {
             }),
         }
     }
-}
-
-const TLS_SECRET: &str = "kubernetes.io/tls";
-
-/// The `tls.crt` and `tls.key` of a `kubernetes.io/tls` Secret, checked: both present,
-/// valid PEM, and the key matches the certificate.
-pub fn secret_pair(s: &sluice_resources::Secret) -> Result<(Vec<u8>, Vec<u8>), String> {
-    if s.type_.as_deref() != Some(TLS_SECRET) {
-        return Err(format!(
-            "has type {:?}; certificateRefs need a {TLS_SECRET} Secret",
-            s.type_.as_deref().unwrap_or("Opaque")
-        ));
-    }
-    let crt = s.value("tls.crt").ok_or("has no tls.crt")?;
-    let key = s.value("tls.key").ok_or("has no tls.key")?;
-    sluice_tls::certified_key(&crt, &key)?;
-    Ok((crt, key))
 }

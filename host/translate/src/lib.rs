@@ -19,7 +19,9 @@
 #![forbid(unsafe_code)]
 
 mod backends;
+mod certs;
 mod gateways;
+mod grants;
 mod policies;
 mod routes;
 pub mod status;
@@ -35,8 +37,9 @@ use serde::Serialize;
 use sluice_ir::{Ir, ListenerIr, MatchIr, PathMatchIr, PortIr, Protocol, VirtualHostIr};
 use sluice_resources::Resources;
 
-pub use status::*;
 pub use gateways::asks_for_address;
+pub use sluice_ir::FilterKey;
+pub use status::*;
 pub use wasm::{WasmState, WasmStates};
 
 /// The `controllerName` a GatewayClass names to be handled by Sluice.

@@ -7,7 +7,7 @@ use sluice_ir::UpstreamTlsIr;
 use sluice_resources::{BackendTlsPolicy, GATEWAY_GROUP, ParentReference, Resources};
 
 use crate::CONTROLLER_NAME;
-use crate::backends::Problem;
+use crate::certs::read_ca;
 use crate::gateways::GatewayState;
 use crate::status::*;
 
@@ -127,48 +127,6 @@ pub(crate) fn upstream_tls(
     })
 }
 
-/// The PEM CA bundle under key `ca.crt` of a ConfigMap or Secret `ns/name`, checked to
-/// hold at least one certificate. `what` names the reference in errors.
-pub(crate) fn read_ca(
-    res: &Resources,
-    ns: &str,
-    group: &str,
-    kind: &str,
-    name: &str,
-    what: &str,
-) -> Result<Vec<u8>, Problem> {
-    let not_found = || (Reason::InvalidCACertificateRef, format!("{what}: not found"));
-    let no_key = || (Reason::InvalidCACertificateRef, format!("{what}: has no ca.crt"));
-    let mut pem = match (group, kind) {
-        ("", "ConfigMap") => res
-            .config_maps
-            .iter()
-            .find(|c| c.metadata.name == name && c.metadata.namespace_or_default() == ns)
-            .ok_or_else(not_found)?
-            .data
-            .get("ca.crt")
-            .map(|s| s.as_bytes().to_vec())
-            .ok_or_else(no_key)?,
-        ("", "Secret") => res
-            .secrets
-            .iter()
-            .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == ns)
-            .ok_or_else(not_found)?
-            .value("ca.crt")
-            .ok_or_else(no_key)?,
-        _ => {
-            return Err((
-                Reason::InvalidKind,
-                format!("{what}: refer to a ConfigMap or a Secret"),
-            ));
-        }
-    };
-    sluice_tls::certificates(&pem, "ca.crt")
-        .map_err(|e| (Reason::InvalidCACertificateRef, format!("{what}: {e}")))?;
-    pem.push(b'\n');
-    Ok(pem)
-}
-
 /// Status for each policy, under each Gateway whose routes use a Service it targets.
 /// `services` holds (Service `namespace/name`, gateway index) pairs.
 pub(crate) fn statuses(
@@ -209,7 +167,13 @@ pub(crate) fn statuses(
         } else {
             match upstream_tls(res, p) {
                 Ok(_) => vec![
-                    Condition::new(ConditionType::Accepted, true, Reason::Accepted, "policy accepted", g),
+                    Condition::new(
+                        ConditionType::Accepted,
+                        true,
+                        Reason::Accepted,
+                        "policy accepted",
+                        g,
+                    ),
                     Condition::new(
                         ConditionType::ResolvedRefs,
                         true,

@@ -12,8 +12,9 @@ use sluice_resources::{
     PathModifierType, Resources, ValueMatchType, parse_duration,
 };
 
-use crate::backends::{self, Problem};
+use crate::backends;
 use crate::gateways::GatewayState;
+use crate::status::Problem;
 use crate::status::*;
 use crate::wasm::{self, WasmStates};
 use crate::{
@@ -40,7 +41,16 @@ pub(crate) fn http_routes(
         services: Default::default(),
     };
     for route in &res.http_routes {
-        http_route(res, wasm, Kind::HTTPRoute, route, None, gws, out, &mut attached);
+        http_route(
+            res,
+            wasm,
+            Kind::HTTPRoute,
+            route,
+            None,
+            gws,
+            out,
+            &mut attached,
+        );
     }
     for route in &res.grpc_routes {
         http_route(
@@ -368,9 +378,13 @@ pub(crate) fn attach(
                     }
                 }
             }
-            Err((reason, msg)) => {
-                conditions.push(Condition::new(ConditionType::Accepted, false, reason, msg, r.generation))
-            }
+            Err((reason, msg)) => conditions.push(Condition::new(
+                ConditionType::Accepted,
+                false,
+                reason,
+                msg,
+                r.generation,
+            )),
         }
         conditions.push(match unresolved {
             None => Condition::new(
@@ -380,9 +394,13 @@ pub(crate) fn attach(
                 "all references resolved",
                 r.generation,
             ),
-            Some((reason, msg)) => {
-                Condition::new(ConditionType::ResolvedRefs, false, *reason, msg.clone(), r.generation)
-            }
+            Some((reason, msg)) => Condition::new(
+                ConditionType::ResolvedRefs,
+                false,
+                *reason,
+                msg.clone(),
+                r.generation,
+            ),
         });
         parents.push(RouteParentStatus {
             parent_ref: pref.clone(),
@@ -665,7 +683,8 @@ fn compile_filters(
                     e.kind,
                     e.name
                 );
-                c.unresolved.get_or_insert((Reason::InvalidKind, msg.clone()));
+                c.unresolved
+                    .get_or_insert((Reason::InvalidKind, msg.clone()));
                 invalid.get_or_insert(msg);
             }
             other => {

@@ -97,6 +97,16 @@ spelled! {
     }
 }
 
+impl Kind {
+    /// Whether the kind's status is a list of `parents` (the route kinds).
+    pub fn is_route(self) -> bool {
+        matches!(
+            self,
+            Kind::HTTPRoute | Kind::GRPCRoute | Kind::TLSRoute | Kind::TCPRoute | Kind::UDPRoute
+        )
+    }
+}
+
 spelled! {
     /// A condition's `type`.
     pub enum ConditionType {
@@ -235,6 +245,9 @@ spelled! {
     }
 }
 
+/// Why a condition is False: its reason and a message that says what to fix.
+pub(crate) type Problem = (Reason, String);
+
 spelled! {
     /// A condition's `status`.
     pub enum ConditionStatus {
@@ -301,6 +314,25 @@ impl Condition {
     }
 }
 
+/// The statuses in force, with those of the WasmFilters in `pending` taken from `new`:
+/// the rest of the new config is not serving yet (it waits for those filters' first
+/// pull), so its status is not shown yet.
+pub fn with_pending(
+    current: &[ObjectStatus],
+    new: Vec<ObjectStatus>,
+    pending: &[sluice_ir::FilterKey],
+) -> Vec<ObjectStatus> {
+    let is_pending = |s: &ObjectStatus| {
+        s.kind == Kind::WasmFilter
+            && pending
+                .iter()
+                .any(|k| k.namespace == s.metadata.namespace && k.name == s.metadata.name)
+    };
+    let mut out: Vec<ObjectStatus> = current.iter().filter(|s| !is_pending(s)).cloned().collect();
+    out.extend(new.into_iter().filter(is_pending));
+    out
+}
+
 /// A condition as the API server holds it: only what [`merge_transition_times`] needs,
 /// read leniently (another controller may use types and reasons Sluice does not know).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -326,7 +358,6 @@ pub fn merge_transition_times(desired: &mut [Condition], current: &[ObservedCond
         c.last_transition_time = Some(kept.unwrap_or_else(|| now.to_string()));
     }
 }
-
 
 /// One object's computed status, in the shape of a Kubernetes object (for `/status`
 /// and for the status subresource).

@@ -3,9 +3,10 @@
 use sluice_ir::{StreamListenerIr, StreamPortIr, StreamProtocol, StreamRouteIr};
 use sluice_resources::{Resources, StreamRoute};
 
-use crate::backends::{self, Problem};
+use crate::backends;
 use crate::gateways::GatewayState;
 use crate::routes::{RouteRef, attach};
+use crate::status::Problem;
 use crate::status::{Kind, ObjectStatus};
 
 /// Attaches every stream route and returns the stream sockets to serve.

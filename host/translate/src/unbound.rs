@@ -123,10 +123,7 @@ mod tests {
         (c.status.as_str(), c.reason.as_str())
     }
 
-    fn conditions<'a>(
-        statuses: &'a [ObjectStatus],
-        name: &str,
-    ) -> &'a GatewayStatus {
+    fn conditions<'a>(statuses: &'a [ObjectStatus], name: &str) -> &'a GatewayStatus {
         let s = statuses
             .iter()
             .find(|s| s.kind == "Gateway" && s.metadata.name == name)

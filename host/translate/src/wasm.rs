@@ -9,8 +9,9 @@ use sluice_resources::{Resources, SLUICE_GROUP, WasmFilter, parse_duration, pars
 
 use crate::status::*;
 
-pub const DEFAULT_MEMORY: u64 = 16 << 20;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(10);
+pub use sluice_ir::{
+    WASM_DEFAULT_MEMORY as DEFAULT_MEMORY, WASM_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
+};
 
 /// A WasmFilter's settings with the defaults applied: the one place they are computed,
 /// for the IR and for the loader alike.
@@ -134,7 +135,13 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 config_error_statuses(config_errors),
             ),
             None => (
-                Condition::new(ConditionType::Ready, false, Reason::Pending, "not loaded yet", g),
+                Condition::new(
+                    ConditionType::Ready,
+                    false,
+                    Reason::Pending,
+                    "not loaded yet",
+                    g,
+                ),
                 None,
                 None,
                 Vec::new(),
@@ -150,7 +157,13 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
             },
             status: Status::WasmFilter(WasmFilterStatus {
                 conditions: vec![
-                    Condition::new(ConditionType::Accepted, true, Reason::Accepted, "spec is valid", g),
+                    Condition::new(
+                        ConditionType::Accepted,
+                        true,
+                        Reason::Accepted,
+                        "spec is valid",
+                        g,
+                    ),
                     ready,
                 ],
                 digest,

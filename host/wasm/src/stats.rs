@@ -171,7 +171,10 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
         }
         let h = s.guest_histograms.lock().unwrap_or_else(|p| p.into_inner());
         for (n, v) in h.iter() {
-            histograms.entry(n.clone()).or_default().push((f, v.snapshot()));
+            histograms
+                .entry(n.clone())
+                .or_default()
+                .push((f, v.snapshot()));
         }
     }
     for (n, samples) in counters {

@@ -52,8 +52,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory_bytes: 16 << 20,
-            timeout: Duration::from_millis(10),
+            memory_bytes: usize::try_from(sluice_ir::WASM_DEFAULT_MEMORY).unwrap_or(usize::MAX),
+            timeout: sluice_ir::WASM_DEFAULT_TIMEOUT,
         }
     }
 }
