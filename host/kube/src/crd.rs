@@ -8,6 +8,7 @@ use schemars::generate::SchemaSettings;
 use schemars::transform::AddNullable;
 use serde_json::{Value, json};
 use sluice_resources::WasmFilterSpec;
+use sluice_translate::{ConditionStatus, ConditionType};
 
 /// The CRD as a JSON value.
 pub fn wasm_filter_crd() -> Value {
@@ -36,7 +37,7 @@ pub fn wasm_filter_crd() -> Value {
         "required": ["type", "status", "lastTransitionTime", "reason", "message"],
         "properties": {
             "type": { "type": "string" },
-            "status": { "type": "string", "enum": ["True", "False", "Unknown"] },
+            "status": { "type": "string", "enum": ConditionStatus::ALL },
             "reason": { "type": "string" },
             "message": { "type": "string" },
             "observedGeneration": { "type": "integer", "format": "int64" },
@@ -74,6 +75,7 @@ pub fn wasm_filter_crd() -> Value {
             }
         }
     });
+    let ready = ConditionType::Ready;
     let column =
         |name: &str, path: &str| json!({ "name": name, "type": "string", "jsonPath": path });
     json!({
@@ -97,8 +99,8 @@ pub fn wasm_filter_crd() -> Value {
                 "storage": true,
                 "subresources": { "status": {} },
                 "additionalPrinterColumns": [
-                    column("Ready", ".status.conditions[?(@.type==\"Ready\")].status"),
-                    column("Reason", ".status.conditions[?(@.type==\"Ready\")].reason"),
+                    column(ready.as_str(), &format!(".status.conditions[?(@.type==\"{ready}\")].status")),
+                    column("Reason", &format!(".status.conditions[?(@.type==\"{ready}\")].reason")),
                     column("Digest", ".status.digest"),
                     { "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp" }
                 ],

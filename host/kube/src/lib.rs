@@ -24,6 +24,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::Value;
+use sluice_translate::Kind as Status;
 use tokio::sync::{mpsc, watch};
 
 /// A kind Sluice reads from the cluster, with the versions it understands, newest first.
@@ -39,37 +40,37 @@ pub const KINDS: &[Kind] = &[
     Kind {
         group: GW,
         versions: &["v1"],
-        kind: "GatewayClass",
+        kind: Status::GatewayClass.as_str(),
     },
     Kind {
         group: GW,
         versions: &["v1"],
-        kind: "Gateway",
+        kind: Status::Gateway.as_str(),
     },
     Kind {
         group: GW,
         versions: &["v1"],
-        kind: "HTTPRoute",
+        kind: Status::HTTPRoute.as_str(),
     },
     Kind {
         group: GW,
         versions: &["v1"],
-        kind: "GRPCRoute",
+        kind: Status::GRPCRoute.as_str(),
     },
     Kind {
         group: GW,
         versions: &["v1", "v1alpha3", "v1alpha2"],
-        kind: "TLSRoute",
+        kind: Status::TLSRoute.as_str(),
     },
     Kind {
         group: GW,
         versions: &["v1", "v1alpha2"],
-        kind: "TCPRoute",
+        kind: Status::TCPRoute.as_str(),
     },
     Kind {
         group: GW,
         versions: &["v1", "v1alpha2"],
-        kind: "UDPRoute",
+        kind: Status::UDPRoute.as_str(),
     },
     Kind {
         group: GW,
@@ -79,12 +80,12 @@ pub const KINDS: &[Kind] = &[
     Kind {
         group: GW,
         versions: &["v1", "v1alpha3"],
-        kind: "BackendTLSPolicy",
+        kind: Status::BackendTLSPolicy.as_str(),
     },
     Kind {
         group: "sluice.dev",
         versions: &["v1alpha1"],
-        kind: "WasmFilter",
+        kind: Status::WasmFilter.as_str(),
     },
     Kind {
         group: "",

@@ -19,7 +19,7 @@ macro_rules! spelled {
         impl $name {
             pub const ALL: &[$name] = &[$($name::$v),+];
 
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self { $($name::$v => stringify!($v)),+ }
             }
         }
