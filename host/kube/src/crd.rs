@@ -8,7 +8,7 @@ use schemars::generate::SchemaSettings;
 use schemars::transform::AddNullable;
 use serde_json::{Value, json};
 use sluice_resources::WasmFilterSpec;
-use sluice_translate::{ConditionStatus, ConditionType};
+use sluice_translate::{ConditionStatus, ConditionType, Kind};
 
 /// The CRD as a JSON value.
 pub fn wasm_filter_crd() -> Value {
@@ -85,7 +85,7 @@ pub fn wasm_filter_crd() -> Value {
         "spec": {
             "group": "sluice.dev",
             "names": {
-                "kind": "WasmFilter",
+                "kind": Kind::WasmFilter.as_str(),
                 "listKind": "WasmFilterList",
                 "plural": "wasmfilters",
                 "singular": "wasmfilter",

@@ -361,7 +361,7 @@ fn default_ref(r: &mut Value) {
         m.entry("group")
             .or_insert_with(|| Value::String("gateway.networking.k8s.io".into()));
         m.entry("kind")
-            .or_insert_with(|| Value::String("Gateway".into()));
+            .or_insert_with(|| Value::String(Kind::Gateway.as_str().into()));
     }
 }
 

@@ -405,7 +405,7 @@ fn frontend_validation(
         let kind = r.kind.as_deref().unwrap_or("ConfigMap");
         let group = r.group.as_deref().unwrap_or("");
         let what = format!("{at}.validation.caCertificateRefs[{i}] ({ns}/{})", r.name);
-        if !ref_permitted(res, "Gateway", gw_ns, group, kind, ns, &r.name) {
+        if !ref_permitted(res, Kind::Gateway.as_str(), gw_ns, group, kind, ns, &r.name) {
             return Some(Err((
                 Reason::RefNotPermitted,
                 format!(
@@ -464,7 +464,7 @@ fn certificates(
                 Reason::InvalidCertificateRef,
                 format!("{what}: {group}/{kind} is not supported; refer to a core Secret"),
             ))
-        } else if !ref_permitted(res, "Gateway", gw_ns, "", "Secret", ns, &r.name) {
+        } else if !ref_permitted(res, Kind::Gateway.as_str(), gw_ns, "", "Secret", ns, &r.name) {
             Err((
                 Reason::RefNotPermitted,
                 format!(
@@ -567,7 +567,7 @@ impl GatewayState {
 
     pub fn matches_parent(&self, p: &ParentReference, route_ns: &str) -> bool {
         p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-            && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+            && Kind::Gateway == p.kind.as_deref().unwrap_or(Kind::Gateway.as_str())
             && p.name == self.name
             && p.namespace.as_deref().unwrap_or(route_ns) == self.namespace
     }

@@ -204,7 +204,7 @@ pub(crate) fn statuses(
             .map(|gw| PolicyAncestorStatus {
                 ancestor_ref: ParentReference {
                     group: Some(GATEWAY_GROUP.into()),
-                    kind: Some("Gateway".into()),
+                    kind: Some(Kind::Gateway.as_str().into()),
                     namespace: Some(gw.namespace.clone()),
                     name: gw.name.clone(),
                     section_name: None,
