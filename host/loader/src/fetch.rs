@@ -11,7 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use sluice_translate::Reason;
 
 /// Components larger than this are refused.
-const MAX_COMPONENT: usize = 64 << 20;
+const MAX_COMPONENT: usize = crate::path::MAX_COMPONENT as usize;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Downloads {

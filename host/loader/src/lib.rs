@@ -6,6 +6,7 @@
 
 pub mod fetch;
 pub mod oci;
+pub mod path;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -58,7 +59,14 @@ pub struct Prepared {
     pub pending: Vec<(FilterKey, String)>,
 }
 
-pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Sources) -> Prepared {
+/// Loads every WasmFilter of `res`. `paths` is the folder `source.path` is read under
+/// (`None`: path sources are refused).
+pub fn prepare(
+    res: &Resources,
+    paths: Option<&Path>,
+    rt: &Arc<Runtime>,
+    sources: &Sources,
+) -> Prepared {
     let mut out = Prepared {
         states: WasmStates::new(),
         pools: HashMap::new(),
@@ -69,7 +77,7 @@ pub fn prepare(res: &Resources, base: &Path, rt: &Arc<Runtime>, sources: &Source
     for f in &res.wasm_filters {
         let key = sluice_translate::wasm::key(f);
         let name = key.to_string();
-        let state = match prepare_one(res, f, &name, base, rt, sources, &mut used) {
+        let state = match prepare_one(res, f, &name, paths, rt, sources, &mut used) {
             Ok(l) => {
                 last_good.insert(key.clone(), l.clone());
                 out.pools.insert(key.clone(), l.pool);
@@ -149,7 +157,7 @@ fn prepare_one(
     res: &Resources,
     f: &WasmFilter,
     name: &str,
-    base: &Path,
+    paths: Option<&Path>,
     rt: &Arc<Runtime>,
     sources: &Sources,
     used: &mut HashSet<crate::oci::Key>,
@@ -158,14 +166,7 @@ fn prepare_one(
     let mut image = None;
     let bytes = match (&src.path, &src.url, &src.oci) {
         (Some(p), _, _) => {
-            let full = base.join(p);
-            std::fs::read(&full).map_err(|e| {
-                failed(
-                    Reason::SourceNotFound,
-                    format!("spec.source.path: cannot read {}: {e}", full.display()),
-                    None,
-                )
-            })?
+            path::read(paths, p).map_err(|e| failed(e.reason(), e.to_string(), None))?
         }
         (_, Some(url), _) => {
             // The loader requires sha256 with url, so the download can be verified.
@@ -219,6 +220,16 @@ fn prepare_one(
         )
         .into());
     }
+    if !bytes.starts_with(b"\0asm") {
+        // Said without echoing any of the bytes: a path or URL may name a file that is
+        // not meant to be shown.
+        return Err(failed(
+            Reason::InvalidComponent,
+            "spec.source: not a WebAssembly component (it does not start with \\0asm)".into(),
+            None,
+        )
+        .into());
+    }
     let compiled = rt.load_digested(&digest, &bytes).map_err(|e| {
         Failure::from(failed(
             Reason::InvalidComponent,
@@ -234,7 +245,9 @@ fn prepare_one(
         timeout: e.timeout,
         min_instances: e.min_instances as usize,
     };
-    match rt.pool(&compiled, &spec) {
+    // The loader runs on a blocking thread (or in `sluice check`): the first instance's
+    // `configure` runs here, to completion.
+    match sluice_wasm::block_on(rt.pool(&compiled, &spec)) {
         Ok(pool) => Ok(Loaded {
             digest: shown,
             image,
@@ -252,5 +265,16 @@ fn prepare_one(
             Some(shown),
         )
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_memory_limit_the_loader_admits_is_the_one_the_runtime_gives() {
+        assert_eq!(
+            sluice_resources::WASM_MAX_MEMORY,
+            sluice_wasm::MAX_MEMORY as u64
+        );
     }
 }

@@ -178,7 +178,7 @@ async fn serve(
 
     // Request filters, in order: the rule's, then the chosen backend's.
     let mut st = FilterRun::default();
-    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &origin) {
+    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &origin).await {
         return (resp, rule.local_stats.clone());
     }
     let Some(backend) = pick_backend(&rule) else {
@@ -199,7 +199,7 @@ async fn serve(
             backend.stats.clone(),
         );
     }
-    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &origin) {
+    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &origin).await {
         return (resp, backend.stats.clone());
     }
     let FilterRun {
@@ -331,7 +331,7 @@ async fn serve(
         strip_hop_by_hop(resp.headers_mut());
     }
     let (mut parts, body) = resp.into_parts();
-    if !response_filters(&steps, &mut parts.status, &mut parts.headers) {
+    if !response_filters(&steps, &mut parts.status, &mut parts.headers).await {
         return (filter_failed(), backend.stats.clone());
     }
     if let Some((c, origin)) = cors {
@@ -364,7 +364,7 @@ fn filter_failed() -> Response<Body> {
 
 /// Runs one filter list on the request, in order. Returns the response when a filter
 /// answers (a redirect, a CORS preflight, a Wasm filter's direct response or failure).
-fn request_filters<'a>(
+async fn request_filters<'a>(
     filters: &'a [Filter],
     req: &mut Request<Incoming>,
     st: &mut FilterRun<'a>,
@@ -408,7 +408,7 @@ fn request_filters<'a>(
                 let mut method = std::mem::replace(req.method_mut(), http::Method::GET);
                 let mut uri = std::mem::take(req.uri_mut());
                 let mut headers = std::mem::take(req.headers_mut());
-                let outcome = w.pool.on_request(&mut method, &mut uri, &mut headers);
+                let outcome = w.pool.on_request(&mut method, &mut uri, &mut headers).await;
                 *req.method_mut() = method;
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
@@ -421,7 +421,7 @@ fn request_filters<'a>(
                     }) => {
                         // The answer goes back through the response work of the
                         // filters that ran before this one.
-                        if !response_filters(&st.steps, &mut status, &mut headers) {
+                        if !response_filters(&st.steps, &mut status, &mut headers).await {
                             return Some(filter_failed());
                         }
                         return Some(answer(status, headers, Bytes::from(body)));
@@ -439,7 +439,7 @@ fn request_filters<'a>(
 
 /// Runs the response side of the filters that ran on the request, last first.
 /// Returns false when a FailClosed Wasm filter failed.
-fn response_filters(
+async fn response_filters(
     steps: &[ResponseStep<'_>],
     status: &mut StatusCode,
     headers: &mut HeaderMap,
@@ -448,7 +448,7 @@ fn response_filters(
         match step {
             ResponseStep::Headers(m) => m.apply(headers),
             ResponseStep::Wasm(w) => {
-                if w.pool.on_response(status, headers).is_err() {
+                if w.pool.on_response(status, headers).await.is_err() {
                     if w.fail_open {
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
                     } else {

@@ -13,7 +13,9 @@ use std::fmt;
 
 pub use load::{LoadError, LoadErrors, Loaded, load_objects, load_path, load_str};
 pub use types::*;
-pub use validate::{DOCKER_CONFIG_JSON, check_hostname, parse_duration, parse_quantity};
+pub use validate::{
+    DOCKER_CONFIG_JSON, WASM_MAX_MEMORY, check_hostname, parse_duration, parse_quantity,
+};
 
 /// Which object something is: enough to name it in an error, a status or a metric.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

@@ -930,7 +930,8 @@ pub enum FailurePolicy {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmLimits {
-    /// Linear memory per instance, as a Kubernetes quantity (`16Mi`); default 16Mi.
+    /// Linear memory per instance, as a Kubernetes quantity (`16Mi`): 64Ki to 1Gi;
+    /// default 16Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     /// Time per call, as a Gateway API duration (`5ms`); default 10ms.

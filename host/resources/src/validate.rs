@@ -306,9 +306,9 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
     if let Some(l) = &w.spec.limits {
         if let Some(m) = &l.memory {
             match parse_quantity(m) {
-                Ok(b) if !(64 << 10..=4 << 30).contains(&b) => p.push((
+                Ok(b) if !(64 << 10..=WASM_MAX_MEMORY).contains(&b) => p.push((
                     "spec.limits.memory".into(),
-                    "must be between 64Ki and 4Gi".into(),
+                    "must be between 64Ki and 1Gi (the most the runtime gives one instance)".into(),
                 )),
                 Ok(_) => {}
                 Err(e) => p.push(("spec.limits.memory".into(), e)),
@@ -333,6 +333,11 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
     }
     p
 }
+
+/// The largest `spec.limits.memory`: the filter runtime reserves this much address space
+/// per instance slot, so it can give no instance more (`sluice_wasm::MAX_MEMORY`, which a
+/// loader test keeps equal).
+pub const WASM_MAX_MEMORY: u64 = 1 << 30;
 
 /// A Kubernetes quantity for bytes: `16Mi`, `1Gi`, `512Ki`, `1M`, `1000`.
 pub fn parse_quantity(s: &str) -> Result<u64, String> {

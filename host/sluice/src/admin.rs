@@ -48,7 +48,35 @@ impl AdminState {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Starts the admin API on a thread and a runtime of its own, so that a busy or stalled
+/// data plane (every worker in a slow filter, a connection flood) cannot keep
+/// `/readyz`, `/metrics` or `/status` from answering.
+pub fn spawn(addr: std::net::SocketAddr, state: Arc<AdminState>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on the admin address {addr}"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let served = rt.map(|rt| {
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve(listener, state).await;
+                    Ok::<(), std::io::Error>(())
+                })
+            });
+            if let Err(e) | Ok(Err(e)) = served {
+                tracing::error!("the admin API stopped: {e}");
+            }
+        })?;
+    Ok(())
+}
+
+async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let http = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {

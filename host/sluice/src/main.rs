@@ -54,6 +54,10 @@ enum Command {
         /// host must own the range (bare metal, a routed block, a test network).
         #[arg(long, value_name = "CIDR")]
         gateway_address_pool: Option<String>,
+        /// The folder WasmFilter `source.path` is read under, instead of the config
+        /// folder. In Kubernetes mode path sources are refused unless this is set.
+        #[arg(long, value_name = "DIR")]
+        filter_dir: Option<PathBuf>,
         /// Admin API address (/healthz, /readyz, /metrics, /config_dump, /status).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
@@ -194,6 +198,7 @@ fn main() -> ExitCode {
             cluster,
             bind_address,
             gateway_address_pool,
+            filter_dir,
             admin,
             workers,
             drain_timeout,
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
                     cluster: options,
                     bind_address,
                     address_pool,
+                    filter_dir,
                     admin,
                     drain: Duration::from_secs(drain_timeout),
                     cache_dir,

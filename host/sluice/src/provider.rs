@@ -44,6 +44,9 @@ pub struct Config {
     pub bind_address: Option<IpAddr>,
     /// Gives each Gateway without `spec.addresses` an address of its own.
     pub address_pool: Option<AddressPool>,
+    /// Where WasmFilter `source.path` is read from instead of the config folder; in
+    /// Kubernetes mode, path sources are refused without it.
+    pub filter_dir: Option<PathBuf>,
     pub admin: SocketAddr,
     /// How long open connections get to finish on SIGTERM.
     pub drain: Duration,
@@ -91,6 +94,7 @@ struct Loader {
     from: From,
     bind_address: Option<IpAddr>,
     address_pool: Option<AddressPool>,
+    filter_dir: Option<PathBuf>,
     runtime: Arc<Runtime>,
     sources: Sources,
 }
@@ -110,7 +114,9 @@ impl Loader {
     /// problem found. Slow when a filter must be compiled: run it off the request path.
     /// `unbound` is what the listeners could not bind last time.
     fn load(&self, unbound: Vec<Unbound>) -> Result<Loaded, String> {
-        let (mut loaded, base) = match &self.from {
+        // Where `source.path` is read: the config folder, or `--filter-dir`; in
+        // Kubernetes mode only `--filter-dir`.
+        let (mut loaded, paths) = match &self.from {
             From::Files(path) => {
                 let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
                 let base = if path.is_dir() {
@@ -118,10 +124,9 @@ impl Loader {
                 } else {
                     path.parent().unwrap_or(Path::new(".")).to_path_buf()
                 };
-                (loaded, base)
+                (loaded, Some(self.filter_dir.clone().unwrap_or(base)))
             }
-            // `path` sources are read relative to the working directory.
-            From::Cluster(c) => (c.load(), PathBuf::from(".")),
+            From::Cluster(c) => (c.load(), self.filter_dir.clone()),
         };
         let mut assigned = Default::default();
         if let Some(pool) = &self.address_pool {
@@ -140,7 +145,12 @@ impl Loader {
             states,
             pools,
             pending,
-        } = sluice_loader::prepare(&loaded.resources, &base, &self.runtime, &self.sources);
+        } = sluice_loader::prepare(
+            &loaded.resources,
+            paths.as_deref(),
+            &self.runtime,
+            &self.sources,
+        );
         let inputs = Inputs {
             wasm: states,
             default_address: self.bind_address,
@@ -164,6 +174,7 @@ pub fn check(path: &Path) -> Result<String, String> {
         from: From::Files(path.to_path_buf()),
         bind_address: None,
         address_pool: None,
+        filter_dir: None,
         runtime: Runtime::new(None).map_err(|e| e.to_string())?,
         sources: Sources::new(Arc::new(Downloads::new(None)), None),
     };
@@ -199,6 +210,7 @@ impl App {
             cluster: cluster_options,
             bind_address,
             address_pool,
+            filter_dir,
             admin: admin_addr,
             drain,
             cache_dir,
@@ -223,6 +235,7 @@ impl App {
             from,
             bind_address,
             address_pool,
+            filter_dir,
             runtime: runtime.clone(),
             sources: Sources::new(downloads, Some(oci)),
         });
@@ -280,10 +293,7 @@ impl App {
             election = Some(tokio::spawn(e.run(c.client.clone(), leader_tx, stop_rx)));
             tokio::spawn(status::run(c.clone(), leader_rx, o.addresses, stats));
         }
-        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .with_context(|| format!("cannot listen on the admin address {admin_addr}"))?;
-        tokio::spawn(admin::serve(admin_listener, app.state.clone()));
+        admin::spawn(admin_addr, app.state.clone())?;
         app.state.ready.store(true, Ordering::Release);
         tracing::info!(config = %app.loader.from.describe(), %admin_addr, "sluice is serving");
 

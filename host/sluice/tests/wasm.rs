@@ -528,3 +528,73 @@ fn the_quickstart_config_loads_and_every_object_is_accepted() {
         "the hello filter loads:\n{text}"
     );
 }
+
+/// A filter that loops for as long as it may (10 s, the largest `limits.timeout`) holds
+/// no worker: with as many looping calls as the gateway has workers, another route and
+/// the admin API still answer at once, and the loop is cut by its own running time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_filter_holds_no_worker_and_stalls_no_other_route_or_the_admin_api() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("wasm-loop-workers");
+    install_filters(&dir, &["misbehave"]);
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "filters.yaml",
+        &wasm_filter(
+            "loop",
+            "misbehave",
+            "  config: {mode: loop, path: /loop}\n  limits: {timeout: 10s}\n",
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - matches: [{{path: {{value: /loop}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n  - backendRefs: [{{name: a, port: 80}}]\n",
+            ext("loop")
+        )),
+    );
+    let gw = Sluice::start(&dir.0, &["--workers", "2"]).await;
+
+    let started = Instant::now();
+    let loops: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(port, "h", "/loop").await.status }))
+        .collect();
+    // Both workers' worth of guests are spinning now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (status, _) = admin_get(gw.admin, "/readyz").await.expect("admin");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "/readyz took {:?} while filters loop",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let r = get(port, "h", "/healthy").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a route without the filter took {:?} while filters loop",
+            t.elapsed()
+        );
+    }
+    for l in loops {
+        assert_eq!(
+            l.await.expect("loop request"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the looping filter is cut at its limit (FailClosed)"
+        );
+    }
+    // The budget is the guest's own running time: not cut early for having waited.
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "cut after {:?}, before its 10 s",
+        started.elapsed()
+    );
+    let metrics = gw.admin("/metrics").await;
+    let line = r#"sluice_wasm_errors_total{filter="default/loop",kind="timeout"} 2"#;
+    assert!(metrics.contains(line), "missing {line}\n{metrics}");
+}

@@ -464,7 +464,15 @@ fn certificates(
                 Reason::InvalidCertificateRef,
                 format!("{what}: {group}/{kind} is not supported; refer to a core Secret"),
             ))
-        } else if !ref_permitted(res, Kind::Gateway.as_str(), gw_ns, "", "Secret", ns, &r.name) {
+        } else if !ref_permitted(
+            res,
+            Kind::Gateway.as_str(),
+            gw_ns,
+            "",
+            "Secret",
+            ns,
+            &r.name,
+        ) {
             Err((
                 Reason::RefNotPermitted,
                 format!(

@@ -666,7 +666,8 @@ fn compile_filters(
             }
             "ExtensionRef" => {
                 let Some(e) = &f.extension_ref else { continue };
-                if e.group == sluice_resources::SLUICE_GROUP && e.kind == Kind::WasmFilter.as_str() {
+                if e.group == sluice_resources::SLUICE_GROUP && e.kind == Kind::WasmFilter.as_str()
+                {
                     match wasm::resolve(res, wasm, ns, &e.name) {
                         Ok(ir) => out.push(FilterIr::Wasm(ir)),
                         Err((reason, msg)) => {

@@ -33,6 +33,9 @@ pub struct HostState {
     /// The last error the guest logged (the SDK logs a panic's message just before the
     /// trap), so the trap can be reported with it.
     pub(crate) last_error: Option<String>,
+    /// Epoch ticks the current call may still run; the call is cut when they run out.
+    /// Counted only while the guest runs (see `Pool::call`).
+    pub(crate) ticks_left: u64,
 }
 
 /// `StoreLimits`, plus a note of whether the memory limit was what stopped the guest,

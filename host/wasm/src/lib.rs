@@ -7,7 +7,10 @@
 //! - One `InstancePre` per digest; one [`Pool`] per (WasmFilter, digest, config,
 //!   limits). A pool hands out instances that serve one call at a time; `configure`
 //!   runs once per instance; an instance that failed is dropped, never reused.
-//! - Each call gets an epoch deadline, each instance a memory limit.
+//! - Each call gets a time budget, each instance a memory limit. Calls are async: a
+//!   running guest yields to the executor at every epoch tick (1 ms), and only the ticks
+//!   it spends running count against its budget, so a looping filter neither holds a
+//!   worker thread nor is cut early because it waited for one.
 //! - A filter gets no files, environment, sockets or wall clock (see `sandbox`). Only
 //!   the WIT imports reach the host.
 #![deny(unsafe_code)]
@@ -30,7 +33,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
-    Trap,
+    Trap, UpdateDeadline,
 };
 
 use bindings::sluice::filter::types::{DirectResponse, RequestAction};
@@ -38,10 +41,33 @@ use host::{HostState, MemoryLimiter};
 pub use host::{RequestCtx, ResponseCtx};
 pub use stats::{ErrorKind, FilterStats};
 
+/// Runs `fut` to completion on this thread, for callers outside async code (the loader
+/// on its blocking thread, `sluice check`, the test harness). Filter calls need no
+/// reactor: their yields are plain wake-ups, and the epoch ticks come from a thread of
+/// the runtime's own.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Epoch tick: the granularity of call deadlines.
 const TICK: Duration = Duration::from_millis(1);
 /// The largest memory any WasmFilter may ask for; the pool reserves address space for it.
-const MAX_MEMORY: usize = 1 << 30;
+/// The loader refuses a larger `spec.limits.memory` (`sluice_resources::WASM_MAX_MEMORY`).
+pub const MAX_MEMORY: usize = 1 << 30;
 /// Time `configure` may take (it may parse a large config).
 const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Instances kept per pool; more are created under load and dropped when returned.
@@ -245,7 +271,7 @@ impl Runtime {
 
     /// The pool for this filter, reused when nothing about it changed. Creating one
     /// instantiates and configures a first instance, so config errors surface here.
-    pub fn pool(
+    pub async fn pool(
         self: &Arc<Self>,
         compiled: &Arc<Compiled>,
         spec: &FilterSpec,
@@ -269,7 +295,7 @@ impl Runtime {
             deadline_ticks: ticks(spec.timeout),
         });
         for _ in 0..spec.min_instances.max(1) {
-            let inst = pool.instantiate()?;
+            let inst = pool.instantiate().await?;
             let _ = pool.idle.push(inst);
         }
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -362,7 +388,7 @@ impl Pool {
         &self.shared.stats
     }
 
-    fn instantiate(&self) -> Result<Instance, FilterError> {
+    async fn instantiate(&self) -> Result<Instance, FilterError> {
         let limiter = MemoryLimiter {
             inner: StoreLimitsBuilder::new()
                 .memory_size(self.spec.memory_bytes)
@@ -376,20 +402,33 @@ impl Pool {
             limiter,
             shared: self.shared.clone(),
             last_error: None,
+            ticks_left: ticks(CONFIGURE_TIMEOUT),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(CONFIGURE_TIMEOUT));
-        let filter = self
-            .compiled
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.fail(&mut store, e))?;
+        // At each tick the guest is running: one tick of its budget is spent, and it
+        // yields so that other tasks on this thread run. Ticks that pass while it waits
+        // to be polled again are not counted: the deadline is set anew on resumption.
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            s.ticks_left = s.ticks_left.saturating_sub(1);
+            Ok(if s.ticks_left == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store.set_epoch_deadline(1);
+        let filter = match self.compiled.pre.instantiate_async(&mut store).await {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail(&mut store, e)),
+        };
         self.shared.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut inst = Instance { store, filter };
         match inst
             .filter
             .call_configure(&mut inst.store, &self.spec.config)
+            .await
         {
             Ok(Ok(())) => Ok(inst),
             Ok(Err(errors)) => {
@@ -437,10 +476,10 @@ impl Pool {
         }
     }
 
-    fn checkout(&self) -> Result<Instance, FilterError> {
+    async fn checkout(&self) -> Result<Instance, FilterError> {
         match self.idle.pop() {
             Some(i) => Ok(i),
-            None => self.instantiate(),
+            None => self.instantiate().await,
         }
     }
 
@@ -451,25 +490,23 @@ impl Pool {
 
     /// One hook call: takes an instance, moves `ctx` into its resource table for the
     /// call, and hands it back afterwards whatever happened (a trap included). The
-    /// instance goes back to the pool only if the call succeeded.
-    fn call<C: Send + 'static, R>(
-        &self,
-        ctx: C,
-        hook: impl FnOnce(&bindings::Filter, &mut Store<HostState>, Resource<C>) -> wasmtime::Result<R>,
-    ) -> (Option<C>, Result<R, FilterError>) {
-        let mut inst = match self.checkout() {
+    /// instance goes back to the pool only if the call succeeded; a call whose future is
+    /// dropped midway (the client went away) drops its instance with it.
+    async fn call<C: Hook>(&self, ctx: C) -> (Option<C>, Result<C::Out, FilterError>) {
+        let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (Some(ctx), Err(e)),
         };
         let start = Instant::now();
-        inst.store.set_epoch_deadline(self.deadline_ticks);
+        inst.store.data_mut().ticks_left = self.deadline_ticks;
+        inst.store.set_epoch_deadline(1);
         // The table only refuses a push past u32::MAX live entries; a store holds one.
         let res = match inst.store.data_mut().table.push(ctx) {
             Ok(r) => r,
             Err(e) => return (None, Err(self.fail(&mut inst.store, e.into()))),
         };
         let borrowed = Resource::<C>::new_borrow(res.rep());
-        let result = hook(&inst.filter, &mut inst.store, borrowed);
+        let result = C::call(&inst.filter, &mut inst.store, borrowed).await;
         let back = inst.store.data_mut().table.delete(res).ok();
         self.shared.stats.call(start.elapsed());
         match result {
@@ -483,7 +520,7 @@ impl Pool {
 
     /// Runs `on-request`. The request's method, URI and headers move into the store for
     /// the call and back out, whatever happens.
-    pub fn on_request(
+    pub async fn on_request(
         &self,
         method: &mut Method,
         uri: &mut Uri,
@@ -494,7 +531,7 @@ impl Pool {
             uri: std::mem::take(uri),
             headers: std::mem::take(headers),
         };
-        let (back, result) = self.call(ctx, |f, store, r| f.call_on_request(store, r));
+        let (back, result) = self.call(ctx).await;
         if let Some(ctx) = back {
             *method = ctx.method;
             *uri = ctx.uri;
@@ -507,7 +544,7 @@ impl Pool {
     }
 
     /// Runs `on-response` on a response's status and headers.
-    pub fn on_response(
+    pub async fn on_response(
         &self,
         status: &mut StatusCode,
         headers: &mut HeaderMap,
@@ -516,12 +553,45 @@ impl Pool {
             status: *status,
             headers: std::mem::take(headers),
         };
-        let (back, result) = self.call(ctx, |f, store, r| f.call_on_response(store, r));
+        let (back, result) = self.call(ctx).await;
         if let Some(ctx) = back {
             *status = ctx.status;
             *headers = ctx.headers;
         }
         result
+    }
+}
+
+/// A hook that takes a resource: `on-request` takes the request, `on-response` the
+/// response.
+trait Hook: Send + Sized + 'static {
+    type Out: Send;
+    fn call<'a>(
+        f: &'a bindings::Filter,
+        store: &'a mut Store<HostState>,
+        r: Resource<Self>,
+    ) -> impl std::future::Future<Output = wasmtime::Result<Self::Out>> + Send + 'a;
+}
+
+impl Hook for RequestCtx {
+    type Out = RequestAction;
+    fn call<'a>(
+        f: &'a bindings::Filter,
+        store: &'a mut Store<HostState>,
+        r: Resource<Self>,
+    ) -> impl std::future::Future<Output = wasmtime::Result<RequestAction>> + Send + 'a {
+        f.call_on_request(store, r)
+    }
+}
+
+impl Hook for ResponseCtx {
+    type Out = ();
+    fn call<'a>(
+        f: &'a bindings::Filter,
+        store: &'a mut Store<HostState>,
+        r: Resource<Self>,
+    ) -> impl std::future::Future<Output = wasmtime::Result<()>> + Send + 'a {
+        f.call_on_response(store, r)
     }
 }
 

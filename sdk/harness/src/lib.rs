@@ -91,17 +91,20 @@ impl Harness {
             min_instances: 1,
         };
         Ok(Harness {
-            pool: rt.pool(&compiled, &spec)?,
+            pool: sluice_wasm::block_on(rt.pool(&compiled, &spec))?,
         })
     }
 
-    /// Runs `on-request`.
+    /// Runs `on-request` (on this thread, to completion, as the gateway runs it on a
+    /// worker).
     pub fn on_request(&self, req: http::Request<()>) -> Result<Outcome, FilterError> {
         let (mut parts, ()) = req.into_parts();
-        match self
-            .pool
-            .on_request(&mut parts.method, &mut parts.uri, &mut parts.headers)?
-        {
+        let outcome = sluice_wasm::block_on(self.pool.on_request(
+            &mut parts.method,
+            &mut parts.uri,
+            &mut parts.headers,
+        ))?;
+        match outcome {
             RequestOutcome::Continue => Ok(Outcome::Continue(http::Request::from_parts(parts, ()))),
             RequestOutcome::Respond {
                 status,
@@ -119,8 +122,7 @@ impl Harness {
     /// Runs `on-response`.
     pub fn on_response(&self, resp: http::Response<()>) -> Result<http::Response<()>, FilterError> {
         let (mut parts, ()) = resp.into_parts();
-        self.pool
-            .on_response(&mut parts.status, &mut parts.headers)?;
+        sluice_wasm::block_on(self.pool.on_response(&mut parts.status, &mut parts.headers))?;
         Ok(http::Response::from_parts(parts, ()))
     }
 
