@@ -603,7 +603,8 @@ fn objects_route_traffic_and_get_statuses() {
         let rig = Rig::start("kube-basic").await;
         let filters = TempDir::new("kube-basic-filters");
         install_filters(&filters, &["hello"]);
-        let wasm = filters.0.join("filters/hello.wasm");
+        // Path sources are read only under the folder the operator names.
+        let filter_dir = filters.0.display().to_string();
         let echo = echo_on("198.18.0.10", "echo").await;
         let port = free_port();
         rig.apply(&gateway_yaml(port)).await;
@@ -615,15 +616,22 @@ fn objects_route_traffic_and_get_statuses() {
 kind: WasmFilter
 metadata: {{name: hello, namespace: default}}
 spec:
-  source: {{path: \"{}\"}}
+  source: {{path: filters/hello.wasm}}
   config: {{greeting: kube}}
-",
-            wasm.display()
+"
         ))
         .await;
         rig.apply(&route_yaml("/", true)).await;
         let gw = rig
-            .sluice("replica-a", &["--gateway-service", "default/sluice"])
+            .sluice(
+                "replica-a",
+                &[
+                    "--gateway-service",
+                    "default/sluice",
+                    "--filter-dir",
+                    &filter_dir,
+                ],
+            )
             .await;
 
         let s = rig
