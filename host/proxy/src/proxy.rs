@@ -129,6 +129,9 @@ async fn serve(
     let Some(port) = snap.port(&conn.key) else {
         return no_route();
     };
+    if let Some(why) = host_problem(&req) {
+        return (local(StatusCode::BAD_REQUEST, why), snap.no_route.clone());
+    }
     let host = request_host(&req).unwrap_or_default();
     let Some(listener) = port.listeners.get(&host) else {
         return no_route();
@@ -209,7 +212,7 @@ async fn serve(
         new_host,
     } = st;
 
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let upgrade_value = upgrade
         .as_ref()
@@ -514,8 +517,28 @@ fn next_endpoint(b: &Backend) -> Option<&Authority> {
     }
 }
 
-fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+/// Why a request's Host is not acceptable (RFC 9112 §3.2): an HTTP/1.1 request must carry
+/// exactly one Host (unless its target is in absolute form), and no request two.
+fn host_problem(req: &Request<Incoming>) -> Option<&'static str> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some("more than one Host header\n");
+    }
+    if hosts == 0 && req.version() == Version::HTTP_11 && req.uri().authority().is_none() {
+        return Some("an HTTP/1.1 request needs a Host header\n");
+    }
+    None
+}
+
+/// A WebSocket upgrade: the one protocol switch Sluice forwards. Any other `Upgrade`
+/// (`h2c` among them) is dropped with the other hop-by-hop headers, and the request is
+/// served as the plain request it also is, through routing and filters.
+fn is_websocket_upgrade(h: &HeaderMap) -> bool {
+    h.get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -524,7 +547,8 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any the Connection
-/// header names. `TE: trailers` stays: gRPC needs it end to end.
+/// header names, except Host: a client cannot make the request lose the name it is
+/// routed by. `TE: trailers` stays: gRPC needs it end to end.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -532,6 +556,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| n != header::HOST)
         .collect();
     for n in named {
         h.remove(n);

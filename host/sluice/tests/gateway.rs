@@ -821,3 +821,72 @@ spec:
     }
     assert_eq!(get(taken_port, "h", "/").await.status, StatusCode::OK);
 }
+
+/// Sends `raw` on a new connection and returns the response as text (status line,
+/// headers and body; the request should ask for `Connection: close`).
+async fn raw_request(port: u16, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "no answer to {raw:?}");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_connection_tokens_and_upgrades_are_checked_before_routing() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("http-edges");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with two, is a 400.
+    let r = raw_request(port, "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 400"), "no Host: {r}");
+    let r = raw_request(
+        port,
+        "GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "two Hosts: {r}");
+    // HTTP/1.0 has no Host requirement.
+    let r = raw_request(port, "GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.0 200"), "HTTP/1.0 without Host: {r}");
+
+    // `Connection: Host` does not strip the Host the request is routed by.
+    let r = raw_request(
+        port,
+        "GET /x HTTP/1.1\r\nHost: named.example\r\nConnection: Host, close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains(r#""host":["named.example"]"#),
+        "the backend saw the client's Host: {r}"
+    );
+
+    // An h2c upgrade is not tunnelled past routing and filters: it is served as the
+    // plain HTTP/1.1 request it also is, and the backend sees no Upgrade.
+    let r = raw_request(
+        port,
+        "GET /x HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "h2c upgrade: {r}");
+    assert!(
+        !r.to_ascii_lowercase().contains("\"upgrade\""),
+        "the backend saw an Upgrade header: {r}"
+    );
+}

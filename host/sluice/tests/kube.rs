@@ -611,15 +611,15 @@ fn objects_route_traffic_and_get_statuses() {
         rig.apply(&backend_yaml("echo", echo)).await;
         // The data plane Service, whose cluster IP Gateways report as their address.
         rig.apply("apiVersion: v1\nkind: Service\nmetadata: {name: sluice, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n").await;
-        rig.apply(&format!(
+        rig.apply(
             "apiVersion: sluice.dev/v1alpha1
 kind: WasmFilter
-metadata: {{name: hello, namespace: default}}
+metadata: {name: hello, namespace: default}
 spec:
-  source: {{path: filters/hello.wasm}}
-  config: {{greeting: kube}}
-"
-        ))
+  source: {path: filters/hello.wasm}
+  config: {greeting: kube}
+",
+        )
         .await;
         rig.apply(&route_yaml("/", true)).await;
         let gw = rig
