@@ -4,6 +4,7 @@
 //! Providers produce a [`Resources`]; only the translator reads it.
 #![forbid(unsafe_code)]
 
+mod limits;
 mod load;
 mod types;
 mod validate;

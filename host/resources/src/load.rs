@@ -97,6 +97,18 @@ pub fn load_str(name: &str, text: &str) -> Result<Loaded, LoadErrors> {
     load_many([(name, text)])
 }
 
+/// The fields of Kubernetes' ObjectMeta that Sluice does not read but a manifest may
+/// carry (`kubectl get -o yaml` output, say).
+const OBJECT_META: &[&str] = &[
+    "generateName",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
 const UNKNOWN_FIELD: &str =
     "unknown field; check its spelling and the Gateway API version (v1.6 standard channel)";
 
@@ -204,7 +216,26 @@ fn load_many<'a>(
     }
 }
 
+/// The largest YAML file read (the API server refuses objects over 3 MiB; a file may
+/// hold many).
+pub const MAX_FILE_BYTES: usize = 32 << 20;
+/// The deepest nesting of `[` and `{` in a file. Kubernetes objects nest a few levels;
+/// the YAML parser's time grows with the square of the depth, so this is checked
+/// before parsing.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
 fn split_documents(text: &str) -> Result<Vec<Value>, String> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "the file is {} bytes, more than the {MAX_FILE_BYTES} Sluice reads; split it",
+            text.len()
+        ));
+    }
+    if flow_depth(text) > MAX_FLOW_DEPTH {
+        return Err(format!(
+            "[ and {{ nest more than {MAX_FLOW_DEPTH} deep; no Kubernetes object needs that"
+        ));
+    }
     let mut docs = Vec::new();
     for de in serde_norway::Deserializer::from_str(text) {
         let v = <Value as serde::Deserialize>::deserialize(de)
@@ -212,6 +243,62 @@ fn split_documents(text: &str) -> Result<Vec<Value>, String> {
         docs.push(v);
     }
     Ok(docs)
+}
+
+/// RFC 1123 label, as Kubernetes checks namespace names.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain, as Kubernetes checks most object names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// The deepest nesting of YAML flow collections (`[`, `{`) in `text`, outside quoted
+/// scalars and comments. A bracket in a plain scalar counts too, which can only
+/// overstate the depth of an ordinary file by a level or two.
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut single, mut double, mut escaped, mut comment) = (false, false, false, false);
+    let mut prev = '\n';
+    for c in text.chars() {
+        if comment {
+            comment = c != '\n';
+        } else if double {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                double = false;
+            }
+        } else if single {
+            single = c != '\'';
+        } else {
+            // A quote opens a quoted scalar only where a scalar starts (`it's` is plain).
+            let starts = prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':');
+            match c {
+                '"' if starts => double = true,
+                '\'' if starts => single = true,
+                '#' if prev.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    max
 }
 
 /// Reads one document into its typed struct, recording where it came from.
@@ -292,6 +379,22 @@ fn load_document(
             object,
             Some("metadata.name"),
             "required; give the object a name".into(),
+        ));
+        return;
+    }
+    if !is_dns_subdomain(&name) {
+        errors.push(err(
+            object,
+            Some("metadata.name"),
+            "must be a DNS subdomain: at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit".into(),
+        ));
+        return;
+    }
+    if !namespace.is_empty() && !is_dns_label(&namespace) {
+        errors.push(err(
+            object,
+            Some("metadata.namespace"),
+            "must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit".into(),
         ));
         return;
     }
@@ -441,6 +544,19 @@ fn push<T: DeserializeOwned + HasMeta>(
 ) {
     let location = d.location;
     let object = Some(oref.to_string());
+    // Lists past the CRDs' limits are refused before the object is read further.
+    let too_long = crate::limits::check(&oref.kind, &doc);
+    if !too_long.is_empty() {
+        for (field, message) in too_long {
+            errors.push(LoadError {
+                location: location.to_string(),
+                object: object.clone(),
+                field: Some(field),
+                message,
+            });
+        }
+        return;
+    }
     let mut unknown = Vec::new();
     let parsed: Result<T, _> = serde_path_to_error::deserialize(doc.clone());
     let mut obj = match parsed {
@@ -456,13 +572,19 @@ fn push<T: DeserializeOwned + HasMeta>(
             return;
         }
     };
-    // Second pass only to list fields serde skipped; metadata and status may carry
-    // anything a cluster adds (managedFields, ownerReferences, ...).
+    // Second pass only to list fields serde skipped. Status may carry anything a cluster
+    // wrote; metadata the fields of Kubernetes' ObjectMeta that Sluice does not read.
     if !d.unknown_fields_ok {
         let _: Result<T, _> = serde_ignored::deserialize(doc, |path| {
             let p = field_path(&path);
-            let top = p.split(['.', '[']).next().unwrap_or("");
-            if !matches!(top, "metadata" | "status" | "apiVersion" | "kind") {
+            let mut parts = p.split(['.', '[']);
+            let top = parts.next().unwrap_or("");
+            let known = match top {
+                "status" | "apiVersion" | "kind" => true,
+                "metadata" => parts.next().is_some_and(|f| OBJECT_META.contains(&f)),
+                _ => false,
+            };
+            if !known {
                 unknown.push(p);
             }
         });

@@ -118,12 +118,6 @@ pub fn endpoint_slice(es: &EndpointSlice) -> Problems {
 pub fn http_route(r: &HttpRoute) -> Problems {
     let mut p = Vec::new();
     hostnames(&r.spec.hostnames, &mut p);
-    if r.spec.rules.len() > 16 {
-        p.push((
-            "spec.rules".into(),
-            "at most 16 rules per HTTPRoute; split the route".into(),
-        ));
-    }
     for (ri, rule) in r.spec.rules.iter().enumerate() {
         let rf = |s: &str| format!("spec.rules[{ri}].{s}");
         if let Some(name) = &rule.name
@@ -358,6 +352,9 @@ pub fn parse_quantity(s: &str) -> Result<u64, String> {
 }
 
 fn check_backend(b: &BackendObjectReference, field: &str, p: &mut Problems) {
+    if b.port == Some(0) {
+        p.push((format!("{field}port"), "must be between 1 and 65535".into()));
+    }
     let core = b.group.as_deref().unwrap_or("").is_empty();
     if core && b.kind.as_deref().unwrap_or("Service") == "Service" && b.port.is_none() {
         p.push((
