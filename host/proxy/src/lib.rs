@@ -24,6 +24,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 pub use metrics::Metrics;
+pub use server::ConnectionLimits;
 pub use server::Listeners;
 pub use snapshot::{Snapshot, Socket, WasmPools, build};
 

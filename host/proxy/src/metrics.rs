@@ -50,6 +50,8 @@ pub struct Counters {
     pub reloads_ok: AtomicU64,
     pub reloads_rejected: AtomicU64,
     pub mirror_errors: AtomicU64,
+    /// Connections closed at accept because their listener was at its cap.
+    pub connections_refused: AtomicU64,
 }
 
 /// Per TCPRoute, TLSRoute or UDPRoute: connections (UDP: sessions) and bytes.
@@ -136,6 +138,13 @@ impl Collect for Metrics {
             "Mirrored requests that failed (the primary is unaffected).",
         );
         out.sample(name, &Labels::new(), c.mirror_errors.load(Relaxed));
+        let name = "sluice_connections_refused_total";
+        out.family(
+            name,
+            Type::Counter,
+            "Connections closed at accept because their listener had --max-connections open.",
+        );
+        out.sample(name, &Labels::new(), c.connections_refused.load(Relaxed));
     }
 }
 

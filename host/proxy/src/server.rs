@@ -21,6 +21,31 @@ use crate::snapshot::Socket;
 /// A client gets this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What one client connection may take. Every limit has a flag on `sluice run`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections per listening socket; past it new connections are closed at
+    /// once (and counted), so a flood on one port cannot take every file descriptor.
+    pub max_connections: usize,
+    /// Time from accept (or the end of the TLS handshake) to the complete request head:
+    /// a connection that sends nothing, or a head slowly, is closed. For HTTP/1.1 this
+    /// is also how long a kept-alive connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// HTTP/2: a PING every this often; a connection that does not answer within the
+    /// same time is closed.
+    pub h2_keepalive: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+            h2_keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Open connections, so shutdown can wait for them.
 #[derive(Default)]
 struct Tracker {
@@ -48,15 +73,23 @@ pub struct Listeners {
     http: Arc<auto::Builder<TokioExecutor>>,
     /// UDP sessions end after this long without a datagram either way.
     udp_idle: Duration,
+    limits: ConnectionLimits,
 }
 
 impl Listeners {
     pub fn new(gw: Arc<Gateway>) -> Self {
+        Self::with_limits(gw, ConnectionLimits::default())
+    }
+
+    pub fn with_limits(gw: Arc<Gateway>, limits: ConnectionLimits) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        http.http2().timer(TokioTimer::new());
+            .header_read_timeout(limits.header_timeout);
+        http.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.h2_keepalive)
+            .keep_alive_timeout(limits.h2_keepalive);
         Listeners {
             gw,
             bound: Mutex::new(HashMap::new()),
@@ -64,6 +97,7 @@ impl Listeners {
             tracker: Arc::default(),
             http: Arc::new(http),
             udp_idle: Duration::from_secs(60),
+            limits,
         }
     }
 
@@ -115,6 +149,7 @@ impl Listeners {
                         self.draining.subscribe(),
                         self.tracker.clone(),
                         self.http.clone(),
+                        self.limits,
                     ));
                 }
                 Bound::Udp(socket) => {
@@ -191,6 +226,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     key: SocketAddr,
@@ -199,7 +235,10 @@ async fn accept_loop(
     draining: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
     http: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnectionLimits,
 ) {
+    // This socket's own connections, for its cap.
+    let here = Arc::new(Tracker::default());
     loop {
         let (stream, remote) = tokio::select! {
             _ = stopped.changed() => return,
@@ -213,9 +252,19 @@ async fn accept_loop(
                 }
             },
         };
+        if here.open.load(Ordering::Acquire) >= limits.max_connections {
+            gw.metrics
+                .counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%key, %remote, max = limits.max_connections, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         tracker.open.fetch_add(1, Ordering::AcqRel);
-        let guard = Guard(tracker.clone());
+        here.open.fetch_add(1, Ordering::AcqRel);
+        let guard = (Guard(tracker.clone()), Guard(here.clone()));
         // The snapshot at accept time decides the handshake; a reload (a rotated
         // certificate) applies to the next connection and leaves this one alone.
         let (is_http, tls) = {
@@ -239,6 +288,7 @@ async fn accept_loop(
             match tls {
                 None => {
                     let info = Arc::new(ConnInfo::new(key, remote, None));
+                    let stream = FirstByte::new(stream, limits.header_timeout);
                     serve(TokioIo::new(stream), gw, info, http, draining).await;
                 }
                 Some(acceptor) => {
@@ -264,6 +314,7 @@ async fn accept_loop(
                         .server_name()
                         .map(str::to_ascii_lowercase);
                     let info = Arc::new(ConnInfo::new(key, remote, Some(Tls { sni })));
+                    let stream = FirstByte::new(stream, limits.header_timeout);
                     serve(TokioIo::new(stream), gw, info, http, draining).await;
                 }
             }
@@ -295,4 +346,80 @@ async fn serve<I>(
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// A connection that must send its first byte within a time limit. Until then neither
+/// hyper's HTTP/1 head timer nor HTTP/2 keep-alive runs (the protocol is not known yet),
+/// so without this a connection that sends nothing would be held forever.
+struct FirstByte<I> {
+    inner: I,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstByte<I> {
+    fn new(inner: I, limit: Duration) -> Self {
+        FirstByte {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending => {
+                if let Some(d) = self.deadline.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the header timeout",
+                    )));
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

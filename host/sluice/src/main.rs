@@ -31,6 +31,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve traffic by the Gateway API objects in a YAML file or folder, or in the
@@ -75,6 +77,18 @@ enum Command {
         /// Registries on loopback always use plain HTTP.
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
+        /// Open connections per listening socket; past it new ones are closed at once
+        /// (sluice_connections_refused_total).
+        #[arg(long, default_value = "10000", value_name = "N")]
+        max_connections: usize,
+        /// Time a connection gets from accept (or TLS handshake) to a complete request
+        /// head; also how long an HTTP/1.1 connection may idle between requests.
+        #[arg(long, default_value = "30", value_name = "SECONDS")]
+        header_timeout: u64,
+        /// HTTP/2 connections are PINGed this often and closed when a PING goes
+        /// unanswered as long.
+        #[arg(long, default_value = "30", value_name = "SECONDS")]
+        h2_keepalive: u64,
         /// UDPRoute sessions (one per client address) end after this long without a
         /// datagram either way.
         #[arg(long, default_value = "60", value_name = "SECONDS")]
@@ -204,8 +218,12 @@ fn main() -> ExitCode {
             drain_timeout,
             cache_dir,
             insecure_registries,
+            max_connections,
+            header_timeout,
+            h2_keepalive,
             udp_idle_timeout,
         } => {
+            raise_open_files_limit();
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let cache_dir = cache_dir.or_else(default_cache_dir);
@@ -243,6 +261,11 @@ fn main() -> ExitCode {
                     cache_dir,
                     insecure_registries,
                     udp_idle: Duration::from_secs(udp_idle_timeout),
+                    limits: sluice_proxy::ConnectionLimits {
+                        max_connections: max_connections.max(1),
+                        header_timeout: Duration::from_secs(header_timeout.max(1)),
+                        h2_keepalive: Duration::from_secs(h2_keepalive.max(1)),
+                    },
                 })
                 .await
             })
@@ -308,6 +331,29 @@ fn block_on(workers: usize, fut: impl Future<Output = anyhow::Result<()>>) -> Ex
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each connection takes a
+/// descriptor, and the common soft default (1024) would let about a thousand idle
+/// clients refuse service to everyone.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open files limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 

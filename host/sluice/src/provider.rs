@@ -53,6 +53,7 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub udp_idle: Duration,
+    pub limits: sluice_proxy::ConnectionLimits,
 }
 
 /// Where the objects come from.
@@ -216,6 +217,7 @@ impl App {
             cache_dir,
             insecure_registries,
             udp_idle,
+            limits,
         } = config;
         let metrics = Arc::new(Metrics::default());
         let downloads = Arc::new(Downloads::new(
@@ -263,7 +265,8 @@ impl App {
             .map_err(|e| anyhow!("{}: {e}", loader.from.describe()))?;
         let sockets = snapshot.sockets();
         let gw = Gateway::new(snapshot, metrics);
-        let listeners = Arc::new(Listeners::new(gw.clone()).with_udp_idle_timeout(udp_idle));
+        let listeners =
+            Arc::new(Listeners::with_limits(gw.clone(), limits).with_udp_idle_timeout(udp_idle));
         let state = Arc::new(AdminState::new(gw.clone(), runtime, Vec::new()));
         let mut app = App {
             loader,

@@ -890,3 +890,70 @@ async fn hosts_connection_tokens_and_upgrades_are_checked_before_routing() {
         "the backend saw an Upgrade header: {r}"
     );
 }
+
+/// Reads until the server closes the connection, or `within` passes; true if it closed.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(within, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_silent_ones_are_closed() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("conn-limits");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let gw = Sluice::start(&dir.0, &["--max-connections", "3", "--header-timeout", "2"]).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+
+    // Three silent connections fill the listener; a fourth is closed at once, while the
+    // admin API (a thread of its own, not this listener) still answers.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect().await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = connect().await.expect("the kernel accepts it");
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(1)).await,
+        "a connection past --max-connections is closed"
+    );
+    assert_eq!(
+        admin_get(gw.admin, "/readyz").await.expect("admin").0,
+        StatusCode::OK
+    );
+    let metrics = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains("sluice_connections_refused_total 1"),
+        "{metrics}"
+    );
+
+    // A connection that sends nothing is closed after --header-timeout, which frees
+    // its place.
+    let t = Instant::now();
+    for s in &mut silent {
+        assert!(
+            closed_within(s, Duration::from_secs(10)).await,
+            "a silent connection is closed"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        t.elapsed()
+    );
+    let r = get(port, "h", "/").await;
+    assert_eq!(r.status, StatusCode::OK, "the listener serves again");
+}
