@@ -41,6 +41,8 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     upstream: upstream::Upstream,
+    /// Set when shutdown drains: HTTP/1.1 responses then say `Connection: close`.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -49,6 +51,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(initial),
             metrics,
             upstream: upstream::Upstream::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

@@ -32,6 +32,9 @@ pub(crate) struct ConnInfo {
     pub remote_ip: HeaderValue,
     /// Set when the gateway terminated TLS: the SNI the client sent, lowercase, if any.
     pub tls: Option<Tls>,
+    /// The connection speaks HTTP/2 (seen on its first request); draining then sends
+    /// GOAWAY at once instead of waiting for a request to answer with `close`.
+    pub http2: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Tls {
@@ -47,6 +50,7 @@ impl ConnInfo {
             remote,
             remote_ip,
             tls,
+            http2: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -69,9 +73,19 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let snap = gw.snapshot.load_full();
+    let http2 = req.version() == Version::HTTP_2;
+    if http2 {
+        conn.http2.store(true, Ordering::Relaxed);
+    }
     let (mut resp, stats) = serve(&gw, &snap, &conn, req, start).await;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         *resp.version_mut() = Version::HTTP_11;
+        // Draining: the client learns from this answer to take its next request
+        // elsewhere, instead of finding its kept-alive connection cut.
+        if !http2 && gw.draining.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     stats.record(resp.status().as_u16(), start.elapsed());
     Ok(resp)

@@ -187,6 +187,9 @@ impl Listeners {
         {
             let _ = stop.send(true);
         }
+        self.gw
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.draining.send(true);
         let wait = async {
             loop {
@@ -334,6 +337,7 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = info.remote;
+    let conn_info = info.clone();
     let svc = service_fn(move |req| handle(gw.clone(), info.clone(), req));
     let conn = http.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -344,9 +348,21 @@ async fn serve<I>(
         r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
         _ = draining.changed() => {}
     }
+    // HTTP/2 gets GOAWAY at once. An HTTP/1.1 connection answers its next request with
+    // `Connection: close` (see `handle`) and closes after it; one that sends nothing
+    // within DRAIN_IDLE is closed then.
+    if !conn_info.http2.load(Ordering::Relaxed) {
+        tokio::select! {
+            r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
+            _ = tokio::time::sleep(DRAIN_IDLE) => {}
+        }
+    }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
+
+/// How long a kept-alive HTTP/1.1 connection may stay idle once draining starts.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// A connection that must send its first byte within a time limit. Until then neither
 /// hyper's HTTP/1 head timer nor HTTP/2 keep-alive runs (the protocol is not known yet),

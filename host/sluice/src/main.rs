@@ -66,6 +66,11 @@ enum Command {
         /// Worker threads; defaults to the number of cores. 1 runs everything on one thread.
         #[arg(long)]
         workers: Option<usize>,
+        /// On SIGTERM or Ctrl-C, how long to keep serving (new connections too) with
+        /// /readyz answering 503, so a load balancer can take this replica out before
+        /// the listeners close.
+        #[arg(long, default_value = "0", value_name = "SECONDS")]
+        shutdown_delay: u64,
         /// On SIGTERM or Ctrl-C, how long open connections get to finish.
         #[arg(long, default_value = "30", value_name = "SECONDS")]
         drain_timeout: u64,
@@ -215,6 +220,7 @@ fn main() -> ExitCode {
             filter_dir,
             admin,
             workers,
+            shutdown_delay,
             drain_timeout,
             cache_dir,
             insecure_registries,
@@ -257,6 +263,7 @@ fn main() -> ExitCode {
                     address_pool,
                     filter_dir,
                     admin,
+                    shutdown_delay: Duration::from_secs(shutdown_delay),
                     drain: Duration::from_secs(drain_timeout),
                     cache_dir,
                     insecure_registries,

@@ -48,6 +48,8 @@ pub struct Config {
     /// Kubernetes mode, path sources are refused without it.
     pub filter_dir: Option<PathBuf>,
     pub admin: SocketAddr,
+    /// How long to keep serving after SIGTERM, not ready, before draining.
+    pub shutdown_delay: Duration,
     /// How long open connections get to finish on SIGTERM.
     pub drain: Duration,
     pub cache_dir: Option<PathBuf>,
@@ -213,6 +215,7 @@ impl App {
             address_pool,
             filter_dir,
             admin: admin_addr,
+            shutdown_delay,
             drain,
             cache_dir,
             insecure_registries,
@@ -319,8 +322,12 @@ impl App {
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
-        tracing::info!(timeout = ?drain, "draining connections");
         app.state.ready.store(false, Ordering::Release);
+        if !shutdown_delay.is_zero() {
+            tracing::info!(delay = ?shutdown_delay, "not ready; serving on until the delay ends");
+            tokio::time::sleep(shutdown_delay).await;
+        }
+        tracing::info!(timeout = ?drain, "draining connections");
         // Hand the lease over first, so another replica takes up status writing now.
         let _ = stop_tx.send(true);
         if let Some(e) = election {

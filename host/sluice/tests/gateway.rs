@@ -957,3 +957,94 @@ async fn connections_are_capped_and_silent_ones_are_closed() {
     let r = get(port, "h", "/").await;
     assert_eq!(r.status, StatusCode::OK, "the listener serves again");
 }
+
+/// Sends one request on `s` and reads one response (head and a Content-Length body).
+async fn exchange(s: &mut tokio::net::TcpStream, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response: {text}");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_serving_for_the_delay_then_closes_kept_alive_connections_with_close() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("shutdown-delay");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let mut gw = Sluice::start(&dir.0, &["--shutdown-delay", "2"]).await;
+    let request = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    let mut kept = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let r = exchange(&mut kept, request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    gw.sigterm();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The delay: not ready, yet serving, new connections included.
+    assert_eq!(
+        admin_get(gw.admin, "/readyz").await.expect("admin").0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for _ in 0..5 {
+        let r = get(port, "h", "/").await;
+        assert_eq!(r.status, StatusCode::OK, "served during the shutdown delay");
+    }
+    let r = exchange(&mut kept, request).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && !r.to_ascii_lowercase().contains("connection: close"),
+        "kept alive during the delay: {r}"
+    );
+
+    // Draining (after the 2 s delay): the kept-alive connection's next request is
+    // answered, with `Connection: close`, rather than cut.
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    let r = exchange(&mut kept, request).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "answered while draining: {r}"
+    );
+    assert!(
+        r.to_ascii_lowercase().contains("connection: close"),
+        "told to close: {r}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
