@@ -175,6 +175,11 @@ async fn serve(
     let Some(router) = listener.vhosts.get(&host) else {
         return no_route();
     };
+    // Routes and filters see the normalised path, and so does the backend: a path
+    // spelled another way (`/a/../raw`, `/%72aw`, `//raw`) cannot slip past a rule.
+    if let std::borrow::Cow::Owned(p) = normalize_path(req.uri().path()) {
+        set_path(&mut req, &p);
+    }
     let rule = {
         let uri = req.uri();
         match router.find(uri.path(), req.method(), req.headers(), uri.query()) {
@@ -607,6 +612,64 @@ fn forwarded_headers(h: &mut HeaderMap, conn: &ConnInfo) {
     h.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme()));
 }
 
+/// The path as RFC 3986 §6.2.2 normalises it, as Envoy's `normalize_path` and
+/// `merge_slashes` do: percent-encoded unreserved characters decoded (`%72` is `r`,
+/// other escapes such as `%2F` kept, in upper case), runs of `/` merged, and `.` and
+/// `..` segments removed (never above the root). Borrowed when nothing changes.
+pub(crate) fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let needs = path.contains('%') || path.contains("//") || path.contains("/.");
+    if !needs {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            let c = h * 16 + l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(c as char);
+            } else {
+                decoded.push('%');
+                decoded.push((bytes[i + 1] as char).to_ascii_uppercase());
+                decoded.push((bytes[i + 2] as char).to_ascii_uppercase());
+            }
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i] as char);
+        i += 1;
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = String::with_capacity(decoded.len());
+    for s in &out {
+        p.push('/');
+        p.push_str(s);
+    }
+    if p.is_empty() || (trailing && !p.ends_with('/')) {
+        p.push('/');
+    }
+    if p == path {
+        std::borrow::Cow::Borrowed(path)
+    } else {
+        std::borrow::Cow::Owned(p)
+    }
+}
+
 fn set_path(req: &mut Request<Incoming>, path: &str) {
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
@@ -741,6 +804,30 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        for (raw, want) in [
+            ("/raw/secret", "/raw/secret"),
+            ("/x/../raw/secret", "/raw/secret"),
+            ("/%72aw/secret", "/raw/secret"),
+            ("//raw//secret", "/raw/secret"),
+            ("/./raw/./secret/", "/raw/secret/"),
+            ("/../../raw", "/raw"),
+            ("/a/%2e%2e/raw", "/raw"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a/..", "/"),
+            ("/", "/"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/100%", "/100%"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw}");
+        }
+        assert!(matches!(
+            normalize_path("/plain/path"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn prefix_replacement_is_segment_wise() {

@@ -1048,3 +1048,47 @@ async fn sigterm_keeps_serving_for_the_delay_then_closes_kept_alive_connections_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing_and_sent_upstream_normalised() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("path-normalise");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /raw}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-raw-rule, value: '1'}]}}]
+    backendRefs: [{name: a, port: 80}]
+  - backendRefs: [{name: a, port: 80}]
+",
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+    for spelled in [
+        "/x/../raw/secret",
+        "/%72aw/secret",
+        "//raw/secret",
+        "/raw/./secret",
+    ] {
+        let r = raw_request(
+            port,
+            &format!("GET {spelled} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{spelled}: {r}");
+        assert!(
+            r.contains(r#""x-raw-rule":["1"]"#),
+            "{spelled} went through the /raw rule's filter: {r}"
+        );
+        assert!(
+            r.contains(r#""path":"/raw/secret""#),
+            "{spelled} reached the backend normalised: {r}"
+        );
+    }
+}
