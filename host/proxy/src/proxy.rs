@@ -329,7 +329,14 @@ async fn serve(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
-            let (status, msg) = if e.is_connect() {
+            let (status, msg) = if request_body_failed(&e) {
+                // The client's fault (malformed chunked encoding, or it went away
+                // mid-body), not the backend's: answered and counted as such.
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read\n",
+                )
+            } else if e.is_connect() {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
             } else {
                 (StatusCode::BAD_GATEWAY, "upstream request failed\n")
@@ -517,6 +524,22 @@ fn pick_backend(rule: &Rule) -> Option<&Backend> {
 }
 
 /// Sends `req` on the backend's pool: its own TLS pool, or the shared cleartext one.
+/// Whether an upstream call failed because reading the client's request body failed:
+/// hyper reports an error of the body it was sending as a "user" error.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn send(
     gw: &Gateway,
     backend: &Backend,

@@ -1092,3 +1092,35 @@ async fn paths_are_normalised_before_routing_and_sent_upstream_normalised() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_body_is_the_clients_error_not_the_backends() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("bad-body");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - name: all\n    backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    let r = raw_request(
+        port,
+        "POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.is_empty() || r.starts_with("HTTP/1.1 400"),
+        "a bad chunk size is answered 400 (or the connection closed), never 502: {r}"
+    );
+    let metrics = gw.admin("/metrics").await;
+    assert!(!metrics.contains(r#"code="502""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"sluice_http_requests_total{route="default/r",rule="all",backend="default/a:80",code="400"} 1"#),
+        "{metrics}"
+    );
+}

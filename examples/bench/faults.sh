@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Fault matrix: a healthy route measured alone, then beside each fault: a Wasm filter
+# that traps, loops to its 10 s limit, grows memory past its limit or panics (under
+# load on its own route), 1,000 slowloris connections, 5,000 idle connections, and 100
+# clients that request a large response and never read it. Each row gives the healthy
+# route's rps and p99, the healthy requests that failed (non-2xx and socket errors; it
+# should be 0), and Sluice's RSS. Sluice runs with 2 workers; everything is on 127.0.0.1.
+#
+#   examples/bench/faults.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-5}
+CONNS=${2:-16}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --bin sluice >&2
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p misbehave >&2
+# The floods below hold thousands of sockets in this shell's children.
+ulimit -n 65536 2>/dev/null || true
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+BACKEND=18090 SLUICE=18092 ADMIN=18093
+
+source examples/bench/lib.sh
+head -c $((8 << 20)) /dev/zero > "$work/large.bin"
+nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location /large { alias $work/large.bin; } location / { return 200 'ok'; } }"
+
+mkdir -p "$work/sluice"
+cp filters/target/wasm32-wasip2/release/misbehave.wasm "$work/sluice/"
+{
+  sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"
+  for mode in trap loop grow panic; do
+    limits="{memory: 4Mi, timeout: 20ms}"
+    [ "$mode" = loop ] && limits="{timeout: 10s}"
+    cat <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: $mode, namespace: default}
+spec:
+  source: {path: misbehave.wasm}
+  config: {mode: $mode, path: /$mode}
+  limits: $limits
+---
+YAML
+  done
+  cat <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: faults, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules:
+  - backendRefs: [{name: backend, port: 80}]
+YAML
+  for mode in trap loop grow panic; do
+    cat <<YAML
+  - matches: [{path: {value: /$mode}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: $mode}}]
+    backendRefs: [{name: backend, port: 80}]
+YAML
+  done
+} > "$work/sluice/config.yaml"
+SLUICE_LOG=error ./target/release/sluice run "$work/sluice" --workers 2 --admin 127.0.0.1:$ADMIN \
+  --max-connections 20000 &
+SLUICE_PID=$!
+for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
+
+# flood MODE N SECONDS: holds N connections to Sluice that misbehave in MODE.
+flood() {
+  python3 - "$1" "$2" "$3" "$SLUICE" <<'PY' &
+import socket, sys, time
+mode, n, secs, port = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+socks, end = [], time.time() + secs
+for _ in range(n):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:
+        continue
+    if mode == "slowloris":
+        s.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n")
+    elif mode == "nonreading":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /large HTTP/1.1\r\nHost: h\r\n\r\n")
+    socks.append(s)
+while time.time() < end:
+    if mode == "slowloris":
+        for s in socks:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                pass
+    time.sleep(1)
+PY
+}
+
+# measure LABEL: the healthy route under wrk while the current fault runs.
+measure() {
+  local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/")
+  local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$SLUICE_PID/status")
+  python3 - "$1" "$rss" <<PY
+import re, sys
+label, rss = sys.argv[1], int(sys.argv[2])
+text = """$out"""
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+print(f"{label:28} {rps:9.0f} {p99:8.2f} {failed:7d} {rss / 1024:8.1f}")
+PY
+}
+
+echo "healthy route: wrk -t1 -c$CONNS -d${DURATION}s; sluice --workers 2; RSS at the end of each row"
+printf '%-28s %9s %8s %7s %8s\n' fault rps "p99 ms" failed "RSS MB"
+measure "none"
+for mode in trap loop grow panic; do
+  wrk -t1 -c4 -d"$((DURATION + 1))s" "http://127.0.0.1:$SLUICE/$mode" >/dev/null 2>&1 &
+  sleep 0.5
+  measure "filter $mode (4 conns)"
+  wait $! || true
+done
+flood slowloris 1000 "$((DURATION + 2))"; sleep 1; measure "slowloris x1000"; wait $! || true
+flood idle 5000 "$((DURATION + 2))"; sleep 2; measure "idle connections x5000"; wait $! || true
+flood nonreading 100 "$((DURATION + 2))"; sleep 1; measure "non-reading x100 (8 MiB)"; wait $! || true
+measure "none (after)"
