@@ -36,6 +36,10 @@ pub struct HostState {
     /// Epoch ticks the current call may still run; the call is cut when they run out.
     /// Counted only while the guest runs (see `Pool::call`).
     pub(crate) ticks_left: u64,
+    /// The runtime's lane for calls that run past one tick, and this call's place in
+    /// it while it has one (see `Runtime::slow_lane`).
+    pub(crate) slow_lane: Arc<tokio::sync::Semaphore>,
+    pub(crate) slow_permit: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 /// `StoreLimits`, plus a note of whether the memory limit was what stopped the guest,

@@ -115,6 +115,11 @@ pub struct Runtime {
     /// Per WasmFilter name, for as long as the process lives: its metrics and its
     /// key-value store outlive reloads and upgrades.
     shared: Mutex<BTreeMap<String, Arc<FilterShared>>>,
+    /// Calls that run past one epoch tick continue only while they hold a place here:
+    /// half the cores (at least one). Quick calls never touch it; slow ones (a loop, a
+    /// heavy body) take turns, so they can never occupy every worker thread and the
+    /// routes without such filters keep at least half the machine.
+    slow_lane: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -176,6 +181,9 @@ impl Runtime {
             compiled: Mutex::default(),
             pools: Mutex::default(),
             shared: Mutex::default(),
+            slow_lane: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         }))
     }
 
@@ -403,20 +411,34 @@ impl Pool {
             shared: self.shared.clone(),
             last_error: None,
             ticks_left: ticks(CONFIGURE_TIMEOUT),
+            slow_lane: self.runtime.slow_lane.clone(),
+            slow_permit: Arc::default(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         // At each tick the guest is running: one tick of its budget is spent, and it
         // yields so that other tasks on this thread run. Ticks that pass while it waits
         // to be polled again are not counted: the deadline is set anew on resumption.
+        // A call still running at a tick gives up its place in the slow lane (if it has
+        // one) and waits for a place for its next tick, so slow calls take turns.
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
             s.ticks_left = s.ticks_left.saturating_sub(1);
-            Ok(if s.ticks_left == 0 {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            if s.ticks_left == 0 {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let slot = s.slow_permit.clone();
+            let lane = s.slow_lane.clone();
+            drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    // The semaphore is never closed, so acquiring only waits.
+                    if let Ok(p) = lane.acquire_owned().await {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                    }
+                }),
+            ))
         });
         store.set_epoch_deadline(1);
         let filter = match self.compiled.pre.instantiate_async(&mut store).await {
@@ -507,6 +529,15 @@ impl Pool {
         };
         let borrowed = Resource::<C>::new_borrow(res.rep());
         let result = C::call(&inst.filter, &mut inst.store, borrowed).await;
+        // Leave the slow lane, if the call took a place in it.
+        drop(
+            inst.store
+                .data()
+                .slow_permit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let back = inst.store.data_mut().table.delete(res).ok();
         self.shared.stats.call(start.elapsed());
         match result {
