@@ -822,6 +822,19 @@ spec:
     assert_eq!(get(taken_port, "h", "/").await.status, StatusCode::OK);
 }
 
+/// A gateway on a free port whose HTTPRoute `r` has `spec` (YAML) in front of one echo
+/// backend `a`, started with `args`.
+async fn one_backend(tag: &str, spec: &str, args: &[&str]) -> (Echo, u16, TempDir, Sluice) {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new(tag);
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
+    dir.write("routes.yaml", &route("r", spec));
+    let gw = Sluice::start(&dir.0, args).await;
+    (a, port, dir, gw)
+}
+
 /// Sends `raw` on a new connection and returns the response as text (status line,
 /// headers and body; the request should ask for `Connection: close`).
 async fn raw_request(port: u16, raw: &str) -> String {
@@ -838,19 +851,12 @@ async fn raw_request(port: u16, raw: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_connection_tokens_and_upgrades_are_checked_before_routing() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("http-edges");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
-        ),
-    );
-    let _gw = Sluice::start(&dir.0, &[]).await;
+    let (_a, port, _dir, _gw) = one_backend(
+        "http-edges",
+        "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        &[],
+    )
+    .await;
 
     // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with two, is a 400.
     let r = raw_request(port, "GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").await;
@@ -903,19 +909,12 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_capped_and_silent_ones_are_closed() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("conn-limits");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
-        ),
-    );
-    let gw = Sluice::start(&dir.0, &["--max-connections", "3", "--header-timeout", "2"]).await;
+    let (_a, port, _dir, gw) = one_backend(
+        "conn-limits",
+        "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        &["--max-connections", "3", "--header-timeout", "2"],
+    )
+    .await;
     let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
 
     // Three silent connections fill the listener; a fourth is closed at once, while the
@@ -990,19 +989,12 @@ async fn exchange(s: &mut tokio::net::TcpStream, raw: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_keeps_serving_for_the_delay_then_closes_kept_alive_connections_with_close() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("shutdown-delay");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &service_yaml("a", &a, None));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
-        ),
-    );
-    let mut gw = Sluice::start(&dir.0, &["--shutdown-delay", "2"]).await;
+    let (_a, port, _dir, mut gw) = one_backend(
+        "shutdown-delay",
+        "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        &["--shutdown-delay", "2"],
+    )
+    .await;
     let request = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
     let mut kept = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -1051,25 +1043,18 @@ async fn sigterm_keeps_serving_for_the_delay_then_closes_kept_alive_connections_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_are_normalised_before_routing_and_sent_upstream_normalised() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("path-normalise");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]
+    let (_a, port, _dir, _gw) = one_backend(
+        "path-normalise",
+        "  parentRefs: [{name: gw}]
   rules:
   - matches: [{path: {type: PathPrefix, value: /raw}}]
     filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-raw-rule, value: '1'}]}}]
     backendRefs: [{name: a, port: 80}]
   - backendRefs: [{name: a, port: 80}]
 ",
-        ),
-    );
-    let _gw = Sluice::start(&dir.0, &[]).await;
+        &[],
+    )
+    .await;
     for spelled in [
         "/x/../raw/secret",
         "/%72aw/secret",
@@ -1095,19 +1080,7 @@ async fn paths_are_normalised_before_routing_and_sent_upstream_normalised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_body_is_the_clients_error_not_the_backends() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("bad-body");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]\n  rules:\n  - name: all\n    backendRefs: [{name: a, port: 80}]\n",
-        ),
-    );
-    let gw = Sluice::start(&dir.0, &[]).await;
+    let (_a, port, _dir, gw) = one_backend("bad-body", "  parentRefs: [{name: gw}]\n  rules:\n  - name: all\n    backendRefs: [{name: a, port: 80}]\n", &[]).await;
     let r = raw_request(
         port,
         "POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
