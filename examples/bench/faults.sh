@@ -11,15 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-5}
 CONNS=${2:-16}
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release --bin sluice >&2
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p misbehave >&2
+source examples/bench/lib.sh
+bench_setup misbehave
 # The floods below hold thousands of sockets in this shell's children.
 ulimit -n 65536 2>/dev/null || true
 
@@ -27,7 +20,6 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; rm -rf "$work"' EXIT
 BACKEND=18090 SLUICE=18092 ADMIN=18093
 
-source examples/bench/lib.sh
 head -c $((8 << 20)) /dev/zero > "$work/large.bin"
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location /large { alias $work/large.bin; } location / { return 200 'ok'; } }"
 

@@ -1,4 +1,19 @@
-# Shared by the benchmark scripts: sourced after $work, $BACKEND and $ADMIN are set.
+# Shared by the benchmark scripts. The functions that start processes read $work,
+# $BACKEND and $ADMIN when they are called.
+
+# bench_setup FILTER: wrk and nginx from Debian when missing, then Sluice (release)
+# and the FILTER Wasm filter.
+bench_setup() {
+  local need=()
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v nginx >/dev/null || need+=(nginx-light)
+  if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  cargo build --release --bin sluice >&2
+  rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+  cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p "$1" >&2
+}
 
 # nginx_conf NAME BODY: starts an nginx (one worker) with BODY inside `http {}`.
 nginx_conf() {

@@ -14,21 +14,13 @@ cd "$(dirname "$0")/../.."
 DURATION=${1:-6}
 CONNS=${2:-32}
 ROUNDS=${3:-3}
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx-light)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release --bin sluice >&2
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p headers >&2
+source examples/bench/lib.sh
+bench_setup headers
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; [ -f "$work/proxy.pid" ] && kill "$(cat "$work/proxy.pid")" 2>/dev/null; rm -rf "$work"' EXIT
 BACKEND=18080 NGINX_PROXY=18081 SLUICE=18082 ADMIN=18083
 
-source examples/bench/lib.sh
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
 nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$NGINX_PROXY; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
