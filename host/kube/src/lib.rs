@@ -392,3 +392,25 @@ fn differs(old: &BTreeMap<Key, Value>, new: &BTreeMap<Key, Value>) -> bool {
             .zip(new)
             .any(|((ka, a), (kb, b))| ka != kb || !same_but_status(a, b))
 }
+
+/// The addresses each Gateway (namespace, name) reports in its status.
+pub type Reported = BTreeMap<(String, String), Vec<std::net::IpAddr>>;
+
+/// Reads [`Reported`] from Gateway objects as the API server holds them (for
+/// `--gateway-address-pool`, which keeps the address a Gateway already reports).
+pub fn reported(gateways: &[serde_json::Value]) -> Reported {
+    gateways
+        .iter()
+        .filter_map(|g| {
+            let ns = g.pointer("/metadata/namespace")?.as_str()?.to_string();
+            let name = g.pointer("/metadata/name")?.as_str()?.to_string();
+            let ips = g
+                .pointer("/status/addresses")?
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.get("value")?.as_str()?.parse().ok())
+                .collect();
+            Some(((ns, name), ips))
+        })
+        .collect()
+}

@@ -24,8 +24,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 pub use metrics::Metrics;
-pub use server::ConnectionLimits;
 pub use server::Listeners;
+pub use server::{ConnectionLimits, raise_open_files_limit};
 pub use snapshot::{Snapshot, Socket, WasmPools, build};
 
 /// A body the gateway sends: streamed from a peer, or made here.

@@ -364,6 +364,29 @@ async fn serve<I>(
 /// How long a kept-alive HTTP/1.1 connection may stay idle once draining starts.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
+/// Raises the soft limit on open files to the hard one: each connection takes a
+/// descriptor, and the common soft default (1024) would let about a thousand idle
+/// clients refuse service to everyone.
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open files limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
 /// A connection that must send its first byte within a time limit. Until then neither
 /// hyper's HTTP/1 head timer nor HTTP/2 keep-alive runs (the protocol is not known yet),
 /// so without this a connection that sends nothing would be held forever.

@@ -22,26 +22,7 @@ use std::sync::Mutex;
 use sluice_resources::Resources;
 use sluice_translate::{Assignments, CONTROLLER_NAME, asks_for_address};
 
-/// The addresses each Gateway (namespace, name) reports in its status.
-pub type Reported = BTreeMap<(String, String), Vec<IpAddr>>;
-
-/// Reads [`Reported`] from Gateway objects as the API server holds them.
-pub fn reported(gateways: &[serde_json::Value]) -> Reported {
-    gateways
-        .iter()
-        .filter_map(|g| {
-            let ns = g.pointer("/metadata/namespace")?.as_str()?.to_string();
-            let name = g.pointer("/metadata/name")?.as_str()?.to_string();
-            let ips = g
-                .pointer("/status/addresses")?
-                .as_array()?
-                .iter()
-                .filter_map(|a| a.get("value")?.as_str()?.parse().ok())
-                .collect();
-            Some(((ns, name), ips))
-        })
-        .collect()
-}
+pub use sluice_kube::{Reported, reported};
 
 pub struct AddressPool {
     /// The first and last usable addresses, as numbers.

@@ -229,7 +229,7 @@ fn main() -> ExitCode {
             h2_keepalive,
             udp_idle_timeout,
         } => {
-            raise_open_files_limit();
+            sluice_proxy::raise_open_files_limit();
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let cache_dir = cache_dir.or_else(default_cache_dir);
@@ -338,29 +338,6 @@ fn block_on(workers: usize, fut: impl Future<Output = anyhow::Result<()>>) -> Ex
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Raises the soft limit on open files to the hard one: each connection takes a
-/// descriptor, and the common soft default (1024) would let about a thousand idle
-/// clients refuse service to everyone.
-fn raise_open_files_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current == limit.maximum {
-        return;
-    }
-    let raised = rustix::process::Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::info!(
-            from = ?limit.current,
-            to = ?limit.maximum,
-            "raised the open files limit"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 
