@@ -5,7 +5,8 @@
 //! Modes: `trap` (executes `unreachable`), `loop` (spins forever), `grow` (allocates
 //! until the memory limit), `panic` (a Rust panic), `reject-config` (refuses its
 //! config in `configure`), `sandbox` (tries files, environment, wall clock and
-//! network, and reports what it got in `x-fs`, `x-env`, `x-clock`, `x-net`), `ok`
+//! network, and reports what it got in `x-fs`, `x-env`, `x-clock`, `x-net`),
+//! `slow-start` (spins for some milliseconds in `configure`, then behaves), `ok`
 //! (behaves).
 
 use serde::Deserialize;
@@ -33,6 +34,18 @@ impl Filter for Misbehave {
                 config_error(".mode", "reject-config always refuses its config"),
                 config_error(".path", "and reports a second problem"),
             ]),
+            "slow-start" => {
+                // Long enough to run past several 1 ms epoch ticks, well under the
+                // 1 s configure limit.
+                let mut n: u64 = 0;
+                for _ in 0..20_000_000u64 {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+                Ok(Misbehave {
+                    mode: c.mode,
+                    path: c.path,
+                })
+            }
             "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" => Ok(Misbehave {
                 mode: c.mode,
                 path: c.path,

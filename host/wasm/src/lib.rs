@@ -329,6 +329,12 @@ impl sluice_metrics::Collect for Runtime {
     }
 }
 
+/// Gives back the store's place in the slow lane, if its last guest run took one.
+fn leave_slow_lane(store: &Store<HostState>) {
+    let slot = &store.data().slow_permit;
+    drop(slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+}
+
 fn ticks(d: Duration) -> u64 {
     (d.as_micros().div_ceil(TICK.as_micros()) as u64).max(1) + 1
 }
@@ -447,11 +453,14 @@ impl Pool {
         };
         self.shared.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut inst = Instance { store, filter };
-        match inst
+        let configured = inst
             .filter
             .call_configure(&mut inst.store, &self.spec.config)
-            .await
-        {
+            .await;
+        // A slow start may have taken a place in the slow lane: the instance must not
+        // keep it while it sits in the pool.
+        leave_slow_lane(&inst.store);
+        match configured {
             Ok(Ok(())) => Ok(inst),
             Ok(Err(errors)) => {
                 self.shared.stats.error(ErrorKind::Config);
@@ -529,15 +538,7 @@ impl Pool {
         };
         let borrowed = Resource::<C>::new_borrow(res.rep());
         let result = C::call(&inst.filter, &mut inst.store, borrowed).await;
-        // Leave the slow lane, if the call took a place in it.
-        drop(
-            inst.store
-                .data()
-                .slow_permit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
+        leave_slow_lane(&inst.store);
         let back = inst.store.data_mut().table.delete(res).ok();
         self.shared.stats.call(start.elapsed());
         match result {

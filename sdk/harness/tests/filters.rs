@@ -222,3 +222,42 @@ fn ratelimit_counts_in_the_shared_store_across_instances() {
     .expect("refused");
     assert_eq!(err.config_errors.len(), 2);
 }
+
+/// A filter whose start runs past epoch ticks (and so through the slow lane) must not
+/// keep its place there while it sits in the pool: slow calls after it still run, and
+/// are cut at their own limit.
+#[test]
+fn a_slow_start_does_not_keep_the_slow_lane() {
+    let slow = Harness::load(
+        &wasm("misbehave"),
+        json!({"mode": "slow-start", "path": "/never"}),
+    )
+    .expect("load");
+    // `slow`'s first instance now sits in its pool, unused: it must not hold a place
+    // in the lane (a call on it would give the place back, hiding the leak).
+    let limits = Limits {
+        timeout: std::time::Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let looping = Harness::load_with(
+        &wasm("misbehave"),
+        json!({"mode": "loop", "path": "/bad"}),
+        limits,
+    )
+    .expect("load");
+    // Run on a thread, so a call stuck waiting for the lane fails the test in time.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..3 {
+            let r = looping.on_request(request("/bad")).err().map(|e| e.kind);
+            let _ = tx.send(r);
+        }
+    });
+    for _ in 0..3 {
+        let kind = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a slow call still gets the lane");
+        assert_eq!(kind, Some(ErrorKind::Timeout));
+    }
+    drop(slow);
+}
