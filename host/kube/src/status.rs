@@ -152,14 +152,11 @@ fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatu
         })
         .collect();
     let mut out = Vec::new();
-    for kind in [
-        Kind::HTTPRoute,
-        Kind::GRPCRoute,
-        Kind::TLSRoute,
-        Kind::TCPRoute,
-        Kind::UDPRoute,
-        Kind::BackendTLSPolicy,
-    ] {
+    let with_entries = Kind::ALL
+        .iter()
+        .copied()
+        .filter(|k| k.is_route() || *k == Kind::BackendTLSPolicy);
+    for kind in with_entries {
         let list = if kind.is_route() {
             "parents"
         } else {

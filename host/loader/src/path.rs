@@ -11,8 +11,9 @@ use std::path::{Component, Path};
 
 use sluice_translate::Reason;
 
-/// Components larger than this are refused (the same limit as downloads and pulls).
-pub const MAX_COMPONENT: u64 = 64 << 20;
+/// Components larger than this are refused: the registry client's limit, which
+/// downloads share.
+pub use sluice_oci::MAX_COMPONENT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {

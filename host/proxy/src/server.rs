@@ -77,10 +77,6 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        Self::with_limits(gw, ConnectionLimits::default())
-    }
-
     pub fn with_limits(gw: Arc<Gateway>, limits: ConnectionLimits) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
