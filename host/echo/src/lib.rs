@@ -8,7 +8,8 @@
 //!
 //! - `x-echo-delay-ms: N`: wait N milliseconds before answering;
 //! - `x-echo-status: N`: answer with status N;
-//! - `x-echo-set-header: name: value`: add a response header (repeatable).
+//! - `x-echo-set-header: name: value`: add a response header (repeatable);
+//! - `x-echo-bytes: N`: answer with N bytes of `x` (at most 1 GiB) instead of the JSON.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -85,6 +86,12 @@ async fn answer(
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    // A body of this many bytes instead of the JSON (at most 1 GiB), for tests of large
+    // responses.
+    let filler = h
+        .get("x-echo-bytes")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map(|n| n.min(1 << 30));
     let extra: Vec<(String, String)> = h
         .get_all("x-echo-set-header")
         .iter()
@@ -136,7 +143,11 @@ async fn answer(
         "service": id.service,
         "pod": id.pod,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    let body = match filler {
+        Some(n) => Bytes::from(vec![b'x'; n]),
+        None => Bytes::from(json.to_string()),
+    };
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

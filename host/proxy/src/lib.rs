@@ -5,6 +5,7 @@
 //! on immutable data: no locks, no configuration work, no allocation of routing tables.
 #![forbid(unsafe_code)]
 
+mod client;
 mod cors;
 mod hosts;
 pub mod metrics;
@@ -21,15 +22,15 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
+pub use client::{ConnectionLimits, Streamed};
 pub use metrics::Metrics;
 pub use server::Listeners;
-pub use server::{ConnectionLimits, raise_open_files_limit};
+pub use server::raise_open_files_limit;
 pub use snapshot::{Snapshot, Socket, WasmPools, build};
 
 /// A body the gateway sends: streamed from a peer, or made here.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Streamed, Full<Bytes>>;
 
 /// A snapshot could not be built from the IR; the old one keeps serving.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
 
+use crate::client::{BodyTooSlow, ConnectionLimits, Streamed};
 use crate::cors::Cors;
 use crate::metrics::Stats;
 use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
@@ -35,6 +36,8 @@ pub(crate) struct ConnInfo {
     /// The connection speaks HTTP/2 (seen on its first request); draining then sends
     /// GOAWAY at once instead of waiting for a request to answer with `close`.
     pub http2: std::sync::atomic::AtomicBool,
+    /// The listener's limits; request bodies are held to its body timeout and rate.
+    pub limits: ConnectionLimits,
 }
 
 pub(crate) struct Tls {
@@ -42,7 +45,12 @@ pub(crate) struct Tls {
 }
 
 impl ConnInfo {
-    pub fn new(key: SocketAddr, remote: SocketAddr, tls: Option<Tls>) -> Self {
+    pub fn new(
+        key: SocketAddr,
+        remote: SocketAddr,
+        tls: Option<Tls>,
+        limits: ConnectionLimits,
+    ) -> Self {
         let remote_ip = HeaderValue::from_str(&remote.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo {
@@ -51,6 +59,7 @@ impl ConnInfo {
             remote_ip,
             tls,
             http2: std::sync::atomic::AtomicBool::new(false),
+            limits,
         }
     }
 
@@ -256,6 +265,7 @@ async fn serve(
     }
     forwarded_headers(&mut parts.headers, conn);
 
+    let body = Streamed::client(body, &conn.limits);
     let body: Body = if mirrors.is_empty() {
         Either::Left(body)
     } else {
@@ -329,7 +339,12 @@ async fn serve(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
-            let (status, msg) = if request_body_failed(&e) {
+            let (status, msg) = if causes(&e).any(|c| c.is::<BodyTooSlow>()) {
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body arrived too slowly\n",
+                )
+            } else if request_body_failed(&e) {
                 // The client's fault (malformed chunked encoding, or it went away
                 // mid-body), not the backend's: answered and counted as such.
                 (
@@ -367,7 +382,7 @@ async fn serve(
         c.decorate(origin.as_ref(), &mut parts.headers);
     }
     (
-        Response::from_parts(parts, Either::Left(body)),
+        Response::from_parts(parts, Either::Left(Streamed::upstream(body))),
         backend.stats.clone(),
     )
 }
@@ -523,23 +538,23 @@ fn pick_backend(rule: &Rule) -> Option<&Backend> {
     }
 }
 
-/// Sends `req` on the backend's pool: its own TLS pool, or the shared cleartext one.
+/// `e` and the errors it wraps, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
 /// Whether an upstream call failed because reading the client's request body failed:
 /// hyper reports an error of the body it was sending as a "user" error.
 fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<hyper::Error>()
+    causes(e).any(|c| {
+        c.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_user())
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    })
 }
 
+/// Sends `req` on the backend's pool: its own TLS pool, or the shared cleartext one.
 fn send(
     gw: &Gateway,
     backend: &Backend,

@@ -15,36 +15,12 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, watch};
 
 use crate::Gateway;
+use crate::client::{Activity, ClientIo, ConnectionLimits, InFlight, Tracked};
 use crate::proxy::{ConnInfo, Tls, handle};
 use crate::snapshot::Socket;
 
 /// A client gets this long to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What one client connection may take. Every limit has a flag on `sluice run`.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
-    /// Open connections per listening socket; past it new connections are closed at
-    /// once (and counted), so a flood on one port cannot take every file descriptor.
-    pub max_connections: usize,
-    /// Time from accept (or the end of the TLS handshake) to the complete request head:
-    /// a connection that sends nothing, or a head slowly, is closed. For HTTP/1.1 this
-    /// is also how long a kept-alive connection may sit idle between requests.
-    pub header_timeout: Duration,
-    /// HTTP/2: a PING every this often; a connection that does not answer within the
-    /// same time is closed.
-    pub h2_keepalive: Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            max_connections: 10_000,
-            header_timeout: Duration::from_secs(30),
-            h2_keepalive: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Open connections, so shutdown can wait for them.
 #[derive(Default)]
@@ -286,9 +262,9 @@ async fn accept_loop(
             let _guard = guard;
             match tls {
                 None => {
-                    let info = Arc::new(ConnInfo::new(key, remote, None));
-                    let stream = FirstByte::new(stream, limits.header_timeout);
-                    serve(TokioIo::new(stream), gw, info, http, draining).await;
+                    let info = Arc::new(ConnInfo::new(key, remote, None, limits));
+                    let stream = ClientIo::new(stream, &limits);
+                    serve(TokioIo::new(stream), gw, info, http, draining, limits).await;
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -312,9 +288,9 @@ async fn accept_loop(
                         .1
                         .server_name()
                         .map(str::to_ascii_lowercase);
-                    let info = Arc::new(ConnInfo::new(key, remote, Some(Tls { sni })));
-                    let stream = FirstByte::new(stream, limits.header_timeout);
-                    serve(TokioIo::new(stream), gw, info, http, draining).await;
+                    let info = Arc::new(ConnInfo::new(key, remote, Some(Tls { sni }), limits));
+                    let stream = ClientIo::new(stream, &limits);
+                    serve(TokioIo::new(stream), gw, info, http, draining, limits).await;
                 }
             }
         });
@@ -329,20 +305,43 @@ async fn serve<I>(
     info: Arc<ConnInfo>,
     http: Arc<auto::Builder<TokioExecutor>>,
     mut draining: watch::Receiver<bool>,
+    limits: ConnectionLimits,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = info.remote;
     let conn_info = info.clone();
-    let svc = service_fn(move |req| handle(gw.clone(), info.clone(), req));
+    let activity = Arc::new(Activity::new());
+    let counted = activity.clone();
+    let svc = service_fn(move |req| {
+        let in_flight = InFlight::begin(&counted);
+        let answer = handle(gw.clone(), info.clone(), req);
+        async move {
+            let resp = answer.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+        }
+    });
     let conn = http.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     if *draining.borrow() {
         conn.as_mut().graceful_shutdown();
     }
-    tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
-        _ = draining.changed() => {}
+    // Serve until the connection ends, draining starts, or it has been idle (no request
+    // in flight) for the idle timeout: then HTTP/2 gets GOAWAY and HTTP/1.1 is closed.
+    loop {
+        let idle_at = activity.idle_deadline(limits.idle_timeout);
+        tokio::select! {
+            r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
+            _ = draining.changed() => break,
+            _ = tokio::time::sleep_until(idle_at) => {
+                if activity.idle_for(limits.idle_timeout) {
+                    tracing::debug!(%remote, "idle timeout; closing the connection");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                    return;
+                }
+            }
+        }
     }
     // HTTP/2 gets GOAWAY at once. An HTTP/1.1 connection answers its next request with
     // `Connection: close` (see `handle`) and closes after it; one that sends nothing
@@ -380,81 +379,5 @@ pub fn raise_open_files_limit() {
             "raised the open files limit"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
-    }
-}
-
-/// A connection that must send its first byte within a time limit. Until then neither
-/// hyper's HTTP/1 head timer nor HTTP/2 keep-alive runs (the protocol is not known yet),
-/// so without this a connection that sends nothing would be held forever.
-struct FirstByte<I> {
-    inner: I,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<I> FirstByte<I> {
-    fn new(inner: I, limit: Duration) -> Self {
-        FirstByte {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep(limit))),
-        }
-    }
-}
-
-impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
-            Poll::Pending => {
-                if let Some(d) = self.deadline.as_mut()
-                    && d.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no request within the header timeout",
-                    )));
-                }
-            }
-            _ => {}
-        }
-        r
-    }
-}
-
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

@@ -82,18 +82,8 @@ enum Command {
         /// Registries on loopback always use plain HTTP.
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
-        /// Open connections per listening socket; past it new ones are closed at once
-        /// (sluice_connections_refused_total).
-        #[arg(long, default_value = "10000", value_name = "N")]
-        max_connections: usize,
-        /// Time a connection gets from accept (or TLS handshake) to a complete request
-        /// head; also how long an HTTP/1.1 connection may idle between requests.
-        #[arg(long, default_value = "30", value_name = "SECONDS")]
-        header_timeout: u64,
-        /// HTTP/2 connections are PINGed this often and closed when a PING goes
-        /// unanswered as long.
-        #[arg(long, default_value = "30", value_name = "SECONDS")]
-        h2_keepalive: u64,
+        #[command(flatten)]
+        connections: ConnectionFlags,
         /// UDPRoute sessions (one per client address) end after this long without a
         /// datagram either way.
         #[arg(long, default_value = "60", value_name = "SECONDS")]
@@ -201,6 +191,54 @@ enum FilterCommand {
     },
 }
 
+/// What a client connection may take (docs/operations.md has the table).
+#[derive(clap::Args)]
+struct ConnectionFlags {
+    /// Open connections per listening socket; past it new ones are closed at once
+    /// (sluice_connections_refused_total).
+    #[arg(long, default_value = "10000", value_name = "N")]
+    max_connections: usize,
+    /// Time a connection gets from accept (or TLS handshake) to a complete request
+    /// head; also how long an HTTP/1.1 connection may idle between requests.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    header_timeout: u64,
+    /// HTTP/2 connections are PINGed this often and closed when a PING goes
+    /// unanswered as long.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    h2_keepalive: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with
+    /// GOAWAY).
+    #[arg(long, default_value = "180", value_name = "SECONDS")]
+    idle_timeout: u64,
+    /// A response write the client does not take for this long (it stopped reading)
+    /// closes the connection.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    send_timeout: u64,
+    /// A request body may wait this long for its next bytes, and gets this long before
+    /// --body-min-rate applies; past either it is answered 408. 0 turns both off.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    body_timeout: u64,
+    /// Bytes per second a request body must average once --body-timeout has passed
+    /// since it started; 0 turns the rate off.
+    #[arg(long, default_value = "1024", value_name = "BYTES")]
+    body_min_rate: u64,
+}
+
+impl ConnectionFlags {
+    fn limits(&self) -> sluice_proxy::ConnectionLimits {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        sluice_proxy::ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            header_timeout: secs(self.header_timeout),
+            h2_keepalive: secs(self.h2_keepalive),
+            idle_timeout: secs(self.idle_timeout),
+            send_timeout: secs(self.send_timeout),
+            body_timeout: Duration::from_secs(self.body_timeout),
+            body_min_rate: self.body_min_rate,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -224,9 +262,7 @@ fn main() -> ExitCode {
             drain_timeout,
             cache_dir,
             insecure_registries,
-            max_connections,
-            header_timeout,
-            h2_keepalive,
+            connections,
             udp_idle_timeout,
         } => {
             sluice_proxy::raise_open_files_limit();
@@ -268,11 +304,7 @@ fn main() -> ExitCode {
                     cache_dir,
                     insecure_registries,
                     udp_idle: Duration::from_secs(udp_idle_timeout),
-                    limits: sluice_proxy::ConnectionLimits {
-                        max_connections: max_connections.max(1),
-                        header_timeout: Duration::from_secs(header_timeout.max(1)),
-                        h2_keepalive: Duration::from_secs(h2_keepalive.max(1)),
-                    },
+                    limits: connections.limits(),
                 })
                 .await
             })

@@ -1097,3 +1097,146 @@ async fn a_malformed_request_body_is_the_clients_error_not_the_backends() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_stalled_readers_and_idle_connections_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, port, _dir, gw) = one_backend(
+        "slow-clients",
+        "  parentRefs: [{name: gw}]\n  rules:\n  - name: all\n    backendRefs: [{name: a, port: 80}]\n",
+        &[
+            "--body-timeout",
+            "2",
+            "--body-min-rate",
+            "100",
+            "--send-timeout",
+            "2",
+            "--idle-timeout",
+            "2",
+        ],
+    )
+    .await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let head = "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n";
+
+    // A body dripping one byte every 300 ms (3 B/s, under the 100 B/s minimum) is
+    // answered 408 once the 2 s grace is spent, not held for the whole kilobyte.
+    let mut drip = connect().await.expect("connect");
+    drip.write_all(head.as_bytes()).await.expect("head");
+    let t = Instant::now();
+    let dripping = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        for _ in 0..1000 {
+            if drip.write_all(b"x").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), drip.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(20), dripping)
+        .await
+        .expect("the dripping body is cut")
+        .expect("task");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+    // A body that stops after a few bytes is cut 2 s after its last ones.
+    let mut stalled = connect().await.expect("connect");
+    stalled.write_all(head.as_bytes()).await.expect("head");
+    stalled
+        .write_all(&[b'y'; 500])
+        .await
+        .expect("part of the body");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the stalled body is cut");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // A body sent at full speed is not held to anything.
+    let big = vec![b'z'; 4 << 20];
+    let resp = client()
+        .request(
+            http::Request::post(format!("http://127.0.0.1:{port}/up"))
+                .header("host", "h")
+                .body(http_body_util::Full::new(bytes::Bytes::from(big)))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let r: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(r["bodyLength"], 4 << 20);
+
+    // A client that asks for 64 MiB and reads none of it is cut after the send timeout:
+    // reading afterwards finds only what the socket buffers held, then the end.
+    let mut sink = connect().await.expect("connect");
+    sink.write_all(b"GET /big HTTP/1.1\r\nHost: h\r\nx-echo-bytes: 67108864\r\n\r\n")
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match sink.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection ended");
+    assert!(
+        got < 64 << 20,
+        "a non-reading client was cut ({got} bytes had been sent)"
+    );
+
+    // HTTP/2: a request in flight longer than the idle timeout keeps its connection;
+    // once nothing is in flight for 2 s the connection gets GOAWAY and ends.
+    let tcp = connect().await.expect("connect");
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    let ended = tokio::spawn(conn);
+    let slow = http::Request::get("http://h/slow")
+        .header("x-echo-delay-ms", "3000")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let r = h2.send_request(slow).await.expect("a slow request on h2");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "in flight past the idle timeout"
+    );
+    let idle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .expect("task")
+        .expect("closed cleanly, with GOAWAY");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        idle.elapsed()
+    );
+
+    let metrics = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"sluice_http_requests_total{route="default/r",rule="all",backend="default/a:80",code="408"} 2"#),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,389 @@
+//! What one client may take, and the wrappers that hold it to that: on its socket (a
+//! first byte in time, writes that make progress), on its requests' bodies (a pace), and
+//! on its connection as a whole (requests in flight, for the idle timeout).
+//!
+//! The defaults follow what operators of other proxies expect: a head within 30 s (as
+//! Envoy's `request_headers_timeout` is often set), an idle connection closed after
+//! 180 s (Traefik's `idleTimeout`), a stalled write given 60 s (nginx's `send_timeout`),
+//! a request body that waits at most 60 s for its next bytes (nginx's
+//! `client_body_timeout`) and, past that first minute, averages at least 1 KiB/s (as
+//! Apache's `mod_reqtimeout` `MinRate` does).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::Body;
+
+/// What one client connection may take. Every limit has a flag on `sluice run`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections per listening socket; past it new connections are closed at
+    /// once (and counted), so a flood on one port cannot take every file descriptor.
+    pub max_connections: usize,
+    /// Time from accept (or the end of the TLS handshake) to the complete request head:
+    /// a connection that sends nothing, or a head slowly, is closed. For HTTP/1.1 this
+    /// is also how long a kept-alive connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// HTTP/2: a PING every this often; a connection that does not answer within the
+    /// same time is closed.
+    pub h2_keepalive: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with
+    /// GOAWAY). HTTP/1.1 connections idle between requests meet `header_timeout` first
+    /// unless that is set longer.
+    pub idle_timeout: Duration,
+    /// A write to the client that makes no progress for this long (a client that stopped
+    /// reading its response) closes the connection.
+    pub send_timeout: Duration,
+    /// A request body may wait this long for its next bytes, and is given this long
+    /// before `body_min_rate` applies. Zero turns both off.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must average once `body_timeout` has passed
+    /// since it started; zero turns the rate off.
+    pub body_min_rate: u64,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+            h2_keepalive: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(180),
+            send_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            body_min_rate: 1024,
+        }
+    }
+}
+
+/// A client's socket, held to two deadlines: its first byte must come within the
+/// header timeout (until then neither hyper's HTTP/1 head timer nor HTTP/2 keep-alive
+/// runs, as the protocol is not known yet, so a connection that sends nothing would be
+/// held forever), and a write that cannot proceed (the client stopped reading) fails
+/// after the send timeout, which frees the response it pinned.
+pub(crate) struct ClientIo<I> {
+    inner: I,
+    first_byte: Option<Pin<Box<Sleep>>>,
+    send_timeout: Duration,
+    /// Made at the first stalled write and reset for each later one.
+    write_stall: Option<Pin<Box<Sleep>>>,
+    /// A write is stalled now and `write_stall` runs for it.
+    write_armed: bool,
+}
+
+impl<I> ClientIo<I> {
+    pub fn new(inner: I, limits: &ConnectionLimits) -> Self {
+        ClientIo {
+            inner,
+            first_byte: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
+            send_timeout: limits.send_timeout,
+            write_stall: None,
+            write_armed: false,
+        }
+    }
+
+    /// Passes a write's result through, failing it once writes have made no progress
+    /// for the send timeout.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !r.is_pending() {
+            self.write_armed = false;
+            return r;
+        }
+        if !self.write_armed {
+            let at = Instant::now() + self.send_timeout;
+            match self.write_stall.as_mut() {
+                Some(s) => s.as_mut().reset(at),
+                None => self.write_stall = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.write_armed = true;
+        }
+        if let Some(s) = self.write_stall.as_mut()
+            && s.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing within the send timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
+            Poll::Pending => {
+                if let Some(d) = self.first_byte.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the header timeout",
+                    )));
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch_write(cx, r)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_write(cx, r)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch_write(cx, r)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, r)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+pub(crate) struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` when `in_flight` last fell to zero.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection will have been idle for `limit`, if nothing starts before.
+    /// With a request in flight: `limit` from now (checked again then).
+    pub fn idle_deadline(&self, limit: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + limit;
+        }
+        self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire)) + limit
+    }
+
+    /// No request in flight, and none for at least `limit`.
+    pub fn idle_for(&self, limit: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.idle_deadline(limit) <= Instant::now()
+    }
+}
+
+/// One request in flight on a connection, from its head until its response's last
+/// byte was handed to the connection.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    pub fn begin(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = self.0.born.elapsed().as_millis();
+            self.0
+                .idle_since
+                .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is sent.
+pub(crate) struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    pub fn new(body: Body, in_flight: InFlight) -> Self {
+        Tracked {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A body streamed from a peer: a backend's response, or a client's request body held
+/// to the body timeout and minimum rate.
+pub struct Streamed {
+    inner: Incoming,
+    pace: Option<Box<Pace>>,
+}
+
+/// The request body came too slowly; the request is answered 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within the body timeout or at the minimum rate")]
+pub(crate) struct BodyTooSlow;
+
+struct Pace {
+    timeout: Duration,
+    min_rate: u64,
+    /// Set at the first poll: the clock starts when the body is wanted.
+    start: Option<Instant>,
+    last_progress: Instant,
+    received: u64,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Streamed {
+    /// A backend's body, passed through as it comes.
+    pub fn upstream(inner: Incoming) -> Self {
+        Streamed { inner, pace: None }
+    }
+
+    /// A client's request body, held to `limits`' body timeout and rate.
+    pub fn client(inner: Incoming, limits: &ConnectionLimits) -> Self {
+        let pace = (!limits.body_timeout.is_zero() && !inner.is_end_stream()).then(|| {
+            Box::new(Pace {
+                timeout: limits.body_timeout,
+                min_rate: limits.body_min_rate,
+                start: None,
+                last_progress: Instant::now(),
+                received: 0,
+                timer: None,
+                armed: false,
+            })
+        });
+        Streamed { inner, pace }
+    }
+}
+
+impl Pace {
+    /// The moment the body is too slow if no more bytes come: the gap since the last
+    /// bytes reaches the timeout, or (with a rate) the bytes so far no longer buy time
+    /// past the grace of one timeout.
+    fn deadline(&self, start: Instant) -> Instant {
+        let gap = self.last_progress + self.timeout;
+        if self.min_rate == 0 {
+            return gap;
+        }
+        let bought = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        gap.min(start + self.timeout + bought)
+    }
+}
+
+impl HttpBody for Streamed {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(pace) = this.pace.as_deref_mut() else {
+            return r.map(|f| f.map(|f| f.map_err(Into::into)));
+        };
+        let now = Instant::now();
+        let start = match pace.start {
+            Some(s) => s,
+            None => {
+                pace.last_progress = now;
+                *pace.start.insert(now)
+            }
+        };
+        match r {
+            Poll::Pending => {
+                if !pace.armed {
+                    let at = pace.deadline(start);
+                    match pace.timer.as_mut() {
+                        Some(t) => t.as_mut().reset(at),
+                        None => pace.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                    pace.armed = true;
+                }
+                if let Some(t) = pace.timer.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    pace.received += d.len() as u64;
+                    pace.last_progress = now;
+                    pace.armed = false;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other.map(|f| f.map(|f| f.map_err(Into::into))),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
