@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Fault matrix: a healthy route measured alone, then beside each fault: a Wasm filter
 # that traps, loops to its 10 s limit, grows memory past its limit or panics (under
-# load on its own route), 1,000 slowloris connections, 5,000 idle connections, and 100
-# clients that request a large response and never read it. Each row gives the healthy
-# route's rps and p99, the healthy requests that failed (non-2xx and socket errors; it
-# should be 0), and Sluice's RSS. Sluice runs with 2 workers; everything is on 127.0.0.1.
+# load on its own route), 1,000 slowloris connections, 1,000 request bodies sent a byte
+# a second, 5,000 idle connections, and 100 clients that request a large response and
+# never read it. Each row gives the healthy route's rps and p99, the healthy requests
+# that failed (non-2xx and socket errors; it should be 0), Sluice's RSS, and the slowest
+# of the /readyz probes sent five times a second meanwhile. Sluice runs with 2 workers;
+# everything is on 127.0.0.1.
 #
 #   examples/bench/faults.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
@@ -76,12 +78,14 @@ for _ in range(n):
         continue
     if mode == "slowloris":
         s.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n")
+    elif mode == "slowbody":
+        s.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
     elif mode == "nonreading":
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(b"GET /large HTTP/1.1\r\nHost: h\r\n\r\n")
     socks.append(s)
 while time.time() < end:
-    if mode == "slowloris":
+    if mode in ("slowloris", "slowbody"):
         for s in socks:
             try:
                 s.sendall(b"x")
@@ -91,13 +95,20 @@ while time.time() < end:
 PY
 }
 
-# measure LABEL: the healthy route under wrk while the current fault runs.
+# measure LABEL: the healthy route under wrk, and /readyz five times a second, while
+# the current fault runs.
 measure() {
+  (for _ in $(seq $((DURATION * 5))); do
+    curl -s -o /dev/null -m 5 -w '%{time_total}\n' "127.0.0.1:$ADMIN/readyz"; sleep 0.2
+  done) > "$work/readyz" &
+  local probe=$!
   local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/")
+  wait "$probe" || true
   local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$SLUICE_PID/status")
-  python3 - "$1" "$rss" <<PY
+  local ready; ready=$(sort -g "$work/readyz" | tail -1)
+  python3 - "$1" "$rss" "${ready:-nan}" <<PY
 import re, sys
-label, rss = sys.argv[1], int(sys.argv[2])
+label, rss, ready = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) * 1000
 text = """$out"""
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)$", v or "")
@@ -108,12 +119,12 @@ p99 = ms(p99m.group(1) if p99m else None)
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-print(f"{label:28} {rps:9.0f} {p99:8.2f} {failed:7d} {rss / 1024:8.1f}")
+print(f"{label:28} {rps:9.0f} {p99:8.2f} {failed:7d} {rss / 1024:8.1f} {ready:10.1f}")
 PY
 }
 
 echo "healthy route: wrk -t1 -c$CONNS -d${DURATION}s; sluice --workers 2; RSS at the end of each row"
-printf '%-28s %9s %8s %7s %8s\n' fault rps "p99 ms" failed "RSS MB"
+printf '%-28s %9s %8s %7s %8s %10s\n' fault rps "p99 ms" failed "RSS MB" "readyz max ms"
 measure "none"
 for mode in trap loop grow panic; do
   wrk -t1 -c4 -d"$((DURATION + 1))s" "http://127.0.0.1:$SLUICE/$mode" >/dev/null 2>&1 &
@@ -122,6 +133,7 @@ for mode in trap loop grow panic; do
   wait $! || true
 done
 flood slowloris 1000 "$((DURATION + 2))"; sleep 1; measure "slowloris x1000"; wait $! || true
+flood slowbody 1000 "$((DURATION + 2))"; sleep 1; measure "slow bodies x1000"; wait $! || true
 flood idle 5000 "$((DURATION + 2))"; sleep 2; measure "idle connections x5000"; wait $! || true
 flood nonreading 100 "$((DURATION + 2))"; sleep 1; measure "non-reading x100 (8 MiB)"; wait $! || true
 measure "none (after)"
