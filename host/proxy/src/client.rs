@@ -31,6 +31,8 @@ pub struct ConnectionLimits {
     /// Open connections per listening socket; past it new connections are closed at
     /// once (and counted), so a flood on one port cannot take every file descriptor.
     pub max_connections: usize,
+    /// Time from accept to the end of the TLS handshake, on TLS listeners.
+    pub handshake_timeout: Duration,
     /// Time from accept (or the end of the TLS handshake) to the complete request head:
     /// a connection that sends nothing, or a head slowly, is closed. For HTTP/1.1 this
     /// is also how long a kept-alive connection may sit idle between requests.
@@ -57,6 +59,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
             h2_keepalive: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(180),

@@ -19,9 +19,6 @@ use crate::client::{Activity, ClientIo, ConnectionLimits, InFlight, Tracked};
 use crate::proxy::{ConnInfo, Tls, handle};
 use crate::snapshot::Socket;
 
-/// A client gets this long to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Open connections, so shutdown can wait for them.
 #[derive(Default)]
 struct Tracker {
@@ -268,7 +265,7 @@ async fn accept_loop(
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
+                        limits.handshake_timeout,
                         acceptor.accept(stream),
                     )
                     .await

@@ -198,6 +198,9 @@ struct ConnectionFlags {
     /// (sluice_connections_refused_total).
     #[arg(long, default_value = "10000", value_name = "N")]
     max_connections: usize,
+    /// Time a TLS connection gets from accept to the end of its handshake.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    tls_handshake_timeout: u64,
     /// Time a connection gets from accept (or TLS handshake) to a complete request
     /// head; also how long an HTTP/1.1 connection may idle between requests.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
@@ -229,6 +232,7 @@ impl ConnectionFlags {
         let secs = |s: u64| Duration::from_secs(s.max(1));
         sluice_proxy::ConnectionLimits {
             max_connections: self.max_connections.max(1),
+            handshake_timeout: secs(self.tls_handshake_timeout),
             header_timeout: secs(self.header_timeout),
             h2_keepalive: secs(self.h2_keepalive),
             idle_timeout: secs(self.idle_timeout),

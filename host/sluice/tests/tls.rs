@@ -29,6 +29,10 @@ struct Setup {
 }
 
 async fn setup(tag: &str) -> Setup {
+    setup_with(tag, &[]).await
+}
+
+async fn setup_with(tag: &str, args: &[&str]) -> Setup {
     let echo = echo("a").await;
     let port = free_port();
     let dir = TempDir::new(tag);
@@ -48,7 +52,7 @@ async fn setup(tag: &str) -> Setup {
         "routes.yaml",
         &route("  - matches: [{path: {value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n  - backendRefs: [{name: a, port: 80}]\n"),
     );
-    let gw = Sluice::start(&dir.0, &[]).await;
+    let gw = Sluice::start(&dir.0, args).await;
     Setup {
         port,
         dir,
@@ -386,7 +390,7 @@ async fn http2_over_tls_and_h2c_forward_trailers_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
-    let s = setup("tls-bad-clients").await;
+    let s = setup_with("tls-bad-clients", &["--tls-handshake-timeout", "2"]).await;
     // A client speaking plain HTTP to the HTTPS port, and one that stalls mid-handshake.
     let (out, _) = {
         let o = Command::new("curl")
@@ -405,9 +409,10 @@ async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
         (String::from_utf8_lossy(&o.stdout).into_owned(), ())
     };
     assert_eq!(out, "000", "plain HTTP on an HTTPS port gets no answer");
-    let _stalled = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
         .await
         .expect("connect");
+    let stalled_at = Instant::now();
     // Meanwhile a good client is served at once.
     let start = Instant::now();
     let (out, err) = curl(
@@ -418,6 +423,22 @@ async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
     );
     assert_eq!(out, "200", "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
+    // The stalled handshake is closed after --tls-handshake-timeout.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut stalled, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the stalled handshake was not closed: {read:?}"
+    );
+    let waited = stalled_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
