@@ -88,6 +88,11 @@ enum Command {
         /// datagram either way.
         #[arg(long, default_value = "60", value_name = "SECONDS")]
         udp_idle_timeout: u64,
+        /// Log lines per second each WasmFilter may write (its own and the gateway's
+        /// about its failures); the rest are counted in
+        /// sluice_wasm_log_lines_dropped_total.
+        #[arg(long, default_value = "100", value_name = "N")]
+        filter_log_lines: u64,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     Check { path: PathBuf },
@@ -268,6 +273,7 @@ fn main() -> ExitCode {
             insecure_registries,
             connections,
             udp_idle_timeout,
+            filter_log_lines,
         } => {
             sluice_proxy::raise_open_files_limit();
             let workers = workers
@@ -309,6 +315,7 @@ fn main() -> ExitCode {
                     insecure_registries,
                     udp_idle: Duration::from_secs(udp_idle_timeout),
                     limits: connections.limits(),
+                    filter_log_lines,
                 })
                 .await
             })

@@ -56,6 +56,8 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub udp_idle: Duration,
     pub limits: sluice_proxy::ConnectionLimits,
+    /// Log lines per second each Wasm filter may write.
+    pub filter_log_lines: u64,
 }
 
 /// Where the objects come from.
@@ -221,6 +223,7 @@ impl App {
             insecure_registries,
             udp_idle,
             limits,
+            filter_log_lines,
         } = config;
         let metrics = Arc::new(Metrics::default());
         let downloads = Arc::new(Downloads::new(
@@ -236,6 +239,7 @@ impl App {
         );
         let runtime =
             Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
+        runtime.set_log_lines_per_second(filter_log_lines);
         let loader = Arc::new(Loader {
             from,
             bind_address,

@@ -18,6 +18,15 @@ fn wasm_filter(name: &str, file: &str, extra: &str) -> String {
 }
 
 async fn setup(tag: &str, filters: &[String], rules: &str) -> (Echo, u16, TempDir, Sluice) {
+    setup_with(tag, filters, rules, &[]).await
+}
+
+async fn setup_with(
+    tag: &str,
+    filters: &[String],
+    rules: &str,
+    args: &[&str],
+) -> (Echo, u16, TempDir, Sluice) {
     let a = echo("a").await;
     let port = free_port();
     let dir = TempDir::new(tag);
@@ -27,11 +36,9 @@ async fn setup(tag: &str, filters: &[String], rules: &str) -> (Echo, u16, TempDi
     dir.write("filters.yaml", &filters.join("---\n"));
     dir.write("routes.yaml", &route(rules));
     let cache = dir.0.join("cache");
-    let gw = Sluice::start(
-        &dir.0,
-        &["--cache-dir", cache.to_str().expect("utf-8 path")],
-    )
-    .await;
+    let mut all = vec!["--cache-dir", cache.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let gw = Sluice::start(&dir.0, &all).await;
     (a, port, dir, gw)
 }
 
@@ -597,4 +604,48 @@ async fn a_looping_filter_holds_no_worker_and_stalls_no_other_route_or_the_admin
     let metrics = gw.admin("/metrics").await;
     let line = r#"sluice_wasm_errors_total{filter="default/loop",kind="timeout"} 2"#;
     assert!(metrics.contains(line), "missing {line}\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_fails_on_every_request_cannot_flood_the_log() {
+    let (_a, port, _dir, gw) = setup_with(
+        "wasm-log-budget",
+        &[wasm_filter(
+            "panic",
+            "misbehave",
+            "  config: {mode: panic, path: /panic}\n",
+        )],
+        &format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("panic")
+        ),
+        &["--filter-log-lines", "3"],
+    )
+    .await;
+    // 40 failing calls over two seconds or more: each would log the guest's panic and
+    // the gateway's line about the failure.
+    let start = Instant::now();
+    for _ in 0..40 {
+        assert_eq!(
+            get(port, "h", "/panic").await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = start.elapsed().as_secs() + 2;
+    let logs = gw.logs();
+    let written = logs.matches("panicking on purpose").count() as u64;
+    assert!(written >= 1, "the first failures are logged\n{logs}");
+    assert!(
+        written <= 3 * seconds,
+        "{written} panic lines in {seconds} s with a budget of 3 a second\n{logs}"
+    );
+    assert!(
+        logs.contains("log lines of this filter were dropped"),
+        "the drops are reported\n{logs}"
+    );
+    let dropped = gw
+        .metric(r#"sluice_wasm_log_lines_dropped_total{filter="default/panic"}"#)
+        .await;
+    assert!(dropped >= 40, "{dropped} lines dropped");
 }

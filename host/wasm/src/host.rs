@@ -305,16 +305,20 @@ impl types::HostResponse for HostState {
 
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        if level == log::Level::Error {
+            // Kept for the failure report even when the line itself is not written.
+            self.last_error = Some(message.chars().take(1024).collect());
+        }
+        if !self.shared.may_log() {
+            return Ok(());
+        }
         let filter = &self.shared.name;
         match level {
             log::Level::Trace => tracing::trace!(%filter, "{message}"),
             log::Level::Debug => tracing::debug!(%filter, "{message}"),
             log::Level::Info => tracing::info!(%filter, "{message}"),
             log::Level::Warn => tracing::warn!(%filter, "{message}"),
-            log::Level::Error => {
-                tracing::error!(%filter, "{message}");
-                self.last_error = Some(message.chars().take(1024).collect());
-            }
+            log::Level::Error => tracing::error!(%filter, "{message}"),
         }
         Ok(())
     }

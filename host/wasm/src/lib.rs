@@ -23,7 +23,7 @@ pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,29 @@ pub struct FilterShared {
     pub name: String,
     pub stats: Arc<FilterStats>,
     kv: kv::Kv,
+    /// Log lines per second this filter may write (`Runtime::set_log_lines_per_second`).
+    log_lines_per_second: u64,
+}
+
+impl FilterShared {
+    /// Whether one more line about this filter may be logged now. The first line after
+    /// some were dropped says how many.
+    pub(crate) fn may_log(&self) -> bool {
+        match self.stats.log_permit(self.log_lines_per_second) {
+            stats::LogPermit::Write { dropped_before } => {
+                if dropped_before > 0 {
+                    tracing::warn!(
+                        filter = %self.name,
+                        dropped = dropped_before,
+                        limit = self.log_lines_per_second,
+                        "log lines of this filter were dropped past its per-second budget"
+                    );
+                }
+                true
+            }
+            stats::LogPermit::Drop => false,
+        }
+    }
 }
 
 /// A component compiled for this engine and linked: instantiation is all that is left.
@@ -120,6 +143,8 @@ pub struct Runtime {
     /// heavy body) take turns, so they can never occupy every worker thread and the
     /// routes without such filters keep at least half the machine.
     slow_lane: Arc<tokio::sync::Semaphore>,
+    /// Copied into each filter's `FilterShared` when it is first seen.
+    log_lines_per_second: AtomicU64,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -184,7 +209,14 @@ impl Runtime {
             slow_lane: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             )),
+            log_lines_per_second: AtomicU64::new(stats::LOG_LINES_PER_SECOND),
         }))
+    }
+
+    /// Sets how many log lines per second each filter may write (default
+    /// [`stats::LOG_LINES_PER_SECOND`]); call it before any filter is loaded.
+    pub fn set_log_lines_per_second(&self, n: u64) {
+        self.log_lines_per_second.store(n, Ordering::Relaxed);
     }
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
@@ -272,6 +304,7 @@ impl Runtime {
                     name: name.to_string(),
                     stats: Arc::default(),
                     kv: kv::Kv::default(),
+                    log_lines_per_second: self.log_lines_per_second.load(Ordering::Relaxed),
                 })
             })
             .clone()
@@ -499,7 +532,9 @@ impl Pool {
             _ => format!("{e}"),
         };
         self.shared.stats.error(kind);
-        tracing::warn!(filter = %self.spec.name, kind = kind.as_str(), "{message}");
+        if self.shared.may_log() {
+            tracing::warn!(filter = %self.spec.name, kind = kind.as_str(), "{message}");
+        }
         FilterError {
             kind,
             message,

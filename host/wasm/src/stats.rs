@@ -42,6 +42,7 @@ impl ErrorKind {
 
 pub struct FilterStats {
     pub calls: AtomicU64,
+    log: LogBudget,
     errors: [AtomicU64; 4],
     pub skipped: AtomicU64,
     pub instances: AtomicI64,
@@ -54,6 +55,7 @@ impl Default for FilterStats {
     fn default() -> Self {
         FilterStats {
             calls: AtomicU64::new(0),
+            log: LogBudget::default(),
             errors: Default::default(),
             skipped: AtomicU64::new(0),
             instances: AtomicI64::new(0),
@@ -72,7 +74,63 @@ fn valid_metric_name(n: &str) -> bool {
         && !n.as_bytes()[0].is_ascii_digit()
 }
 
+/// Lines one filter may put in the gateway's log per second by default: its own `log`
+/// calls and the gateway's lines about its failures. A filter that logs (or fails) on
+/// every request would otherwise flood the log and spend the gateway's CPU on it.
+pub const LOG_LINES_PER_SECOND: u64 = 100;
+
+/// A per-second budget of log lines; lines past it are counted, not written.
+#[derive(Default)]
+struct LogBudget {
+    /// The second (since the process started) the budget is counted in.
+    window: AtomicU64,
+    used: AtomicU64,
+    /// Dropped since the last line that reported drops.
+    unreported: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Whether a log line may be written.
+pub(crate) enum LogPermit {
+    /// Write it; first say that this many earlier lines were dropped, if any.
+    Write {
+        dropped_before: u64,
+    },
+    Drop,
+}
+
+fn seconds_since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+}
+
 impl FilterStats {
+    /// Takes one line from this second's budget of `per_second` lines.
+    pub(crate) fn log_permit(&self, per_second: u64) -> LogPermit {
+        let b = &self.log;
+        let now = seconds_since_start();
+        let w = b.window.load(Relaxed);
+        if w != now && b.window.compare_exchange(w, now, Relaxed, Relaxed).is_ok() {
+            b.used.store(0, Relaxed);
+        }
+        if b.used.fetch_add(1, Relaxed) < per_second {
+            LogPermit::Write {
+                dropped_before: b.unreported.swap(0, Relaxed),
+            }
+        } else {
+            b.unreported.fetch_add(1, Relaxed);
+            b.dropped.fetch_add(1, Relaxed);
+            LogPermit::Drop
+        }
+    }
+
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log.dropped.load(Relaxed)
+    }
+
     pub fn call(&self, elapsed: Duration) {
         self.calls.fetch_add(1, Relaxed);
         self.latency.observe_duration(elapsed);
@@ -119,7 +177,7 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
     }
     let label = |f: &str| Labels::new().with("filter", f);
     type Value = fn(&FilterStats) -> i64;
-    let simple: [(&str, Type, &str, Value); 2] = [
+    let simple: [(&str, Type, &str, Value); 3] = [
         (
             "sluice_wasm_calls_total",
             Type::Counter,
@@ -131,6 +189,12 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
             Type::Counter,
             "Requests on which a failing FailOpen filter was skipped.",
             |s| s.skipped.load(Relaxed) as i64,
+        ),
+        (
+            "sluice_wasm_log_lines_dropped_total",
+            Type::Counter,
+            "Log lines of the filter (its own, and the gateway's about its failures) dropped past its per-second budget.",
+            |s| s.log_lines_dropped() as i64,
         ),
     ];
     for (name, kind, help, value) in simple {
