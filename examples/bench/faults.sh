@@ -95,8 +95,9 @@ while time.time() < end:
 PY
 }
 
-# measure LABEL: the healthy route under wrk, and /readyz five times a second, while
-# the current fault runs.
+# measure LABEL [FAULT_PID]: the healthy route under wrk, and /readyz five times a
+# second, while the current fault runs; FAULT_PID is a wrk on the faulty route, whose
+# rps (in $work/fault.out) goes in the row.
 measure() {
   (for _ in $(seq $((DURATION * 5))); do
     curl -s -o /dev/null -m 5 -w '%{time_total}\n' "127.0.0.1:$ADMIN/readyz"; sleep 0.2
@@ -106,9 +107,13 @@ measure() {
   wait "$probe" || true
   local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$SLUICE_PID/status")
   local ready; ready=$(sort -g "$work/readyz" | tail -1)
-  python3 - "$1" "$rss" "${ready:-nan}" <<PY
+  local faulty=""
+  if [ -n "${2:-}" ]; then wait "$2" || true; faulty=$(cat "$work/fault.out"); fi
+  python3 - "$1" "$rss" "${ready:-nan}" "$faulty" <<PY
 import re, sys
 label, rss, ready = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) * 1000
+faulty = re.search(r"Requests/sec:\s+([\d.]+)", sys.argv[4])
+faulty = f"{float(faulty.group(1)):.0f}" if faulty else "-"
 text = """$out"""
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)$", v or "")
@@ -119,18 +124,19 @@ p99 = ms(p99m.group(1) if p99m else None)
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-print(f"{label:28} {rps:9.0f} {p99:8.2f} {failed:7d} {rss / 1024:8.1f} {ready:10.1f}")
+print(f"{label:28} {rps:9.0f} {p99:8.2f} {failed:7d} {rss / 1024:8.1f} {ready:10.1f} {faulty:>12}")
 PY
 }
 
 echo "healthy route: wrk -t1 -c$CONNS -d${DURATION}s; sluice --workers 2; RSS at the end of each row"
-printf '%-28s %9s %8s %7s %8s %10s\n' fault rps "p99 ms" failed "RSS MB" "readyz max ms"
+printf '%-28s %9s %8s %7s %8s %10s %12s\n' fault rps "p99 ms" failed "RSS MB" "readyz max ms" "faulty rps"
 measure "none"
 for mode in trap loop grow panic; do
-  wrk -t1 -c4 -d"$((DURATION + 1))s" "http://127.0.0.1:$SLUICE/$mode" >/dev/null 2>&1 &
+  # The faulty route's own load; its rps goes beside the healthy route's.
+  wrk -t1 -c4 -d"$((DURATION + 1))s" "http://127.0.0.1:$SLUICE/$mode" > "$work/fault.out" 2>&1 &
+  fault_pid=$!
   sleep 0.5
-  measure "filter $mode (4 conns)"
-  wait $! || true
+  measure "filter $mode (4 conns)" "$fault_pid"
 done
 flood slowloris 1000 "$((DURATION + 2))"; sleep 1; measure "slowloris x1000"; wait $! || true
 flood slowbody 1000 "$((DURATION + 2))"; sleep 1; measure "slow bodies x1000"; wait $! || true
