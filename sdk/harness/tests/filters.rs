@@ -33,8 +33,21 @@ fn continued(o: Outcome) -> http::Request<()> {
 
 #[test]
 fn headers_filter_changes_request_and_response_headers() {
+    check_headers_filter(&wasm("headers"));
+}
+
+/// A `sluice:filter@0.1.0` component built once and committed (tests/fixtures): later
+/// hosts must keep running filters that nobody rebuilds.
+#[test]
+fn a_committed_0_1_component_keeps_working() {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/headers-0.1.0.wasm");
+    check_headers_filter(&fixture);
+}
+
+fn check_headers_filter(wasm: &std::path::Path) {
     let f = Harness::load(
-        &wasm("headers"),
+        wasm,
         json!({
             "request": {"set": {"x-env": "prod"}, "add": {"x-debug": "2"}, "remove": ["x-drop"]},
             "response": {"set": {"cache-control": "no-store"}, "remove": ["server"]}
