@@ -29,8 +29,12 @@
 //! ```
 //!
 //! The gateway keeps a pool of instances per WasmFilter. One instance handles one call
-//! at a time, but the `on_request` and `on_response` of one request may run in
-//! different instances: keep per-request state in headers, shared state in [`kv`].
+//! at a time, and the `on_request` and `on_response` of one request may run in
+//! different instances: keep per-request state in [`context`] (or headers), shared
+//! state in [`kv`], never in globals.
+//!
+//! Filters built with this SDK speak `sluice:filter@0.2.0` (see `wit/filter.wit`); the
+//! gateway also runs components built for 0.1.
 //!
 //! Nothing here unwraps a host result: host calls that can fail return `Result`.
 //! A panic in a filter traps its instance; the gateway applies the WasmFilter's
@@ -41,15 +45,17 @@ use std::sync::OnceLock;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "filter",
+        world: "sluice:filter/filter@0.2.0",
         path: "../wit",
+        // The 0.1 interfaces 0.2 imports unchanged are generated here too.
+        generate_all,
         default_bindings_module: "sluice_sdk::bindings",
         pub_export_macro: true,
         export_macro_name: "__export_filter_world",
     });
 }
 
-use bindings::sluice::filter::types;
+use bindings::sluice::filter0_1_0::types;
 
 /// The request being filtered. Read and change it with its methods: `method`,
 /// `path`, `query`, `authority`, `get_header`, `set_header`, `append_header`,
@@ -136,7 +142,7 @@ pub trait Filter: Sized + Send + Sync + 'static {
 
 /// Writes to the gateway's log, tagged with the WasmFilter's name.
 pub mod log {
-    use crate::bindings::sluice::filter::log::{Level, write};
+    use crate::bindings::sluice::filter0_1_0::log::{Level, write};
     pub fn trace(message: &str) {
         write(Level::Trace, message)
     }
@@ -158,17 +164,17 @@ pub mod log {
 pub mod metrics {
     /// Adds to the counter `sluice_filter_<name>_total`. `name` must match `[a-z_][a-z0-9_]*`.
     pub fn counter_add(name: &str, value: u64) {
-        crate::bindings::sluice::filter::metrics::counter_add(name, value)
+        crate::bindings::sluice::filter0_1_0::metrics::counter_add(name, value)
     }
     /// Records one observation in the histogram `sluice_filter_<name>`.
     pub fn histogram_observe(name: &str, value: f64) {
-        crate::bindings::sluice::filter::metrics::histogram_observe(name, value)
+        crate::bindings::sluice::filter0_1_0::metrics::histogram_observe(name, value)
     }
 }
 
 /// A key-value store shared by all instances of this WasmFilter, with TTLs.
 pub mod kv {
-    use crate::bindings::sluice::filter::kv;
+    use crate::bindings::sluice::filter0_1_0::kv;
     use std::time::Duration;
 
     fn ms(ttl: Option<Duration>) -> Option<u64> {
@@ -191,11 +197,55 @@ pub mod kv {
     }
 }
 
+/// State kept for the current request, across this filter's hooks: what `on_request`
+/// stores, `on_response` of the same request reads, whichever instances run them.
+/// Values belong to this WasmFilter and this request, and go when the request ends. A
+/// request's context holds at most 64 keys and 64 KiB of keys and values together.
+///
+/// ```ignore
+/// fn on_request(&self, req: &Request) -> Action {
+///     let _ = context::set_json("started", &clock::monotonic_now());
+///     Action::Continue
+/// }
+/// fn on_response(&self, resp: &Response) {
+///     if let Some(t) = context::get_json::<u64>("started") { /* ... */ }
+/// }
+/// ```
+pub mod context {
+    use crate::bindings::sluice::filter0_2_0::context;
+
+    /// The context is at its limit (64 keys, 64 KiB).
+    pub use context::ContextError;
+
+    /// The bytes stored under `key` for this request.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        context::get(key)
+    }
+    /// Stores `value` under `key` for this request, replacing what was there.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), ContextError> {
+        context::set(key, value)
+    }
+    /// Removes `key`.
+    pub fn remove(key: &str) {
+        context::remove(key)
+    }
+    /// The value stored under `key` by [`set_json`], if it is there and parses as `T`.
+    pub fn get_json<T: serde::de::DeserializeOwned>(key: &str) -> Option<T> {
+        serde_json::from_slice(&get(key)?).ok()
+    }
+    /// Stores `value` as JSON under `key`.
+    pub fn set_json<T: serde::Serialize>(key: &str, value: &T) -> Result<(), ContextError> {
+        // Serializing plain data to a Vec does not fail; a type whose Serialize does is
+        // stored as nothing rather than panicking in the filter.
+        set(key, &serde_json::to_vec(value).unwrap_or_default())
+    }
+}
+
 /// A monotonic clock (there is no wall clock).
 pub mod clock {
     /// Nanoseconds since a fixed point in the past.
     pub fn monotonic_now() -> u64 {
-        crate::bindings::sluice::filter::clock::monotonic_now()
+        crate::bindings::sluice::filter0_1_0::clock::monotonic_now()
     }
 }
 
@@ -269,7 +319,7 @@ macro_rules! export {
                 }
                 fn on_request(
                     request: &$crate::Request,
-                ) -> $crate::bindings::sluice::filter::types::RequestAction {
+                ) -> $crate::bindings::sluice::filter0_1_0::types::RequestAction {
                     $crate::__private::on_request::<$filter>(&FILTER, request)
                 }
                 fn on_response(response: &$crate::Response) {

@@ -234,7 +234,7 @@ async fn serve(
         return (resp, backend.stats.clone());
     }
     let FilterRun {
-        steps,
+        mut steps,
         cors,
         mirrors,
         new_host,
@@ -375,7 +375,7 @@ async fn serve(
         strip_hop_by_hop(resp.headers_mut());
     }
     let (mut parts, body) = resp.into_parts();
-    if !response_filters(&steps, &mut parts.status, &mut parts.headers).await {
+    if !response_filters(&mut steps, &mut parts.status, &mut parts.headers).await {
         return (filter_failed(), backend.stats.clone());
     }
     if let Some((c, origin)) = cors {
@@ -396,10 +396,11 @@ struct FilterRun<'a> {
     new_host: Option<String>,
 }
 
-/// A filter that also acts on the response; they run in reverse order.
+/// A filter that also acts on the response; they run in reverse order. A Wasm filter
+/// carries what it keeps for this request (its 0.2 context) from `on-request` on.
 enum ResponseStep<'a> {
     Headers(&'a HeaderMod),
-    Wasm(&'a WasmFilter),
+    Wasm(&'a WasmFilter, sluice_wasm::Context),
 }
 
 fn filter_failed() -> Response<Body> {
@@ -452,12 +453,16 @@ async fn request_filters<'a>(
                 let mut method = std::mem::replace(req.method_mut(), http::Method::GET);
                 let mut uri = std::mem::take(req.uri_mut());
                 let mut headers = std::mem::take(req.headers_mut());
-                let outcome = w.pool.on_request(&mut method, &mut uri, &mut headers).await;
+                let mut context = sluice_wasm::Context::default();
+                let outcome = w
+                    .pool
+                    .on_request(&mut method, &mut uri, &mut headers, &mut context)
+                    .await;
                 *req.method_mut() = method;
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
                 match outcome {
-                    Ok(RequestOutcome::Continue) => st.steps.push(ResponseStep::Wasm(w)),
+                    Ok(RequestOutcome::Continue) => st.steps.push(ResponseStep::Wasm(w, context)),
                     Ok(RequestOutcome::Respond {
                         mut status,
                         mut headers,
@@ -465,7 +470,7 @@ async fn request_filters<'a>(
                     }) => {
                         // The answer goes back through the response work of the
                         // filters that ran before this one.
-                        if !response_filters(&st.steps, &mut status, &mut headers).await {
+                        if !response_filters(&mut st.steps, &mut status, &mut headers).await {
                             return Some(filter_failed());
                         }
                         return Some(answer(status, headers, Bytes::from(body)));
@@ -484,15 +489,15 @@ async fn request_filters<'a>(
 /// Runs the response side of the filters that ran on the request, last first.
 /// Returns false when a FailClosed Wasm filter failed.
 async fn response_filters(
-    steps: &[ResponseStep<'_>],
+    steps: &mut [ResponseStep<'_>],
     status: &mut StatusCode,
     headers: &mut HeaderMap,
 ) -> bool {
-    for step in steps.iter().rev() {
+    for step in steps.iter_mut().rev() {
         match step {
             ResponseStep::Headers(m) => m.apply(headers),
-            ResponseStep::Wasm(w) => {
-                if w.pool.on_response(status, headers).await.is_err() {
+            ResponseStep::Wasm(w, context) => {
+                if w.pool.on_response(status, headers, context).await.is_err() {
                     if w.fail_open {
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
                     } else {

@@ -30,7 +30,10 @@ async fn setup_with(
     let a = echo("a").await;
     let port = free_port();
     let dir = TempDir::new(tag);
-    install_filters(&dir, &["headers", "respond", "hello", "misbehave"]);
+    install_filters(
+        &dir,
+        &["headers", "respond", "hello", "misbehave", "request_id"],
+    );
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write("svc.yaml", &service_yaml("a", &a, None));
     dir.write("filters.yaml", &filters.join("---\n"));
@@ -648,4 +651,62 @@ async fn a_filter_that_fails_on_every_request_cannot_flood_the_log() {
         .metric(r#"sluice_wasm_log_lines_dropped_total{filter="default/panic"}"#)
         .await;
     assert!(dropped >= 40, "{dropped} lines dropped");
+}
+
+/// Filter API 0.2's request context through the gateway: each of many concurrent
+/// requests gets back its own id, which only the context carries from `on-request` to
+/// `on-response` (the pool hands the two hooks to whichever instances are free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filters_request_context_follows_its_request_under_concurrency() {
+    let (_a, port, _dir, gw) = setup(
+        "wasm-context",
+        &[wasm_filter("rid", "request_id", "")],
+        &format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("rid")
+        ),
+    )
+    .await;
+    let c = client();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let own = format!("client-{i}");
+                // Every other request brings its own id; the rest get one made.
+                let headers: Vec<(&str, &str)> = if i % 2 == 0 {
+                    vec![("x-request-id", own.as_str()), ("x-echo-delay-ms", "20")]
+                } else {
+                    vec![("x-echo-delay-ms", "20")]
+                };
+                let r = send(&c, "GET", port, "h", &format!("/{i}"), &headers).await;
+                (i, own, r)
+            })
+        })
+        .collect();
+    let mut made = std::collections::HashSet::new();
+    for call in calls {
+        let (i, own, r) = call.await.expect("request");
+        assert_eq!(r.status, StatusCode::OK);
+        let returned = r.headers["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        let seen = r.seen("x-request-id").expect("the backend got an id");
+        assert_eq!(
+            returned, seen,
+            "request {i}: the response carries the id the backend saw"
+        );
+        if i % 2 == 0 {
+            assert_eq!(returned, own, "request {i} kept its own id");
+        } else {
+            assert!(made.insert(returned), "request {i}: made ids are unique");
+        }
+    }
+    assert_eq!(made.len(), 32);
+    let metrics = gw.admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"sluice_wasm_errors_total{filter="default/rid",kind="trap"} 0"#),
+        "{metrics}"
+    );
 }

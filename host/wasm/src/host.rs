@@ -10,7 +10,8 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
 
 use crate::FilterShared;
-use crate::bindings::sluice::filter::{clock, kv, log, metrics, types};
+use crate::bindings::v0_1::sluice::filter0_1_0::{clock, kv, log, metrics, types};
+use crate::bindings::v0_2::sluice::filter0_2_0::context;
 
 /// The request while a filter looks at it; moved into the store for the call and back out.
 pub struct RequestCtx {
@@ -40,7 +41,57 @@ pub struct HostState {
     /// it while it has one (see `Runtime::slow_lane`).
     pub(crate) slow_lane: Arc<tokio::sync::Semaphore>,
     pub(crate) slow_permit: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// The current request's context for this filter, moved in for each call.
+    pub(crate) context: Context,
 }
+
+/// Keys one request's context may hold, per WasmFilter.
+pub const CONTEXT_MAX_KEYS: usize = 64;
+/// Bytes of keys and values one request's context may hold, per WasmFilter.
+pub const CONTEXT_MAX_BYTES: usize = 64 << 10;
+
+/// What one WasmFilter keeps for one request (the 0.2 `context` interface): the caller
+/// holds it between hooks and moves it into the store for each call. Empty until the
+/// filter stores something, and then one allocation.
+#[derive(Debug, Default)]
+pub struct Context(Option<Box<ContextMap>>);
+
+#[derive(Debug, Default)]
+struct ContextMap {
+    entries: std::collections::HashMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Context {
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.0.as_ref()?.entries.get(key).map(Vec::as_slice)
+    }
+
+    /// Stores a value unless that takes the context past its key or byte limit.
+    pub fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), ContextFull> {
+        let map = self.0.get_or_insert_with(Box::default);
+        let old = map.entries.get(&key).map(|v| key.len() + v.len());
+        let bytes = map.bytes - old.unwrap_or(0) + key.len() + value.len();
+        if bytes > CONTEXT_MAX_BYTES || (old.is_none() && map.entries.len() >= CONTEXT_MAX_KEYS) {
+            return Err(ContextFull);
+        }
+        map.bytes = bytes;
+        map.entries.insert(key, value);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Some(map) = self.0.as_mut()
+            && let Some(v) = map.entries.remove(key)
+        {
+            map.bytes -= key.len() + v.len();
+        }
+    }
+}
+
+/// A context is at its key or byte limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ContextFull;
 
 /// `StoreLimits`, plus a note of whether the memory limit was what stopped the guest,
 /// so the failure is reported as `memory` rather than as a generic trap.
@@ -324,6 +375,26 @@ impl log::Host for HostState {
     }
 }
 
+impl context::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.context.get(&key).map(<[u8]>::to_vec))
+    }
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), context::ContextError>> {
+        Ok(self
+            .context
+            .set(key, value)
+            .map_err(|ContextFull| context::ContextError::Full))
+    }
+    fn remove(&mut self, key: String) -> wasmtime::Result<()> {
+        self.context.remove(&key);
+        Ok(())
+    }
+}
+
 impl metrics::Host for HostState {
     fn counter_add(&mut self, name: String, value: u64) -> wasmtime::Result<()> {
         self.shared.stats.guest_counter(&name, value);
@@ -361,5 +432,39 @@ pub(crate) fn monotonic_nanos() -> u64 {
 impl clock::Host for HostState {
     fn monotonic_now(&mut self) -> wasmtime::Result<u64> {
         Ok(monotonic_nanos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_holds_at_most_its_keys_and_bytes() {
+        let mut c = Context::default();
+        assert_eq!(c.get("a"), None);
+        for i in 0..CONTEXT_MAX_KEYS {
+            c.set(format!("k{i}"), vec![0; 10])
+                .expect("within the limits");
+        }
+        assert_eq!(c.set("one-more".into(), Vec::new()), Err(ContextFull));
+        // Replacing a key is not a new key.
+        c.set("k0".into(), vec![1; 100]).expect("replace");
+        assert_eq!(c.get("k0"), Some(&[1u8; 100][..]));
+        c.remove("k0");
+        c.remove("absent");
+        assert_eq!(c.get("k0"), None);
+        c.set("k0".into(), Vec::new()).expect("a freed key");
+        // Bytes: a value that would pass 64 KiB in all is refused, and the old one kept.
+        assert_eq!(
+            c.set("k1".into(), vec![0; CONTEXT_MAX_BYTES]),
+            Err(ContextFull)
+        );
+        assert_eq!(c.get("k1"), Some(&[0u8; 10][..]));
+        // What "k1" holds now (10 bytes) is freed by replacing it.
+        let room = CONTEXT_MAX_BYTES - c.0.as_ref().map_or(0, |m| m.bytes) + 10;
+        c.set("k1".into(), vec![0; room]).expect("exactly full");
+        // One byte more anywhere is refused: "k2" holds 10 bytes, 11 would pass.
+        assert_eq!(c.set("k2".into(), vec![0; 11]), Err(ContextFull));
     }
 }

@@ -36,9 +36,11 @@ use wasmtime::{
     Trap, UpdateDeadline,
 };
 
-use bindings::sluice::filter::types::{DirectResponse, RequestAction};
+use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
+pub use host::{
+    CONTEXT_MAX_BYTES, CONTEXT_MAX_KEYS, Context, ContextFull, RequestCtx, ResponseCtx,
+};
 use host::{HostState, MemoryLimiter};
-pub use host::{RequestCtx, ResponseCtx};
 pub use stats::{ErrorKind, FilterStats};
 
 /// Runs `fut` to completion on this thread, for callers outside async code (the loader
@@ -126,7 +128,10 @@ impl FilterShared {
 /// A component compiled for this engine and linked: instantiation is all that is left.
 pub struct Compiled {
     pub digest: String,
-    pre: bindings::FilterPre<HostState>,
+    pre: Pre,
+    /// The `sluice:filter` version the component speaks (read from its imports and
+    /// exports when it was loaded).
+    pub api: ApiVersion,
 }
 
 pub struct Runtime {
@@ -181,8 +186,14 @@ impl Runtime {
             }
         };
         let mut linker = Linker::new(&engine);
-        bindings::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        // 0.1's interfaces (0.2 imports them unchanged), then 0.2's own.
+        bindings::v0_1::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| SetupError(e.to_string()))?;
+        bindings::v0_2::sluice::filter0_2_0::context::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SetupError(e.to_string()))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("sluice-wasm-epoch".into())
@@ -252,10 +263,11 @@ impl Runtime {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = bindings::FilterPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let (pre, api) = Pre::new(pre)?;
         let c = Arc::new(Compiled {
             digest: digest.to_string(),
             pre,
+            api,
         });
         self.compiled
             .lock()
@@ -396,7 +408,88 @@ pub struct FilterError {
 
 struct Instance {
     store: Store<HostState>,
-    filter: bindings::Filter,
+    filter: Exports,
+}
+
+/// A `sluice:filter` API version a component can speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiVersion {
+    V0_1,
+    V0_2,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V0_1 => "0.1.0",
+            ApiVersion::V0_2 => "0.2.0",
+        }
+    }
+}
+
+/// A linked component of either version, ready to instantiate.
+enum Pre {
+    V0_1(bindings::v0_1::FilterPre<HostState>),
+    V0_2(bindings::v0_2::FilterPre<HostState>),
+}
+
+impl Pre {
+    /// Reads the version from the component. World exports carry no version, so the
+    /// imports decide: a component that imports a 0.2 interface must export the 0.2
+    /// world. One that imports none is run as 0.1 when its exports have 0.1's types
+    /// (a 0.2 filter that uses nothing new is exactly a 0.1 filter), else as 0.2.
+    fn new(
+        pre: wasmtime::component::InstancePre<HostState>,
+    ) -> Result<(Pre, ApiVersion), LoadError> {
+        let engine = pre.component().engine().clone();
+        let speaks_0_2 = pre
+            .component()
+            .component_type()
+            .imports(&engine)
+            .any(|(name, _)| name.starts_with("sluice:filter/") && name.ends_with("@0.2.0"));
+        let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
+        if !speaks_0_2 {
+            match bindings::v0_1::FilterPre::new(pre.clone()) {
+                Ok(p) => return Ok((Pre::V0_1(p), ApiVersion::V0_1)),
+                // Not 0.1's exports: 0.2's, or the 0.2 error says what is missing.
+                Err(e) if bindings::v0_2::FilterPre::new(pre.clone()).is_err() => {
+                    return Err(link(e));
+                }
+                Err(_) => {}
+            }
+        }
+        let p = bindings::v0_2::FilterPre::new(pre).map_err(link)?;
+        Ok((Pre::V0_2(p), ApiVersion::V0_2))
+    }
+
+    async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            Pre::V0_1(p) => Exports::V0_1(p.instantiate_async(store).await?),
+            Pre::V0_2(p) => Exports::V0_2(p.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instance's exports, of either version. The hooks take and return the same
+/// (0.1) types in both.
+enum Exports {
+    V0_1(bindings::v0_1::Filter),
+    V0_2(bindings::v0_2::Filter),
+}
+
+type ConfigResult = Result<(), Vec<bindings::v0_1::sluice::filter0_1_0::types::ConfigError>>;
+
+impl Exports {
+    async fn configure(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<ConfigResult> {
+        match self {
+            Exports::V0_1(f) => f.call_configure(store, config).await,
+            Exports::V0_2(f) => f.call_configure(store, config).await,
+        }
+    }
 }
 
 /// Live instances of one WasmFilter at one digest and config.
@@ -435,6 +528,11 @@ impl Pool {
         &self.shared.stats
     }
 
+    /// The `sluice:filter` version the filter's component speaks.
+    pub fn api(&self) -> ApiVersion {
+        self.compiled.api
+    }
+
     async fn instantiate(&self) -> Result<Instance, FilterError> {
         let limiter = MemoryLimiter {
             inner: StoreLimitsBuilder::new()
@@ -452,6 +550,7 @@ impl Pool {
             ticks_left: ticks(CONFIGURE_TIMEOUT),
             slow_lane: self.runtime.slow_lane.clone(),
             slow_permit: Arc::default(),
+            context: Context::default(),
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -480,7 +579,7 @@ impl Pool {
             ))
         });
         store.set_epoch_deadline(1);
-        let filter = match self.compiled.pre.instantiate_async(&mut store).await {
+        let filter = match self.compiled.pre.instantiate(&mut store).await {
             Ok(f) => f,
             Err(e) => return Err(self.fail(&mut store, e)),
         };
@@ -488,7 +587,7 @@ impl Pool {
         let mut inst = Instance { store, filter };
         let configured = inst
             .filter
-            .call_configure(&mut inst.store, &self.spec.config)
+            .configure(&mut inst.store, &self.spec.config)
             .await;
         // A slow start may have taken a place in the slow lane: the instance must not
         // keep it while it sits in the pool.
@@ -558,7 +657,11 @@ impl Pool {
     /// call, and hands it back afterwards whatever happened (a trap included). The
     /// instance goes back to the pool only if the call succeeded; a call whose future is
     /// dropped midway (the client went away) drops its instance with it.
-    async fn call<C: Hook>(&self, ctx: C) -> (Option<C>, Result<C::Out, FilterError>) {
+    async fn call<C: Hook>(
+        &self,
+        ctx: C,
+        context: &mut Context,
+    ) -> (Option<C>, Result<C::Out, FilterError>) {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (Some(ctx), Err(e)),
@@ -572,7 +675,9 @@ impl Pool {
             Err(e) => return (None, Err(self.fail(&mut inst.store, e.into()))),
         };
         let borrowed = Resource::<C>::new_borrow(res.rep());
+        inst.store.data_mut().context = std::mem::take(context);
         let result = C::call(&inst.filter, &mut inst.store, borrowed).await;
+        *context = std::mem::take(&mut inst.store.data_mut().context);
         leave_slow_lane(&inst.store);
         let back = inst.store.data_mut().table.delete(res).ok();
         self.shared.stats.call(start.elapsed());
@@ -592,13 +697,14 @@ impl Pool {
         method: &mut Method,
         uri: &mut Uri,
         headers: &mut HeaderMap,
+        context: &mut Context,
     ) -> Result<RequestOutcome, FilterError> {
         let ctx = RequestCtx {
             method: std::mem::replace(method, Method::GET),
             uri: std::mem::take(uri),
             headers: std::mem::take(headers),
         };
-        let (back, result) = self.call(ctx).await;
+        let (back, result) = self.call(ctx, context).await;
         if let Some(ctx) = back {
             *method = ctx.method;
             *uri = ctx.uri;
@@ -615,12 +721,13 @@ impl Pool {
         &self,
         status: &mut StatusCode,
         headers: &mut HeaderMap,
+        context: &mut Context,
     ) -> Result<(), FilterError> {
         let ctx = ResponseCtx {
             status: *status,
             headers: std::mem::take(headers),
         };
-        let (back, result) = self.call(ctx).await;
+        let (back, result) = self.call(ctx, context).await;
         if let Some(ctx) = back {
             *status = ctx.status;
             *headers = ctx.headers;
@@ -634,7 +741,7 @@ impl Pool {
 trait Hook: Send + Sized + 'static {
     type Out: Send;
     fn call<'a>(
-        f: &'a bindings::Filter,
+        f: &'a Exports,
         store: &'a mut Store<HostState>,
         r: Resource<Self>,
     ) -> impl std::future::Future<Output = wasmtime::Result<Self::Out>> + Send + 'a;
@@ -642,23 +749,29 @@ trait Hook: Send + Sized + 'static {
 
 impl Hook for RequestCtx {
     type Out = RequestAction;
-    fn call<'a>(
-        f: &'a bindings::Filter,
+    async fn call<'a>(
+        f: &'a Exports,
         store: &'a mut Store<HostState>,
         r: Resource<Self>,
-    ) -> impl std::future::Future<Output = wasmtime::Result<RequestAction>> + Send + 'a {
-        f.call_on_request(store, r)
+    ) -> wasmtime::Result<RequestAction> {
+        match f {
+            Exports::V0_1(f) => f.call_on_request(store, r).await,
+            Exports::V0_2(f) => f.call_on_request(store, r).await,
+        }
     }
 }
 
 impl Hook for ResponseCtx {
     type Out = ();
-    fn call<'a>(
-        f: &'a bindings::Filter,
+    async fn call<'a>(
+        f: &'a Exports,
         store: &'a mut Store<HostState>,
         r: Resource<Self>,
-    ) -> impl std::future::Future<Output = wasmtime::Result<()>> + Send + 'a {
-        f.call_on_response(store, r)
+    ) -> wasmtime::Result<()> {
+        match f {
+            Exports::V0_1(f) => f.call_on_response(store, r).await,
+            Exports::V0_2(f) => f.call_on_response(store, r).await,
+        }
     }
 }
 

@@ -19,8 +19,9 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub use sluice_wasm::ApiVersion;
+use sluice_wasm::{Context, FilterSpec, Pool, RequestOutcome, Runtime};
 pub use sluice_wasm::{ErrorKind, FilterError};
-use sluice_wasm::{FilterSpec, Pool, RequestOutcome, Runtime};
 
 /// What `on-request` did to a request.
 #[derive(Debug)]
@@ -34,6 +35,22 @@ pub enum Outcome {
 /// A loaded filter: one WasmFilter's worth of instances.
 pub struct Harness {
     pool: Arc<Pool>,
+    /// The context of the request `on_request` last started (see [`Exchange`]).
+    current: std::sync::Mutex<Context>,
+}
+
+/// One request's way through a filter: what the filter keeps for it (its `context`,
+/// API 0.2) from `on_request` to `on_response`. [`Harness::on_request`] and
+/// [`Harness::on_response`] treat each pair as one request; use an `Exchange` with the
+/// `_in` methods to interleave several.
+#[derive(Debug, Default)]
+pub struct Exchange(Context);
+
+impl Exchange {
+    /// What the filter stored under `key` for this request.
+    pub fn context(&self, key: &str) -> Option<&[u8]> {
+        self.0.get(key)
+    }
 }
 
 fn runtime() -> Result<Arc<Runtime>, String> {
@@ -92,17 +109,44 @@ impl Harness {
         };
         Ok(Harness {
             pool: sluice_wasm::block_on(rt.pool(&compiled, &spec))?,
+            current: std::sync::Mutex::default(),
         })
     }
 
+    /// The `sluice:filter` version the component speaks.
+    pub fn api(&self) -> ApiVersion {
+        self.pool.api()
+    }
+
     /// Runs `on-request` (on this thread, to completion, as the gateway runs it on a
-    /// worker).
+    /// worker) as the start of a new request.
     pub fn on_request(&self, req: http::Request<()>) -> Result<Outcome, FilterError> {
+        let mut ex = Exchange::default();
+        let out = self.on_request_in(&mut ex, req);
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = ex.0;
+        out
+    }
+
+    /// Runs `on-response` for the request `on_request` last started.
+    pub fn on_response(&self, resp: http::Response<()>) -> Result<http::Response<()>, FilterError> {
+        let mut ex = Exchange(std::mem::take(
+            &mut *self.current.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+        self.on_response_in(&mut ex, resp)
+    }
+
+    /// Runs `on-request` for the request `ex` stands for.
+    pub fn on_request_in(
+        &self,
+        ex: &mut Exchange,
+        req: http::Request<()>,
+    ) -> Result<Outcome, FilterError> {
         let (mut parts, ()) = req.into_parts();
         let outcome = sluice_wasm::block_on(self.pool.on_request(
             &mut parts.method,
             &mut parts.uri,
             &mut parts.headers,
+            &mut ex.0,
         ))?;
         match outcome {
             RequestOutcome::Continue => Ok(Outcome::Continue(http::Request::from_parts(parts, ()))),
@@ -119,10 +163,18 @@ impl Harness {
         }
     }
 
-    /// Runs `on-response`.
-    pub fn on_response(&self, resp: http::Response<()>) -> Result<http::Response<()>, FilterError> {
+    /// Runs `on-response` for the request `ex` stands for.
+    pub fn on_response_in(
+        &self,
+        ex: &mut Exchange,
+        resp: http::Response<()>,
+    ) -> Result<http::Response<()>, FilterError> {
         let (mut parts, ()) = resp.into_parts();
-        sluice_wasm::block_on(self.pool.on_response(&mut parts.status, &mut parts.headers))?;
+        sluice_wasm::block_on(self.pool.on_response(
+            &mut parts.status,
+            &mut parts.headers,
+            &mut ex.0,
+        ))?;
         Ok(http::Response::from_parts(parts, ()))
     }
 

@@ -43,6 +43,59 @@ fn a_committed_0_1_component_keeps_working() {
     let fixture =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/headers-0.1.0.wasm");
     check_headers_filter(&fixture);
+    let f = Harness::load(&fixture, json!(null)).expect("load");
+    assert_eq!(f.api(), sluice_harness::ApiVersion::V0_1);
+    // A filter built today that imports a 0.2 interface is run as 0.2.
+    let current = Harness::load(&wasm("request_id"), json!(null)).expect("load");
+    assert_eq!(current.api(), sluice_harness::ApiVersion::V0_2);
+}
+
+/// The request context (API 0.2): what `on_request` keeps, `on_response` of the same
+/// request gets back, with other requests in between.
+#[test]
+fn request_id_returns_each_requests_own_id_through_its_context() {
+    use sluice_harness::Exchange;
+    let f = Harness::load(&wasm("request_id"), json!(null)).expect("load");
+    let with_id = |id: &str| {
+        http::Request::get("/")
+            .header("x-request-id", id)
+            .body(())
+            .expect("request")
+    };
+    let ok = || {
+        http::Response::builder()
+            .status(200)
+            .body(())
+            .expect("response")
+    };
+    let (mut a, mut b, mut c) = (
+        Exchange::default(),
+        Exchange::default(),
+        Exchange::default(),
+    );
+    continued(f.on_request_in(&mut a, with_id("id-a")).expect("a"));
+    continued(f.on_request_in(&mut b, with_id("id-b")).expect("b"));
+    let sent = continued(f.on_request_in(&mut c, request("/")).expect("c"));
+    let generated = sent.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert_eq!(c.context("id"), Some(generated.as_bytes()));
+    // Responses come back in another order.
+    let rb = f.on_response_in(&mut b, ok()).expect("b");
+    let rc = f.on_response_in(&mut c, ok()).expect("c");
+    let ra = f.on_response_in(&mut a, ok()).expect("a");
+    assert_eq!(ra.headers()["x-request-id"], "id-a");
+    assert_eq!(rb.headers()["x-request-id"], "id-b");
+    assert_eq!(rc.headers()["x-request-id"], generated.as_str());
+    // A response without its request's context gets no id.
+    let lone = f
+        .on_response_in(&mut Exchange::default(), ok())
+        .expect("lone");
+    assert!(lone.headers().get("x-request-id").is_none());
+    // Generated ids differ.
+    let other = continued(f.on_request(request("/")).expect("d"));
+    assert_ne!(other.headers()["x-request-id"], generated.as_str());
 }
 
 fn check_headers_filter(wasm: &std::path::Path) {
