@@ -43,27 +43,11 @@ fn measure(n: u32, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn main() {
-    let dir = sluice_harness::repo_filters().expect("building filters/");
-    let filter = Harness::load(
-        &dir.join("headers.wasm"),
-        serde_json::json!({"request": {"set": {"x-bench-1": "1"}, "remove": ["x-none-1"]}, "response": {"set": {"x-served-1": "1"}}}),
-    )
-    .expect("load headers filter");
-    let n = 50_000;
+/// ns per `on_request` and per `on_response` of one loaded filter.
+fn hooks(filter: &Harness, n: u32) -> (f64, f64) {
     // Warm up: instances created, caches hot.
     let _ = measure(5_000, || {
         let _ = black_box(filter.on_request(request()));
-    });
-    // The harness moves the parts in and out, as the gateway does; the baselines do
-    // the same work without the call.
-    let base_req = measure(n, || {
-        let (parts, ()) = black_box(request()).into_parts();
-        black_box(http::Request::from_parts(parts, ()));
-    });
-    let base_resp = measure(n, || {
-        let (parts, ()) = black_box(response()).into_parts();
-        black_box(http::Response::from_parts(parts, ()));
     });
     let on_request = measure(n, || match filter.on_request(request()) {
         Ok(Outcome::Continue(r)) => {
@@ -74,6 +58,36 @@ fn main() {
     let on_response = measure(n, || {
         black_box(filter.on_response(response()).expect("on_response"));
     });
+    (on_request, on_response)
+}
+
+fn main() {
+    let dir = sluice_harness::repo_filters().expect("building filters/");
+    let config = serde_json::json!({"request": {"set": {"x-bench-1": "1"}, "remove": ["x-none-1"]}, "response": {"set": {"x-served-1": "1"}}});
+    let filter =
+        Harness::load(&dir.join("headers.wasm"), config.clone()).expect("load headers filter");
+    // The same filter built with the 0.1 SDK and committed: what an old component costs
+    // on this host, next to today's build.
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/headers-0.1.0.wasm");
+    let old = Harness::load(&fixture, config).expect("load the 0.1 fixture");
+    // A 0.2 filter that stores into and reads from the request's context.
+    let rid = Harness::load(&dir.join("request_id.wasm"), serde_json::json!(null))
+        .expect("load request-id");
+    let n = 50_000;
+    // The harness moves the parts in and out, as the gateway does; the baselines do
+    // the same work without the call.
+    let base_req = measure(n, || {
+        let (parts, ()) = black_box(request()).into_parts();
+        black_box(http::Request::from_parts(parts, ()));
+    });
+    let base_resp = measure(n, || {
+        let (parts, ()) = black_box(response()).into_parts();
+        black_box(http::Response::from_parts(parts, ()));
+    });
+    let (on_request, on_response) = hooks(&filter, n);
+    let (old_req, old_resp) = hooks(&old, n);
+    let (rid_req, rid_resp) = hooks(&rid, n);
     let added_req = (on_request - base_req).max(0.0);
     let added_resp = (on_response - base_resp).max(0.0);
     println!("baselines without a filter: request {base_req:.0} ns, response {base_resp:.0} ns");
@@ -84,6 +98,14 @@ fn main() {
     println!(
         "on_response (set 1 header):           {on_response:.0} ns, +{added_resp:.0} ns per call, x{:.1} baseline",
         on_response / base_resp
+    );
+    println!(
+        "the same filter as a committed 0.1 component: on_request {old_req:.0} ns (x{:.2} today's build), on_response {old_resp:.0} ns (x{:.2})",
+        old_req / on_request,
+        old_resp / on_response
+    );
+    println!(
+        "request-id (0.2, context set and get): on_request {rid_req:.0} ns, on_response {rid_resp:.0} ns"
     );
     let per_filter = added_req + added_resp;
     println!(
