@@ -61,7 +61,7 @@ YAML
   done
 } > "$work/sluice/config.yaml"
 SLUICE_LOG=error ./target/release/sluice run "$work/sluice" --workers 2 --admin 127.0.0.1:$ADMIN \
-  --max-connections 20000 &
+  --max-connections 20000 --access-log off &
 SLUICE_PID=$!
 for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
 

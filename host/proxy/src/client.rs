@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::Body;
+use crate::access_log::Record;
 
 /// What one client connection may take. Every limit has a flag on `sluice run`.
 #[derive(Clone, Copy, Debug)]
@@ -241,17 +242,30 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is sent.
+/// A response body that keeps its request counted as in flight until it is sent, and
+/// writes the request's access log line then (with the bytes sent).
 pub(crate) struct Tracked {
     body: Body,
     _in_flight: InFlight,
+    record: Option<Box<Record>>,
+    bytes_out: u64,
 }
 
 impl Tracked {
-    pub fn new(body: Body, in_flight: InFlight) -> Self {
+    pub fn new(body: Body, in_flight: InFlight, record: Option<Box<Record>>) -> Self {
         Tracked {
             body,
             _in_flight: in_flight,
+            record,
+            bytes_out: 0,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.log.write(&r, self.bytes_out);
         }
     }
 }
@@ -264,7 +278,15 @@ impl HttpBody for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if this.record.is_some()
+            && let Poll::Ready(Some(Ok(frame))) = &r
+            && let Some(d) = frame.data_ref()
+        {
+            this.bytes_out += d.len() as u64;
+        }
+        r
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
@@ -279,6 +301,8 @@ impl HttpBody for Tracked {
 pub struct Streamed {
     inner: Incoming,
     pace: Option<Box<Pace>>,
+    /// Data bytes passed through, when an access log line wants them.
+    counted: Option<Arc<AtomicU64>>,
 }
 
 /// The request body came too slowly; the request is answered 408.
@@ -300,7 +324,16 @@ struct Pace {
 impl Streamed {
     /// A backend's body, passed through as it comes.
     pub fn upstream(inner: Incoming) -> Self {
-        Streamed { inner, pace: None }
+        Streamed {
+            inner,
+            pace: None,
+            counted: None,
+        }
+    }
+
+    /// From now on, counts the data bytes that pass into the returned counter.
+    pub(crate) fn count_bytes(&mut self) -> Arc<AtomicU64> {
+        self.counted.get_or_insert_with(Arc::default).clone()
     }
 
     /// A client's request body, held to `limits`' body timeout and rate.
@@ -316,7 +349,11 @@ impl Streamed {
                 armed: false,
             })
         });
-        Streamed { inner, pace }
+        Streamed {
+            inner,
+            pace,
+            counted: None,
+        }
     }
 }
 
@@ -344,6 +381,11 @@ impl HttpBody for Streamed {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(c), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &r)
+            && let Some(d) = frame.data_ref()
+        {
+            c.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
         let Some(pace) = this.pace.as_deref_mut() else {
             return r.map(|f| f.map(|f| f.map_err(Into::into)));
         };

@@ -5,6 +5,7 @@
 //! on immutable data: no locks, no configuration work, no allocation of routing tables.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 mod client;
 mod cors;
 mod hosts;
@@ -44,15 +45,22 @@ pub struct Gateway {
     upstream: upstream::Upstream,
     /// Set when shutdown drains: HTTP/1.1 responses then say `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
+    /// Where access log lines go; `None` when they are off.
+    access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 impl Gateway {
-    pub fn new(initial: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        initial: Snapshot,
+        metrics: Arc<Metrics>,
+        access_log: Option<Arc<access_log::AccessLog>>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(initial),
             metrics,
             upstream: upstream::Upstream::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            access_log,
         })
     }
 }

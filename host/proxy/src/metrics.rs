@@ -23,14 +23,17 @@ pub struct StatsKey {
 }
 
 pub struct Stats {
+    /// What the entry counts (the access log names it too).
+    pub key: StatsKey,
     /// Responses by status code; index is `code - 100`.
     codes: Box<[AtomicU64]>,
     latency: Histogram,
 }
 
 impl Stats {
-    fn new() -> Self {
+    fn new(key: StatsKey) -> Self {
         Stats {
+            key,
             codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Histogram::new(REQUEST_BUCKETS),
         }
@@ -78,8 +81,8 @@ impl Metrics {
     /// The shared entry for `key`, created on first use.
     pub fn stats(&self, key: StatsKey) -> Arc<Stats> {
         let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key)
-            .or_insert_with(|| Arc::new(Stats::new()))
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(Stats::new(key)))
             .clone()
     }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
 
+use crate::access_log::{self, AccessLog, FilterOutcome, Record};
 use crate::client::{BodyTooSlow, ConnectionLimits, Streamed};
 use crate::cors::Cors;
 use crate::metrics::Stats;
@@ -79,14 +80,19 @@ pub(crate) async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<(Response<Body>, Option<Box<Record>>), Infallible> {
     let start = Instant::now();
     let snap = gw.snapshot.load_full();
     let http2 = req.version() == Version::HTTP_2;
     if http2 {
         conn.http2.store(true, Ordering::Relaxed);
     }
-    let (mut resp, stats) = serve(&gw, &snap, &conn, req, start).await;
+    let mut record = gw
+        .access_log
+        .as_ref()
+        .filter(|l| l.sampled())
+        .map(|l| Box::new(Record::new(l.clone(), &conn, &req, start)));
+    let (mut resp, stats) = serve(&gw, &snap, &conn, req, start, &mut record).await;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         *resp.version_mut() = Version::HTTP_11;
         // Draining: the client learns from this answer to take its next request
@@ -97,7 +103,43 @@ pub(crate) async fn handle(
         }
     }
     stats.record(resp.status().as_u16(), start.elapsed());
-    Ok(resp)
+    if let Some(r) = record.as_mut() {
+        r.status = resp.status().as_u16();
+        r.stats = Some(stats);
+    }
+    Ok((resp, record))
+}
+
+impl Record {
+    fn new(log: Arc<AccessLog>, conn: &ConnInfo, req: &Request<Incoming>, start: Instant) -> Self {
+        Record {
+            log,
+            time: std::time::SystemTime::now(),
+            start,
+            listener: conn.key,
+            remote: conn.remote,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            version: req.version(),
+            status: 0,
+            stats: None,
+            endpoint: None,
+            bytes_in: None,
+            upstream: None,
+            filters: Vec::new(),
+            trace_id: req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| access_log::trace_id(v.as_bytes())),
+        }
+    }
+}
+
+/// Notes a Wasm filter's outcome in the request's access log line, if it has one.
+fn note(record: &mut Option<Box<Record>>, w: &WasmFilter, outcome: FilterOutcome) {
+    if let Some(r) = record {
+        r.filters.push((w.pool.name().to_string(), outcome));
+    }
 }
 
 /// A response the gateway makes itself.
@@ -142,6 +184,7 @@ async fn serve(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     start: Instant,
+    record: &mut Option<Box<Record>>,
 ) -> (Response<Body>, Arc<Stats>) {
     let no_route = || {
         (
@@ -209,7 +252,7 @@ async fn serve(
 
     // Request filters, in order: the rule's, then the chosen backend's.
     let mut st = FilterRun::default();
-    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &origin).await {
+    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &origin, record).await {
         return (resp, rule.local_stats.clone());
     }
     let Some(backend) = pick_backend(&rule) else {
@@ -230,7 +273,8 @@ async fn serve(
             backend.stats.clone(),
         );
     }
-    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &origin).await {
+    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &origin, record).await
+    {
         return (resp, backend.stats.clone());
     }
     let FilterRun {
@@ -265,7 +309,10 @@ async fn serve(
     }
     forwarded_headers(&mut parts.headers, conn);
 
-    let body = Streamed::client(body, &conn.limits);
+    let mut body = Streamed::client(body, &conn.limits);
+    if let Some(r) = record.as_mut() {
+        r.bytes_in = Some(body.count_bytes());
+    }
     let body: Body = if mirrors.is_empty() {
         Either::Left(body)
     } else {
@@ -321,7 +368,11 @@ async fn serve(
         UpstreamProtocol::H2c => Version::HTTP_2,
     };
 
+    if let Some(r) = record.as_mut() {
+        r.endpoint = Some(endpoint.to_string());
+    }
     let timeout = deadline(&rule, start);
+    let sent = Instant::now();
     let call = send(gw, backend, Request::from_parts(parts, body));
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
@@ -335,6 +386,9 @@ async fn serve(
         },
         None => call.await,
     };
+    if let Some(r) = record.as_mut() {
+        r.upstream = Some(sent.elapsed());
+    }
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -375,7 +429,7 @@ async fn serve(
         strip_hop_by_hop(resp.headers_mut());
     }
     let (mut parts, body) = resp.into_parts();
-    if !response_filters(&mut steps, &mut parts.status, &mut parts.headers).await {
+    if !response_filters(&mut steps, &mut parts.status, &mut parts.headers, record).await {
         return (filter_failed(), backend.stats.clone());
     }
     if let Some((c, origin)) = cors {
@@ -414,6 +468,7 @@ async fn request_filters<'a>(
     req: &mut Request<Incoming>,
     st: &mut FilterRun<'a>,
     origin: &Origin<'_>,
+    record: &mut Option<Box<Record>>,
 ) -> Option<Response<Body>> {
     for f in filters {
         match f {
@@ -462,23 +517,32 @@ async fn request_filters<'a>(
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
                 match outcome {
-                    Ok(RequestOutcome::Continue) => st.steps.push(ResponseStep::Wasm(w, context)),
+                    Ok(RequestOutcome::Continue) => {
+                        note(record, w, FilterOutcome::Continue);
+                        st.steps.push(ResponseStep::Wasm(w, context));
+                    }
                     Ok(RequestOutcome::Respond {
                         mut status,
                         mut headers,
                         body,
                     }) => {
+                        note(record, w, FilterOutcome::Respond);
                         // The answer goes back through the response work of the
                         // filters that ran before this one.
-                        if !response_filters(&mut st.steps, &mut status, &mut headers).await {
+                        if !response_filters(&mut st.steps, &mut status, &mut headers, record).await
+                        {
                             return Some(filter_failed());
                         }
                         return Some(answer(status, headers, Bytes::from(body)));
                     }
                     Err(_) if w.fail_open => {
+                        note(record, w, FilterOutcome::Skipped);
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => return Some(filter_failed()),
+                    Err(_) => {
+                        note(record, w, FilterOutcome::Failed);
+                        return Some(filter_failed());
+                    }
                 }
             }
         }
@@ -492,6 +556,7 @@ async fn response_filters(
     steps: &mut [ResponseStep<'_>],
     status: &mut StatusCode,
     headers: &mut HeaderMap,
+    record: &mut Option<Box<Record>>,
 ) -> bool {
     for step in steps.iter_mut().rev() {
         match step {
@@ -499,8 +564,10 @@ async fn response_filters(
             ResponseStep::Wasm(w, context) => {
                 if w.pool.on_response(status, headers, context).await.is_err() {
                     if w.fail_open {
+                        note(record, w, FilterOutcome::Skipped);
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
                     } else {
+                        note(record, w, FilterOutcome::Failed);
                         return false;
                     }
                 }

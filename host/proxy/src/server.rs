@@ -314,8 +314,8 @@ async fn serve<I>(
         let in_flight = InFlight::begin(&counted);
         let answer = handle(gw.clone(), info.clone(), req);
         async move {
-            let resp = answer.await?;
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            let (resp, record) = answer.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight, record)))
         }
     });
     let conn = http.serve_connection_with_upgrades(io, svc);

@@ -93,6 +93,14 @@ enum Command {
         /// sluice_wasm_log_lines_dropped_total.
         #[arg(long, default_value = "100", value_name = "N")]
         filter_log_lines: u64,
+        /// Access log on stdout, one line per HTTP request: `on`, `off`, or the share of
+        /// requests to log (`0.1` logs one in ten).
+        #[arg(long, default_value = "on", value_name = "on|off|SHARE", value_parser = parse_share)]
+        access_log: f64,
+        /// Access log format: `json`, `text`, or `auto` (text when stdout is a terminal,
+        /// JSON otherwise).
+        #[arg(long, default_value = "auto", value_name = "auto|json|text", value_parser = ["auto", "json", "text"])]
+        access_log_format: String,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     Check { path: PathBuf },
@@ -248,6 +256,20 @@ impl ConnectionFlags {
     }
 }
 
+/// `on` (every request), `off`, or a share of requests between 0 and 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s {
+        "on" => Ok(1.0),
+        "off" => Ok(0.0),
+        _ => match s.parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+            _ => Err(format!(
+                "{s:?}: expected on, off, or a share from 0 to 1 such as 0.1"
+            )),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -256,6 +278,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Run {
@@ -274,6 +298,8 @@ fn main() -> ExitCode {
             connections,
             udp_idle_timeout,
             filter_log_lines,
+            access_log,
+            access_log_format,
         } => {
             sluice_proxy::raise_open_files_limit();
             let workers = workers
@@ -316,6 +342,18 @@ fn main() -> ExitCode {
                     udp_idle: Duration::from_secs(udp_idle_timeout),
                     limits: connections.limits(),
                     filter_log_lines,
+                    access_log: (access_log > 0.0).then(|| {
+                        use std::io::IsTerminal;
+                        let format = match access_log_format.as_str() {
+                            "json" => sluice_proxy::access_log::Format::Json,
+                            "text" => sluice_proxy::access_log::Format::Text,
+                            _ if std::io::stdout().is_terminal() => {
+                                sluice_proxy::access_log::Format::Text
+                            }
+                            _ => sluice_proxy::access_log::Format::Json,
+                        };
+                        (format, access_log)
+                    }),
                 })
                 .await
             })

@@ -58,6 +58,8 @@ pub struct Config {
     pub limits: sluice_proxy::ConnectionLimits,
     /// Log lines per second each Wasm filter may write.
     pub filter_log_lines: u64,
+    /// The access log's format and the share of requests it logs; `None`: off.
+    pub access_log: Option<(sluice_proxy::access_log::Format, f64)>,
 }
 
 /// Where the objects come from.
@@ -224,6 +226,7 @@ impl App {
             udp_idle,
             limits,
             filter_log_lines,
+            access_log,
         } = config;
         let metrics = Arc::new(Metrics::default());
         let downloads = Arc::new(Downloads::new(
@@ -271,10 +274,20 @@ impl App {
         let snapshot = sluice_proxy::build(ir, &metrics, &first.pools)
             .map_err(|e| anyhow!("{}: {e}", loader.from.describe()))?;
         let sockets = snapshot.sockets();
-        let gw = Gateway::new(snapshot, metrics);
+        let access_log = match access_log {
+            Some((format, share)) => Some(
+                sluice_proxy::access_log::AccessLog::to_stdout(format, share)
+                    .map_err(|e| anyhow!("cannot start the access log writer: {e}"))?,
+            ),
+            None => None,
+        };
+        let gw = Gateway::new(snapshot, metrics, access_log.clone());
         let listeners =
             Arc::new(Listeners::with_limits(gw.clone(), limits).with_udp_idle_timeout(udp_idle));
         let state = Arc::new(AdminState::new(gw.clone(), runtime, Vec::new()));
+        if let Some(log) = access_log {
+            state.metrics.register(log);
+        }
         let mut app = App {
             loader,
             gw,

@@ -710,3 +710,96 @@ async fn a_filters_request_context_follows_its_request_under_concurrency() {
         "{metrics}"
     );
 }
+
+/// The access log: one JSON line per request on stdout, with the route, the endpoint,
+/// bytes both ways, durations, each Wasm filter's outcome and the client's trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_an_access_log_line_with_its_filters_outcomes() {
+    let (a, port, _dir, gw) = setup_with(
+        "access-log",
+        &[
+            wasm_filter("rid", "request_id", ""),
+            wasm_filter(
+                "boom",
+                "misbehave",
+                "  config: {mode: trap, path: /boom}\n  failurePolicy: FailOpen\n",
+            ),
+        ],
+        &format!(
+            "  - name: main\n    filters: [{}, {}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("rid"),
+            ext("boom")
+        ),
+        &["--access-log", "on", "--access-log-format", "json"],
+    )
+    .await;
+    let c = client();
+    let body = "hello";
+    let resp = c
+        .request(
+            http::Request::post(format!("http://127.0.0.1:{port}/boom?token=secret"))
+                .header("host", "h")
+                .header(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sent = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes()
+        .len();
+    let other = get(port, "nowhere.example", "/x").await;
+    assert_eq!(other.status, StatusCode::OK);
+
+    // The writer thread flushes when its queue is empty; give it a moment.
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = gw.access_log().lines().map(str::to_string).collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("a JSON line");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/boom", "the query is not logged");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "default/r");
+    assert_eq!(first["rule"], "main");
+    assert_eq!(first["backend"], "default/a:80");
+    assert_eq!(first["endpoint"], a.addr.to_string());
+    assert_eq!(first["bytes_in"], body.len());
+    assert_eq!(first["bytes_out"], sent);
+    assert!(
+        first["duration_ms"].as_f64().expect("duration")
+            >= first["upstream_ms"].as_f64().expect("upstream")
+    );
+    assert_eq!(
+        first["filters"],
+        serde_json::json!([
+            {"filter": "default/rid", "outcome": "continue"},
+            {"filter": "default/boom", "outcome": "skipped"},
+        ])
+    );
+    assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(
+        first["time"].as_str().expect("time").ends_with('Z'),
+        "{first}"
+    );
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("a JSON line");
+    assert_eq!(second["trace_id"], serde_json::Value::Null);
+    assert_eq!(gw.metric("sluice_access_log_lines_total").await, 2);
+    assert_eq!(gw.metric("sluice_access_log_dropped_total").await, 0);
+    // The process's own log is plain text when it goes to a file: no colour codes.
+    assert!(
+        !gw.logs().contains('\u{1b}'),
+        "ANSI escapes in the log file"
+    );
+}

@@ -528,6 +528,11 @@ impl Pool {
         &self.shared.stats
     }
 
+    /// The WasmFilter's `namespace/name`.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
     /// The `sluice:filter` version the filter's component speaks.
     pub fn api(&self) -> ApiVersion {
         self.compiled.api

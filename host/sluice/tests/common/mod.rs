@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,12 +172,14 @@ impl Sluice {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = log.to_path_buf();
         let out = std::fs::File::create(&log).expect("log file");
+        // stdout carries the access log.
+        let access = std::fs::File::create(log.with_extension("access")).expect("access log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("run")
             .args(["--admin", &admin.to_string()])
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdout(Stdio::null())
+            .stdout(access)
             .stderr(out)
             .spawn()
             .expect("start sluice");
@@ -201,6 +203,11 @@ impl Sluice {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What Sluice wrote to stdout: its access log.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("access")).unwrap_or_default()
     }
 
     pub async fn admin(&self, path: &str) -> String {

@@ -1,0 +1,319 @@
+//! Access logs: one line per HTTP request, written to stdout by a thread of its own.
+//!
+//! The request path never writes: it hands a finished line to a bounded queue and goes
+//! on. When the writer falls behind (a slow pipe, a full disk) lines are dropped and
+//! counted (`sluice_access_log_dropped_total`) instead of stalling requests.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, Version};
+
+use crate::metrics::Stats;
+
+/// Lines waiting for the writer; past this many, new lines are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// How lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// `key=value` pairs, for people reading a terminal.
+    Text,
+}
+
+/// Where access log lines go, how they look, and which requests get one.
+pub struct AccessLog {
+    format: Format,
+    /// The share of requests logged, 0 to 1.
+    sample: f64,
+    tx: SyncSender<String>,
+    /// Lines dropped because the writer fell behind.
+    pub dropped: AtomicU64,
+    /// Lines handed to the writer.
+    pub written: AtomicU64,
+}
+
+impl AccessLog {
+    /// Starts the writer thread, which writes to stdout.
+    pub fn to_stdout(format: Format, sample: f64) -> std::io::Result<Arc<AccessLog>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("sluice-access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    // Flush when the queue is empty: lines batch under load and still
+                    // appear at once when traffic is light.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(more.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+            })?;
+        Ok(Arc::new(AccessLog {
+            format,
+            sample: sample.clamp(0.0, 1.0),
+            tx,
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }))
+    }
+
+    /// Whether this request gets a line.
+    pub(crate) fn sampled(&self) -> bool {
+        self.sample >= 1.0 || (self.sample > 0.0 && fastrand::f64() < self.sample)
+    }
+
+    pub(crate) fn write(&self, r: &Record, bytes_out: u64) {
+        let line = match self.format {
+            Format::Json => json_line(r, bytes_out),
+            Format::Text => text_line(r, bytes_out),
+        };
+        match self.tx.try_send(line) {
+            Ok(()) => {
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl sluice_metrics::Collect for AccessLog {
+    fn collect(&self, out: &mut sluice_metrics::Encoder) {
+        use sluice_metrics::{Labels, Type};
+        let name = "sluice_access_log_lines_total";
+        out.family(
+            name,
+            Type::Counter,
+            "Access log lines handed to the writer.",
+        );
+        out.sample(name, &Labels::new(), self.written.load(Ordering::Relaxed));
+        let name = "sluice_access_log_dropped_total";
+        out.family(
+            name,
+            Type::Counter,
+            "Access log lines dropped because the writer (stdout) fell behind.",
+        );
+        out.sample(name, &Labels::new(), self.dropped.load(Ordering::Relaxed));
+    }
+}
+
+/// What a filter did with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FilterOutcome {
+    Continue,
+    Respond,
+    /// It failed (trap, timeout, memory) and its FailOpen policy skipped it.
+    Skipped,
+    /// It failed and its FailClosed policy failed the request.
+    Failed,
+}
+
+impl FilterOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            FilterOutcome::Continue => "continue",
+            FilterOutcome::Respond => "respond",
+            FilterOutcome::Skipped => "skipped",
+            FilterOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One request's line, filled in as the request goes and written when its response
+/// has been sent (or abandoned).
+pub(crate) struct Record {
+    pub log: Arc<AccessLog>,
+    pub time: SystemTime,
+    pub start: Instant,
+    pub listener: SocketAddr,
+    pub remote: SocketAddr,
+    pub method: Method,
+    /// The path without its query (queries carry tokens too often to log by default).
+    pub path: String,
+    pub version: Version,
+    pub status: u16,
+    /// Route, rule and backend, from the stats entry the request was counted in.
+    pub stats: Option<Arc<Stats>>,
+    pub endpoint: Option<String>,
+    /// Request body bytes read from the client.
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub upstream: Option<Duration>,
+    /// Each Wasm filter that ran: its WasmFilter name and what it did.
+    pub filters: Vec<(String, FilterOutcome)>,
+    /// From the client's W3C `traceparent`, when it sent a valid one.
+    pub trace_id: Option<String>,
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
+pub(crate) fn trace_id(traceparent: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(traceparent).ok()?;
+    let mut parts = s.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2);
+    valid.then(|| trace.to_string())
+}
+
+fn route_fields(r: &Record) -> (&str, &str, &str) {
+    match &r.stats {
+        Some(s) => (
+            s.key.route.as_str(),
+            s.key.rule.as_str(),
+            s.key.backend.as_str(),
+        ),
+        None => ("", "", ""),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn json_line(r: &Record, bytes_out: u64) -> String {
+    let (route, rule, backend) = route_fields(r);
+    let filters: Vec<serde_json::Value> = r
+        .filters
+        .iter()
+        .map(|(name, o)| serde_json::json!({"filter": name, "outcome": o.as_str()}))
+        .collect();
+    let v = serde_json::json!({
+        "time": rfc3339(r.time),
+        "listener": r.listener.to_string(),
+        "client": r.remote.to_string(),
+        "protocol": format!("{:?}", r.version),
+        "method": r.method.as_str(),
+        "path": r.path,
+        "status": r.status,
+        "route": route,
+        "rule": rule,
+        "backend": backend,
+        "endpoint": r.endpoint,
+        "bytes_in": r.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+        "bytes_out": bytes_out,
+        "duration_ms": ms(r.start.elapsed()),
+        "upstream_ms": r.upstream.map(ms),
+        "filters": filters,
+        "trace_id": r.trace_id,
+    });
+    let mut line = v.to_string();
+    line.push('\n');
+    line
+}
+
+fn text_line(r: &Record, bytes_out: u64) -> String {
+    let (route, rule, backend) = route_fields(r);
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "{} {} {} {:?} {} status={} route={} rule={} backend={} endpoint={} in={} out={} duration_ms={}",
+        rfc3339(r.time),
+        r.remote,
+        r.method,
+        r.path,
+        match r.version {
+            Version::HTTP_2 => "h2",
+            Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        },
+        r.status,
+        or_dash(route),
+        or_dash(rule),
+        or_dash(backend),
+        r.endpoint.as_deref().unwrap_or("-"),
+        r.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+        bytes_out,
+        ms(r.start.elapsed()),
+    );
+    if let Some(u) = r.upstream {
+        let _ = write!(s, " upstream_ms={}", ms(u));
+    }
+    for (name, o) in &r.filters {
+        let _ = write!(s, " filter[{name}]={}", o.as_str());
+    }
+    if let Some(t) = &r.trace_id {
+        let _ = write!(s, " trace_id={t}");
+    }
+    s.push('\n');
+    s
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// `2026-12-01T21:45:07.123Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_161_507_123);
+        assert_eq!(rfc3339(t), "2026-12-01T21:45:07.123Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn trace_ids_come_only_from_valid_traceparents() {
+        let ok = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id(ok).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"garbage",
+        ] {
+            assert_eq!(trace_id(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
