@@ -13,6 +13,15 @@ fn wasm(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
+/// A copy of a filter under a name of its own: metrics are per WasmFilter name and
+/// shared by every load of it in this process, so a test that counts errors must not
+/// share its name with tests running beside it.
+fn private_copy(name: &str, tag: &str) -> PathBuf {
+    let to = std::env::temp_dir().join(format!("{name}-{tag}-{}.wasm", std::process::id()));
+    std::fs::copy(wasm(name), &to).expect("copy the filter");
+    to
+}
+
 fn request(path: &str) -> http::Request<()> {
     http::Request::get(path)
         .header("x-debug", "1")
@@ -199,6 +208,7 @@ fn faults_are_classified_and_the_bad_instance_is_replaced() {
         memory_bytes: 4 << 20,
         timeout: Duration::from_millis(20),
     };
+    let misbehave = private_copy("misbehave", "faults");
     for (mode, kind) in [
         ("trap", ErrorKind::Trap),
         ("loop", ErrorKind::Timeout),
@@ -206,7 +216,7 @@ fn faults_are_classified_and_the_bad_instance_is_replaced() {
         ("panic", ErrorKind::Trap),
     ] {
         let f = Harness::load_with(
-            &wasm("misbehave"),
+            &misbehave,
             json!({"mode": mode, "path": "/bad"}),
             limits.clone(),
         )
