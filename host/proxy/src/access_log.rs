@@ -190,35 +190,79 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// Writes `v` as a JSON string (quoted and escaped).
+fn json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One JSON object, written field by field (no intermediate value tree: this runs for
+/// every request).
 fn json_line(r: &Record, bytes_out: u64) -> String {
     let (route, rule, backend) = route_fields(r);
-    let filters: Vec<serde_json::Value> = r
-        .filters
-        .iter()
-        .map(|(name, o)| serde_json::json!({"filter": name, "outcome": o.as_str()}))
-        .collect();
-    let v = serde_json::json!({
-        "time": rfc3339(r.time),
-        "listener": r.listener.to_string(),
-        "client": r.remote.to_string(),
-        "protocol": format!("{:?}", r.version),
-        "method": r.method.as_str(),
-        "path": r.path,
-        "status": r.status,
-        "route": route,
-        "rule": rule,
-        "backend": backend,
-        "endpoint": r.endpoint,
-        "bytes_in": r.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
-        "bytes_out": bytes_out,
-        "duration_ms": ms(r.start.elapsed()),
-        "upstream_ms": r.upstream.map(ms),
-        "filters": filters,
-        "trace_id": r.trace_id,
-    });
-    let mut line = v.to_string();
-    line.push('\n');
-    line
+    let mut s = String::with_capacity(384);
+    s.push_str("{\"time\":");
+    json_str(&mut s, &rfc3339(r.time));
+    let _ = write!(
+        s,
+        ",\"listener\":\"{}\",\"client\":\"{}\",\"protocol\":\"{:?}\",\"method\":",
+        r.listener, r.remote, r.version
+    );
+    json_str(&mut s, r.method.as_str());
+    s.push_str(",\"path\":");
+    json_str(&mut s, &r.path);
+    let _ = write!(s, ",\"status\":{},\"route\":", r.status);
+    json_str(&mut s, route);
+    s.push_str(",\"rule\":");
+    json_str(&mut s, rule);
+    s.push_str(",\"backend\":");
+    json_str(&mut s, backend);
+    s.push_str(",\"endpoint\":");
+    match &r.endpoint {
+        Some(e) => json_str(&mut s, e),
+        None => s.push_str("null"),
+    }
+    let _ = write!(
+        s,
+        ",\"bytes_in\":{},\"bytes_out\":{bytes_out},\"duration_ms\":{}",
+        r.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+        ms(r.start.elapsed())
+    );
+    match r.upstream {
+        Some(u) => {
+            let _ = write!(s, ",\"upstream_ms\":{}", ms(u));
+        }
+        None => s.push_str(",\"upstream_ms\":null"),
+    }
+    s.push_str(",\"filters\":[");
+    for (i, (name, o)) in r.filters.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"filter\":");
+        json_str(&mut s, name);
+        let _ = write!(s, ",\"outcome\":\"{}\"}}", o.as_str());
+    }
+    s.push_str("],\"trace_id\":");
+    match &r.trace_id {
+        Some(t) => json_str(&mut s, t),
+        None => s.push_str("null"),
+    }
+    s.push_str("}\n");
+    s
 }
 
 fn text_line(r: &Record, bytes_out: u64) -> String {
@@ -297,6 +341,14 @@ mod tests {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        json_str(&mut s, "a\"b\\c\nd\u{1}é");
+        let back: String = serde_json::from_str(&s).expect("valid JSON");
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
     }
 
     #[test]
