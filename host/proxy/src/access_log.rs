@@ -113,10 +113,10 @@ impl sluice_metrics::Collect for AccessLog {
 pub(crate) enum FilterOutcome {
     Continue,
     Respond,
-    /// It failed (trap, timeout, memory) and its FailOpen policy skipped it.
-    Skipped,
+    /// It failed (a trap, its time or memory limit) and its FailOpen policy skipped it.
+    Skipped(sluice_wasm::ErrorKind),
     /// It failed and its FailClosed policy failed the request.
-    Failed,
+    Failed(sluice_wasm::ErrorKind),
 }
 
 impl FilterOutcome {
@@ -124,8 +124,16 @@ impl FilterOutcome {
         match self {
             FilterOutcome::Continue => "continue",
             FilterOutcome::Respond => "respond",
-            FilterOutcome::Skipped => "skipped",
-            FilterOutcome::Failed => "failed",
+            FilterOutcome::Skipped(_) => "skipped",
+            FilterOutcome::Failed(_) => "failed",
+        }
+    }
+
+    /// Why it failed: `trap`, `timeout`, `memory` or `config`.
+    fn error(self) -> Option<&'static str> {
+        match self {
+            FilterOutcome::Skipped(k) | FilterOutcome::Failed(k) => Some(k.as_str()),
+            _ => None,
         }
     }
 }
@@ -254,7 +262,11 @@ fn json_line(r: &Record, bytes_out: u64) -> String {
         }
         s.push_str("{\"filter\":");
         json_str(&mut s, name);
-        let _ = write!(s, ",\"outcome\":\"{}\"}}", o.as_str());
+        let _ = write!(s, ",\"outcome\":\"{}\"", o.as_str());
+        if let Some(e) = o.error() {
+            let _ = write!(s, ",\"error\":\"{e}\"");
+        }
+        s.push('}');
     }
     s.push_str("],\"trace_id\":");
     match &r.trace_id {
@@ -294,6 +306,9 @@ fn text_line(r: &Record, bytes_out: u64) -> String {
     }
     for (name, o) in &r.filters {
         let _ = write!(s, " filter[{name}]={}", o.as_str());
+        if let Some(e) = o.error() {
+            let _ = write!(s, "({e})");
+        }
     }
     if let Some(t) = &r.trace_id {
         let _ = write!(s, " trace_id={t}");

@@ -535,12 +535,12 @@ async fn request_filters<'a>(
                         }
                         return Some(answer(status, headers, Bytes::from(body)));
                     }
-                    Err(_) if w.fail_open => {
-                        note(record, w, FilterOutcome::Skipped);
+                    Err(e) if w.fail_open => {
+                        note(record, w, FilterOutcome::Skipped(e.kind));
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => {
-                        note(record, w, FilterOutcome::Failed);
+                    Err(e) => {
+                        note(record, w, FilterOutcome::Failed(e.kind));
                         return Some(filter_failed());
                     }
                 }
@@ -562,12 +562,12 @@ async fn response_filters(
         match step {
             ResponseStep::Headers(m) => m.apply(headers),
             ResponseStep::Wasm(w, context) => {
-                if w.pool.on_response(status, headers, context).await.is_err() {
+                if let Err(e) = w.pool.on_response(status, headers, context).await {
                     if w.fail_open {
-                        note(record, w, FilterOutcome::Skipped);
+                        note(record, w, FilterOutcome::Skipped(e.kind));
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        note(record, w, FilterOutcome::Failed);
+                        note(record, w, FilterOutcome::Failed(e.kind));
                         return false;
                     }
                 }

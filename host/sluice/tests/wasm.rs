@@ -785,7 +785,7 @@ async fn every_request_gets_an_access_log_line_with_its_filters_outcomes() {
         first["filters"],
         serde_json::json!([
             {"filter": "default/rid", "outcome": "continue"},
-            {"filter": "default/boom", "outcome": "skipped"},
+            {"filter": "default/boom", "outcome": "skipped", "error": "trap"},
         ])
     );
     assert_eq!(first["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
