@@ -19,7 +19,7 @@ bench_setup misbehave
 ulimit -n 65536 2>/dev/null || true
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null || true; rm -rf "$work"' EXIT
 BACKEND=18090 SLUICE=18092 ADMIN=18093
 
 head -c $((8 << 20)) /dev/zero > "$work/large.bin"

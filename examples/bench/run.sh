@@ -18,7 +18,7 @@ source examples/bench/lib.sh
 bench_setup headers
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null; [ -f "$work/proxy.pid" ] && kill "$(cat "$work/proxy.pid")" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null || true; [ -f "$work/proxy.pid" ] && kill "$(cat "$work/proxy.pid")" 2>/dev/null || true; rm -rf "$work"' EXIT
 BACKEND=18080 NGINX_PROXY=18081 SLUICE=18082 ADMIN=18083
 
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"

@@ -21,7 +21,7 @@ fi
 cargo build --release --bin sluice >&2
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; for p in backend proxy; do [ -f "$work/$p.pid" ] && kill "$(cat "$work/$p.pid")" 2>/dev/null; done; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; for p in backend proxy; do [ -f "$work/$p.pid" ] && kill "$(cat "$work/$p.pid")" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 BACKEND=18180 NGINX_TLS=18181 SLUICE_TLS=18182 ADMIN=18183
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$work/tls.key" \

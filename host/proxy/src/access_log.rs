@@ -1,23 +1,26 @@
 //! Access logs: one line per HTTP request, written to stdout by a thread of its own.
 //!
-//! The request path never writes: it hands a finished line to a bounded queue and goes
-//! on. When the writer falls behind (a slow pipe, a full disk) lines are dropped and
-//! counted (`sluice_access_log_dropped_total`) instead of stalling requests.
+//! The request path only pushes its finished record onto a lock-free queue: no
+//! formatting, no write, no wakeup. The writer thread formats and writes what is queued
+//! every few milliseconds. When it falls behind (a slow pipe, a full disk) records are
+//! dropped and counted (`sluice_access_log_dropped_total`) instead of stalling requests.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_queue::ArrayQueue;
 use http::{Method, Version};
 
 use crate::metrics::Stats;
 
-/// Lines waiting for the writer; past this many, new lines are dropped.
+/// Requests waiting for the writer; past this many, new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+/// How often the writer looks for lines when it found none.
+const POLL: Duration = Duration::from_millis(5);
 
 /// How lines look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,12 +31,17 @@ pub enum Format {
     Text,
 }
 
+/// A request whose response has been sent, waiting to be written.
+struct Finished {
+    record: Box<Record>,
+    bytes_out: u64,
+}
+
 /// Where access log lines go, how they look, and which requests get one.
 pub struct AccessLog {
-    format: Format,
     /// The share of requests logged, 0 to 1.
     sample: f64,
-    tx: SyncSender<String>,
+    queue: Arc<ArrayQueue<Finished>>,
     /// Lines dropped because the writer fell behind.
     pub dropped: AtomicU64,
     /// Lines handed to the writer.
@@ -43,25 +51,36 @@ pub struct AccessLog {
 impl AccessLog {
     /// Starts the writer thread, which writes to stdout.
     pub fn to_stdout(format: Format, sample: f64) -> std::io::Result<Arc<AccessLog>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+        let queue = Arc::new(ArrayQueue::<Finished>::new(QUEUE));
+        let from = queue.clone();
         std::thread::Builder::new()
             .name("sluice-access-log".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    // Flush when the queue is empty: lines batch under load and still
-                    // appear at once when traffic is light.
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(more.as_bytes());
+                let mut line = String::with_capacity(512);
+                loop {
+                    let mut any = false;
+                    while let Some(f) = from.pop() {
+                        line.clear();
+                        match format {
+                            Format::Json => json_line(&mut line, &f.record, f.bytes_out),
+                            Format::Text => text_line(&mut line, &f.record, f.bytes_out),
+                        }
+                        let _ = out.write_all(line.as_bytes());
+                        any = true;
                     }
-                    let _ = out.flush();
+                    if any {
+                        let _ = out.flush();
+                    } else if Arc::strong_count(&from) == 1 {
+                        return;
+                    } else {
+                        std::thread::sleep(POLL);
+                    }
                 }
             })?;
         Ok(Arc::new(AccessLog {
-            format,
             sample: sample.clamp(0.0, 1.0),
-            tx,
+            queue,
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }))
@@ -72,19 +91,27 @@ impl AccessLog {
         self.sample >= 1.0 || (self.sample > 0.0 && fastrand::f64() < self.sample)
     }
 
-    pub(crate) fn write(&self, r: &Record, bytes_out: u64) {
-        let line = match self.format {
-            Format::Json => json_line(r, bytes_out),
-            Format::Text => text_line(r, bytes_out),
-        };
-        match self.tx.try_send(line) {
+    /// Queues a request's line; the writer thread formats and writes it.
+    pub(crate) fn write(&self, record: Box<Record>, bytes_out: u64) {
+        match self.queue.push(Finished { record, bytes_out }) {
             Ok(()) => {
                 self.written.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Waits (up to `limit`) until the writer has taken every queued line: on shutdown,
+    /// so the last requests are not lost.
+    pub fn flush(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        while !self.queue.is_empty() && Instant::now() < end {
+            std::thread::sleep(POLL);
+        }
+        // The line being written when the queue emptied.
+        std::thread::sleep(POLL);
     }
 }
 
@@ -219,28 +246,27 @@ fn json_str(out: &mut String, v: &str) {
 
 /// One JSON object, written field by field (no intermediate value tree: this runs for
 /// every request).
-fn json_line(r: &Record, bytes_out: u64) -> String {
+fn json_line(s: &mut String, r: &Record, bytes_out: u64) {
     let (route, rule, backend) = route_fields(r);
-    let mut s = String::with_capacity(384);
     s.push_str("{\"time\":");
-    json_str(&mut s, &rfc3339(r.time));
+    json_str(s, &rfc3339(r.time));
     let _ = write!(
         s,
         ",\"listener\":\"{}\",\"client\":\"{}\",\"protocol\":\"{:?}\",\"method\":",
         r.listener, r.remote, r.version
     );
-    json_str(&mut s, r.method.as_str());
+    json_str(s, r.method.as_str());
     s.push_str(",\"path\":");
-    json_str(&mut s, &r.path);
+    json_str(s, &r.path);
     let _ = write!(s, ",\"status\":{},\"route\":", r.status);
-    json_str(&mut s, route);
+    json_str(s, route);
     s.push_str(",\"rule\":");
-    json_str(&mut s, rule);
+    json_str(s, rule);
     s.push_str(",\"backend\":");
-    json_str(&mut s, backend);
+    json_str(s, backend);
     s.push_str(",\"endpoint\":");
     match &r.endpoint {
-        Some(e) => json_str(&mut s, e),
+        Some(e) => json_str(s, e),
         None => s.push_str("null"),
     }
     let _ = write!(
@@ -261,7 +287,7 @@ fn json_line(r: &Record, bytes_out: u64) -> String {
             s.push(',');
         }
         s.push_str("{\"filter\":");
-        json_str(&mut s, name);
+        json_str(s, name);
         let _ = write!(s, ",\"outcome\":\"{}\"", o.as_str());
         if let Some(e) = o.error() {
             let _ = write!(s, ",\"error\":\"{e}\"");
@@ -270,16 +296,14 @@ fn json_line(r: &Record, bytes_out: u64) -> String {
     }
     s.push_str("],\"trace_id\":");
     match &r.trace_id {
-        Some(t) => json_str(&mut s, t),
+        Some(t) => json_str(s, t),
         None => s.push_str("null"),
     }
     s.push_str("}\n");
-    s
 }
 
-fn text_line(r: &Record, bytes_out: u64) -> String {
+fn text_line(s: &mut String, r: &Record, bytes_out: u64) {
     let (route, rule, backend) = route_fields(r);
-    let mut s = String::with_capacity(256);
     let _ = write!(
         s,
         "{} {} {} {:?} {} status={} route={} rule={} backend={} endpoint={} in={} out={} duration_ms={}",
@@ -314,7 +338,6 @@ fn text_line(r: &Record, bytes_out: u64) -> String {
         let _ = write!(s, " trace_id={t}");
     }
     s.push('\n');
-    s
 }
 
 fn or_dash(s: &str) -> &str {

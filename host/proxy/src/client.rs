@@ -265,7 +265,8 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         if let Some(r) = self.record.take() {
-            r.log.write(&r, self.bytes_out);
+            let log = r.log.clone();
+            log.write(r, self.bytes_out);
         }
     }
 }

@@ -46,7 +46,7 @@ pub struct Gateway {
     /// Set when shutdown drains: HTTP/1.1 responses then say `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
     /// Where access log lines go; `None` when they are off.
-    access_log: Option<Arc<access_log::AccessLog>>,
+    pub access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 impl Gateway {

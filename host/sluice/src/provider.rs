@@ -357,6 +357,10 @@ impl App {
                 "drain timeout reached; closing remaining connections"
             );
         }
+        if let Some(log) = &app.gw.access_log {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
+        }
         Ok(())
     }
 
