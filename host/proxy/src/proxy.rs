@@ -733,7 +733,7 @@ pub(crate) fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
     }
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len());
+    let mut decoded = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
@@ -742,18 +742,22 @@ pub(crate) fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
         {
             let c = h * 16 + l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(c as char);
+                decoded.push(c);
             } else {
-                decoded.push('%');
-                decoded.push((bytes[i + 1] as char).to_ascii_uppercase());
-                decoded.push((bytes[i + 2] as char).to_ascii_uppercase());
+                decoded.push(b'%');
+                decoded.push(bytes[i + 1].to_ascii_uppercase());
+                decoded.push(bytes[i + 2].to_ascii_uppercase());
             }
             i += 3;
             continue;
         }
-        decoded.push(bytes[i] as char);
+        // Bytes, not chars: a UTF-8 path keeps its multi-byte characters whole.
+        decoded.push(bytes[i]);
         i += 1;
     }
+    // Only ASCII escapes were replaced, by ASCII bytes, so this stays valid UTF-8.
+    let decoded = String::from_utf8(decoded)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
@@ -929,6 +933,7 @@ mod tests {
             ("/a/..", "/"),
             ("/", "/"),
             ("/caf%C3%A9", "/caf%C3%A9"),
+            ("//café/./x", "/café/x"),
             ("/100%", "/100%"),
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
