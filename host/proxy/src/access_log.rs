@@ -184,8 +184,8 @@ pub(crate) struct Record {
     /// Request body bytes read from the client.
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub upstream: Option<Duration>,
-    /// Each Wasm filter that ran: its WasmFilter name and what it did.
-    pub filters: Vec<(String, FilterOutcome)>,
+    /// Each Wasm filter that ran and what it did (its name is read by the writer).
+    pub filters: Vec<(Arc<sluice_wasm::Pool>, FilterOutcome)>,
     /// From the client's W3C `traceparent`, when it sent a valid one.
     pub trace_id: Option<String>,
 }
@@ -282,12 +282,12 @@ fn json_line(s: &mut String, r: &Record, bytes_out: u64) {
         None => s.push_str(",\"upstream_ms\":null"),
     }
     s.push_str(",\"filters\":[");
-    for (i, (name, o)) in r.filters.iter().enumerate() {
+    for (i, (pool, o)) in r.filters.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
         s.push_str("{\"filter\":");
-        json_str(s, name);
+        json_str(s, pool.name());
         let _ = write!(s, ",\"outcome\":\"{}\"", o.as_str());
         if let Some(e) = o.error() {
             let _ = write!(s, ",\"error\":\"{e}\"");
@@ -328,8 +328,8 @@ fn text_line(s: &mut String, r: &Record, bytes_out: u64) {
     if let Some(u) = r.upstream {
         let _ = write!(s, " upstream_ms={}", ms(u));
     }
-    for (name, o) in &r.filters {
-        let _ = write!(s, " filter[{name}]={}", o.as_str());
+    for (pool, o) in &r.filters {
+        let _ = write!(s, " filter[{}]={}", pool.name(), o.as_str());
         if let Some(e) = o.error() {
             let _ = write!(s, "({e})");
         }

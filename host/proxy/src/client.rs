@@ -80,10 +80,37 @@ pub(crate) struct ClientIo<I> {
     inner: I,
     first_byte: Option<Pin<Box<Sleep>>>,
     send_timeout: Duration,
-    /// Made at the first stalled write and reset for each later one.
-    write_stall: Option<Pin<Box<Sleep>>>,
-    /// A write is stalled now and `write_stall` runs for it.
-    write_armed: bool,
+    write_stall: Stall,
+}
+
+/// A timer for "no progress since": armed when an operation first stays pending,
+/// disarmed by progress. Its timer is made once, at the first stall, and reset after.
+#[derive(Default)]
+struct Stall {
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Stall {
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// For an operation that is pending: arms the timer for `at()` unless it already
+    /// runs, and says whether it has fired.
+    fn expired(&mut self, cx: &mut Context<'_>, at: impl FnOnce() -> Instant) -> bool {
+        if !self.armed {
+            let at = at();
+            match self.timer.as_mut() {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
 }
 
 impl<I> ClientIo<I> {
@@ -92,8 +119,7 @@ impl<I> ClientIo<I> {
             inner,
             first_byte: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
             send_timeout: limits.send_timeout,
-            write_stall: None,
-            write_armed: false,
+            write_stall: Stall::default(),
         }
     }
 
@@ -105,20 +131,11 @@ impl<I> ClientIo<I> {
         r: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if !r.is_pending() {
-            self.write_armed = false;
+            self.write_stall.progress();
             return r;
         }
-        if !self.write_armed {
-            let at = Instant::now() + self.send_timeout;
-            match self.write_stall.as_mut() {
-                Some(s) => s.as_mut().reset(at),
-                None => self.write_stall = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
-            self.write_armed = true;
-        }
-        if let Some(s) = self.write_stall.as_mut()
-            && s.as_mut().poll(cx).is_ready()
-        {
+        let limit = self.send_timeout;
+        if self.write_stall.expired(cx, || Instant::now() + limit) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client read nothing within the send timeout",
@@ -318,8 +335,7 @@ struct Pace {
     start: Option<Instant>,
     last_progress: Instant,
     received: u64,
-    timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    stall: Stall,
 }
 
 impl Streamed {
@@ -346,8 +362,7 @@ impl Streamed {
                 start: None,
                 last_progress: Instant::now(),
                 received: 0,
-                timer: None,
-                armed: false,
+                stall: Stall::default(),
             })
         });
         Streamed {
@@ -358,18 +373,22 @@ impl Streamed {
     }
 }
 
-impl Pace {
-    /// The moment the body is too slow if no more bytes come: the gap since the last
-    /// bytes reaches the timeout, or (with a rate) the bytes so far no longer buy time
-    /// past the grace of one timeout.
-    fn deadline(&self, start: Instant) -> Instant {
-        let gap = self.last_progress + self.timeout;
-        if self.min_rate == 0 {
-            return gap;
-        }
-        let bought = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
-        gap.min(start + self.timeout + bought)
+/// The moment a request body is too slow if no more bytes come: the gap since its last
+/// bytes reaches the timeout, or (with a rate) the bytes so far no longer buy time past
+/// the grace of one timeout.
+fn body_deadline(
+    start: Instant,
+    last_progress: Instant,
+    timeout: Duration,
+    min_rate: u64,
+    received: u64,
+) -> Instant {
+    let gap = last_progress + timeout;
+    if min_rate == 0 {
+        return gap;
     }
+    let bought = Duration::from_secs_f64(received as f64 / min_rate as f64);
+    gap.min(start + timeout + bought)
 }
 
 impl HttpBody for Streamed {
@@ -390,36 +409,32 @@ impl HttpBody for Streamed {
         let Some(pace) = this.pace.as_deref_mut() else {
             return r.map(|f| f.map(|f| f.map_err(Into::into)));
         };
-        let now = Instant::now();
-        let start = match pace.start {
-            Some(s) => s,
-            None => {
-                pace.last_progress = now;
-                *pace.start.insert(now)
-            }
-        };
+        let Pace {
+            timeout,
+            min_rate,
+            start,
+            last_progress,
+            received,
+            stall,
+        } = pace;
+        let start = *start.get_or_insert_with(|| {
+            let now = Instant::now();
+            *last_progress = now;
+            now
+        });
         match r {
             Poll::Pending => {
-                if !pace.armed {
-                    let at = pace.deadline(start);
-                    match pace.timer.as_mut() {
-                        Some(t) => t.as_mut().reset(at),
-                        None => pace.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                    }
-                    pace.armed = true;
-                }
-                if let Some(t) = pace.timer.as_mut()
-                    && t.as_mut().poll(cx).is_ready()
-                {
+                let at = || body_deadline(start, *last_progress, *timeout, *min_rate, *received);
+                if stall.expired(cx, at) {
                     return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
                 }
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    pace.received += d.len() as u64;
-                    pace.last_progress = now;
-                    pace.armed = false;
+                    *received += d.len() as u64;
+                    *last_progress = Instant::now();
+                    stall.progress();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -138,7 +138,7 @@ impl Record {
 /// Notes a Wasm filter's outcome in the request's access log line, if it has one.
 fn note(record: &mut Option<Box<Record>>, w: &WasmFilter, outcome: FilterOutcome) {
     if let Some(r) = record {
-        r.filters.push((w.pool.name().to_string(), outcome));
+        r.filters.push((w.pool.clone(), outcome));
     }
 }
 

@@ -261,7 +261,7 @@ async fn accept_loop(
                 None => {
                     let info = Arc::new(ConnInfo::new(key, remote, None, limits));
                     let stream = ClientIo::new(stream, &limits);
-                    serve(TokioIo::new(stream), gw, info, http, draining, limits).await;
+                    serve(TokioIo::new(stream), gw, info, http, draining).await;
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -287,7 +287,7 @@ async fn accept_loop(
                         .map(str::to_ascii_lowercase);
                     let info = Arc::new(ConnInfo::new(key, remote, Some(Tls { sni }), limits));
                     let stream = ClientIo::new(stream, &limits);
-                    serve(TokioIo::new(stream), gw, info, http, draining, limits).await;
+                    serve(TokioIo::new(stream), gw, info, http, draining).await;
                 }
             }
         });
@@ -302,11 +302,11 @@ async fn serve<I>(
     info: Arc<ConnInfo>,
     http: Arc<auto::Builder<TokioExecutor>>,
     mut draining: watch::Receiver<bool>,
-    limits: ConnectionLimits,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = info.remote;
+    let idle_timeout = info.limits.idle_timeout;
     let conn_info = info.clone();
     let activity = Arc::new(Activity::new());
     let counted = activity.clone();
@@ -326,12 +326,12 @@ async fn serve<I>(
     // Serve until the connection ends, draining starts, or it has been idle (no request
     // in flight) for the idle timeout: then HTTP/2 gets GOAWAY and HTTP/1.1 is closed.
     loop {
-        let idle_at = activity.idle_deadline(limits.idle_timeout);
+        let idle_at = activity.idle_deadline(idle_timeout);
         tokio::select! {
             r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
             _ = draining.changed() => break,
             _ = tokio::time::sleep_until(idle_at) => {
-                if activity.idle_for(limits.idle_timeout) {
+                if activity.idle_for(idle_timeout) {
                     tracing::debug!(%remote, "idle timeout; closing the connection");
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;

@@ -37,9 +37,7 @@ use wasmtime::{
 };
 
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
-pub use host::{
-    CONTEXT_MAX_BYTES, CONTEXT_MAX_KEYS, Context, ContextFull, RequestCtx, ResponseCtx,
-};
+pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
 pub use stats::{ErrorKind, FilterStats};
 
@@ -418,15 +416,6 @@ pub enum ApiVersion {
     V0_2,
 }
 
-impl ApiVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiVersion::V0_1 => "0.1.0",
-            ApiVersion::V0_2 => "0.2.0",
-        }
-    }
-}
-
 /// A linked component of either version, ready to instantiate.
 enum Pre {
     V0_1(bindings::v0_1::FilterPre<HostState>),
@@ -448,18 +437,20 @@ impl Pre {
             .imports(&engine)
             .any(|(name, _)| name.starts_with("sluice:filter/") && name.ends_with("@0.2.0"));
         let link = |e: wasmtime::Error| LoadError::Link(format!("{e:#}"));
-        if !speaks_0_2 {
+        // Without a 0.2 import, 0.1's exports first; if they do not match either,
+        // 0.1's error is the one that says what is missing.
+        let v0_1_error = if speaks_0_2 {
+            None
+        } else {
             match bindings::v0_1::FilterPre::new(pre.clone()) {
                 Ok(p) => return Ok((Pre::V0_1(p), ApiVersion::V0_1)),
-                // Not 0.1's exports: 0.2's, or the 0.2 error says what is missing.
-                Err(e) if bindings::v0_2::FilterPre::new(pre.clone()).is_err() => {
-                    return Err(link(e));
-                }
-                Err(_) => {}
+                Err(e) => Some(e),
             }
+        };
+        match bindings::v0_2::FilterPre::new(pre) {
+            Ok(p) => Ok((Pre::V0_2(p), ApiVersion::V0_2)),
+            Err(e) => Err(link(v0_1_error.unwrap_or(e))),
         }
-        let p = bindings::v0_2::FilterPre::new(pre).map_err(link)?;
-        Ok((Pre::V0_2(p), ApiVersion::V0_2))
     }
 
     async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Exports> {
