@@ -21,12 +21,19 @@
 //! ## When each hook runs
 //!
 //! ```text
-//!  WasmFilter loaded ──> new(config)            once per instance, before any request
-//!  request matched   ──> on_request(&request)   route filters in list order
-//!                         │ Action::Continue    next filter, then the backend
-//!                         │ Action::Respond     answer now, skip the rest
-//!  response back     ──> on_response(&response) in reverse order
+//!  WasmFilter loaded ──> new(config), needs()          once per instance
+//!  request matched   ──> on_request(&request)          route filters in list order
+//!                         │ Action::Continue           next filter
+//!                         │ Action::Respond            answer now, skip the rest
+//!  request body      ──> on_request_body(&req, body)   if needs() asks for it whole
+//!                         │ Continue | Replace | Respond
+//!  ... the backend ...
+//!  response back     ──> on_response(&response)        in reverse order
+//!  response body     ──> on_response_body(&resp, body) if needs() asks for it whole
+//!                         │ Continue | Replace | Respond
 //! ```
+//!
+//! A body nobody asks for is never held: it streams through the gateway as it comes.
 //!
 //! The gateway keeps a pool of instances per WasmFilter. One instance handles one call
 //! at a time, and the `on_request` and `on_response` of one request may run in
@@ -105,6 +112,53 @@ impl Action {
     }
 }
 
+/// How a filter wants a body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Not at all: the body streams past the filter (the default).
+    #[default]
+    None,
+    /// Whole, in one call of the body hook. The gateway collects at most the
+    /// WasmFilter's `spec.limits.maxBodyBytes` (default 1 MiB); past that it answers 413
+    /// for a request and 502 for a response, or, with `failurePolicy: FailOpen`, skips
+    /// the filter for that body.
+    Buffered,
+}
+
+/// Which bodies a filter needs, from [`Filter::needs`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub request_body: BodyMode,
+    pub response_body: BodyMode,
+}
+
+/// What happens after [`Filter::on_request_body`] or [`Filter::on_response_body`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyAction {
+    /// Keep the body as it is.
+    Continue,
+    /// Send these bytes instead; the gateway sets `content-length` for them.
+    Replace(Vec<u8>),
+    /// Answer with this instead: of forwarding the request (from `on_request_body`),
+    /// or of the backend's response (from `on_response_body`).
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+}
+
+impl BodyAction {
+    /// A direct answer with a status and a body, and no headers.
+    pub fn respond(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        BodyAction::Respond {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
 /// A gateway filter.
 ///
 /// Every hook but [`Filter::new`] has a default that does nothing, so a filter
@@ -130,6 +184,27 @@ pub trait Filter: Sized + Send + Sync + 'static {
         Action::Continue
     }
 
+    /// Which bodies this filter needs whole; asked once per instance, after
+    /// [`Filter::new`]. Ask only for what you use: a body no filter on a route needs
+    /// streams through without being held.
+    ///
+    /// Default: none.
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
+    /// Runs with the whole request body, if [`Filter::needs`] asked for it, after
+    /// `on_request` of every filter on the route has continued and before the
+    /// backend. The request's method, path and headers may still be changed. Not
+    /// called for a request without a body, nor for gRPC and WebSocket requests (their
+    /// bodies are streams).
+    ///
+    /// Default: keeps the body.
+    fn on_request_body(&self, request: &Request, body: Vec<u8>) -> BodyAction {
+        let _ = (request, body);
+        BodyAction::Continue
+    }
+
     /// Runs for each response of a request that went through this filter's
     /// `on_request` (including direct responses from later filters), before the client
     /// gets it. Change the status and headers in place.
@@ -137,6 +212,16 @@ pub trait Filter: Sized + Send + Sync + 'static {
     /// Default: does nothing.
     fn on_response(&self, response: &Response) {
         let _ = response;
+    }
+
+    /// Runs with the whole response body, if [`Filter::needs`] asked for it, after
+    /// `on_response` of every filter. The status and headers may still be changed. Not
+    /// called for a response without a body (HEAD, 204, 304) nor for gRPC.
+    ///
+    /// Default: keeps the body.
+    fn on_response_body(&self, response: &Response, body: Vec<u8>) -> BodyAction {
+        let _ = (response, body);
+        BodyAction::Continue
     }
 }
 
@@ -253,7 +338,12 @@ pub mod clock {
 pub mod __private {
     use super::*;
 
-    pub fn configure<F: Filter>(cell: &OnceLock<F>, config: &str) -> Result<(), ConfigErrors> {
+    use crate::bindings::sluice::filter0_2_0::body as wit;
+
+    pub fn configure<F: Filter>(
+        cell: &OnceLock<F>,
+        config: &str,
+    ) -> Result<wit::Needs, ConfigErrors> {
         // A filter has no stderr: send panic messages to the gateway's log, where they
         // are reported with the trap that follows.
         std::panic::set_hook(Box::new(|info| {
@@ -268,19 +358,31 @@ pub mod __private {
             )]
         })?;
         let filter = F::new(parsed)?;
+        let needs = filter.needs();
         // A second `configure` in the same instance keeps the first filter: the host
         // calls it once per instance.
         let _ = cell.set(filter);
-        Ok(())
+        let mode = |m: BodyMode| match m {
+            BodyMode::None => wit::BodyMode::None,
+            BodyMode::Buffered => wit::BodyMode::Buffered,
+        };
+        Ok(wit::Needs {
+            request_body: mode(needs.request_body),
+            response_body: mode(needs.response_body),
+        })
+    }
+
+    fn not_configured() -> types::DirectResponse {
+        types::DirectResponse {
+            status: 500,
+            headers: Vec::new(),
+            body: b"filter was not configured".to_vec(),
+        }
     }
 
     pub fn on_request<F: Filter>(cell: &OnceLock<F>, request: &Request) -> types::RequestAction {
         let Some(f) = cell.get() else {
-            return types::RequestAction::Respond(types::DirectResponse {
-                status: 500,
-                headers: Vec::new(),
-                body: b"filter was not configured".to_vec(),
-            });
+            return types::RequestAction::Respond(not_configured());
         };
         match f.on_request(request) {
             Action::Continue => types::RequestAction::Continue,
@@ -296,9 +398,47 @@ pub mod __private {
         }
     }
 
+    fn body_action(a: BodyAction) -> wit::BodyAction {
+        match a {
+            BodyAction::Continue => wit::BodyAction::Continue,
+            BodyAction::Replace(b) => wit::BodyAction::Replace(b),
+            BodyAction::Respond {
+                status,
+                headers,
+                body,
+            } => wit::BodyAction::Respond(types::DirectResponse {
+                status,
+                headers,
+                body,
+            }),
+        }
+    }
+
+    pub fn on_request_body<F: Filter>(
+        cell: &OnceLock<F>,
+        request: &Request,
+        body: Vec<u8>,
+    ) -> wit::BodyAction {
+        match cell.get() {
+            Some(f) => body_action(f.on_request_body(request, body)),
+            None => wit::BodyAction::Respond(not_configured()),
+        }
+    }
+
     pub fn on_response<F: Filter>(cell: &OnceLock<F>, response: &Response) {
         if let Some(f) = cell.get() {
             f.on_response(response)
+        }
+    }
+
+    pub fn on_response_body<F: Filter>(
+        cell: &OnceLock<F>,
+        response: &Response,
+        body: Vec<u8>,
+    ) -> wit::BodyAction {
+        match cell.get() {
+            Some(f) => body_action(f.on_response_body(response, body)),
+            None => wit::BodyAction::Respond(not_configured()),
         }
     }
 }
@@ -314,8 +454,23 @@ macro_rules! export {
             impl $crate::bindings::Guest for Export {
                 fn configure(
                     config: ::std::string::String,
-                ) -> ::std::result::Result<(), $crate::ConfigErrors> {
+                ) -> ::std::result::Result<
+                    $crate::bindings::sluice::filter0_2_0::body::Needs,
+                    $crate::ConfigErrors,
+                > {
                     $crate::__private::configure::<$filter>(&FILTER, &config)
+                }
+                fn on_request_body(
+                    request: &$crate::Request,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::bindings::sluice::filter0_2_0::body::BodyAction {
+                    $crate::__private::on_request_body::<$filter>(&FILTER, request, body)
+                }
+                fn on_response_body(
+                    response: &$crate::Response,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::bindings::sluice::filter0_2_0::body::BodyAction {
+                    $crate::__private::on_response_body::<$filter>(&FILTER, response, body)
                 }
                 fn on_request(
                     request: &$crate::Request,

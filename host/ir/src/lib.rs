@@ -382,6 +382,8 @@ pub struct WasmIr {
     pub memory_bytes: u64,
     pub timeout_ms: u64,
     pub min_instances: u32,
+    /// The largest body collected for the filter when it asks for a buffered body.
+    pub max_body_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -144,6 +144,11 @@ pub(crate) enum FilterOutcome {
     Skipped(sluice_wasm::ErrorKind),
     /// It failed and its FailClosed policy failed the request.
     Failed(sluice_wasm::ErrorKind),
+    /// The body it asked for was past its `limits.maxBodyBytes`: it was skipped
+    /// (FailOpen) or the request failed (FailClosed).
+    BodyTooLarge {
+        skipped: bool,
+    },
 }
 
 impl FilterOutcome {
@@ -153,6 +158,8 @@ impl FilterOutcome {
             FilterOutcome::Respond => "respond",
             FilterOutcome::Skipped(_) => "skipped",
             FilterOutcome::Failed(_) => "failed",
+            FilterOutcome::BodyTooLarge { skipped: true } => "skipped",
+            FilterOutcome::BodyTooLarge { skipped: false } => "failed",
         }
     }
 
@@ -160,6 +167,7 @@ impl FilterOutcome {
     fn error(self) -> Option<&'static str> {
         match self {
             FilterOutcome::Skipped(k) | FilterOutcome::Failed(k) => Some(k.as_str()),
+            FilterOutcome::BodyTooLarge { .. } => Some("body_too_large"),
             _ => None,
         }
     }

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::Body;
 use crate::access_log::Record;
+use crate::body::Replay;
 
 /// What one client connection may take. Every limit has a flag on `sluice run`.
 #[derive(Clone, Copy, Debug)]
@@ -321,6 +322,8 @@ pub struct Streamed {
     pace: Option<Box<Pace>>,
     /// Data bytes passed through, when an access log line wants them.
     counted: Option<Arc<AtomicU64>>,
+    /// Chunks read and put back (a body too large to buffer), served first.
+    replay: Replay,
 }
 
 /// The request body came too slowly; the request is answered 408.
@@ -345,7 +348,14 @@ impl Streamed {
             inner,
             pace: None,
             counted: None,
+            replay: Replay::default(),
         }
+    }
+
+    /// Puts chunks read from this body back in front of the rest (they were counted
+    /// when first read).
+    pub(crate) fn unread(&mut self, chunks: Vec<Bytes>) {
+        self.replay.push(chunks);
     }
 
     /// From now on, counts the data bytes that pass into the returned counter.
@@ -369,6 +379,7 @@ impl Streamed {
             inner,
             pace,
             counted: None,
+            replay: Replay::default(),
         }
     }
 }
@@ -400,6 +411,9 @@ impl HttpBody for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(chunk) = this.replay.pop() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         if let (Some(c), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &r)
             && let Some(d) = frame.data_ref()
@@ -442,9 +456,19 @@ impl HttpBody for Streamed {
         }
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.replay.is_empty() && self.inner.is_end_stream()
     }
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        if self.replay.is_empty() {
+            return hint;
+        }
+        let n = self.replay.len();
+        let mut sum = SizeHint::new();
+        sum.set_lower(hint.lower() + n);
+        if let Some(u) = hint.upper() {
+            sum.set_upper(u + n);
+        }
+        sum
     }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod body;
 mod client;
 mod cors;
 mod hosts;
@@ -21,17 +22,18 @@ mod upstream;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 
+pub use body::Buffered;
 pub use client::{ConnectionLimits, Streamed};
 pub use metrics::Metrics;
 pub use server::Listeners;
 pub use server::raise_open_files_limit;
 pub use snapshot::{Snapshot, Socket, WasmPools, build};
 
-/// A body the gateway sends: streamed from a peer, or made here.
-pub type Body = Either<Streamed, Full<Bytes>>;
+/// A body the gateway sends: streamed from a peer, or held whole (made here, or
+/// collected for a filter or a mirror).
+pub type Body = Either<Streamed, Buffered>;
 
 /// A snapshot could not be built from the IR; the old one keeps serving.
 #[derive(Debug, thiserror::Error)]

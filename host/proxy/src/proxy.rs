@@ -10,21 +10,22 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
 
 use crate::access_log::{self, AccessLog, FilterOutcome, Record};
+use crate::body::{Buffered, Collected, collect};
 use crate::client::{BodyTooSlow, ConnectionLimits, Streamed};
 use crate::cors::Cors;
 use crate::metrics::Stats;
 use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
 use crate::{Body, Gateway};
-use sluice_wasm::RequestOutcome;
+use sluice_wasm::{BodyEvent, BodyMode, BodyOutcome, Direction, RequestOutcome};
 
 /// Mirrored requests are buffered so both copies can be sent; larger bodies get 413.
-const MIRROR_BODY_LIMIT: usize = 16 << 20;
+const MIRROR_BODY_LIMIT: u64 = 16 << 20;
 
 pub(crate) struct ConnInfo {
     /// The configured socket (`0.0.0.0:80`), which names the port in the snapshot.
@@ -144,7 +145,7 @@ fn note(record: &mut Option<Box<Record>>, w: &WasmFilter, outcome: FilterOutcome
 
 /// A response the gateway makes itself.
 fn answer(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Body> {
-    let mut r = Response::new(Either::Right(Full::new(body)));
+    let mut r = Response::new(Either::Right(Buffered::new(body)));
     *r.status_mut() = status;
     *r.headers_mut() = headers;
     r
@@ -286,6 +287,15 @@ async fn serve(
 
     let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let mut body = Streamed::client(body, &conn.limits);
+    if let Some(r) = record.as_mut() {
+        r.bytes_in = Some(body.count_bytes());
+    }
+    let body =
+        match request_body_filters(&mut steps, &mut parts, body, upgrade.is_some(), record).await {
+            Ok(b) => b,
+            Err(resp) => return (resp, backend.stats.clone()),
+        };
     let upgrade_value = upgrade
         .as_ref()
         .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
@@ -309,16 +319,23 @@ async fn serve(
     }
     forwarded_headers(&mut parts.headers, conn);
 
-    let mut body = Streamed::client(body, &conn.limits);
-    if let Some(r) = record.as_mut() {
-        r.bytes_in = Some(body.count_bytes());
-    }
-    let body: Body = if mirrors.is_empty() {
-        Either::Left(body)
-    } else {
-        let bytes = match Limited::new(body, MIRROR_BODY_LIMIT).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => {
+    let body: Body = match body {
+        body if mirrors.is_empty() => body,
+        Either::Right(held) => {
+            let bytes = held.data();
+            for m in mirrors {
+                send_mirror(gw, m, &parts, bytes.clone());
+            }
+            Either::Right(held)
+        }
+        Either::Left(streamed) => match collect(streamed, MIRROR_BODY_LIMIT).await {
+            Collected::Whole { data, trailers } => {
+                for m in mirrors {
+                    send_mirror(gw, m, &parts, data.clone());
+                }
+                Either::Right(Buffered::with_trailers(data, trailers))
+            }
+            Collected::TooLarge(_) => {
                 return (
                     local(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -327,11 +344,8 @@ async fn serve(
                     backend.stats.clone(),
                 );
             }
-        };
-        for m in mirrors {
-            send_mirror(gw, m, &parts, bytes.clone());
-        }
-        Either::Right(Full::new(bytes))
+            Collected::Failed(e) => return (body_failed(&*e), backend.stats.clone()),
+        },
     };
 
     let Some(endpoint) = next_endpoint(backend) else {
@@ -371,6 +385,7 @@ async fn serve(
     if let Some(r) = record.as_mut() {
         r.endpoint = Some(endpoint.to_string());
     }
+    let head = parts.method == http::Method::HEAD;
     let timeout = deadline(&rule, start);
     let sent = Instant::now();
     let call = send(gw, backend, Request::from_parts(parts, body));
@@ -432,13 +447,19 @@ async fn serve(
     if !response_filters(&mut steps, &mut parts.status, &mut parts.headers, record).await {
         return (filter_failed(), backend.stats.clone());
     }
+    let body = Streamed::upstream(body);
+    let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS || head {
+        Either::Left(body)
+    } else {
+        match response_body_filters(&mut steps, &mut parts, body, record).await {
+            Ok(b) => b,
+            Err(resp) => return (resp, backend.stats.clone()),
+        }
+    };
     if let Some((c, origin)) = cors {
         c.decorate(origin.as_ref(), &mut parts.headers);
     }
-    (
-        Response::from_parts(parts, Either::Left(Streamed::upstream(body))),
-        backend.stats.clone(),
-    )
+    (Response::from_parts(parts, body), backend.stats.clone())
 }
 
 /// What the request filters leave for later: response work, CORS, mirrors, a new host.
@@ -575,6 +596,280 @@ async fn response_filters(
         }
     }
     true
+}
+
+/// Whether a message's body is a stream that is never buffered: gRPC (whose messages
+/// may never end) or an upgraded connection.
+fn is_stream(headers: &HeaderMap, upgrade: bool) -> bool {
+    upgrade
+        || headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The answer when the client's body could not be read: too slow (408) or broken (400).
+fn body_failed(e: &(dyn std::error::Error + 'static)) -> Response<Body> {
+    if causes(e).any(|c| c.is::<BodyTooSlow>()) {
+        local(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body arrived too slowly\n",
+        )
+    } else {
+        local(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read\n",
+        )
+    }
+}
+
+/// The Wasm filters among `steps` that asked for `direction`'s body whole, by index.
+fn buffering(steps: &[ResponseStep<'_>], direction: Direction) -> Vec<usize> {
+    let wants = |w: &WasmFilter| {
+        let n = w.pool.needs();
+        let mode = match direction {
+            Direction::Request => n.request_body,
+            Direction::Response => n.response_body,
+        };
+        mode == BodyMode::Buffered
+    };
+    steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            ResponseStep::Wasm(w, _) if wants(w) => Some(i),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A body too large for every filter that asked for it: each is skipped if FailOpen;
+/// returns false if one is FailClosed.
+fn too_large_for_all(
+    steps: &[ResponseStep<'_>],
+    wanting: &[usize],
+    direction: Direction,
+    record: &mut Option<Box<Record>>,
+) -> bool {
+    let mut all_open = true;
+    for &i in wanting {
+        if let ResponseStep::Wasm(w, _) = &steps[i] {
+            w.pool.stats().body(direction, BodyEvent::TooLarge);
+            note(
+                record,
+                w,
+                FilterOutcome::BodyTooLarge {
+                    skipped: w.fail_open,
+                },
+            );
+            all_open &= w.fail_open;
+        }
+    }
+    all_open
+}
+
+/// Sets the framing of a body now held whole: its length, and no chunking.
+fn held_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn request_too_large() -> Response<Body> {
+    local(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the request body is larger than a filter on this route accepts (its limits.maxBodyBytes)\n",
+    )
+}
+
+fn response_too_large() -> Response<Body> {
+    local(
+        StatusCode::BAD_GATEWAY,
+        "the response body is larger than a filter on this route accepts (its limits.maxBodyBytes)\n",
+    )
+}
+
+/// Runs `on-request-body` of the filters that asked for the request body whole, in
+/// route order, once every `on-request` has continued. With none, the body streams on
+/// untouched (no copy, no allocation). A filter's direct answer goes back through the
+/// response work of the filters before it.
+async fn request_body_filters(
+    steps: &mut Vec<ResponseStep<'_>>,
+    parts: &mut http::request::Parts,
+    body: Streamed,
+    upgrade: bool,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
+    let wanting = buffering(steps, Direction::Request);
+    if wanting.is_empty() || body.is_end_stream() {
+        return Ok(Either::Left(body));
+    }
+    if is_stream(&parts.headers, upgrade) {
+        for &i in &wanting {
+            if let ResponseStep::Wasm(w, _) = &steps[i] {
+                w.pool.stats().body(Direction::Request, BodyEvent::Streamed);
+            }
+        }
+        return Ok(Either::Left(body));
+    }
+    let limit = wanting
+        .iter()
+        .filter_map(|&i| match &steps[i] {
+            ResponseStep::Wasm(w, _) => Some(w.max_body_bytes),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let (mut data, trailers) = match collect(body, limit).await {
+        Collected::Whole { data, trailers } => (data, trailers),
+        Collected::Failed(e) => return Err(body_failed(&*e)),
+        Collected::TooLarge(rest) => {
+            return if too_large_for_all(steps, &wanting, Direction::Request, record) {
+                Ok(Either::Left(rest))
+            } else {
+                Err(request_too_large())
+            };
+        }
+    };
+    for &i in &wanting {
+        let ResponseStep::Wasm(w, context) = &mut steps[i] else {
+            continue;
+        };
+        let w: &WasmFilter = w;
+        if data.len() as u64 > w.max_body_bytes {
+            if too_large_for_all(steps, &[i], Direction::Request, record) {
+                continue;
+            }
+            return Err(request_too_large());
+        }
+        w.pool.stats().body(Direction::Request, BodyEvent::Buffered);
+        let outcome = w
+            .pool
+            .on_request_body(
+                &mut parts.method,
+                &mut parts.uri,
+                &mut parts.headers,
+                context,
+                data.clone(),
+            )
+            .await;
+        match outcome {
+            Ok(BodyOutcome::Continue) => {}
+            Ok(BodyOutcome::Replace(b)) => data = Bytes::from(b),
+            Ok(BodyOutcome::Respond {
+                mut status,
+                mut headers,
+                body,
+            }) => {
+                note(record, w, FilterOutcome::Respond);
+                steps.truncate(i);
+                if !response_filters(steps, &mut status, &mut headers, record).await {
+                    return Err(filter_failed());
+                }
+                return Err(answer(status, headers, Bytes::from(body)));
+            }
+            Err(e) if w.fail_open => {
+                note(record, w, FilterOutcome::Skipped(e.kind));
+                w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                note(record, w, FilterOutcome::Failed(e.kind));
+                return Err(filter_failed());
+            }
+        }
+    }
+    held_length(&mut parts.headers, data.len());
+    Ok(Either::Right(Buffered::with_trailers(data, trailers)))
+}
+
+/// Runs `on-response-body` of the filters that asked for the response body whole, in
+/// reverse route order, after every `on-response`. With none, the body streams on.
+async fn response_body_filters(
+    steps: &mut [ResponseStep<'_>],
+    parts: &mut http::response::Parts,
+    body: Streamed,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
+    let wanting = buffering(steps, Direction::Response);
+    let no_body = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if wanting.is_empty() || no_body || body.is_end_stream() {
+        return Ok(Either::Left(body));
+    }
+    if is_stream(&parts.headers, false) {
+        for &i in &wanting {
+            if let ResponseStep::Wasm(w, _) = &steps[i] {
+                w.pool
+                    .stats()
+                    .body(Direction::Response, BodyEvent::Streamed);
+            }
+        }
+        return Ok(Either::Left(body));
+    }
+    let limit = wanting
+        .iter()
+        .filter_map(|&i| match &steps[i] {
+            ResponseStep::Wasm(w, _) => Some(w.max_body_bytes),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let (mut data, trailers) = match collect(body, limit).await {
+        Collected::Whole { data, trailers } => (data, trailers),
+        Collected::Failed(e) => {
+            tracing::debug!(error = %e, "upstream response body failed");
+            return Err(local(StatusCode::BAD_GATEWAY, "upstream response failed\n"));
+        }
+        Collected::TooLarge(rest) => {
+            return if too_large_for_all(steps, &wanting, Direction::Response, record) {
+                Ok(Either::Left(rest))
+            } else {
+                Err(response_too_large())
+            };
+        }
+    };
+    for &i in wanting.iter().rev() {
+        let ResponseStep::Wasm(w, context) = &mut steps[i] else {
+            continue;
+        };
+        let w: &WasmFilter = w;
+        if data.len() as u64 > w.max_body_bytes {
+            if too_large_for_all(steps, &[i], Direction::Response, record) {
+                continue;
+            }
+            return Err(response_too_large());
+        }
+        w.pool
+            .stats()
+            .body(Direction::Response, BodyEvent::Buffered);
+        let outcome = w
+            .pool
+            .on_response_body(&mut parts.status, &mut parts.headers, context, data.clone())
+            .await;
+        match outcome {
+            Ok(BodyOutcome::Continue) => {}
+            Ok(BodyOutcome::Replace(b)) => data = Bytes::from(b),
+            Ok(BodyOutcome::Respond {
+                status,
+                headers,
+                body,
+            }) => {
+                note(record, w, FilterOutcome::Respond);
+                parts.status = status;
+                parts.headers = headers;
+                data = Bytes::from(body);
+            }
+            Err(e) if w.fail_open => {
+                note(record, w, FilterOutcome::Skipped(e.kind));
+                w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                note(record, w, FilterOutcome::Failed(e.kind));
+                return Err(filter_failed());
+            }
+        }
+    }
+    held_length(&mut parts.headers, data.len());
+    Ok(Either::Right(Buffered::with_trailers(data, trailers)))
 }
 
 /// The time left for the upstream call: the smaller of what remains of the request
@@ -886,7 +1181,7 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
     else {
         return;
     };
-    let mut req = Request::new(Either::Right(Full::new(body)));
+    let mut req = Request::new(Either::Right(Buffered::new(body)));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers.clone();

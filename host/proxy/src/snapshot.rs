@@ -135,6 +135,8 @@ pub(crate) enum Filter {
 pub(crate) struct WasmFilter {
     pub pool: Arc<sluice_wasm::Pool>,
     pub fail_open: bool,
+    /// The largest body collected for it, when it buffers one.
+    pub max_body_bytes: u64,
 }
 
 /// The instance pools of the WasmFilters a snapshot uses, by `namespace/name`. The
@@ -311,6 +313,7 @@ fn build_filters(
                         BuildError(format!("WasmFilter {} has no loaded instances", w.filter))
                     })?,
                     fail_open: w.failure_policy == sluice_ir::FailurePolicy::FailOpen,
+                    max_body_bytes: w.max_body_bytes,
                 }),
             })
         })

@@ -15,7 +15,8 @@ use std::fmt;
 pub use load::{LoadError, LoadErrors, Loaded, load_objects, load_path, load_str};
 pub use types::*;
 pub use validate::{
-    DOCKER_CONFIG_JSON, WASM_MAX_MEMORY, check_hostname, parse_duration, parse_quantity,
+    DOCKER_CONFIG_JSON, WASM_DEFAULT_BODY, WASM_DEFAULT_MEMORY, WASM_MAX_BODY, WASM_MAX_MEMORY,
+    check_hostname, parse_duration, parse_quantity,
 };
 
 /// Which object something is: enough to name it in an error, a status or a metric.

@@ -940,6 +940,13 @@ pub struct WasmLimits {
     /// Instances kept warm per gateway worker; default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_instances: Option<u32>,
+    /// The largest body the gateway collects for a filter that asks for a buffered
+    /// body (filter API 0.2), as a quantity (`1Mi`): at most 64Mi; default 1Mi. A larger
+    /// request is answered 413 and a larger response 502, unless `failurePolicy:
+    /// FailOpen`, which skips the filter for that body. The body is copied into the
+    /// filter's memory, so `memory` must be larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<String>,
 }
 
 /// `spec.config` is free JSON: the CRD keeps whatever the user wrote.

@@ -318,6 +318,20 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
                 Err(e) => p.push(("spec.limits.timeout".into(), e)),
             }
         }
+        if let Some(m) = &l.max_body_bytes {
+            match parse_quantity(m) {
+                Ok(b) if b > WASM_MAX_BODY => p.push((
+                    "spec.limits.maxBodyBytes".into(),
+                    "must be at most 64Mi".into(),
+                )),
+                Ok(b) if b >= l.memory.as_deref().and_then(|m| parse_quantity(m).ok()).unwrap_or(WASM_DEFAULT_MEMORY) => p.push((
+                    "spec.limits.maxBodyBytes".into(),
+                    "must be below spec.limits.memory (default 16Mi): the body is copied into the filter's memory; raise the memory or lower this".into(),
+                )),
+                Ok(_) => {}
+                Err(e) => p.push(("spec.limits.maxBodyBytes".into(), e)),
+            }
+        }
         if l.min_instances.is_some_and(|n| n > 64) {
             p.push((
                 "spec.limits.minInstances".into(),
@@ -332,6 +346,16 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
 /// per instance slot, so it can give no instance more (`sluice_wasm::MAX_MEMORY`, which a
 /// loader test keeps equal).
 pub const WASM_MAX_MEMORY: u64 = 1 << 30;
+
+/// `spec.limits.memory` when unset (`sluice_ir::WASM_DEFAULT_MEMORY`, which a translate
+/// test keeps equal).
+pub const WASM_DEFAULT_MEMORY: u64 = 16 << 20;
+
+/// `spec.limits.maxBodyBytes` when unset.
+pub const WASM_DEFAULT_BODY: u64 = 1 << 20;
+
+/// The largest `spec.limits.maxBodyBytes`.
+pub const WASM_MAX_BODY: u64 = 64 << 20;
 
 /// A Kubernetes quantity for bytes: `16Mi`, `1Gi`, `512Ki`, `1M`, `1000`.
 pub fn parse_quantity(s: &str) -> Result<u64, String> {

@@ -22,6 +22,8 @@ pub struct Effective {
     /// At least 1 ms.
     pub timeout: Duration,
     pub min_instances: u32,
+    /// The largest body collected for a filter that buffers one.
+    pub max_body_bytes: u64,
 }
 
 pub fn effective(f: &WasmFilter) -> Effective {
@@ -45,6 +47,11 @@ pub fn effective(f: &WasmFilter) -> Effective {
             .unwrap_or(DEFAULT_TIMEOUT)
             .max(Duration::from_millis(1)),
         min_instances: limits.min_instances.unwrap_or(1),
+        max_body_bytes: limits
+            .max_body_bytes
+            .as_deref()
+            .and_then(|m| parse_quantity(m).ok())
+            .unwrap_or(sluice_resources::WASM_DEFAULT_BODY),
     }
 }
 
@@ -217,6 +224,7 @@ pub(crate) fn resolve(
                 memory_bytes: e.memory_bytes,
                 timeout_ms: e.timeout.as_millis() as u64,
                 min_instances: e.min_instances,
+                max_body_bytes: e.max_body_bytes,
             })
         }
         Some(WasmState::Failed { message, .. }) => Err((
@@ -227,5 +235,16 @@ pub(crate) fn resolve(
             Reason::FilterNotReady,
             format!("WasmFilter {ns}/{name} is not loaded yet"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn validation_and_ir_agree_on_the_default_memory() {
+        assert_eq!(
+            sluice_resources::WASM_DEFAULT_MEMORY,
+            sluice_ir::WASM_DEFAULT_MEMORY
+        );
     }
 }

@@ -375,6 +375,9 @@ impl log::Host for HostState {
     }
 }
 
+/// `body` has only types.
+impl crate::bindings::v0_2::sluice::filter0_2_0::body::Host for HostState {}
+
 impl context::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         Ok(self.context.get(&key).map(<[u8]>::to_vec))

@@ -39,7 +39,7 @@ use wasmtime::{
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
-pub use stats::{ErrorKind, FilterStats};
+pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};
 
 /// Runs `fut` to completion on this thread, for callers outside async code (the loader
 /// on its blocking thread, `sluice check`, the test harness). Filter calls need no
@@ -188,6 +188,11 @@ impl Runtime {
         bindings::v0_1::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| SetupError(e.to_string()))?;
         bindings::v0_2::sluice::filter0_2_0::context::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SetupError(e.to_string()))?;
+        bindings::v0_2::sluice::filter0_2_0::body::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )
@@ -344,6 +349,7 @@ impl Runtime {
             shared: self.shared(&spec.name),
             idle: ArrayQueue::new(POOL_CAPACITY),
             deadline_ticks: ticks(spec.timeout),
+            needs: std::sync::OnceLock::new(),
         });
         for _ in 0..spec.min_instances.max(1) {
             let inst = pool.instantiate().await?;
@@ -468,7 +474,7 @@ enum Exports {
     V0_2(bindings::v0_2::Filter),
 }
 
-type ConfigResult = Result<(), Vec<bindings::v0_1::sluice::filter0_1_0::types::ConfigError>>;
+type ConfigResult = Result<Needs, Vec<bindings::v0_1::sluice::filter0_1_0::types::ConfigError>>;
 
 impl Exports {
     async fn configure(
@@ -476,11 +482,39 @@ impl Exports {
         store: &mut Store<HostState>,
         config: &str,
     ) -> wasmtime::Result<ConfigResult> {
-        match self {
-            Exports::V0_1(f) => f.call_configure(store, config).await,
-            Exports::V0_2(f) => f.call_configure(store, config).await,
-        }
+        use bindings::v0_2::sluice::filter0_2_0::body::BodyMode as Wit;
+        let mode = |m: Wit| match m {
+            Wit::None => BodyMode::None,
+            Wit::Buffered => BodyMode::Buffered,
+        };
+        Ok(match self {
+            Exports::V0_1(f) => f
+                .call_configure(store, config)
+                .await?
+                .map(|()| Needs::default()),
+            Exports::V0_2(f) => f.call_configure(store, config).await?.map(|n| Needs {
+                request_body: mode(n.request_body),
+                response_body: mode(n.response_body),
+            }),
+        })
     }
+}
+
+/// How a filter wants a body (API 0.2, from `configure`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodyMode {
+    /// The body streams past the filter.
+    #[default]
+    None,
+    /// The whole body, up to `limits.maxBodyBytes`, in one body hook call.
+    Buffered,
+}
+
+/// Which bodies a filter needs. A 0.1 filter needs none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub request_body: BodyMode,
+    pub response_body: BodyMode,
 }
 
 /// Live instances of one WasmFilter at one digest and config.
@@ -491,6 +525,9 @@ pub struct Pool {
     shared: Arc<FilterShared>,
     idle: ArrayQueue<Instance>,
     deadline_ticks: u64,
+    /// What the first instance's `configure` returned (all of a pool's instances run
+    /// the same component with the same config).
+    needs: std::sync::OnceLock<Needs>,
 }
 
 impl Drop for Instance {
@@ -527,6 +564,11 @@ impl Pool {
     /// The `sluice:filter` version the filter's component speaks.
     pub fn api(&self) -> ApiVersion {
         self.compiled.api
+    }
+
+    /// Which bodies the filter asked for from `configure`.
+    pub fn needs(&self) -> Needs {
+        self.needs.get().copied().unwrap_or_default()
     }
 
     async fn instantiate(&self) -> Result<Instance, FilterError> {
@@ -589,7 +631,10 @@ impl Pool {
         // keep it while it sits in the pool.
         leave_slow_lane(&inst.store);
         match configured {
-            Ok(Ok(())) => Ok(inst),
+            Ok(Ok(needs)) => {
+                let _ = self.needs.set(needs);
+                Ok(inst)
+            }
             Ok(Err(errors)) => {
                 self.shared.stats.error(ErrorKind::Config);
                 Err(FilterError {
@@ -649,15 +694,16 @@ impl Pool {
         let _ = self.idle.push(inst);
     }
 
-    /// One hook call: takes an instance, moves `ctx` into its resource table for the
-    /// call, and hands it back afterwards whatever happened (a trap included). The
+    /// One hook call: takes an instance, moves `hook`'s resource into its table for
+    /// the call, and hands it back afterwards whatever happened (a trap included). The
     /// instance goes back to the pool only if the call succeeded; a call whose future is
     /// dropped midway (the client went away) drops its instance with it.
-    async fn call<C: Hook>(
+    async fn call<H: Hook>(
         &self,
-        ctx: C,
+        hook: H,
+        ctx: H::Resource,
         context: &mut Context,
-    ) -> (Option<C>, Result<C::Out, FilterError>) {
+    ) -> (Option<H::Resource>, Result<H::Out, FilterError>) {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (Some(ctx), Err(e)),
@@ -670,9 +716,9 @@ impl Pool {
             Ok(r) => r,
             Err(e) => return (None, Err(self.fail(&mut inst.store, e.into()))),
         };
-        let borrowed = Resource::<C>::new_borrow(res.rep());
+        let borrowed = Resource::<H::Resource>::new_borrow(res.rep());
         inst.store.data_mut().context = std::mem::take(context);
-        let result = C::call(&inst.filter, &mut inst.store, borrowed).await;
+        let result = hook.call(&inst.filter, &mut inst.store, borrowed).await;
         *context = std::mem::take(&mut inst.store.data_mut().context);
         leave_slow_lane(&inst.store);
         let back = inst.store.data_mut().table.delete(res).ok();
@@ -686,8 +732,51 @@ impl Pool {
         }
     }
 
-    /// Runs `on-request`. The request's method, URI and headers move into the store for
-    /// the call and back out, whatever happens.
+    /// Runs `hook` on a request's method, URI and headers, which move into the store
+    /// for the call and back out, whatever happens.
+    async fn on_request_parts<H: Hook<Resource = RequestCtx>>(
+        &self,
+        hook: H,
+        method: &mut Method,
+        uri: &mut Uri,
+        headers: &mut HeaderMap,
+        context: &mut Context,
+    ) -> Result<H::Out, FilterError> {
+        let ctx = RequestCtx {
+            method: std::mem::replace(method, Method::GET),
+            uri: std::mem::take(uri),
+            headers: std::mem::take(headers),
+        };
+        let (back, result) = self.call(hook, ctx, context).await;
+        if let Some(ctx) = back {
+            *method = ctx.method;
+            *uri = ctx.uri;
+            *headers = ctx.headers;
+        }
+        result
+    }
+
+    /// Runs `hook` on a response's status and headers.
+    async fn on_response_parts<H: Hook<Resource = ResponseCtx>>(
+        &self,
+        hook: H,
+        status: &mut StatusCode,
+        headers: &mut HeaderMap,
+        context: &mut Context,
+    ) -> Result<H::Out, FilterError> {
+        let ctx = ResponseCtx {
+            status: *status,
+            headers: std::mem::take(headers),
+        };
+        let (back, result) = self.call(hook, ctx, context).await;
+        if let Some(ctx) = back {
+            *status = ctx.status;
+            *headers = ctx.headers;
+        }
+        result
+    }
+
+    /// Runs `on-request`.
     pub async fn on_request(
         &self,
         method: &mut Method,
@@ -695,21 +784,35 @@ impl Pool {
         headers: &mut HeaderMap,
         context: &mut Context,
     ) -> Result<RequestOutcome, FilterError> {
-        let ctx = RequestCtx {
-            method: std::mem::replace(method, Method::GET),
-            uri: std::mem::take(uri),
-            headers: std::mem::take(headers),
-        };
-        let (back, result) = self.call(ctx, context).await;
-        if let Some(ctx) = back {
-            *method = ctx.method;
-            *uri = ctx.uri;
-            *headers = ctx.headers;
-        }
-        Ok(match result? {
-            RequestAction::Continue => RequestOutcome::Continue,
-            RequestAction::Respond(r) => direct(r),
-        })
+        Ok(
+            match self
+                .on_request_parts(OnRequest, method, uri, headers, context)
+                .await?
+            {
+                RequestAction::Continue => RequestOutcome::Continue,
+                RequestAction::Respond(r) => {
+                    let (status, headers, body) = direct(r);
+                    RequestOutcome::Respond {
+                        status,
+                        headers,
+                        body,
+                    }
+                }
+            },
+        )
+    }
+
+    /// Runs `on-request-body` (API 0.2) with the whole request body.
+    pub async fn on_request_body(
+        &self,
+        method: &mut Method,
+        uri: &mut Uri,
+        headers: &mut HeaderMap,
+        context: &mut Context,
+        body: bytes::Bytes,
+    ) -> Result<BodyOutcome, FilterError> {
+        self.on_request_parts(OnRequestBody(body), method, uri, headers, context)
+            .await
     }
 
     /// Runs `on-response` on a response's status and headers.
@@ -719,36 +822,63 @@ impl Pool {
         headers: &mut HeaderMap,
         context: &mut Context,
     ) -> Result<(), FilterError> {
-        let ctx = ResponseCtx {
-            status: *status,
-            headers: std::mem::take(headers),
-        };
-        let (back, result) = self.call(ctx, context).await;
-        if let Some(ctx) = back {
-            *status = ctx.status;
-            *headers = ctx.headers;
-        }
-        result
+        self.on_response_parts(OnResponse, status, headers, context)
+            .await
+    }
+
+    /// Runs `on-response-body` (API 0.2) with the whole response body.
+    pub async fn on_response_body(
+        &self,
+        status: &mut StatusCode,
+        headers: &mut HeaderMap,
+        context: &mut Context,
+        body: bytes::Bytes,
+    ) -> Result<BodyOutcome, FilterError> {
+        self.on_response_parts(OnResponseBody(body), status, headers, context)
+            .await
     }
 }
 
-/// A hook that takes a resource: `on-request` takes the request, `on-response` the
-/// response.
-trait Hook: Send + Sized + 'static {
+/// What a body hook decided.
+pub enum BodyOutcome {
+    /// Keep the body.
+    Continue,
+    /// Send these bytes instead.
+    Replace(Vec<u8>),
+    /// Answer with this instead.
+    Respond {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
+}
+
+/// One export call: the hook's own arguments, and the resource it borrows (the request
+/// or the response).
+trait Hook: Send + 'static {
+    type Resource: Send + 'static;
     type Out: Send;
     fn call<'a>(
+        self,
         f: &'a Exports,
         store: &'a mut Store<HostState>,
-        r: Resource<Self>,
+        r: Resource<Self::Resource>,
     ) -> impl std::future::Future<Output = wasmtime::Result<Self::Out>> + Send + 'a;
 }
 
-impl Hook for RequestCtx {
+struct OnRequest;
+struct OnResponse;
+struct OnRequestBody(bytes::Bytes);
+struct OnResponseBody(bytes::Bytes);
+
+impl Hook for OnRequest {
+    type Resource = RequestCtx;
     type Out = RequestAction;
     async fn call<'a>(
+        self,
         f: &'a Exports,
         store: &'a mut Store<HostState>,
-        r: Resource<Self>,
+        r: Resource<RequestCtx>,
     ) -> wasmtime::Result<RequestAction> {
         match f {
             Exports::V0_1(f) => f.call_on_request(store, r).await,
@@ -757,12 +887,14 @@ impl Hook for RequestCtx {
     }
 }
 
-impl Hook for ResponseCtx {
+impl Hook for OnResponse {
+    type Resource = ResponseCtx;
     type Out = ();
     async fn call<'a>(
+        self,
         f: &'a Exports,
         store: &'a mut Store<HostState>,
-        r: Resource<Self>,
+        r: Resource<ResponseCtx>,
     ) -> wasmtime::Result<()> {
         match f {
             Exports::V0_1(f) => f.call_on_response(store, r).await,
@@ -771,7 +903,60 @@ impl Hook for ResponseCtx {
     }
 }
 
-fn direct(r: DirectResponse) -> RequestOutcome {
+impl Hook for OnRequestBody {
+    type Resource = RequestCtx;
+    type Out = BodyOutcome;
+    async fn call<'a>(
+        self,
+        f: &'a Exports,
+        store: &'a mut Store<HostState>,
+        r: Resource<RequestCtx>,
+    ) -> wasmtime::Result<BodyOutcome> {
+        match f {
+            // 0.1 has no body hooks and asks for no body.
+            Exports::V0_1(_) => Ok(BodyOutcome::Continue),
+            Exports::V0_2(f) => Ok(body_outcome(
+                f.call_on_request_body(store, r, &self.0).await?,
+            )),
+        }
+    }
+}
+
+impl Hook for OnResponseBody {
+    type Resource = ResponseCtx;
+    type Out = BodyOutcome;
+    async fn call<'a>(
+        self,
+        f: &'a Exports,
+        store: &'a mut Store<HostState>,
+        r: Resource<ResponseCtx>,
+    ) -> wasmtime::Result<BodyOutcome> {
+        match f {
+            Exports::V0_1(_) => Ok(BodyOutcome::Continue),
+            Exports::V0_2(f) => Ok(body_outcome(
+                f.call_on_response_body(store, r, &self.0).await?,
+            )),
+        }
+    }
+}
+
+fn body_outcome(a: bindings::v0_2::sluice::filter0_2_0::body::BodyAction) -> BodyOutcome {
+    use bindings::v0_2::sluice::filter0_2_0::body::BodyAction;
+    match a {
+        BodyAction::Continue => BodyOutcome::Continue,
+        BodyAction::Replace(b) => BodyOutcome::Replace(b),
+        BodyAction::Respond(r) => {
+            let (status, headers, body) = direct(r);
+            BodyOutcome::Respond {
+                status,
+                headers,
+                body,
+            }
+        }
+    }
+}
+
+fn direct(r: DirectResponse) -> (StatusCode, HeaderMap, Vec<u8>) {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut headers = HeaderMap::new();
     for (n, v) in r.headers {
@@ -782,11 +967,7 @@ fn direct(r: DirectResponse) -> RequestOutcome {
             headers.append(n, v);
         }
     }
-    RequestOutcome::Respond {
-        status,
-        headers,
-        body: r.body,
-    }
+    (status, headers, r.body)
 }
 
 /// The runtime could not start (engine, linker or epoch thread).

@@ -40,8 +40,43 @@ impl ErrorKind {
     ];
 }
 
+/// Which body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+/// What became of a body a filter asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEvent {
+    /// Collected whole and handed to the body hook.
+    Buffered,
+    /// Larger than `limits.maxBodyBytes`: answered 413 or 502, or the filter skipped.
+    TooLarge,
+    /// A stream (gRPC, WebSocket) that is never buffered: the body hook was not called.
+    Streamed,
+}
+
+impl BodyEvent {
+    const ALL: [BodyEvent; 3] = [
+        BodyEvent::Buffered,
+        BodyEvent::TooLarge,
+        BodyEvent::Streamed,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            BodyEvent::Buffered => "buffered",
+            BodyEvent::TooLarge => "too_large",
+            BodyEvent::Streamed => "streamed",
+        }
+    }
+}
+
 pub struct FilterStats {
     pub calls: AtomicU64,
+    /// By direction, then by event.
+    bodies: [[AtomicU64; 3]; 2],
     log: LogBudget,
     errors: [AtomicU64; 4],
     pub skipped: AtomicU64,
@@ -55,6 +90,7 @@ impl Default for FilterStats {
     fn default() -> Self {
         FilterStats {
             calls: AtomicU64::new(0),
+            bodies: Default::default(),
             log: LogBudget::default(),
             errors: Default::default(),
             skipped: AtomicU64::new(0),
@@ -108,6 +144,15 @@ fn seconds_since_start() -> u64 {
 }
 
 impl FilterStats {
+    /// Counts what became of a body the filter asked for.
+    pub fn body(&self, direction: Direction, event: BodyEvent) {
+        self.bodies[direction as usize][event as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn bodies(&self, direction: Direction, event: BodyEvent) -> u64 {
+        self.bodies[direction as usize][event as usize].load(Relaxed)
+    }
+
     /// Takes one line from this second's budget of `per_second` lines.
     pub(crate) fn log_permit(&self, per_second: u64) -> LogPermit {
         let b = &self.log;
@@ -212,6 +257,26 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
     for (f, s) in filters {
         for k in ErrorKind::ALL {
             out.sample(name, &label(f).with("kind", k.as_str()), s.errors(k));
+        }
+    }
+    let name = "sluice_wasm_bodies_total";
+    out.family(
+        name,
+        Type::Counter,
+        "Bodies a filter asked for, by direction and outcome: buffered (handed to its body hook), too_large (past limits.maxBodyBytes), streamed (gRPC or WebSocket, never buffered).",
+    );
+    for (f, s) in filters {
+        for (d, dir) in [
+            (Direction::Request, "request"),
+            (Direction::Response, "response"),
+        ] {
+            for e in BodyEvent::ALL {
+                out.sample(
+                    name,
+                    &label(f).with("direction", dir).with("outcome", e.as_str()),
+                    s.bodies(d, e),
+                );
+            }
         }
     }
     let name = "sluice_wasm_instances";

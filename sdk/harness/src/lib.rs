@@ -19,8 +19,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-pub use sluice_wasm::ApiVersion;
-use sluice_wasm::{Context, FilterSpec, Pool, RequestOutcome, Runtime};
+pub use sluice_wasm::{ApiVersion, BodyMode, Needs};
+use sluice_wasm::{BodyOutcome, Context, FilterSpec, Pool, RequestOutcome, Runtime};
 pub use sluice_wasm::{ErrorKind, FilterError};
 
 /// What `on-request` did to a request.
@@ -29,6 +29,15 @@ pub enum Outcome {
     /// The filter let the request through, possibly changed.
     Continue(http::Request<()>),
     /// The filter answered itself.
+    Respond(http::Response<Vec<u8>>),
+}
+
+/// What `on-request-body` did: the request goes on (its body replaced if the filter
+/// replaced it, with `content-length` set as the gateway sets it), or the filter
+/// answered.
+#[derive(Debug)]
+pub enum RequestBodyOutcome {
+    Continue(http::Request<Vec<u8>>),
     Respond(http::Response<Vec<u8>>),
 }
 
@@ -127,12 +136,101 @@ impl Harness {
         out
     }
 
+    /// Runs `f` in the exchange `on_request` last started.
+    fn in_current<T>(&self, f: impl FnOnce(&mut Exchange) -> T) -> T {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ex = Exchange(std::mem::take(&mut *current));
+        let out = f(&mut ex);
+        *current = ex.0;
+        out
+    }
+
     /// Runs `on-response` for the request `on_request` last started.
     pub fn on_response(&self, resp: http::Response<()>) -> Result<http::Response<()>, FilterError> {
-        let mut ex = Exchange(std::mem::take(
-            &mut *self.current.lock().unwrap_or_else(|p| p.into_inner()),
-        ));
-        self.on_response_in(&mut ex, resp)
+        self.in_current(|ex| self.on_response_in(ex, resp))
+    }
+
+    /// Which bodies the filter asked for from `configure` (API 0.2).
+    pub fn needs(&self) -> Needs {
+        self.pool.needs()
+    }
+
+    /// Runs `on-request-body` with the request's whole body, for the request
+    /// `on_request` last started. The gateway calls it only if [`Harness::needs`] asks
+    /// for the request body, with at most the WasmFilter's `limits.maxBodyBytes`; the
+    /// harness calls it whenever asked.
+    pub fn on_request_body(
+        &self,
+        req: http::Request<Vec<u8>>,
+    ) -> Result<RequestBodyOutcome, FilterError> {
+        self.in_current(|ex| self.on_request_body_in(ex, req))
+    }
+
+    /// Runs `on-response-body` with the response's whole body, for the request
+    /// `on_request` last started. A body the filter replaced comes back with
+    /// `content-length` set; a direct answer replaces the whole response.
+    pub fn on_response_body(
+        &self,
+        resp: http::Response<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, FilterError> {
+        self.in_current(|ex| self.on_response_body_in(ex, resp))
+    }
+
+    /// Runs `on-request-body` for the request `ex` stands for.
+    pub fn on_request_body_in(
+        &self,
+        ex: &mut Exchange,
+        req: http::Request<Vec<u8>>,
+    ) -> Result<RequestBodyOutcome, FilterError> {
+        let (mut parts, body) = req.into_parts();
+        let outcome = sluice_wasm::block_on(self.pool.on_request_body(
+            &mut parts.method,
+            &mut parts.uri,
+            &mut parts.headers,
+            &mut ex.0,
+            body.clone().into(),
+        ))?;
+        Ok(match outcome {
+            BodyOutcome::Continue => {
+                RequestBodyOutcome::Continue(http::Request::from_parts(parts, body))
+            }
+            BodyOutcome::Replace(new) => {
+                set_length(&mut parts.headers, new.len());
+                RequestBodyOutcome::Continue(http::Request::from_parts(parts, new))
+            }
+            BodyOutcome::Respond {
+                status,
+                headers,
+                body,
+            } => RequestBodyOutcome::Respond(response(status, headers, body)),
+        })
+    }
+
+    /// Runs `on-response-body` for the request `ex` stands for.
+    pub fn on_response_body_in(
+        &self,
+        ex: &mut Exchange,
+        resp: http::Response<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, FilterError> {
+        let (mut parts, body) = resp.into_parts();
+        let outcome = sluice_wasm::block_on(self.pool.on_response_body(
+            &mut parts.status,
+            &mut parts.headers,
+            &mut ex.0,
+            body.clone().into(),
+        ))?;
+        Ok(match outcome {
+            BodyOutcome::Continue => http::Response::from_parts(parts, body),
+            BodyOutcome::Replace(new) => {
+                set_length(&mut parts.headers, new.len());
+                http::Response::from_parts(parts, new)
+            }
+            BodyOutcome::Respond {
+                status,
+                headers,
+                body,
+            } => response(status, headers, body),
+        })
     }
 
     /// Runs `on-request` for the request `ex` stands for.
@@ -154,12 +252,7 @@ impl Harness {
                 status,
                 headers,
                 body,
-            } => {
-                let mut r = http::Response::new(body);
-                *r.status_mut() = status;
-                *r.headers_mut() = headers;
-                Ok(Outcome::Respond(r))
-            }
+            } => Ok(Outcome::Respond(response(status, headers, body))),
         }
     }
 
@@ -182,6 +275,23 @@ impl Harness {
     pub fn stats(&self) -> &sluice_wasm::FilterStats {
         self.pool.stats()
     }
+}
+
+fn response(
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+) -> http::Response<Vec<u8>> {
+    let mut r = http::Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// As the gateway frames a body it holds whole.
+fn set_length(headers: &mut http::HeaderMap, len: usize) {
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
 }
 
 /// Builds the filter crate at `manifest_dir` for `wasm32-wasip2` (release) and returns

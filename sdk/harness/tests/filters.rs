@@ -337,3 +337,134 @@ fn a_slow_start_does_not_keep_the_slow_lane() {
     }
     drop(slow);
 }
+
+fn json_response(body: serde_json::Value) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .header("content-type", "application/json; charset=utf-8")
+        .body(serde_json::to_vec(&body).expect("json"))
+        .expect("response")
+}
+
+#[test]
+fn json_redact_replaces_the_configured_fields_of_buffered_bodies() {
+    let f = Harness::load(
+        &wasm("json_redact"),
+        json!({"response": ["/user/ssn", "/items/*/card", "/a~1b"], "request": ["/password"]}),
+    )
+    .expect("load");
+    let needs = f.needs();
+    assert_eq!(needs.request_body, sluice_harness::BodyMode::Buffered);
+    assert_eq!(needs.response_body, sluice_harness::BodyMode::Buffered);
+
+    // on-request drops accept-encoding, so the backend answers JSON it can read.
+    let req = http::Request::post("/")
+        .header("accept-encoding", "gzip")
+        .body(())
+        .expect("request");
+    let req = continued(f.on_request(req).expect("on_request"));
+    assert!(req.headers().get("accept-encoding").is_none());
+
+    let req = http::Request::post("/login")
+        .header("content-type", "application/json")
+        .body(br#"{"user":"ann","password":"hunter2"}"#.to_vec())
+        .expect("request");
+    let sluice_harness::RequestBodyOutcome::Continue(req) =
+        f.on_request_body(req).expect("on_request_body")
+    else {
+        panic!("the request was answered");
+    };
+    assert_eq!(req.body(), br#"{"user":"ann","password":"***"}"#);
+    assert_eq!(
+        req.headers()["content-length"],
+        req.body().len().to_string()
+    );
+
+    let resp = f
+        .on_response_body(json_response(json!({
+            "user": {"name": "ann", "ssn": "123-45-6789"},
+            "items": [{"card": "4111", "n": 1}, {"card": "5500", "n": 2}, {"n": 3}],
+            "a/b": 7,
+            "keep": true
+        })))
+        .expect("on_response_body");
+    let got: serde_json::Value = serde_json::from_slice(resp.body()).expect("still JSON");
+    assert_eq!(
+        got,
+        json!({
+            "user": {"name": "ann", "ssn": "***"},
+            "items": [{"card": "***", "n": 1}, {"card": "***", "n": 2}, {"n": 3}],
+            "a/b": "***",
+            "keep": true
+        })
+    );
+    // Members keep the backend's order.
+    let resp = http::Response::builder()
+        .header("content-type", "application/json")
+        .body(br#"{"z":1,"user":{"ssn":"1","a":2},"b":3}"#.to_vec())
+        .expect("response");
+    let resp = f.on_response_body(resp).expect("call");
+    assert_eq!(resp.body(), br#"{"z":1,"user":{"ssn":"***","a":2},"b":3}"#);
+
+    // Nothing to redact: the body is passed byte for byte (spacing included).
+    let untouched = b"{ \"other\" : 1 }".to_vec();
+    let resp = http::Response::builder()
+        .header("content-type", "application/json")
+        .body(untouched.clone())
+        .expect("response");
+    assert_eq!(f.on_response_body(resp).expect("call").body(), &untouched);
+    // Not JSON by its content type: not read.
+    let resp = http::Response::builder()
+        .header("content-type", "text/plain")
+        .body(b"ssn=123".to_vec())
+        .expect("response");
+    assert_eq!(f.on_response_body(resp).expect("call").body(), b"ssn=123");
+}
+
+#[test]
+fn json_redact_passes_or_rejects_what_it_cannot_read_and_checks_its_config() {
+    let bad = || {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(b"{\"ssn\": ".to_vec())
+            .expect("response")
+    };
+    let pass = Harness::load(&wasm("json_redact"), json!({"response": ["/ssn"]})).expect("load");
+    assert_eq!(pass.needs().request_body, sluice_harness::BodyMode::None);
+    assert_eq!(
+        pass.on_response_body(bad()).expect("call").body(),
+        b"{\"ssn\": "
+    );
+    let reject = Harness::load(
+        &wasm("json_redact"),
+        json!({"response": ["/ssn"], "onInvalid": "reject"}),
+    )
+    .expect("load");
+    assert_eq!(reject.on_response_body(bad()).expect("call").status(), 502);
+    let gzipped = http::Response::builder()
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0])
+        .expect("response");
+    assert_eq!(
+        reject.on_response_body(gzipped).expect("call").status(),
+        502
+    );
+
+    let e = Harness::load(
+        &wasm("json_redact"),
+        json!({"response": ["ssn", "/ok", "/x~2"], "request": []}),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind, ErrorKind::Config);
+    let paths: Vec<&str> = e.config_errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, [".response[0]", ".response[2]"]);
+    let e = Harness::load(&wasm("json_redact"), json!({}))
+        .err()
+        .expect("refused");
+    assert!(
+        e.message.contains("at least one JSON pointer"),
+        "{}",
+        e.message
+    );
+}
