@@ -9,7 +9,10 @@
 //! - `x-echo-delay-ms: N`: wait N milliseconds before answering;
 //! - `x-echo-status: N`: answer with status N;
 //! - `x-echo-set-header: name: value`: add a response header (repeatable);
-//! - `x-echo-bytes: N`: answer with N bytes of `x` (at most 1 GiB) instead of the JSON.
+//! - `x-echo-bytes: N`: answer with N bytes of `x` (at most 1 GiB) instead of the JSON;
+//! - `x-echo-reflect: 1`: answer with the request's body and content type instead of
+//!   the JSON, and say in `x-echo-request-content-length` what content-length the
+//!   request came with (`none` without one).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -92,6 +95,14 @@ async fn answer(
         .get("x-echo-bytes")
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .map(|n| n.min(1 << 30));
+    let reflect = h.contains_key("x-echo-reflect").then(|| {
+        (
+            h.get(header::CONTENT_TYPE).cloned(),
+            h.get(header::CONTENT_LENGTH)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("none")),
+        )
+    });
     let extra: Vec<(String, String)> = h
         .get_all("x-echo-set-header")
         .iter()
@@ -122,12 +133,13 @@ async fn answer(
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".into());
     let proto = format!("{:?}", req.version());
-    let body_len = req
+    let received = req
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body_len = received.len();
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -143,16 +155,28 @@ async fn answer(
         "service": id.service,
         "pod": id.pod,
     });
-    let body = match filler {
-        Some(n) => Bytes::from(vec![b'x'; n]),
-        None => Bytes::from(json.to_string()),
+    let body = match (filler, &reflect) {
+        (_, Some(_)) => received,
+        (Some(n), None) => Bytes::from(vec![b'x'; n]),
+        (None, None) => Bytes::from(json.to_string()),
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    match reflect {
+        Some((content_type, length)) => {
+            if let Some(ct) = content_type {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp.headers_mut()
+                .insert("x-echo-request-content-length", length);
+        }
+        None => {
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
     for (n, v) in extra {
         if let (Ok(n), Ok(v)) = (
             header::HeaderName::from_bytes(n.as_bytes()),

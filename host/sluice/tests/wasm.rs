@@ -32,7 +32,14 @@ async fn setup_with(
     let dir = TempDir::new(tag);
     install_filters(
         &dir,
-        &["headers", "respond", "hello", "misbehave", "request_id"],
+        &[
+            "headers",
+            "respond",
+            "hello",
+            "misbehave",
+            "request_id",
+            "json_redact",
+        ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write("svc.yaml", &service_yaml("a", &a, None));
@@ -801,5 +808,238 @@ async fn every_request_gets_an_access_log_line_with_its_filters_outcomes() {
     assert!(
         !gw.logs().contains('\u{1b}'),
         "ANSI escapes in the log file"
+    );
+}
+
+/// Sends a request with a body and extra headers; returns status, headers and body.
+async fn post(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
+    let mut b = http::Request::post(format!("http://127.0.0.1:{port}{path}")).header("host", "h");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let resp = client()
+        .request(
+            b.body(http_body_util::Full::new(body.into()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("body")
+        .to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// Filter API 0.2 buffered bodies through the gateway: a filter that asks for bodies
+/// gets them whole and may replace them (content-length follows), a body past
+/// `limits.maxBodyBytes` gets 413 / 502 or, FailOpen, streams on unfiltered, gRPC is
+/// never buffered, a body no filter asks for streams past a header-only filter
+/// whatever its size, and a 0.1 filter runs on the same rule as a 0.2 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_reach_the_filters_that_ask_for_them_and_stream_past_the_rest() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk/harness/tests/fixtures/headers-0.1.0.wasm");
+    let small = "  limits: {maxBodyBytes: 1Ki}\n  config: {request: [/x], response: [/x]}\n";
+    let filters = [
+        wasm_filter(
+            "redact",
+            "json_redact",
+            "  config: {request: [/password], response: [/ssn]}\n",
+        ),
+        wasm_filter("small", "json_redact", small),
+        wasm_filter(
+            "small-open",
+            "json_redact",
+            &format!("{small}  failurePolicy: FailOpen\n"),
+        ),
+        wasm_filter(
+            "strict",
+            "json_redact",
+            "  config: {request: [/password], onInvalid: reject}\n",
+        ),
+        wasm_filter("rid", "request_id", ""),
+        wasm_filter(
+            "old",
+            "headers-0.1.0",
+            "  config: {request: {set: {x-old: 'yes'}}, response: {set: {x-old-resp: 'yes'}}}\n",
+        ),
+    ];
+    let rules = format!(
+        "  - matches: [{{path: {{value: /redact}}}}]\n    filters: [{}, {}]\n    backendRefs: [{{name: a, port: 80}}]\n  - matches: [{{path: {{value: /strict}}}}]\n    filters: [{}, {}]\n    backendRefs: [{{name: a, port: 80}}]\n  - matches: [{{path: {{value: /small}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n  - matches: [{{path: {{value: /open}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("old"),
+        ext("redact"),
+        ext("old"),
+        ext("strict"),
+        ext("small"),
+        ext("small-open"),
+        ext("rid"),
+    );
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("wasm-bodies");
+    install_filters(&dir, &["json_redact", "request_id"]);
+    std::fs::copy(&fixture, dir.0.join("filters/headers-0.1.0.wasm")).expect("copy fixture");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write("filters.yaml", &filters.join("---\n"));
+    dir.write("routes.yaml", &route(&rules));
+    let cache = dir.0.join("cache");
+    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    let reflect = [
+        ("content-type", "application/json"),
+        ("x-echo-reflect", "1"),
+    ];
+
+    // Both bodies redacted; the backend got the new request body with its length; the
+    // 0.1 filter ran on the same rule, both ways.
+    let (status, headers, body) = post(
+        port,
+        "/redact",
+        &reflect,
+        r#"{"user":"ann","password":"hunter2","ssn":"123-45-6789"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], br#"{"user":"ann","password":"***","ssn":"***"}"#);
+    assert_eq!(
+        headers["x-echo-request-content-length"],
+        r#"{"user":"ann","password":"***","ssn":"123-45-6789"}"#
+            .len()
+            .to_string()
+    );
+    assert_eq!(headers["content-length"], body.len().to_string());
+    assert_eq!(headers["x-old-resp"], "yes");
+
+    // A chunked request body (curl, no content-length) reaches the backend whole, with
+    // the length of what the filter made of it.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-H",
+            "host: h",
+            "-H",
+            "transfer-encoding: chunked",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-echo-reflect: 1",
+        ])
+        .args(["--data-binary", r#"{"password":"p"}"#])
+        .arg(format!("http://127.0.0.1:{port}/redact"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        text.contains(&format!(
+            "x-echo-request-content-length: {}",
+            r#"{"password":"***"}"#.len()
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with(r#"{"password":"***"}"#), "{text}");
+
+    // gRPC is a stream: never buffered, counted as such.
+    let (status, _, body) = post(
+        port,
+        "/redact",
+        &[
+            ("content-type", "application/grpc"),
+            ("x-echo-reflect", "1"),
+        ],
+        r#"{"password":"p"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::OK, &br#"{"password":"p"}"#[..])
+    );
+
+    // A body hook's direct answer: the backend is not called, and the answer goes
+    // through the response work of the filters before it.
+    let before = a.id.requests.load(Ordering::Relaxed);
+    let (status, headers, body) = post(port, "/strict", &reflect, "{not json").await;
+    assert_eq!(
+        (status, &body[..]),
+        (
+            StatusCode::BAD_REQUEST,
+            &b"the request body is not valid JSON\n"[..]
+        )
+    );
+    assert_eq!(headers["x-old-resp"], "yes");
+    assert_eq!(a.id.requests.load(Ordering::Relaxed), before);
+
+    // Past maxBodyBytes, FailClosed: 413 without calling the backend, and 502.
+    let big = vec![b'{'; 4096];
+    let (status, _, _) = post(port, "/small", &reflect, big.clone()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.id.requests.load(Ordering::Relaxed), before);
+    let r = send(
+        &client(),
+        "GET",
+        port,
+        "h",
+        "/small",
+        &[("x-echo-bytes", "4096")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    // FailOpen: the filter is skipped and the bodies stream on whole.
+    let (status, _, body) = post(port, "/open", &reflect, big.clone()).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 4096));
+    let r = send(
+        &client(),
+        "GET",
+        port,
+        "h",
+        "/open",
+        &[("x-echo-bytes", "4096")],
+    )
+    .await;
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 4096));
+
+    // A header-only filter: a body four times its maxBodyBytes streams past it.
+    let (status, _, body) = post(port, "/", &[], vec![b'z'; 4 << 20]).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(seen["bodyLength"], 4 << 20);
+
+    let metrics = gw.admin("/metrics").await;
+    for (filter, direction, outcome, n) in [
+        ("redact", "request", "buffered", 2),
+        ("redact", "response", "buffered", 2),
+        ("redact", "request", "streamed", 1),
+        ("redact", "response", "streamed", 1),
+        ("small", "request", "too_large", 1),
+        ("small", "response", "too_large", 1),
+        ("small-open", "request", "too_large", 1),
+        // The reflected 4 KiB body too.
+        ("small-open", "response", "too_large", 2),
+        ("rid", "request", "buffered", 0),
+        ("rid", "request", "too_large", 0),
+    ] {
+        let line = format!(
+            "sluice_wasm_bodies_total{{filter=\"default/{filter}\",direction=\"{direction}\",outcome=\"{outcome}\"}} {n}\n"
+        );
+        assert!(metrics.contains(&line), "{line}{metrics}");
+    }
+    assert!(
+        metrics.contains("sluice_wasm_failopen_skips_total{filter=\"default/small-open\"} 0"),
+        "a body too large is not a filter failure"
+    );
+    // password and ssn, then the chunked request's password.
+    assert!(
+        metrics.contains("sluice_filter_json_redact_fields_total{filter=\"default/redact\"} 3\n"),
+        "{metrics}"
     );
 }
