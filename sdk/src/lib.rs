@@ -326,6 +326,101 @@ pub mod context {
     }
 }
 
+/// HTTP calls to the backends the WasmFilter grants in `spec.outbound`:
+///
+/// ```ignore
+/// use sluice_sdk::outbound::{self, Request};
+/// let answer = outbound::send("authz", Request::get("/check").header("authorization", token))?;
+/// if answer.status == 200 { /* ... */ }
+/// ```
+///
+/// A call reads as blocking in the filter: it returns with the answer. The gateway is not
+/// blocked meanwhile (the thread serves other requests), and the wait does not count
+/// against the filter's `limits.timeout`; each grant has its own `timeout`, and a
+/// request's calls together may take at most its route's request timeout (30 s without
+/// one).
+pub mod outbound {
+    use crate::bindings::sluice::filter0_2_0::outbound as wit;
+
+    /// Why a call got no answer: `NotGranted` (no grant by that name), `Unavailable`
+    /// (the backend cannot be used now), `Timeout`, `Failed` (connection or protocol),
+    /// `InvalidRequest`, `ResponseTooLarge` (past `limits.maxBodyBytes`).
+    pub use wit::CallError;
+
+    /// A request to send to a granted backend.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Request {
+        pub method: String,
+        /// Path and query, starting with `/`.
+        pub path: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Request {
+        pub fn new(method: &str, path: &str) -> Self {
+            Request {
+                method: method.into(),
+                path: path.into(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+        }
+        pub fn get(path: &str) -> Self {
+            Self::new("GET", path)
+        }
+        pub fn post(path: &str) -> Self {
+            Self::new("POST", path)
+        }
+        /// Adds a header.
+        pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+            self.body = body.into();
+            self
+        }
+    }
+
+    /// The backend's answer.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Response {
+        pub status: u16,
+        /// Lowercase names, in the order received.
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The first value of a header (names are case-insensitive).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Sends `request` to the backend granted as `grant` and waits for the answer.
+    pub fn send(grant: &str, request: Request) -> Result<Response, CallError> {
+        let r = wit::send(
+            grant,
+            &wit::OutboundRequest {
+                method: request.method,
+                path: request.path,
+                headers: request.headers,
+                body: request.body,
+            },
+        )?;
+        Ok(Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        })
+    }
+}
+
 /// A monotonic clock (there is no wall clock).
 pub mod clock {
     /// Nanoseconds since a fixed point in the past.

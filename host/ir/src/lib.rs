@@ -382,8 +382,22 @@ pub struct WasmIr {
     pub memory_bytes: u64,
     pub timeout_ms: u64,
     pub min_instances: u32,
-    /// The largest body collected for the filter when it asks for a buffered body.
+    /// The largest body collected for the filter when it asks for a buffered body (and
+    /// the largest answer to one of its outbound calls).
     pub max_body_bytes: u64,
+    /// The backends it may call, by grant name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<OutboundIr>,
+}
+
+/// A backend a filter may call (`spec.outbound`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundIr {
+    pub name: String,
+    /// Resolved as a route's backendRef; `invalid` says why it cannot be called.
+    pub backend: BackendIr,
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

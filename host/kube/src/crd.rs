@@ -28,7 +28,7 @@ pub fn wasm_filter_crd() -> Value {
         m.insert(
             "description".into(),
             "What the filter runs and how: its component's source, its configuration, \
-             its failure policy and its resource limits."
+             its failure policy, its resource limits and the backends it may call."
                 .into(),
         );
     }
@@ -70,6 +70,19 @@ pub fn wasm_filter_crd() -> Value {
                     "properties": {
                         "path": { "type": "string" },
                         "message": { "type": "string" }
+                    }
+                }
+            },
+            "outbound": {
+                "type": "array",
+                "description": "Each outbound grant (spec.outbound) and whether it resolves.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string" },
+                        "backend": { "type": "string", "description": "namespace/service:port" },
+                        "resolved": { "type": "boolean" },
+                        "message": { "type": "string", "description": "Why it cannot be called, if it cannot." }
                     }
                 }
             }

@@ -11,6 +11,7 @@ mod client;
 mod cors;
 mod hosts;
 pub mod metrics;
+mod outbound;
 mod proxy;
 mod router;
 mod server;

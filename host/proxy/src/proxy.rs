@@ -180,7 +180,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn serve(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     snap: &Snapshot,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
@@ -253,7 +253,17 @@ async fn serve(
 
     // Request filters, in order: the rule's, then the chosen backend's.
     let mut st = FilterRun::default();
-    if let Some(resp) = request_filters(&rule.filters, &mut req, &mut st, &origin, record).await {
+    // What this request's Wasm filters may call, and until when.
+    let scope = CallScope {
+        gw,
+        deadline: tokio::time::Instant::from_std(start)
+            + rule
+                .request_timeout
+                .unwrap_or(crate::outbound::CALLS_WITHOUT_ROUTE_TIMEOUT),
+    };
+    if let Some(resp) =
+        request_filters(&rule.filters, &mut req, &mut st, &origin, &scope, record).await
+    {
         return (resp, rule.local_stats.clone());
     }
     let Some(backend) = pick_backend(&rule) else {
@@ -274,7 +284,8 @@ async fn serve(
             backend.stats.clone(),
         );
     }
-    if let Some(resp) = request_filters(&backend.filters, &mut req, &mut st, &origin, record).await
+    if let Some(resp) =
+        request_filters(&backend.filters, &mut req, &mut st, &origin, &scope, record).await
     {
         return (resp, backend.stats.clone());
     }
@@ -462,6 +473,31 @@ async fn serve(
     (Response::from_parts(parts, body), backend.stats.clone())
 }
 
+/// What a request's Wasm filters may call out to: the gateway's upstreams, until the
+/// request's time for calls is spent.
+struct CallScope<'a> {
+    gw: &'a Arc<Gateway>,
+    deadline: tokio::time::Instant,
+}
+
+impl CallScope<'_> {
+    /// A filter's context for this request: empty, plus its outbound grants if it has
+    /// any (one allocation then; none for a filter without grants).
+    fn context(&self, w: &WasmFilter) -> sluice_wasm::Context {
+        match &w.grants {
+            Some(grants) => sluice_wasm::Context::with_outbound(Arc::new(
+                crate::outbound::Calls {
+                    gw: self.gw.clone(),
+                    grants: grants.clone(),
+                    max_body: w.max_body_bytes,
+                    deadline: self.deadline,
+                },
+            )),
+            None => sluice_wasm::Context::default(),
+        }
+    }
+}
+
 /// What the request filters leave for later: response work, CORS, mirrors, a new host.
 #[derive(Default)]
 struct FilterRun<'a> {
@@ -489,6 +525,7 @@ async fn request_filters<'a>(
     req: &mut Request<Incoming>,
     st: &mut FilterRun<'a>,
     origin: &Origin<'_>,
+    scope: &CallScope<'_>,
     record: &mut Option<Box<Record>>,
 ) -> Option<Response<Body>> {
     for f in filters {
@@ -529,7 +566,7 @@ async fn request_filters<'a>(
                 let mut method = std::mem::replace(req.method_mut(), http::Method::GET);
                 let mut uri = std::mem::take(req.uri_mut());
                 let mut headers = std::mem::take(req.headers_mut());
-                let mut context = sluice_wasm::Context::default();
+                let mut context = scope.context(w);
                 let outcome = w
                     .pool
                     .on_request(&mut method, &mut uri, &mut headers, &mut context)
@@ -922,7 +959,7 @@ fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Sends `req` on the backend's pool: its own TLS pool, or the shared cleartext one.
-fn send(
+pub(crate) fn send(
     gw: &Gateway,
     backend: &Backend,
     req: Request<Body>,
@@ -933,7 +970,7 @@ fn send(
     }
 }
 
-fn next_endpoint(b: &Backend) -> Option<&Authority> {
+pub(crate) fn next_endpoint(b: &Backend) -> Option<&Authority> {
     match b.endpoints.len() {
         0 => None,
         1 => b.endpoints.first(),

@@ -137,6 +137,8 @@ pub(crate) struct WasmFilter {
     pub fail_open: bool,
     /// The largest body collected for it, when it buffers one.
     pub max_body_bytes: u64,
+    /// The backends it may call (`spec.outbound`), if any.
+    pub grants: Option<Arc<crate::outbound::Grants>>,
 }
 
 /// The instance pools of the WasmFilters a snapshot uses, by `namespace/name`. The
@@ -314,6 +316,28 @@ fn build_filters(
                     })?,
                     fail_open: w.failure_policy == sluice_ir::FailurePolicy::FailOpen,
                     max_body_bytes: w.max_body_bytes,
+                    grants: if w.outbound.is_empty() {
+                        None
+                    } else {
+                        Some(Arc::new(crate::outbound::Grants(
+                            w.outbound
+                                .iter()
+                                .map(|o| {
+                                    Ok(crate::outbound::Grant {
+                                        name: o.name.clone(),
+                                        backend: Arc::new(build_backend(
+                                            &o.backend,
+                                            &format!("WasmFilter {}", w.filter),
+                                            &format!("outbound/{}", o.name),
+                                            metrics,
+                                            wasm,
+                                        )?),
+                                        timeout: Duration::from_millis(o.timeout_ms),
+                                    })
+                                })
+                                .collect::<Result<_, BuildError>>()?,
+                        )))
+                    },
                 }),
             })
         })

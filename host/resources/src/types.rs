@@ -868,6 +868,39 @@ pub struct WasmFilterSpec {
     pub failure_policy: Option<FailurePolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<WasmLimits>,
+    /// The backends the filter may call (filter API 0.2 `outbound.send`), each under
+    /// a name of its own; a call to any other name is refused. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub outbound: Vec<OutboundGrant>,
+}
+
+/// One backend a filter may call.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundGrant {
+    /// What the filter passes to `outbound.send`: lowercase letters, digits and `-`,
+    /// at most 63.
+    pub name: String,
+    /// A Service port, resolved like a route's backendRef: its EndpointSlices, a
+    /// ReferenceGrant (from `sluice.dev` `WasmFilter`) for another namespace, and a
+    /// BackendTLSPolicy for HTTPS with a verified identity.
+    pub backend_ref: OutboundBackendRef,
+    /// Time one call may take, as a Gateway API duration (`200ms`); default 1s, at
+    /// most 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A Service and port.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundBackendRef {
+    pub name: String,
+    /// Default: the WasmFilter's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub port: u16,
 }
 
 /// Where the component comes from: exactly one of `path`, `url` or `oci`.

@@ -297,6 +297,45 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
             ));
         }
     }
+    let mut names = std::collections::BTreeSet::new();
+    if w.spec.outbound.len() > 16 {
+        p.push((
+            "spec.outbound".into(),
+            "at most 16 grants".into(),
+        ));
+    }
+    for (i, g) in w.spec.outbound.iter().enumerate() {
+        let at = |f: &str| format!("spec.outbound[{i}].{f}");
+        let label = !g.name.is_empty()
+            && g.name.len() <= 63
+            && g.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !label {
+            p.push((
+                at("name"),
+                format!(
+                    "{:?}: use lowercase letters, digits and -, at most 63 (such as authz)",
+                    g.name
+                ),
+            ));
+        } else if !names.insert(g.name.as_str()) {
+            p.push((at("name"), format!("{:?} is granted twice; names must be unique", g.name)));
+        }
+        if g.backend_ref.port == 0 {
+            p.push((at("backendRef.port"), "must be a port number, 1 to 65535".into()));
+        }
+        if let Some(t) = &g.timeout {
+            match parse_duration(t) {
+                Ok(d) if d.is_zero() || d > Duration::from_secs(60) => p.push((
+                    at("timeout"),
+                    "must be above 0 and at most 60s".into(),
+                )),
+                Ok(_) => {}
+                Err(e) => p.push((at("timeout"), e)),
+            }
+        }
+    }
     if let Some(l) = &w.spec.limits {
         if let Some(m) = &l.memory {
             match parse_quantity(m) {

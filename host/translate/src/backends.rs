@@ -7,7 +7,7 @@ use sluice_ir::{BackendIr, UpstreamProtocol};
 
 use sluice_resources::{BackendObjectReference, Resources, SERVICE_NAME_LABEL};
 
-use crate::grants::ref_permitted;
+use crate::grants::ref_permitted_from;
 use crate::status::{Kind, Problem, Reason};
 
 /// Resolves one backendRef of an HTTPRoute in `route_ns`. An unresolvable reference still
@@ -30,6 +30,24 @@ pub(crate) fn resolve_for(
     b: &BackendObjectReference,
     weight: u32,
 ) -> (BackendIr, Option<Problem>) {
+    resolve_from(
+        res,
+        (sluice_resources::GATEWAY_GROUP, route_kind.as_str()),
+        route_ns,
+        b,
+        weight,
+    )
+}
+
+/// As [`resolve`], for a referrer of any group and kind: `(group, kind)`, which
+/// ReferenceGrants name (a WasmFilter's outbound grants are `sluice.dev` `WasmFilter`).
+pub(crate) fn resolve_from(
+    res: &Resources,
+    from: (&str, &str),
+    route_ns: &str,
+    b: &BackendObjectReference,
+    weight: u32,
+) -> (BackendIr, Option<Problem>) {
     let ns = b.namespace.as_deref().unwrap_or(route_ns);
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
@@ -45,7 +63,7 @@ pub(crate) fn resolve_for(
     };
     let problem = resolve_service(
         res,
-        route_kind.as_str(),
+        from,
         route_ns,
         ns,
         group,
@@ -63,7 +81,7 @@ pub(crate) fn resolve_for(
 #[allow(clippy::too_many_arguments)]
 fn resolve_service(
     res: &Resources,
-    route_kind: &str,
+    (from_group, route_kind): (&str, &str),
     route_ns: &str,
     ns: &str,
     group: &str,
@@ -82,7 +100,15 @@ fn resolve_service(
             ),
         ));
     }
-    if !ref_permitted(res, route_kind, route_ns, "", "Service", ns, &b.name) {
+    if !ref_permitted_from(
+        res,
+        (from_group, route_kind),
+        route_ns,
+        "",
+        "Service",
+        ns,
+        &b.name,
+    ) {
         return Some((
             Reason::RefNotPermitted,
             format!(

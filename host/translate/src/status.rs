@@ -415,6 +415,23 @@ pub struct WasmFilterStatus {
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub config_errors: Vec<ConfigErrorStatus>,
+    /// Each outbound grant and whether it resolves.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<OutboundStatus>,
+}
+
+/// One of a WasmFilter's outbound grants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutboundStatus {
+    pub name: String,
+    /// `namespace/service:port`.
+    pub backend: String,
+    /// The reference resolves (kind, ReferenceGrant, Service, port).
+    pub resolved: bool,
+    /// Why it cannot be called, if it cannot (a reference problem, or no ready
+    /// endpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

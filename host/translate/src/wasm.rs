@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_ir::{FailurePolicy, FilterKey, WasmIr};
+use sluice_ir::{FailurePolicy, FilterKey, OutboundIr, WasmIr};
 use sluice_resources::{Resources, SLUICE_GROUP, WasmFilter, parse_duration, parse_quantity};
 
 use crate::status::*;
@@ -92,6 +92,92 @@ pub fn key(f: &WasmFilter) -> FilterKey {
     FilterKey::new(f.metadata.namespace_or_default(), f.metadata.name.clone())
 }
 
+/// The default time of one outbound call.
+pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A WasmFilter's outbound grants, each resolved like a route's backendRef (with
+/// ReferenceGrants from `sluice.dev` `WasmFilter`), and what stops it resolving.
+fn outbound(res: &Resources, f: &WasmFilter) -> Vec<(OutboundIr, Option<Problem>)> {
+    let ns = f.metadata.namespace_or_default();
+    f.spec
+        .outbound
+        .iter()
+        .map(|g| {
+            let r = sluice_resources::BackendObjectReference {
+                group: None,
+                kind: None,
+                name: g.backend_ref.name.clone(),
+                namespace: g.backend_ref.namespace.clone(),
+                port: Some(g.backend_ref.port),
+            };
+            let (mut backend, problem) = crate::backends::resolve_from(
+                res,
+                (SLUICE_GROUP, Kind::WasmFilter.as_str()),
+                &ns,
+                &r,
+                1,
+            );
+            if problem.is_none() && backend.invalid.is_none() && backend.endpoints.is_empty() {
+                backend.invalid = Some(format!(
+                    "{}: no ready endpoints",
+                    backend.name
+                ));
+            }
+            let timeout = g
+                .timeout
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .unwrap_or(DEFAULT_OUTBOUND_TIMEOUT);
+            (
+                OutboundIr {
+                    name: g.name.clone(),
+                    backend,
+                    timeout_ms: timeout.as_millis() as u64,
+                },
+                problem,
+            )
+        })
+        .collect()
+}
+
+/// The WasmFilter's `ResolvedRefs` condition and `status.outbound`, when it has grants.
+fn outbound_status(
+    res: &Resources,
+    f: &WasmFilter,
+    g: i64,
+) -> Option<(Condition, Vec<OutboundStatus>)> {
+    if f.spec.outbound.is_empty() {
+        return None;
+    }
+    let grants = outbound(res, f);
+    let list: Vec<OutboundStatus> = grants
+        .iter()
+        .map(|(o, problem)| OutboundStatus {
+            name: o.name.clone(),
+            backend: o.backend.name.clone(),
+            resolved: problem.is_none(),
+            message: problem
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .or_else(|| o.backend.invalid.clone()),
+        })
+        .collect();
+    let first = grants.iter().find_map(|(_, p)| p.clone());
+    let condition = match first {
+        None => Condition::new(
+            ConditionType::ResolvedRefs,
+            true,
+            Reason::ResolvedRefs,
+            "every outbound grant resolves",
+            g,
+        ),
+        Some((reason, message)) => {
+            Condition::new(ConditionType::ResolvedRefs, false, reason, message, g)
+        }
+    };
+    Some((condition, list))
+}
+
 pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<ObjectStatus>) {
     for f in &res.wasm_filters {
         let g = f.metadata.generation();
@@ -162,8 +248,8 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 name: f.metadata.name.clone(),
                 generation: g,
             },
-            status: Status::WasmFilter(WasmFilterStatus {
-                conditions: vec![
+            status: Status::WasmFilter({
+                let mut conditions = vec![
                     Condition::new(
                         ConditionType::Accepted,
                         true,
@@ -172,10 +258,21 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                         g,
                     ),
                     ready,
-                ],
-                digest,
-                image,
-                config_errors,
+                ];
+                let outbound = match outbound_status(res, f, g) {
+                    Some((c, list)) => {
+                        conditions.push(c);
+                        list
+                    }
+                    None => Vec::new(),
+                };
+                WasmFilterStatus {
+                    conditions,
+                    digest,
+                    image,
+                    config_errors,
+                    outbound,
+                }
             }),
         });
     }
@@ -225,6 +322,7 @@ pub(crate) fn resolve(
                 timeout_ms: e.timeout.as_millis() as u64,
                 min_instances: e.min_instances,
                 max_body_bytes: e.max_body_bytes,
+                outbound: outbound(res, f).into_iter().map(|(o, _)| o).collect(),
             })
         }
         Some(WasmState::Failed { message, .. }) => Err((

@@ -26,7 +26,12 @@ pub mod v0_2 {
     wasmtime::component::bindgen!({
         world: "sluice:filter/filter@0.2.0",
         path: "../../wit",
-        imports: { default: trappable },
+        // An outbound call waits on the network: an async host function, so the guest
+        // is suspended and its thread serves other tasks meanwhile.
+        imports: {
+            "sluice:filter/outbound.send": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: {
             "sluice:filter/types@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::types,

@@ -12,6 +12,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use crate::FilterShared;
 use crate::bindings::v0_1::sluice::filter0_1_0::{clock, kv, log, metrics, types};
 use crate::bindings::v0_2::sluice::filter0_2_0::context;
+use crate::bindings::v0_2::sluice::filter0_2_0::outbound as wit_out;
 
 /// The request while a filter looks at it; moved into the store for the call and back out.
 pub struct RequestCtx {
@@ -50,11 +51,21 @@ pub const CONTEXT_MAX_KEYS: usize = 64;
 /// Bytes of keys and values one request's context may hold, per WasmFilter.
 pub const CONTEXT_MAX_BYTES: usize = 64 << 10;
 
-/// What one WasmFilter keeps for one request (the 0.2 `context` interface): the caller
-/// holds it between hooks and moves it into the store for each call. Empty until the
-/// filter stores something, and then one allocation.
-#[derive(Debug, Default)]
-pub struct Context(Option<Box<ContextMap>>);
+/// What one WasmFilter keeps for one request (the 0.2 `context` interface), and the
+/// outbound calls it may make during it: the caller holds it between hooks and moves it
+/// into the store for each call. Empty until the filter stores something, and then one
+/// allocation.
+#[derive(Default)]
+pub struct Context(Option<Box<ContextMap>>, Option<Arc<dyn crate::Outbound>>);
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("values", &self.0)
+            .field("outbound", &self.1.is_some())
+            .finish()
+    }
+}
 
 #[derive(Debug, Default)]
 struct ContextMap {
@@ -63,6 +74,15 @@ struct ContextMap {
 }
 
 impl Context {
+    /// A context whose filter may make outbound calls through `outbound`.
+    pub fn with_outbound(outbound: Arc<dyn crate::Outbound>) -> Self {
+        Context(None, Some(outbound))
+    }
+
+    pub(crate) fn outbound(&self) -> Option<Arc<dyn crate::Outbound>> {
+        self.1.clone()
+    }
+
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         self.0.as_ref()?.entries.get(key).map(Vec::as_slice)
     }
@@ -372,6 +392,38 @@ impl log::Host for HostState {
             log::Level::Error => tracing::error!(%filter, "{message}"),
         }
         Ok(())
+    }
+}
+
+impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::Host for HostState {
+    async fn send(
+        &mut self,
+        grant: String,
+        request: wit_out::OutboundRequest,
+    ) -> wasmtime::Result<Result<wit_out::OutboundResponse, wit_out::CallError>> {
+        // Waiting on the network is not running: the slow lane place goes to others.
+        drop(
+            self.slow_permit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let stats = self.shared.stats.clone();
+        let Some(outbound) = self.context.outbound() else {
+            stats.outbound_refused();
+            return Ok(Err(wit_out::CallError::NotGranted));
+        };
+        let req = match crate::outbound::request(request) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(wit_out::CallError::InvalidRequest(e))),
+        };
+        let start = std::time::Instant::now();
+        let result = outbound.send(&grant, req).await;
+        match &result {
+            Err(crate::CallError::NotGranted) => stats.outbound_refused(),
+            r => stats.outbound_call(&grant, r.is_ok(), start.elapsed()),
+        }
+        Ok(crate::outbound::to_wit(result))
     }
 }
 

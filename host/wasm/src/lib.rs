@@ -18,6 +18,7 @@
 mod bindings;
 mod host;
 mod kv;
+mod outbound;
 mod sandbox;
 pub mod stats;
 
@@ -38,6 +39,7 @@ use wasmtime::{
 
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
+pub use outbound::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
 use host::{HostState, MemoryLimiter};
 pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};
 
@@ -188,6 +190,11 @@ impl Runtime {
         bindings::v0_1::Filter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| SetupError(e.to_string()))?;
         bindings::v0_2::sluice::filter0_2_0::context::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SetupError(e.to_string()))?;
+        bindings::v0_2::sluice::filter0_2_0::outbound::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )

@@ -73,8 +73,18 @@ impl BodyEvent {
     }
 }
 
+/// Outbound calls to one grant.
+struct OutboundStats {
+    calls: u64,
+    errors: u64,
+    latency: Histogram,
+}
+
 pub struct FilterStats {
     pub calls: AtomicU64,
+    /// Outbound calls by grant name (bounded by `spec.outbound`).
+    outbound: Mutex<BTreeMap<String, OutboundStats>>,
+    outbound_refused: AtomicU64,
     /// By direction, then by event.
     bodies: [[AtomicU64; 3]; 2],
     log: LogBudget,
@@ -90,6 +100,8 @@ impl Default for FilterStats {
     fn default() -> Self {
         FilterStats {
             calls: AtomicU64::new(0),
+            outbound: Mutex::default(),
+            outbound_refused: AtomicU64::new(0),
             bodies: Default::default(),
             log: LogBudget::default(),
             errors: Default::default(),
@@ -144,6 +156,36 @@ fn seconds_since_start() -> u64 {
 }
 
 impl FilterStats {
+    /// Counts a call to a name `spec.outbound` does not grant.
+    pub fn outbound_refused(&self) {
+        self.outbound_refused.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an outbound call to the grant `grant`.
+    pub fn outbound_call(&self, grant: &str, ok: bool, elapsed: Duration) {
+        let mut m = self.outbound.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.contains_key(grant) {
+            m.insert(
+                grant.to_string(),
+                OutboundStats {
+                    calls: 0,
+                    errors: 0,
+                    latency: Histogram::new(DEFAULT_BUCKETS),
+                },
+            );
+        }
+        if let Some(s) = m.get_mut(grant) {
+            s.calls += 1;
+            s.errors += u64::from(!ok);
+            s.latency.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Calls refused as not granted.
+    pub fn outbound_refusals(&self) -> u64 {
+        self.outbound_refused.load(Relaxed)
+    }
+
     /// Counts what became of a body the filter asked for.
     pub fn body(&self, direction: Direction, event: BodyEvent) {
         self.bodies[direction as usize][event as usize].fetch_add(1, Relaxed);
@@ -257,6 +299,51 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
     for (f, s) in filters {
         for k in ErrorKind::ALL {
             out.sample(name, &label(f).with("kind", k.as_str()), s.errors(k));
+        }
+    }
+    let name = "sluice_wasm_outbound_refused_total";
+    out.family(
+        name,
+        Type::Counter,
+        "Outbound calls to a name the WasmFilter's spec.outbound does not grant.",
+    );
+    for (f, s) in filters {
+        out.sample(name, &label(f), s.outbound_refusals() as i64);
+    }
+    let calls = "sluice_wasm_outbound_calls_total";
+    let errors = "sluice_wasm_outbound_errors_total";
+    let latency = "sluice_wasm_outbound_duration_seconds";
+    let grants: Vec<(&str, Vec<(String, u64, u64, sluice_metrics::HistogramSnapshot)>)> = filters
+        .iter()
+        .map(|(f, s)| {
+            let m = s.outbound.lock().unwrap_or_else(|p| p.into_inner());
+            let rows = m
+                .iter()
+                .map(|(g, o)| (g.clone(), o.calls, o.errors, o.latency.snapshot()))
+                .collect();
+            (*f, rows)
+        })
+        .collect();
+    out.family(calls, Type::Counter, "Outbound calls of a filter, per granted destination.");
+    for (f, rows) in &grants {
+        for (g, c, _, _) in rows {
+            out.sample(calls, &label(f).with("grant", g), *c as i64);
+        }
+    }
+    out.family(
+        errors,
+        Type::Counter,
+        "Outbound calls that got no answer (timeout, connection failure, unavailable backend), per granted destination.",
+    );
+    for (f, rows) in &grants {
+        for (g, _, e, _) in rows {
+            out.sample(errors, &label(f).with("grant", g), *e as i64);
+        }
+    }
+    out.family(latency, Type::Histogram, "Time an outbound call took, per granted destination.");
+    for (f, rows) in &grants {
+        for (g, _, _, h) in rows {
+            out.histogram(latency, &label(f).with("grant", g), h);
         }
     }
     let name = "sluice_wasm_bodies_total";

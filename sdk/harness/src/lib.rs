@@ -19,7 +19,9 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-pub use sluice_wasm::{ApiVersion, BodyMode, Needs};
+pub use sluice_wasm::{
+    ApiVersion, BodyMode, CallError, Needs, OutboundRequest, OutboundResponse,
+};
 use sluice_wasm::{BodyOutcome, Context, FilterSpec, Pool, RequestOutcome, Runtime};
 pub use sluice_wasm::{ErrorKind, FilterError};
 
@@ -46,6 +48,21 @@ pub struct Harness {
     pool: Arc<Pool>,
     /// The context of the request `on_request` last started (see [`Exchange`]).
     current: std::sync::Mutex<Context>,
+    /// What answers the filter's outbound calls (see [`Harness::answer_outbound`]).
+    outbound: std::sync::Mutex<Option<Arc<dyn sluice_wasm::Outbound>>>,
+}
+
+/// Answers a filter's outbound calls in a test: the one fake the harness has, so that a
+/// filter's unit test needs no server.
+struct Answerer<F>(F);
+
+impl<F> sluice_wasm::Outbound for Answerer<F>
+where
+    F: Fn(&str, OutboundRequest) -> Result<OutboundResponse, CallError> + Send + Sync,
+{
+    fn send(&self, grant: &str, request: OutboundRequest) -> sluice_wasm::CallFuture {
+        Box::pin(std::future::ready((self.0)(grant, request)))
+    }
 }
 
 /// One request's way through a filter: what the filter keeps for it (its `context`,
@@ -119,7 +136,45 @@ impl Harness {
         Ok(Harness {
             pool: sluice_wasm::block_on(rt.pool(&compiled, &spec))?,
             current: std::sync::Mutex::default(),
+            outbound: std::sync::Mutex::default(),
         })
+    }
+
+    /// Answers the filter's outbound calls (API 0.2 `outbound.send`) with `answer`,
+    /// for the requests started from now on: it gets the grant name and the request,
+    /// and returns the response or the error the gateway would (`CallError::NotGranted`
+    /// for a name the WasmFilter would not grant, `Timeout`, `Failed`, ...). Without
+    /// it, every call is refused as not granted, as for a WasmFilter without
+    /// `spec.outbound`.
+    ///
+    /// ```ignore
+    /// f.answer_outbound(|grant, req| {
+    ///     assert_eq!(grant, "authz");
+    ///     Ok(sluice_harness::OutboundResponse {
+    ///         status: http::StatusCode::OK,
+    ///         headers: http::HeaderMap::new(),
+    ///         body: bytes::Bytes::new(),
+    ///     })
+    /// });
+    /// ```
+    pub fn answer_outbound(
+        &self,
+        answer: impl Fn(&str, OutboundRequest) -> Result<OutboundResponse, CallError>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(Answerer(answer)));
+    }
+
+    /// A new request's exchange, whose outbound calls [`Harness::answer_outbound`]
+    /// answers.
+    pub fn exchange(&self) -> Exchange {
+        match &*self.outbound.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(o) => Exchange(Context::with_outbound(o.clone())),
+            None => Exchange::default(),
+        }
     }
 
     /// The `sluice:filter` version the component speaks.
@@ -130,7 +185,7 @@ impl Harness {
     /// Runs `on-request` (on this thread, to completion, as the gateway runs it on a
     /// worker) as the start of a new request.
     pub fn on_request(&self, req: http::Request<()>) -> Result<Outcome, FilterError> {
-        let mut ex = Exchange::default();
+        let mut ex = self.exchange();
         let out = self.on_request_in(&mut ex, req);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = ex.0;
         out

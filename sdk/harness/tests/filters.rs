@@ -468,3 +468,86 @@ fn json_redact_passes_or_rejects_what_it_cannot_read_and_checks_its_config() {
         e.message
     );
 }
+
+fn authz_answer(status: u16, headers: &[(&str, &str)], body: &str) -> sluice_harness::OutboundResponse {
+    let mut h = http::HeaderMap::new();
+    for (n, v) in headers {
+        h.append(
+            http::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+            http::HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    sluice_harness::OutboundResponse {
+        status: http::StatusCode::from_u16(status).expect("status"),
+        headers: h,
+        body: body.as_bytes().to_vec().into(),
+    }
+}
+
+#[test]
+fn ext_authz_asks_the_service_and_lets_in_denies_or_fails_as_configured() {
+    let f = Harness::load(
+        &wasm("ext_authz"),
+        json!({"pathPrefix": "/check", "headers": ["authorization"], "upstreamHeaders": ["x-user"], "clientHeaders": ["www-authenticate"]}),
+    )
+    .expect("load");
+    // Each check is answered here, from the token the request carries.
+    f.answer_outbound(|grant, req| {
+        assert_eq!(grant, "authz");
+        let token = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(req.body.is_empty());
+        match token {
+            "Bearer good" => {
+                assert_eq!((req.method.as_str(), req.path.as_str()), ("PUT", "/check/api/x?y=1"));
+                assert_eq!(req.headers["x-forwarded-host"], "example.com");
+                Ok(authz_answer(200, &[("x-user", "ann"), ("x-other", "no")], ""))
+            }
+            "Bearer down" => Err(sluice_harness::CallError::Failed("connection reset".into())),
+            _ => Ok(authz_answer(
+                401,
+                &[("www-authenticate", "Bearer"), ("x-internal", "no")],
+                "who are you?",
+            )),
+        }
+    });
+    let req = |token: &str| {
+        http::Request::put("/api/x?y=1")
+            .header("host", "example.com")
+            .header("authorization", token)
+            .body(())
+            .expect("request")
+    };
+    let allowed = continued(f.on_request(req("Bearer good")).expect("on_request"));
+    assert_eq!(allowed.headers()["x-user"], "ann");
+    assert!(allowed.headers().get("x-other").is_none());
+
+    let Outcome::Respond(denied) = f.on_request(req("Bearer bad")).expect("on_request") else {
+        panic!("a denied request is answered");
+    };
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "Bearer");
+    assert!(denied.headers().get("x-internal").is_none());
+    assert_eq!(denied.body(), b"who are you?");
+
+    // The service cannot be asked: fail closed with statusOnError (403)...
+    let Outcome::Respond(closed) = f.on_request(req("Bearer down")).expect("on_request") else {
+        panic!("fail closed");
+    };
+    assert_eq!(closed.status(), 403);
+    // ... or, failureModeAllow, let the request in and say so.
+    let open = Harness::load(&wasm("ext_authz"), json!({"failureModeAllow": true})).expect("load");
+    open.answer_outbound(|_, _| Err(sluice_harness::CallError::Timeout));
+    let let_in = continued(open.on_request(req("Bearer any")).expect("on_request"));
+    assert_eq!(let_in.headers()["x-ext-authz-failure-mode-allowed"], "true");
+
+    // Without a grant (no answerer), every call is refused: fail closed.
+    let ungranted = Harness::load(&wasm("ext_authz"), json!(null)).expect("load");
+    let Outcome::Respond(r) = ungranted.on_request(req("Bearer good")).expect("on_request") else {
+        panic!("refused");
+    };
+    assert_eq!(r.status(), 403);
+}
