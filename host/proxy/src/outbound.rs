@@ -64,7 +64,11 @@ impl Outbound for Calls {
                 )));
             };
             let uri = Uri::builder()
-                .scheme(if backend.tls.is_some() { "https" } else { "http" })
+                .scheme(if backend.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                })
                 .authority(endpoint.clone())
                 .path_and_query(req.path)
                 .build()
@@ -88,9 +92,7 @@ impl Outbound for Calls {
                     .await
                     .map_err(|e| CallError::Failed(describe(&e)))?;
                 let (parts, body) = resp.into_parts();
-                backend
-                    .stats
-                    .record(parts.status.as_u16(), start.elapsed());
+                backend.stats.record(parts.status.as_u16(), start.elapsed());
                 match collect(Streamed::upstream(body), max_body).await {
                     Collected::Whole { data, .. } => Ok(OutboundResponse {
                         status: parts.status,

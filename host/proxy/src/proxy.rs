@@ -485,14 +485,12 @@ impl CallScope<'_> {
     /// any (one allocation then; none for a filter without grants).
     fn context(&self, w: &WasmFilter) -> sluice_wasm::Context {
         match &w.grants {
-            Some(grants) => sluice_wasm::Context::with_outbound(Arc::new(
-                crate::outbound::Calls {
-                    gw: self.gw.clone(),
-                    grants: grants.clone(),
-                    max_body: w.max_body_bytes,
-                    deadline: self.deadline,
-                },
-            )),
+            Some(grants) => sluice_wasm::Context::with_outbound(Arc::new(crate::outbound::Calls {
+                gw: self.gw.clone(),
+                grants: grants.clone(),
+                max_body: w.max_body_bytes,
+                deadline: self.deadline,
+            })),
             None => sluice_wasm::Context::default(),
         }
     }

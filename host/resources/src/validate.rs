@@ -299,10 +299,7 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
     }
     let mut names = std::collections::BTreeSet::new();
     if w.spec.outbound.len() > 16 {
-        p.push((
-            "spec.outbound".into(),
-            "at most 16 grants".into(),
-        ));
+        p.push(("spec.outbound".into(), "at most 16 grants".into()));
     }
     for (i, g) in w.spec.outbound.iter().enumerate() {
         let at = |f: &str| format!("spec.outbound[{i}].{f}");
@@ -320,17 +317,22 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
                 ),
             ));
         } else if !names.insert(g.name.as_str()) {
-            p.push((at("name"), format!("{:?} is granted twice; names must be unique", g.name)));
+            p.push((
+                at("name"),
+                format!("{:?} is granted twice; names must be unique", g.name),
+            ));
         }
         if g.backend_ref.port == 0 {
-            p.push((at("backendRef.port"), "must be a port number, 1 to 65535".into()));
+            p.push((
+                at("backendRef.port"),
+                "must be a port number, 1 to 65535".into(),
+            ));
         }
         if let Some(t) = &g.timeout {
             match parse_duration(t) {
-                Ok(d) if d.is_zero() || d > Duration::from_secs(60) => p.push((
-                    at("timeout"),
-                    "must be above 0 and at most 60s".into(),
-                )),
+                Ok(d) if d.is_zero() || d > Duration::from_secs(60) => {
+                    p.push((at("timeout"), "must be above 0 and at most 60s".into()))
+                }
                 Ok(_) => {}
                 Err(e) => p.push((at("timeout"), e)),
             }

@@ -39,6 +39,7 @@ async fn setup_with(
             "misbehave",
             "request_id",
             "json_redact",
+            "ext_authz",
         ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
@@ -1041,5 +1042,240 @@ async fn buffered_bodies_reach_the_filters_that_ask_for_them_and_stream_past_the
     assert!(
         metrics.contains("sluice_filter_json_redact_fields_total{filter=\"default/redact\"} 3\n"),
         "{metrics}"
+    );
+}
+
+/// A server that accepts connections and resets each at once (SO_LINGER 0): an
+/// authorization service that breaks mid-call, as a real socket does.
+async fn resetting_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_zero_linger();
+            drop(s);
+        }
+    });
+    port
+}
+
+/// Filter API 0.2 outbound calls through the gateway, with `ext-authz` and a real
+/// authorization service (the echo server, which answers as the forwarded `x-echo-*`
+/// headers ask): allow with headers for the backend, deny with the service's answer,
+/// a per-grant timeout, a service down (fail closed and fail open), one that resets
+/// its connections, a name that is not granted (refused and counted), grants that do
+/// not resolve (status), and a cross-namespace grant allowed by a ReferenceGrant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_calls_only_granted_backends_and_fails_open_or_closed() {
+    let app = echo("app").await;
+    let authz = echo("authz").await;
+    let reset_port = resetting_server().await;
+    let down_port = free_port();
+    let port = free_port();
+    let dir = TempDir::new("wasm-authz");
+    install_filters(&dir, &["ext_authz"]);
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    let in_ns =
+        |yaml: String, ns: &str| yaml.replace("namespace: default", &format!("namespace: {ns}"));
+    dir.write(
+        "svc.yaml",
+        &[
+            service_yaml("app", &app, None),
+            in_ns(service_yaml("authz", &authz, None), "auth"),
+            in_ns(service_yaml("authz", &authz, None), "private"),
+            service_yaml_port("down", down_port, None),
+            service_yaml_port("reset", reset_port, None),
+            // WasmFilters in default may call Services in auth, not in private.
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: filters, namespace: auth}\nspec:\n  from: [{group: sluice.dev, kind: WasmFilter, namespace: default}]\n  to: [{group: '', kind: Service}]\n".to_string(),
+        ]
+        .join("---\n"),
+    );
+    let grant = |backend: &str, extra: &str| {
+        format!(
+            "  outbound:\n  - name: authz\n    backendRef: {backend}\n    timeout: 300ms\n{extra}"
+        )
+    };
+    let forward = "{headers: [authorization, x-echo-status, x-echo-set-header, x-echo-delay-ms], upstreamHeaders: [x-user]}";
+    let filters = [
+        wasm_filter(
+            "authz",
+            "ext_authz",
+            &grant(
+                "{name: authz, namespace: auth, port: 80}",
+                &format!("  config: {forward}\n"),
+            ),
+        ),
+        wasm_filter(
+            "down-closed",
+            "ext_authz",
+            &grant("{name: down, port: 80}", ""),
+        ),
+        wasm_filter(
+            "down-open",
+            "ext_authz",
+            &grant(
+                "{name: down, port: 80}",
+                "  config: {failureModeAllow: true}\n",
+            ),
+        ),
+        wasm_filter("reset", "ext_authz", &grant("{name: reset, port: 80}", "")),
+        wasm_filter(
+            "ungranted",
+            "ext_authz",
+            &grant(
+                "{name: authz, namespace: auth, port: 80}",
+                "  config: {grant: other}\n",
+            ),
+        ),
+        wasm_filter(
+            "missing",
+            "ext_authz",
+            &grant("{name: nothere, port: 80}", ""),
+        ),
+        wasm_filter(
+            "private",
+            "ext_authz",
+            &grant("{name: authz, namespace: private, port: 80}", ""),
+        ),
+    ];
+    dir.write("filters.yaml", &filters.join("---\n"));
+    let rule = |path: &str, filter: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: /{path}}}}}]\n    filters: [{}]\n    backendRefs: [{{name: app, port: 80}}]\n",
+            ext(filter)
+        )
+    };
+    let rules: String = [
+        ("authz", "authz"),
+        ("down-closed", "down-closed"),
+        ("down-open", "down-open"),
+        ("reset", "reset"),
+        ("ungranted", "ungranted"),
+        ("private", "private"),
+    ]
+    .iter()
+    .map(|(p, f)| rule(p, f))
+    .collect();
+    dir.write("routes.yaml", &route(&rules));
+    let cache = dir.0.join("cache");
+    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    let c = client();
+
+    // Allowed: the backend gets the header the service's answer carries.
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/authz/x",
+        &[("x-echo-set-header", "x-user: ann")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["service"], "app");
+    assert_eq!(r.seen("x-user").as_deref(), Some("ann"));
+    assert_eq!(
+        authz.id.requests.load(Ordering::Relaxed),
+        1,
+        "one check per request"
+    );
+
+    // Denied: the client gets the service's own answer.
+    let before = app.id.requests.load(Ordering::Relaxed);
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/authz/x",
+        &[("x-echo-status", "401")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["service"], "authz", "the body is the service's");
+    assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
+
+    // Past the grant's 300 ms: fail closed with 403, long before the service answers.
+    let t = Instant::now();
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/authz/x",
+        &[("x-echo-delay-ms", "3000")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // The service is down: closed answers 403, open lets the request in and says so.
+    assert_eq!(
+        get(port, "h", "/down-closed").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = get(port, "h", "/down-open").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.seen("x-ext-authz-failure-mode-allowed").as_deref(),
+        Some("true")
+    );
+    // It resets its connections: fail closed.
+    assert_eq!(get(port, "h", "/reset").await.status, StatusCode::FORBIDDEN);
+    // A call to a name the WasmFilter does not grant is refused, and counted.
+    assert_eq!(
+        get(port, "h", "/ungranted").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // A grant whose reference is not permitted cannot be called.
+    assert_eq!(
+        get(port, "h", "/private").await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let metrics = gw.admin("/metrics").await;
+    for line in [
+        r#"sluice_wasm_outbound_refused_total{filter="default/ungranted"} 1"#,
+        r#"sluice_wasm_outbound_refused_total{filter="default/authz"} 0"#,
+        r#"sluice_wasm_outbound_calls_total{filter="default/authz",grant="authz"} 3"#,
+        r#"sluice_wasm_outbound_errors_total{filter="default/authz",grant="authz"} 1"#,
+        r#"sluice_wasm_outbound_errors_total{filter="default/down-closed",grant="authz"} 1"#,
+        r#"sluice_wasm_outbound_errors_total{filter="default/reset",grant="authz"} 1"#,
+        r#"sluice_filter_ext_authz_allowed_total{filter="default/authz"} 1"#,
+        r#"sluice_filter_ext_authz_denied_total{filter="default/authz"} 1"#,
+    ] {
+        assert!(metrics.contains(&format!("{line}\n")), "{line}\n{metrics}");
+    }
+    assert!(metrics.contains(
+        r#"sluice_wasm_outbound_duration_seconds_count{filter="default/authz",grant="authz"} 3"#
+    ));
+
+    // Status: each grant and whether it resolves.
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let ok = &status_of(&status, "WasmFilter", "authz")["status"];
+    assert_eq!(
+        condition(&ok["conditions"], "ResolvedRefs")["status"],
+        "True"
+    );
+    assert_eq!(ok["outbound"][0]["name"], "authz");
+    assert_eq!(ok["outbound"][0]["backend"], "auth/authz:80");
+    assert_eq!(ok["outbound"][0]["resolved"], true);
+    let missing = &status_of(&status, "WasmFilter", "missing")["status"];
+    assert_eq!(
+        condition(&missing["conditions"], "ResolvedRefs")["reason"],
+        "BackendNotFound"
+    );
+    assert_eq!(missing["outbound"][0]["resolved"], false);
+    let private = &status_of(&status, "WasmFilter", "private")["status"];
+    assert_eq!(
+        condition(&private["conditions"], "ResolvedRefs")["reason"],
+        "RefNotPermitted"
+    );
+    let down = &status_of(&status, "WasmFilter", "down-closed")["status"];
+    assert_eq!(
+        down["outbound"][0]["resolved"], true,
+        "it resolves; it is the server that is down"
     );
 }

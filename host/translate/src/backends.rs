@@ -61,17 +61,7 @@ pub(crate) fn resolve_from(
         invalid: None,
         tls: None,
     };
-    let problem = resolve_service(
-        res,
-        from,
-        route_ns,
-        ns,
-        group,
-        kind,
-        b,
-        port,
-        &mut ir,
-    );
+    let problem = resolve_service(res, from, route_ns, ns, group, kind, b, port, &mut ir);
     if let Some((_, msg)) = &problem {
         ir.invalid = Some(msg.clone());
     }

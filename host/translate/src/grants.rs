@@ -38,9 +38,10 @@ pub(crate) fn ref_permitted_from(
     from_ns == to_ns
         || res.reference_grants.iter().any(|g| {
             g.metadata.namespace.as_deref() == Some(to_ns)
-                && g.spec.from.iter().any(|f| {
-                    f.group == from_group && f.kind == from_kind && f.namespace == from_ns
-                })
+                && g.spec
+                    .from
+                    .iter()
+                    .any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_ns)
                 && g.spec.to.iter().any(|t| {
                     t.group == to_group
                         && t.kind == to_kind

@@ -113,15 +113,12 @@ fn outbound(res: &Resources, f: &WasmFilter) -> Vec<(OutboundIr, Option<Problem>
             let (mut backend, problem) = crate::backends::resolve_from(
                 res,
                 (SLUICE_GROUP, Kind::WasmFilter.as_str()),
-                &ns,
+                ns,
                 &r,
                 1,
             );
             if problem.is_none() && backend.invalid.is_none() && backend.endpoints.is_empty() {
-                backend.invalid = Some(format!(
-                    "{}: no ready endpoints",
-                    backend.name
-                ));
+                backend.invalid = Some(format!("{}: no ready endpoints", backend.name));
             }
             let timeout = g
                 .timeout

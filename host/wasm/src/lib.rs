@@ -39,8 +39,8 @@ use wasmtime::{
 
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
-pub use outbound::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
 use host::{HostState, MemoryLimiter};
+pub use outbound::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
 pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};
 
 /// Runs `fut` to completion on this thread, for callers outside async code (the loader

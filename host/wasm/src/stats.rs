@@ -73,6 +73,9 @@ impl BodyEvent {
     }
 }
 
+/// One grant's numbers for `/metrics`: name, calls, errors, latency.
+type GrantRow = (String, u64, u64, sluice_metrics::HistogramSnapshot);
+
 /// Outbound calls to one grant.
 struct OutboundStats {
     calls: u64,
@@ -313,7 +316,7 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
     let calls = "sluice_wasm_outbound_calls_total";
     let errors = "sluice_wasm_outbound_errors_total";
     let latency = "sluice_wasm_outbound_duration_seconds";
-    let grants: Vec<(&str, Vec<(String, u64, u64, sluice_metrics::HistogramSnapshot)>)> = filters
+    let grants: Vec<(&str, Vec<GrantRow>)> = filters
         .iter()
         .map(|(f, s)| {
             let m = s.outbound.lock().unwrap_or_else(|p| p.into_inner());
@@ -324,7 +327,11 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
             (*f, rows)
         })
         .collect();
-    out.family(calls, Type::Counter, "Outbound calls of a filter, per granted destination.");
+    out.family(
+        calls,
+        Type::Counter,
+        "Outbound calls of a filter, per granted destination.",
+    );
     for (f, rows) in &grants {
         for (g, c, _, _) in rows {
             out.sample(calls, &label(f).with("grant", g), *c as i64);
@@ -340,7 +347,11 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
             out.sample(errors, &label(f).with("grant", g), *e as i64);
         }
     }
-    out.family(latency, Type::Histogram, "Time an outbound call took, per granted destination.");
+    out.family(
+        latency,
+        Type::Histogram,
+        "Time an outbound call took, per granted destination.",
+    );
     for (f, rows) in &grants {
         for (g, _, _, h) in rows {
             out.histogram(latency, &label(f).with("grant", g), h);

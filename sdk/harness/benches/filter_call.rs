@@ -146,7 +146,9 @@ fn redact_64k(dir: &std::path::Path) {
             .expect("response")
     };
     let out = redact.on_response_body(resp()).expect("on_response_body");
-    let fields = String::from_utf8_lossy(out.body()).matches("\"***\"").count();
+    let fields = String::from_utf8_lossy(out.body())
+        .matches("\"***\"")
+        .count();
     let wasm = measure(300, || {
         black_box(redact.on_response_body(resp()).expect("on_response_body"));
     });

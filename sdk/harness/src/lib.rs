@@ -19,9 +19,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-pub use sluice_wasm::{
-    ApiVersion, BodyMode, CallError, Needs, OutboundRequest, OutboundResponse,
-};
+pub use sluice_wasm::{ApiVersion, BodyMode, CallError, Needs, OutboundRequest, OutboundResponse};
 use sluice_wasm::{BodyOutcome, Context, FilterSpec, Pool, RequestOutcome, Runtime};
 pub use sluice_wasm::{ErrorKind, FilterError};
 
@@ -164,8 +162,7 @@ impl Harness {
         + Sync
         + 'static,
     ) {
-        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(Answerer(answer)));
+        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Answerer(answer)));
     }
 
     /// A new request's exchange, whose outbound calls [`Harness::answer_outbound`]

@@ -469,7 +469,11 @@ fn json_redact_passes_or_rejects_what_it_cannot_read_and_checks_its_config() {
     );
 }
 
-fn authz_answer(status: u16, headers: &[(&str, &str)], body: &str) -> sluice_harness::OutboundResponse {
+fn authz_answer(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> sluice_harness::OutboundResponse {
     let mut h = http::HeaderMap::new();
     for (n, v) in headers {
         h.append(
@@ -502,9 +506,16 @@ fn ext_authz_asks_the_service_and_lets_in_denies_or_fails_as_configured() {
         assert!(req.body.is_empty());
         match token {
             "Bearer good" => {
-                assert_eq!((req.method.as_str(), req.path.as_str()), ("PUT", "/check/api/x?y=1"));
+                assert_eq!(
+                    (req.method.as_str(), req.path.as_str()),
+                    ("PUT", "/check/api/x?y=1")
+                );
                 assert_eq!(req.headers["x-forwarded-host"], "example.com");
-                Ok(authz_answer(200, &[("x-user", "ann"), ("x-other", "no")], ""))
+                Ok(authz_answer(
+                    200,
+                    &[("x-user", "ann"), ("x-other", "no")],
+                    "",
+                ))
             }
             "Bearer down" => Err(sluice_harness::CallError::Failed("connection reset".into())),
             _ => Ok(authz_answer(
@@ -546,7 +557,10 @@ fn ext_authz_asks_the_service_and_lets_in_denies_or_fails_as_configured() {
 
     // Without a grant (no answerer), every call is refused: fail closed.
     let ungranted = Harness::load(&wasm("ext_authz"), json!(null)).expect("load");
-    let Outcome::Respond(r) = ungranted.on_request(req("Bearer good")).expect("on_request") else {
+    let Outcome::Respond(r) = ungranted
+        .on_request(req("Bearer good"))
+        .expect("on_request")
+    else {
         panic!("refused");
     };
     assert_eq!(r.status(), 403);
