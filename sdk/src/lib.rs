@@ -421,11 +421,16 @@ pub mod outbound {
     }
 }
 
-/// A monotonic clock (there is no wall clock).
+/// Clocks: monotonic, for durations, and the time of day, for what expires.
 pub mod clock {
     /// Nanoseconds since a fixed point in the past.
     pub fn monotonic_now() -> u64 {
         crate::bindings::sluice::filter0_1_0::clock::monotonic_now()
+    }
+    /// Milliseconds since the Unix epoch, UTC (API 0.2). WASI's clocks stay frozen at
+    /// the epoch in a filter; this is the one wall clock it has.
+    pub fn unix_millis() -> u64 {
+        crate::bindings::sluice::filter0_2_0::wall_clock::now_millis()
     }
 }
 

@@ -40,6 +40,7 @@ async fn setup_with(
             "request_id",
             "json_redact",
             "ext_authz",
+            "jwt",
         ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
@@ -1278,4 +1279,326 @@ async fn ext_authz_calls_only_granted_backends_and_fails_open_or_closed() {
         down["outbound"][0]["resolved"], true,
         "it resolves; it is the server that is down"
     );
+}
+
+/// Signs JWTs in a test: an RSA key made by `openssl genpkey`, a P-256 key and an HMAC
+/// secret made by ring, and the JWKS that publishes them.
+struct Signer {
+    rsa: ring::signature::RsaKeyPair,
+    ec: ring::signature::EcdsaKeyPair,
+    secret: Vec<u8>,
+}
+
+fn b64url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Signer {
+    fn new() -> Signer {
+        let rng = ring::rand::SystemRandom::new();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-outform",
+                "DER",
+            ])
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // OpenSSL 3 writes an RSA key in DER as PKCS#1 RSAPrivateKey.
+        let rsa = ring::signature::RsaKeyPair::from_der(&out.stdout).expect("RSA PKCS#1");
+        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("P-256");
+        let ec =
+            ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("P-256");
+        Signer {
+            rsa,
+            ec,
+            secret: b"a shared secret of 32 bytes!!!!!".to_vec(),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        use ring::signature::KeyPair;
+        let rsa: ring::rsa::PublicKeyComponents<Vec<u8>> = self.rsa.public().into();
+        let point = self.ec.public_key().as_ref();
+        serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "rsa1", "alg": "RS256", "use": "sig",
+             "n": b64url(rsa.n.strip_prefix(&[0u8][..]).unwrap_or(&rsa.n)),
+             "e": b64url(&rsa.e)},
+            {"kty": "EC", "kid": "ec1", "crv": "P-256", "x": b64url(&point[1..33]), "y": b64url(&point[33..65])},
+            {"kty": "oct", "kid": "hs1", "alg": "HS256", "k": b64url(&self.secret)},
+        ]})
+        .to_string()
+    }
+
+    /// A token whose header says `alg` but whose signature is HMAC-SHA256 keyed with
+    /// the RSA public modulus.
+    fn forged_hmac(&self, alg: &str, kid: &str, claims: serde_json::Value) -> String {
+        let header = serde_json::json!({"alg": alg, "kid": kid});
+        let signed = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let n: ring::rsa::PublicKeyComponents<Vec<u8>> = self.rsa.public().into();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &n.n);
+        format!(
+            "{signed}.{}",
+            b64url(ring::hmac::sign(&key, signed.as_bytes()).as_ref())
+        )
+    }
+
+    /// A token signed with `alg` (RS256, ES256 or HS256) under `kid`.
+    fn token(&self, alg: &str, kid: &str, claims: serde_json::Value) -> String {
+        let header = serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"});
+        let signed = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let sig = match alg {
+            "RS256" => {
+                let mut sig = vec![0; self.rsa.public().modulus_len()];
+                self.rsa
+                    .sign(
+                        &ring::signature::RSA_PKCS1_SHA256,
+                        &rng,
+                        signed.as_bytes(),
+                        &mut sig,
+                    )
+                    .expect("sign");
+                sig
+            }
+            "ES256" => self
+                .ec
+                .sign(&rng, signed.as_bytes())
+                .expect("sign")
+                .as_ref()
+                .to_vec(),
+            _ => ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.secret),
+                signed.as_bytes(),
+            )
+            .as_ref()
+            .to_vec(),
+        };
+        format!("{signed}.{}", b64url(&sig))
+    }
+}
+
+/// A real HTTP server for the issuer's JWKS, counting its fetches.
+async fn jwks_server(body: String) -> (u16, Arc<AtomicU64>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let fetches = Arc::new(AtomicU64::new(0));
+    let count = fetches.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let body = body.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        let count = count.clone();
+                        async move {
+                            let resp = if req.uri().path() == "/jwks.json" {
+                                count.fetch_add(1, Ordering::Relaxed);
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            } else {
+                                http::Response::builder()
+                                    .status(404)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.expect("response"))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (port, fetches)
+}
+
+/// The `jwt` filter through the gateway: RS256, ES256 and HS256 tokens checked against
+/// a JWKS fetched from a real server through an outbound grant and cached (one fetch
+/// for many requests, one more for an unknown kid), issuer, audience, expiry with clock
+/// skew, claims into headers (a client's own copy replaced), 401 with
+/// `www-authenticate`, and `alg: none` refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_verifies_tokens_against_a_fetched_and_cached_jwks() {
+    let signer = Signer::new();
+    let (jwks_port, fetches) = jwks_server(signer.jwks()).await;
+    let app = echo("app").await;
+    let port = free_port();
+    let dir = TempDir::new("wasm-jwt");
+    install_filters(&dir, &["jwt"]);
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &[
+            service_yaml("app", &app, None),
+            service_yaml_port("idp", jwks_port, None),
+        ]
+        .join("---\n"),
+    );
+    dir.write(
+        "filters.yaml",
+        &wasm_filter(
+            "jwt",
+            "jwt",
+            "  outbound: [{name: jwks, backendRef: {name: idp, port: 80}}]\n  config:\n    issuer: https://idp.test\n    audiences: [api]\n    jwks: {grant: jwks, path: /jwks.json, cacheSeconds: 300}\n    claimsToHeaders: [{claim: sub, header: x-jwt-sub}]\n",
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: app, port: 80}}]\n",
+            ext("jwt")
+        )),
+    );
+    let cache = dir.0.join("cache");
+    let _gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    let c = client();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({"iss": "https://idp.test", "aud": ["other", "api"], "sub": "ann", "exp": now + 600});
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    };
+    let call = |token: String| {
+        let c = c.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            send(
+                &c,
+                "GET",
+                port,
+                "h",
+                "/",
+                &[("authorization", auth.as_str()), ("x-jwt-sub", "mallory")],
+            )
+            .await
+        }
+    };
+
+    for (alg, kid) in [("RS256", "rsa1"), ("ES256", "ec1"), ("HS256", "hs1")] {
+        let r = call(signer.token(alg, kid, claims(serde_json::json!({})))).await;
+        assert_eq!(r.status, StatusCode::OK, "{alg}: {}", r.body);
+        assert_eq!(
+            r.seen("x-jwt-sub").as_deref(),
+            Some("ann"),
+            "{alg}: the claim, not the client's header"
+        );
+        assert_eq!(
+            r.seen("authorization"),
+            None,
+            "{alg}: the token is not forwarded"
+        );
+    }
+    // Expired 30 s ago: within the 60 s skew. An hour ago: refused.
+    let r = call(signer.token("ES256", "ec1", claims(serde_json::json!({"exp": now - 30})))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for (why, token) in [
+        (
+            "expired",
+            signer.token(
+                "RS256",
+                "rsa1",
+                claims(serde_json::json!({"exp": now - 3600})),
+            ),
+        ),
+        (
+            "not valid yet",
+            signer.token(
+                "RS256",
+                "rsa1",
+                claims(serde_json::json!({"nbf": now + 3600})),
+            ),
+        ),
+        (
+            "audience",
+            signer.token("RS256", "rsa1", claims(serde_json::json!({"aud": "other"}))),
+        ),
+        (
+            "issuer",
+            signer.token(
+                "HS256",
+                "hs1",
+                claims(serde_json::json!({"iss": "https://evil.test"})),
+            ),
+        ),
+        // An RS256 header over an HMAC signature keyed with the RSA key's public
+        // modulus (the classic confusion): a key verifies only its own algorithm.
+        (
+            "signature",
+            signer.forged_hmac("RS256", "rsa1", claims(serde_json::json!({}))),
+        ),
+        ("signature", {
+            let t = signer.token("ES256", "ec1", claims(serde_json::json!({})));
+            let mut parts: Vec<&str> = t.split('.').collect();
+            let forged = b64url(
+                claims(serde_json::json!({"sub": "admin"}))
+                    .to_string()
+                    .as_bytes(),
+            );
+            parts[1] = &forged;
+            parts.join(".")
+        }),
+        (
+            "alg",
+            format!(
+                "{}.{}.",
+                b64url(br#"{"alg":"none"}"#),
+                b64url(claims(serde_json::json!({})).to_string().as_bytes())
+            ),
+        ),
+    ] {
+        let r = call(token).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{why}");
+        let challenge = r.headers["www-authenticate"].to_str().expect("ascii");
+        assert!(
+            challenge.starts_with("Bearer realm=\"https://idp.test\", error=\"invalid_token\""),
+            "{why}: {challenge}"
+        );
+    }
+    let r = get(port, "h", "/").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer realm=\"https://idp.test\""
+    );
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        1,
+        "the JWKS is cached across requests and instances"
+    );
+    // An unknown kid refetches the keys once.
+    let r = call(signer.token("RS256", "rotated", claims(serde_json::json!({})))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(fetches.load(Ordering::Relaxed), 2);
 }

@@ -427,6 +427,14 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::Host for HostState {
     }
 }
 
+impl crate::bindings::v0_2::sluice::filter0_2_0::wall_clock::Host for HostState {
+    fn now_millis(&mut self) -> wasmtime::Result<u64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+    }
+}
+
 /// `body` has only types.
 impl crate::bindings::v0_2::sluice::filter0_2_0::body::Host for HostState {}
 

@@ -199,6 +199,11 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| SetupError(e.to_string()))?;
+        bindings::v0_2::sluice::filter0_2_0::wall_clock::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)
+        .map_err(|e| SetupError(e.to_string()))?;
         bindings::v0_2::sluice::filter0_2_0::body::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,

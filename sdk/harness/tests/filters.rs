@@ -565,3 +565,87 @@ fn ext_authz_asks_the_service_and_lets_in_denies_or_fails_as_configured() {
     };
     assert_eq!(r.status(), 403);
 }
+
+/// An HS256 token over `claims`, keyed with `secret`.
+fn hs256(secret: &[u8], claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","kid":"k1"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!(
+        "{signed}.{}",
+        b64(ring::hmac::sign(&key, signed.as_bytes()).as_ref())
+    )
+}
+
+#[test]
+fn jwt_checks_tokens_with_a_jwks_the_test_serves() {
+    use base64::Engine;
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)}]});
+    let config = json!({"issuer": "https://idp.test", "jwks": {"path": "/keys"}, "claimsToHeaders": [{"claim": "sub", "header": "x-sub"}]});
+    let f = Harness::load(&private_copy("jwt", "harness"), config).expect("load");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = served.clone();
+    f.answer_outbound(move |grant, req| {
+        assert_eq!((grant, req.path.as_str()), ("jwks", "/keys"));
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(authz_answer(
+            200,
+            &[("content-type", "application/json")],
+            &jwks.to_string(),
+        ))
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let with = |token: &str| {
+        http::Request::get("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .expect("request")
+    };
+    let good = hs256(
+        secret,
+        json!({"iss": "https://idp.test", "sub": "ann", "exp": now + 60}),
+    );
+    let req = continued(f.on_request(with(&good)).expect("on_request"));
+    assert_eq!(req.headers()["x-sub"], "ann");
+    assert!(req.headers().get("authorization").is_none());
+    let _ = continued(f.on_request(with(&good)).expect("on_request"));
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "cached in kv"
+    );
+
+    let wrong_key = hs256(
+        b"another secret, 32 bytes long!!!",
+        json!({"iss": "https://idp.test"}),
+    );
+    let Outcome::Respond(r) = f.on_request(with(&wrong_key)).expect("on_request") else {
+        panic!("refused");
+    };
+    assert_eq!(r.status(), 401);
+    let Outcome::Respond(r) = f.on_request(request("/")).expect("on_request") else {
+        panic!("no token");
+    };
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"https://idp.test\""
+    );
+
+    let e = Harness::load(
+        &wasm("jwt"),
+        json!({"issuer": "", "jwks": {"path": "keys", "cacheSeconds": 0}}),
+    )
+    .err()
+    .expect("refused");
+    let paths: Vec<&str> = e.config_errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, [".issuer", ".jwks.path", ".jwks.cacheSeconds"]);
+}
