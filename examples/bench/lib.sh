@@ -76,3 +76,18 @@ start_sluice() {
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 worker_pid() { pgrep -P "$(cat "$work/$1.pid")" | head -1; }
+
+# wrk_stats LABEL < WRK_OUTPUT: one line "LABEL rps p50_ms p99_ms non2xx" from wrk
+# --latency output.
+wrk_stats() {
+  python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(q):
+    m = re.search(q + r"\s+([\d.]+)(us|ms|s)\b", text)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+print(sys.argv[1], float(rps.group(1)) if rps else 0.0, ms("50%"), ms("99%"), int(bad.group(1)) if bad else 0)
+' "$1"
+}

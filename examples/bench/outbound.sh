@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Outbound calls from Wasm filters (filter API 0.2), measured with the ext-authz filter:
+#
+# 1. Added latency: a route with ext-authz calling an authorization service on
+#    loopback (nginx `return 200`) against the same route without it: rps, p50 and p99,
+#    and what the filter adds to each.
+# 2. Slow calls: SLOW concurrent requests (default 1000) on a route whose
+#    authorization service answers after 2 s, while another route without filters is
+#    measured: its p99 beside its p99 alone, the gateway's threads before and during,
+#    and how many of the slow requests were answered 200.
+#
+#   examples/bench/outbound.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS] [SLOW]
+#
+# Everything binds to 127.0.0.1. One gateway worker thread, as in run.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-5}
+CONNS=${2:-32}
+ROUNDS=${3:-3}
+SLOW=${4:-1000}
+source examples/bench/lib.sh
+bench_setup ext-authz
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; for p in backend authz; do [ -f "$work/$p.pid" ] && kill "$(cat "$work/$p.pid")" 2>/dev/null; done; rm -rf "$work"' EXIT
+BACKEND=18090 AUTHZ=18091 SLOWAUTHZ=18092 SLUICE=18093 ADMIN=18094
+
+nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
+nginx_conf authz "server { listen 127.0.0.1:$AUTHZ; location / { return 200; } }"
+# An authorization service that answers after 2 s: asyncio, so it holds every
+# connection open at once.
+python3 - "$SLOWAUTHZ" <<'PY' &
+import asyncio, sys
+async def serve(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(2)
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            await w.drain()
+    except Exception:
+        w.close()
+async def main():
+    s = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    async with s:
+        await s.serve_forever()
+asyncio.run(main())
+PY
+
+mkdir -p "$work/sluice"
+cp filters/target/wasm32-wasip2/release/ext_authz.wasm "$work/sluice/"
+svc() {
+  cat <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: $1, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: $1-1, namespace: default, labels: {kubernetes.io/service-name: $1}}
+addressType: IPv4
+ports: [{name: http, port: $2}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+YAML
+}
+filter() {
+  cat <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: $1, namespace: default}
+spec:
+  source: {path: ext_authz.wasm}
+  outbound: [{name: authz, backendRef: {name: $2, port: 80}, timeout: 10s}]
+---
+YAML
+}
+ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: $1}}"; }
+{
+  sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"
+  svc authz "$AUTHZ"
+  svc slowauthz "$SLOWAUTHZ"
+  filter authz authz
+  filter slow slowauthz
+  cat <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules:
+  - backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /authz}}]
+    filters: [$(ext authz)]
+    backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /slow}}]
+    filters: [$(ext slow)]
+    backendRefs: [{name: backend, port: 80}]
+    timeouts: {request: 30s}
+YAML
+} > "$work/sluice/config.yaml"
+
+ulimit -n 65536 2>/dev/null || true
+start_sluice "$work/sluice"
+curl -sf -o /dev/null "127.0.0.1:$SLUICE/authz" || { echo "the ext-authz route does not answer 200" >&2; exit 1; }
+
+echo "1. ext-authz to an authorization service on loopback, $CONNS connections, median of $ROUNDS"
+for _ in $(seq "$ROUNDS"); do
+  wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats none
+  wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/authz" | wrk_stats ext-authz
+done > "$work/added"
+python3 - "$work/added" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, rps, p50, p99, bad = line.split()
+    rows.setdefault(label, []).append((float(rps), float(p50), float(p99), int(bad)))
+med = lambda label, i: statistics.median(r[i] for r in rows[label])
+print(f"{'route':10} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>8}")
+for label in ["none", "ext-authz"]:
+    print(f"{label:10} {med(label, 0):8.0f} {med(label, 1):7.3f} {med(label, 2):7.3f} {sum(r[3] for r in rows[label]):8}")
+print(f"ext-authz adds p50 {med('ext-authz', 1) - med('none', 1):.3f} ms, p99 {med('ext-authz', 2) - med('none', 2):.3f} ms (x{med('ext-authz', 0) / med('none', 0):.2f} rps)")
+PY
+
+threads() { awk '/^Threads/ {print $2}' "/proc/$SLUICE_PID/status"; }
+echo
+echo "2. $SLOW requests waiting on a 2 s authorization call, and a route without filters beside them"
+before_threads=$(threads)
+alone=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats alone)
+wrk -t2 -c"$SLOW" -d"$((DURATION + 4))s" --timeout 20s --latency "http://127.0.0.1:$SLUICE/slow" > "$work/slow" &
+slow_pid=$!
+sleep 2
+during_threads=$(threads)
+beside=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats beside)
+wait "$slow_pid"
+slow=$(wrk_stats slow < "$work/slow")
+instances=$(curl -s "127.0.0.1:$ADMIN/metrics" | awk -F' ' '/^sluice_wasm_instances\{filter="default\/slow"\}/ {print $2}')
+python3 - "$alone" "$beside" "$slow" "$before_threads" "$during_threads" "$instances" "$(grep -c . "$work/slow" >/dev/null; grep -oE '[0-9]+ requests in' "$work/slow" | grep -oE '^[0-9]+')" <<'PY'
+import sys
+alone, beside, slow = (l.split() for l in sys.argv[1:4])
+print(f"route without filters alone:             rps {float(alone[1]):8.0f}  p99 {float(alone[3]):7.3f} ms")
+print(f"the same beside the slow requests:       rps {float(beside[1]):8.0f}  p99 {float(beside[3]):7.3f} ms")
+print(f"slow requests: {sys.argv[7]} answered, {slow[4]} not 2xx, p50 {float(slow[2]):.0f} ms")
+print(f"gateway threads before {sys.argv[4]}, during {sys.argv[5]}; instances of the slow filter after: {sys.argv[6]}")
+PY
