@@ -93,6 +93,12 @@ enum Command {
         /// sluice_wasm_log_lines_dropped_total.
         #[arg(long, default_value = "100", value_name = "N")]
         filter_log_lines: u64,
+        /// Live Wasm filter instances across all WasmFilters (at least 64). Each hook
+        /// call in flight holds one, including a call waiting on an outbound request;
+        /// past it, a call that needs a new instance fails and the filter's failure
+        /// policy applies.
+        #[arg(long, default_value_t = sluice_wasm::DEFAULT_INSTANCES, value_name = "N")]
+        wasm_instances: u32,
         /// Access log on stdout, one line per HTTP request: `on`, `off`, or the share of
         /// requests to log (`0.1` logs one in ten).
         #[arg(long, default_value = "on", value_name = "on|off|SHARE", value_parser = parse_share)]
@@ -298,6 +304,7 @@ fn main() -> ExitCode {
             connections,
             udp_idle_timeout,
             filter_log_lines,
+            wasm_instances,
             access_log,
             access_log_format,
         } => {
@@ -342,6 +349,7 @@ fn main() -> ExitCode {
                     udp_idle: Duration::from_secs(udp_idle_timeout),
                     limits: connections.limits(),
                     filter_log_lines,
+                    wasm_instances,
                     access_log: (access_log > 0.0).then(|| {
                         use std::io::IsTerminal;
                         let format = match access_log_format.as_str() {

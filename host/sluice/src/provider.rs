@@ -58,6 +58,8 @@ pub struct Config {
     pub limits: sluice_proxy::ConnectionLimits,
     /// Log lines per second each Wasm filter may write.
     pub filter_log_lines: u64,
+    /// Live Wasm instances across all filters.
+    pub wasm_instances: u32,
     /// The access log's format and the share of requests it logs; `None`: off.
     pub access_log: Option<(sluice_proxy::access_log::Format, f64)>,
 }
@@ -226,6 +228,7 @@ impl App {
             udp_idle,
             limits,
             filter_log_lines,
+            wasm_instances,
             access_log,
         } = config;
         let metrics = Arc::new(Metrics::default());
@@ -240,8 +243,8 @@ impl App {
             wake.clone(),
             insecure_registries,
         );
-        let runtime =
-            Runtime::new(cache_dir).map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
+        let runtime = Runtime::with_instances(cache_dir, wasm_instances)
+            .map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
         runtime.set_log_lines_per_second(filter_log_lines);
         let loader = Arc::new(Loader {
             from,

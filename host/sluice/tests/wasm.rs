@@ -1602,3 +1602,72 @@ async fn jwt_verifies_tokens_against_a_fetched_and_cached_jwks() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(fetches.load(Ordering::Relaxed), 2);
 }
+
+/// `--wasm-instances` bounds the hook calls in flight across all filters, including
+/// calls waiting on an outbound request: past it a call fails (FailClosed: 500) at
+/// once instead of queueing, and the requests within it are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_instances_bound_the_calls_waiting_on_outbound_requests() {
+    let app = echo("app").await;
+    let authz = echo("authz").await;
+    let port = free_port();
+    let dir = TempDir::new("wasm-instances");
+    install_filters(&dir, &["ext_authz"]);
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &[
+            service_yaml("app", &app, None),
+            service_yaml("authz", &authz, None),
+        ]
+        .join("---\n"),
+    );
+    dir.write(
+        "filters.yaml",
+        &wasm_filter(
+            "authz",
+            "ext_authz",
+            "  outbound: [{name: authz, backendRef: {name: authz, port: 80}, timeout: 10s}]\n  config: {headers: [x-echo-delay-ms]}\n",
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: app, port: 80}}]\n",
+            ext("authz")
+        )),
+    );
+    let cache = dir.0.join("cache");
+    let _gw = Sluice::start(
+        &dir.0,
+        &[
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--wasm-instances",
+            "64",
+        ],
+    )
+    .await;
+    let c = client();
+    let calls: Vec<_> = (0..96)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                send(&c, "GET", port, "h", "/", &[("x-echo-delay-ms", "1500")])
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failed = 0;
+    for call in calls {
+        match call.await.expect("request") {
+            StatusCode::OK => ok += 1,
+            StatusCode::INTERNAL_SERVER_ERROR => failed += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((32..=64).contains(&ok), "{ok} served within 64 instances");
+    assert_eq!(ok + failed, 96);
+}

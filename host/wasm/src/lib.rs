@@ -74,6 +74,12 @@ pub const MAX_MEMORY: usize = 1 << 30;
 const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Instances kept per pool; more are created under load and dropped when returned.
 const POOL_CAPACITY: usize = 64;
+/// Live instances across all filters by default (`sluice run --wasm-instances`). An
+/// instance is held for each hook call in flight, including one waiting on an outbound
+/// call, so this bounds the requests that can wait on calls at once. The pooling
+/// allocator reserves address space (not memory) for each: about 1 GiB of memory slot
+/// and a 2 MiB stack, so 4,096 reserve some 4 TiB of the 128 TiB a process has.
+pub const DEFAULT_INSTANCES: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -161,15 +167,27 @@ impl Runtime {
     /// Creates the engine and starts its epoch ticker. `cache_dir` holds precompiled
     /// components; `None` keeps them in memory only.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, SetupError> {
+        Self::with_instances(cache_dir, DEFAULT_INSTANCES)
+    }
+
+    /// As [`Runtime::new`], with room for `instances` live instances across all
+    /// filters (at least 64); past it, a hook call that needs a new instance fails
+    /// (`kind="trap"`, the filter's failure policy applies).
+    pub fn with_instances(
+        cache_dir: Option<PathBuf>,
+        instances: u32,
+    ) -> Result<Arc<Self>, SetupError> {
+        let instances = instances.max(64);
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(4000)
-            .total_memories(1000)
-            .total_tables(2000)
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(2))
+            .total_stacks(instances)
             .max_memory_size(MAX_MEMORY)
             .max_core_instances_per_component(50)
             .max_memories_per_component(4)
