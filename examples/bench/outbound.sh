@@ -98,6 +98,9 @@ spec:
     filters: [$(ext slow)]
     backendRefs: [{name: backend, port: 80}]
     timeouts: {request: 30s}
+  - matches: [{path: {value: /slow-backend}}]
+    backendRefs: [{name: slowauthz, port: 80}]
+    timeouts: {request: 30s}
 YAML
 } > "$work/sluice/config.yaml"
 
@@ -124,23 +127,32 @@ print(f"ext-authz adds p50 {med('ext-authz', 1) - med('none', 1):.3f} ms, p99 {m
 PY
 
 threads() { awk '/^Threads/ {print $2}' "/proc/$SLUICE_PID/status"; }
+# beside PATH LABEL: SLOW requests on PATH for DURATION+4 s; after 2 s, the route
+# without filters is measured beside them. Prints its stats, the slow requests' stats,
+# their count and the gateway's threads during.
+beside() {
+  wrk -t2 -c"$SLOW" -d"$((DURATION + 4))s" --timeout 20s --latency "http://127.0.0.1:$SLUICE$1" > "$work/slow" &
+  local slow_pid=$!
+  sleep 2
+  local during; during=$(threads)
+  local plain; plain=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats "$2")
+  wait "$slow_pid"
+  echo "$plain $(wrk_stats slow < "$work/slow" | cut -d' ' -f2-) $(grep -oE '[0-9]+ requests in' "$work/slow" | grep -oE '^[0-9]+') $during"
+}
 echo
-echo "2. $SLOW requests waiting on a 2 s authorization call, and a route without filters beside them"
+echo "2. $SLOW requests waiting 2 s: on an authorization call (ext-authz), and for comparison on"
+echo "   a slow backend without filters; the route without filters measured beside them"
 before_threads=$(threads)
 alone=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats alone)
-wrk -t2 -c"$SLOW" -d"$((DURATION + 4))s" --timeout 20s --latency "http://127.0.0.1:$SLUICE/slow" > "$work/slow" &
-slow_pid=$!
-sleep 2
-during_threads=$(threads)
-beside=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats beside)
-wait "$slow_pid"
-slow=$(wrk_stats slow < "$work/slow")
-instances=$(curl -s "127.0.0.1:$ADMIN/metrics" | awk -F' ' '/^sluice_wasm_instances\{filter="default\/slow"\}/ {print $2}')
-python3 - "$alone" "$beside" "$slow" "$before_threads" "$during_threads" "$instances" "$(grep -c . "$work/slow" >/dev/null; grep -oE '[0-9]+ requests in' "$work/slow" | grep -oE '^[0-9]+')" <<'PY'
+calls=$(beside /slow beside-calls)
+backend=$(beside /slow-backend beside-backend)
+python3 - "$alone" "$calls" "$backend" "$before_threads" <<'PY'
 import sys
-alone, beside, slow = (l.split() for l in sys.argv[1:4])
-print(f"route without filters alone:             rps {float(alone[1]):8.0f}  p99 {float(alone[3]):7.3f} ms")
-print(f"the same beside the slow requests:       rps {float(beside[1]):8.0f}  p99 {float(beside[3]):7.3f} ms")
-print(f"slow requests: {sys.argv[7]} answered, {slow[4]} not 2xx, p50 {float(slow[2]):.0f} ms")
-print(f"gateway threads before {sys.argv[4]}, during {sys.argv[5]}; instances of the slow filter after: {sys.argv[6]}")
+alone = sys.argv[1].split()
+print(f"{'plain route':32} {'rps':>8} {'p99 ms':>8}   {'slow answered':>13} {'not 2xx':>7} {'slow p50 ms':>11} {'threads':>7}")
+print(f"{'alone':32} {float(alone[1]):8.0f} {float(alone[3]):8.2f}   {'':>13} {'':>7} {'':>11} {sys.argv[4]:>7}")
+for label, row in [("beside 2 s outbound calls", sys.argv[2]), ("beside a 2 s backend, no filter", sys.argv[3])]:
+    r = row.split()
+    # plain: label rps p50 p99 bad | slow: rps p50 p99 bad | count | threads
+    print(f"{label:32} {float(r[1]):8.0f} {float(r[3]):8.2f}   {r[9]:>13} {r[8]:>7} {float(r[6]):11.0f} {r[10]:>7}")
 PY
