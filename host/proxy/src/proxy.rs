@@ -677,9 +677,10 @@ fn buffering(steps: &[ResponseStep<'_>], direction: Direction) -> Vec<usize> {
         .collect()
 }
 
-/// A body too large for every filter that asked for it: each is skipped if FailOpen;
-/// returns false if one is FailClosed.
-fn too_large_for_all(
+/// A body too large for the filters at `indices` (all that asked for it, or one):
+/// each is noted and counted, and skipped if FailOpen. Returns false if one of them is
+/// FailClosed, and the request must fail.
+fn too_large_for(
     steps: &[ResponseStep<'_>],
     wanting: &[usize],
     direction: Direction,
@@ -757,7 +758,7 @@ async fn request_body_filters(
         Collected::Whole { data, trailers } => (data, trailers),
         Collected::Failed(e) => return Err(body_failed(&*e)),
         Collected::TooLarge(rest) => {
-            return if too_large_for_all(steps, &wanting, Direction::Request, record) {
+            return if too_large_for(steps, &wanting, Direction::Request, record) {
                 Ok(Either::Left(rest))
             } else {
                 Err(request_too_large())
@@ -770,7 +771,7 @@ async fn request_body_filters(
         };
         let w: &WasmFilter = w;
         if data.len() as u64 > w.max_body_bytes {
-            if too_large_for_all(steps, &[i], Direction::Request, record) {
+            if too_large_for(steps, &[i], Direction::Request, record) {
                 continue;
             }
             return Err(request_too_large());
@@ -855,7 +856,7 @@ async fn response_body_filters(
             return Err(local(StatusCode::BAD_GATEWAY, "upstream response failed\n"));
         }
         Collected::TooLarge(rest) => {
-            return if too_large_for_all(steps, &wanting, Direction::Response, record) {
+            return if too_large_for(steps, &wanting, Direction::Response, record) {
                 Ok(Either::Left(rest))
             } else {
                 Err(response_too_large())
@@ -868,7 +869,7 @@ async fn response_body_filters(
         };
         let w: &WasmFilter = w;
         if data.len() as u64 > w.max_body_bytes {
-            if too_large_for_all(steps, &[i], Direction::Response, record) {
+            if too_large_for(steps, &[i], Direction::Response, record) {
                 continue;
             }
             return Err(response_too_large());
