@@ -703,6 +703,17 @@ fn too_large_for(
     all_open
 }
 
+/// The Wasm filters among `steps` at `indices`.
+fn wasm_at<'s>(
+    steps: &'s [ResponseStep<'_>],
+    indices: &'s [usize],
+) -> impl Iterator<Item = &'s WasmFilter> + 's {
+    indices.iter().filter_map(|&i| match &steps[i] {
+        ResponseStep::Wasm(w, _) => Some(&**w),
+        _ => None,
+    })
+}
+
 /// Sets the framing of a body now held whole: its length, and no chunking.
 fn held_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
@@ -739,19 +750,13 @@ async fn request_body_filters(
         return Ok(Either::Left(body));
     }
     if is_stream(&parts.headers, upgrade) {
-        for &i in &wanting {
-            if let ResponseStep::Wasm(w, _) = &steps[i] {
-                w.pool.stats().body(Direction::Request, BodyEvent::Streamed);
-            }
+        for w in wasm_at(steps, &wanting) {
+            w.pool.stats().body(Direction::Request, BodyEvent::Streamed);
         }
         return Ok(Either::Left(body));
     }
-    let limit = wanting
-        .iter()
-        .filter_map(|&i| match &steps[i] {
-            ResponseStep::Wasm(w, _) => Some(w.max_body_bytes),
-            _ => None,
-        })
+    let limit = wasm_at(steps, &wanting)
+        .map(|w| w.max_body_bytes)
         .max()
         .unwrap_or(0);
     let (mut data, trailers) = match collect(body, limit).await {
@@ -832,21 +837,15 @@ async fn response_body_filters(
         return Ok(Either::Left(body));
     }
     if is_stream(&parts.headers, false) {
-        for &i in &wanting {
-            if let ResponseStep::Wasm(w, _) = &steps[i] {
-                w.pool
-                    .stats()
-                    .body(Direction::Response, BodyEvent::Streamed);
-            }
+        for w in wasm_at(steps, &wanting) {
+            w.pool
+                .stats()
+                .body(Direction::Response, BodyEvent::Streamed);
         }
         return Ok(Either::Left(body));
     }
-    let limit = wanting
-        .iter()
-        .filter_map(|&i| match &steps[i] {
-            ResponseStep::Wasm(w, _) => Some(w.max_body_bytes),
-            _ => None,
-        })
+    let limit = wasm_at(steps, &wanting)
+        .map(|w| w.max_body_bytes)
         .max()
         .unwrap_or(0);
     let (mut data, trailers) = match collect(body, limit).await {
