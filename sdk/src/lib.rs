@@ -33,6 +33,11 @@
 //!                         │ Continue | Replace | Respond
 //! ```
 //!
+//! A filter that asks for a body [`BodyMode::Streamed`] gets it chunk by chunk instead,
+//! through the [`BodyStream`] that [`Filter::request_stream`] (or
+//! [`Filter::response_stream`]) returns: `chunk` for each chunk (pass, change, drop or
+//! add bytes), then `end` with the trailers. One instance sees the whole stream.
+//!
 //! A body nobody asks for is never held: it streams through the gateway as it comes.
 //!
 //! The gateway keeps a pool of instances per WasmFilter. One instance handles one call
@@ -123,7 +128,51 @@ pub enum BodyMode {
     /// for a request and 502 for a response, or, with `failurePolicy: FailOpen`, skips
     /// the filter for that body.
     Buffered,
+    /// Chunk by chunk, as it comes, whatever its size: [`Filter::request_stream`] (or
+    /// [`Filter::response_stream`]) starts a [`BodyStream`] that gets each chunk and then
+    /// the trailers. The gateway holds one chunk at a time.
+    Streamed,
 }
+
+/// What to forward for one chunk of a streamed body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// The chunk as it came (nothing is copied back to the gateway).
+    Pass,
+    /// These bytes instead: changed, fewer, none (drops the chunk) or more.
+    Replace(Vec<u8>),
+}
+
+/// The trailers that end a streamed body: `get`, `names`, `set`, `remove`. They reach
+/// the other side over HTTP/2, and over HTTP/1.1 when the message is chunked and its
+/// `trailer` header names them: set `trailer` (and, on a request, remove
+/// `content-length`) when the stream starts, before the head leaves.
+pub type Trailers = bindings::sluice::filter0_2_0::body::Trailers;
+
+/// One streamed body, seen from its first chunk to its end by one instance (and no
+/// other call meanwhile): keep the stream's state (a digest, a count) in `self`.
+pub trait BodyStream: Send {
+    /// A chunk, as it came from the peer (or from the filter before this one).
+    ///
+    /// Default: passes it on.
+    fn chunk(&mut self, chunk: Vec<u8>) -> Chunk {
+        let _ = chunk;
+        Chunk::Pass
+    }
+
+    /// The end of the body, with its trailers (read and change them). Returns bytes to
+    /// send after the last chunk.
+    ///
+    /// Default: nothing more.
+    fn end(&mut self, trailers: &Trailers) -> Vec<u8> {
+        let _ = trailers;
+        Vec::new()
+    }
+}
+
+/// A stream that passes every chunk on: what the default stream hooks return.
+pub struct PassThrough;
+impl BodyStream for PassThrough {}
 
 /// Which bodies a filter needs, from [`Filter::needs`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,6 +271,26 @@ pub trait Filter: Sized + Send + Sync + 'static {
     fn on_response_body(&self, response: &Response, body: Vec<u8>) -> BodyAction {
         let _ = (response, body);
         BodyAction::Continue
+    }
+
+    /// Starts a streamed request body, if [`Filter::needs`] asked for it
+    /// [`BodyMode::Streamed`] and the request has one: after `on_request` (and the
+    /// buffered body hooks) of every filter, before the request leaves, so its head may
+    /// still be changed. The returned stream gets every chunk, then the end.
+    ///
+    /// Default: passes the body through.
+    fn request_stream(&self, request: &Request) -> Box<dyn BodyStream> {
+        let _ = request;
+        Box::new(PassThrough)
+    }
+
+    /// Starts a streamed response body, as [`Filter::request_stream`] does a request's:
+    /// after every `on_response`, while the status and headers may still be changed.
+    ///
+    /// Default: passes the body through.
+    fn response_stream(&self, response: &Response) -> Box<dyn BodyStream> {
+        let _ = response;
+        Box::new(PassThrough)
     }
 }
 
@@ -465,6 +534,7 @@ pub mod __private {
         let mode = |m: BodyMode| match m {
             BodyMode::None => wit::BodyMode::None,
             BodyMode::Buffered => wit::BodyMode::Buffered,
+            BodyMode::Streamed => wit::BodyMode::Streamed,
         };
         Ok(wit::Needs {
             request_body: mode(needs.request_body),
@@ -541,6 +611,31 @@ pub mod __private {
             None => wit::BodyAction::Respond(not_configured()),
         }
     }
+
+    /// The stream this instance is in, per direction: the host gives an instance one
+    /// stream at a time, from its start to its end.
+    pub type Current = std::sync::Mutex<Option<Box<dyn BodyStream>>>;
+
+    pub fn stream_start(current: &Current, stream: Option<Box<dyn BodyStream>>) {
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = stream;
+    }
+
+    pub fn chunk(current: &Current, chunk: Vec<u8>) -> wit::ChunkAction {
+        match current.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(s) => match s.chunk(chunk) {
+                Chunk::Pass => wit::ChunkAction::Pass,
+                Chunk::Replace(b) => wit::ChunkAction::Replace(b),
+            },
+            None => wit::ChunkAction::Pass,
+        }
+    }
+
+    pub fn stream_end(current: &Current, trailers: &Trailers) -> Vec<u8> {
+        match current.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(mut s) => s.end(trailers),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// Exports a [`Filter`] implementation as the component's `sluice:filter/filter` world.
@@ -550,6 +645,8 @@ macro_rules! export {
     ($filter:ty) => {
         const _: () = {
             static FILTER: ::std::sync::OnceLock<$filter> = ::std::sync::OnceLock::new();
+            static REQUEST_STREAM: $crate::__private::Current = ::std::sync::Mutex::new(None);
+            static RESPONSE_STREAM: $crate::__private::Current = ::std::sync::Mutex::new(None);
             struct Export;
             impl $crate::bindings::Guest for Export {
                 fn configure(
@@ -579,6 +676,30 @@ macro_rules! export {
                 }
                 fn on_response(response: &$crate::Response) {
                     $crate::__private::on_response::<$filter>(&FILTER, response)
+                }
+                fn on_request_stream_start(request: &$crate::Request) {
+                    let s = FILTER.get().map(|f| $crate::Filter::request_stream(f, request));
+                    $crate::__private::stream_start(&REQUEST_STREAM, s)
+                }
+                fn on_request_chunk(
+                    chunk: ::std::vec::Vec<u8>,
+                ) -> $crate::bindings::sluice::filter0_2_0::body::ChunkAction {
+                    $crate::__private::chunk(&REQUEST_STREAM, chunk)
+                }
+                fn on_request_stream_end(trailers: &$crate::Trailers) -> ::std::vec::Vec<u8> {
+                    $crate::__private::stream_end(&REQUEST_STREAM, trailers)
+                }
+                fn on_response_stream_start(response: &$crate::Response) {
+                    let s = FILTER.get().map(|f| $crate::Filter::response_stream(f, response));
+                    $crate::__private::stream_start(&RESPONSE_STREAM, s)
+                }
+                fn on_response_chunk(
+                    chunk: ::std::vec::Vec<u8>,
+                ) -> $crate::bindings::sluice::filter0_2_0::body::ChunkAction {
+                    $crate::__private::chunk(&RESPONSE_STREAM, chunk)
+                }
+                fn on_response_stream_end(trailers: &$crate::Trailers) -> ::std::vec::Vec<u8> {
+                    $crate::__private::stream_end(&RESPONSE_STREAM, trailers)
                 }
             }
     $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);

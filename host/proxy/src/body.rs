@@ -140,3 +140,151 @@ impl Replay {
         self.0.iter().map(|c| c.len() as u64).sum()
     }
 }
+
+type Frames = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A streamed body was cut because a FailClosed filter failed on it (a trap, its time
+/// limit): a request is answered 500 if the backend has not answered yet; a response is
+/// cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("a filter failed while the body streamed through it")]
+pub(crate) struct StreamFilterFailed;
+
+/// The frames that come out of [`filter`]'s task: at most one waits here, so a body
+/// of any size holds a chunk or two of memory.
+pub(crate) struct Filtered {
+    rx: tokio::sync::mpsc::Receiver<Frames>,
+    done: bool,
+}
+
+impl Filtered {
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frames>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let r = self.rx.poll_recv(cx);
+        if let Poll::Ready(None) = r {
+            self.done = true;
+        }
+        r
+    }
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// One filter a streamed body passes through.
+pub(crate) struct Stage {
+    pub stream: sluice_wasm::BodyStream,
+    pub fail_open: bool,
+}
+
+/// Passes `body` through `stages`, in order, chunk by chunk, in a task of its own: each
+/// chunk goes through every filter before the next is read (so a slow filter slows the
+/// sender, as a slow peer would), then the trailers go through every filter's end.
+/// When the reader goes away (the peer closed, the backend answered early), the task
+/// stops at once and the filters' instances are dropped.
+pub(crate) fn filter(body: crate::Body, stages: Vec<Stage>) -> Streamed {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let stages = stages.into_iter().map(Some).collect();
+        tokio::select! {
+            () = tx.closed() => {}
+            () = run(body, stages, &tx) => {}
+        }
+    });
+    Streamed::filtered(Filtered { rx, done: false })
+}
+
+async fn run(
+    mut body: crate::Body,
+    mut stages: Vec<Option<Stage>>,
+    tx: &tokio::sync::mpsc::Sender<Frames>,
+) {
+    let mut trailers = HeaderMap::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                // The peer's own failure (too slow, reset): passed on as it is.
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        match frame.into_data() {
+            Ok(d) => {
+                if !through(&mut stages, 0, d, tx).await {
+                    return;
+                }
+            }
+            Err(f) => {
+                if let Ok(t) = f.into_trailers() {
+                    trailers = t;
+                }
+            }
+        }
+    }
+    // Each filter ends in turn; what one adds at its end goes through the filters
+    // after it before they end.
+    for k in 0..stages.len() {
+        let Some(stage) = stages[k].take() else {
+            continue;
+        };
+        let pool = stage.stream.pool().clone();
+        match stage.stream.end(&mut trailers).await {
+            Ok(tail) => {
+                if !tail.is_empty() && !through(&mut stages, k + 1, Bytes::from(tail), tx).await {
+                    return;
+                }
+            }
+            Err(_) if stage.fail_open => skipped(&pool),
+            Err(_) => {
+                let _ = tx.send(Err(Box::new(StreamFilterFailed))).await;
+                return;
+            }
+        }
+    }
+    if !trailers.is_empty() {
+        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+    }
+}
+
+/// Passes one chunk through `stages[from..]` and sends what comes out. Returns false
+/// when the body must stop: a FailClosed filter failed, or nobody reads any more. A
+/// FailOpen filter that fails is dropped from the stream; the chunk and the rest of the
+/// body pass it unfiltered.
+async fn through(
+    stages: &mut [Option<Stage>],
+    from: usize,
+    mut data: Bytes,
+    tx: &tokio::sync::mpsc::Sender<Frames>,
+) -> bool {
+    for slot in stages.iter_mut().skip(from) {
+        if data.is_empty() {
+            // Dropped: the filters after it have nothing to see.
+            return true;
+        }
+        let Some(stage) = slot else {
+            continue;
+        };
+        match stage.stream.chunk(data.clone()).await {
+            Ok(None) => {}
+            Ok(Some(b)) => data = Bytes::from(b),
+            Err(_) if stage.fail_open => {
+                skipped(stage.stream.pool());
+                *slot = None;
+            }
+            Err(_) => {
+                let _ = tx.send(Err(Box::new(StreamFilterFailed))).await;
+                return false;
+            }
+        }
+    }
+    data.is_empty() || tx.send(Ok(Frame::data(data))).await.is_ok()
+}
+
+fn skipped(pool: &sluice_wasm::Pool) {
+    pool.stats()
+        .skipped
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}

@@ -318,12 +318,46 @@ impl HttpBody for Tracked {
 /// A body streamed from a peer: a backend's response, or a client's request body held
 /// to the body timeout and minimum rate.
 pub struct Streamed {
-    inner: Incoming,
+    inner: Source,
     pace: Option<Box<Pace>>,
     /// Data bytes passed through, when an access log line wants them.
     counted: Option<Arc<AtomicU64>>,
     /// Chunks read and put back (a body too large to buffer), served first.
     replay: Replay,
+}
+
+/// Where a streamed body's frames come from.
+enum Source {
+    /// The peer's connection.
+    Peer(Incoming),
+    /// The task that passes a body through filters chunk by chunk (`body::filter`).
+    Filtered(crate::body::Filtered),
+}
+
+impl Source {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>> {
+        match self {
+            Source::Peer(i) => Pin::new(i)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+            Source::Filtered(f) => f.poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Peer(i) => i.is_end_stream(),
+            Source::Filtered(f) => f.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Peer(i) => i.size_hint(),
+            Source::Filtered(_) => SizeHint::default(),
+        }
+    }
 }
 
 /// The request body came too slowly; the request is answered 408.
@@ -345,7 +379,17 @@ impl Streamed {
     /// A backend's body, passed through as it comes.
     pub fn upstream(inner: Incoming) -> Self {
         Streamed {
-            inner,
+            inner: Source::Peer(inner),
+            pace: None,
+            counted: None,
+            replay: Replay::default(),
+        }
+    }
+
+    /// A body that comes out of filters chunk by chunk.
+    pub(crate) fn filtered(inner: crate::body::Filtered) -> Self {
+        Streamed {
+            inner: Source::Filtered(inner),
             pace: None,
             counted: None,
             replay: Replay::default(),
@@ -376,7 +420,7 @@ impl Streamed {
             })
         });
         Streamed {
-            inner,
+            inner: Source::Peer(inner),
             pace,
             counted: None,
             replay: Replay::default(),
@@ -414,14 +458,14 @@ impl HttpBody for Streamed {
         if let Some(chunk) = this.replay.pop() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let r = this.inner.poll_frame(cx);
         if let (Some(c), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &r)
             && let Some(d) = frame.data_ref()
         {
             c.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
         let Some(pace) = this.pace.as_deref_mut() else {
-            return r.map(|f| f.map(|f| f.map_err(Into::into)));
+            return r;
         };
         let Pace {
             timeout,
@@ -452,7 +496,7 @@ impl HttpBody for Streamed {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            other => other.map(|f| f.map(|f| f.map_err(Into::into))),
+            other => other,
         }
     }
     fn is_end_stream(&self) -> bool {

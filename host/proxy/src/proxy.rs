@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
 
 use crate::access_log::{self, AccessLog, FilterOutcome, Record};
-use crate::body::{Buffered, Collected, collect};
+use crate::body::{Buffered, Collected, StreamFilterFailed, collect};
 use crate::client::{BodyTooSlow, ConnectionLimits, Streamed};
 use crate::cors::Cors;
 use crate::metrics::Stats;
@@ -307,6 +307,11 @@ async fn serve(
             Ok(b) => b,
             Err(resp) => return (resp, backend.stats.clone()),
         };
+    let body =
+        match request_stream_filters(&steps, &mut parts, body, upgrade.is_some(), record).await {
+            Ok(b) => b,
+            Err(resp) => return (resp, backend.stats.clone()),
+        };
     let upgrade_value = upgrade
         .as_ref()
         .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
@@ -419,7 +424,9 @@ async fn serve(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
-            let (status, msg) = if causes(&e).any(|c| c.is::<BodyTooSlow>()) {
+            let (status, msg) = if causes(&e).any(|c| c.is::<StreamFilterFailed>()) {
+                (StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
+            } else if causes(&e).any(|c| c.is::<BodyTooSlow>()) {
                 (
                     StatusCode::REQUEST_TIMEOUT,
                     "the request body arrived too slowly\n",
@@ -462,7 +469,11 @@ async fn serve(
     let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS || head {
         Either::Left(body)
     } else {
-        match response_body_filters(&mut steps, &mut parts, body, record).await {
+        let body = match response_body_filters(&mut steps, &mut parts, body, record).await {
+            Ok(b) => b,
+            Err(resp) => return (resp, backend.stats.clone()),
+        };
+        match response_stream_filters(&mut steps, &mut parts, body, record).await {
             Ok(b) => b,
             Err(resp) => return (resp, backend.stats.clone()),
         }
@@ -657,15 +668,16 @@ fn body_failed(e: &(dyn std::error::Error + 'static)) -> Response<Body> {
     }
 }
 
-/// The Wasm filters among `steps` that asked for `direction`'s body whole, by index.
-fn buffering(steps: &[ResponseStep<'_>], direction: Direction) -> Vec<usize> {
+/// The Wasm filters among `steps` that asked for `direction`'s body in `mode`, by
+/// index.
+fn asking(steps: &[ResponseStep<'_>], direction: Direction, mode: BodyMode) -> Vec<usize> {
     let wants = |w: &WasmFilter| {
         let n = w.pool.needs();
-        let mode = match direction {
+        let asked = match direction {
             Direction::Request => n.request_body,
             Direction::Response => n.response_body,
         };
-        mode == BodyMode::Buffered
+        asked == mode
     };
     steps
         .iter()
@@ -745,7 +757,7 @@ async fn request_body_filters(
     upgrade: bool,
     record: &mut Option<Box<Record>>,
 ) -> Result<Body, Response<Body>> {
-    let wanting = buffering(steps, Direction::Request);
+    let wanting = asking(steps, Direction::Request, BodyMode::Buffered);
     if wanting.is_empty() || body.is_end_stream() {
         return Ok(Either::Left(body));
     }
@@ -829,7 +841,7 @@ async fn response_body_filters(
     body: Streamed,
     record: &mut Option<Box<Record>>,
 ) -> Result<Body, Response<Body>> {
-    let wanting = buffering(steps, Direction::Response);
+    let wanting = asking(steps, Direction::Response, BodyMode::Buffered);
     let no_body = parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
@@ -905,6 +917,106 @@ async fn response_body_filters(
     }
     held_length(&mut parts.headers, data.len());
     Ok(Either::Right(Buffered::with_trailers(data, trailers)))
+}
+
+/// Starts the streams of the filters that asked for the request body streamed, in
+/// route order, once the buffered body hooks are done; each may still change the
+/// request's head. The body then passes through them chunk by chunk on its way to the
+/// backend. An upgrade's body is the connection itself: not streamed through filters.
+async fn request_stream_filters(
+    steps: &[ResponseStep<'_>],
+    parts: &mut http::request::Parts,
+    body: Body,
+    upgrade: bool,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
+    let wanting = asking(steps, Direction::Request, BodyMode::Streamed);
+    if wanting.is_empty() || upgrade || body.is_end_stream() {
+        return Ok(body);
+    }
+    let mut stages = Vec::with_capacity(wanting.len());
+    for &i in &wanting {
+        let ResponseStep::Wasm(w, context) = &steps[i] else {
+            continue;
+        };
+        let started = w
+            .pool
+            .request_stream(
+                &mut parts.method,
+                &mut parts.uri,
+                &mut parts.headers,
+                context.clone(),
+            )
+            .await;
+        stages.extend(stage(w, started, Direction::Request, record)?);
+    }
+    Ok(match stages.is_empty() {
+        true => body,
+        false => Either::Left(crate::body::filter(body, stages)),
+    })
+}
+
+/// Starts the streams of the filters that asked for the response body streamed, in
+/// reverse route order, after the buffered body hooks; each may still change the
+/// status and headers.
+async fn response_stream_filters(
+    steps: &mut [ResponseStep<'_>],
+    parts: &mut http::response::Parts,
+    body: Body,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
+    let wanting = asking(steps, Direction::Response, BodyMode::Streamed);
+    let no_body = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if wanting.is_empty() || no_body || body.is_end_stream() {
+        return Ok(body);
+    }
+    let mut stages = Vec::with_capacity(wanting.len());
+    for &i in wanting.iter().rev() {
+        let ResponseStep::Wasm(w, context) = &mut steps[i] else {
+            continue;
+        };
+        // The request's hooks are all done: the stream takes the context.
+        let context = std::mem::take(context);
+        let started = w
+            .pool
+            .response_stream(&mut parts.status, &mut parts.headers, context)
+            .await;
+        stages.extend(stage(w, started, Direction::Response, record)?);
+    }
+    Ok(match stages.is_empty() {
+        true => body,
+        false => Either::Left(crate::body::filter(body, stages)),
+    })
+}
+
+/// A filter's stream, if it started; a FailOpen filter that failed to start is
+/// skipped, a FailClosed one fails the request.
+fn stage(
+    w: &WasmFilter,
+    started: Result<sluice_wasm::BodyStream, sluice_wasm::FilterError>,
+    direction: Direction,
+    record: &mut Option<Box<Record>>,
+) -> Result<Option<crate::body::Stage>, Response<Body>> {
+    match started {
+        Ok(stream) => {
+            w.pool.stats().body(direction, BodyEvent::Chunked);
+            Ok(Some(crate::body::Stage {
+                stream,
+                fail_open: w.fail_open,
+            }))
+        }
+        Err(e) if w.fail_open => {
+            note(record, w, FilterOutcome::Skipped(e.kind));
+            w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+        Err(e) => {
+            note(record, w, FilterOutcome::Failed(e.kind));
+            Err(filter_failed())
+        }
+    }
 }
 
 /// The time left for the upstream call: the smaller of what remains of the request

@@ -39,6 +39,7 @@ pub mod v0_2 {
             "sluice:filter/metrics@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::metrics,
             "sluice:filter/kv@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::kv,
             "sluice:filter/clock@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::clock,
+            "sluice:filter/body.trailers": crate::host::TrailersCtx,
         },
     });
 }

@@ -27,6 +27,11 @@ pub struct ResponseCtx {
     pub headers: HeaderMap,
 }
 
+/// The trailers at the end of a streamed body, while a filter's `on-*-stream-end` looks
+/// at them.
+#[derive(Default)]
+pub struct TrailersCtx(pub HeaderMap);
+
 /// Per-store state. A store is one pooled instance.
 pub struct HostState {
     pub(crate) table: ResourceTable,
@@ -44,6 +49,8 @@ pub struct HostState {
     pub(crate) slow_permit: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// The current request's context for this filter, moved in for each call.
     pub(crate) context: Context,
+    /// Set during `on-*-stream-start`, where `content-length` may be removed.
+    pub(crate) stream_start: bool,
 }
 
 /// Keys one request's context may hold, per WasmFilter.
@@ -55,7 +62,7 @@ pub const CONTEXT_MAX_BYTES: usize = 64 << 10;
 /// outbound calls it may make during it: the caller holds it between hooks and moves it
 /// into the store for each call. Empty until the filter stores something, and then one
 /// allocation.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Context(Option<Box<ContextMap>>, Option<Arc<dyn crate::Outbound>>);
 
 impl std::fmt::Debug for Context {
@@ -67,7 +74,7 @@ impl std::fmt::Debug for Context {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ContextMap {
     entries: std::collections::HashMap<String, Vec<u8>>,
     bytes: usize,
@@ -192,9 +199,12 @@ fn write(
     Ok(())
 }
 
-fn remove(h: &mut HeaderMap, name: &str, request: bool) {
+/// Removes `name` unless the gateway manages it. `content-length` is the exception
+/// where `unframe` says so (a stream's start): a filter that changes a streamed body's
+/// length, or adds trailers, removes it and the body goes chunked.
+fn remove(h: &mut HeaderMap, name: &str, request: bool, unframe: bool) {
     if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
-        && !forbidden(&n, request)
+        && (!forbidden(&n, request) || (unframe && n == header::CONTENT_LENGTH))
     {
         h.remove(n);
     }
@@ -259,7 +269,8 @@ macro_rules! header_methods {
             ))
         }
         fn remove_header(&mut self, r: Resource<$ty>, name: String) -> wasmtime::Result<()> {
-            remove(&mut self.$get(&r)?.headers, &name, $request);
+            let unframe = self.stream_start;
+            remove(&mut self.$get(&r)?.headers, &name, $request, unframe);
             Ok(())
         }
     };
@@ -437,6 +448,32 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::wall_clock::Host for HostState 
 
 /// `body` has only types.
 impl crate::bindings::v0_2::sluice::filter0_2_0::body::Host for HostState {}
+
+impl crate::bindings::v0_2::sluice::filter0_2_0::body::HostTrailers for HostState {
+    fn get(&mut self, r: Resource<TrailersCtx>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(get(&self.table.get(&r)?.0, &name))
+    }
+    fn names(&mut self, r: Resource<TrailersCtx>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.table.get(&r)?.0))
+    }
+    fn set(
+        &mut self,
+        r: Resource<TrailersCtx>,
+        name: String,
+        value: String,
+    ) -> wasmtime::Result<Result<(), types::HeaderError>> {
+        // Framing and `host` have no place in trailers: refused as on a request.
+        Ok(write(&mut self.table.get_mut(&r)?.0, &name, &value, false, true))
+    }
+    fn remove(&mut self, r: Resource<TrailersCtx>, name: String) -> wasmtime::Result<()> {
+        remove(&mut self.table.get_mut(&r)?.0, &name, true, false);
+        Ok(())
+    }
+    fn drop(&mut self, _r: Resource<TrailersCtx>) -> wasmtime::Result<()> {
+        // The host owns the trailers and takes them back after the call.
+        Ok(())
+    }
+}
 
 impl context::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {

@@ -39,6 +39,7 @@ use wasmtime::{
 
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
+use host::TrailersCtx;
 use host::{HostState, MemoryLimiter};
 pub use outbound::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
 pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};
@@ -516,6 +517,7 @@ impl Exports {
         let mode = |m: Wit| match m {
             Wit::None => BodyMode::None,
             Wit::Buffered => BodyMode::Buffered,
+            Wit::Streamed => BodyMode::Streamed,
         };
         Ok(match self {
             Exports::V0_1(f) => f
@@ -538,6 +540,8 @@ pub enum BodyMode {
     None,
     /// The whole body, up to `limits.maxBodyBytes`, in one body hook call.
     Buffered,
+    /// Chunk by chunk, through a [`BodyStream`]: any size, one chunk held at a time.
+    Streamed,
 }
 
 /// Which bodies a filter needs. A 0.1 filter needs none.
@@ -619,6 +623,7 @@ impl Pool {
             slow_lane: self.runtime.slow_lane.clone(),
             slow_permit: Arc::default(),
             context: Context::default(),
+            stream_start: false,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -724,9 +729,8 @@ impl Pool {
         let _ = self.idle.push(inst);
     }
 
-    /// One hook call: takes an instance, moves `hook`'s resource into its table for
-    /// the call, and hands it back afterwards whatever happened (a trap included). The
-    /// instance goes back to the pool only if the call succeeded; a call whose future is
+    /// One hook call: takes an instance, runs `hook` on it (see [`Pool::run`]), and
+    /// puts it back in the pool only if the call succeeded; a call whose future is
     /// dropped midway (the client went away) drops its instance with it.
     async fn call<H: Hook>(
         &self,
@@ -738,13 +742,33 @@ impl Pool {
             Ok(i) => i,
             Err(e) => return (Some(ctx), Err(e)),
         };
+        let (back, result) = self.run(&mut inst, hook, ctx, context).await;
+        match result {
+            Ok(r) => {
+                self.checkin(inst);
+                (back, Ok(r))
+            }
+            Err(e) => (back, Err(self.fail(&mut inst.store, e))),
+        }
+    }
+
+    /// Runs `hook` on `inst` with a fresh time budget: moves `hook`'s resource and the
+    /// request's context into the store for the call, and hands both back afterwards
+    /// whatever happened (a trap included).
+    async fn run<H: Hook>(
+        &self,
+        inst: &mut Instance,
+        hook: H,
+        ctx: H::Resource,
+        context: &mut Context,
+    ) -> (Option<H::Resource>, wasmtime::Result<H::Out>) {
         let start = Instant::now();
         inst.store.data_mut().ticks_left = self.deadline_ticks;
         inst.store.set_epoch_deadline(1);
         // The table only refuses a push past u32::MAX live entries; a store holds one.
         let res = match inst.store.data_mut().table.push(ctx) {
             Ok(r) => r,
-            Err(e) => return (None, Err(self.fail(&mut inst.store, e.into()))),
+            Err(e) => return (None, Err(e.into())),
         };
         let borrowed = Resource::<H::Resource>::new_borrow(res.rep());
         inst.store.data_mut().context = std::mem::take(context);
@@ -753,13 +777,7 @@ impl Pool {
         leave_slow_lane(&inst.store);
         let back = inst.store.data_mut().table.delete(res).ok();
         self.shared.stats.call(start.elapsed());
-        match result {
-            Ok(r) => {
-                self.checkin(inst);
-                (back, Ok(r))
-            }
-            Err(e) => (back, Err(self.fail(&mut inst.store, e))),
-        }
+        (back, result)
     }
 
     /// Runs `hook` on a request's method, URI and headers, which move into the store
@@ -869,6 +887,156 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Starts a streamed request body (API 0.2 `on-request-stream-start`): takes an
+    /// instance for the whole stream, and lets the filter change the request's head
+    /// before it leaves. The stream's hooks see `context` as it is now; what they
+    /// store stays with the stream.
+    pub async fn request_stream(
+        self: &Arc<Self>,
+        method: &mut Method,
+        uri: &mut Uri,
+        headers: &mut HeaderMap,
+        context: Context,
+    ) -> Result<BodyStream, FilterError> {
+        let ctx = RequestCtx {
+            method: std::mem::replace(method, Method::GET),
+            uri: std::mem::take(uri),
+            headers: std::mem::take(headers),
+        };
+        let (back, stream) = self
+            .stream(RequestStreamStart, Direction::Request, ctx, context)
+            .await;
+        if let Some(ctx) = back {
+            *method = ctx.method;
+            *uri = ctx.uri;
+            *headers = ctx.headers;
+        }
+        stream
+    }
+
+    /// Starts a streamed response body (`on-response-stream-start`), as
+    /// [`Pool::request_stream`] does a request's.
+    pub async fn response_stream(
+        self: &Arc<Self>,
+        status: &mut StatusCode,
+        headers: &mut HeaderMap,
+        context: Context,
+    ) -> Result<BodyStream, FilterError> {
+        let ctx = ResponseCtx {
+            status: *status,
+            headers: std::mem::take(headers),
+        };
+        let (back, stream) = self
+            .stream(ResponseStreamStart, Direction::Response, ctx, context)
+            .await;
+        if let Some(ctx) = back {
+            *status = ctx.status;
+            *headers = ctx.headers;
+        }
+        stream
+    }
+
+    async fn stream<H: Hook<Out = ()>>(
+        self: &Arc<Self>,
+        start: H,
+        direction: Direction,
+        ctx: H::Resource,
+        mut context: Context,
+    ) -> (Option<H::Resource>, Result<BodyStream, FilterError>) {
+        let mut inst = match self.checkout().await {
+            Ok(i) => i,
+            Err(e) => return (Some(ctx), Err(e)),
+        };
+        inst.store.data_mut().stream_start = true;
+        let (back, result) = self.run(&mut inst, start, ctx, &mut context).await;
+        inst.store.data_mut().stream_start = false;
+        let stream = match result {
+            Ok(()) => Ok(BodyStream {
+                pool: self.clone(),
+                inst: Some(inst),
+                context,
+                direction,
+            }),
+            Err(e) => Err(self.fail(&mut inst.store, e)),
+        };
+        (back, stream)
+    }
+}
+
+/// A streamed body passing through one filter: the instance that sees all of it, from
+/// its start to its end. Dropped before [`BodyStream::end`] (the peer went away, the
+/// filter failed), the instance is dropped with it, never reused mid-stream.
+pub struct BodyStream {
+    pool: Arc<Pool>,
+    /// `None` once a call failed.
+    inst: Option<Instance>,
+    context: Context,
+    direction: Direction,
+}
+
+impl BodyStream {
+    /// The filter's pool (its name, stats and failure policy).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Runs `on-*-chunk`. `Ok(None)`: forward `chunk` as it is; `Ok(Some(b))`: forward
+    /// `b` instead (empty drops the chunk).
+    pub async fn chunk(&mut self, chunk: bytes::Bytes) -> Result<Option<Vec<u8>>, FilterError> {
+        let hook = Chunk(self.direction, chunk);
+        self.run(hook, ()).await.1
+    }
+
+    /// Runs `on-*-stream-end` with the body's trailers, which the filter may change.
+    /// Returns the bytes to send after the last chunk. The instance goes back to the
+    /// pool.
+    pub async fn end(mut self, trailers: &mut HeaderMap) -> Result<Vec<u8>, FilterError> {
+        let ctx = TrailersCtx(std::mem::take(trailers));
+        let (back, result) = self.run(StreamEnd(self.direction), ctx).await;
+        if let Some(back) = back {
+            *trailers = back.0;
+        }
+        let tail = result?;
+        if let Some(inst) = self.inst.take() {
+            self.pool.checkin(inst);
+        }
+        Ok(tail)
+    }
+
+    async fn run<H: Hook>(
+        &mut self,
+        hook: H,
+        ctx: H::Resource,
+    ) -> (Option<H::Resource>, Result<H::Out, FilterError>) {
+        let BodyStream {
+            pool,
+            inst: slot,
+            context,
+            ..
+        } = self;
+        let Some(inst) = slot.as_mut() else {
+            return (
+                Some(ctx),
+                Err(FilterError {
+                    kind: ErrorKind::Trap,
+                    message: "the filter failed earlier in this stream".into(),
+                    config_errors: Vec::new(),
+                }),
+            );
+        };
+        let (back, result) = pool.run(inst, hook, ctx, context).await;
+        match result {
+            Ok(r) => (back, Ok(r)),
+            Err(e) => {
+                let err = pool.fail(&mut inst.store, e);
+                *slot = None;
+                (back, Err(err))
+            }
+        }
+    }
+}
+
 /// What a body hook decided.
 pub enum BodyOutcome {
     /// Keep the body.
@@ -966,6 +1134,90 @@ impl Hook for OnResponseBody {
             Exports::V0_2(f) => Ok(body_outcome(
                 f.call_on_response_body(store, r, &self.0).await?,
             )),
+        }
+    }
+}
+
+struct RequestStreamStart;
+struct ResponseStreamStart;
+/// `on-request-chunk` or `on-response-chunk`.
+struct Chunk(Direction, bytes::Bytes);
+/// `on-request-stream-end` or `on-response-stream-end`.
+struct StreamEnd(Direction);
+
+impl Hook for RequestStreamStart {
+    type Resource = RequestCtx;
+    type Out = ();
+    async fn call<'a>(
+        self,
+        f: &'a Exports,
+        store: &'a mut Store<HostState>,
+        r: Resource<RequestCtx>,
+    ) -> wasmtime::Result<()> {
+        match f {
+            // 0.1 asks for no body, so it is never streamed.
+            Exports::V0_1(_) => Ok(()),
+            Exports::V0_2(f) => f.call_on_request_stream_start(store, r).await,
+        }
+    }
+}
+
+impl Hook for ResponseStreamStart {
+    type Resource = ResponseCtx;
+    type Out = ();
+    async fn call<'a>(
+        self,
+        f: &'a Exports,
+        store: &'a mut Store<HostState>,
+        r: Resource<ResponseCtx>,
+    ) -> wasmtime::Result<()> {
+        match f {
+            Exports::V0_1(_) => Ok(()),
+            Exports::V0_2(f) => f.call_on_response_stream_start(store, r).await,
+        }
+    }
+}
+
+impl Hook for Chunk {
+    /// A chunk borrows nothing from the host.
+    type Resource = ();
+    type Out = Option<Vec<u8>>;
+    async fn call<'a>(
+        self,
+        f: &'a Exports,
+        store: &'a mut Store<HostState>,
+        _: Resource<()>,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        use bindings::v0_2::sluice::filter0_2_0::body::ChunkAction;
+        let Exports::V0_2(f) = f else {
+            return Ok(None);
+        };
+        let action = match self.0 {
+            Direction::Request => f.call_on_request_chunk(store, &self.1).await?,
+            Direction::Response => f.call_on_response_chunk(store, &self.1).await?,
+        };
+        Ok(match action {
+            ChunkAction::Pass => None,
+            ChunkAction::Replace(b) => Some(b),
+        })
+    }
+}
+
+impl Hook for StreamEnd {
+    type Resource = TrailersCtx;
+    type Out = Vec<u8>;
+    async fn call<'a>(
+        self,
+        f: &'a Exports,
+        store: &'a mut Store<HostState>,
+        r: Resource<TrailersCtx>,
+    ) -> wasmtime::Result<Vec<u8>> {
+        let Exports::V0_2(f) = f else {
+            return Ok(Vec::new());
+        };
+        match self.0 {
+            Direction::Request => f.call_on_request_stream_end(store, r).await,
+            Direction::Response => f.call_on_response_stream_end(store, r).await,
         }
     }
 }

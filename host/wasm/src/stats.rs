@@ -56,19 +56,23 @@ pub enum BodyEvent {
     TooLarge,
     /// A stream (gRPC, WebSocket) that is never buffered: the body hook was not called.
     Streamed,
+    /// Passed through the filter chunk by chunk (it asked for the body streamed).
+    Chunked,
 }
 
 impl BodyEvent {
-    const ALL: [BodyEvent; 3] = [
+    const ALL: [BodyEvent; 4] = [
         BodyEvent::Buffered,
         BodyEvent::TooLarge,
         BodyEvent::Streamed,
+        BodyEvent::Chunked,
     ];
     fn as_str(self) -> &'static str {
         match self {
             BodyEvent::Buffered => "buffered",
             BodyEvent::TooLarge => "too_large",
             BodyEvent::Streamed => "streamed",
+            BodyEvent::Chunked => "chunked",
         }
     }
 }
@@ -89,7 +93,7 @@ pub struct FilterStats {
     outbound: Mutex<BTreeMap<String, OutboundStats>>,
     outbound_refused: AtomicU64,
     /// By direction, then by event.
-    bodies: [[AtomicU64; 3]; 2],
+    bodies: [[AtomicU64; 4]; 2],
     log: LogBudget,
     errors: [AtomicU64; 4],
     pub skipped: AtomicU64,

@@ -41,6 +41,28 @@ pub enum RequestBodyOutcome {
     Respond(http::Response<Vec<u8>>),
 }
 
+/// A streamed body after a filter (API 0.2, [`Harness::stream_request`]): what it
+/// forwarded for each chunk fed to it, the bytes it added at the end, and the trailers.
+#[derive(Debug, Default)]
+pub struct StreamedBody {
+    /// One entry per chunk fed: the chunk as it came, or what the filter sent instead
+    /// (empty if it dropped it).
+    pub chunks: Vec<Vec<u8>>,
+    /// What `end` added after the last chunk.
+    pub tail: Vec<u8>,
+    /// The trailers after the filter's `end`.
+    pub trailers: http::HeaderMap,
+}
+
+impl StreamedBody {
+    /// The whole body the other side would get.
+    pub fn body(&self) -> Vec<u8> {
+        let mut all: Vec<u8> = self.chunks.concat();
+        all.extend_from_slice(&self.tail);
+        all
+    }
+}
+
 /// A loaded filter: one WasmFilter's worth of instances.
 pub struct Harness {
     pool: Arc<Pool>,
@@ -323,6 +345,48 @@ impl Harness {
         Ok(http::Response::from_parts(parts, ()))
     }
 
+    /// Streams a request body through the filter, as the gateway does when
+    /// [`Harness::needs`] asks for it `Streamed`: `on-request-stream-start` with the
+    /// request's head (returned as the filter left it), `on-request-chunk` for each of
+    /// `chunks`, then `on-request-stream-end` with `trailers`. The stream sees the
+    /// context of the request `on_request` last started.
+    pub fn stream_request<C: Into<Vec<u8>>>(
+        &self,
+        req: http::Request<()>,
+        chunks: impl IntoIterator<Item = C>,
+        trailers: http::HeaderMap,
+    ) -> Result<(http::Request<()>, StreamedBody), FilterError> {
+        let (mut parts, ()) = req.into_parts();
+        let context = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stream = sluice_wasm::block_on(self.pool.request_stream(
+            &mut parts.method,
+            &mut parts.uri,
+            &mut parts.headers,
+            context,
+        ))?;
+        let body = feed(stream, chunks, trailers)?;
+        Ok((http::Request::from_parts(parts, ()), body))
+    }
+
+    /// Streams a response body through the filter (`on-response-stream-start`, the
+    /// chunks, `on-response-stream-end`), as [`Harness::stream_request`] does a request's.
+    pub fn stream_response<C: Into<Vec<u8>>>(
+        &self,
+        resp: http::Response<()>,
+        chunks: impl IntoIterator<Item = C>,
+        trailers: http::HeaderMap,
+    ) -> Result<(http::Response<()>, StreamedBody), FilterError> {
+        let (mut parts, ()) = resp.into_parts();
+        let context = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stream = sluice_wasm::block_on(self.pool.response_stream(
+            &mut parts.status,
+            &mut parts.headers,
+            context,
+        ))?;
+        let body = feed(stream, chunks, trailers)?;
+        Ok((http::Response::from_parts(parts, ()), body))
+    }
+
     /// This filter's metrics (calls, errors by kind, live instances).
     pub fn stats(&self) -> &sluice_wasm::FilterStats {
         self.pool.stats()
@@ -344,6 +408,22 @@ fn response(
 fn set_length(headers: &mut http::HeaderMap, len: usize) {
     headers.remove(http::header::TRANSFER_ENCODING);
     headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+}
+
+fn feed<C: Into<Vec<u8>>>(
+    mut stream: sluice_wasm::BodyStream,
+    chunks: impl IntoIterator<Item = C>,
+    mut trailers: http::HeaderMap,
+) -> Result<StreamedBody, FilterError> {
+    let mut out = StreamedBody::default();
+    for c in chunks {
+        let c: bytes::Bytes = c.into().into();
+        let sent = sluice_wasm::block_on(stream.chunk(c.clone()))?;
+        out.chunks.push(sent.unwrap_or_else(|| c.to_vec()));
+    }
+    out.tail = sluice_wasm::block_on(stream.end(&mut trailers))?;
+    out.trailers = trailers;
+    Ok(out)
 }
 
 /// Builds the filter crate at `manifest_dir` for `wasm32-wasip2` (release) and returns
