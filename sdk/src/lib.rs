@@ -521,8 +521,14 @@ pub mod __private {
         let de = &mut serde_json::Deserializer::from_str(config);
         let parsed: F::Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
+            // `.a.b`, `.a[0]`; a config type wrapped in `Option` reports `a.b`.
+            let path = match path.as_str() {
+                "." => String::new(),
+                p if p.starts_with(['.', '[']) => path,
+                p => format!(".{p}"),
+            };
             vec![config_error(
-                if path == "." { String::new() } else { path },
+                path,
                 e.into_inner().to_string(),
             )]
         })?;

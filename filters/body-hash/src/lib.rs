@@ -42,6 +42,16 @@ fn default_trailer() -> String {
     "content-digest".into()
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            algorithm: Algorithm::default(),
+            trailer: default_trailer(),
+            direction: Which::default(),
+        }
+    }
+}
+
 #[derive(Deserialize, Default, Clone, Copy)]
 enum Algorithm {
     #[default]
@@ -67,9 +77,11 @@ struct BodyHash {
 }
 
 impl Filter for BodyHash {
-    type Config = Config;
+    /// No config at all: every default.
+    type Config = Option<Config>;
 
-    fn new(c: Config) -> Result<Self, ConfigErrors> {
+    fn new(c: Option<Config>) -> Result<Self, ConfigErrors> {
+        let c = c.unwrap_or_default();
         let valid = !c.trailer.is_empty()
             && c.trailer
                 .bytes()

@@ -7,10 +7,14 @@
 //! config in `configure`), `sandbox` (tries files, environment, wall clock and
 //! network, and reports what it got in `x-fs`, `x-env`, `x-clock`, `x-net`),
 //! `slow-start` (spins for some milliseconds in `configure`, then behaves), `ok`
-//! (behaves).
+//! (behaves). Streamed request bodies (API 0.2): `stall-stream` (passes the first chunk,
+//! then spins forever in the next: a filter that stops reading), `trap-stream` (passes
+//! the first chunk, then panics in the next).
 
 use serde::Deserialize;
-use sluice_sdk::{Action, ConfigErrors, Filter, Request, config_error};
+use sluice_sdk::{
+    Action, BodyMode, BodyStream, Chunk, ConfigErrors, Filter, Needs, Request, config_error,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +50,8 @@ impl Filter for Misbehave {
                     path: c.path,
                 })
             }
-            "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" => Ok(Misbehave {
+            "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" | "stall-stream"
+            | "trap-stream" => Ok(Misbehave {
                 mode: c.mode,
                 path: c.path,
             }),
@@ -57,7 +62,30 @@ impl Filter for Misbehave {
         }
     }
 
+    fn needs(&self) -> Needs {
+        Needs {
+            request_body: if self.mode.ends_with("-stream") {
+                BodyMode::Streamed
+            } else {
+                BodyMode::None
+            },
+            ..Needs::default()
+        }
+    }
+
+    fn request_stream(&self, request: &Request) -> Box<dyn BodyStream> {
+        let bad = self.path.as_ref().is_none_or(|p| *p == request.path());
+        Box::new(BadStream {
+            stall: self.mode == "stall-stream",
+            bad,
+            chunks: 0,
+        })
+    }
+
     fn on_request(&self, request: &Request) -> Action {
+        if self.mode.ends_with("-stream") {
+            return Action::Continue;
+        }
         if self.path.as_ref().is_some_and(|p| *p != request.path()) {
             let _ = request.set_header("x-misbehave", "passed");
             return Action::Continue;
@@ -106,6 +134,29 @@ impl Filter for Misbehave {
                 Action::Continue
             }
         }
+    }
+}
+
+/// Passes the first chunk of a body, then stalls or panics in the next.
+struct BadStream {
+    stall: bool,
+    bad: bool,
+    chunks: u64,
+}
+
+impl BodyStream for BadStream {
+    fn chunk(&mut self, _chunk: Vec<u8>) -> Chunk {
+        self.chunks += 1;
+        if self.bad && self.chunks > 1 {
+            if self.stall {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            panic!("misbehave: panicking in the middle of a stream");
+        }
+        Chunk::Pass
     }
 }
 

@@ -649,3 +649,120 @@ fn jwt_checks_tokens_with_a_jwks_the_test_serves() {
     let paths: Vec<&str> = e.config_errors.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(paths, [".issuer", ".jwks.path", ".jwks.cacheSeconds"]);
 }
+
+fn sha(algorithm: &'static ring::digest::Algorithm, name: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let d = ring::digest::digest(algorithm, body);
+    format!(
+        "{name}=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+    )
+}
+
+#[test]
+fn body_hash_digests_a_streamed_body_into_a_trailer() {
+    let f = Harness::load(&wasm("body_hash"), json!(null)).expect("load");
+    assert_eq!(f.needs().request_body, sluice_harness::BodyMode::Streamed);
+    assert_eq!(f.needs().response_body, sluice_harness::BodyMode::None);
+    let chunks: Vec<Vec<u8>> = vec![b"hello ".to_vec(), Vec::new(), b"world".to_vec()];
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sent", "by-client".parse().expect("value"));
+    let req = http::Request::post("/upload")
+        .header("content-length", "11")
+        .body(())
+        .expect("request");
+    let (req, body) = f.stream_request(req, chunks.clone(), trailers).expect("stream");
+    // The trailer needs chunked framing: declared, and the length removed.
+    assert_eq!(req.headers()["trailer"], "content-digest");
+    assert!(req.headers().get("content-length").is_none());
+    // Every chunk passes unchanged, and the digest is of all of them.
+    assert_eq!(body.chunks, chunks);
+    assert!(body.tail.is_empty());
+    assert_eq!(
+        body.trailers["content-digest"],
+        sha(&ring::digest::SHA256, "sha-256", b"hello world").as_str()
+    );
+    assert_eq!(body.trailers["x-sent"], "by-client", "the sender's trailers stay");
+
+    // The next stream on the same (reused) instance starts from nothing.
+    let (_, again) = f
+        .stream_request(request("/upload"), [b"abc".to_vec()], http::HeaderMap::new())
+        .expect("second stream");
+    assert_eq!(
+        again.trailers["content-digest"],
+        sha(&ring::digest::SHA256, "sha-256", b"abc").as_str()
+    );
+
+    // Responses, SHA-512, a trailer name of one's own.
+    let f = Harness::load(
+        &wasm("body_hash"),
+        json!({"algorithm": "sha-512", "trailer": "x-digest", "direction": "both"}),
+    )
+    .expect("load");
+    assert_eq!(f.needs().response_body, sluice_harness::BodyMode::Streamed);
+    let big = vec![7u8; 1 << 20];
+    let resp = http::Response::builder()
+        .header("content-length", big.len().to_string())
+        .body(())
+        .expect("response");
+    let (resp, body) = f
+        .stream_response(resp, big.chunks(16 << 10), http::HeaderMap::new())
+        .expect("stream");
+    assert_eq!(resp.headers()["trailer"], "x-digest");
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(body.body(), big);
+    assert_eq!(
+        body.trailers["x-digest"],
+        sha(&ring::digest::SHA512, "sha-512", &big).as_str()
+    );
+
+    let err = Harness::load(&wasm("body_hash"), json!({"trailer": "bad name"}))
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert_eq!(err.config_errors[0].0, ".trailer");
+    let err = Harness::load(&wasm("body_hash"), json!({"algorithm": "md5"}))
+        .err()
+        .expect("refused");
+    assert_eq!(err.config_errors[0].0, ".algorithm");
+}
+
+#[test]
+fn a_filter_that_stalls_or_traps_mid_stream_fails_that_stream_only() {
+    let limits = Limits {
+        memory_bytes: 4 << 20,
+        timeout: Duration::from_millis(20),
+    };
+    let misbehave = private_copy("misbehave", "streams");
+    for (mode, kind) in [
+        ("stall-stream", ErrorKind::Timeout),
+        ("trap-stream", ErrorKind::Trap),
+    ] {
+        let f = Harness::load_with(
+            &misbehave,
+            json!({"mode": mode, "path": "/bad"}),
+            limits.clone(),
+        )
+        .expect("load");
+        let before = f.stats().errors(kind);
+        let err = f
+            .stream_request(
+                request("/bad"),
+                [b"first".to_vec(), b"second".to_vec()],
+                http::HeaderMap::new(),
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{mode} must fail"));
+        assert_eq!(err.kind, kind, "{mode}: {}", err.message);
+        assert_eq!(f.stats().errors(kind), before + 1);
+        // Another stream gets a fresh instance and passes.
+        let (_, ok) = f
+            .stream_request(
+                request("/good"),
+                [b"first".to_vec(), b"second".to_vec()],
+                http::HeaderMap::new(),
+            )
+            .expect("the next stream works");
+        assert_eq!(ok.body(), b"firstsecond");
+    }
+}
