@@ -527,10 +527,7 @@ pub mod __private {
                 p if p.starts_with(['.', '[']) => path,
                 p => format!(".{p}"),
             };
-            vec![config_error(
-                path,
-                e.into_inner().to_string(),
-            )]
+            vec![config_error(path, e.into_inner().to_string())]
         })?;
         let filter = F::new(parsed)?;
         let needs = filter.needs();
@@ -684,7 +681,9 @@ macro_rules! export {
                     $crate::__private::on_response::<$filter>(&FILTER, response)
                 }
                 fn on_request_stream_start(request: &$crate::Request) {
-                    let s = FILTER.get().map(|f| $crate::Filter::request_stream(f, request));
+                    let s = FILTER
+                        .get()
+                        .map(|f| $crate::Filter::request_stream(f, request));
                     $crate::__private::stream_start(&REQUEST_STREAM, s)
                 }
                 fn on_request_chunk(
@@ -696,7 +695,9 @@ macro_rules! export {
                     $crate::__private::stream_end(&REQUEST_STREAM, trailers)
                 }
                 fn on_response_stream_start(response: &$crate::Response) {
-                    let s = FILTER.get().map(|f| $crate::Filter::response_stream(f, response));
+                    let s = FILTER
+                        .get()
+                        .map(|f| $crate::Filter::response_stream(f, response));
                     $crate::__private::stream_start(&RESPONSE_STREAM, s)
                 }
                 fn on_response_chunk(
@@ -704,11 +705,11 @@ macro_rules! export {
                 ) -> $crate::bindings::sluice::filter0_2_0::body::ChunkAction {
                     $crate::__private::chunk(&RESPONSE_STREAM, chunk)
                 }
-                fn on_response_stream_end(trailers: &$crate::Trailers) -> ::std::vec::Vec<u8> {
+        fn on_response_stream_end(trailers: &$crate::Trailers) -> ::std::vec::Vec<u8> {
                     $crate::__private::stream_end(&RESPONSE_STREAM, trailers)
                 }
             }
-    $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
+            $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
         };
     };
 }

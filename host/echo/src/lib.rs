@@ -12,7 +12,10 @@
 //! - `x-echo-bytes: N`: answer with N bytes of `x` (at most 1 GiB) instead of the JSON;
 //! - `x-echo-reflect: 1`: answer with the request's body and content type instead of
 //!   the JSON, and say in `x-echo-request-content-length` what content-length the
-//!   request came with (`none` without one).
+//!   request came with (`none` without one), and each trailer the request body ended
+//!   with as `x-echo-request-trailer-<name>`.
+//!
+//! The JSON lists the request's trailers under `trailers`.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -133,12 +136,22 @@ async fn answer(
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".into());
     let proto = format!("{:?}", req.version());
-    let received = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (received, trailers) = match req.into_body().collect().await {
+        Ok(c) => {
+            let t = c.trailers().cloned().unwrap_or_default();
+            (c.to_bytes(), t)
+        }
+        Err(_) => (Bytes::new(), header::HeaderMap::new()),
+    };
+    let trailer_json: serde_json::Map<String, serde_json::Value> = trailers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
     let body_len = received.len();
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -150,6 +163,7 @@ async fn answer(
         "proto": proto,
         "headers": headers,
         "bodyLength": body_len,
+        "trailers": trailer_json,
         "remote": remote.to_string(),
         "namespace": id.namespace,
         "service": id.service,
@@ -169,6 +183,13 @@ async fn answer(
             }
             resp.headers_mut()
                 .insert("x-echo-request-content-length", length);
+            for (n, v) in &trailers {
+                if let Ok(n) =
+                    header::HeaderName::from_bytes(format!("x-echo-request-trailer-{n}").as_bytes())
+                {
+                    resp.headers_mut().append(n, v.clone());
+                }
+            }
         }
         None => {
             resp.headers_mut().insert(

@@ -1135,10 +1135,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     let te_trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // `trailer` is end to end (RFC 9110 6.6.2): kept, so that trailers a sender (or a
+    // filter) declares reach the other side over HTTP/1.1 too.
     for n in [
         header::CONNECTION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
@@ -1406,7 +1407,9 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
+        h.insert(header::TRAILER, "content-digest".parse().unwrap());
         strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::TRAILER], "content-digest", "end to end");
         assert!(
             h.get("x-private").is_none()
                 && h.get("keep-alive").is_none()

@@ -41,6 +41,7 @@ async fn setup_with(
             "json_redact",
             "ext_authz",
             "jwt",
+            "body_hash",
         ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
@@ -1670,4 +1671,194 @@ async fn wasm_instances_bound_the_calls_waiting_on_outbound_requests() {
     }
     assert!((32..=64).contains(&ok), "{ok} served within 64 instances");
     assert_eq!(ok + failed, 96);
+}
+
+/// `content-digest` as body-hash writes it.
+fn content_digest(algorithm: &'static ring::digest::Algorithm, name: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let d = ring::digest::digest(algorithm, body);
+    format!(
+        "{name}=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+    )
+}
+
+/// Sends a chunked POST by hand: the head and `first`, then `second` after `pause`.
+/// Returns the status line and how long the answer took from the first byte sent.
+async fn chunked_post(
+    port: u16,
+    path: &str,
+    first: &[u8],
+    pause: Duration,
+    second: &[u8],
+) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\nx-echo-reflect: 1\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    for (i, chunk) in [first, second].into_iter().enumerate() {
+        if i == 1 {
+            tokio::time::sleep(pause).await;
+        }
+        let mut c = format!("{:x}\r\n", chunk.len()).into_bytes();
+        c.extend_from_slice(chunk);
+        c.extend_from_slice(b"\r\n");
+        // The gateway may have answered and closed by now: not an error here.
+        if s.write_all(&c).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    (status, started.elapsed())
+}
+
+/// Filter API 0.2 streamed bodies through the gateway: body-hash digests an upload
+/// chunk by chunk and the backend gets the digest as a trailer (the body chunked),
+/// a response body streams through it with its trailer reaching an HTTP/1.1 client
+/// that accepts trailers, and a filter that stops reading (stalls) or traps in the
+/// middle of a stream fails that request within its time limit, or, FailOpen, lets
+/// the rest of the body through unfiltered. The failed instances are not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_pass_through_filters_chunk_by_chunk() {
+    let filters = [
+        wasm_filter("hash", "body_hash", ""),
+        wasm_filter(
+            "hash-resp",
+            "body_hash",
+            "  config: {direction: response, trailer: x-digest, algorithm: sha-512}\n",
+        ),
+        wasm_filter(
+            "stall",
+            "misbehave",
+            "  config: {mode: stall-stream}\n  limits: {timeout: 50ms}\n",
+        ),
+        wasm_filter("trap", "misbehave", "  config: {mode: trap-stream}\n"),
+        wasm_filter(
+            "trap-open",
+            "misbehave",
+            "  config: {mode: trap-stream}\n  failurePolicy: FailOpen\n",
+        ),
+    ];
+    let rules = [
+        ("/hash", "hash"),
+        ("/hash-resp", "hash-resp"),
+        ("/stall", "stall"),
+        ("/trap", "trap"),
+        ("/trap-open", "trap-open"),
+    ]
+    .iter()
+    .map(|(path, f)| {
+        format!(
+            "  - matches: [{{path: {{value: {path}}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext(f)
+        )
+    })
+    .collect::<String>();
+    let (a, port, _dir, gw) = setup("wasm-streams", &filters, &rules).await;
+
+    // An 8 MiB upload with a content-length: the backend gets every byte, chunked, and
+    // the digest of all of them as a trailer.
+    let body: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (status, headers, back) =
+        post(port, "/hash", &[("x-echo-reflect", "1")], body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(back == body, "the body reaches the backend unchanged");
+    assert_eq!(
+        headers["x-echo-request-content-length"], "none",
+        "sent chunked"
+    );
+    assert_eq!(
+        headers["x-echo-request-trailer-content-digest"],
+        content_digest(&ring::digest::SHA256, "sha-256", &body).as_str()
+    );
+
+    // A response body, to a client that accepts trailers.
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/hash-resp"))
+        .header("host", "h")
+        .header("te", "trailers")
+        .header("x-echo-bytes", (3u32 << 20).to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = client().request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["trailer"], "x-digest");
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    let data = collected.to_bytes();
+    assert_eq!(data.len(), 3 << 20);
+    assert_eq!(
+        trailers["x-digest"],
+        content_digest(&ring::digest::SHA512, "sha-512", &data).as_str()
+    );
+
+    // A filter that stops reading: its chunk call is cut at its 50 ms limit, the
+    // request fails (500) well within a second, and the instance is not kept.
+    let (status, took) = chunked_post(
+        port,
+        "/stall",
+        b"first",
+        Duration::from_millis(100),
+        b"second",
+    )
+    .await;
+    assert!(status.contains(" 500 "), "{status}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // A trap in the middle of a stream: 500 too.
+    let (status, _) = chunked_post(
+        port,
+        "/trap",
+        b"first",
+        Duration::from_millis(100),
+        b"second",
+    )
+    .await;
+    assert!(status.contains(" 500 "), "{status}");
+    let metrics = gw.admin("/metrics").await;
+    for (filter, kind) in [("stall", "timeout"), ("trap", "trap")] {
+        assert!(
+            metrics.contains(&format!(
+                "sluice_wasm_errors_total{{filter=\"default/{filter}\",kind=\"{kind}\"}} 1"
+            )),
+            "{filter}: {metrics}"
+        );
+        // The stream held the pool's one instance; it failed and was dropped: nothing
+        // is held afterwards (the next request instantiates afresh).
+        assert!(
+            metrics.contains(&format!(
+                "sluice_wasm_instances{{filter=\"default/{filter}\"}} 0"
+            )),
+            "{filter}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"sluice_wasm_bodies_total{filter="default/hash",direction="request",outcome="chunked"} 1"#),
+        "{metrics}"
+    );
+
+    // FailOpen: the rest of the body passes the failed filter unfiltered.
+    let before = a.id.requests.load(Ordering::Relaxed);
+    let (status, _) = chunked_post(
+        port,
+        "/trap-open",
+        b"first",
+        Duration::from_millis(100),
+        b"second",
+    )
+    .await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(a.id.requests.load(Ordering::Relaxed), before + 1);
 }

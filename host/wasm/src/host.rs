@@ -463,7 +463,13 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::body::HostTrailers for HostStat
         value: String,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         // Framing and `host` have no place in trailers: refused as on a request.
-        Ok(write(&mut self.table.get_mut(&r)?.0, &name, &value, false, true))
+        Ok(write(
+            &mut self.table.get_mut(&r)?.0,
+            &name,
+            &value,
+            false,
+            true,
+        ))
     }
     fn remove(&mut self, r: Resource<TrailersCtx>, name: String) -> wasmtime::Result<()> {
         remove(&mut self.table.get_mut(&r)?.0, &name, true, false);

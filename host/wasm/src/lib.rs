@@ -38,8 +38,8 @@ use wasmtime::{
 };
 
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
-pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::TrailersCtx;
+pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
 pub use outbound::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
 pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};

@@ -357,7 +357,11 @@ impl Harness {
         trailers: http::HeaderMap,
     ) -> Result<(http::Request<()>, StreamedBody), FilterError> {
         let (mut parts, ()) = req.into_parts();
-        let context = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let context = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let stream = sluice_wasm::block_on(self.pool.request_stream(
             &mut parts.method,
             &mut parts.uri,
@@ -377,7 +381,11 @@ impl Harness {
         trailers: http::HeaderMap,
     ) -> Result<(http::Response<()>, StreamedBody), FilterError> {
         let (mut parts, ()) = resp.into_parts();
-        let context = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let context = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let stream = sluice_wasm::block_on(self.pool.response_stream(
             &mut parts.status,
             &mut parts.headers,

@@ -671,7 +671,9 @@ fn body_hash_digests_a_streamed_body_into_a_trailer() {
         .header("content-length", "11")
         .body(())
         .expect("request");
-    let (req, body) = f.stream_request(req, chunks.clone(), trailers).expect("stream");
+    let (req, body) = f
+        .stream_request(req, chunks.clone(), trailers)
+        .expect("stream");
     // The trailer needs chunked framing: declared, and the length removed.
     assert_eq!(req.headers()["trailer"], "content-digest");
     assert!(req.headers().get("content-length").is_none());
@@ -682,11 +684,18 @@ fn body_hash_digests_a_streamed_body_into_a_trailer() {
         body.trailers["content-digest"],
         sha(&ring::digest::SHA256, "sha-256", b"hello world").as_str()
     );
-    assert_eq!(body.trailers["x-sent"], "by-client", "the sender's trailers stay");
+    assert_eq!(
+        body.trailers["x-sent"], "by-client",
+        "the sender's trailers stay"
+    );
 
     // The next stream on the same (reused) instance starts from nothing.
     let (_, again) = f
-        .stream_request(request("/upload"), [b"abc".to_vec()], http::HeaderMap::new())
+        .stream_request(
+            request("/upload"),
+            [b"abc".to_vec()],
+            http::HeaderMap::new(),
+        )
         .expect("second stream");
     assert_eq!(
         again.trailers["content-digest"],
