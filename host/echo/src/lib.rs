@@ -136,13 +136,28 @@ async fn answer(
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".into());
     let proto = format!("{:?}", req.version());
-    let (received, trailers) = match req.into_body().collect().await {
-        Ok(c) => {
-            let t = c.trailers().cloned().unwrap_or_default();
-            (c.to_bytes(), t)
+    // The body is held only to reflect it; otherwise it is counted and dropped as it
+    // comes, so an upload of any size costs no memory here.
+    let mut body = req.into_body();
+    let mut kept = reflect.as_ref().map(|_| Vec::new());
+    let mut trailers = header::HeaderMap::new();
+    let mut body_len = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        match frame.into_data() {
+            Ok(d) => {
+                body_len += d.len();
+                if let Some(k) = kept.as_mut() {
+                    k.extend_from_slice(&d);
+                }
+            }
+            Err(f) => {
+                if let Ok(t) = f.into_trailers() {
+                    trailers = t;
+                }
+            }
         }
-        Err(_) => (Bytes::new(), header::HeaderMap::new()),
-    };
+    }
+    let received = Bytes::from(kept.unwrap_or_default());
     let trailer_json: serde_json::Map<String, serde_json::Value> = trailers
         .iter()
         .map(|(n, v)| {
@@ -152,7 +167,6 @@ async fn answer(
             )
         })
         .collect();
-    let body_len = received.len();
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Streamed bodies (filter API 0.2): a SIZE upload (default 1 GiB) through a route with
+# the body-hash filter (SHA-256 of the body, chunk by chunk, sent on as a trailer)
+# against the same upload through a route without filters, ROUNDS times each,
+# alternating. Prints per upload the MB/s and how far the gateway's RSS rose above
+# where it stood before the upload (sampled every 20 ms), then the medians and the
+# ratio of the filtered throughput to the plain one.
+#
+#   examples/bench/stream.sh [SIZE_MIB] [ROUNDS] [WORKERS]
+#
+# The backend is `sluice echo`, which counts the body and drops it as it comes; curl
+# uploads from a file (`-T`, with its content-length). Everything binds to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SIZE=${1:-1024}
+ROUNDS=${2:-3}
+WORKERS=${3:-2}
+source examples/bench/lib.sh
+bench_setup body-hash
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+BACKEND=18100 SLUICE=18101 ADMIN=18102
+
+./target/release/sluice echo --listen 127.0.0.1:$BACKEND >/dev/null 2>&1 &
+head -c $((SIZE << 20)) /dev/urandom > "$work/upload"
+
+mkdir -p "$work/sluice"
+cp filters/target/wasm32-wasip2/release/body_hash.wasm "$work/sluice/"
+ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: $1}}"; }
+{
+  sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"
+  cat <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: hash, namespace: default}
+spec: {source: {path: body_hash.wasm}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules:
+  - matches: [{path: {value: /hash}}]
+    filters: [$(ext hash)]
+    backendRefs: [{name: backend, port: 80}]
+  - backendRefs: [{name: backend, port: 80}]
+YAML
+} > "$work/sluice/config.yaml"
+SLUICE_LOG=warn ./target/release/sluice run "$work/sluice" --workers "$WORKERS" --admin 127.0.0.1:$ADMIN --access-log off &
+SLUICE_PID=$!
+for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$SLUICE_PID/status"; }
+
+# upload PATH: prints "MB/s rss_rise_MiB" for one upload.
+upload() {
+  local before peak=0 r
+  before=$(rss_kib)
+  curl -s -o "$work/answer" -w '%{size_upload} %{time_total}\n' -T "$work/upload" \
+    "http://127.0.0.1:$SLUICE$1" > "$work/curl" &
+  local curl_pid=$!
+  while kill -0 $curl_pid 2>/dev/null; do
+    r=$(rss_kib); ((r > peak)) && peak=$r
+    sleep 0.02
+  done
+  wait $curl_pid
+  grep -q "\"bodyLength\":$((SIZE << 20))" "$work/answer" || { echo "upload to $1 incomplete: $(head -c 300 "$work/answer")" >&2; exit 1; }
+  awk -v b="$before" -v p="$peak" '{printf "%.0f %.1f\n", $1 / $2 / 1e6, (p - b) / 1024}' "$work/curl"
+}
+
+upload / >/dev/null   # warm-up: connections, the filter's first instance
+upload /hash >/dev/null
+echo "upload of ${SIZE} MiB, $WORKERS gateway workers: route MB/s rss_rise_MiB"
+for i in $(seq "$ROUNDS"); do
+  echo "plain $(upload /)" | tee -a "$work/plain"
+  echo "body-hash $(upload /hash)" | tee -a "$work/hash"
+done
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+p=$(awk '{print $2}' "$work/plain" | median)
+h=$(awk '{print $2}' "$work/hash" | median)
+rise=$(awk '{print $3}' "$work/hash" | sort -n | tail -1)
+echo "median MB/s: plain $p, body-hash $h, ratio x$(awk -v a="$h" -v b="$p" 'BEGIN {printf "%.2f", a / b}'); largest RSS rise with body-hash: $rise MiB"
