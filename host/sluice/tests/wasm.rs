@@ -42,6 +42,7 @@ async fn setup_with(
             "ext_authz",
             "jwt",
             "body_hash",
+            "sub_filter",
         ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
@@ -1750,8 +1751,15 @@ async fn streamed_bodies_pass_through_filters_chunk_by_chunk() {
             "misbehave",
             "  config: {mode: trap-stream}\n  failurePolicy: FailOpen\n",
         ),
+        wasm_filter(
+            "sub",
+            "sub_filter",
+            "  config: {replace: [{from: '\"service\":\"a\"', to: '\"service\":\"renamed\"'}], contentTypes: [application/json]}\n",
+        ),
     ];
+    let chain = format!("{}, {}", ext("hash-resp"), ext("sub"));
     let rules = [
+        ("/chain", chain.as_str()),
         ("/hash", "hash"),
         ("/hash-resp", "hash-resp"),
         ("/stall", "stall"),
@@ -1760,9 +1768,9 @@ async fn streamed_bodies_pass_through_filters_chunk_by_chunk() {
     ]
     .iter()
     .map(|(path, f)| {
+        let f = if f.starts_with('{') { f.to_string() } else { ext(f) };
         format!(
-            "  - matches: [{{path: {{value: {path}}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
-            ext(f)
+            "  - matches: [{{path: {{value: {path}}}}}]\n    filters: [{f}]\n    backendRefs: [{{name: a, port: 80}}]\n"
         )
     })
     .collect::<String>();
@@ -1800,6 +1808,28 @@ async fn streamed_bodies_pass_through_filters_chunk_by_chunk() {
     let trailers = collected.trailers().cloned().expect("trailers");
     let data = collected.to_bytes();
     assert_eq!(data.len(), 3 << 20);
+    assert_eq!(
+        trailers["x-digest"],
+        content_digest(&ring::digest::SHA512, "sha-512", &data).as_str()
+    );
+
+    // Two streaming filters on a response, in reverse order: sub-filter changes the
+    // body (its length with it), then body-hash digests what sub-filter made of it.
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/chain"))
+        .header("host", "h")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = client().request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("content-length").is_none());
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    let data = collected.to_bytes();
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.contains(r#""service":"renamed""#), "{text}");
     assert_eq!(
         trailers["x-digest"],
         content_digest(&ring::digest::SHA512, "sha-512", &data).as_str()

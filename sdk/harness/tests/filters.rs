@@ -775,3 +775,75 @@ fn a_filter_that_stalls_or_traps_mid_stream_fails_that_stream_only() {
         assert_eq!(ok.body(), b"firstsecond");
     }
 }
+
+#[test]
+fn sub_filter_replaces_strings_across_chunk_boundaries() {
+    let f = Harness::load(
+        &wasm("sub_filter"),
+        json!({"replace": [
+            {"from": "http://app.internal", "to": "https://app.example.com"},
+            {"from": "secret", "to": ""}
+        ]}),
+    )
+    .expect("load");
+    assert_eq!(f.needs().response_body, sluice_harness::BodyMode::Streamed);
+    assert_eq!(f.needs().request_body, sluice_harness::BodyMode::None);
+    let page = "<a href=\"http://app.internal/x\">secret</a> http://app.internal";
+    let expected = "<a href=\"https://app.example.com/x\"></a> https://app.example.com";
+    // Every split of the page into two chunks gives the same body: matches that
+    // straddle a chunk boundary are held back until the next chunk completes them.
+    for cut in 0..=page.len() {
+        let resp = http::Response::builder()
+            .header("content-type", "text/html")
+            .header("content-length", page.len().to_string())
+            .body(())
+            .expect("response");
+        let (head, body) = f
+            .stream_response(
+                resp,
+                [&page.as_bytes()[..cut], &page.as_bytes()[cut..]],
+                http::HeaderMap::new(),
+            )
+            .expect("stream");
+        assert_eq!(
+            String::from_utf8_lossy(&body.body()),
+            expected,
+            "cut at {cut}"
+        );
+        assert!(head.headers().get("content-length").is_none());
+    }
+    // One byte at a time: held back, then flushed by the end (an unfinished match
+    // at the very end is sent as it is).
+    let resp = http::Response::builder()
+        .header("content-type", "text/plain")
+        .body(())
+        .expect("response");
+    let text = "go to http://app.internal or http://app.inter";
+    let (_, body) = f
+        .stream_response(resp, text.as_bytes().chunks(1), http::HeaderMap::new())
+        .expect("stream");
+    assert_eq!(
+        String::from_utf8_lossy(&body.body()),
+        "go to https://app.example.com or http://app.inter"
+    );
+    assert!(body.chunks.iter().any(Vec::is_empty), "held-back chunks are dropped");
+    assert_eq!(body.tail, b"http://app.inter", "and sent at the end");
+    // Not text, or compressed: passed byte for byte.
+    for (ct, ce) in [("application/octet-stream", None), ("text/html", Some("gzip"))] {
+        let mut b = http::Response::builder()
+            .header("content-type", ct)
+            .header("content-length", "6");
+        if let Some(e) = ce {
+            b = b.header("content-encoding", e);
+        }
+        let (head, body) = f
+            .stream_response(b.body(()).expect("response"), [b"secret"], http::HeaderMap::new())
+            .expect("stream");
+        assert_eq!(body.body(), b"secret");
+        assert_eq!(head.headers()["content-length"], "6");
+    }
+    let err = Harness::load(&wasm("sub_filter"), json!({"replace": [{"from": "", "to": "x"}]}))
+        .err()
+        .expect("refused");
+    assert_eq!(err.config_errors[0].0, ".replace[0].from");
+}
