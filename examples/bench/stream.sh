@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Streamed bodies (filter API 0.2): a SIZE upload (default 1 GiB) through a route with
-# the body-hash filter (SHA-256 of the body, chunk by chunk, sent on as a trailer)
-# against the same upload through a route without filters, ROUNDS times each,
+# the body-hash filter (SHA-256 of the body, chunk by chunk, sent on as a trailer),
+# through a route whose filter streams the body and passes every chunk untouched
+# (sub-filter, which the upload's content type does not concern: the cost of
+# streaming alone), and through a route without filters, ROUNDS times each,
 # alternating. Prints per upload the MB/s and how far the gateway's RSS rose above
 # where it stood before the upload (sampled every 20 ms), then the medians and the
-# ratio of the filtered throughput to the plain one.
+# ratios to the plain route.
 #
 #   examples/bench/stream.sh [SIZE_MIB] [ROUNDS] [WORKERS]
 #
@@ -17,6 +19,7 @@ ROUNDS=${2:-3}
 WORKERS=${3:-2}
 source examples/bench/lib.sh
 bench_setup body-hash
+cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p sub-filter >&2
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -26,7 +29,7 @@ BACKEND=18100 SLUICE=18101 ADMIN=18102
 head -c $((SIZE << 20)) /dev/urandom > "$work/upload"
 
 mkdir -p "$work/sluice"
-cp filters/target/wasm32-wasip2/release/body_hash.wasm "$work/sluice/"
+cp filters/target/wasm32-wasip2/release/{body_hash,sub_filter}.wasm "$work/sluice/"
 ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: $1}}"; }
 {
   sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"
@@ -36,6 +39,13 @@ kind: WasmFilter
 metadata: {name: hash, namespace: default}
 spec: {source: {path: body_hash.wasm}}
 ---
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: pass, namespace: default}
+spec:
+  source: {path: sub_filter.wasm}
+  config: {replace: [{from: "x", to: "y"}], direction: request}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: r, namespace: default}
@@ -44,6 +54,9 @@ spec:
   rules:
   - matches: [{path: {value: /hash}}]
     filters: [$(ext hash)]
+    backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /pass}}]
+    filters: [$(ext pass)]
     backendRefs: [{name: backend, port: 80}]
   - backendRefs: [{name: backend, port: 80}]
 YAML
@@ -71,13 +84,17 @@ upload() {
 
 upload / >/dev/null   # warm-up: connections, the filter's first instance
 upload /hash >/dev/null
+upload /pass >/dev/null
 echo "upload of ${SIZE} MiB, $WORKERS gateway workers: route MB/s rss_rise_MiB"
 for i in $(seq "$ROUNDS"); do
   echo "plain $(upload /)" | tee -a "$work/plain"
   echo "body-hash $(upload /hash)" | tee -a "$work/hash"
+  echo "pass-through $(upload /pass)" | tee -a "$work/pass"
 done
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 p=$(awk '{print $2}' "$work/plain" | median)
 h=$(awk '{print $2}' "$work/hash" | median)
-rise=$(awk '{print $3}' "$work/hash" | sort -n | tail -1)
-echo "median MB/s: plain $p, body-hash $h, ratio x$(awk -v a="$h" -v b="$p" 'BEGIN {printf "%.2f", a / b}'); largest RSS rise with body-hash: $rise MiB"
+t=$(awk '{print $2}' "$work/pass" | median)
+rise=$(cat "$work/hash" "$work/pass" | awk '{print $3}' | sort -n | tail -1)
+ratio() { awk -v a="$1" -v b="$p" 'BEGIN {printf "%.2f", a / b}'; }
+echo "median MB/s: plain $p, body-hash $h (x$(ratio "$h")), pass-through $t (x$(ratio "$t")); largest RSS rise through a filter: $rise MiB"

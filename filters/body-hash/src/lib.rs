@@ -13,6 +13,9 @@
 //! and holds one chunk at a time, so a body of any size passes in constant memory, and
 //! the chunks are forwarded unchanged (nothing is copied back).
 //!
+//! The digest is computed by the gateway in native code (`sluice_sdk::digest`), with
+//! the CPU's SHA instructions where it has them.
+//!
 //! Trailers need a chunked body over HTTP/1.1, so when the stream starts the filter
 //! names its trailer in the `trailer` header and removes `content-length` (the backend
 //! then gets the body chunked; over HTTP/2 nothing changes but the trailer). A backend
@@ -21,7 +24,7 @@
 
 use base64::Engine as _;
 use serde::Deserialize;
-use sha2::{Digest, Sha256, Sha512};
+use sluice_sdk::digest::Hasher as Native;
 use sluice_sdk::{
     BodyMode, BodyStream, Chunk, ConfigErrors, Filter, Needs, Request, Response, Trailers,
     config_error, log, metrics,
@@ -130,43 +133,39 @@ impl Filter for BodyHash {
 impl BodyHash {
     fn hasher(&self) -> Hasher {
         Hasher {
-            state: match self.algorithm {
-                Algorithm::Sha256 => State::Sha256(Sha256::new()),
-                Algorithm::Sha512 => State::Sha512(Sha512::new()),
-            },
+            state: Native::new(match self.algorithm {
+                Algorithm::Sha256 => sluice_sdk::digest::Algorithm::Sha256,
+                Algorithm::Sha512 => sluice_sdk::digest::Algorithm::Sha512,
+            }),
+            algorithm: self.algorithm,
             trailer: self.trailer.clone(),
             bytes: 0,
         }
     }
 }
 
-enum State {
-    Sha256(Sha256),
-    Sha512(Sha512),
-}
-
-/// One body's digest so far.
+/// One body's digest so far, computed by the gateway (`sluice_sdk::digest`: native
+/// SHA, several times faster than SHA compiled to Wasm).
 struct Hasher {
-    state: State,
+    state: Native,
+    algorithm: Algorithm,
     trailer: String,
     bytes: u64,
 }
 
 impl BodyStream for Hasher {
     fn chunk(&mut self, chunk: Vec<u8>) -> Chunk {
-        match &mut self.state {
-            State::Sha256(h) => h.update(&chunk),
-            State::Sha512(h) => h.update(&chunk),
-        }
+        self.state.update(&chunk);
         self.bytes += chunk.len() as u64;
         Chunk::Pass
     }
 
     fn end(&mut self, trailers: &Trailers) -> Vec<u8> {
-        let (name, digest) = match &self.state {
-            State::Sha256(h) => ("sha-256", h.clone().finalize().to_vec()),
-            State::Sha512(h) => ("sha-512", h.clone().finalize().to_vec()),
+        let name = match self.algorithm {
+            Algorithm::Sha256 => "sha-256",
+            Algorithm::Sha512 => "sha-512",
         };
+        let digest = self.state.finish();
         let value = format!(
             "{name}=:{}:",
             base64::engine::general_purpose::STANDARD.encode(digest)

@@ -9,7 +9,8 @@
 //! `slow-start` (spins for some milliseconds in `configure`, then behaves), `ok`
 //! (behaves). Streamed request bodies (API 0.2): `stall-stream` (passes the first chunk,
 //! then spins forever in the next: a filter that stops reading), `trap-stream` (passes
-//! the first chunk, then panics in the next).
+//! the first chunk, then panics in the next). `hoard-hashers` creates digest hashers
+//! past the host's limit of 16 per instance.
 
 use serde::Deserialize;
 use sluice_sdk::{
@@ -51,7 +52,7 @@ impl Filter for Misbehave {
                 })
             }
             "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" | "stall-stream"
-            | "trap-stream" => Ok(Misbehave {
+            | "trap-stream" | "hoard-hashers" => Ok(Misbehave {
                 mode: c.mode,
                 path: c.path,
             }),
@@ -105,6 +106,15 @@ impl Filter for Misbehave {
                 }
             }
             "panic" => panic!("misbehave: panicking on purpose"),
+            "hoard-hashers" => {
+                let hoard: Vec<_> = (0..17)
+                    .map(|_| {
+                        sluice_sdk::digest::Hasher::new(sluice_sdk::digest::Algorithm::Sha256)
+                    })
+                    .collect();
+                let _ = request.set_header("x-hashers", &hoard.len().to_string());
+                Action::Continue
+            }
             "sandbox" => {
                 let fs = match std::fs::read_dir("/") {
                     Ok(_) => "readable".to_string(),

@@ -40,6 +40,7 @@ pub mod v0_2 {
             "sluice:filter/kv@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::kv,
             "sluice:filter/clock@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::clock,
             "sluice:filter/body.trailers": crate::host::TrailersCtx,
+            "sluice:filter/digest.hasher": crate::host::HasherCtx,
         },
     });
 }

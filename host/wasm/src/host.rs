@@ -32,6 +32,16 @@ pub struct ResponseCtx {
 #[derive(Default)]
 pub struct TrailersCtx(pub HeaderMap);
 
+/// A digest a filter is computing (the 0.2 `digest` interface).
+pub enum HasherCtx {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+/// Hashers one instance may hold at once: each is a host allocation the guest
+/// controls, so it is bounded like everything else a guest can make the host keep.
+pub const MAX_HASHERS: u32 = 16;
+
 /// Per-store state. A store is one pooled instance.
 pub struct HostState {
     pub(crate) table: ResourceTable,
@@ -51,6 +61,8 @@ pub struct HostState {
     pub(crate) context: Context,
     /// Set during `on-*-stream-start`, where `content-length` may be removed.
     pub(crate) stream_start: bool,
+    /// Live `digest.hasher` resources.
+    pub(crate) hashers: u32,
 }
 
 /// Keys one request's context may hold, per WasmFilter.
@@ -448,6 +460,50 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::wall_clock::Host for HostState 
 
 /// `body` has only types.
 impl crate::bindings::v0_2::sluice::filter0_2_0::body::Host for HostState {}
+
+impl crate::bindings::v0_2::sluice::filter0_2_0::digest::Host for HostState {}
+
+impl crate::bindings::v0_2::sluice::filter0_2_0::digest::HostHasher for HostState {
+    fn new(
+        &mut self,
+        algorithm: crate::bindings::v0_2::sluice::filter0_2_0::digest::Algorithm,
+    ) -> wasmtime::Result<Resource<HasherCtx>> {
+        use crate::bindings::v0_2::sluice::filter0_2_0::digest::Algorithm;
+        use sha2::Digest;
+        if self.hashers >= MAX_HASHERS {
+            return Err(wasmtime::format_err!(
+                "a filter instance may hold at most {MAX_HASHERS} digest hashers at once"
+            ));
+        }
+        let h = match algorithm {
+            Algorithm::Sha256 => HasherCtx::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => HasherCtx::Sha512(sha2::Sha512::new()),
+        };
+        let r = self.table.push(h)?;
+        self.hashers += 1;
+        Ok(r)
+    }
+    fn update(&mut self, r: Resource<HasherCtx>, data: Vec<u8>) -> wasmtime::Result<()> {
+        use sha2::Digest;
+        match self.table.get_mut(&r)? {
+            HasherCtx::Sha256(h) => h.update(&data),
+            HasherCtx::Sha512(h) => h.update(&data),
+        }
+        Ok(())
+    }
+    fn finish(&mut self, r: Resource<HasherCtx>) -> wasmtime::Result<Vec<u8>> {
+        use sha2::Digest;
+        Ok(match self.table.get_mut(&r)? {
+            HasherCtx::Sha256(h) => h.finalize_reset().to_vec(),
+            HasherCtx::Sha512(h) => h.finalize_reset().to_vec(),
+        })
+    }
+    fn drop(&mut self, r: Resource<HasherCtx>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        self.hashers = self.hashers.saturating_sub(1);
+        Ok(())
+    }
+}
 
 impl crate::bindings::v0_2::sluice::filter0_2_0::body::HostTrailers for HostState {
     fn get(&mut self, r: Resource<TrailersCtx>, name: String) -> wasmtime::Result<Option<String>> {

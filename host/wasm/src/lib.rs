@@ -223,6 +223,11 @@ impl Runtime {
             HasSelf<HostState>,
         >(&mut linker, |s| s)
         .map_err(|e| SetupError(e.to_string()))?;
+        bindings::v0_2::sluice::filter0_2_0::digest::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SetupError(e.to_string()))?;
         bindings::v0_2::sluice::filter0_2_0::body::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,
@@ -624,6 +629,7 @@ impl Pool {
             slow_permit: Arc::default(),
             context: Context::default(),
             stream_start: false,
+            hashers: 0,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
