@@ -719,11 +719,11 @@ macro_rules! export {
                 ) -> $crate::bindings::sluice::filter0_2_0::body::ChunkAction {
                     $crate::__private::chunk(&RESPONSE_STREAM, chunk)
                 }
-        fn on_response_stream_end(trailers: &$crate::Trailers) -> ::std::vec::Vec<u8> {
+                fn on_response_stream_end(trailers: &$crate::Trailers) -> ::std::vec::Vec<u8> {
                     $crate::__private::stream_end(&RESPONSE_STREAM, trailers)
                 }
             }
-            $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
+    $crate::bindings::__export_filter_world!(Export with_types_in $crate::bindings);
         };
     };
 }

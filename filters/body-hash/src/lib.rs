@@ -106,7 +106,13 @@ impl Filter for BodyHash {
     }
 
     fn needs(&self) -> Needs {
-        let mode = |on: bool| if on { BodyMode::Streamed } else { BodyMode::None };
+        let mode = |on: bool| {
+            if on {
+                BodyMode::Streamed
+            } else {
+                BodyMode::None
+            }
+        };
         Needs {
             request_body: mode(self.direction != Which::Response),
             response_body: mode(self.direction != Which::Request),

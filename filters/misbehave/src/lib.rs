@@ -108,9 +108,7 @@ impl Filter for Misbehave {
             "panic" => panic!("misbehave: panicking on purpose"),
             "hoard-hashers" => {
                 let hoard: Vec<_> = (0..17)
-                    .map(|_| {
-                        sluice_sdk::digest::Hasher::new(sluice_sdk::digest::Algorithm::Sha256)
-                    })
+                    .map(|_| sluice_sdk::digest::Hasher::new(sluice_sdk::digest::Algorithm::Sha256))
                     .collect();
                 let _ = request.set_header("x-hashers", &hoard.len().to_string());
                 Action::Continue

@@ -66,10 +66,7 @@ impl Filter for SubFilter {
     fn new(c: Config) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         if c.replace.is_empty() || c.replace.len() > 16 {
-            errors.push(config_error(
-                ".replace",
-                "list 1 to 16 {from, to} pairs",
-            ));
+            errors.push(config_error(".replace", "list 1 to 16 {from, to} pairs"));
         }
         for (i, p) in c.replace.iter().enumerate() {
             if p.from.is_empty() || p.from.len() > 256 {
@@ -94,7 +91,13 @@ impl Filter for SubFilter {
     }
 
     fn needs(&self) -> Needs {
-        let mode = |on: bool| if on { BodyMode::Streamed } else { BodyMode::None };
+        let mode = |on: bool| {
+            if on {
+                BodyMode::Streamed
+            } else {
+                BodyMode::None
+            }
+        };
         Needs {
             request_body: mode(self.direction != Which::Response),
             response_body: mode(self.direction != Which::Request),
@@ -138,7 +141,11 @@ impl SubFilter {
     fn readable(&self, content_type: Option<String>, encoding: Option<String>) -> bool {
         let plain = encoding.is_none_or(|e| e.eq_ignore_ascii_case("identity"));
         let ct = content_type.unwrap_or_default().to_ascii_lowercase();
-        plain && self.content_types.iter().any(|t| ct.starts_with(t.as_str()))
+        plain
+            && self
+                .content_types
+                .iter()
+                .any(|t| ct.starts_with(t.as_str()))
     }
 
     fn stream(&self) -> Replacer {

@@ -141,7 +141,8 @@ impl Replay {
     }
 }
 
-type Frames = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+/// One frame of a streamed body, or why it stopped.
+pub(crate) type Frames = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A streamed body was cut because a FailClosed filter failed on it (a trap, its time
 /// limit): a request is answered 500 if the backend has not answered yet; a response is

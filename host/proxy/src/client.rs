@@ -335,10 +335,7 @@ enum Source {
 }
 
 impl Source {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<crate::body::Frames>> {
         match self {
             Source::Peer(i) => Pin::new(i)
                 .poll_frame(cx)

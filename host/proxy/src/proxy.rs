@@ -948,7 +948,7 @@ async fn request_stream_filters(
                 context.clone(),
             )
             .await;
-        stages.extend(stage(w, started, Direction::Request, record)?);
+        stages.extend(stage(w, started, Direction::Request, record).map_err(|()| filter_failed())?);
     }
     Ok(match stages.is_empty() {
         true => body,
@@ -983,7 +983,8 @@ async fn response_stream_filters(
             .pool
             .response_stream(&mut parts.status, &mut parts.headers, context)
             .await;
-        stages.extend(stage(w, started, Direction::Response, record)?);
+        stages
+            .extend(stage(w, started, Direction::Response, record).map_err(|()| filter_failed())?);
     }
     Ok(match stages.is_empty() {
         true => body,
@@ -992,13 +993,13 @@ async fn response_stream_filters(
 }
 
 /// A filter's stream, if it started; a FailOpen filter that failed to start is
-/// skipped, a FailClosed one fails the request.
+/// skipped, a FailClosed one fails the request (`Err`).
 fn stage(
     w: &WasmFilter,
     started: Result<sluice_wasm::BodyStream, sluice_wasm::FilterError>,
     direction: Direction,
     record: &mut Option<Box<Record>>,
-) -> Result<Option<crate::body::Stage>, Response<Body>> {
+) -> Result<Option<crate::body::Stage>, ()> {
     match started {
         Ok(stream) => {
             w.pool.stats().body(direction, BodyEvent::Chunked);
@@ -1014,7 +1015,7 @@ fn stage(
         }
         Err(e) => {
             note(record, w, FilterOutcome::Failed(e.kind));
-            Err(filter_failed())
+            Err(())
         }
     }
 }

@@ -828,10 +828,16 @@ fn sub_filter_replaces_strings_across_chunk_boundaries() {
         String::from_utf8_lossy(&body.body()),
         "go to https://app.example.com or http://app.inter"
     );
-    assert!(body.chunks.iter().any(Vec::is_empty), "held-back chunks are dropped");
+    assert!(
+        body.chunks.iter().any(Vec::is_empty),
+        "held-back chunks are dropped"
+    );
     assert_eq!(body.tail, b"http://app.inter", "and sent at the end");
     // Not text, or compressed: passed byte for byte.
-    for (ct, ce) in [("application/octet-stream", None), ("text/html", Some("gzip"))] {
+    for (ct, ce) in [
+        ("application/octet-stream", None),
+        ("text/html", Some("gzip")),
+    ] {
         let mut b = http::Response::builder()
             .header("content-type", ct)
             .header("content-length", "6");
@@ -839,13 +845,20 @@ fn sub_filter_replaces_strings_across_chunk_boundaries() {
             b = b.header("content-encoding", e);
         }
         let (head, body) = f
-            .stream_response(b.body(()).expect("response"), [b"secret"], http::HeaderMap::new())
+            .stream_response(
+                b.body(()).expect("response"),
+                [b"secret"],
+                http::HeaderMap::new(),
+            )
             .expect("stream");
         assert_eq!(body.body(), b"secret");
         assert_eq!(head.headers()["content-length"], "6");
     }
-    let err = Harness::load(&wasm("sub_filter"), json!({"replace": [{"from": "", "to": "x"}]}))
-        .err()
-        .expect("refused");
+    let err = Harness::load(
+        &wasm("sub_filter"),
+        json!({"replace": [{"from": "", "to": "x"}]}),
+    )
+    .err()
+    .expect("refused");
     assert_eq!(err.config_errors[0].0, ".replace[0].from");
 }
