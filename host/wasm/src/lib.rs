@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
@@ -73,8 +72,14 @@ const TICK: Duration = Duration::from_millis(1);
 pub const MAX_MEMORY: usize = 1 << 30;
 /// Time `configure` may take (it may parse a large config).
 const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Instances kept per pool; more are created under load and dropped when returned.
+/// Idle instances a pool keeps at least. Under load it keeps as many as were in use
+/// at once lately (1,000 requests waiting on outbound calls come back as 1,000 idle
+/// instances, ready for the next 1,000), and every `TRIM_EVERY` drops what the last
+/// period did not need, on a thread of its own: a burst neither instantiates nor
+/// drops a thousand instances at once on a proxy thread each time it comes back.
 const POOL_CAPACITY: usize = 64;
+/// How often pools give back the idle instances the last period did not use.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Live instances across all filters by default (`sluice run --wasm-instances`). An
 /// instance is held for each hook call in flight, including one waiting on an outbound
 /// call, so this bounds the requests that can wait on calls at once. The pooling
@@ -249,7 +254,7 @@ impl Runtime {
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the Wasm cache folder; compiling in memory only");
         }
-        Ok(Arc::new(Runtime {
+        let runtime = Arc::new(Runtime {
             engine,
             linker,
             cache_dir,
@@ -260,7 +265,29 @@ impl Runtime {
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             )),
             log_lines_per_second: AtomicU64::new(stats::LOG_LINES_PER_SECOND),
-        }))
+        });
+        let weak = Arc::downgrade(&runtime);
+        std::thread::Builder::new()
+            .name("sluice-wasm-trim".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TRIM_EVERY);
+                    let Some(rt) = weak.upgrade() else { break };
+                    let pools: Vec<Arc<Pool>> = rt
+                        .pools
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .filter_map(Weak::upgrade)
+                        .collect();
+                    drop(rt);
+                    for pool in pools {
+                        drop(pool.trim());
+                    }
+                }
+            })
+            .map_err(|e| SetupError(e.to_string()))?;
+        Ok(runtime)
     }
 
     /// Sets how many log lines per second each filter may write (default
@@ -383,13 +410,17 @@ impl Runtime {
             compiled: compiled.clone(),
             spec: spec.clone(),
             shared: self.shared(&spec.name),
-            idle: ArrayQueue::new(POOL_CAPACITY),
+            idle: Mutex::new(Vec::new()),
+            peak: std::sync::atomic::AtomicUsize::new(0),
             deadline_ticks: ticks(spec.timeout),
             needs: std::sync::OnceLock::new(),
         });
         for _ in 0..spec.min_instances.max(1) {
             let inst = pool.instantiate().await?;
-            let _ = pool.idle.push(inst);
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(inst);
         }
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|_, w| w.strong_count() > 0);
@@ -562,7 +593,9 @@ pub struct Pool {
     compiled: Arc<Compiled>,
     spec: FilterSpec,
     shared: Arc<FilterShared>,
-    idle: ArrayQueue<Instance>,
+    idle: Mutex<Vec<Instance>>,
+    /// The most instances of this pool in use at once since the last trim.
+    peak: std::sync::atomic::AtomicUsize,
     deadline_ticks: u64,
     /// What the first instance's `configure` returned (all of a pool's instances run
     /// the same component with the same config).
@@ -723,16 +756,50 @@ impl Pool {
         }
     }
 
+    fn live(&self) -> usize {
+        usize::try_from(self.shared.stats.instances.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
     async fn checkout(&self) -> Result<Instance, FilterError> {
-        match self.idle.pop() {
-            Some(i) => Ok(i),
-            None => self.instantiate().await,
-        }
+        let (popped, idle) = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            (idle.pop(), idle.len())
+        };
+        let inst = match popped {
+            Some(i) => i,
+            None => self.instantiate().await?,
+        };
+        // In use: the filter's live instances but the idle ones (an estimate while a
+        // reload runs two pools of one filter; it only sizes what is kept).
+        self.peak
+            .fetch_max(self.live().saturating_sub(idle), Ordering::Relaxed);
+        Ok(inst)
     }
 
     fn checkin(&self, inst: Instance) {
-        // A full queue drops the extra instance: the pool shrinks back after a burst.
-        let _ = self.idle.push(inst);
+        let keep = POOL_CAPACITY.max(self.peak.load(Ordering::Relaxed));
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < keep {
+            idle.push(inst);
+        } else {
+            drop(idle);
+            drop(inst);
+        }
+    }
+
+    /// Ends a trim period: returns the idle instances beyond what the period needed
+    /// (the most in use at once, at least `POOL_CAPACITY` and `minInstances`), for the
+    /// caller to drop off the request path.
+    fn trim(&self) -> Vec<Instance> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let in_use = self.live().saturating_sub(idle.len());
+        let peak = self.peak.swap(in_use, Ordering::Relaxed);
+        let keep = POOL_CAPACITY.max(peak).max(self.spec.min_instances);
+        if idle.len() > keep {
+            idle.split_off(keep)
+        } else {
+            Vec::new()
+        }
     }
 
     /// One hook call: takes an instance, runs `hook` on it (see [`Pool::run`]), and
