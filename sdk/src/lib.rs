@@ -471,22 +471,56 @@ pub mod outbound {
         }
     }
 
-    /// Sends `request` to the backend granted as `grant` and waits for the answer.
-    pub fn send(grant: &str, request: Request) -> Result<Response, CallError> {
-        let r = wit::send(
-            grant,
-            &wit::OutboundRequest {
-                method: request.method,
-                path: request.path,
-                headers: request.headers,
-                body: request.body,
-            },
-        )?;
-        Ok(Response {
+    fn to_wit(request: Request) -> wit::OutboundRequest {
+        wit::OutboundRequest {
+            method: request.method,
+            path: request.path,
+            headers: request.headers,
+            body: request.body,
+        }
+    }
+
+    fn from_wit(r: wit::OutboundResponse) -> Response {
+        Response {
             status: r.status,
             headers: r.headers,
             body: r.body,
-        })
+        }
+    }
+
+    /// Sends `request` to the backend granted as `grant` and waits for the answer.
+    pub fn send(grant: &str, request: Request) -> Result<Response, CallError> {
+        wit::send(grant, &to_wit(request)).map(from_wit)
+    }
+
+    /// Starts a call whose body goes on after `request.body` in pieces: for a body too
+    /// large to hold or not there yet, such as a copy of an upload as it streams.
+    ///
+    /// ```ignore
+    /// let call = outbound::start("archive", outbound::Request::post("/uploads"))?;
+    /// call.write(&chunk)?;        // waits while the backend is not taking it
+    /// let answer = call.finish()?; // ends the body, waits for the answer
+    /// ```
+    ///
+    /// The grant's timeout counts from here to the answer. An instance holds at most
+    /// 16 started calls at once; dropping a [`Call`] before `finish` cancels it.
+    pub fn start(grant: &str, request: Request) -> Result<Call, CallError> {
+        wit::start(grant, &to_wit(request)).map(Call)
+    }
+
+    /// A started call (see [`start`]).
+    pub struct Call(wit::Call);
+
+    impl Call {
+        /// Sends the next piece of the body.
+        pub fn write(&self, data: &[u8]) -> Result<(), CallError> {
+            self.0.write(data)
+        }
+
+        /// Ends the body and waits for the answer.
+        pub fn finish(self) -> Result<Response, CallError> {
+            self.0.finish().map(from_wit)
+        }
     }
 }
 

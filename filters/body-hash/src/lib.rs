@@ -179,7 +179,7 @@ impl BodyStream for Hasher {
         if trailers.set(&self.trailer, &value).is_err() {
             log::warn("cannot set the digest trailer");
         }
-        metrics::counter_add("sluice_filter_body_hash_bytes_total", self.bytes);
+        metrics::counter_add("body_hash_bytes", self.bytes);
         Vec::new()
     }
 }

@@ -10,7 +10,8 @@
 //! (behaves). Streamed request bodies (API 0.2): `stall-stream` (passes the first chunk,
 //! then spins forever in the next: a filter that stops reading), `trap-stream` (passes
 //! the first chunk, then panics in the next). `hoard-hashers` creates digest hashers
-//! past the host's limit of 16 per instance.
+//! past the host's limit of 16 per instance, `hoard-calls` starts outbound calls (to
+//! the grant `any`) past the limit of 16 (or as many as the request's `x-start` says).
 
 use serde::Deserialize;
 use sluice_sdk::{
@@ -52,7 +53,7 @@ impl Filter for Misbehave {
                 })
             }
             "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" | "stall-stream"
-            | "trap-stream" | "hoard-hashers" => Ok(Misbehave {
+            | "trap-stream" | "hoard-hashers" | "hoard-calls" => Ok(Misbehave {
                 mode: c.mode,
                 path: c.path,
             }),
@@ -106,6 +107,20 @@ impl Filter for Misbehave {
                 }
             }
             "panic" => panic!("misbehave: panicking on purpose"),
+            "hoard-calls" => {
+                let n: u32 = request
+                    .get_header("x-start")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(17);
+                let hoard: Vec<_> = (0..n)
+                    .filter_map(|_| {
+                        sluice_sdk::outbound::start("any", sluice_sdk::outbound::Request::post("/"))
+                            .ok()
+                    })
+                    .collect();
+                let _ = request.set_header("x-calls", &hoard.len().to_string());
+                Action::Continue
+            }
             "hoard-hashers" => {
                 let hoard: Vec<_> = (0..17)
                     .map(|_| sluice_sdk::digest::Hasher::new(sluice_sdk::digest::Algorithm::Sha256))

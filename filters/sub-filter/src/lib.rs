@@ -215,7 +215,7 @@ impl BodyStream for Replacer {
     fn end(&mut self, _trailers: &Trailers) -> Vec<u8> {
         let carry = std::mem::take(&mut self.carry);
         let (out, _) = self.run(&carry, true);
-        metrics::counter_add("sluice_filter_sub_filter_replaced_total", self.replaced);
+        metrics::counter_add("sub_filter_replaced", self.replaced);
         out
     }
 }

@@ -159,6 +159,11 @@ pub(crate) struct Filtered {
 }
 
 impl Filtered {
+    /// The frames `rx` gets, until its senders are gone.
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Frames>) -> Self {
+        Filtered { rx, done: false }
+    }
+
     pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frames>> {
         if self.done {
             return Poll::Ready(None);
@@ -183,25 +188,34 @@ pub(crate) struct Stage {
 /// Passes `body` through `stages`, in order, chunk by chunk, in a task of its own: each
 /// chunk goes through every filter before the next is read (so a slow filter slows the
 /// sender, as a slow peer would), then the trailers go through every filter's end.
-/// When the reader goes away (the peer closed, the backend answered early), the task
-/// stops at once and the filters' instances are dropped.
+/// When the reader goes away in the middle of the body (the peer closed, the backend
+/// answered early), the task stops at once and the filters' instances are dropped. A
+/// reader that goes away once it has the whole body (a body with a `content-length` is
+/// complete at its last byte) does not cut the filters' ends short: they run, and what
+/// they add has nowhere to go.
 pub(crate) fn filter(body: crate::Body, stages: Vec<Stage>) -> Streamed {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
-        let stages = stages.into_iter().map(Some).collect();
-        tokio::select! {
-            () = tx.closed() => {}
-            () = run(body, stages, &tx) => {}
+        let mut stages: Vec<Option<Stage>> = stages.into_iter().map(Some).collect();
+        let mut body = body;
+        let ended = tokio::select! {
+            () = tx.closed() => body.is_end_stream().then(HeaderMap::new),
+            t = pump(&mut body, &mut stages, &tx) => t,
+        };
+        if let Some(trailers) = ended {
+            finish(stages, trailers, &tx).await;
         }
     });
-    Streamed::filtered(Filtered { rx, done: false })
+    Streamed::filtered(Filtered::new(rx))
 }
 
-async fn run(
-    mut body: crate::Body,
-    mut stages: Vec<Option<Stage>>,
+/// Passes the body's data through the filters. Returns its trailers (or none) when it
+/// ended, `None` when it had to stop.
+async fn pump(
+    body: &mut crate::Body,
+    stages: &mut [Option<Stage>],
     tx: &tokio::sync::mpsc::Sender<Frames>,
-) {
+) -> Option<HeaderMap> {
     let mut trailers = HeaderMap::new();
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -209,13 +223,13 @@ async fn run(
             Err(e) => {
                 // The peer's own failure (too slow, reset): passed on as it is.
                 let _ = tx.send(Err(e)).await;
-                return;
+                return None;
             }
         };
         match frame.into_data() {
             Ok(d) => {
-                if !through(&mut stages, 0, d, tx).await {
-                    return;
+                if !through(stages, 0, d, tx).await {
+                    return None;
                 }
             }
             Err(f) => {
@@ -225,8 +239,16 @@ async fn run(
             }
         }
     }
-    // Each filter ends in turn; what one adds at its end goes through the filters
-    // after it before they end.
+    Some(trailers)
+}
+
+/// Ends each filter in turn; what one adds at its end goes through the filters after
+/// it before they end. Then the trailers, if any, go out.
+async fn finish(
+    mut stages: Vec<Option<Stage>>,
+    mut trailers: HeaderMap,
+    tx: &tokio::sync::mpsc::Sender<Frames>,
+) {
     for k in 0..stages.len() {
         let Some(stage) = stages[k].take() else {
             continue;
@@ -234,7 +256,10 @@ async fn run(
         let pool = stage.stream.pool().clone();
         match stage.stream.end(&mut trailers).await {
             Ok(tail) => {
-                if !tail.is_empty() && !through(&mut stages, k + 1, Bytes::from(tail), tx).await {
+                if !tail.is_empty()
+                    && !through(&mut stages, k + 1, Bytes::from(tail), tx).await
+                    && !tx.is_closed()
+                {
                     return;
                 }
             }

@@ -10,12 +10,15 @@ use http::{Request, Uri};
 use http_body_util::Either;
 use tokio::time::Instant;
 
-use sluice_wasm::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
+use hyper::body::Frame;
+use sluice_wasm::{
+    BodySink, CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse, WriteFuture,
+};
 
-use crate::Gateway;
-use crate::body::{Buffered, Collected, collect};
+use crate::body::{Buffered, Collected, Filtered, Frames, collect};
 use crate::client::Streamed;
 use crate::snapshot::Backend;
+use crate::{Body, Gateway};
 
 /// One granted backend.
 pub(crate) struct Grant {
@@ -40,74 +43,188 @@ pub(crate) struct Calls {
     pub deadline: Instant,
 }
 
-impl Outbound for Calls {
-    fn send(&self, grant: &str, req: OutboundRequest) -> CallFuture {
+/// A call ready to go: its request, and what sending it needs.
+struct Prepared {
+    gw: Arc<Gateway>,
+    backend: Arc<Backend>,
+    request: Request<Body>,
+    timeout: Duration,
+    max_body: u64,
+}
+
+impl Calls {
+    /// Resolves `grant` and builds the request, with `body` as its body.
+    fn prepare(
+        &self,
+        grant: &str,
+        req: OutboundRequest,
+        body: Body,
+    ) -> Result<Prepared, CallError> {
         let Some(g) = self.grants.0.iter().find(|g| g.name == grant) else {
-            return Box::pin(std::future::ready(Err(CallError::NotGranted)));
+            return Err(CallError::NotGranted);
         };
         let backend = g.backend.clone();
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let timeout = g.timeout.min(left);
-        let gw = self.gw.clone();
-        let max_body = self.max_body;
-        Box::pin(async move {
-            if let Some(why) = &backend.invalid {
-                return Err(CallError::Unavailable(why.clone()));
-            }
-            if timeout.is_zero() {
-                return Err(CallError::Timeout);
-            }
-            let Some(endpoint) = crate::proxy::next_endpoint(&backend).cloned() else {
-                return Err(CallError::Unavailable(format!(
-                    "{}: no ready endpoints",
-                    backend.name
-                )));
-            };
-            let uri = Uri::builder()
-                .scheme(if backend.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                })
-                .authority(endpoint.clone())
-                .path_and_query(req.path)
-                .build()
-                .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
-            let mut out = Request::new(Either::Right(Buffered::new(req.body)));
-            *out.method_mut() = req.method;
-            *out.uri_mut() = uri;
-            *out.headers_mut() = req.headers;
-            *out.version_mut() = match backend.protocol {
-                sluice_ir::UpstreamProtocol::Http1 => http::Version::HTTP_11,
-                sluice_ir::UpstreamProtocol::H2c => http::Version::HTTP_2,
-            };
-            if !out.headers().contains_key(header::HOST)
-                && let Ok(h) = HeaderValue::from_str(endpoint.as_str())
-            {
-                out.headers_mut().insert(header::HOST, h);
-            }
-            let start = Instant::now();
-            let call = async {
-                let resp = crate::proxy::send(&gw, &backend, out)
-                    .await
-                    .map_err(|e| CallError::Failed(describe(&e)))?;
-                let (parts, body) = resp.into_parts();
-                backend.stats.record(parts.status.as_u16(), start.elapsed());
-                match collect(Streamed::upstream(body), max_body).await {
-                    Collected::Whole { data, .. } => Ok(OutboundResponse {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body: data,
-                    }),
-                    Collected::TooLarge(_) => Err(CallError::ResponseTooLarge),
-                    Collected::Failed(e) => Err(CallError::Failed(e.to_string())),
-                }
-            };
-            match tokio::time::timeout(timeout, call).await {
+        if let Some(why) = &backend.invalid {
+            return Err(CallError::Unavailable(why.clone()));
+        }
+        let timeout = g
+            .timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        if timeout.is_zero() {
+            return Err(CallError::Timeout);
+        }
+        let Some(endpoint) = crate::proxy::next_endpoint(&backend).cloned() else {
+            return Err(CallError::Unavailable(format!(
+                "{}: no ready endpoints",
+                backend.name
+            )));
+        };
+        let uri = Uri::builder()
+            .scheme(if backend.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            })
+            .authority(endpoint.clone())
+            .path_and_query(req.path)
+            .build()
+            .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
+        let mut out = Request::new(body);
+        *out.method_mut() = req.method;
+        *out.uri_mut() = uri;
+        *out.headers_mut() = req.headers;
+        *out.version_mut() = match backend.protocol {
+            sluice_ir::UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            sluice_ir::UpstreamProtocol::H2c => http::Version::HTTP_2,
+        };
+        if !out.headers().contains_key(header::HOST)
+            && let Ok(h) = HeaderValue::from_str(endpoint.as_str())
+        {
+            out.headers_mut().insert(header::HOST, h);
+        }
+        Ok(Prepared {
+            gw: self.gw.clone(),
+            backend,
+            request: out,
+            timeout,
+            max_body: self.max_body,
+        })
+    }
+}
+
+/// Sends a prepared call and reads its answer, within its timeout.
+async fn exchange(p: Prepared) -> Result<OutboundResponse, CallError> {
+    let Prepared {
+        gw,
+        backend,
+        request,
+        timeout,
+        max_body,
+    } = p;
+    let start = Instant::now();
+    let call = async {
+        let resp = crate::proxy::send(&gw, &backend, request)
+            .await
+            .map_err(|e| CallError::Failed(describe(&e)))?;
+        let (parts, body) = resp.into_parts();
+        backend.stats.record(parts.status.as_u16(), start.elapsed());
+        match collect(Streamed::upstream(body), max_body).await {
+            Collected::Whole { data, .. } => Ok(OutboundResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body: data,
+            }),
+            Collected::TooLarge(_) => Err(CallError::ResponseTooLarge),
+            Collected::Failed(e) => Err(CallError::Failed(e.to_string())),
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+impl Outbound for Calls {
+    fn send(&self, grant: &str, mut req: OutboundRequest) -> CallFuture {
+        let body = Either::Right(Buffered::new(std::mem::take(&mut req.body)));
+        match self.prepare(grant, req, body) {
+            Ok(p) => Box::pin(exchange(p)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn start(&self, grant: &str, mut req: OutboundRequest) -> Result<Box<dyn BodySink>, CallError> {
+        // One frame waits at most: the filter's writes go at the backend's pace.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let first = std::mem::take(&mut req.body);
+        if !first.is_empty() {
+            // The channel is new and empty: this cannot fail.
+            let _ = tx.try_send(Ok(Frame::data(first)));
+        }
+        let body = Either::Left(Streamed::filtered(Filtered::new(rx)));
+        let p = self.prepare(grant, req, body)?;
+        // Sent by a task of its own, so the body moves while the filter writes it.
+        let answer = tokio::spawn(exchange(p));
+        Ok(Box::new(Sink {
+            tx: Some(tx),
+            answer: Some(answer),
+        }))
+    }
+}
+
+/// A started call: where its body goes, and the task that sends it.
+struct Sink {
+    tx: Option<tokio::sync::mpsc::Sender<Frames>>,
+    answer: Option<tokio::task::JoinHandle<Result<OutboundResponse, CallError>>>,
+}
+
+impl Sink {
+    /// The call's outcome, once its task ended.
+    async fn outcome(&mut self) -> Result<OutboundResponse, CallError> {
+        match self.answer.take() {
+            Some(task) => match task.await {
                 Ok(r) => r,
-                Err(_) => Err(CallError::Timeout),
+                Err(_) => Err(CallError::Failed("the call was cancelled".into())),
+            },
+            None => Err(CallError::Failed("the call has ended".into())),
+        }
+    }
+}
+
+impl BodySink for Sink {
+    fn write(&mut self, data: bytes::Bytes) -> WriteFuture<'_> {
+        Box::pin(async move {
+            let sent = match &self.tx {
+                Some(tx) => tx.send(Ok(Frame::data(data))).await.is_ok(),
+                None => false,
+            };
+            if sent {
+                return Ok(());
+            }
+            // The request ended before its body did: its outcome says why.
+            self.tx = None;
+            match self.outcome().await {
+                Ok(_) => Err(CallError::Failed(
+                    "the backend answered before the body was sent".into(),
+                )),
+                Err(e) => Err(e),
             }
         })
+    }
+
+    fn finish(mut self: Box<Self>) -> CallFuture {
+        // Closing the channel ends the body.
+        self.tx = None;
+        Box::pin(async move { self.outcome().await })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Not finished: the call is cancelled.
+        if let Some(task) = self.answer.take() {
+            task.abort();
+        }
     }
 }
 

@@ -43,6 +43,7 @@ async fn setup_with(
             "jwt",
             "body_hash",
             "sub_filter",
+            "tee",
         ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
@@ -1891,4 +1892,173 @@ async fn streamed_bodies_pass_through_filters_chunk_by_chunk() {
     .await;
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(a.id.requests.load(Ordering::Relaxed), before + 1);
+}
+
+/// An archive service for tee: records the path, the `x-tee-path` and the SHA-256 and
+/// length of each body it receives, then answers 201.
+async fn archive_server() -> (
+    u16,
+    Arc<std::sync::Mutex<Vec<(String, String, usize, String)>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let got: Arc<std::sync::Mutex<Vec<(String, String, usize, String)>>> = Arc::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let original = req
+                                .headers()
+                                .get("x-tee-path")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let body = http_body_util::BodyExt::collect(req.into_body())
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let sum = content_digest(&ring::digest::SHA256, "sha-256", &body);
+                            seen.lock()
+                                .expect("lock")
+                                .push((path, original, body.len(), sum));
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(201)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (port, got)
+}
+
+/// An outbound call whose body goes out in pieces (API 0.2 `outbound.start`), through
+/// the gateway: tee copies an upload, as it streams, to an archive service granted in
+/// its `spec.outbound`, and the route's backend gets the same body; with the archive
+/// down, the upload still goes through and the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tee_streams_a_copy_of_an_upload_to_its_granted_backend() {
+    let (archive, got) = archive_server().await;
+    let down = free_port();
+    let filters = [
+        wasm_filter(
+            "tee",
+            "tee",
+            "  outbound: [{name: archive, backendRef: {name: archive, port: 80}, timeout: 10s}]\n  config: {grant: archive, path: /uploads}\n",
+        ),
+        wasm_filter(
+            "tee-down",
+            "tee",
+            "  outbound: [{name: archive, backendRef: {name: down, port: 80}}]\n  config: {grant: archive}\n",
+        ),
+    ];
+    let rules = format!(
+        "  - matches: [{{path: {{value: /up, type: PathPrefix}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n  - matches: [{{path: {{value: /down}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("tee"),
+        ext("tee-down"),
+    );
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("wasm-tee");
+    install_filters(&dir, &["tee"]);
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &[
+            service_yaml("a", &a, None),
+            service_yaml_port("archive", archive, None),
+            service_yaml_port("down", down, None),
+        ]
+        .join("---\n"),
+    );
+    dir.write("filters.yaml", &filters.join("---\n"));
+    dir.write("routes.yaml", &route(&rules));
+    let cache = dir.0.join("cache");
+    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+
+    let body: Vec<u8> = (0..(6u32 << 20) + 7).map(|i| (i % 253) as u8).collect();
+    let (status, _, back) = post(
+        port,
+        "/up/file.bin?x=1",
+        &[("x-echo-reflect", "1")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(back == body, "the backend gets the upload unchanged");
+    // The copy runs beside the request: the archive may finish reading it a little
+    // after the backend answered.
+    let mut copies = Vec::new();
+    for _ in 0..100 {
+        copies = got.lock().expect("lock").clone();
+        if !copies.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = copies;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (path, original, len, sum) = &got[0];
+    assert_eq!(path, "/uploads");
+    assert_eq!(original, "/up/file.bin?x=1");
+    assert_eq!(*len, body.len());
+    assert_eq!(
+        sum,
+        &content_digest(&ring::digest::SHA256, "sha-256", &body)
+    );
+
+    // The archive is down: the upload is served all the same; the copy is counted failed.
+    let (status, _, back) = post(
+        port,
+        "/down",
+        &[("x-echo-reflect", "1")],
+        vec![b'z'; 100_000],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(back.len(), 100_000);
+    // The backend may answer before the filter's end hook has the archive's answer
+    // (the upload's length is known, so the body is complete at its last byte).
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = gw.admin("/metrics").await;
+        if metrics.contains(r#"sluice_filter_tee_copies_total{filter="default/tee"} 1"#)
+            && metrics.contains(r#"sluice_filter_tee_failures_total{filter="default/tee-down"} 1"#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.contains(r#"sluice_filter_tee_copies_total{filter="default/tee"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_filter_tee_bytes_total{filter="default/tee"} 6291463"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_filter_tee_failures_total{filter="default/tee-down"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"sluice_wasm_outbound_calls_total{filter="default/tee",grant="archive"} 1"#
+        ),
+        "{metrics}"
+    );
 }

@@ -30,6 +30,10 @@ pub mod v0_2 {
         // is suspended and its thread serves other tasks meanwhile.
         imports: {
             "sluice:filter/outbound.send": async | trappable,
+            "sluice:filter/outbound.start": trappable,
+            "sluice:filter/outbound.[method]call.write": async | trappable,
+            "sluice:filter/outbound.[method]call.finish": async | trappable,
+            "sluice:filter/outbound.[drop]call": trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -41,6 +45,7 @@ pub mod v0_2 {
             "sluice:filter/clock@0.1.0": crate::bindings::v0_1::sluice::filter0_1_0::clock,
             "sluice:filter/body.trailers": crate::host::TrailersCtx,
             "sluice:filter/digest.hasher": crate::host::HasherCtx,
+            "sluice:filter/outbound.call": crate::host::CallCtx,
         },
     });
 }

@@ -38,6 +38,17 @@ pub enum HasherCtx {
     Sha512(sha2::Sha512),
 }
 
+/// An outbound call whose body goes out in pieces (the 0.2 `outbound.call`).
+pub struct CallCtx {
+    /// `None` once finished.
+    sink: Option<Box<dyn crate::outbound::BodySink>>,
+    grant: String,
+    started: Instant,
+}
+
+/// Started calls one instance may hold at once.
+pub const MAX_CALLS: u32 = 16;
+
 /// Hashers one instance may hold at once: each is a host allocation the guest
 /// controls, so it is bounded like everything else a guest can make the host keep.
 pub const MAX_HASHERS: u32 = 16;
@@ -63,6 +74,8 @@ pub struct HostState {
     pub(crate) stream_start: bool,
     /// Live `digest.hasher` resources.
     pub(crate) hashers: u32,
+    /// Live `outbound.call` resources.
+    pub(crate) calls: u32,
 }
 
 /// Keys one request's context may hold, per WasmFilter.
@@ -418,7 +431,109 @@ impl log::Host for HostState {
     }
 }
 
+impl HostState {
+    /// Waiting on the network is not running: the slow lane place goes to others.
+    fn leave_slow_lane(&self) {
+        drop(
+            self.slow_permit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+}
+
+impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::HostCall for HostState {
+    async fn write(
+        &mut self,
+        r: Resource<CallCtx>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wit_out::CallError>> {
+        self.leave_slow_lane();
+        let stats = self.shared.stats.clone();
+        let call = self.table.get_mut(&r)?;
+        let Some(sink) = call.sink.as_mut() else {
+            return Ok(Err(wit_out::CallError::Failed(
+                "the call is finished: it takes no more writes".into(),
+            )));
+        };
+        match sink.write(bytes::Bytes::from(data)).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => {
+                // The call is over: counted now, with how long it ran.
+                call.sink = None;
+                stats.outbound_call(&call.grant, false, call.started.elapsed());
+                Ok(Err(crate::outbound::error_to_wit(e)))
+            }
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        r: Resource<CallCtx>,
+    ) -> wasmtime::Result<Result<wit_out::OutboundResponse, wit_out::CallError>> {
+        self.leave_slow_lane();
+        let stats = self.shared.stats.clone();
+        let call = self.table.get_mut(&r)?;
+        let Some(sink) = call.sink.take() else {
+            return Ok(Err(wit_out::CallError::Failed(
+                "the call is finished already".into(),
+            )));
+        };
+        let result = sink.finish().await;
+        stats.outbound_call(&call.grant, result.is_ok(), call.started.elapsed());
+        Ok(crate::outbound::to_wit(result))
+    }
+
+    fn drop(&mut self, r: Resource<CallCtx>) -> wasmtime::Result<()> {
+        // Dropping the sink cancels a call that was not finished.
+        self.table.delete(r)?;
+        self.calls = self.calls.saturating_sub(1);
+        Ok(())
+    }
+}
+
 impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::Host for HostState {
+    fn start(
+        &mut self,
+        grant: String,
+        request: wit_out::OutboundRequest,
+    ) -> wasmtime::Result<Result<Resource<CallCtx>, wit_out::CallError>> {
+        if self.calls >= MAX_CALLS {
+            return Err(wasmtime::format_err!(
+                "a filter instance may hold at most {MAX_CALLS} started outbound calls at once"
+            ));
+        }
+        let stats = self.shared.stats.clone();
+        let Some(outbound) = self.context.outbound() else {
+            stats.outbound_refused();
+            return Ok(Err(wit_out::CallError::NotGranted));
+        };
+        let req = match crate::outbound::request(request) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(wit_out::CallError::InvalidRequest(e))),
+        };
+        let started = Instant::now();
+        match outbound.start(&grant, req) {
+            Ok(sink) => {
+                let r = self.table.push(CallCtx {
+                    sink: Some(sink),
+                    grant,
+                    started,
+                })?;
+                self.calls += 1;
+                Ok(Ok(r))
+            }
+            Err(e) => {
+                match &e {
+                    crate::CallError::NotGranted => stats.outbound_refused(),
+                    _ => stats.outbound_call(&grant, false, started.elapsed()),
+                }
+                Ok(Err(crate::outbound::error_to_wit(e)))
+            }
+        }
+    }
+
     async fn send(
         &mut self,
         grant: String,

@@ -40,7 +40,9 @@ use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
 use host::TrailersCtx;
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
-pub use outbound::{CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse};
+pub use outbound::{
+    BodySink, CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse, WriteFuture,
+};
 pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};
 
 /// Runs `fut` to completion on this thread, for callers outside async code (the loader
@@ -663,6 +665,7 @@ impl Pool {
             context: Context::default(),
             stream_start: false,
             hashers: 0,
+            calls: 0,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -40,11 +40,24 @@ pub enum CallError {
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<OutboundResponse, CallError>> + Send>>;
 
+pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), CallError>> + Send + 'a>>;
+
 /// Sends the outbound calls of one filter during one request: the gateway resolves
 /// `grant` among the WasmFilter's `spec.outbound` and refuses any other name with
 /// [`CallError::NotGranted`].
 pub trait Outbound: Send + Sync {
     fn send(&self, grant: &str, request: OutboundRequest) -> CallFuture;
+    /// Starts a call whose body goes on after `request.body` with [`BodySink::write`].
+    fn start(&self, grant: &str, request: OutboundRequest) -> Result<Box<dyn BodySink>, CallError>;
+}
+
+/// The rest of a started call's body, and then its answer. Dropped before `finish`, the
+/// call is cancelled.
+pub trait BodySink: Send {
+    /// Sends more of the body; waits while the backend is not taking it.
+    fn write(&mut self, data: Bytes) -> WriteFuture<'_>;
+    /// Ends the body and waits for the answer.
+    fn finish(self: Box<Self>) -> CallFuture;
 }
 
 pub(crate) fn request(r: wit::OutboundRequest) -> Result<OutboundRequest, String> {
@@ -71,6 +84,17 @@ pub(crate) fn request(r: wit::OutboundRequest) -> Result<OutboundRequest, String
     })
 }
 
+pub(crate) fn error_to_wit(e: CallError) -> wit::CallError {
+    match e {
+        CallError::NotGranted => wit::CallError::NotGranted,
+        CallError::Unavailable(m) => wit::CallError::Unavailable(m),
+        CallError::Timeout => wit::CallError::Timeout,
+        CallError::Failed(m) => wit::CallError::Failed(m),
+        CallError::InvalidRequest(m) => wit::CallError::InvalidRequest(m),
+        CallError::ResponseTooLarge => wit::CallError::ResponseTooLarge,
+    }
+}
+
 pub(crate) fn to_wit(
     r: Result<OutboundResponse, CallError>,
 ) -> Result<wit::OutboundResponse, wit::CallError> {
@@ -89,13 +113,6 @@ pub(crate) fn to_wit(
                 .collect(),
             body: resp.body.to_vec(),
         }),
-        Err(e) => Err(match e {
-            CallError::NotGranted => wit::CallError::NotGranted,
-            CallError::Unavailable(m) => wit::CallError::Unavailable(m),
-            CallError::Timeout => wit::CallError::Timeout,
-            CallError::Failed(m) => wit::CallError::Failed(m),
-            CallError::InvalidRequest(m) => wit::CallError::InvalidRequest(m),
-            CallError::ResponseTooLarge => wit::CallError::ResponseTooLarge,
-        }),
+        Err(e) => Err(error_to_wit(e)),
     }
 }

@@ -74,14 +74,58 @@ pub struct Harness {
 
 /// Answers a filter's outbound calls in a test: the one fake the harness has, so that a
 /// filter's unit test needs no server.
-struct Answerer<F>(F);
+/// A started call (`outbound::start`) is answered once finished, with the whole body
+/// it was written.
+struct Answerer<F>(Arc<F>);
 
 impl<F> sluice_wasm::Outbound for Answerer<F>
 where
-    F: Fn(&str, OutboundRequest) -> Result<OutboundResponse, CallError> + Send + Sync,
+    F: Fn(&str, OutboundRequest) -> Result<OutboundResponse, CallError> + Send + Sync + 'static,
 {
     fn send(&self, grant: &str, request: OutboundRequest) -> sluice_wasm::CallFuture {
         Box::pin(std::future::ready((self.0)(grant, request)))
+    }
+
+    fn start(
+        &self,
+        grant: &str,
+        request: OutboundRequest,
+    ) -> Result<Box<dyn sluice_wasm::BodySink>, CallError> {
+        Ok(Box::new(Collecting {
+            answer: self.0.clone(),
+            grant: grant.to_string(),
+            body: request.body.to_vec(),
+            request,
+        }))
+    }
+}
+
+/// A started call's body, collected until it is finished.
+struct Collecting<F> {
+    answer: Arc<F>,
+    grant: String,
+    request: OutboundRequest,
+    body: Vec<u8>,
+}
+
+impl<F> sluice_wasm::BodySink for Collecting<F>
+where
+    F: Fn(&str, OutboundRequest) -> Result<OutboundResponse, CallError> + Send + Sync + 'static,
+{
+    fn write(&mut self, data: bytes::Bytes) -> sluice_wasm::WriteFuture<'_> {
+        self.body.extend_from_slice(&data);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn finish(self: Box<Self>) -> sluice_wasm::CallFuture {
+        let Collecting {
+            answer,
+            grant,
+            mut request,
+            body,
+        } = *self;
+        request.body = body.into();
+        Box::pin(std::future::ready(answer(&grant, request)))
     }
 }
 
@@ -184,7 +228,8 @@ impl Harness {
         + Sync
         + 'static,
     ) {
-        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Answerer(answer)));
+        *self.outbound.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(Answerer(Arc::new(answer))));
     }
 
     /// A new request's exchange, whose outbound calls [`Harness::answer_outbound`]

@@ -862,3 +862,89 @@ fn sub_filter_replaces_strings_across_chunk_boundaries() {
     .expect("refused");
     assert_eq!(err.config_errors[0].0, ".replace[0].from");
 }
+
+#[test]
+fn tee_copies_a_streamed_body_to_its_grant_in_pieces() {
+    use std::sync::{Arc, Mutex};
+    let f = Harness::load(
+        &wasm("tee"),
+        json!({"grant": "archive", "path": "/uploads"}),
+    )
+    .expect("load");
+    assert_eq!(f.needs().request_body, sluice_harness::BodyMode::Streamed);
+    let got: Arc<Mutex<Vec<(String, String, http::HeaderMap, Vec<u8>)>>> = Arc::default();
+    let seen = got.clone();
+    f.answer_outbound(move |grant, req| {
+        let status = if req.path.as_str() == "/uploads" {
+            201
+        } else {
+            500
+        };
+        seen.lock().expect("lock").push((
+            grant.to_string(),
+            format!("{} {}", req.method, req.path),
+            req.headers.clone(),
+            req.body.to_vec(),
+        ));
+        Ok(sluice_harness::OutboundResponse {
+            status: http::StatusCode::from_u16(status).expect("status"),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+        })
+    });
+    let req = || {
+        http::Request::put("/files/a.bin?v=2")
+            .header("content-type", "application/octet-stream")
+            .header("authorization", "secret")
+            .body(())
+            .expect("request")
+    };
+    continued(f.on_request(req()).expect("on_request"));
+    let chunks: Vec<Vec<u8>> = vec![vec![1; 1000], vec![2; 10], vec![3; 5000]];
+    let (_, body) = f
+        .stream_request(req(), chunks.clone(), http::HeaderMap::new())
+        .expect("stream");
+    assert_eq!(
+        body.chunks, chunks,
+        "the request's own body passes unchanged"
+    );
+    let got = got.lock().expect("lock");
+    assert_eq!(got.len(), 1);
+    let (grant, line, headers, copied) = &got[0];
+    assert_eq!(grant, "archive");
+    assert_eq!(line, "PUT /uploads");
+    assert_eq!(headers["x-tee-path"], "/files/a.bin?v=2");
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert!(
+        headers.get("authorization").is_none(),
+        "only the configured headers"
+    );
+    assert_eq!(copied, &chunks.concat(), "the copy is the whole body");
+
+    let err = Harness::load(&wasm("tee"), json!({"grant": "", "path": "uploads"}))
+        .err()
+        .expect("refused");
+    let paths: Vec<&str> = err.config_errors.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(paths, [".grant", ".path"]);
+}
+
+#[test]
+fn an_instance_holds_at_most_16_started_outbound_calls() {
+    let f = Harness::load(
+        &private_copy("misbehave", "calls"),
+        json!({"mode": "hoard-calls"}),
+    )
+    .expect("load");
+    f.answer_outbound(|_, _| Err(sluice_harness::CallError::Timeout));
+    let sixteen = http::Request::get("/")
+        .header("x-start", "16")
+        .body(())
+        .expect("request");
+    let ok = continued(f.on_request(sixteen).expect("16 calls are allowed"));
+    assert_eq!(ok.headers()["x-calls"], "16");
+    let err = f
+        .on_request(request("/"))
+        .err()
+        .expect("the 17th start traps");
+    assert_eq!(err.kind, ErrorKind::Trap, "{}", err.message);
+}
