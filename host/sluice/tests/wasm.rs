@@ -1894,17 +1894,17 @@ async fn streamed_bodies_pass_through_filters_chunk_by_chunk() {
     assert_eq!(a.id.requests.load(Ordering::Relaxed), before + 1);
 }
 
+/// What the archive received: path, `x-tee-path`, length, `content-digest`.
+type Archived = Arc<std::sync::Mutex<Vec<(String, String, usize, String)>>>;
+
 /// An archive service for tee: records the path, the `x-tee-path` and the SHA-256 and
 /// length of each body it receives, then answers 201.
-async fn archive_server() -> (
-    u16,
-    Arc<std::sync::Mutex<Vec<(String, String, usize, String)>>>,
-) {
+async fn archive_server() -> (u16, Archived) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = l.local_addr().expect("addr").port();
-    let got: Arc<std::sync::Mutex<Vec<(String, String, usize, String)>>> = Arc::default();
+    let got: Archived = Arc::default();
     let seen = got.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {

@@ -872,7 +872,9 @@ fn tee_copies_a_streamed_body_to_its_grant_in_pieces() {
     )
     .expect("load");
     assert_eq!(f.needs().request_body, sluice_harness::BodyMode::Streamed);
-    let got: Arc<Mutex<Vec<(String, String, http::HeaderMap, Vec<u8>)>>> = Arc::default();
+    /// What the archive got: grant, request line, headers, body.
+    type Copies = Arc<Mutex<Vec<(String, String, http::HeaderMap, Vec<u8>)>>>;
+    let got: Copies = Arc::default();
     let seen = got.clone();
     f.answer_outbound(move |grant, req| {
         let status = if req.path.as_str() == "/uploads" {
@@ -944,7 +946,6 @@ fn an_instance_holds_at_most_16_started_outbound_calls() {
     assert_eq!(ok.headers()["x-calls"], "16");
     let err = f
         .on_request(request("/"))
-        .err()
-        .expect("the 17th start traps");
+        .expect_err("the 17th start traps");
     assert_eq!(err.kind, ErrorKind::Trap, "{}", err.message);
 }
