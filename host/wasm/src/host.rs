@@ -443,6 +443,22 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// What a call needs: this request's outbound calls (none: refused and counted as
+    /// not granted) and the request, checked.
+    fn call_parts(
+        &self,
+        request: wit_out::OutboundRequest,
+    ) -> Result<(Arc<dyn crate::Outbound>, crate::OutboundRequest), wit_out::CallError> {
+        let Some(outbound) = self.context.outbound() else {
+            self.shared.stats.outbound_refused();
+            return Err(wit_out::CallError::NotGranted);
+        };
+        let req = crate::outbound::request(request).map_err(wit_out::CallError::InvalidRequest)?;
+        Ok((outbound, req))
+    }
+}
+
 impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::HostCall for HostState {
     async fn write(
         &mut self,
@@ -505,13 +521,9 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::Host for HostState {
             ));
         }
         let stats = self.shared.stats.clone();
-        let Some(outbound) = self.context.outbound() else {
-            stats.outbound_refused();
-            return Ok(Err(wit_out::CallError::NotGranted));
-        };
-        let req = match crate::outbound::request(request) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(wit_out::CallError::InvalidRequest(e))),
+        let (outbound, req) = match self.call_parts(request) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
         };
         let started = Instant::now();
         match outbound.start(&grant, req) {
@@ -539,21 +551,11 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::Host for HostState {
         grant: String,
         request: wit_out::OutboundRequest,
     ) -> wasmtime::Result<Result<wit_out::OutboundResponse, wit_out::CallError>> {
-        // Waiting on the network is not running: the slow lane place goes to others.
-        drop(
-            self.slow_permit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
+        self.leave_slow_lane();
         let stats = self.shared.stats.clone();
-        let Some(outbound) = self.context.outbound() else {
-            stats.outbound_refused();
-            return Ok(Err(wit_out::CallError::NotGranted));
-        };
-        let req = match crate::outbound::request(request) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(wit_out::CallError::InvalidRequest(e))),
+        let (outbound, req) = match self.call_parts(request) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
         };
         let start = std::time::Instant::now();
         let result = outbound.send(&grant, req).await;
