@@ -773,9 +773,14 @@ impl Pool {
             None => self.instantiate().await?,
         };
         // In use: the filter's live instances but the idle ones (an estimate while a
-        // reload runs two pools of one filter; it only sizes what is kept).
-        self.peak
-            .fetch_max(self.live().saturating_sub(idle), Ordering::Relaxed);
+        // reload runs two pools of one filter; it only sizes what is kept). Below
+        // `POOL_CAPACITY` live instances the peak cannot matter (at least that many are
+        // kept anyway), so the common case costs one load, not a shared write.
+        let live = self.live();
+        if live > POOL_CAPACITY {
+            self.peak
+                .fetch_max(live.saturating_sub(idle), Ordering::Relaxed);
+        }
         Ok(inst)
     }
 
