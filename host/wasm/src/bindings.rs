@@ -34,6 +34,10 @@ pub mod v0_2 {
             "sluice:filter/outbound.[method]call.write": async | trappable,
             "sluice:filter/outbound.[method]call.finish": async | trappable,
             "sluice:filter/outbound.[drop]call": trappable,
+            // Digests are hashed off the guest's thread; `update` waits when too much
+            // is queued, `finish` for what is (see `crate::digest`).
+            "sluice:filter/digest.[method]hasher.update": async | trappable,
+            "sluice:filter/digest.[method]hasher.finish": async | trappable,
             default: trappable,
         },
         exports: { default: async },

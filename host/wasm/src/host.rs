@@ -33,10 +33,7 @@ pub struct ResponseCtx {
 pub struct TrailersCtx(pub HeaderMap);
 
 /// A digest a filter is computing (the 0.2 `digest` interface).
-pub enum HasherCtx {
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
-}
+pub use crate::digest::Hasher as HasherCtx;
 
 /// An outbound call whose body goes out in pieces (the 0.2 `outbound.call`).
 pub struct CallCtx {
@@ -586,34 +583,25 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::digest::HostHasher for HostStat
         algorithm: crate::bindings::v0_2::sluice::filter0_2_0::digest::Algorithm,
     ) -> wasmtime::Result<Resource<HasherCtx>> {
         use crate::bindings::v0_2::sluice::filter0_2_0::digest::Algorithm;
-        use sha2::Digest;
         if self.hashers >= MAX_HASHERS {
             return Err(wasmtime::format_err!(
                 "a filter instance may hold at most {MAX_HASHERS} digest hashers at once"
             ));
         }
-        let h = match algorithm {
-            Algorithm::Sha256 => HasherCtx::Sha256(sha2::Sha256::new()),
-            Algorithm::Sha512 => HasherCtx::Sha512(sha2::Sha512::new()),
-        };
+        let h = HasherCtx::new(match algorithm {
+            Algorithm::Sha256 => crate::digest::Algorithm::Sha256,
+            Algorithm::Sha512 => crate::digest::Algorithm::Sha512,
+        });
         let r = self.table.push(h)?;
         self.hashers += 1;
         Ok(r)
     }
-    fn update(&mut self, r: Resource<HasherCtx>, data: Vec<u8>) -> wasmtime::Result<()> {
-        use sha2::Digest;
-        match self.table.get_mut(&r)? {
-            HasherCtx::Sha256(h) => h.update(&data),
-            HasherCtx::Sha512(h) => h.update(&data),
-        }
+    async fn update(&mut self, r: Resource<HasherCtx>, data: Vec<u8>) -> wasmtime::Result<()> {
+        self.table.get(&r)?.update(data).await;
         Ok(())
     }
-    fn finish(&mut self, r: Resource<HasherCtx>) -> wasmtime::Result<Vec<u8>> {
-        use sha2::Digest;
-        Ok(match self.table.get_mut(&r)? {
-            HasherCtx::Sha256(h) => h.finalize_reset().to_vec(),
-            HasherCtx::Sha512(h) => h.finalize_reset().to_vec(),
-        })
+    async fn finish(&mut self, r: Resource<HasherCtx>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&r)?.finish().await)
     }
     fn drop(&mut self, r: Resource<HasherCtx>) -> wasmtime::Result<()> {
         self.table.delete(r)?;

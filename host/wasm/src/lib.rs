@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 mod bindings;
+mod digest;
 mod host;
 mod kv;
 mod outbound;
