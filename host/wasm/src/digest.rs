@@ -113,11 +113,12 @@ impl Hasher {
             progress.as_mut().enable();
             {
                 let mut st = self.0.lock();
-                if !st.running && data.len() < INLINE_BELOW {
-                    if let Some(algo) = st.algo.as_mut() {
-                        algo.update(&data);
-                        return;
-                    }
+                if !st.running
+                    && data.len() < INLINE_BELOW
+                    && let Some(algo) = st.algo.as_mut()
+                {
+                    algo.update(&data);
+                    return;
                 }
                 if st.queued == 0 || st.queued + data.len() <= MAX_QUEUED {
                     st.queued += data.len();
@@ -143,10 +144,10 @@ impl Hasher {
             progress.as_mut().enable();
             {
                 let mut st = self.0.lock();
-                if !st.running {
-                    if let Some(algo) = st.algo.as_mut() {
-                        return algo.finish();
-                    }
+                if !st.running
+                    && let Some(algo) = st.algo.as_mut()
+                {
+                    return algo.finish();
                 }
             }
             progress.await;
