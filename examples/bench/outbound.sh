@@ -7,7 +7,12 @@
 # 2. Slow calls: SLOW concurrent requests (default 1000) on a route whose
 #    authorization service answers after 2 s, while another route without filters is
 #    measured: its p99 beside its p99 alone, the gateway's threads before and during,
-#    and how many of the slow requests were answered 200.
+#    and how many of the slow requests were answered 200. Twice: with the service
+#    answering after 1.5 to 2.5 s (uniformly), as a slow service does, so that the
+#    measurement is of requests waiting; and after exactly 2 s, where all SLOW
+#    connections stay in lockstep and complete within the same millisecond every 2 s,
+#    so that the plain route's p99 is the time the gateway takes to finish SLOW
+#    requests at once (the filter's work for each, and its second upstream request).
 #
 #   examples/bench/outbound.sh [DURATION_SECONDS] [CONNECTIONS] [ROUNDS] [SLOW]
 #
@@ -27,15 +32,16 @@ BACKEND=18090 AUTHZ=18091 SLOWAUTHZ=18092 SLUICE=18093 ADMIN=18094
 
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
 nginx_conf authz "server { listen 127.0.0.1:$AUTHZ; location / { return 200; } }"
-# An authorization service that answers after 2 s: asyncio, so it holds every
-# connection open at once.
+# An authorization service that answers after 2 s, or after 1.5 to 2.5 s for a path
+# that ends in -jitter: asyncio, so it holds every connection open at once.
 python3 - "$SLOWAUTHZ" <<'PY' &
-import asyncio, sys
+import asyncio, random, sys
 async def serve(r, w):
     try:
         while True:
             head = await r.readuntil(b"\r\n\r\n")
-            await asyncio.sleep(2)
+            path = head.split(b" ", 2)[1]
+            await asyncio.sleep(random.uniform(1.5, 2.5) if path.endswith(b"-jitter") else 2)
             w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             await w.drain()
     except Exception:
@@ -94,11 +100,11 @@ spec:
   - matches: [{path: {value: /authz}}]
     filters: [$(ext authz)]
     backendRefs: [{name: backend, port: 80}]
-  - matches: [{path: {value: /slow}}]
+  - matches: [{path: {type: Exact, value: /slow}}, {path: {type: Exact, value: /slow-jitter}}]
     filters: [$(ext slow)]
     backendRefs: [{name: backend, port: 80}]
     timeouts: {request: 30s}
-  - matches: [{path: {value: /slow-backend}}]
+  - matches: [{path: {type: Exact, value: /slow-backend}}, {path: {type: Exact, value: /slow-backend-jitter}}]
     backendRefs: [{name: slowauthz, port: 80}]
     timeouts: {request: 30s}
 YAML
@@ -127,32 +133,40 @@ print(f"ext-authz adds p50 {med('ext-authz', 1) - med('none', 1):.3f} ms, p99 {m
 PY
 
 threads() { awk '/^Threads/ {print $2}' "/proc/$SLUICE_PID/status"; }
-# beside PATH LABEL: SLOW requests on PATH for DURATION+4 s; after 2 s, the route
-# without filters is measured beside them. Prints its stats, the slow requests' stats,
+# beside PATH LABEL: SLOW requests on PATH for DURATION+4 s; after 3 s, past the
+# first answers (where the gateway opens its connections to the backend behind the
+# filter, as any proxy does once), the route without filters is measured beside them. Prints its stats, the slow requests' stats,
 # their count and the gateway's threads during.
 beside() {
-  wrk -t2 -c"$SLOW" -d"$((DURATION + 4))s" --timeout 20s --latency "http://127.0.0.1:$SLUICE$1" > "$work/slow" &
+  wrk -t2 -c"$SLOW" -d"$((DURATION + 5))s" --timeout 20s --latency "http://127.0.0.1:$SLUICE$1" > "$work/slow" &
   local slow_pid=$!
-  sleep 2
+  sleep 3
   local during; during=$(threads)
   local plain; plain=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats "$2")
   wait "$slow_pid"
   echo "$plain $(wrk_stats slow < "$work/slow" | cut -d' ' -f2-) $(grep -oE '[0-9]+ requests in' "$work/slow" | grep -oE '^[0-9]+') $during"
 }
 echo
-echo "2. $SLOW requests waiting 2 s: on an authorization call (ext-authz), and for comparison on"
+echo "2. $SLOW requests waiting on an authorization call (ext-authz), and for comparison on"
 echo "   a slow backend without filters; the route without filters measured beside them"
 before_threads=$(threads)
 alone=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$SLUICE/" | wrk_stats alone)
+calls_jitter=$(beside /slow-jitter beside-calls)
+backend_jitter=$(beside /slow-backend-jitter beside-backend)
 calls=$(beside /slow beside-calls)
 backend=$(beside /slow-backend beside-backend)
-python3 - "$alone" "$calls" "$backend" "$before_threads" <<'PY'
+python3 - "$alone" "$before_threads" "$calls_jitter" "$backend_jitter" "$calls" "$backend" <<'PY'
 import sys
 alone = sys.argv[1].split()
-print(f"{'plain route':32} {'rps':>8} {'p99 ms':>8}   {'slow answered':>13} {'not 2xx':>7} {'slow p50 ms':>11} {'threads':>7}")
-print(f"{'alone':32} {float(alone[1]):8.0f} {float(alone[3]):8.2f}   {'':>13} {'':>7} {'':>11} {sys.argv[4]:>7}")
-for label, row in [("beside 2 s outbound calls", sys.argv[2]), ("beside a 2 s backend, no filter", sys.argv[3])]:
+print(f"{'plain route':40} {'rps':>8} {'p99 ms':>8}   {'slow answered':>13} {'not 2xx':>7} {'slow p50 ms':>11} {'threads':>7}")
+print(f"{'alone':40} {float(alone[1]):8.0f} {float(alone[3]):8.2f}   {'':>13} {'':>7} {'':>11} {sys.argv[2]:>7}")
+for label, row in [
+    ("beside 1.5-2.5 s outbound calls", sys.argv[3]),
+    ("beside a 1.5-2.5 s backend, no filter", sys.argv[4]),
+    ("beside 2 s outbound calls (lockstep)", sys.argv[5]),
+    ("beside a 2 s backend, no filter (lockstep)", sys.argv[6]),
+]:
     r = row.split()
     # plain: label rps p50 p99 bad | slow: rps p50 p99 bad | count | threads
-    print(f"{label:32} {float(r[1]):8.0f} {float(r[3]):8.2f}   {r[9]:>13} {r[8]:>7} {float(r[6]):11.0f} {r[10]:>7}")
+    print(f"{label:40} {float(r[1]):8.0f} {float(r[3]):8.2f}   {r[9]:>13} {r[8]:>7} {float(r[6]):11.0f} {r[10]:>7}")
 PY

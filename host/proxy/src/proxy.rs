@@ -833,6 +833,13 @@ async fn request_body_filters(
     Ok(Either::Right(Buffered::with_trailers(data, trailers)))
 }
 
+/// A response with this status has no body (RFC 9110 6.4.1): body filters skip it.
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// Runs `on-response-body` of the filters that asked for the response body whole, in
 /// reverse route order, after every `on-response`. With none, the body streams on.
 async fn response_body_filters(
@@ -842,10 +849,7 @@ async fn response_body_filters(
     record: &mut Option<Box<Record>>,
 ) -> Result<Body, Response<Body>> {
     let wanting = asking(steps, Direction::Response, BodyMode::Buffered);
-    let no_body = parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    if wanting.is_empty() || no_body || body.is_end_stream() {
+    if wanting.is_empty() || bodiless(parts.status) || body.is_end_stream() {
         return Ok(Either::Left(body));
     }
     if is_stream(&parts.headers, false) {
@@ -966,10 +970,7 @@ async fn response_stream_filters(
     record: &mut Option<Box<Record>>,
 ) -> Result<Body, Response<Body>> {
     let wanting = asking(steps, Direction::Response, BodyMode::Streamed);
-    let no_body = parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    if wanting.is_empty() || no_body || body.is_end_stream() {
+    if wanting.is_empty() || bodiless(parts.status) || body.is_end_stream() {
         return Ok(body);
     }
     let mut stages = Vec::with_capacity(wanting.len());

@@ -15,8 +15,8 @@
 //!   thread catches up. The guest sees back-pressure, not growth.
 //! - Small updates on an idle hasher are hashed in place: handing them over would cost
 //!   more than hashing them.
-//! - The pool has one thread per CPU (at most 4), started on first use and named
-//!   `sluice-digest`. They only hash: nothing else waits on them.
+//! - The pool has one thread per CPU but one (at least 1, at most 4), started on first
+//!   use and named `sluice-digest-N`. They only hash: nothing else waits on them.
 
 use sha2::Digest;
 use std::collections::VecDeque;
@@ -191,7 +191,8 @@ fn pool() -> &'static Pool {
         let rx = Arc::new(Mutex::new(rx));
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(4);
+            .saturating_sub(1)
+            .clamp(1, 4);
         for i in 0..threads {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
