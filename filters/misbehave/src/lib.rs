@@ -5,7 +5,9 @@
 //! Modes: `trap` (executes `unreachable`), `loop` (spins forever), `grow` (allocates
 //! until the memory limit), `panic` (a Rust panic), `reject-config` (refuses its
 //! config in `configure`), `sandbox` (tries files, environment, wall clock and
-//! network, and reports what it got in `x-fs`, `x-env`, `x-clock`, `x-net`),
+//! network, and reports what it got in `x-fs`, `x-env`, `x-clock`, `x-net`; measures
+//! a spin with `Instant` in `x-monotonic-ns`; prints to stdout and stderr), `sleep`
+//! (`std::thread::sleep`, which WASI cannot do for a filter),
 //! `slow-start` (spins for some milliseconds in `configure`, then behaves), `ok`
 //! (behaves). Streamed request bodies (API 0.2): `stall-stream` (passes the first chunk,
 //! then spins forever in the next: a filter that stops reading), `trap-stream` (passes
@@ -52,7 +54,7 @@ impl Filter for Misbehave {
                     path: c.path,
                 })
             }
-            "trap" | "loop" | "grow" | "panic" | "sandbox" | "ok" | "stall-stream"
+            "trap" | "loop" | "grow" | "panic" | "sleep" | "sandbox" | "ok" | "stall-stream"
             | "trap-stream" | "hoard-hashers" | "hoard-calls" => Ok(Misbehave {
                 mode: c.mode,
                 path: c.path,
@@ -107,6 +109,10 @@ impl Filter for Misbehave {
                 }
             }
             "panic" => panic!("misbehave: panicking on purpose"),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                Action::Continue
+            }
             "hoard-calls" => {
                 let n: u32 = request
                     .get_header("x-start")
@@ -138,6 +144,16 @@ impl Filter for Misbehave {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs().to_string())
                     .unwrap_or_default();
+                // Real monotonic time: some work between two readings shows in
+                // `elapsed`.
+                let started = std::time::Instant::now();
+                let mut spins = 0u64;
+                while started.elapsed().is_zero() && spins < 10_000_000 {
+                    spins += 1;
+                }
+                let monotonic = started.elapsed().as_nanos().to_string();
+                println!("misbehave: printed to stdout");
+                eprintln!("misbehave: printed to stderr");
                 let net = match std::net::TcpStream::connect("127.0.0.1:9") {
                     Ok(_) => "connected".to_string(),
                     Err(e) => format!("denied: {e}"),
@@ -147,6 +163,7 @@ impl Filter for Misbehave {
                     ("x-env", env),
                     ("x-clock", clock),
                     ("x-net", net),
+                    ("x-monotonic-ns", monotonic),
                 ] {
                     let _ = request.set_header(n, &v);
                 }

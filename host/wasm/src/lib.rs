@@ -746,8 +746,21 @@ impl Pool {
                 "tried to use more than its memory limit of {} bytes",
                 self.spec.memory_bytes
             ),
-            _ if !printed.is_empty() => format!("{e}: {printed}"),
-            _ => format!("{e}"),
+            // The root cause first (a host function's refusal, or the trap's kind),
+            // then what the guest printed, then where it was: the backtrace is the
+            // outermost layer and says least.
+            _ => {
+                let cause = e.root_cause().to_string();
+                let mut m = cause.clone();
+                if !printed.is_empty() {
+                    m = format!("{m}: {printed}");
+                }
+                let outer = e.to_string();
+                if outer != cause {
+                    m = format!("{m}\n{outer}");
+                }
+                m
+            }
         };
         self.shared.stats.error(kind);
         if self.shared.may_log() {

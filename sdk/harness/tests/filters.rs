@@ -200,6 +200,26 @@ fn a_filter_sees_no_files_environment_wall_clock_or_network() {
     assert_eq!(h("x-env"), "0", "environment variables");
     assert_eq!(h("x-clock"), "0", "the wall clock is frozen at the epoch");
     assert!(h("x-net").starts_with("denied"), "network: {}", h("x-net"));
+    // `Instant` is real: the spin between two readings took time. (The filter also
+    // printed to stdout and stderr on the way, which trapped before they went to
+    // the log: the call continuing shows it.)
+    let ns: u64 = h("x-monotonic-ns").parse().expect("nanoseconds");
+    assert!(ns > 0, "Instant::elapsed was {ns} ns");
+}
+
+#[test]
+fn a_forbidden_wasi_call_names_itself_and_the_fix() {
+    let f = Harness::load(&wasm("misbehave"), json!({"mode": "sleep"})).expect("load");
+    let err = f
+        .on_request(request("/"))
+        .expect_err("sleeping is not available to filters");
+    assert_eq!(err.kind, ErrorKind::Trap);
+    assert!(
+        err.message.contains("is not available to filters")
+            && err.message.contains("sluice_sdk::outbound"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
