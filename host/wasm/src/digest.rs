@@ -107,48 +107,54 @@ impl Hasher {
         if data.is_empty() {
             return;
         }
-        loop {
-            let progress = self.0.progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            {
-                let mut st = self.0.lock();
+        let mut data = Some(data);
+        let start = self
+            .when(|st| {
+                let len = data.as_ref().map_or(0, Vec::len);
                 if !st.running
-                    && data.len() < INLINE_BELOW
+                    && len < INLINE_BELOW
                     && let Some(algo) = st.algo.as_mut()
                 {
-                    algo.update(&data);
-                    return;
-                }
-                if st.queued == 0 || st.queued + data.len() <= MAX_QUEUED {
-                    st.queued += data.len();
-                    st.queue.push_back(data);
-                    if !st.running {
-                        st.running = true;
-                        drop(st);
-                        pool().send(self.0.clone());
+                    if let Some(d) = data.take() {
+                        algo.update(&d);
                     }
-                    return;
+                    return Some(false);
                 }
-            }
-            progress.await;
+                if st.queued == 0 || st.queued + len <= MAX_QUEUED {
+                    st.queued += len;
+                    st.queue.extend(data.take());
+                    let start = !st.running;
+                    st.running = true;
+                    return Some(start);
+                }
+                None
+            })
+            .await;
+        if start {
+            pool().send(self.0.clone());
         }
     }
 
     /// The digest of everything added so far, once the digest threads have hashed it;
     /// the hasher starts over.
     pub async fn finish(&self) -> Vec<u8> {
+        self.when(|st| match st.running {
+            true => None,
+            false => st.algo.as_mut().map(Algo::finish),
+        })
+        .await
+    }
+
+    /// Waits until `ready` returns something, trying it again each time a digest
+    /// thread makes progress.
+    async fn when<R>(&self, mut ready: impl FnMut(&mut State) -> Option<R>) -> R {
         loop {
             let progress = self.0.progress.notified();
             tokio::pin!(progress);
+            // Registered before the state is looked at, so no wake-up is missed.
             progress.as_mut().enable();
-            {
-                let mut st = self.0.lock();
-                if !st.running
-                    && let Some(algo) = st.algo.as_mut()
-                {
-                    return algo.finish();
-                }
+            if let Some(r) = ready(&mut self.0.lock()) {
+                return r;
             }
             progress.await;
         }
