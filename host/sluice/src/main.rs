@@ -109,7 +109,16 @@ enum Command {
         access_log_format: String,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
-    Check { path: PathBuf },
+    /// Exits 1 when the config does not load, or when any Accepted, Ready, ResolvedRefs
+    /// or Programmed condition is not True (each named on stderr with its object, reason
+    /// and message), so that it can gate a CI pipeline.
+    Check {
+        path: PathBuf,
+        /// Where compiled Wasm filters and downloaded sources are cached, as for `run`.
+        /// Default: $XDG_CACHE_HOME/sluice/wasm or ~/.cache/sluice/wasm.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
     /// Print the WasmFilter CustomResourceDefinition (YAML), generated from the Rust types.
     Crd,
     /// Publish and fetch filters in OCI registries.
@@ -382,16 +391,25 @@ fn main() -> ExitCode {
                 } => filter_cmd::pull(&image, output, &creds).await,
             }
         }),
-        Command::Check { path } => match provider::check(&path) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
+        Command::Check { path, cache_dir } => {
+            match provider::check(&path, cache_dir.or_else(default_cache_dir)) {
+                Ok((out, problems)) => {
+                    print!("{out}");
+                    if problems.is_empty() {
+                        return ExitCode::SUCCESS;
+                    }
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("sluice check: {} condition(s) are not True", problems.len());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Echo {
             listen,
             namespace,

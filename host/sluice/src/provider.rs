@@ -178,18 +178,83 @@ impl Loader {
 }
 
 /// `sluice check`: loads and translates a folder without serving or pulling.
-pub fn check(path: &Path) -> Result<String, String> {
+pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<String>), String> {
     let loader = Loader {
         from: From::Files(path.to_path_buf()),
         bind_address: None,
         address_pool: None,
         filter_dir: None,
-        runtime: Runtime::new(None).map_err(|e| e.to_string())?,
-        sources: Sources::new(Arc::new(Downloads::new(None)), None),
+        runtime: Runtime::new(cache_dir.clone()).map_err(|e| e.to_string())?,
+        sources: Sources::new(
+            Arc::new(Downloads::new(cache_dir.map(|d| d.join("sources")))),
+            None,
+        ),
     };
     let t = loader.load(Vec::new())?.translation;
+    let mut problems = Vec::new();
+    for o in &t.statuses {
+        let status = serde_json::to_value(&o.status).map_err(|e| e.to_string())?;
+        let name = match o.metadata.namespace.as_str() {
+            "" => o.metadata.name.clone(),
+            ns => format!("{ns}/{}", o.metadata.name),
+        };
+        not_accepted(&format!("{} {name}", o.kind), &status, &mut problems);
+    }
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
-    serde_norway::to_string(&v).map_err(|e| e.to_string())
+    Ok((
+        serde_norway::to_string(&v).map_err(|e| e.to_string())?,
+        problems,
+    ))
+}
+
+/// The `Accepted`, `Ready`, `ResolvedRefs` and `Programmed` conditions under `v` (a
+/// status, with its listeners, parents and ancestors) that are not `True`, as `OBJECT WHERE: TYPE is STATUS
+/// (REASON): MESSAGE`.
+fn not_accepted(at: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            if let (Some(Value::String(ty)), Some(Value::String(status))) =
+                (m.get("type"), m.get("status"))
+                && matches!(
+                    ty.as_str(),
+                    "Accepted" | "Ready" | "ResolvedRefs" | "Programmed"
+                )
+                && status != "True"
+            {
+                let text = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("");
+                out.push(format!(
+                    "{at}: {ty} is {status} ({}): {}",
+                    text("reason"),
+                    text("message")
+                ));
+                return;
+            }
+            for (k, v) in m {
+                // A listener or a parent says which one it is.
+                let label = match (k.as_str(), v) {
+                    ("listeners" | "parents" | "ancestors" | "conditions", _) => at.to_string(),
+                    _ => format!("{at} {k}"),
+                };
+                not_accepted(&label, v, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                let label = match item
+                    .get("name")
+                    .or_else(|| item.get("parentRef").and_then(|p| p.get("name")))
+                    .or_else(|| item.get("ancestorRef").and_then(|p| p.get("name")))
+                    .and_then(Value::as_str)
+                {
+                    Some(n) if item.get("type").is_none() => format!("{at} ({n})"),
+                    _ => at.to_string(),
+                };
+                not_accepted(&label, item, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// How soon a socket that could not be bound is tried again.

@@ -551,6 +551,56 @@ fn the_quickstart_config_loads_and_every_object_is_accepted() {
     );
 }
 
+/// `sluice check` gates a pipeline: a filter that refuses its config makes it exit 1,
+/// naming the WasmFilter and the route with the reason; `--cache-dir` is where the
+/// compiled filter goes.
+#[test]
+fn check_exits_1_when_a_filter_is_not_ready_and_takes_a_cache_dir() {
+    let dir = TempDir::new("check-not-ready");
+    let cache = TempDir::new("check-cache");
+    install_filters(&dir, &["misbehave"]);
+    dir.write("gw.yaml", &gateway_yaml(free_port(), None));
+    dir.write(
+        "filters.yaml",
+        &wasm_filter("refuses", "misbehave", "  config: {mode: reject-config}\n"),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("refuses")
+        )),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&dir.0)
+        .arg("--cache-dir")
+        .arg(&cache.0)
+        .output()
+        .expect("run sluice check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("WasmFilter default/refuses: Ready is False (InvalidConfig)")
+            && err.contains("reject-config always refuses its config"),
+        "{err}"
+    );
+    // The route that uses it, and its backend that does not exist.
+    assert!(
+        err.contains("HTTPRoute default/r (gw): ResolvedRefs is False"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "no colour codes into a pipe: {err:?}"
+    );
+    let cached = std::fs::read_dir(&cache.0)
+        .expect("the cache dir")
+        .filter_map(Result::ok)
+        .any(|e| e.path().extension().is_some_and(|x| x == "cwasm"));
+    assert!(cached, "the compiled filter is cached in --cache-dir");
+}
+
 /// A filter that loops for as long as it may (10 s, the largest `limits.timeout`) holds
 /// no worker: with as many looping calls as the gateway has workers, another route and
 /// the admin API still answer at once, and the loop is cut by its own running time.
