@@ -101,6 +101,8 @@ fn progress(verb: &'static str) -> impl FnMut(u64, u64) + Send {
 
 pub async fn push(file: &Path, image: &str, creds: &Credentials) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    sluice_wasm::is_component(&bytes)
+        .map_err(|e| anyhow!("{} is not a filter: {e}", file.display()))?;
     let image = reference(image)?;
     let auth = creds.auth(&image)?;
     let client = sluice_oci::client(&image, creds.insecure);

@@ -185,6 +185,30 @@ fn padded(base: &[u8], mib: usize) -> Vec<u8> {
     out
 }
 
+/// `filter push` looks at what it is given before it reaches a registry: a core module
+/// (a wasm32-wasip1 build) is refused with the fix, not published as a filter.
+#[test]
+fn push_refuses_a_core_module_with_the_fix() {
+    let dir = TempDir::new("oci-core-module");
+    let core = dir.0.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let out = sluice(
+        &[
+            "filter",
+            "push",
+            core.to_str().expect("utf-8"),
+            "127.0.0.1:9/filters/core:v1",
+        ],
+        &[],
+        "",
+    );
+    let err = failed(&out);
+    assert!(
+        err.contains("core Wasm module") && err.contains("--target wasm32-wasip2"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_and_pull_interoperate_with_oras_and_other_layouts() {
     let reg = Registry::start("oci-interop", None).await;

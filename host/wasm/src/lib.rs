@@ -363,6 +363,7 @@ impl Runtime {
                 }
             }
         }
+        is_component(bytes).map_err(LoadError::Compile)?;
         let started = Instant::now();
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
@@ -483,6 +484,30 @@ pub struct FilterError {
 struct Instance {
     store: Store<HostState>,
     filter: Exports,
+}
+
+/// Whether `bytes` are a Wasm component, by their header; else what they are and how
+/// to build a filter instead. The gateway, the harness and `sluice filter push` all ask
+/// this first, so a core module (a `wasm32-wasip1` or `wasm32-unknown-unknown` build)
+/// is refused with the fix rather than with the component parser's complaint.
+pub fn is_component(bytes: &[u8]) -> Result<(), String> {
+    const BUILD: &str = "build the filter with `cargo build --release --target wasm32-wasip2` \
+        (its Cargo.toml needs `[lib] crate-type = [\"cdylib\"]`)";
+    match bytes {
+        [] => Err(format!("the file is empty: {BUILD}")),
+        [0, b'a', b's', b'm', 1, 0, 0, 0, ..] => Err(format!(
+            "this is a core Wasm module, not a component (a wasm32-wasip1 or \
+             wasm32-unknown-unknown build): {BUILD}"
+        )),
+        [0, b'a', b's', b'm', _, _, 1, 0, ..] => Ok(()),
+        [0, b'a', b's', b'm', ..] => Err(format!(
+            "this Wasm binary is neither a core module nor a component of a version \
+             Sluice reads: {BUILD}"
+        )),
+        _ => Err(format!(
+            "this is not a Wasm binary (it does not start with \\0asm): {BUILD}"
+        )),
+    }
 }
 
 /// A `sluice:filter` API version a component can speak.

@@ -485,8 +485,13 @@ pub fn build(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
     let all = build_all(manifest_dir.as_ref())?;
     match all.as_slice() {
         [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "building {} produced no .wasm: a filter crate needs `[lib] crate-type = \
+             [\"cdylib\"]` in its Cargo.toml",
+            manifest_dir.as_ref().display()
+        )),
         _ => Err(format!(
-            "expected one .wasm from {}, got {all:?}",
+            "expected one .wasm from {}, got {all:?}: build one filter crate at a time",
             manifest_dir.as_ref().display()
         )),
     }

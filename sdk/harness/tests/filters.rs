@@ -969,3 +969,26 @@ fn an_instance_holds_at_most_16_started_outbound_calls() {
         .expect_err("the 17th start traps");
     assert_eq!(err.kind, ErrorKind::Trap, "{}", err.message);
 }
+
+#[test]
+fn a_core_module_or_an_empty_file_is_refused_with_the_fix() {
+    let dir = std::env::temp_dir().join(format!("harness-not-a-component-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // The smallest core module (what a wasm32-wasip1 build is), and an empty file.
+    for (name, bytes, says) in [
+        ("core.wasm", &b"\0asm\x01\0\0\0"[..], "core Wasm module"),
+        ("empty.wasm", &b""[..], "empty"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let Err(err) = Harness::load(&path, json!({})) else {
+            panic!("{name} loaded as a filter");
+        };
+        assert!(
+            err.message.contains(says) && err.message.contains("--target wasm32-wasip2"),
+            "{name}: {}",
+            err.message
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
