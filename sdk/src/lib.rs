@@ -570,12 +570,28 @@ pub mod __private {
         let parsed: F::Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             // `.a.b`, `.a[0]`; a config type wrapped in `Option` reports `a.b`.
-            let path = match path.as_str() {
+            let mut path = match path.as_str() {
                 "." => String::new(),
                 p if p.starts_with(['.', '[']) => path,
                 p => format!(".{p}"),
             };
-            vec![config_error(path, e.into_inner().to_string())]
+            let e = e.into_inner();
+            // The line and column are of the JSON the gateway made from the user's
+            // YAML, which the user never sees: the path says where.
+            let mut message = e.to_string();
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            if let Some(m) = message.strip_suffix(&at) {
+                message = m.to_string();
+            }
+            // A missing field is reported at its parent: name the field itself.
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                path = format!("{path}.{field}");
+                message = "is required".to_string();
+            }
+            vec![config_error(path, message)]
         })?;
         let filter = F::new(parsed)?;
         let needs = filter.needs();

@@ -992,3 +992,28 @@ fn a_core_module_or_an_empty_file_is_refused_with_the_fix() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn config_errors_have_json_paths_and_no_json_positions() {
+    for (config, path, says) in [
+        (json!({}), ".mode", "is required"),
+        (
+            json!({"mode": 5}),
+            ".mode",
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            json!({"mode": "ok", "moed": 1}),
+            ".moed",
+            "unknown field `moed`",
+        ),
+    ] {
+        let Err(err) = Harness::load(&wasm("misbehave"), config.clone()) else {
+            panic!("{config} was accepted");
+        };
+        assert_eq!(err.kind, ErrorKind::Config);
+        let (p, m) = &err.config_errors[0];
+        assert_eq!(p, path, "{config}: {:?}", err.config_errors);
+        assert!(m.starts_with(says) && !m.contains("line"), "{config}: {m}");
+    }
+}
