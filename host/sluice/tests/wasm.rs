@@ -150,6 +150,7 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
             &format!("  config: {{mode: trap, path: /open}}\n  failurePolicy: FailOpen\n{limits}"),
         ),
         wasm_filter("rejected", "misbehave", "  config: {mode: reject-config}\n"),
+        wasm_filter("sandbox", "misbehave", "  config: {mode: sandbox}\n"),
         wasm_filter(
             "fine",
             "headers",
@@ -157,7 +158,9 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
         ),
     ];
     let mut rules = String::new();
-    for name in ["trap", "loop", "grow", "panic", "open", "rejected"] {
+    for name in [
+        "trap", "loop", "grow", "panic", "open", "rejected", "sandbox",
+    ] {
         rules.push_str(&format!(
             "  - matches: [{{path: {{value: /{name}}}}}, {{path: {{value: /{name}-other}}}}]\n    filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
             ext(name)
@@ -255,6 +258,19 @@ async fn failing_filters_apply_their_policy_and_leave_everything_else_unaffected
     assert!(
         gw.logs().contains("panicking on purpose"),
         "the guest's panic message is logged"
+    );
+    // println! and eprintln! in a filter go to the gateway's log, with the filter's name.
+    assert_eq!(get(port, "h", "/sandbox").await.status, StatusCode::OK);
+    let logs = gw.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("misbehave: printed to stdout")
+                && l.contains("INFO")
+                && l.contains("default/sandbox"))
+            && logs
+                .lines()
+                .any(|l| l.contains("misbehave: printed to stderr") && l.contains("WARN")),
+        "{logs}"
     );
 
     let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
