@@ -359,7 +359,10 @@ async fn push_and_pull_interoperate_with_oras_and_other_layouts() {
         &[],
         "",
     ));
-    assert!(e.contains("not a Wasm component"), "{e}");
+    assert!(
+        e.contains("not a Wasm binary") && e.contains("--target wasm32-wasip2"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
