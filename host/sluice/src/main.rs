@@ -5,6 +5,7 @@ mod address_pool;
 mod admin;
 mod filter_cmd;
 mod provider;
+mod scaffold;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -198,6 +199,21 @@ impl ClusterArgs {
 
 #[derive(Subcommand)]
 enum FilterCommand {
+    /// Write a ready filter crate: a filter, a harness test and a README, outside any
+    /// workspace. It builds with `cargo build --release --target wasm32-wasip2` and
+    /// tests with `cargo test`.
+    New {
+        /// The crate's name, e.g. api-key.
+        name: String,
+        /// Where to write it (default: ./NAME). Must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The sdk/ folder of a Sluice checkout to depend on by path (default: the
+        /// checkout this binary was built in, if it is still there; else the SDK by
+        /// version only).
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
     /// Push a component as an OCI artifact (CNCF Wasm layout); prints the manifest digest.
     Push {
         /// The component, e.g. filters/target/wasm32-wasip2/release/hello.wasm.
@@ -381,6 +397,14 @@ fn main() -> ExitCode {
         }
         Command::Filter(cmd) => block_on(1, async {
             match cmd {
+                FilterCommand::New { name, dir, sdk } => {
+                    scaffold::new(&name, dir, sdk).map(|dir| {
+                        eprintln!(
+                            "wrote the filter crate {name} in {0}: `cd {0} && cargo test` builds and tests it",
+                            dir.display()
+                        )
+                    })
+                }
                 FilterCommand::Push { file, image, creds } => {
                     filter_cmd::push(&file, &image, &creds).await
                 }

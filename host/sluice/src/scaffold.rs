@@ -1,0 +1,321 @@
+//! `sluice filter new NAME`: a ready filter crate, outside any workspace.
+//!
+//! What it writes builds and tests as it is: a cdylib (a filter is a component), a
+//! release profile for small components, the dev-profile setting that makes harness
+//! tests fast, one filter, one harness test and a README that goes on to attaching and
+//! publishing it. The SDK and the harness are named by version, and by `path` as well
+//! when this binary runs from a checkout of Sluice (or `--sdk` names one), so the crate
+//! builds today and after they are published.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The version of the SDK and the harness this Sluice speaks.
+const SDK_VERSION: &str = "0.1";
+
+/// Writes the crate `name` into `dir` (default: `./name`); returns the directory.
+pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} exists and is not empty: choose another NAME or --dir",
+            dir.display()
+        );
+    }
+    let sdk = match sdk {
+        Some(s) => Some(
+            s.canonicalize()
+                .with_context(|| format!("--sdk {}: no such directory", s.display()))?,
+        ),
+        None => checkout_sdk(),
+    };
+    if let Some(s) = &sdk
+        && !s.join("Cargo.toml").is_file()
+    {
+        bail!(
+            "--sdk {}: not the SDK (no Cargo.toml): give the sdk/ folder of a Sluice checkout",
+            s.display()
+        );
+    }
+    let dep = |sub: &str| match &sdk {
+        Some(s) => {
+            let p = if sub.is_empty() {
+                s.clone()
+            } else {
+                s.join(sub)
+            };
+            format!(
+                "{{ version = \"{SDK_VERSION}\", path = \"{}\" }}",
+                p.display().to_string().replace('\\', "/")
+            )
+        }
+        None => format!("\"{SDK_VERSION}\""),
+    };
+    let lib = name.replace('-', "_");
+    let ty = type_name(name);
+    let files = [
+        ("Cargo.toml", cargo_toml(name, &dep(""), &dep("harness"))),
+        ("src/lib.rs", LIB_RS.replace("{Type}", &ty)),
+        ("tests/filter.rs", TEST_RS.to_string()),
+        (
+            "README.md",
+            README_MD.replace("{name}", name).replace("{lib}", &lib),
+        ),
+        (".gitignore", "/target\n".to_string()),
+    ];
+    for (path, text) in files {
+        let to = dir.join(path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&to, text).with_context(|| format!("writing {}", to.display()))?;
+    }
+    Ok(dir)
+}
+
+/// A crate name cargo takes: ASCII letters, digits, `-` and `_`, starting with a letter.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if !ok {
+        bail!(
+            "{name:?} is not a crate name: use ASCII letters, digits, - and _, starting with a letter (e.g. api-key)"
+        );
+    }
+    Ok(())
+}
+
+/// `api-key` -> `ApiKey`.
+fn type_name(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The SDK of the checkout this binary was built in, if it is still there.
+fn checkout_sdk() -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk");
+    sdk.join("Cargo.toml")
+        .is_file()
+        .then(|| sdk.canonicalize().ok())
+        .flatten()
+}
+
+fn cargo_toml(name: &str, sdk: &str, harness: &str) -> String {
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+# A filter is a WebAssembly component: `cargo build --release --target wasm32-wasip2`
+# makes target/wasm32-wasip2/release/*.wasm. The gateway refuses a core module (a
+# wasm32-wasip1 build) and a crate without this line builds no .wasm at all.
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+sluice-sdk = {sdk}
+serde = {{ version = "1", features = ["derive"] }}
+
+[dev-dependencies]
+sluice-harness = {harness}
+http = "1"
+serde_json = "1"
+
+# Small, fast components.
+[profile.release]
+opt-level = 3
+lto = true
+codegen-units = 1
+strip = "debuginfo"
+
+# The harness runs the gateway's Wasm runtime inside `cargo test`: with its
+# dependencies optimized a test run takes well under a second instead of several.
+[profile.dev.package."*"]
+opt-level = 2
+
+# A workspace of its own, wherever the crate is.
+[workspace]
+"#
+    )
+}
+
+const LIB_RS: &str = r#"//! A Sluice filter. It adds `x-hello: <greeting>` to every request and answers
+//! `/hello` itself; change `on_request` (and add `on_response`) to do your own work.
+//! The hooks, bodies, outbound calls and limits are in Sluice's docs/filters.md.
+
+use serde::Deserialize;
+use sluice_sdk::{Action, Filter, Request, config_error};
+
+/// `spec.config` of the WasmFilter, parsed once per instance. Unknown fields are
+/// refused, so a typo shows in the WasmFilter's status instead of being ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// What to greet with; "world" when not set.
+    #[serde(default = "world")]
+    greeting: String,
+}
+
+fn world() -> String {
+    "world".into()
+}
+
+struct {Type} {
+    greeting: String,
+}
+
+impl Filter for {Type} {
+    // `Option`: a WasmFilter without `spec.config` is fine too.
+    type Config = Option<Config>;
+
+    fn new(config: Option<Config>) -> Result<Self, sluice_sdk::ConfigErrors> {
+        let greeting = config.map_or_else(world, |c| c.greeting);
+        // Check the config here, once, and say where the problem is.
+        if greeting.is_empty() {
+            return Err(vec![config_error(".greeting", "must not be empty")]);
+        }
+        Ok({Type} { greeting })
+    }
+
+    fn on_request(&self, request: &Request) -> Action {
+        if request.path() == "/hello" {
+            // On the gateway's /metrics as sluice_filter_greetings_total.
+            sluice_sdk::metrics::counter_add("greetings", 1);
+            return Action::respond(200, format!("hello, {}\n", self.greeting));
+        }
+        // println! goes to the gateway's log, with this filter's name.
+        if request.get_header("x-debug").is_some() {
+            println!("greeting {}", request.path());
+        }
+        // Setting a header fails only for an invalid name or value; these are fixed.
+        let _ = request.set_header("x-hello", &self.greeting);
+        Action::Continue
+    }
+}
+
+sluice_sdk::export!({Type});
+"#;
+
+const TEST_RS: &str = r#"//! The filter, built for wasm32-wasip2 and run in the gateway's own runtime, with its
+//! limits and sandbox: no gateway needed.
+
+use serde_json::json;
+use sluice_harness::{Harness, Outcome};
+
+fn load(config: serde_json::Value) -> Result<Harness, sluice_harness::FilterError> {
+    let wasm = sluice_harness::build(env!("CARGO_MANIFEST_DIR"))
+        .expect("build the filter (rustup target add wasm32-wasip2)");
+    Harness::load(&wasm, config)
+}
+
+#[test]
+fn greets_every_request_and_answers_hello() {
+    let f = load(json!({"greeting": "there"})).expect("load");
+    let req = http::Request::get("/").body(()).expect("request");
+    match f.on_request(req).expect("on_request") {
+        Outcome::Continue(req) => assert_eq!(req.headers()["x-hello"], "there"),
+        Outcome::Respond(r) => panic!("answered {} instead", r.status()),
+    }
+    let req = http::Request::get("/hello").body(()).expect("request");
+    match f.on_request(req).expect("on_request") {
+        Outcome::Respond(r) => assert_eq!(r.body().as_slice(), b"hello, there\n"),
+        Outcome::Continue(_) => panic!("/hello went on to the backend"),
+    }
+}
+
+#[test]
+fn refuses_an_empty_greeting_with_its_path() {
+    let Err(err) = load(json!({"greeting": ""})) else {
+        panic!("an empty greeting was accepted");
+    };
+    assert_eq!(
+        err.config_errors,
+        vec![(".greeting".to_string(), "must not be empty".to_string())]
+    );
+}
+"#;
+
+const README_MD: &str = r#"# {name}
+
+A Sluice filter, made by `sluice filter new`.
+
+## Build
+
+```sh
+rustup target add wasm32-wasip2
+cargo build --release --target wasm32-wasip2
+ls target/wasm32-wasip2/release/{lib}.wasm
+```
+
+## Test
+
+```sh
+cargo test
+```
+
+`tests/filter.rs` builds the filter and runs it in the gateway's own runtime
+(`sluice-harness`): requests in, what the filter did out.
+
+## Attach
+
+Put the `.wasm` in the gateway's config folder, next to:
+
+```yaml
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: {name}, namespace: default}
+spec:
+  source: {path: {lib}.wasm}
+  config: {greeting: there}
+---
+# in an HTTPRoute rule:
+#   filters:
+#   - type: ExtensionRef
+#     extensionRef: {group: sluice.dev, kind: WasmFilter, name: {name}}
+```
+
+`sluice check DIR` exits 1 and says why if the filter refuses its config.
+
+## Publish
+
+```sh
+sluice filter push target/wasm32-wasip2/release/{lib}.wasm REGISTRY/filters/{name}:v1
+```
+
+and point the WasmFilter at `spec.source.oci: {image: REGISTRY/filters/{name}:v1}`.
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(type_name("api-key"), "ApiKey");
+        assert_eq!(type_name("rate_limit2"), "RateLimit2");
+        assert!(check_name("api-key").is_ok());
+        for bad in ["", "1st", "a b", "../x", "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
