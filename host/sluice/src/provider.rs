@@ -208,8 +208,8 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<Str
 }
 
 /// The `Accepted`, `Ready`, `ResolvedRefs` and `Programmed` conditions under `v` (a
-/// status, with its listeners, parents and ancestors) that are not `True`, as `OBJECT WHERE: TYPE is STATUS
-/// (REASON): MESSAGE`.
+/// status, with its listeners, parents and ancestors) that are not `True`, as
+/// `OBJECT (WHICH): TYPE is STATUS (REASON): MESSAGE`.
 fn not_accepted(at: &str, v: &serde_json::Value, out: &mut Vec<String>) {
     use serde_json::Value;
     match v {
@@ -231,9 +231,9 @@ fn not_accepted(at: &str, v: &serde_json::Value, out: &mut Vec<String>) {
                 return;
             }
             for (k, v) in m {
-                // A listener or a parent says which one it is.
-                let label = match (k.as_str(), v) {
-                    ("listeners" | "parents" | "ancestors" | "conditions", _) => at.to_string(),
+                // Lists say which listener, parent or ancestor by its name (below).
+                let label = match k.as_str() {
+                    "listeners" | "parents" | "ancestors" | "conditions" => at.to_string(),
                     _ => format!("{at} {k}"),
                 };
                 not_accepted(&label, v, out);
