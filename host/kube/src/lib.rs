@@ -88,6 +88,16 @@ pub const KINDS: &[Kind] = &[
         kind: Status::WasmFilter.as_str(),
     },
     Kind {
+        group: "networking.k8s.io",
+        versions: &["v1"],
+        kind: Status::Ingress.as_str(),
+    },
+    Kind {
+        group: "networking.k8s.io",
+        versions: &["v1"],
+        kind: "IngressClass",
+    },
+    Kind {
         group: "",
         versions: &["v1"],
         kind: "Namespace",

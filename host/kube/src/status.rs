@@ -257,6 +257,30 @@ async fn write(
                 }
             }
         }
+        Kind::Ingress => {
+            // The API server keeps only `loadBalancer`; the notes are /status's. Without
+            // an address of its own, an Ingress shows the Service's, as Gateways do.
+            let mut lb = desired
+                .pointer("/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if lb.is_empty()
+                && let Some(src) = addresses
+            {
+                lb = service_addresses(cluster, src)
+                    .iter()
+                    .filter_map(|a| {
+                        let v = a.get("value")?.clone();
+                        Some(match a.get("type").and_then(Value::as_str) {
+                            Some("Hostname") => json!({ "hostname": v }),
+                            _ => json!({ "ip": v }),
+                        })
+                    })
+                    .collect();
+            }
+            desired = json!({ "loadBalancer": { "ingress": lb } });
+        }
         Kind::BackendTLSPolicy => keep_others(&mut desired, &current, "ancestors", "ancestorRef"),
         k if k.is_route() => keep_others(&mut desired, &current, "parents", "parentRef"),
         _ => {}
@@ -386,6 +410,8 @@ fn stamp(status: &mut Status, current: &Value, now: Timestamp) {
         v
     };
     match status {
+        // An Ingress's status has no conditions.
+        Status::Ingress(_) => {}
         Status::Conditions(c) => {
             merge_transition_times(&mut c.conditions, &observed(Some(current)), &now)
         }

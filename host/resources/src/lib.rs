@@ -12,12 +12,20 @@ mod validate;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use load::{LoadError, LoadErrors, Loaded, load_objects, load_path, load_str};
+pub use load::{
+    LoadError, LoadErrors, Loaded, is_dns_subdomain, load_objects, load_path, load_str,
+};
 pub use types::*;
 pub use validate::{
     DOCKER_CONFIG_JSON, WASM_DEFAULT_BODY, WASM_DEFAULT_MEMORY, WASM_MAX_BODY, WASM_MAX_MEMORY,
     check_hostname, parse_duration, parse_quantity,
 };
+
+/// The checks file mode applies to an HTTPRoute (the CRD's schema and CEL rules):
+/// `(field, message)` for each problem.
+pub fn validate_http_route(r: &HttpRoute) -> Vec<(String, String)> {
+    validate::http_route(r)
+}
 
 /// Which object something is: enough to name it in an error, a status or a metric.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -70,6 +78,8 @@ pub struct Resources {
     pub config_maps: Vec<ConfigMap>,
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
     pub wasm_filters: Vec<WasmFilter>,
+    pub ingresses: Vec<Ingress>,
+    pub ingress_classes: Vec<IngressClass>,
     /// Where each object came from (`file.yaml#2` in file mode), for error messages.
     pub origins: BTreeMap<ObjectRef, String>,
 }
@@ -93,6 +103,8 @@ impl Resources {
             config_maps,
             backend_tls_policies,
             wasm_filters,
+            ingresses,
+            ingress_classes,
             origins,
         } = other;
         self.gateway_classes.extend(gateway_classes);
@@ -110,6 +122,8 @@ impl Resources {
         self.config_maps.extend(config_maps);
         self.backend_tls_policies.extend(backend_tls_policies);
         self.wasm_filters.extend(wasm_filters);
+        self.ingresses.extend(ingresses);
+        self.ingress_classes.extend(ingress_classes);
         self.origins.extend(origins);
     }
 
@@ -132,6 +146,8 @@ impl Resources {
         self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
         self.secrets.sort_by_key(|o| key(&o.metadata));
         self.wasm_filters.sort_by_key(|o| key(&o.metadata));
+        self.ingresses.sort_by_key(|o| key(&o.metadata));
+        self.ingress_classes.sort_by_key(|o| key(&o.metadata));
     }
 
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {

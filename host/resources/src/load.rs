@@ -363,7 +363,7 @@ fn load_document(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let cluster_scoped = matches!(kind.as_str(), "GatewayClass" | "Namespace");
+    let cluster_scoped = matches!(kind.as_str(), "GatewayClass" | "Namespace" | "IngressClass");
     let namespace = if cluster_scoped {
         String::new()
     } else {
@@ -500,8 +500,17 @@ fn load_document(
             &mut r.endpoint_slices,
             validate::endpoint_slice,
         ),
+        ("networking.k8s.io", "Ingress") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.ingresses, validate::ingress)
+        }
+        ("networking.k8s.io", "IngressClass") if ok(&["v1"]) => {
+            push(e, &oref, doc, errors, &mut r.ingress_classes, |_| {
+                Vec::new()
+            })
+        }
         ("gateway.networking.k8s.io", _)
         | ("sluice.dev", _)
+        | ("networking.k8s.io", "Ingress" | "IngressClass")
         | ("", "Service" | "Namespace" | "Secret" | "ConfigMap")
         | ("discovery.k8s.io", _) => {
             errors.push(err(
@@ -655,5 +664,7 @@ has_meta!(
     crate::Service,
     crate::EndpointSlice,
     crate::Secret,
-    crate::WasmFilter
+    crate::WasmFilter,
+    crate::Ingress,
+    crate::IngressClass
 );

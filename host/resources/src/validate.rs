@@ -620,6 +620,105 @@ fn is_token(s: &str) -> bool {
 }
 
 /// RFC 1123 hostname, optionally with a leading `*.` label; no IPs, no port.
+/// What the API server's Ingress validation refuses (networking/validation), so that
+/// file mode refuses it too.
+pub fn ingress(ing: &Ingress) -> Problems {
+    let mut p = Vec::new();
+    let backend = |p: &mut Problems, at: String, b: &IngressBackend| match (&b.service, &b.resource)
+    {
+        (Some(_), Some(_)) => p.push((at, "set either service or resource, not both".into())),
+        (None, None) => p.push((at, "set service (a Service name and port)".into())),
+        (Some(s), None) => match &s.port {
+            Some(ServiceBackendPort {
+                name: Some(_),
+                number: Some(_),
+            }) => p.push((
+                format!("{at}.service.port"),
+                "set either name or number, not both".into(),
+            )),
+            Some(ServiceBackendPort {
+                name: None,
+                number: None | Some(0),
+            })
+            | None => p.push((
+                format!("{at}.service.port"),
+                "required: the Service port, by number (number: 80) or by name (name: http)".into(),
+            )),
+            _ => {}
+        },
+        (None, Some(_)) => {}
+    };
+    if let Some(b) = &ing.spec.default_backend {
+        backend(&mut p, "spec.defaultBackend".into(), b);
+    }
+    if ing.spec.rules.is_empty() && ing.spec.default_backend.is_none() {
+        p.push((
+            "spec".into(),
+            "set rules or defaultBackend; an Ingress without either routes nothing".into(),
+        ));
+    }
+    for (i, t) in ing.spec.tls.iter().enumerate() {
+        for (j, h) in t.hosts.iter().enumerate() {
+            if let Err(m) = check_hostname(h) {
+                p.push((format!("spec.tls[{i}].hosts[{j}]"), m));
+            }
+        }
+    }
+    for (i, r) in ing.spec.rules.iter().enumerate() {
+        if let Some(h) = &r.host
+            && let Err(m) = check_hostname(h)
+        {
+            p.push((format!("spec.rules[{i}].host"), m));
+        }
+        let Some(http) = &r.http else { continue };
+        if http.paths.is_empty() {
+            p.push((
+                format!("spec.rules[{i}].http.paths"),
+                "at least one path is required".into(),
+            ));
+        }
+        for (j, path) in http.paths.iter().enumerate() {
+            let f = |s: &str| format!("spec.rules[{i}].http.paths[{j}].{s}");
+            match path.path_type.as_str() {
+                "Exact" | "Prefix" => {
+                    let v = path.path.as_deref().unwrap_or("");
+                    if !v.starts_with('/') {
+                        p.push((
+                            f("path"),
+                            format!("{v:?} must be an absolute path starting with '/'"),
+                        ));
+                    } else if v.split('/').any(|s| s == "." || s == "..")
+                        || v.contains("//")
+                        || v.contains(['?', '#'])
+                    {
+                        p.push((
+                            f("path"),
+                            format!("{v:?} must be a plain path: no '//', '.' or '..' segments, '?' or '#'"),
+                        ));
+                    }
+                }
+                "ImplementationSpecific" => {
+                    if let Some(v) = &path.path
+                        && !v.starts_with('/')
+                    {
+                        p.push((f("path"), format!("{v:?} must start with '/'")));
+                    }
+                }
+                "" => p.push((
+                    f("pathType"),
+                    "required: Exact, Prefix or ImplementationSpecific".into(),
+                )),
+                other => p.push((
+                    f("pathType"),
+                    format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
+                )),
+            }
+            backend(&mut p, f("backend"), &path.backend);
+        }
+    }
+    p
+}
+
 pub fn check_hostname(h: &str) -> Result<(), String> {
     let rest = h.strip_prefix("*.").unwrap_or(h);
     let ok = !rest.is_empty()

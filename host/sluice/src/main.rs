@@ -57,6 +57,12 @@ enum Command {
         /// host must own the range (bare metal, a routed block, a test network).
         #[arg(long, value_name = "CIDR")]
         gateway_address_pool: Option<String>,
+        /// Where Ingresses of Sluice's IngressClass are served over plain HTTP.
+        #[arg(long, default_value = "0.0.0.0:80", value_name = "ADDR:PORT")]
+        ingress_http: SocketAddr,
+        /// Where Ingresses with `tls` are served over HTTPS (SNI picks the certificate).
+        #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+        ingress_https: SocketAddr,
         /// The folder WasmFilter `source.path` is read under, instead of the config
         /// folder. In Kubernetes mode path sources are refused unless this is set.
         #[arg(long, value_name = "DIR")]
@@ -319,6 +325,8 @@ fn main() -> ExitCode {
             cluster,
             bind_address,
             gateway_address_pool,
+            ingress_http,
+            ingress_https,
             filter_dir,
             admin,
             workers,
@@ -365,6 +373,10 @@ fn main() -> ExitCode {
                     cluster: options,
                     bind_address,
                     address_pool,
+                    ingress: sluice_translate::ingress::Options::serving(
+                        ingress_http,
+                        ingress_https,
+                    ),
                     filter_dir,
                     admin,
                     shutdown_delay: Duration::from_secs(shutdown_delay),

@@ -44,6 +44,8 @@ pub struct Config {
     pub bind_address: Option<IpAddr>,
     /// Gives each Gateway without `spec.addresses` an address of its own.
     pub address_pool: Option<AddressPool>,
+    /// Where Ingresses are served.
+    pub ingress: sluice_translate::ingress::Options,
     /// Where WasmFilter `source.path` is read from instead of the config folder; in
     /// Kubernetes mode, path sources are refused without it.
     pub filter_dir: Option<PathBuf>,
@@ -103,6 +105,7 @@ struct Loader {
     from: From,
     bind_address: Option<IpAddr>,
     address_pool: Option<AddressPool>,
+    ingress: sluice_translate::ingress::Options,
     filter_dir: Option<PathBuf>,
     runtime: Arc<Runtime>,
     sources: Sources,
@@ -165,6 +168,7 @@ impl Loader {
             default_address: self.bind_address,
             assigned,
             unbound,
+            ingress: self.ingress.clone(),
         };
         let translation = sluice_translate::translate(&loaded.resources, &inputs);
         Ok(Loaded {
@@ -183,6 +187,7 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<Str
         from: From::Files(path.to_path_buf()),
         bind_address: None,
         address_pool: None,
+        ingress: Default::default(),
         filter_dir: None,
         runtime: Runtime::new(cache_dir.clone()).map_err(|e| e.to_string())?,
         sources: Sources::new(
@@ -284,6 +289,7 @@ impl App {
             cluster: cluster_options,
             bind_address,
             address_pool,
+            ingress,
             filter_dir,
             admin: admin_addr,
             shutdown_delay,
@@ -315,6 +321,7 @@ impl App {
             from,
             bind_address,
             address_pool,
+            ingress,
             filter_dir,
             runtime: runtime.clone(),
             sources: Sources::new(downloads, Some(oci)),

@@ -87,6 +87,10 @@ pub(crate) struct ListenerState {
     pub unresolved: Option<(Reason, String)>,
     /// Conflicted=True reason.
     pub conflict: Option<Reason>,
+    /// An Ingress listener on the socket and hostname of a Gateway's listener: its
+    /// routes are served by that listener (`(gateway, listener)` indices), where no
+    /// HTTPRoute names the same host.
+    pub merge_into: Option<(usize, usize)>,
     pub attached_routes: u32,
     /// For HTTPS: the certificates that resolved (none means not programmed).
     pub tls: Option<ListenerTlsIr>,
@@ -150,6 +154,9 @@ pub(crate) fn gateways(
             gateway(res, g, &addresses(g, assigned.get(&key).copied()))
         })
         .collect();
+    // The Gateways that serve Ingresses go last, so that on a shared socket a
+    // Gateway's listener keeps its place and the Ingress's routes join it.
+    out.sort_by_key(|g| g.namespace == crate::ingress::SERVING_NAMESPACE);
     detect_conflicts(&mut out);
     out
 }
@@ -373,6 +380,7 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
         unaccepted,
         unresolved,
         conflict: None,
+        merge_into: None,
         attached_routes: 0,
         tls,
     }
@@ -543,6 +551,11 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
                 } else {
                     None
                 };
+                let ingress = |g: usize| gws[g].namespace == crate::ingress::SERVING_NAMESPACE;
+                if reason == Some(Reason::HostnameConflict) && ingress(gi) && !ingress(gj) {
+                    gws[gi].listeners[li].merge_into = Some((gj, lj));
+                    continue;
+                }
                 if let Some(r) = reason {
                     gws[gi].listeners[li].conflict = Some(r);
                     if gi == gj {

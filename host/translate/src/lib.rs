@@ -22,6 +22,7 @@ mod backends;
 mod certs;
 mod gateways;
 mod grants;
+pub mod ingress;
 mod policies;
 mod routes;
 pub mod status;
@@ -86,6 +87,8 @@ pub struct Inputs {
     pub assigned: Assignments,
     /// Sockets the listeners could not bind on the last attempt.
     pub unbound: Vec<Unbound>,
+    /// Where Ingresses are served (`--ingress-http`, `--ingress-https`).
+    pub ingress: ingress::Options,
 }
 
 /// Pool addresses by Gateway (namespace, name).
@@ -106,6 +109,15 @@ pub struct Unbound {
 /// Translates `res`, given everything else the answer depends on.
 pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
     let wasm = &inputs.wasm;
+    // Ingresses are served as the Gateway API objects they convert to.
+    let converted = ingress::convert(res, &inputs.ingress);
+    let with_ingress;
+    let res = if converted.is_empty() {
+        res
+    } else {
+        with_ingress = ingress::serving_resources(res, &converted);
+        &with_ingress
+    };
     let mut statuses = Vec::new();
     let classes = gateways::gateway_classes(res, &mut statuses);
     let mut gws = gateways::gateways(res, &classes, &inputs.assigned);
@@ -114,11 +126,18 @@ pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
     let attached = routes::http_routes(res, wasm, &mut gws, &mut statuses);
     let streams = streams::stream_routes(res, &mut gws, &mut statuses);
     policies::statuses(res, &gws, &attached.services, &mut statuses);
-    let mut ir = build_ir(&gws, attached);
+    let mut shadowed = Vec::new();
+    let mut ir = build_ir(&gws, attached, &mut shadowed);
     ir.streams = streams;
     // Gateway statuses go last: attachedRoutes is counted while routes attach.
     for gw in &gws {
         statuses.push(gw.status());
+    }
+    if !converted.is_empty() {
+        let ip = Some(inputs.ingress.http.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .or(inputs.default_address);
+        ingress::statuses(&converted, &shadowed, &mut statuses, ip);
     }
     statuses.sort_by(|a, b| {
         // By the kind's name, as the golden files and /status list them.
@@ -249,8 +268,51 @@ type HostMatches = BTreeMap<String, Vec<(PrecedenceKey, MatchIr)>>;
 /// An effective hostname and its precedence `(non-wildcard characters, characters)`.
 pub(crate) type RankedHost = (String, (usize, usize));
 
-fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
-    let routes::Attached { rules, placed, .. } = attached;
+/// An Ingress's host that an HTTPRoute on the same socket also names: the HTTPRoute's
+/// rules answer for it.
+#[derive(Clone, Debug)]
+pub(crate) struct Shadowed {
+    /// The Ingress's rule.
+    pub rule: sluice_ir::RuleId,
+    pub hostname: String,
+    /// `namespace/name` of the Gateway and the listener that serves the host.
+    pub gateway: String,
+    pub listener: String,
+}
+
+fn build_ir(
+    gws: &[gateways::GatewayState],
+    attached: routes::Attached,
+    shadowed: &mut Vec<Shadowed>,
+) -> Ir {
+    let routes::Attached {
+        rules, mut placed, ..
+    } = attached;
+    // An Ingress listener that shares a Gateway listener's socket and hostname serves
+    // through it, except for the hosts the Gateway's routes name.
+    let merged = |l: (usize, usize)| gws[l.0].listeners[l.1].merge_into;
+    let claimed: std::collections::BTreeSet<((usize, usize), String)> = placed
+        .iter()
+        .filter(|p| merged(p.listener).is_none())
+        .map(|p| (p.listener, p.hostname.clone()))
+        .collect();
+    placed.retain_mut(|p| {
+        let Some(target) = merged(p.listener) else {
+            return true;
+        };
+        if claimed.contains(&(target, p.hostname.clone())) {
+            let (gw, l) = (&gws[target.0], &gws[target.0].listeners[target.1]);
+            shadowed.push(Shadowed {
+                rule: rules[p.m.rule].id.clone(),
+                hostname: p.hostname.clone(),
+                gateway: format!("{}/{}", gw.namespace, gw.name),
+                listener: l.spec.name.clone(),
+            });
+            return false;
+        }
+        p.listener = target;
+        true
+    });
     // listener -> hostname -> matches
     let mut per_listener: BTreeMap<(usize, usize), HostMatches> = BTreeMap::new();
     for p in placed {
@@ -264,7 +326,10 @@ fn build_ir(gws: &[gateways::GatewayState], attached: routes::Attached) -> Ir {
     let mut ports: Vec<PortIr> = Vec::new();
     for (gi, gw) in gws.iter().enumerate() {
         for (li, l) in gw.listeners.iter().enumerate() {
-            if !l.programmed() || !matches!(l.spec.protocol.as_str(), "HTTP" | "HTTPS") {
+            if !l.programmed()
+                || l.merge_into.is_some()
+                || !matches!(l.spec.protocol.as_str(), "HTTP" | "HTTPS")
+            {
                 continue;
             }
             let hosts = per_listener.remove(&(gi, li)).unwrap_or_default();

@@ -94,6 +94,7 @@ spelled! {
         UDPRoute,
         BackendTLSPolicy,
         WasmFilter,
+        Ingress,
     }
 }
 
@@ -386,6 +387,41 @@ pub enum Status {
     Route(RouteStatus),
     WasmFilter(WasmFilterStatus),
     Policy(PolicyStatus),
+    Ingress(IngressStatus),
+}
+
+/// An Ingress's status: where it is served (`status.loadBalancer`, all that the API
+/// server keeps) and, in `/status` and `sluice check` only, what of it is not served
+/// as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressStatus {
+    pub load_balancer: LoadBalancerStatus,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<crate::ingress::Note>,
+}
+
+impl IngressStatus {
+    /// Whether part of the Ingress is not served.
+    pub fn has_errors(&self) -> bool {
+        self.notes
+            .iter()
+            .any(|n| n.level == crate::ingress::Level::Error)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LoadBalancerStatus {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadBalancerIngress {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// A policy's status, per Gateway it takes effect under.

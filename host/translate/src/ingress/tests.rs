@@ -1,0 +1,109 @@
+use super::*;
+
+fn load(yaml: &str) -> Resources {
+    sluice_resources::load_str("test.yaml", yaml)
+        .expect("valid objects")
+        .resources
+}
+
+const CLASS: &str = "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: sluice}
+spec: {controller: sluice.dev/ingress-controller}
+";
+
+#[test]
+fn the_class_annotation_counts_as_the_class_name() {
+    let res = load(&format!(
+        "{CLASS}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: old-style
+  annotations: {{kubernetes.io/ingress.class: sluice}}
+spec:
+  defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: unclassed}}
+spec:
+  defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}
+"
+    ));
+    let c = convert(&res, &Options::default());
+    let names: Vec<&str> = c.ingresses.iter().map(|(o, _)| o.name.as_str()).collect();
+    // Without a default IngressClass, an Ingress that names no class is not ours.
+    assert_eq!(names, ["old-style"]);
+}
+
+#[test]
+fn only_the_prefix_forms_of_capture_rewrites_are_mapped() {
+    use super::annotations::prefix_rewrite;
+    let r = prefix_rewrite("/app(/|$)(.*)", "/$2").expect("mapped");
+    assert_eq!((r.0.as_str(), r.1.as_str()), ("/app", "/"));
+    assert!(r.2.is_none(), "exact: nothing changes");
+    let r = prefix_rewrite("/app(/|$)(.*)", "/v2/$2").expect("mapped");
+    assert_eq!(r.1, "/v2");
+    assert!(r.2.is_some(), "/app alone becomes /v2, not /v2/");
+    let r = prefix_rewrite("/old/(.*)", "/new/$1").expect("mapped");
+    assert_eq!((r.0.as_str(), r.1.as_str()), ("/old", "/new"));
+    // A capture in the middle, a regex prefix, a target without the slash: not a prefix
+    // rewrite.
+    assert!(prefix_rewrite("/v1/(.*)/x", "/$1").is_none());
+    assert!(prefix_rewrite("/v[0-9]+(/|$)(.*)", "/$2").is_none());
+    assert!(prefix_rewrite("/app(/|$)(.*)", "/v2$2").is_none());
+}
+
+#[test]
+fn output_names_are_valid_object_names_and_serving_names_are_not() {
+    let serving = Options::default();
+    let output = Options {
+        serving: false,
+        any_class: true,
+        gateway_namespace: "default".into(),
+        gateway_class: "sluice".into(),
+        ..Options::default()
+    };
+    let n = route_name(&output, "shop", "*.example.com", false, 1);
+    assert_eq!(n, "shop-wildcard-example-com");
+    assert!(sluice_resources::is_dns_subdomain(&n));
+    assert_eq!(
+        route_name(&output, "shop", "a.example.com", true, 2),
+        "shop-a-example-com-https-redirect-2"
+    );
+    let long = "a".repeat(250);
+    assert!(route_name(&output, &long, "b.example.com", false, 3).len() <= 253);
+    assert!(!sluice_resources::is_dns_subdomain(&route_name(
+        &serving, "shop", "", false, 1
+    )));
+    assert_eq!(listener_name("*.example.com"), "https-wildcard-example-com");
+    assert_eq!(listener_name(""), "https");
+}
+
+#[test]
+fn more_rules_than_an_httproute_holds_are_split() {
+    let paths: String = (0..20)
+        .map(|i| {
+            format!(
+                "      - {{path: /p{i}, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+            )
+        })
+        .collect();
+    let res = load(&format!(
+        "{CLASS}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: many}}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+{paths}"
+    ));
+    let c = convert(&res, &Options::default());
+    let sizes: Vec<usize> = c.http_routes.iter().map(|r| r.spec.rules.len()).collect();
+    assert_eq!(sizes, [16, 4]);
+}
