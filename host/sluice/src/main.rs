@@ -3,6 +3,7 @@
 
 mod address_pool;
 mod admin;
+mod convert;
 mod filter_cmd;
 mod provider;
 mod scaffold;
@@ -125,6 +126,30 @@ enum Command {
         /// Default: $XDG_CACHE_HOME/sluice/wasm or ~/.cache/sluice/wasm.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+    },
+    /// Convert Ingresses to Gateway API objects: a Gateway, HTTPRoutes and ReferenceGrants,
+    /// printed as YAML with a comment on every choice that changes behaviour. Reads a
+    /// YAML file or folder, or `-` for stdin (`kubectl get ingress,service -A -o yaml |
+    /// sluice convert -`). Services in the input resolve ports given by name. What the
+    /// output serves is what Sluice serves for the Ingresses themselves.
+    Convert {
+        path: PathBuf,
+        /// The Gateway's namespace (the HTTPRoutes stay in their Ingresses' namespaces).
+        #[arg(long, default_value = "default")]
+        gateway_namespace: String,
+        /// The Gateway's gatewayClassName.
+        #[arg(long, default_value = "sluice")]
+        gateway_class: String,
+        /// The Gateway's HTTP listener (an IP other than 0.0.0.0 becomes spec.addresses).
+        #[arg(long, default_value = "0.0.0.0:80", value_name = "ADDR:PORT")]
+        http: SocketAddr,
+        /// The Gateway's HTTPS listeners, one per TLS host.
+        #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
+        https: SocketAddr,
+        /// Convert only the Ingresses of this class (by ingressClassName or the
+        /// kubernetes.io/ingress.class annotation); default: all of them.
+        #[arg(long, value_name = "NAME")]
+        ingress_class: Option<String>,
     },
     /// Print the WasmFilter CustomResourceDefinition (YAML), generated from the Rust types.
     Crd,
@@ -427,6 +452,36 @@ fn main() -> ExitCode {
                 } => filter_cmd::pull(&image, output, &creds).await,
             }
         }),
+        Command::Convert {
+            path,
+            gateway_namespace,
+            gateway_class,
+            http,
+            https,
+            ingress_class,
+        } => {
+            let opts = sluice_translate::ingress::Options {
+                http,
+                https,
+                gateway_namespace,
+                gateway_class,
+                serving: false,
+                any_class: true,
+            };
+            match convert::run(&path, &opts, ingress_class.as_deref()) {
+                Ok((yaml, notes)) => {
+                    print!("{yaml}");
+                    for n in &notes {
+                        eprintln!("{n}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { path, cache_dir } => {
             match provider::check(&path, cache_dir.or_else(default_cache_dir)) {
                 Ok((out, problems)) => {

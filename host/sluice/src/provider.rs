@@ -181,7 +181,8 @@ impl Loader {
     }
 }
 
-/// `sluice check`: loads and translates a folder without serving or pulling.
+/// `sluice check`: loads and translates a folder without serving or pulling. Problems
+/// are conditions that are not True and the parts of Ingresses that are not served.
 pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<String>), String> {
     let loader = Loader {
         from: From::Files(path.to_path_buf()),
@@ -204,6 +205,13 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<Str
             ns => format!("{ns}/{}", o.metadata.name),
         };
         not_accepted(&format!("{} {name}", o.kind), &status, &mut problems);
+        if let sluice_translate::Status::Ingress(i) = &o.status {
+            for n in &i.notes {
+                if n.level == sluice_translate::ingress::Level::Error {
+                    problems.push(format!("Ingress {name}: {}: {}", n.field, n.message));
+                }
+            }
+        }
     }
     let v = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     Ok((

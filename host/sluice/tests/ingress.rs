@@ -1,0 +1,431 @@
+//! Ingress end to end: the real binary serves Ingresses of its IngressClass, `sluice
+//! convert` turns the same Ingresses into Gateway API objects, and curl gets the same
+//! answer from both, side by side in one process.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Ingresses covering hosts, path types, a port by name, defaultBackend, TLS with the
+/// HTTP to HTTPS redirect, a capture rewrite, a full rewrite, a permanent redirect,
+/// CORS, and an Ingress of another class (not served).
+const INGRESSES: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: default}
+spec:
+  ingressClassName: sluice
+  defaultBackend:
+    service: {name: a, port: {number: 80}}
+  tls:
+  - hosts: [shop.example.com]
+    secretName: shop-tls
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - {path: /api/, pathType: Prefix, backend: {service: {name: b, port: {name: http}}}}
+      - {path: /healthz, pathType: Exact, backend: {service: {name: b, port: {number: 80}}}}
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+  - host: '*.apps.example.com'
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: strip
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /$2
+    nginx.ingress.kubernetes.io/enable-cors: 'true'
+    nginx.ingress.kubernetes.io/cors-allow-origin: https://app.example.com
+    nginx.ingress.kubernetes.io/configuration-snippet: 'more_set_headers X-A: b;'
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: tools.example.com
+    http:
+      paths:
+      - {path: /grafana(/|$)(.*), pathType: ImplementationSpecific, backend: {service: {name: b, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: spa
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /index.html
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: spa.example.com
+    http:
+      paths:
+      - {path: /app, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: moved
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/permanent-redirect: https://new.example.com/welcome
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: old.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: theirs, namespace: default}
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: theirs.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+";
+
+const CLASSES: &str = "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: sluice}
+spec: {controller: sluice.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: nginx}
+spec: {controller: k8s.io/ingress-nginx}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+";
+
+/// What a test compares of an answer: status, where a redirect points (ports
+/// replaced, as the two sides listen on different ones), the CORS origin, and which
+/// backend saw which path.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    status: u16,
+    location: Option<String>,
+    cors_origin: Option<String>,
+    service: Option<String>,
+    path: Option<String>,
+}
+
+/// curl to 127.0.0.1:`port` as `host`, trusting the test CA for https.
+fn fetch(ca: &str, scheme: &str, host: &str, port: u16, path: &str, extra: &[&str]) -> Seen {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert", ca])
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(extra)
+        .arg(format!("{scheme}://{host}:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {scheme}://{host}{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let field = |k: &str| json[k].as_str().map(str::to_string);
+    Seen {
+        status,
+        location: header("location").map(|l| {
+            // https://shop.example.com:PORT/x: the port differs between the two sides.
+            match l.split_once("://") {
+                Some((scheme, rest)) => {
+                    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                    let host = authority.split(':').next().unwrap_or(authority);
+                    let port = if authority.contains(':') { ":PORT" } else { "" };
+                    format!("{scheme}://{host}{port}{path}")
+                }
+                None => l,
+            }
+        }),
+        cors_origin: header("access-control-allow-origin"),
+        service: field("service"),
+        path: field("path"),
+    }
+}
+
+fn seen(status: u16, service: &str, path: &str) -> Seen {
+    Seen {
+        status,
+        location: None,
+        cors_origin: None,
+        service: Some(service.into()),
+        path: Some(path.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_is_served_and_its_conversion_answers_the_same() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let ca = TestCa::new();
+    let src = TempDir::new("ingress-src");
+    let ca_file = ca.write_pem(&src);
+    let ca_file = ca_file.to_str().expect("utf-8").to_string();
+    let objects = [
+        services_yaml(&[("a", &a, None), ("b", &b, None)]),
+        tls_secret_yaml("shop-tls", &ca.issue(&["shop.example.com"])),
+        INGRESSES.to_string(),
+    ]
+    .join("---\n");
+    src.write("objects.yaml", &objects);
+
+    // The Ingresses' own ports, and the converted Gateway's.
+    let (ing_http, ing_https) = (free_port(), free_port());
+    let (gw_http, gw_https) = (free_port(), free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("convert")
+        .arg(&src.0)
+        .args(["--http", &format!("127.0.0.1:{gw_http}")])
+        .args(["--https", &format!("127.0.0.1:{gw_https}")])
+        .args(["--ingress-class", "sluice"])
+        .output()
+        .expect("sluice convert");
+    let converted = String::from_utf8_lossy(&out.stdout).into_owned();
+    let notes = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "sluice convert failed: {notes}");
+    // Every choice that changes behaviour, and every annotation without effect, is said
+    // both on stderr and as a comment on the object.
+    for said in [&notes, &converted] {
+        assert!(
+            said.contains(
+                "IGNORED metadata.annotations[nginx.ingress.kubernetes.io/configuration-snippet]"
+            ),
+            "the unmapped snippet is named:\n{said}"
+        );
+        assert!(
+            said.contains(
+                "CHANGED metadata.annotations[nginx.ingress.kubernetes.io/permanent-redirect]"
+            ),
+            "{said}"
+        );
+    }
+    assert!(
+        !converted.contains("theirs"),
+        "--ingress-class leaves other classes out:\n{converted}"
+    );
+
+    let dir = TempDir::new("ingress");
+    dir.write("objects.yaml", &objects);
+    dir.write("classes.yaml", CLASSES);
+    dir.write("converted.yaml", &converted);
+    let gw = Sluice::start(
+        &dir.0,
+        &[
+            "--ingress-http",
+            &format!("127.0.0.1:{ing_http}"),
+            "--ingress-https",
+            &format!("127.0.0.1:{ing_https}"),
+        ],
+    )
+    .await;
+
+    let preflight = [
+        "-X",
+        "OPTIONS",
+        "-H",
+        "origin: https://app.example.com",
+        "-H",
+        "access-control-request-method: GET",
+    ];
+    // (scheme, host, path, curl arguments, what the Ingress must answer)
+    let cases: Vec<(&str, &str, &str, &[&str], Seen)> = vec![
+        (
+            "https",
+            "shop.example.com",
+            "/api/v1",
+            &[],
+            seen(200, "b", "/api/v1"),
+        ),
+        // Prefix /api/ is element-wise: /apis is not under it.
+        (
+            "https",
+            "shop.example.com",
+            "/apis",
+            &[],
+            seen(200, "a", "/apis"),
+        ),
+        (
+            "https",
+            "shop.example.com",
+            "/healthz",
+            &[],
+            seen(200, "b", "/healthz"),
+        ),
+        (
+            "https",
+            "shop.example.com",
+            "/healthz/x",
+            &[],
+            seen(200, "a", "/healthz/x"),
+        ),
+        (
+            "http",
+            "shop.example.com",
+            "/api/v1?q=1",
+            &[],
+            Seen {
+                status: 308,
+                location: Some("https://shop.example.com:PORT/api/v1?q=1".into()),
+                cors_origin: None,
+                service: None,
+                path: None,
+            },
+        ),
+        (
+            "http",
+            "x.apps.example.com",
+            "/any",
+            &[],
+            seen(200, "b", "/any"),
+        ),
+        // No rule for the host: the defaultBackend answers.
+        (
+            "http",
+            "unknown.example.com",
+            "/else",
+            &[],
+            seen(200, "a", "/else"),
+        ),
+        (
+            "http",
+            "tools.example.com",
+            "/grafana/d/1",
+            &[],
+            seen(200, "b", "/d/1"),
+        ),
+        (
+            "http",
+            "tools.example.com",
+            "/grafana",
+            &[],
+            seen(200, "b", "/"),
+        ),
+        (
+            "http",
+            "tools.example.com",
+            "/grafana/x",
+            &preflight,
+            Seen {
+                status: 200,
+                location: None,
+                cors_origin: Some("https://app.example.com".into()),
+                service: None,
+                path: None,
+            },
+        ),
+        (
+            "http",
+            "spa.example.com",
+            "/app/deep/link",
+            &[],
+            seen(200, "a", "/index.html"),
+        ),
+        (
+            "http",
+            "old.example.com",
+            "/page",
+            &[],
+            Seen {
+                status: 301,
+                location: Some("https://new.example.com/welcome".into()),
+                cors_origin: None,
+                service: None,
+                path: None,
+            },
+        ),
+        // Another controller's Ingress: the defaultBackend of ours answers its host.
+        ("http", "theirs.example.com", "/", &[], seen(200, "a", "/")),
+    ];
+    for (scheme, host, path, extra, want) in &cases {
+        let (p_ing, p_gw) = match *scheme {
+            "https" => (ing_https, gw_https),
+            _ => (ing_http, gw_http),
+        };
+        let from_ingress = fetch(&ca_file, scheme, host, p_ing, path, extra);
+        assert_eq!(
+            &from_ingress, want,
+            "{scheme}://{host}{path} served from the Ingress"
+        );
+        let from_routes = fetch(&ca_file, scheme, host, p_gw, path, extra);
+        assert_eq!(
+            from_routes, from_ingress,
+            "{scheme}://{host}{path}: the converted HTTPRoutes answer as the Ingress does"
+        );
+    }
+
+    // The Ingress's status: where it is served, and what is not mapped.
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let strip = status_of(&status, "Ingress", "strip");
+    assert_eq!(
+        strip["status"]["loadBalancer"]["ingress"][0]["ip"], "127.0.0.1",
+        "{strip}"
+    );
+    let notes = strip["status"]["notes"].to_string();
+    assert!(notes.contains("configuration-snippet"), "{notes}");
+    assert!(
+        status["items"]
+            .as_array()
+            .is_some_and(|items| !items.iter().any(|i| i["metadata"]["name"] == "theirs")),
+        "an Ingress of another class gets no status from Sluice"
+    );
+}
+
+#[test]
+fn check_fails_on_the_parts_of_an_ingress_that_are_not_served() {
+    let dir = TempDir::new("ingress-check");
+    dir.write("classes.yaml", CLASSES);
+    dir.write(
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: captures
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/rewrite-target: /$1}
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {path: '/v1/(.*)/x', pathType: ImplementationSpecific, backend: {service: {name: a, port: {number: 80}}}}
+",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&dir.0)
+        .output()
+        .expect("sluice check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Ingress default/captures: spec.rules[0].http.paths[0]: rewrite-target"),
+        "{stderr}"
+    );
+}
