@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Sluice, TempDir, condition, free_port, install_filters, metric};
+use common::{Sluice, TempDir, condition, free_port, install_filters, metric, status_of};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::Scope;
 use serde_json::Value;
@@ -800,6 +800,119 @@ spec:
         .await;
         drop(gw);
     });
+}
+
+#[test]
+fn ingresses_of_our_class_are_served_and_get_the_service_address() {
+    in_netns(
+        "ingresses_of_our_class_are_served_and_get_the_service_address",
+        || async {
+            let rig = Rig::start("kube-ingress").await;
+            let echo = echo_on("198.18.0.12", "echo").await;
+            let port = free_port();
+            rig.apply(&backend_yaml("echo", echo)).await;
+            rig.apply("apiVersion: v1\nkind: Service\nmetadata: {name: sluice, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n").await;
+            rig.apply(
+                "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: sluice}
+spec: {controller: sluice.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/server-snippet: 'return 200;'}
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {path: /shop, pathType: Prefix, backend: {service: {name: echo, port: {name: http}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: theirs, namespace: default}
+spec:
+  ingressClassName: nginx
+  rules:
+  - http:
+      paths:
+      - {path: /theirs, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}
+",
+            )
+            .await;
+            let ingress_http = format!("0.0.0.0:{port}");
+            let https = format!("0.0.0.0:{}", free_port());
+            let gw = rig
+                .sluice(
+                    "replica-a",
+                    &[
+                        "--gateway-service",
+                        "default/sluice",
+                        "--ingress-http",
+                        &ingress_http,
+                        "--ingress-https",
+                        &https,
+                    ],
+                )
+                .await;
+            let body = wait_curl("127.0.0.1", port, "/shop/cart", 200, "Ingress served").await;
+            assert!(body.contains("\"path\":\"/shop/cart\""), "{body}");
+            assert_eq!(
+                curl("127.0.0.1", port, "/theirs").0,
+                404,
+                "another class's Ingress"
+            );
+
+            // status.loadBalancer: the data plane Service's address, as Gateways report it.
+            let services: Api<k8s_openapi::api::core::v1::Service> =
+                Api::namespaced(rig.client.clone(), "default");
+            let svc = services.get("sluice").await.expect("service");
+            let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
+            let ing = rig
+                .wait_status(
+                    ("networking.k8s.io/v1", "Ingress", "default", "web"),
+                    |s| s["loadBalancer"]["ingress"][0]["ip"] == cluster_ip.as_str(),
+                    "loadBalancer.ingress",
+                )
+                .await;
+            // The notes stay in /status: the API server keeps only loadBalancer.
+            assert!(ing.get("notes").is_none(), "{ing:#}");
+            let status: Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+            let notes = status_of(&status, "Ingress", "web")["status"]["notes"].to_string();
+            assert!(notes.contains("server-snippet"), "{notes}");
+            let theirs = rig
+                .status("networking.k8s.io/v1", "Ingress", "default", "theirs")
+                .await;
+            assert!(theirs["loadBalancer"]["ingress"].is_null(), "{theirs:#}");
+
+            // A change to the Ingress is served without a restart.
+            rig.apply(
+                "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default}
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {path: /shop, pathType: Exact, backend: {service: {name: echo, port: {name: http}}}}
+",
+            )
+            .await;
+            wait_curl(
+                "127.0.0.1",
+                port,
+                "/shop/cart",
+                404,
+                "Exact after the change",
+            )
+            .await;
+            assert_eq!(curl("127.0.0.1", port, "/shop").0, 200);
+        },
+    );
 }
 
 #[test]
