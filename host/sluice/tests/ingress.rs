@@ -10,7 +10,7 @@ use common::*;
 
 /// Ingresses covering hosts, path types, a port by name, defaultBackend, TLS with the
 /// HTTP to HTTPS redirect, a capture rewrite, a full rewrite, a permanent redirect,
-/// CORS, and an Ingress of another class (not served).
+/// CORS, a canary by header, and an Ingress of another class (not served).
 const INGRESSES: &str = "apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: shop, namespace: default}
@@ -80,6 +80,34 @@ spec:
     http:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: release, namespace: default}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: release.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: release-canary
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/canary: 'true'
+    nginx.ingress.kubernetes.io/canary-by-header: x-canary
+    nginx.ingress.kubernetes.io/canary-weight: '0'
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: release.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -359,6 +387,29 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
                 service: None,
                 path: None,
             },
+        ),
+        // A canary by header: `always` goes to it, `never` and no header to the main
+        // backend (weight 0).
+        (
+            "http",
+            "release.example.com",
+            "/v",
+            &["-H", "x-canary: always"],
+            seen(200, "b", "/v"),
+        ),
+        (
+            "http",
+            "release.example.com",
+            "/v",
+            &["-H", "x-canary: never"],
+            seen(200, "a", "/v"),
+        ),
+        (
+            "http",
+            "release.example.com",
+            "/v",
+            &[],
+            seen(200, "a", "/v"),
         ),
         // Another controller's Ingress: the defaultBackend of ours answers its host.
         ("http", "theirs.example.com", "/", &[], seen(200, "a", "/")),

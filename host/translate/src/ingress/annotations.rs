@@ -42,6 +42,21 @@ pub(super) struct Annotations {
     cors: Option<HttpCorsFilter>,
     backend_timeout: Option<String>,
     filters: Vec<String>,
+    /// `canary: "true"`: the Ingress adds a backend to another Ingress's rules.
+    pub canary: Option<Canary>,
+    /// `backend-protocol`, upper-cased.
+    pub backend_protocol: Option<String>,
+}
+
+/// What a canary Ingress asks for: requests with a header go to it, and a share of the
+/// others.
+#[derive(Clone, Default)]
+pub(super) struct Canary {
+    /// (header, value, value is a regular expression); value `None`: ingress-nginx's
+    /// `always` sends to the canary and `never` to the main backend.
+    pub header: Option<(String, Option<String>, bool)>,
+    /// (weight, total).
+    pub weight: Option<(u32, u32)>,
 }
 
 /// A redirect target, split as RequestRedirect wants it.
@@ -61,6 +76,13 @@ fn note(notes: &mut Vec<Note>, level: Level, key: &str, message: String) {
         field: format!("metadata.annotations[{key}]"),
         message,
     });
+}
+
+/// Whether an Ingress is a canary (`canary: "true"`).
+pub(super) fn is_canary(map: &BTreeMap<String, String>) -> bool {
+    map.get(&format!("{NGINX}canary"))
+        .and_then(|v| parse_bool(v))
+        .unwrap_or(false)
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -183,6 +205,50 @@ impl Annotations {
                     Level::Error,
                     &format!("{NGINX}proxy-read-timeout"),
                     format!("{v:?} is not a number of seconds; not applied"),
+                ),
+            }
+        }
+        if boolean(notes, "canary") == Some(true) {
+            let number = |notes: &mut Vec<Note>, k: &str| -> Option<u32> {
+                let v = get(k)?;
+                let n = v.trim().parse::<u32>().ok();
+                if n.is_none() {
+                    note(
+                        notes,
+                        Level::Error,
+                        &format!("{NGINX}{k}"),
+                        format!("{v:?} is not a whole number; not applied"),
+                    );
+                }
+                n
+            };
+            let total = number(notes, "canary-weight-total").unwrap_or(100).max(1);
+            let weight = number(notes, "canary-weight").map(|w| (w.min(total), total));
+            let header = get("canary-by-header").map(|h| {
+                match (
+                    get("canary-by-header-value"),
+                    get("canary-by-header-pattern"),
+                ) {
+                    (Some(v), _) => (h.to_string(), Some(v.to_string()), false),
+                    (None, Some(p)) => (h.to_string(), Some(p.to_string()), true),
+                    (None, None) => (h.to_string(), None, false),
+                }
+            });
+            a.canary = Some(Canary { header, weight });
+        }
+        if let Some(v) = get("backend-protocol") {
+            let p = v.trim().to_ascii_uppercase();
+            match p.as_str() {
+                "HTTP" | "AUTO_HTTP" | "GRPC" | "H2C" | "HTTPS" | "GRPCS" => {
+                    a.backend_protocol = Some(p)
+                }
+                _ => note(
+                    notes,
+                    Level::Error,
+                    &format!("{NGINX}backend-protocol"),
+                    format!(
+                        "{v:?}: Sluice speaks HTTP, HTTPS, GRPC, GRPCS and H2C to backends; requests go out as HTTP/1.1"
+                    ),
                 ),
             }
         }
@@ -474,10 +540,21 @@ const KNOWN: &[&str] = &[
     "cors-allow-credentials",
     "cors-max-age",
     "proxy-read-timeout",
+    "backend-protocol",
+    "canary",
+    "canary-weight",
+    "canary-weight-total",
+    "canary-by-header",
+    "canary-by-header-value",
+    "canary-by-header-pattern",
 ];
 
 /// Annotations left out on purpose, with why: the message the note gives.
 const LEFT_OUT: &[(&str, &str)] = &[
+    (
+        "canary-by-cookie",
+        "not mapped: the Gateway API matches headers, not cookies; use canary-by-header",
+    ),
     (
         "proxy-send-timeout",
         "not mapped: Sluice bounds the wait for request body bytes with its --body-timeout flag, for every route",

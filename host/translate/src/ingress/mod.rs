@@ -15,6 +15,7 @@
 //! answers requests that match no rule.
 
 mod annotations;
+mod canary;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -127,6 +128,10 @@ pub struct Converted {
     pub reference_grants: Vec<ReferenceGrant>,
     /// The Ingresses converted, oldest first, with their generations.
     pub ingresses: Vec<(ObjectRef, i64)>,
+    /// Service ports (namespace, name, port) an Ingress says speak HTTP/2 without TLS
+    /// (`backend-protocol: GRPC` or `H2C`): served as if their `appProtocol` were
+    /// `kubernetes.io/h2c`.
+    pub h2c_ports: Vec<(String, String, u16)>,
     /// Which Ingress and field each TLS listener came from, by listener name.
     pub listeners: BTreeMap<String, (ObjectRef, String)>,
     /// Which Ingress each HTTPRoute (namespace, name) came from.
@@ -212,6 +217,8 @@ pub fn convert(res: &Resources, opts: &Options) -> Converted {
     }
     out.gateways = gateways(opts, &tls);
     out.reference_grants = reference_grants(opts, &tls);
+    // Canaries last: they add to the rules of the Ingresses they shadow.
+    ours.sort_by_key(|i| annotations::is_canary(&i.metadata.annotations));
     for ing in &ours {
         let oref = ObjectRef::new(
             "Ingress",
@@ -462,6 +469,14 @@ fn routes(
     let ns = ing.metadata.namespace_or_default();
     let mut notes = Vec::new();
     let annotations = Annotations::parse(&ing.metadata.annotations, &mut notes);
+    if let Some(canary) = &annotations.canary {
+        canary::apply(res, ing, oref, &annotations, canary, out, &mut notes);
+        for mut n in notes {
+            n.ingress = oref.clone();
+            out.notes.push(n);
+        }
+        return;
+    }
     // Rules by host, in the order the hosts first appear ("" for rules without one).
     let mut hosts: Vec<(String, Vec<PathRule>)> = Vec::new();
     for (i, r) in ing.spec.rules.iter().enumerate() {
@@ -496,6 +511,7 @@ fn routes(
             None => hosts.push((host, rules)),
         }
     }
+    backend_protocol(res, ns, &annotations, &hosts, out, &mut notes);
     if let Some(b) = &ing.spec.default_backend
         && let Some(backend) = backend_ref(res, ns, b, "spec.defaultBackend", &mut notes)
     {
@@ -629,6 +645,71 @@ fn routes(
     }
 }
 
+/// `backend-protocol`: the Gateway API takes a backend's protocol from its Service
+/// (`appProtocol`) and its TLS from a BackendTLSPolicy, so the annotation is checked
+/// against those, and GRPC/H2C is served as h2c.
+fn backend_protocol(
+    res: &Resources,
+    ns: &str,
+    annotations: &Annotations,
+    hosts: &[(String, Vec<PathRule>)],
+    out: &mut Converted,
+    notes: &mut Vec<Note>,
+) {
+    let Some(p) = annotations.backend_protocol.as_deref() else {
+        return;
+    };
+    let field = format!("metadata.annotations[{NGINX}backend-protocol]");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in hosts.iter().flat_map(|(_, rules)| rules) {
+        for b in &r.rule.backend_refs {
+            let (name, port) = (b.backend.name.clone(), b.backend.port.unwrap_or(0));
+            if !seen.insert((name.clone(), port)) {
+                continue;
+            }
+            let sp = res
+                .services
+                .iter()
+                .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == ns)
+                .and_then(|s| s.spec.ports.iter().find(|sp| sp.port == port));
+            let mut note = |level, message: String| {
+                notes.push(Note {
+                    ingress: ObjectRef::new("Ingress", "", ""),
+                    route: None,
+                    level,
+                    field: field.clone(),
+                    message,
+                })
+            };
+            match p {
+                "GRPC" | "H2C" => {
+                    if sp.and_then(|sp| sp.app_protocol.as_deref()) != Some("kubernetes.io/h2c") {
+                        out.h2c_ports.push((ns.to_string(), name.clone(), port));
+                        note(
+                            Level::Changed,
+                            format!(
+                                "Sluice serves Service {ns}/{name} port {port} over h2c for this Ingress; the Gateway API reads the protocol from the Service, so set `appProtocol: kubernetes.io/h2c` on that port before you apply the converted routes"
+                            ),
+                        );
+                    }
+                }
+                "HTTPS" | "GRPCS" => {
+                    let port_name = sp.and_then(|sp| sp.name.as_deref());
+                    if crate::policies::policy_for(res, ns, &name, port_name).is_none() {
+                        note(
+                            Level::Error,
+                            format!(
+                                "Service {ns}/{name} has no BackendTLSPolicy, so requests go to it without TLS; the Gateway API verifies backend certificates: add a BackendTLSPolicy with the CA that signed the backend's certificate and its hostname"
+                            ),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// The name of a converted HTTPRoute. Serving names contain `:`, which no Kubernetes
 /// object's name can, so they never collide with the converted objects a migration
 /// applies while the Ingress is still served.
@@ -657,7 +738,7 @@ fn route_name(opts: &Options, ingress: &str, host: &str, redirects: bool, seq: u
 
 /// The backendRef for an Ingress backend: a Service by port number (a port name is
 /// looked up on the Service).
-fn backend_ref(
+pub(super) fn backend_ref(
     res: &Resources,
     ns: &str,
     b: &IngressBackend,
@@ -742,6 +823,16 @@ pub fn serving_resources(res: &Resources, c: &Converted) -> Resources {
     r.http_routes.extend(c.http_routes.iter().cloned());
     r.reference_grants
         .extend(c.reference_grants.iter().cloned());
+    for (ns, name, port) in &c.h2c_ports {
+        let ports = r
+            .services
+            .iter_mut()
+            .filter(|s| s.metadata.name == *name && s.metadata.namespace_or_default() == ns)
+            .flat_map(|s| s.spec.ports.iter_mut());
+        for p in ports.filter(|p| p.port == *port) {
+            p.app_protocol = Some("kubernetes.io/h2c".into());
+        }
+    }
     r.sort();
     r
 }

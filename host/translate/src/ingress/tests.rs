@@ -107,3 +107,41 @@ spec:
     let sizes: Vec<usize> = c.http_routes.iter().map(|r| r.spec.rules.len()).collect();
     assert_eq!(sizes, [16, 4]);
 }
+
+#[test]
+fn grpc_backends_are_served_over_h2c() {
+    let res = load(&format!(
+        "{CLASS}---
+apiVersion: v1
+kind: Service
+metadata: {{name: grpc}}
+spec:
+  ports: [{{name: grpc, port: 9000}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: g
+  annotations: {{nginx.ingress.kubernetes.io/backend-protocol: GRPC}}
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: grpc, port: {{number: 9000}}}}}}}}
+"
+    ));
+    let c = convert(&res, &Options::default());
+    assert_eq!(c.h2c_ports, [("default".into(), "grpc".into(), 9000)]);
+    let served = serving_resources(&res, &c);
+    let svc = served.services.iter().find(|s| s.metadata.name == "grpc");
+    assert_eq!(
+        svc.map(|s| s.spec.ports[0].app_protocol.clone()),
+        Some(Some("kubernetes.io/h2c".to_string()))
+    );
+    let t = crate::translate(&res, &crate::Inputs::default());
+    assert_eq!(
+        t.ir.rules[0].backends[0].protocol,
+        sluice_ir::UpstreamProtocol::H2c
+    );
+}
