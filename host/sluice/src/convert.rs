@@ -18,17 +18,17 @@ pub fn run(
     opts: &Options,
     class: Option<&str>,
 ) -> Result<(String, Vec<String>), String> {
-    let loaded = if path == Path::new("-") {
+    let mut res = if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| format!("reading stdin: {e}"))?;
-        sluice_resources::load_str("stdin", &text)
+        from_cluster_dump(&text)?
     } else {
         sluice_resources::load_path(path)
-    }
-    .map_err(|e| e.to_string())?;
-    let mut res = loaded.resources;
+            .map_err(|e| e.to_string())?
+            .resources
+    };
     if let Some(c) = class {
         res.ingresses.retain(|i| ingress::class_of(i) == Some(c));
     }
@@ -57,6 +57,31 @@ pub fn run(
         })
         .collect();
     Ok((yaml, notes))
+}
+
+/// Objects as `kubectl get -o yaml` prints them (a `List`, or documents), read as the
+/// API server gave them: fields Sluice does not read on core objects are allowed, and
+/// an object that does not load is named on stderr and left out.
+fn from_cluster_dump(text: &str) -> Result<sluice_resources::Resources, String> {
+    use serde::Deserialize;
+    let mut objects = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| format!("stdin: {e}"))?;
+        match v.get("items").and_then(|i| i.as_array()) {
+            Some(items) if v.get("kind").and_then(|k| k.as_str()) == Some("List") => {
+                for (j, item) in items.iter().enumerate() {
+                    objects.push((format!("stdin#{i}.items[{j}]"), item.clone()));
+                }
+            }
+            _ if v.is_null() => {}
+            _ => objects.push((format!("stdin#{i}"), v)),
+        }
+    }
+    let (loaded, errors) = sluice_resources::load_objects(objects);
+    for e in errors {
+        eprintln!("skipped: {e}");
+    }
+    Ok(loaded.resources)
 }
 
 fn level(l: Level) -> &'static str {

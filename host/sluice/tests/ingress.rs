@@ -480,3 +480,74 @@ spec:
         "{stderr}"
     );
 }
+
+#[test]
+fn convert_reads_kubectl_output_from_stdin() {
+    use std::io::Write;
+    // What `kubectl get ingress,service -o yaml` prints: a List, with server-set fields
+    // and statuses.
+    let dump = "apiVersion: v1
+kind: List
+metadata: {resourceVersion: ''}
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: web, namespace: shop, uid: 1f0c, resourceVersion: '42', creationTimestamp: '2026-01-01T00:00:00Z'}
+  spec:
+    clusterIP: 10.96.0.10
+    clusterIPs: [10.96.0.10]
+    internalTrafficPolicy: Cluster
+    ipFamilies: [IPv4]
+    ipFamilyPolicy: SingleStack
+    ports: [{name: http, port: 8080, protocol: TCP, targetPort: 8080}]
+    sessionAffinity: None
+    type: ClusterIP
+  status: {loadBalancer: {}}
+- apiVersion: networking.k8s.io/v1
+  kind: Ingress
+  metadata: {name: web, namespace: shop, generation: 3, uid: 2a1b, resourceVersion: '43', creationTimestamp: '2026-01-01T00:00:00Z'}
+  spec:
+    ingressClassName: nginx
+    rules:
+    - host: web.example.com
+      http:
+        paths:
+        - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+  status: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}
+";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["convert", "-", "--gateway-namespace", "infra"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sluice convert");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dump.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The port name resolved through the Service in the dump; the route lives with its
+    // Ingress and attaches to the Gateway in the namespace asked for.
+    let docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .filter_map(|d| serde_norway::from_str(d).ok())
+        .collect();
+    let route = docs
+        .iter()
+        .find(|d| d["kind"] == "HTTPRoute")
+        .unwrap_or_else(|| panic!("an HTTPRoute in:\n{yaml}"));
+    assert_eq!(route["metadata"]["name"], "web-web-example-com", "{yaml}");
+    assert_eq!(route["metadata"]["namespace"], "shop");
+    assert_eq!(route["spec"]["parentRefs"][0]["namespace"], "infra");
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["port"], 8080);
+    assert!(route["metadata"].get("generation").is_none(), "{yaml}");
+}
