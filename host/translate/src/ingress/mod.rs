@@ -681,28 +681,32 @@ fn backend_protocol(
                     message,
                 })
             };
+            let h2c = sp.and_then(|sp| sp.app_protocol.as_deref()) == Some("kubernetes.io/h2c");
             match p {
-                "GRPC" | "H2C" => {
-                    if sp.and_then(|sp| sp.app_protocol.as_deref()) != Some("kubernetes.io/h2c") {
-                        out.h2c_ports.push((ns.to_string(), name.clone(), port));
-                        note(
-                            Level::Changed,
-                            format!(
-                                "Sluice serves Service {ns}/{name} port {port} over h2c for this Ingress; the Gateway API reads the protocol from the Service, so set `appProtocol: kubernetes.io/h2c` on that port before you apply the converted routes"
-                            ),
-                        );
-                    }
+                "GRPC" | "H2C" if !h2c => {
+                    out.h2c_ports.push((ns.to_string(), name.clone(), port));
+                    note(
+                        Level::Changed,
+                        format!(
+                            "Sluice serves Service {ns}/{name} port {port} over h2c for this Ingress; the Gateway API reads the protocol from the Service, so set `appProtocol: kubernetes.io/h2c` on that port before you apply the converted routes"
+                        ),
+                    );
                 }
-                "HTTPS" | "GRPCS" => {
-                    let port_name = sp.and_then(|sp| sp.name.as_deref());
-                    if crate::policies::policy_for(res, ns, &name, port_name).is_none() {
-                        note(
-                            Level::Error,
-                            format!(
-                                "Service {ns}/{name} has no BackendTLSPolicy, so requests go to it without TLS; the Gateway API verifies backend certificates: add a BackendTLSPolicy with the CA that signed the backend's certificate and its hostname"
-                            ),
-                        );
-                    }
+                "HTTPS" | "GRPCS"
+                    if crate::policies::policy_for(
+                        res,
+                        ns,
+                        &name,
+                        sp.and_then(|sp| sp.name.as_deref()),
+                    )
+                    .is_none() =>
+                {
+                    note(
+                        Level::Error,
+                        format!(
+                            "Service {ns}/{name} has no BackendTLSPolicy, so requests go to it without TLS; the Gateway API verifies backend certificates: add a BackendTLSPolicy with the CA that signed the backend's certificate and its hostname"
+                        ),
+                    );
                 }
                 _ => {}
             }
