@@ -46,6 +46,13 @@ go_tools() {
     mkdir -p target/tools/gateway-api-crds
     cp "$dir"/config/crd/standard/*.yaml target/tools/gateway-api-crds/
   fi
+  # ingress2gateway, the Gateway API project's Ingress converter, which the Ingress
+  # tests compare `sluice convert` with; through the wrapper module in
+  # .ci/ingress2gateway (its module proxy lists no versions, so `go install mod@v` fails).
+  if [ ! -x target/tools/ingress2gateway ]; then
+    (cd .ci/ingress2gateway && go build -o ../../target/tools/ingress2gateway \
+      github.com/kubernetes-sigs/ingress2gateway)
+  fi
   # helm, from its Go module: lint and render the chart (the tests apply the rendering).
   if [ ! -x target/tools/helm ]; then
     GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0

@@ -551,3 +551,221 @@ items:
     assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["port"], 8080);
     assert!(route["metadata"].get("generation").is_none(), "{yaml}");
 }
+
+/// The routing facts a converter's output states, one line each: for each protocol,
+/// host and match, what the request gets (backends and their shares, redirect,
+/// rewrite, CORS, filters, timeouts). Names and layout are left out, so two outputs
+/// that route alike have the same facts.
+fn routing_facts(yaml: &str) -> std::collections::BTreeSet<String> {
+    use serde::Deserialize;
+    use serde_json::Value;
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(yaml)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(Value::is_object)
+        .collect();
+    let of_kind = |k: &'static str| docs.iter().filter(move |d| d["kind"] == k);
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let host_covers = |listener: &str, host: &str| {
+        listener == host
+            || host == "*"
+            || listener
+                .strip_prefix('*')
+                .is_some_and(|suffix| host.ends_with(suffix))
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for route in of_kind("HTTPRoute") {
+        let hosts: Vec<String> = match route["spec"]["hostnames"].as_array() {
+            Some(h) if !h.is_empty() => h.iter().map(s).collect(),
+            _ => vec!["*".into()],
+        };
+        for host in &hosts {
+            let mut protocols = std::collections::BTreeSet::new();
+            for p in route["spec"]["parentRefs"].as_array().into_iter().flatten() {
+                for gw in of_kind("Gateway").filter(|g| g["metadata"]["name"] == p["name"]) {
+                    for l in gw["spec"]["listeners"].as_array().into_iter().flatten() {
+                        let named = p["sectionName"].is_null() || p["sectionName"] == l["name"];
+                        let hosted = l["hostname"]
+                            .as_str()
+                            .is_none_or(|lh| host_covers(lh, host));
+                        if named && hosted {
+                            protocols.insert(s(&l["protocol"]).to_lowercase());
+                        }
+                    }
+                }
+            }
+            for rule in route["spec"]["rules"].as_array().into_iter().flatten() {
+                let mut action = Vec::new();
+                let backends: Vec<&Value> = rule["backendRefs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b["weight"].as_u64() != Some(0))
+                    .collect();
+                let total: u64 = backends
+                    .iter()
+                    .map(|b| b["weight"].as_u64().unwrap_or(1))
+                    .sum();
+                for b in &backends {
+                    let share = if backends.len() > 1 {
+                        format!(
+                            " {}%",
+                            b["weight"].as_u64().unwrap_or(1) * 100 / total.max(1)
+                        )
+                    } else {
+                        String::new()
+                    };
+                    action.push(format!("{}:{}{share}", s(&b["name"]), b["port"]));
+                }
+                // Backends in name order: the order of backendRefs does not route.
+                action.sort();
+                for f in rule["filters"].as_array().into_iter().flatten() {
+                    action.push(match f["type"].as_str().unwrap_or_default() {
+                        "RequestRedirect" => {
+                            let r = &f["requestRedirect"];
+                            format!(
+                                "redirect {} {} {} {} {}",
+                                r["scheme"], r["hostname"], r["port"], r["path"], r["statusCode"]
+                            )
+                        }
+                        "URLRewrite" => format!("rewrite {}", f["urlRewrite"]["path"]),
+                        "CORS" => format!(
+                            "cors origins={} credentials={}",
+                            f["cors"]["allowOrigins"], f["cors"]["allowCredentials"]
+                        ),
+                        other => other.to_string(),
+                    });
+                }
+                if !rule["timeouts"].is_null() {
+                    action.push(format!("timeouts {}", rule["timeouts"]));
+                }
+                let matches: Vec<Value> = match rule["matches"].as_array() {
+                    Some(m) if !m.is_empty() => m.clone(),
+                    _ => vec![Value::Null],
+                };
+                for m in &matches {
+                    let path = if m["path"].is_null() {
+                        "PathPrefix /".to_string()
+                    } else {
+                        format!(
+                            "{} {}",
+                            m["path"]["type"].as_str().unwrap_or("PathPrefix"),
+                            s(&m["path"]["value"])
+                        )
+                    };
+                    let headers = if m["headers"].is_null() {
+                        String::new()
+                    } else {
+                        format!(" headers={}", m["headers"])
+                    };
+                    for proto in &protocols {
+                        out.insert(format!(
+                            "{proto} {host} {path}{headers} -> {}",
+                            action.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs `sluice convert` and ingress2gateway (built from its Go module by `.ci/run`)
+/// on each real-world example in `examples/ingress`, and compares the routing each
+/// output states. The differences are pinned in `examples/ingress/comparison.txt`
+/// (`SLUICE_UPDATE_GOLDEN=1` rewrites it) and each example is explained in
+/// docs/ingress.md.
+#[test]
+fn conversions_compared_with_ingress2gateway() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let i2g = root.join("target/tools/ingress2gateway");
+    assert!(
+        i2g.exists(),
+        "{} is missing: .ci/run builds it (go_tools in .ci/tools.sh)",
+        i2g.display()
+    );
+    let docs = std::fs::read_to_string(root.join("docs/ingress.md")).expect("docs/ingress.md");
+    let mut examples: Vec<_> = std::fs::read_dir(root.join("examples/ingress"))
+        .expect("examples/ingress")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 20, "at least 20 examples");
+    let mut report = String::from(
+        "# `sluice convert` against ingress2gateway v0.5.0 (--providers ingress-nginx):\n\
+         # the routing facts each output states. `-` only ingress2gateway, `+` only Sluice.\n\
+         # Generated by host/sluice/tests/ingress.rs; explained in docs/ingress.md.\n",
+    );
+    let mut undocumented = Vec::new();
+    for file in &examples {
+        let name = file
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
+        if !docs.contains(&format!("`{name}`")) {
+            undocumented.push(name.clone());
+        }
+        let ours = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("convert")
+            .arg(file)
+            .args(["--gateway-class", "nginx"])
+            .output()
+            .expect("sluice convert");
+        assert!(
+            ours.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        let theirs = Command::new(&i2g)
+            .args([
+                "print",
+                "--providers",
+                "ingress-nginx",
+                "-A",
+                "--input-file",
+            ])
+            .arg(file)
+            .output()
+            .expect("ingress2gateway");
+        let ours = routing_facts(&String::from_utf8_lossy(&ours.stdout));
+        let theirs = if theirs.status.success() {
+            routing_facts(&String::from_utf8_lossy(&theirs.stdout))
+        } else {
+            // Its error, without the usage text that follows.
+            let err = String::from_utf8_lossy(&theirs.stderr);
+            let first = err
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && *l != "Error:")
+                .unwrap_or("error")
+                .to_string();
+            std::collections::BTreeSet::from([format!("refused: {first}")])
+        };
+        report.push_str(&format!("\n## {name}\n"));
+        if ours == theirs {
+            report.push_str("same\n");
+        }
+        for f in theirs.difference(&ours) {
+            report.push_str(&format!("- {f}\n"));
+        }
+        for f in ours.difference(&theirs) {
+            report.push_str(&format!("+ {f}\n"));
+        }
+    }
+    let pinned = root.join("examples/ingress/comparison.txt");
+    if std::env::var_os("SLUICE_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&pinned, &report).expect("write comparison");
+    }
+    let want = std::fs::read_to_string(&pinned).unwrap_or_default();
+    assert!(
+        want == report,
+        "the comparison changed; review it, explain it in docs/ingress.md and rewrite \
+         examples/ingress/comparison.txt with SLUICE_UPDATE_GOLDEN=1:\n{report}"
+    );
+    assert!(
+        undocumented.is_empty(),
+        "docs/ingress.md explains each example; missing from its table: {undocumented:?}"
+    );
+}

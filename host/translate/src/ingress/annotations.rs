@@ -552,6 +552,14 @@ const KNOWN: &[&str] = &[
 /// Annotations left out on purpose, with why: the message the note gives.
 const LEFT_OUT: &[(&str, &str)] = &[
     (
+        "whitelist-source-range",
+        "not mapped yet: Wasm filters cannot see the client address; restrict sources at the load balancer (the Service's loadBalancerSourceRanges) or a NetworkPolicy",
+    ),
+    (
+        "allowlist-source-range",
+        "not mapped yet: Wasm filters cannot see the client address; restrict sources at the load balancer (the Service's loadBalancerSourceRanges) or a NetworkPolicy",
+    ),
+    (
         "canary-by-cookie",
         "not mapped: the Gateway API matches headers, not cookies; use canary-by-header",
     ),
