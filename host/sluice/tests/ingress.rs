@@ -58,6 +58,7 @@ metadata:
   namespace: default
   annotations:
     nginx.ingress.kubernetes.io/rewrite-target: /index.html
+    sluice.dev/filters: hello
 spec:
   ingressClassName: sluice
   rules:
@@ -220,6 +221,8 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
         services_yaml(&[("a", &a, None), ("b", &b, None)]),
         tls_secret_yaml("shop-tls", &ca.issue(&["shop.example.com"])),
         INGRESSES.to_string(),
+        // The WasmFilter the `spa` Ingress names in sluice.dev/filters.
+        "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello, namespace: default}\nspec:\n  source: {path: filters/hello.wasm}\n  config: {greeting: ingress}\n".to_string(),
     ]
     .join("---\n");
     src.write("objects.yaml", &objects);
@@ -260,6 +263,7 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
     );
 
     let dir = TempDir::new("ingress");
+    install_filters(&dir, &["hello"]);
     dir.write("objects.yaml", &objects);
     dir.write("classes.yaml", CLASSES);
     dir.write("converted.yaml", &converted);
@@ -428,6 +432,22 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
         assert_eq!(
             from_routes, from_ingress,
             "{scheme}://{host}{path}: the converted HTTPRoutes answer as the Ingress does"
+        );
+    }
+
+    // The WasmFilter named in sluice.dev/filters ran on the Ingress's requests, and on
+    // the converted routes' (an ExtensionRef).
+    for port in [ing_http, gw_http] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--resolve"])
+            .arg(format!("spa.example.com:{port}:127.0.0.1"))
+            .arg(format!("http://spa.example.com:{port}/app/x"))
+            .output()
+            .expect("curl");
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(
+            body["headers"]["x-hello"][0], "ingress",
+            "port {port}: {body}"
         );
     }
 
