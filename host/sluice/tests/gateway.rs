@@ -1240,3 +1240,47 @@ async fn slow_bodies_stalled_readers_and_idle_connections_are_cut() {
         "{metrics}"
     );
 }
+
+/// Every query of the chart's Grafana dashboard names a metric that `/metrics` exports:
+/// here, file mode with an HTTP route through a Wasm filter and a TCP route; the status
+/// writer's, in Kubernetes mode (tests/kube.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_queries_name_exported_metrics() {
+    let a = echo("a").await;
+    let (port, tcp) = (free_port(), free_port());
+    let dir = TempDir::new("dashboard");
+    install_filters(&dir, &["hello"]);
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(
+            port,
+            Some(&format!(
+                "  - {{name: http, port: PORT, protocol: HTTP}}\n  - {{name: tcp, port: {tcp}, protocol: TCP}}\n"
+            )),
+        ),
+    );
+    dir.write("svc.yaml", &services_yaml(&[("a", &a, None)]));
+    dir.write(
+        "routes.yaml",
+        &[
+            "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello, namespace: default}\nspec:\n  source: {path: filters/hello.wasm}\n".to_string(),
+            route(
+                "web",
+                "  parentRefs: [{name: gw, sectionName: http}]\n  rules:\n  - filters: [{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: hello}}]\n    backendRefs: [{name: a, port: 80}]\n",
+            ),
+            "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: raw, namespace: default}\nspec:\n  parentRefs: [{name: gw, sectionName: tcp}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n".to_string(),
+        ]
+        .join("---\n"),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    assert_eq!(get(port, "x.example.com", "/").await.status, StatusCode::OK);
+    let exported = exported_metrics(&gw.admin("/metrics").await);
+    let missing: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|m| !exported.contains(m) && !KUBE_ONLY_METRICS.contains(&m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics does not export: {missing:?}\nexported: {exported:?}"
+    );
+}

@@ -704,6 +704,19 @@ spec:
         let writes = gw.metric("sluice_status_writes_total").await;
         assert!(writes >= 4, "statuses written: {writes}");
         assert_eq!(gw.metric("sluice_leader").await, 1);
+        // The dashboard's status-writer panels query metrics this mode exports.
+        let exported = common::exported_metrics(&gw.admin("/metrics").await);
+        let dashboard = common::dashboard_metrics();
+        for m in common::KUBE_ONLY_METRICS {
+            assert!(
+                dashboard.contains(*m),
+                "{m} is no longer on the dashboard: drop it from KUBE_ONLY_METRICS"
+            );
+            assert!(
+                exported.contains(*m),
+                "the dashboard queries {m}, which /metrics does not export"
+            );
+        }
         let reloads = gw
             .metric("sluice_config_reloads_total{result=\"ok\"}")
             .await;

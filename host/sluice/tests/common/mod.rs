@@ -503,3 +503,63 @@ pub fn tls_secret_yaml(name: &str, c: &Issued) -> String {
         b(&c.key_pem)
     )
 }
+
+/// The metric names the chart's Grafana dashboard queries (histogram series reduced to
+/// their family: `_bucket`, `_sum` and `_count` dropped).
+pub fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/sluice/files/dashboard.json");
+    let text = std::fs::read_to_string(&file).expect("charts/sluice/files/dashboard.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    walk(&json, &mut queries);
+    assert!(queries.len() > 10, "the dashboard has queries");
+    let mut names = std::collections::BTreeSet::new();
+    for q in &queries {
+        let mut rest = q.as_str();
+        while let Some(i) = rest.find("sluice_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(family.to_string());
+            rest = &tail[end..];
+        }
+    }
+    names
+}
+
+/// The metric families a `/metrics` text declares (`# TYPE` lines).
+pub fn exported_metrics(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Dashboard metrics only the Kubernetes mode exports (the status writer's).
+pub const KUBE_ONLY_METRICS: &[&str] = &[
+    "sluice_leader",
+    "sluice_status_write_failures_total",
+    "sluice_status_writes_total",
+];
