@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use sluice_resources::{
     HttpCorsFilter, HttpPathMatch, HttpPathModifier, HttpRequestRedirectFilter, HttpRouteFilter,
-    HttpRouteRule, HttpRouteTimeouts, HttpUrlRewriteFilter, LocalObjectReference, ObjectRef,
-    PathMatchType, PathModifierType,
+    HttpRouteRule, HttpRouteTimeouts, HttpUrlRewriteFilter, LocalObjectReference, PathMatchType,
+    PathModifierType,
 };
 
 use super::{FILTERS_ANNOTATION, Level, Note};
@@ -69,13 +69,11 @@ struct UrlParts {
 }
 
 fn note(notes: &mut Vec<Note>, level: Level, key: &str, message: String) {
-    notes.push(Note {
-        ingress: ObjectRef::new("Ingress", "", ""),
-        route: None,
+    notes.push(Note::at(
         level,
-        field: format!("metadata.annotations[{key}]"),
+        format!("metadata.annotations[{key}]"),
         message,
-    });
+    ));
 }
 
 /// Whether an Ingress is a canary (`canary: "true"`).
@@ -289,15 +287,7 @@ impl Annotations {
         notes: &mut Vec<Note>,
     ) -> Option<(HttpPathMatch, Vec<HttpRouteFilter>)> {
         let value = path.unwrap_or("/");
-        let mut push = |level, message: String| {
-            notes.push(Note {
-                ingress: ObjectRef::new("Ingress", "", ""),
-                route: None,
-                level,
-                field: field.to_string(),
-                message,
-            })
-        };
+        let mut push = |level, message: String| notes.push(Note::at(level, field, message));
         let prefix = |v: &str| HttpPathMatch {
             type_: Some(PathMatchType::PathPrefix),
             value: Some(if v.len() > 1 {

@@ -139,6 +139,19 @@ pub struct Converted {
     pub notes: Vec<Note>,
 }
 
+impl Note {
+    /// A note about the Ingress being converted; `routes` fills in which one.
+    pub(crate) fn at(level: Level, field: impl Into<String>, message: String) -> Note {
+        Note {
+            ingress: ObjectRef::new("Ingress", "", ""),
+            route: None,
+            level,
+            field: field.into(),
+            message,
+        }
+    }
+}
+
 impl Converted {
     pub fn is_empty(&self) -> bool {
         self.ingresses.is_empty()
@@ -672,15 +685,8 @@ fn backend_protocol(
                 .iter()
                 .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == ns)
                 .and_then(|s| s.spec.ports.iter().find(|sp| sp.port == port));
-            let mut note = |level, message: String| {
-                notes.push(Note {
-                    ingress: ObjectRef::new("Ingress", "", ""),
-                    route: None,
-                    level,
-                    field: field.clone(),
-                    message,
-                })
-            };
+            let mut note =
+                |level, message: String| notes.push(Note::at(level, field.clone(), message));
             let h2c = sp.and_then(|sp| sp.app_protocol.as_deref()) == Some("kubernetes.io/h2c");
             match p {
                 "GRPC" | "H2C" if !h2c => {
@@ -749,15 +755,7 @@ pub(super) fn backend_ref(
     field: &str,
     notes: &mut Vec<Note>,
 ) -> Option<HttpBackendRef> {
-    let mut note = |level, message: String| {
-        notes.push(Note {
-            ingress: ObjectRef::new("Ingress", "", ""),
-            route: None,
-            level,
-            field: field.to_string(),
-            message,
-        })
-    };
+    let mut note = |level, message: String| notes.push(Note::at(level, field, message));
     let Some(svc) = &b.service else {
         note(
             Level::Error,
