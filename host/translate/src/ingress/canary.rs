@@ -10,6 +10,9 @@ use sluice_resources::{
 use super::annotations::{Annotations, Canary};
 use super::{Converted, Level, Note, backend_ref};
 
+/// The Gateway API's largest backendRef weight.
+const MAX_WEIGHT: u64 = 1_000_000;
+
 pub(super) fn apply(
     res: &Resources,
     ing: &Ingress,
@@ -102,17 +105,21 @@ pub(super) fn apply(
                         // The main backends keep their ratio among themselves and
                         // share (total - w) / total of the requests; the canary gets
                         // w / total.
+                        // In u64 and capped at the Gateway API's largest weight: a
+                        // hostile weight total, or canaries stacked on one rule, must
+                        // not overflow.
+                        let cap = |v: u64| Some(v.min(MAX_WEIGHT) as u32);
                         let main = &mut route.spec.rules[k];
-                        let sum: u32 = main
+                        let sum: u64 = main
                             .backend_refs
                             .iter()
-                            .map(|b| b.weight.unwrap_or(1))
+                            .map(|b| u64::from(b.weight.unwrap_or(1)))
                             .sum();
                         for b in &mut main.backend_refs {
-                            b.weight = Some(b.weight.unwrap_or(1) * (total - w));
+                            b.weight = cap(u64::from(b.weight.unwrap_or(1)) * u64::from(total - w));
                         }
                         let mut c = backend.clone();
-                        c.weight = Some(w * sum);
+                        c.weight = cap(u64::from(w) * sum);
                         main.backend_refs.push(c);
                     }
                     let n = added.len();

@@ -145,3 +145,50 @@ spec:
         sluice_ir::UpstreamProtocol::H2c
     );
 }
+
+#[test]
+fn hostile_canary_weights_neither_overflow_nor_pass_the_api_cap() {
+    let canary = |name: &str| {
+        format!(
+            "---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  annotations:
+    nginx.ingress.kubernetes.io/canary: 'true'
+    nginx.ingress.kubernetes.io/canary-weight: '1'
+    nginx.ingress.kubernetes.io/canary-weight-total: '4294967295'
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: {name}, port: {{number: 80}}}}}}}}
+"
+        )
+    };
+    let res = load(&format!(
+        "{CLASS}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: main}}
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: main, port: {{number: 80}}}}}}}}
+{}{}",
+        canary("c1"),
+        canary("c2")
+    ));
+    let c = convert(&res, &Options::default());
+    let weights: Vec<u32> = c.http_routes[0].spec.rules[0]
+        .backend_refs
+        .iter()
+        .map(|b| b.weight.unwrap_or(1))
+        .collect();
+    assert_eq!(weights.len(), 3, "main and two canaries: {weights:?}");
+    assert!(weights.iter().all(|w| *w <= 1_000_000), "{weights:?}");
+}
