@@ -97,7 +97,19 @@ impl Metrics {
 
 impl Collect for Metrics {
     fn collect(&self, out: &mut Encoder) {
-        let map = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Only the entries that counted a response: every rule has one from the first
+        // snapshot on, and printing the unused ones (a histogram each) made /metrics
+        // 9 MB at 10k rules. A series appears with its first request, as a Prometheus
+        // client's labelled series do. The Arcs are taken under the lock; the encoding
+        // runs without it.
+        let map: Vec<Arc<Stats>> = self
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.latency.count() > 0)
+            .cloned()
+            .collect();
         let labels = |k: &StatsKey| {
             Labels::new()
                 .with("route", &k.route)
@@ -110,11 +122,11 @@ impl Collect for Metrics {
             Type::Counter,
             "HTTP responses sent, by route rule, backend and status code.",
         );
-        for (k, s) in &map {
+        for s in &map {
             for (i, c) in s.codes.iter().enumerate() {
                 let n = c.load(Relaxed);
                 if n > 0 {
-                    out.sample(name, &labels(k).with("code", i + 100), n);
+                    out.sample(name, &labels(&s.key).with("code", i + 100), n);
                 }
             }
         }
@@ -124,8 +136,8 @@ impl Collect for Metrics {
             Type::Histogram,
             "Time from request received to response headers sent.",
         );
-        for (k, s) in &map {
-            out.histogram(name, &labels(k), &s.latency.snapshot());
+        for s in &map {
+            out.histogram(name, &labels(&s.key), &s.latency.snapshot());
         }
         self.collect_streams(out);
         let c = &self.counters;
@@ -202,5 +214,43 @@ impl Metrics {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_series_appears_with_its_first_response() {
+        let m = Arc::new(Metrics::default());
+        let key = |rule: &str| StatsKey {
+            route: "default/r".into(),
+            rule: rule.into(),
+            backend: "default/a:80".into(),
+        };
+        let used = m.stats(key("used"));
+        let _unused = m.stats(key("unused"));
+        used.record(200, Duration::from_millis(3));
+        let registry = sluice_metrics::Registry::default();
+        registry.register(m.clone());
+        let text = registry.encode();
+        assert!(
+            text.contains(r#"sluice_http_requests_total{route="default/r",rule="used",backend="default/a:80",code="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sluice_http_request_duration_seconds_count{route="default/r",rule="used",backend="default/a:80"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"rule="unused""#), "{text}");
+        // The families are declared even before any request.
+        let empty = sluice_metrics::Registry::default();
+        empty.register(Arc::new(Metrics::default()));
+        assert!(
+            empty
+                .encode()
+                .contains("# TYPE sluice_http_request_duration_seconds histogram")
+        );
     }
 }
