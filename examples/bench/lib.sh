@@ -64,12 +64,13 @@ YAML
 }
 
 # start_sluice DIR [ARGS...]: one worker thread, waits for /readyz; sets SLUICE_PID.
+# $SLUICE_BIN runs another build (a before/after comparison).
 # The access log is off (as nginx's is in these benchmarks) unless ARGS turn it on.
 start_sluice() {
   local dir=$1
   shift
   [ $# -gt 0 ] || set -- --access-log off
-  SLUICE_LOG=warn ./target/release/sluice run "$dir" --workers 1 --admin 127.0.0.1:$ADMIN "$@" &
+  SLUICE_LOG=warn "${SLUICE_BIN:-./target/release/sluice}" run "$dir" --workers 1 --admin 127.0.0.1:$ADMIN "$@" &
   SLUICE_PID=$!
   for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
 }
