@@ -105,6 +105,32 @@ pub async fn run(
         retry = false;
         let mut writes: Vec<ObjectStatus> = current.to_vec();
         writes.extend(stale_entries(&cluster, &current));
+        // Ingresses this replica gave an address that are no longer Sluice's (their
+        // class changed): cleared once. Once only, and only those it wrote, because an
+        // Ingress's status does not say which controller wrote it, and the new one's
+        // addresses must not be fought over.
+        for s in released_ingresses(&cluster, &current, &written) {
+            let key = (
+                s.kind.to_string(),
+                s.metadata.namespace.clone(),
+                s.metadata.name.clone(),
+            );
+            match write(&cluster, &s, None, &mut written, now).await {
+                Ok(true) => {
+                    stats.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "cannot clear the status of Ingress {}/{}: {e}",
+                        s.metadata.namespace,
+                        s.metadata.name
+                    );
+                }
+            }
+            written.remove(&key);
+        }
         // Forget objects that are gone, so the map does not grow with churn.
         let keys: std::collections::HashSet<(&str, &str, &str)> = writes
             .iter()
@@ -210,6 +236,41 @@ fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatu
         }
     }
     out
+}
+
+/// The Ingresses whose status this replica wrote that the translation no longer gives
+/// one (and that still exist): each with an empty `loadBalancer`.
+fn released_ingresses(
+    cluster: &Cluster,
+    current: &[ObjectStatus],
+    written: &HashMap<(String, String, String), (String, Value)>,
+) -> Vec<ObjectStatus> {
+    use sluice_translate::{IngressStatus, LoadBalancerStatus, StatusMeta};
+    written
+        .keys()
+        .filter(|(kind, ns, name)| {
+            kind == Kind::Ingress.as_str()
+                && !current.iter().any(|s| {
+                    s.kind == Kind::Ingress
+                        && s.metadata.namespace == *ns
+                        && s.metadata.name == *name
+                })
+                && cluster.get(kind, ns, name).is_some()
+        })
+        .map(|(_, ns, name)| ObjectStatus {
+            api_version: "networking.k8s.io/v1".into(),
+            kind: Kind::Ingress,
+            metadata: StatusMeta {
+                namespace: ns.clone(),
+                name: name.clone(),
+                generation: 0,
+            },
+            status: Status::Ingress(IngressStatus {
+                load_balancer: LoadBalancerStatus::default(),
+                notes: Vec::new(),
+            }),
+        })
+        .collect()
 }
 
 /// Writes one object's status if it differs from the API server's; `Ok(true)` when

@@ -924,6 +924,34 @@ spec:
             )
             .await;
             assert_eq!(curl("127.0.0.1", port, "/shop").0, 200);
+
+            // Handed to another controller: no longer served, and the address Sluice
+            // wrote is cleared (once; the other controller writes its own).
+            rig.apply(
+                "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default}
+spec:
+  ingressClassName: nginx
+  rules:
+  - http:
+      paths:
+      - {path: /shop, pathType: Exact, backend: {service: {name: echo, port: {name: http}}}}
+",
+            )
+            .await;
+            // No Ingress of Sluice's left: the Ingress port closes (curl's 0).
+            wait_curl("127.0.0.1", port, "/shop", 0, "another class").await;
+            rig.wait_status(
+                ("networking.k8s.io/v1", "Ingress", "default", "web"),
+                |s| {
+                    s["loadBalancer"]["ingress"]
+                        .as_array()
+                        .is_none_or(Vec::is_empty)
+                },
+                "loadBalancer cleared",
+            )
+            .await;
         },
     );
 }
