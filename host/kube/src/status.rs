@@ -115,20 +115,8 @@ pub async fn run(
                 s.metadata.namespace.clone(),
                 s.metadata.name.clone(),
             );
-            match write(&cluster, &s, None, &mut written, now).await {
-                Ok(true) => {
-                    stats.writes.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "cannot clear the status of Ingress {}/{}: {e}",
-                        s.metadata.namespace,
-                        s.metadata.name
-                    );
-                }
-            }
+            let result = write(&cluster, &s, None, &mut written, now).await;
+            count(&stats, &s, result);
             written.remove(&key);
         }
         // Forget objects that are gone, so the map does not grow with churn.
@@ -144,22 +132,8 @@ pub async fn run(
             .collect();
         written.retain(|(k, ns, n), _| keys.contains(&(k.as_str(), ns.as_str(), n.as_str())));
         for s in writes.iter() {
-            match write(&cluster, s, addresses.as_ref(), &mut written, now).await {
-                Ok(true) => {
-                    stats.writes.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "cannot write the status of {} {}/{}, will retry: {e}",
-                        s.kind,
-                        s.metadata.namespace,
-                        s.metadata.name
-                    );
-                    retry = true;
-                }
-            }
+            let result = write(&cluster, s, addresses.as_ref(), &mut written, now).await;
+            retry |= !count(&stats, s, result);
         }
     }
 }
@@ -236,6 +210,29 @@ fn stale_entries(cluster: &Cluster, current: &[ObjectStatus]) -> Vec<ObjectStatu
         }
     }
     out
+}
+
+/// Counts a write's outcome in the writer's metrics and logs a failure; false when it
+/// failed.
+fn count(stats: &StatusStats, s: &ObjectStatus, result: Result<bool, kube::Error>) -> bool {
+    match result {
+        Ok(wrote) => {
+            if wrote {
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            true
+        }
+        Err(e) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "cannot write the status of {} {}/{}: {e}",
+                s.kind,
+                s.metadata.namespace,
+                s.metadata.name
+            );
+            false
+        }
+    }
 }
 
 /// The Ingresses whose status this replica wrote that the translation no longer gives

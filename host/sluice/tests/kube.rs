@@ -902,19 +902,7 @@ spec:
             assert!(theirs["loadBalancer"]["ingress"].is_null(), "{theirs:#}");
 
             // A change to the Ingress is served without a restart.
-            rig.apply(
-                "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: web, namespace: default}
-spec:
-  ingressClassName: sluice
-  rules:
-  - http:
-      paths:
-      - {path: /shop, pathType: Exact, backend: {service: {name: echo, port: {name: http}}}}
-",
-            )
-            .await;
+            rig.apply(&exact_shop_ingress("sluice")).await;
             wait_curl(
                 "127.0.0.1",
                 port,
@@ -927,19 +915,7 @@ spec:
 
             // Handed to another controller: no longer served, and the address Sluice
             // wrote is cleared (once; the other controller writes its own).
-            rig.apply(
-                "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: web, namespace: default}
-spec:
-  ingressClassName: nginx
-  rules:
-  - http:
-      paths:
-      - {path: /shop, pathType: Exact, backend: {service: {name: echo, port: {name: http}}}}
-",
-            )
-            .await;
+            rig.apply(&exact_shop_ingress("nginx")).await;
             // No Ingress of Sluice's left: the Ingress port closes (curl's 0).
             wait_curl("127.0.0.1", port, "/shop", 0, "another class").await;
             rig.wait_status(
@@ -954,6 +930,22 @@ spec:
             .await;
         },
     );
+}
+
+/// The Ingress `web` with one Exact path `/shop` to `echo`, of `class`.
+fn exact_shop_ingress(class: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: web, namespace: default}}
+spec:
+  ingressClassName: {class}
+  rules:
+  - http:
+      paths:
+      - {{path: /shop, pathType: Exact, backend: {{service: {{name: echo, port: {{name: http}}}}}}}}
+"
+    )
 }
 
 #[test]

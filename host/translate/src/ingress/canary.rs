@@ -24,13 +24,7 @@ pub(super) fn apply(
 ) {
     let ns = ing.metadata.namespace_or_default();
     let push = |notes: &mut Vec<Note>, field: String, message: String| {
-        notes.push(Note {
-            ingress: oref.clone(),
-            route: None,
-            level: Level::Error,
-            field,
-            message,
-        })
+        notes.push(Note::at(Level::Error, field, message))
     };
     if canary.header.is_none() && canary.weight.is_none() {
         push(

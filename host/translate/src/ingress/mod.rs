@@ -851,27 +851,8 @@ pub(crate) fn statuses(
     for n in &c.notes {
         notes.entry(n.ingress.clone()).or_default().push(n.clone());
     }
-    for s in shadowed {
-        let key = (s.rule.namespace.clone(), s.rule.route.clone());
-        let Some(ingress) = c.sources.get(&key) else {
-            continue;
-        };
-        let message = format!(
-            "host {:?} is served by the HTTPRoutes of Gateway {} (listener {}) on the same port, so this Ingress's rules for it are not; remove them from the Ingress once the migration is done",
-            s.hostname, s.gateway, s.listener
-        );
-        let list = notes.entry(ingress.clone()).or_default();
-        if !list.iter().any(|n| n.message == message) {
-            list.push(Note {
-                ingress: ingress.clone(),
-                route: None,
-                level: Level::Shadowed,
-                field: "spec.rules".into(),
-                message,
-            });
-        }
-    }
-    let mut add = |ingress: &ObjectRef, field: String, message: String| {
+    // Each note once per Ingress, however many routes or listeners say it.
+    let mut add = |ingress: &ObjectRef, level: Level, field: String, message: String| {
         let list = notes.entry(ingress.clone()).or_default();
         if !list
             .iter()
@@ -880,12 +861,27 @@ pub(crate) fn statuses(
             list.push(Note {
                 ingress: ingress.clone(),
                 route: None,
-                level: Level::Error,
+                level,
                 field,
                 message,
             });
         }
     };
+    for s in shadowed {
+        let key = (s.rule.namespace.clone(), s.rule.route.clone());
+        let Some(ingress) = c.sources.get(&key) else {
+            continue;
+        };
+        add(
+            ingress,
+            Level::Shadowed,
+            "spec.rules".into(),
+            format!(
+                "host {:?} is served by the HTTPRoutes of Gateway {} (listener {}) on the same port, so this Ingress's rules for it are not; remove them from the Ingress once the migration is done",
+                s.hostname, s.gateway, s.listener
+            ),
+        );
+    }
     statuses.retain(|s| {
         let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
         match (&s.kind, &s.status) {
@@ -898,6 +894,7 @@ pub(crate) fn statuses(
                     if let Some(cond) = first_failure(&l.conditions) {
                         add(
                             ingress,
+                            Level::Error,
                             field.clone(),
                             format!("{} {}: {}", cond.type_, cond.reason, cond.message),
                         );
@@ -913,6 +910,7 @@ pub(crate) fn statuses(
                     if let Some(cond) = first_failure(&p.conditions) {
                         add(
                             ingress,
+                            Level::Error,
                             "spec".into(),
                             format!("{} {}: {}", cond.type_, cond.reason, cond.message),
                         );
