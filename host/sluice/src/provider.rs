@@ -315,6 +315,12 @@ impl App {
             cache_dir.as_ref().map(|d| d.join("sources")),
         ));
         let (wake, mut rx) = mpsc::unbounded_channel::<()>();
+        // Watch before the first load: a change made while starting (or right after
+        // readiness) then wakes a reload instead of being missed until the next one.
+        let _watcher = match &from {
+            From::Files(path) => Some(watch(path, wake.clone())?),
+            From::Cluster(_) => None,
+        };
         let oci = OciSources::new(
             cache_dir.clone(),
             downloads.clone(),
@@ -403,10 +409,6 @@ impl App {
         app.state.ready.store(true, Ordering::Release);
         tracing::info!(config = %app.loader.from.describe(), %admin_addr, "sluice is serving");
 
-        let _watcher = match &app.loader.from {
-            From::Files(path) => Some(watch(path, app.wake.clone())?),
-            From::Cluster(_) => None,
-        };
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
