@@ -524,6 +524,33 @@ pub mod outbound {
     }
 }
 
+/// The connection a request came on (API 0.2).
+pub mod connection {
+    use crate::bindings::sluice::filter0_2_0::connection as wit;
+
+    /// The address the request's connection comes from: the client, or a load balancer
+    /// or proxy in front of the gateway, which names the client in `x-forwarded-for`
+    /// (trust only the entries that proxies you run appended). An IPv4 client on a
+    /// dual-stack socket comes as IPv4. `None` when the request came on no connection
+    /// (a harness test that gives none).
+    ///
+    /// ```ignore
+    /// if let Some(peer) = sluice_sdk::connection::client() {
+    ///     sluice_sdk::log::info(&format!("from {}", peer.ip()));
+    /// }
+    /// ```
+    pub fn client() -> Option<std::net::SocketAddr> {
+        let a = wit::client()?;
+        let ip = match a.address {
+            wit::IpAddress::Ipv4((a, b, c, d)) => std::net::IpAddr::from([a, b, c, d]),
+            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+                std::net::IpAddr::from([a, b, c, d, e, f, g, h])
+            }
+        };
+        Some(std::net::SocketAddr::new(ip, a.port))
+    }
+}
+
 /// Clocks: monotonic, for durations, and the time of day, for what expires.
 pub mod clock {
     /// Nanoseconds since a fixed point in the past.

@@ -256,6 +256,7 @@ async fn serve(
     // What this request's Wasm filters may call, and until when.
     let scope = CallScope {
         gw,
+        client: conn.remote,
         deadline: tokio::time::Instant::from_std(start)
             + rule
                 .request_timeout
@@ -488,14 +489,16 @@ async fn serve(
 /// request's time for calls is spent.
 struct CallScope<'a> {
     gw: &'a Arc<Gateway>,
+    /// The address the request's connection comes from (the 0.2 `connection.client`).
+    client: SocketAddr,
     deadline: tokio::time::Instant,
 }
 
 impl CallScope<'_> {
-    /// A filter's context for this request: empty, plus its outbound grants if it has
-    /// any (one allocation then; none for a filter without grants).
+    /// A filter's context for this request: the client's address, and its outbound
+    /// grants if it has any (one allocation then; none for a filter without grants).
     fn context(&self, w: &WasmFilter) -> sluice_wasm::Context {
-        match &w.grants {
+        let cx = match &w.grants {
             Some(grants) => sluice_wasm::Context::with_outbound(Arc::new(crate::outbound::Calls {
                 gw: self.gw.clone(),
                 grants: grants.clone(),
@@ -503,7 +506,8 @@ impl CallScope<'_> {
                 deadline: self.deadline,
             })),
             None => sluice_wasm::Context::default(),
-        }
+        };
+        cx.with_client(self.client)
     }
 }
 

@@ -11,8 +11,8 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 
 use crate::FilterShared;
 use crate::bindings::v0_1::sluice::filter0_1_0::{clock, kv, log, metrics, types};
-use crate::bindings::v0_2::sluice::filter0_2_0::context;
 use crate::bindings::v0_2::sluice::filter0_2_0::outbound as wit_out;
+use crate::bindings::v0_2::sluice::filter0_2_0::{connection, context};
 
 /// The request while a filter looks at it; moved into the store for the call and back out.
 pub struct RequestCtx {
@@ -85,13 +85,18 @@ pub const CONTEXT_MAX_BYTES: usize = 64 << 10;
 /// into the store for each call. Empty until the filter stores something, and then one
 /// allocation.
 #[derive(Clone, Default)]
-pub struct Context(Option<Box<ContextMap>>, Option<Arc<dyn crate::Outbound>>);
+pub struct Context(
+    Option<Box<ContextMap>>,
+    Option<Arc<dyn crate::Outbound>>,
+    Option<std::net::SocketAddr>,
+);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("values", &self.0)
             .field("outbound", &self.1.is_some())
+            .field("client", &self.2)
             .finish()
     }
 }
@@ -105,7 +110,19 @@ struct ContextMap {
 impl Context {
     /// A context whose filter may make outbound calls through `outbound`.
     pub fn with_outbound(outbound: Arc<dyn crate::Outbound>) -> Self {
-        Context(None, Some(outbound))
+        Context(None, Some(outbound), None)
+    }
+
+    /// The same context, for a request whose connection comes from `client` (the 0.2
+    /// `connection.client`).
+    pub fn with_client(mut self, client: std::net::SocketAddr) -> Self {
+        self.2 = Some(client);
+        self
+    }
+
+    /// The address the request's connection comes from, if given.
+    pub fn client(&self) -> Option<std::net::SocketAddr> {
+        self.2
     }
 
     pub(crate) fn outbound(&self) -> Option<Arc<dyn crate::Outbound>> {
@@ -561,6 +578,25 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::outbound::Host for HostState {
             r => stats.outbound_call(&grant, r.is_ok(), start.elapsed()),
         }
         Ok(crate::outbound::to_wit(result))
+    }
+}
+
+impl crate::bindings::v0_2::sluice::filter0_2_0::connection::Host for HostState {
+    fn client(&mut self) -> wasmtime::Result<Option<connection::SocketAddress>> {
+        use connection::IpAddress;
+        Ok(self.context.client().map(|a| connection::SocketAddress {
+            address: match a.ip().to_canonical() {
+                std::net::IpAddr::V4(v4) => {
+                    let [a, b, c, d] = v4.octets();
+                    IpAddress::Ipv4((a, b, c, d))
+                }
+                std::net::IpAddr::V6(v6) => {
+                    let [a, b, c, d, e, f, g, h] = v6.segments();
+                    IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+                }
+            },
+            port: a.port(),
+        }))
     }
 }
 

@@ -231,6 +231,11 @@ impl Runtime {
             HasSelf<HostState>,
         >(&mut linker, |s| s)
         .map_err(|e| SetupError(e.to_string()))?;
+        bindings::v0_2::sluice::filter0_2_0::connection::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)
+        .map_err(|e| SetupError(e.to_string()))?;
         bindings::v0_2::sluice::filter0_2_0::digest::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,

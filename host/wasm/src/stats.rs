@@ -235,6 +235,16 @@ impl FilterStats {
     pub fn errors(&self, kind: ErrorKind) -> u64 {
         self.errors[kind as usize].load(Relaxed)
     }
+    /// What the filter has added to its counter `name` (`metrics.counter-add`).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.guest_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub(crate) fn guest_counter(&self, name: &str, v: u64) {
         if !valid_metric_name(name) {
             return;

@@ -70,6 +70,8 @@ pub struct Harness {
     current: std::sync::Mutex<Context>,
     /// What answers the filter's outbound calls (see [`Harness::answer_outbound`]).
     outbound: std::sync::Mutex<Option<Arc<dyn sluice_wasm::Outbound>>>,
+    /// Where requests come from (see [`Harness::set_client`]).
+    client: std::sync::Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// Answers a filter's outbound calls in a test: the one fake the harness has, so that a
@@ -201,6 +203,7 @@ impl Harness {
             pool: sluice_wasm::block_on(rt.pool(&compiled, &spec))?,
             current: std::sync::Mutex::default(),
             outbound: std::sync::Mutex::default(),
+            client: std::sync::Mutex::default(),
         })
     }
 
@@ -235,10 +238,25 @@ impl Harness {
     /// A new request's exchange, whose outbound calls [`Harness::answer_outbound`]
     /// answers.
     pub fn exchange(&self) -> Exchange {
-        match &*self.outbound.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(o) => Exchange(Context::with_outbound(o.clone())),
-            None => Exchange::default(),
+        let cx = match &*self.outbound.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(o) => Context::with_outbound(o.clone()),
+            None => Context::default(),
+        };
+        match *self.client.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(a) => Exchange(cx.with_client(a)),
+            None => Exchange(cx),
         }
+    }
+
+    /// The address the requests started from now on come from (API 0.2
+    /// `connection.client`), as the gateway gives a connection's peer; `None` (the
+    /// default) for none.
+    ///
+    /// ```ignore
+    /// f.set_client(Some("203.0.113.7:50000".parse()?));
+    /// ```
+    pub fn set_client(&self, client: Option<std::net::SocketAddr>) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
     /// The `sluice:filter` version the component speaks.

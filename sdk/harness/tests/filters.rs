@@ -491,6 +491,98 @@ fn json_redact_passes_or_rejects_what_it_cannot_read_and_checks_its_config() {
     );
 }
 
+/// The status `source_range` gives a request from `client` with `xff` headers.
+fn source_range_status(f: &Harness, client: Option<&str>, xff: &[&str]) -> u16 {
+    f.set_client(client.map(|c| c.parse().expect("socket address")));
+    let mut req = http::Request::get("/");
+    for v in xff {
+        req = req.header("x-forwarded-for", *v);
+    }
+    match f.on_request(req.body(()).expect("request")).expect("call") {
+        Outcome::Continue(_) => 200,
+        Outcome::Respond(r) => r.status().as_u16(),
+    }
+}
+
+#[test]
+fn source_range_lets_in_and_keeps_out_by_the_clients_address() {
+    let f = Harness::load(
+        &wasm("source_range"),
+        json!({"allow": ["10.1.2.3/8", "192.0.2.7", "2001:db8::/32"], "deny": ["10.9.0.0/16"]}),
+    )
+    .expect("load");
+    let status = |client: &str| source_range_status(&f, Some(client), &[]);
+    assert_eq!(
+        status("10.200.0.1:5000"),
+        200,
+        "in a range; host bits ignored"
+    );
+    assert_eq!(status("192.0.2.7:1"), 200, "a single address");
+    assert_eq!(status("192.0.2.8:1"), 403);
+    assert_eq!(status("10.9.1.1:5000"), 403, "deny comes first");
+    assert_eq!(status("[2001:db8:ff::1]:443"), 200);
+    assert_eq!(status("[2001:db9::1]:443"), 403);
+    assert_eq!(status("[::ffff:10.0.0.1]:80"), 200, "IPv4-mapped is IPv4");
+    // The peer decides; what the client writes in x-forwarded-for does not.
+    assert_eq!(
+        source_range_status(&f, Some("203.0.113.1:1"), &["10.0.0.1"]),
+        403
+    );
+    assert_eq!(
+        source_range_status(&f, None, &[]),
+        403,
+        "no address: kept out"
+    );
+
+    // Behind one proxy: the rightmost x-forwarded-for entry is the client, whatever
+    // the entries the client wrote to its left, over several header lines too.
+    let behind = Harness::load(
+        &wasm("source_range"),
+        json!({"allow": ["10.0.0.0/8"], "trustedHops": 1, "status": 404}),
+    )
+    .expect("load");
+    let lb = Some("172.16.0.1:1000");
+    assert_eq!(source_range_status(&behind, lb, &["10.0.0.5"]), 200);
+    assert_eq!(
+        source_range_status(&behind, lb, &["10.0.0.5, 203.0.113.9"]),
+        404
+    );
+    assert_eq!(
+        source_range_status(&behind, lb, &["203.0.113.9", "10.0.0.5:4000"]),
+        200
+    );
+    assert_eq!(
+        source_range_status(&behind, lb, &[]),
+        404,
+        "too few entries"
+    );
+    assert_eq!(source_range_status(&behind, lb, &["unknown"]), 404);
+
+    // Deny alone lets in what it cannot judge.
+    let deny = Harness::load(&wasm("source_range"), json!({"deny": ["0.0.0.0/0"]})).expect("load");
+    assert_eq!(
+        source_range_status(&deny, Some("[2001:db8::1]:1"), &[]),
+        200
+    );
+    assert_eq!(source_range_status(&deny, Some("198.51.100.1:1"), &[]), 403);
+    assert_eq!(source_range_status(&deny, None, &[]), 200);
+    assert!(deny.stats().counter("source_range_denied") >= 1);
+
+    let e = Harness::load(
+        &wasm("source_range"),
+        json!({"allow": ["10.0.0.0/33", "ok", "10.0.0.0/8"], "status": 99}),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind, ErrorKind::Config);
+    let paths: Vec<&str> = e.config_errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, [".allow[0]", ".allow[1]", ".status"]);
+    let e = Harness::load(&wasm("source_range"), json!({}))
+        .err()
+        .expect("refused");
+    assert!(e.message.contains("give allow"), "{}", e.message);
+}
+
 fn authz_answer(
     status: u16,
     headers: &[(&str, &str)],
