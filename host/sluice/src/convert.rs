@@ -151,6 +151,25 @@ fn render(c: &Converted) -> Result<String, String> {
             g,
         )?);
     }
+    for f in &c.wasm_filters {
+        let key = (
+            f.metadata.namespace_or_default().to_string(),
+            f.metadata.name.clone(),
+        );
+        out.push_str("---\n");
+        if let Some(source) = c.sources.get(&key) {
+            comment(
+                &mut out,
+                &format!(
+                    "From {source}'s source ranges: the source-range filter (filters/source-range)\n\
+                     lets in or keeps out requests by the address they come from (403 otherwise).\n\
+                     Behind a load balancer that appends to x-forwarded-for, add\n\
+                     spec.config.trustedHops (see the filter's docs)."
+                ),
+            );
+        }
+        out.push_str(&document("sluice.dev/v1alpha1", "WasmFilter", f)?);
+    }
     let mut introduced = std::collections::BTreeSet::new();
     for r in &c.http_routes {
         let key = (

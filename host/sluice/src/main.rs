@@ -64,6 +64,12 @@ enum Command {
         /// Where Ingresses with `tls` are served over HTTPS (SNI picks the certificate).
         #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR:PORT")]
         ingress_https: SocketAddr,
+        /// The source-range filter (filters/source-range) that serves Ingresses'
+        /// allowlist-source-range, whitelist-source-range and denylist-source-range:
+        /// oci://REGISTRY/REPOSITORY:TAG, or a .wasm path (under the config folder or
+        /// --filter-dir). Until it loads, those Ingresses' rules answer 500.
+        #[arg(long, default_value = sluice_translate::ingress::SOURCE_RANGE_FILTER_PATH, value_name = "SOURCE", value_parser = sluice_translate::ingress::source_range_filter)]
+        ingress_source_range_filter: sluice_resources::WasmSource,
         /// The folder WasmFilter `source.path` is read under, instead of the config
         /// folder. In Kubernetes mode path sources are refused unless this is set.
         #[arg(long, value_name = "DIR")]
@@ -150,6 +156,12 @@ enum Command {
         /// kubernetes.io/ingress.class annotation); default: all of them.
         #[arg(long, value_name = "NAME")]
         ingress_class: Option<String>,
+        /// The source-range filter (filters/source-range) that serves Ingresses'
+        /// allowlist-source-range, whitelist-source-range and denylist-source-range:
+        /// oci://REGISTRY/REPOSITORY:TAG, or a .wasm path (under the config folder or
+        /// --filter-dir). The WasmFilters written for them name it.
+        #[arg(long, default_value = sluice_translate::ingress::SOURCE_RANGE_FILTER_PATH, value_name = "SOURCE", value_parser = sluice_translate::ingress::source_range_filter)]
+        source_range_filter: sluice_resources::WasmSource,
     },
     /// Print the WasmFilter CustomResourceDefinition (YAML), generated from the Rust types.
     Crd,
@@ -352,6 +364,7 @@ fn main() -> ExitCode {
             gateway_address_pool,
             ingress_http,
             ingress_https,
+            ingress_source_range_filter,
             filter_dir,
             admin,
             workers,
@@ -398,10 +411,10 @@ fn main() -> ExitCode {
                     cluster: options,
                     bind_address,
                     address_pool,
-                    ingress: sluice_translate::ingress::Options::serving(
-                        ingress_http,
-                        ingress_https,
-                    ),
+                    ingress: sluice_translate::ingress::Options {
+                        source_range_filter: ingress_source_range_filter,
+                        ..sluice_translate::ingress::Options::serving(ingress_http, ingress_https)
+                    },
                     filter_dir,
                     admin,
                     shutdown_delay: Duration::from_secs(shutdown_delay),
@@ -459,8 +472,10 @@ fn main() -> ExitCode {
             http,
             https,
             ingress_class,
+            source_range_filter,
         } => {
             let opts = sluice_translate::ingress::Options {
+                source_range_filter,
                 http,
                 https,
                 gateway_namespace,

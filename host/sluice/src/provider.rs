@@ -153,16 +153,23 @@ impl Loader {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
+        // The WasmFilters that serve Ingress annotations load with the others.
+        let ingress_filters =
+            sluice_translate::ingress::convert(&loaded.resources, &self.ingress).wasm_filters;
+        let with_ingress_filters;
+        let filters_of = if ingress_filters.is_empty() {
+            &loaded.resources
+        } else {
+            let mut r = loaded.resources.clone();
+            r.wasm_filters.extend(ingress_filters);
+            with_ingress_filters = r;
+            &with_ingress_filters
+        };
         let Prepared {
             states,
             pools,
             pending,
-        } = sluice_loader::prepare(
-            &loaded.resources,
-            paths.as_deref(),
-            &self.runtime,
-            &self.sources,
-        );
+        } = sluice_loader::prepare(filters_of, paths.as_deref(), &self.runtime, &self.sources);
         let inputs = Inputs {
             wasm: states,
             default_address: self.bind_address,

@@ -10,7 +10,8 @@ use common::*;
 
 /// Ingresses covering hosts, path types, a port by name, defaultBackend, TLS with the
 /// HTTP to HTTPS redirect, a capture rewrite, a full rewrite, a permanent redirect,
-/// CORS, a canary by header, and an Ingress of another class (not served).
+/// CORS, a canary by header, source ranges (allowed, not allowed, denied: the client
+/// is 127.0.0.1), and an Ingress of another class (not served).
 const INGRESSES: &str = "apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: shop, namespace: default}
@@ -109,6 +110,51 @@ spec:
     http:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: b, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: inside
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/allowlist-source-range: 127.0.0.0/8, ::1
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: inside.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: outside
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: outside.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: denied
+  namespace: default
+  annotations:
+    nginx.ingress.kubernetes.io/denylist-source-range: 127.0.0.1
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: denied.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -236,6 +282,7 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
         .args(["--http", &format!("127.0.0.1:{gw_http}")])
         .args(["--https", &format!("127.0.0.1:{gw_https}")])
         .args(["--ingress-class", "sluice"])
+        .args(["--source-range-filter", "filters/source_range.wasm"])
         .output()
         .expect("sluice convert");
     let converted = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -263,7 +310,7 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
     );
 
     let dir = TempDir::new("ingress");
-    install_filters(&dir, &["hello"]);
+    install_filters(&dir, &["hello", "source_range"]);
     dir.write("objects.yaml", &objects);
     dir.write("classes.yaml", CLASSES);
     dir.write("converted.yaml", &converted);
@@ -274,6 +321,8 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
             &format!("127.0.0.1:{ing_http}"),
             "--ingress-https",
             &format!("127.0.0.1:{ing_https}"),
+            "--ingress-source-range-filter",
+            "filters/source_range.wasm",
         ],
     )
     .await;
@@ -415,6 +464,42 @@ async fn ingress_is_served_and_its_conversion_answers_the_same() {
             &[],
             seen(200, "a", "/v"),
         ),
+        // Source ranges, through the source-range WasmFilter: 127.0.0.1 is let in by
+        // 127.0.0.0/8, kept out by 10.0.0.0/8 (whatever x-forwarded-for claims) and by
+        // a deny list naming it.
+        (
+            "http",
+            "inside.example.com",
+            "/in",
+            &[],
+            seen(200, "a", "/in"),
+        ),
+        (
+            "http",
+            "outside.example.com",
+            "/in",
+            &["-H", "x-forwarded-for: 10.1.1.1"],
+            Seen {
+                status: 403,
+                location: None,
+                cors_origin: None,
+                service: None,
+                path: None,
+            },
+        ),
+        (
+            "http",
+            "denied.example.com",
+            "/in",
+            &[],
+            Seen {
+                status: 403,
+                location: None,
+                cors_origin: None,
+                service: None,
+                path: None,
+            },
+        ),
         // Another controller's Ingress: the defaultBackend of ours answers its host.
         ("http", "theirs.example.com", "/", &[], seen(200, "a", "/")),
     ];
@@ -486,6 +571,20 @@ spec:
   - http:
       paths:
       - {path: '/v1/(.*)/x', pathType: ImplementationSpecific, backend: {service: {name: a, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: ranged
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/allowlist-source-range: 10.0.0.0/8}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: ranged.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: a, port: {number: 80}}}}
 ",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -499,6 +598,15 @@ spec:
         stderr.contains("Ingress default/captures: spec.rules[0].http.paths[0]: rewrite-target"),
         "{stderr}"
     );
+    // A source range needs the source-range filter, here absent: the rules would
+    // answer 500, and check names the Ingress, the filter's path and the fix.
+    assert!(
+        stderr.contains(
+            "Ingress default/ranged: metadata.annotations: the source-range filter is not ready"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("source-range.wasm"), "{stderr}");
 }
 
 #[test]
@@ -652,6 +760,15 @@ fn routing_facts(yaml: &str) -> std::collections::BTreeSet<String> {
                             "cors origins={} credentials={}",
                             f["cors"]["allowOrigins"], f["cors"]["allowCredentials"]
                         ),
+                        // A WasmFilter: what it runs is its config.
+                        "ExtensionRef" => {
+                            let name = &f["extensionRef"]["name"];
+                            let config = of_kind("WasmFilter")
+                                .find(|w| w["metadata"]["name"] == *name)
+                                .map(|w| w["spec"]["config"].to_string())
+                                .unwrap_or_default();
+                            format!("wasm {config}")
+                        }
                         other => other.to_string(),
                     });
                 }

@@ -821,6 +821,10 @@ fn ingresses_of_our_class_are_served_and_get_the_service_address() {
         "ingresses_of_our_class_are_served_and_get_the_service_address",
         || async {
             let rig = Rig::start("kube-ingress").await;
+            // The source-range filter, for the `admin` Ingress's allowlist.
+            let filters = TempDir::new("kube-ingress-filters");
+            install_filters(&filters, &["source_range"]);
+            let filter_dir = filters.0.display().to_string();
             let echo = echo_on("198.18.0.12", "echo").await;
             let port = free_port();
             rig.apply(&backend_yaml("echo", echo)).await;
@@ -846,6 +850,19 @@ spec:
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
+metadata:
+  name: admin
+  namespace: default
+  annotations: {nginx.ingress.kubernetes.io/allowlist-source-range: 10.0.0.0/8}
+spec:
+  ingressClassName: sluice
+  rules:
+  - http:
+      paths:
+      - {path: /admin, pathType: Prefix, backend: {service: {name: echo, port: {name: http}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
 metadata: {name: theirs, namespace: default}
 spec:
   ingressClassName: nginx
@@ -868,11 +885,17 @@ spec:
                         &ingress_http,
                         "--ingress-https",
                         &https,
+                        "--filter-dir",
+                        &filter_dir,
+                        "--ingress-source-range-filter",
+                        "filters/source_range.wasm",
                     ],
                 )
                 .await;
             let body = wait_curl("127.0.0.1", port, "/shop/cart", 200, "Ingress served").await;
             assert!(body.contains("\"path\":\"/shop/cart\""), "{body}");
+            // 127.0.0.1 is not in the allowlist: the source-range filter keeps it out.
+            assert_eq!(curl("127.0.0.1", port, "/admin").0, 403, "allowlist");
             assert_eq!(
                 curl("127.0.0.1", port, "/theirs").0,
                 404,
@@ -916,8 +939,8 @@ spec:
             // Handed to another controller: no longer served, and the address Sluice
             // wrote is cleared (once; the other controller writes its own).
             rig.apply(&exact_shop_ingress("nginx")).await;
-            // No Ingress of Sluice's left: the Ingress port closes (curl's 0).
-            wait_curl("127.0.0.1", port, "/shop", 0, "another class").await;
+            // Its rules are gone (the `admin` Ingress keeps the port open).
+            wait_curl("127.0.0.1", port, "/shop", 404, "another class").await;
             rig.wait_status(
                 ("networking.k8s.io/v1", "Ingress", "default", "web"),
                 |s| {
@@ -928,6 +951,10 @@ spec:
                 "loadBalancer cleared",
             )
             .await;
+            // No Ingress of Sluice's left: the Ingress port closes (curl's 0).
+            rig.delete("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: admin, namespace: default}\n")
+                .await;
+            wait_curl("127.0.0.1", port, "/admin", 0, "no Ingress left").await;
         },
     );
 }

@@ -77,8 +77,12 @@ fn golden() {
 
 fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmStates {
     use sluice_translate::WasmState;
+    // The WasmFilters Sluice makes for Ingress annotations load as the loader loads
+    // them in the gateway.
+    let ingress = sluice_translate::ingress::convert(res, &Default::default()).wasm_filters;
     res.wasm_filters
         .iter()
+        .chain(&ingress)
         .map(|f| {
             let path = f.spec.source.path.clone().unwrap_or_default();
             let state = if path.ends_with("missing.wasm") {

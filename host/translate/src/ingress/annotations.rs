@@ -46,6 +46,43 @@ pub(super) struct Annotations {
     pub canary: Option<Canary>,
     /// `backend-protocol`, upper-cased.
     pub backend_protocol: Option<String>,
+    /// `allowlist-source-range` (or the older `whitelist-source-range`) and
+    /// `denylist-source-range`: served by the source-range filter.
+    pub source_range: Option<SourceRange>,
+}
+
+/// The source-range filter's config for an Ingress: the address ranges let in (when
+/// given) and kept out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct SourceRange {
+    pub allow: Option<Vec<String>>,
+    pub deny: Vec<String>,
+}
+
+impl SourceRange {
+    pub fn config(&self) -> serde_json::Value {
+        let mut c = serde_json::Map::new();
+        if let Some(a) = &self.allow {
+            c.insert("allow".into(), a.clone().into());
+        }
+        if !self.deny.is_empty() {
+            c.insert("deny".into(), self.deny.clone().into());
+        }
+        c.into()
+    }
+}
+
+/// Whether `s` is an IP address or a CIDR range, as the source-range filter reads them.
+fn is_cidr(s: &str) -> bool {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.is_none_or(|b| b.parse::<u32>().is_ok_and(|b| b <= max))
 }
 
 /// What a canary Ingress asks for: requests with a header go to it, and a share of the
@@ -66,6 +103,56 @@ struct UrlParts {
     host: String,
     port: Option<u16>,
     path: String,
+}
+
+fn extension_ref(name: &str) -> HttpRouteFilter {
+    HttpRouteFilter {
+        type_: "ExtensionRef".into(),
+        extension_ref: Some(LocalObjectReference {
+            group: "sluice.dev".into(),
+            kind: "WasmFilter".into(),
+            name: name.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The source ranges an Ingress's annotations give, checked entry by entry. An entry
+/// that is not an address or range gets an Error note and is passed on all the same:
+/// the filter then refuses its config and the Ingress's rules answer 500, so a typo
+/// never opens (or, in a deny list, never leaves open) what the annotation closes.
+fn source_range(map: &BTreeMap<String, String>, notes: &mut Vec<Note>) -> Option<SourceRange> {
+    let list = |k: &str, notes: &mut Vec<Note>| -> Option<Vec<String>> {
+        let key = format!("{NGINX}{k}");
+        let v = csv(map.get(&key)?);
+        for e in v.iter().filter(|e| !is_cidr(e)) {
+            note(
+                notes,
+                Level::Error,
+                &key,
+                format!(
+                    "{e:?} is not an IP address or CIDR range (such as 10.0.0.0/8 or 2001:db8::/32): the source-range filter refuses the list and this Ingress's rules answer 500 until it is fixed"
+                ),
+            );
+        }
+        Some(v)
+    };
+    let allowlist = list("allowlist-source-range", notes);
+    let whitelist = list("whitelist-source-range", notes);
+    if allowlist.is_some() && whitelist.is_some() {
+        note(
+            notes,
+            Level::Ignored,
+            &format!("{NGINX}whitelist-source-range"),
+            "allowlist-source-range is given too, and is used instead (as ingress-nginx does)"
+                .into(),
+        );
+    }
+    let r = SourceRange {
+        allow: allowlist.or(whitelist),
+        deny: list("denylist-source-range", notes).unwrap_or_default(),
+    };
+    (r.allow.is_some() || !r.deny.is_empty()).then_some(r)
 }
 
 fn note(notes: &mut Vec<Note>, level: Level, key: &str, message: String) {
@@ -250,6 +337,7 @@ impl Annotations {
                 ),
             }
         }
+        a.source_range = source_range(map, notes);
         if let Some(v) = map.get(FILTERS_ANNOTATION) {
             a.filters = csv(v);
         }
@@ -366,9 +454,13 @@ impl Annotations {
         Some((m, filters))
     }
 
-    /// Filters every rule of the Ingress gets: CORS, then its WasmFilters.
-    pub fn rule_filters(&self) -> Vec<HttpRouteFilter> {
+    /// Filters every rule of the Ingress gets: its source-range WasmFilter (named
+    /// `source_range`), CORS, then its WasmFilters.
+    pub fn rule_filters(&self, source_range: Option<&str>) -> Vec<HttpRouteFilter> {
         let mut out = Vec::new();
+        if let Some(name) = source_range {
+            out.push(extension_ref(name));
+        }
         if let Some(c) = &self.cors {
             out.push(HttpRouteFilter {
                 type_: "CORS".into(),
@@ -377,15 +469,7 @@ impl Annotations {
             });
         }
         for name in &self.filters {
-            out.push(HttpRouteFilter {
-                type_: "ExtensionRef".into(),
-                extension_ref: Some(LocalObjectReference {
-                    group: "sluice.dev".into(),
-                    kind: "WasmFilter".into(),
-                    name: name.clone(),
-                }),
-                ..Default::default()
-            });
+            out.push(extension_ref(name));
         }
         out
     }
@@ -537,18 +621,13 @@ const KNOWN: &[&str] = &[
     "canary-by-header",
     "canary-by-header-value",
     "canary-by-header-pattern",
+    "allowlist-source-range",
+    "whitelist-source-range",
+    "denylist-source-range",
 ];
 
 /// Annotations left out on purpose, with why: the message the note gives.
 const LEFT_OUT: &[(&str, &str)] = &[
-    (
-        "whitelist-source-range",
-        "not mapped yet: Wasm filters cannot see the client address; restrict sources at the load balancer (the Service's loadBalancerSourceRanges) or a NetworkPolicy",
-    ),
-    (
-        "allowlist-source-range",
-        "not mapped yet: Wasm filters cannot see the client address; restrict sources at the load balancer (the Service's loadBalancerSourceRanges) or a NetworkPolicy",
-    ),
     (
         "canary-by-cookie",
         "not mapped: the Gateway API matches headers, not cookies; use canary-by-header",

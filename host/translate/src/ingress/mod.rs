@@ -24,9 +24,9 @@ use sluice_resources::{
     AllowedRoutes, BackendObjectReference, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayAddress,
     GatewaySpec, HttpBackendRef, HttpPathMatch, HttpRoute, HttpRouteFilter, HttpRouteMatch,
     HttpRouteRule, HttpRouteSpec, INGRESS_CONTROLLER, Ingress, IngressBackend, Listener,
-    ListenerTls, ObjectMeta, ObjectRef, ParentReference, PathMatchType, ReferenceGrant,
+    ListenerTls, ObjectMeta, ObjectRef, OciSource, ParentReference, PathMatchType, ReferenceGrant,
     ReferenceGrantFrom, ReferenceGrantSpec, ReferenceGrantTo, Resources, RouteNamespaces,
-    SecretObjectReference,
+    SecretObjectReference, WasmFilter, WasmFilterSpec, WasmSource,
 };
 
 pub use annotations::NGINX;
@@ -47,7 +47,7 @@ pub const FILTERS_ANNOTATION: &str = "sluice.dev/filters";
 const MAX_RULES: usize = 16;
 
 /// Where Ingress traffic is served and how the objects are named.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Options {
     /// Plain HTTP (`--ingress-http`, default `0.0.0.0:80`).
     pub http: SocketAddr,
@@ -62,6 +62,38 @@ pub struct Options {
     pub serving: bool,
     /// Convert every Ingress given, whatever its class (`sluice convert`).
     pub any_class: bool,
+    /// The source-range filter's component, for the WasmFilters that serve
+    /// `allowlist-source-range` and `denylist-source-range`
+    /// (`--ingress-source-range-filter`; default: `source-range.wasm` in the config
+    /// folder).
+    pub source_range_filter: WasmSource,
+}
+
+/// Where the source-range filter is read from by default: a file next to the config.
+pub const SOURCE_RANGE_FILTER_PATH: &str = "source-range.wasm";
+
+/// The source-range filter's source from a flag: `oci://REGISTRY/REPOSITORY:TAG` (or
+/// `@sha256:...`) for an OCI artifact, anything else a file path (file mode).
+pub fn source_range_filter(flag: &str) -> Result<WasmSource, String> {
+    let flag = flag.trim();
+    if flag.is_empty() {
+        return Err("give an oci:// image reference or a .wasm file path".into());
+    }
+    Ok(match flag.strip_prefix("oci://") {
+        Some(image) => WasmSource {
+            oci: Some(OciSource {
+                image: image.to_string(),
+                digest: None,
+                pull_secret_ref: None,
+                pull_policy: None,
+            }),
+            ..WasmSource::default()
+        },
+        None => WasmSource {
+            path: Some(flag.to_string()),
+            ..WasmSource::default()
+        },
+    })
 }
 
 /// The namespace of the Gateways Sluice serves Ingresses through: not a valid
@@ -88,6 +120,10 @@ impl Options {
             gateway_class: SERVING_CLASS.into(),
             serving: true,
             any_class: false,
+            source_range_filter: WasmSource {
+                path: Some(SOURCE_RANGE_FILTER_PATH.into()),
+                ..WasmSource::default()
+            },
         }
     }
 }
@@ -126,6 +162,9 @@ pub struct Converted {
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
     pub reference_grants: Vec<ReferenceGrant>,
+    /// The source-range filters of Ingresses with `allowlist-source-range` or
+    /// `denylist-source-range`, one per Ingress, in its namespace.
+    pub wasm_filters: Vec<WasmFilter>,
     /// The Ingresses converted, oldest first, with their generations.
     pub ingresses: Vec<(ObjectRef, i64)>,
     /// Service ports (namespace, name, port) an Ingress says speak HTTP/2 without TLS
@@ -134,7 +173,7 @@ pub struct Converted {
     pub h2c_ports: Vec<(String, String, u16)>,
     /// Which Ingress and field each TLS listener came from, by listener name.
     pub listeners: BTreeMap<String, (ObjectRef, String)>,
-    /// Which Ingress each HTTPRoute (namespace, name) came from.
+    /// Which Ingress each HTTPRoute and WasmFilter (namespace, name) came from.
     pub sources: BTreeMap<(String, String), ObjectRef>,
     pub notes: Vec<Note>,
 }
@@ -240,14 +279,16 @@ pub fn convert(res: &Resources, opts: &Options) -> Converted {
         );
         out.ingresses
             .push((oref.clone(), ing.metadata.generation()));
-        let before = out.http_routes.len();
+        let (before, filters_before) = (out.http_routes.len(), out.wasm_filters.len());
         routes(res, opts, ing, &oref, &tls, &mut out);
-        for r in &out.http_routes[before..] {
+        let made = out.http_routes[before..].iter().map(|r| &r.metadata).chain(
+            out.wasm_filters[filters_before..]
+                .iter()
+                .map(|f| &f.metadata),
+        );
+        for m in made {
             out.sources.insert(
-                (
-                    r.metadata.namespace_or_default().to_string(),
-                    r.metadata.name.clone(),
-                ),
+                (m.namespace_or_default().to_string(), m.name.clone()),
                 oref.clone(),
             );
         }
@@ -557,13 +598,21 @@ fn routes(
         section_name: Some(section.to_string()),
         port: None,
     };
+    let source_range = annotations.source_range.as_ref().map(|sr| {
+        let f = source_range_filter_object(opts, ns, &ing.metadata.name, sr);
+        let name = f.metadata.name.clone();
+        out.wasm_filters.push(f);
+        name
+    });
     let mut seq = 0;
     for (host, mut rules) in hosts {
         if rules.is_empty() {
             continue;
         }
         for r in &mut rules {
-            r.rule.filters.extend(annotations.rule_filters());
+            r.rule
+                .filters
+                .extend(annotations.rule_filters(source_range.as_deref()));
             annotations.apply_to_rule(&mut r.rule);
         }
         let tls_l = tls_listener(tls, &host);
@@ -720,6 +769,39 @@ fn backend_protocol(
     }
 }
 
+/// The WasmFilter that serves an Ingress's source ranges: the source-range filter
+/// with the annotations' ranges as its config.
+fn source_range_filter_object(
+    opts: &Options,
+    ns: &str,
+    ingress: &str,
+    sr: &annotations::SourceRange,
+) -> WasmFilter {
+    let name = if opts.serving {
+        format!("ingress:{ingress}:source-range")
+    } else {
+        let mut n = format!("{ingress}-source-range");
+        if n.len() > 253 {
+            n = format!("{}-source-range", &ingress[..ingress.len().min(239)]);
+        }
+        n
+    };
+    WasmFilter {
+        metadata: ObjectMeta {
+            name,
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        spec: WasmFilterSpec {
+            source: opts.source_range_filter.clone(),
+            config: Some(sr.config()),
+            failure_policy: None,
+            limits: None,
+            outbound: Vec::new(),
+        },
+    }
+}
+
 /// The name of a converted HTTPRoute. Serving names contain `:`, which no Kubernetes
 /// object's name can, so they never collide with the converted objects a migration
 /// applies while the Ingress is still served.
@@ -825,6 +907,7 @@ pub fn serving_resources(res: &Resources, c: &Converted) -> Resources {
     r.http_routes.extend(c.http_routes.iter().cloned());
     r.reference_grants
         .extend(c.reference_grants.iter().cloned());
+    r.wasm_filters.extend(c.wasm_filters.iter().cloned());
     for (ns, name, port) in &c.h2c_ports {
         let ports = r
             .services
@@ -902,6 +985,23 @@ pub(crate) fn statuses(
                 }
                 false
             }
+            (Kind::WasmFilter, Status::WasmFilter(w)) => {
+                let Some(ingress) = c.sources.get(&key) else {
+                    return true;
+                };
+                if let Some(cond) = first_failure(&w.conditions) {
+                    add(
+                        ingress,
+                        Level::Error,
+                        "metadata.annotations".into(),
+                        format!(
+                            "the source-range filter is not ready, so this Ingress's rules answer 500: {} {}: {}",
+                            cond.type_, cond.reason, cond.message
+                        ),
+                    );
+                }
+                false
+            }
             (Kind::HTTPRoute, Status::Route(r)) => {
                 let Some(ingress) = c.sources.get(&key) else {
                     return true;
@@ -947,13 +1047,16 @@ pub(crate) fn statuses(
     }
 }
 
-/// The first of the conditions that says something is wrong (Accepted, ResolvedRefs
-/// or Programmed not True): the cause, where the others follow from it.
+/// The first of the conditions that says something is wrong (Accepted, ResolvedRefs,
+/// Programmed or Ready not True): the cause, where the others follow from it.
 fn first_failure(conditions: &[Condition]) -> Option<&Condition> {
     conditions.iter().find(|c| {
         matches!(
             c.type_,
-            ConditionType::Accepted | ConditionType::ResolvedRefs | ConditionType::Programmed
+            ConditionType::Accepted
+                | ConditionType::ResolvedRefs
+                | ConditionType::Programmed
+                | ConditionType::Ready
         ) && !c.is_true()
     })
 }
