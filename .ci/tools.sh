@@ -8,6 +8,8 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# A real Redis, for WasmFilters whose kv store is shared (spec.kv.redis).
+command -v redis-server >/dev/null || need+=(redis-server)
 # Kubernetes-mode tests: etcd for the API server, and a network namespace of their own
 # (unshare from util-linux, ip from iproute2).
 command -v etcd >/dev/null || need+=(etcd-server)

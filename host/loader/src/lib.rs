@@ -237,8 +237,11 @@ fn prepare_one(
             Some(shown.clone()),
         ))
     })?;
+    let kv = kv_backend(res, f)
+        .map_err(|m| Failure::from(failed(Reason::InvalidKvSecret, m, Some(shown.clone()))))?;
     let e = sluice_translate::wasm::effective(f);
     let spec = FilterSpec {
+        kv,
         name: name.to_string(),
         config: e.config,
         memory_bytes: usize::try_from(e.memory_bytes).unwrap_or(usize::MAX),
@@ -266,6 +269,62 @@ fn prepare_one(
         )
         .into()),
     }
+}
+
+/// The time one Redis kv call may take by default (`spec.kv.redis.timeout`).
+pub const KV_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where a WasmFilter's `kv` lives, with the Redis password read from its Secret.
+fn kv_backend(res: &Resources, f: &WasmFilter) -> Result<sluice_wasm::KvBackend, String> {
+    let Some(r) = f.spec.kv.as_ref().and_then(|k| k.redis.as_ref()) else {
+        return Ok(sluice_wasm::KvBackend::Memory);
+    };
+    let timeout = r
+        .timeout
+        .as_deref()
+        .and_then(|t| sluice_resources::parse_duration(t).ok())
+        .unwrap_or(KV_REDIS_TIMEOUT);
+    let mut url = r.url.clone();
+    if let Some(s) = &r.password_secret_ref {
+        let ns = f.metadata.namespace_or_default();
+        let secret = res
+            .secrets
+            .iter()
+            .find(|x| x.metadata.name == s.name && x.metadata.namespace_or_default() == ns)
+            .ok_or_else(|| {
+                format!(
+                    "spec.kv.redis.passwordSecretRef: Secret {ns}/{} not found; create it with the password under {:?}",
+                    s.name, s.key
+                )
+            })?;
+        let password = secret
+            .value(&s.key)
+            .and_then(|v| String::from_utf8(v).ok())
+            .ok_or_else(|| {
+                format!(
+                    "spec.kv.redis.passwordSecretRef: Secret {ns}/{} has no UTF-8 value under {:?}",
+                    s.name, s.key
+                )
+            })?;
+        let user = r.username.as_deref().unwrap_or("");
+        let enc = |v: &str| -> String {
+            v.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        if let Some(rest) = url.strip_prefix("redis://") {
+            url = format!("redis://{}:{}@{rest}", enc(user), enc(&password));
+        }
+    }
+    Ok(sluice_wasm::KvBackend::Redis(sluice_wasm::RedisSpec {
+        url,
+        timeout,
+    }))
 }
 
 #[cfg(test)]

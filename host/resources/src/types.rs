@@ -873,6 +873,47 @@ pub struct WasmFilterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub outbound: Vec<OutboundGrant>,
+    /// Where the filter's `kv` store lives. Default: in each gateway's memory, per
+    /// process; with `redis`, in one Redis (or Valkey) that every replica shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<WasmKv>,
+}
+
+/// A WasmFilter's `kv` store.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmKv {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisKv>,
+}
+
+/// A Redis server (6.2 or later) or Valkey, for a WasmFilter's `kv`. The filter's keys
+/// live under `sluice:kv:<namespace>/<name>:`, so WasmFilters never see each other's.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisKv {
+    /// `redis://HOST:PORT` with an optional `/DB` (database number).
+    pub url: String,
+    /// The password (Redis `AUTH`; with `username` for an ACL user), from a key of a
+    /// Secret in the WasmFilter's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// The ACL user, with `passwordSecretRef`; default: Redis's `default` user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Time one kv call may take, connecting included, as a Gateway API duration
+    /// (`50ms`); default 100ms, at most 10s. A call that fails or takes longer traps the
+    /// filter, and its `failurePolicy` decides what the request gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// One key of a Secret.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
 }
 
 /// One backend a filter may call.

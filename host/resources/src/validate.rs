@@ -297,6 +297,42 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
             ));
         }
     }
+    if let Some(r) = w.spec.kv.as_ref().and_then(|k| k.redis.as_ref()) {
+        let at = |f: &str| format!("spec.kv.redis.{f}");
+        match r.url.split_once("://") {
+            Some(("redis", rest)) if !rest.is_empty() && !rest.contains('@') => {}
+            Some(("redis", rest)) if rest.contains('@') => p.push((
+                at("url"),
+                "must not hold credentials, which anyone who can read the WasmFilter would see: put the password in a Secret and name it in passwordSecretRef".into(),
+            )),
+            Some(("rediss", _)) => p.push((
+                at("url"),
+                "rediss:// (TLS) is not supported yet: use redis:// to a server on a network you trust".into(),
+            )),
+            _ => p.push((
+                at("url"),
+                format!("{:?}: must be redis://HOST:PORT, optionally with /DB", r.url),
+            )),
+        }
+        if let Some(t) = &r.timeout {
+            match parse_duration(t) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(10) => {}
+                Ok(_) => p.push((at("timeout"), "must be above 0 and at most 10s".into())),
+                Err(e) => p.push((at("timeout"), e)),
+            }
+        }
+        if let Some(s) = &r.password_secret_ref
+            && (s.name.is_empty() || s.key.is_empty())
+        {
+            p.push((at("passwordSecretRef"), "name and key are required".into()));
+        }
+        if r.username.is_some() && r.password_secret_ref.is_none() {
+            p.push((
+                at("username"),
+                "needs passwordSecretRef: an ACL user logs in with a password".into(),
+            ));
+        }
+    }
     let mut names = std::collections::BTreeSet::new();
     if w.spec.outbound.len() > 16 {
         p.push(("spec.outbound".into(), "at most 16 grants".into()));

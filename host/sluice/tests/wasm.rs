@@ -44,6 +44,7 @@ async fn setup_with(
             "body_hash",
             "sub_filter",
             "tee",
+            "ratelimit",
         ],
     );
     dir.write("gw.yaml", &gateway_yaml(port, None));
@@ -2127,4 +2128,167 @@ async fn tee_streams_a_copy_of_an_upload_to_its_granted_backend() {
         ),
         "{metrics}"
     );
+}
+
+/// A real Redis server on 127.0.0.1, without persistence: a restart empties it.
+struct Redis {
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Redis {
+    async fn start(port: u16) -> Redis {
+        let dir = TempDir::new("redis");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; .ci/tools.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Redis { child, _dir: dir }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two gateways whose ratelimit WasmFilter keeps its `kv` in one Redis enforce one
+/// limit together. Redis stops under load: the FailClosed gateway answers 500, the
+/// FailOpen one skips the filter, none waits past the kv timeout, and both count the
+/// failures; Redis comes back and the limit holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_rate_limit_through_redis_and_ride_out_its_restart() {
+    let redis_port = free_port();
+    let redis = Redis::start(redis_port).await;
+    let limit = |policy: &str| {
+        wasm_filter(
+            "limit",
+            "ratelimit",
+            &format!(
+                "  config: {{requests: 10, windowSeconds: 600}}\n  failurePolicy: {policy}\n  kv: {{redis: {{url: 'redis://127.0.0.1:{redis_port}', timeout: 200ms}}}}\n"
+            ),
+        )
+    };
+    let rules = format!(
+        "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("limit")
+    );
+    let (_a, port_a, _dir_a, gw_a) = setup("kv-a", &[limit("FailClosed")], &rules).await;
+    let (_b, port_b, _dir_b, gw_b) = setup("kv-b", &[limit("FailOpen")], &rules).await;
+
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..14 {
+        let port = if i % 2 == 0 { port_a } else { port_b };
+        match get(port, "h", "/").await.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(
+        (ok, limited),
+        (10, 4),
+        "one limit of 10 across both gateways"
+    );
+
+    // Load on both while Redis stops and comes back: every request is answered, with
+    // the limit, the failure policy or the backend, within the kv timeout and more.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let mut load = Vec::new();
+    for port in [port_a, port_b, port_a, port_b] {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let answer = tokio::time::timeout(Duration::from_secs(3), get(port, "h", "/"))
+                    .await
+                    .unwrap_or_else(|_| panic!("port {port}: no answer in 3 s"));
+                *seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((port, answer.status.as_u16()))
+                    .or_insert(0u64) += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(redis);
+    // Until `port` answers `want` (or, with `not`, anything else).
+    let wait_for = |port: u16, want: StatusCode, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, not) = (get(port, "h", "/").await.status, what.starts_with("not"));
+            if (status == want) != not {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: never {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(
+        port_a,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "FailClosed without Redis",
+    )
+    .await;
+    wait_for(port_b, StatusCode::OK, "FailOpen without Redis").await;
+    let failures = "sluice_wasm_kv_errors_total{filter=\"default/limit\"}";
+    assert!(gw_a.metric(failures).await > 0, "failures are counted");
+    assert!(gw_b.metric(failures).await > 0);
+    assert!(
+        gw_b.metric("sluice_wasm_failopen_skips_total{filter=\"default/limit\"}")
+            .await
+            > 0
+    );
+    assert!(
+        gw_a.logs().contains("the Redis store at redis://127.0.0.1"),
+        "the log names the store:\n{}",
+        gw_a.logs()
+    );
+
+    let _redis = Redis::start(redis_port).await;
+    // Allowed or limited again (the load may have used up the new window already).
+    wait_for(
+        port_a,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "not failing once Redis is back",
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.expect("load task");
+    }
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for ((port, status), n) in &seen {
+        assert!(
+            matches!(status, 200 | 429) || (*status == 500 && *port == port_a),
+            "port {port}: {n} answers {status}: {seen:?}"
+        );
+    }
+    assert!(seen.contains_key(&(port_a, 500)), "{seen:?}");
+
+    // The restarted Redis is empty: a new window, shared again.
+    let mut limited = (false, false);
+    for _ in 0..30 {
+        limited.0 |= get(port_a, "h", "/").await.status == StatusCode::TOO_MANY_REQUESTS;
+        limited.1 |= get(port_b, "h", "/").await.status == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert_eq!(limited, (true, true), "the limit holds again on both");
 }

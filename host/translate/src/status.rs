@@ -243,6 +243,9 @@ spelled! {
         InvalidConfig,
         /// WasmFilter Ready=False: the filter trapped while starting.
         Trapped,
+        /// WasmFilter Ready=False: `spec.kv.redis.passwordSecretRef` names a Secret or
+        /// key that does not exist.
+        InvalidKvSecret,
     }
 }
 

@@ -11,7 +11,14 @@ pub mod v0_1 {
         path: "../../wit",
         // Host functions return `wasmtime::Result`, so a host-side failure (a resource
         // handle the guest should not have) traps the guest instead of panicking.
-        imports: { default: trappable },
+        // `kv` may wait on Redis (`spec.kv.redis`): async, as outbound calls are.
+        imports: {
+            "sluice:filter/kv.get": async | trappable,
+            "sluice:filter/kv.set": async | trappable,
+            "sluice:filter/kv.increment": async | trappable,
+            "sluice:filter/kv.delete": async | trappable,
+            default: trappable,
+        },
         // Every guest call is async: a running guest yields to the executor at each
         // epoch tick, so a slow filter never holds a worker thread (see `Pool::call`).
         exports: { default: async },

@@ -55,6 +55,8 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) shared: Arc<FilterShared>,
+    /// The WasmFilter's `kv` store.
+    pub(crate) kv: Arc<crate::kv::Store>,
     /// The last error the guest logged (the SDK logs a panic's message just before the
     /// trap), so the trap can be reported with it.
     pub(crate) last_error: Option<String>,
@@ -709,19 +711,78 @@ impl metrics::Host for HostState {
     }
 }
 
+impl HostState {
+    /// A failed Redis call: counted, logged (within the filter's log budget) and turned
+    /// into a trap, so the WasmFilter's failurePolicy decides what the request gets.
+    fn kv_failed(&self, op: &str, e: crate::kv::RedisFailed) -> wasmtime::Error {
+        self.shared.stats.kv_error();
+        let server = match &*self.kv {
+            crate::kv::Store::Redis(r) => r.server(),
+            crate::kv::Store::Memory(_) => String::new(),
+        };
+        let message = format!("kv.{op}: the Redis store at {server} failed: {}", e.0);
+        if self.shared.may_log() {
+            tracing::warn!(filter = %self.shared.name, "{message}");
+        }
+        wasmtime::Error::msg(message)
+    }
+}
+
 impl kv::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.shared.kv.get(&key))
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        match &*self.kv {
+            crate::kv::Store::Memory(m) => Ok(m.get(&key)),
+            crate::kv::Store::Redis(r) => {
+                self.leave_slow_lane();
+                r.get(&key).await.map_err(|e| self.kv_failed("get", e))
+            }
+        }
     }
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<bool> {
-        Ok(self.shared.kv.set(key, value, ttl_ms))
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<bool> {
+        match &*self.kv {
+            crate::kv::Store::Memory(m) => Ok(m.set(key, value, ttl_ms)),
+            crate::kv::Store::Redis(r) => {
+                self.leave_slow_lane();
+                r.set(&key, value, ttl_ms)
+                    .await
+                    .map_err(|e| self.kv_failed("set", e))
+            }
+        }
     }
-    fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> wasmtime::Result<i64> {
-        Ok(self.shared.kv.increment(key, delta, ttl_ms))
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<i64> {
+        match &*self.kv {
+            crate::kv::Store::Memory(m) => Ok(m.increment(key, delta, ttl_ms)),
+            crate::kv::Store::Redis(r) => {
+                self.leave_slow_lane();
+                r.increment(&key, delta, ttl_ms)
+                    .await
+                    .map_err(|e| self.kv_failed("increment", e))
+            }
+        }
     }
-    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.shared.kv.delete(&key);
-        Ok(())
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        match &*self.kv {
+            crate::kv::Store::Memory(m) => {
+                m.delete(&key);
+                Ok(())
+            }
+            crate::kv::Store::Redis(r) => {
+                self.leave_slow_lane();
+                r.delete(&key)
+                    .await
+                    .map_err(|e| self.kv_failed("delete", e))
+            }
+        }
     }
 }
 

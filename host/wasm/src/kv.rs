@@ -1,4 +1,6 @@
-//! The key-value store behind the `kv` import: one per WasmFilter, in memory, with TTLs.
+//! The key-value store behind the `kv` import: one per WasmFilter, with TTLs. In the
+//! gateway's memory by default; in Redis (or Valkey) when the WasmFilter's `spec.kv`
+//! names one, so that replicas share it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,6 +9,203 @@ use std::time::{Duration, Instant};
 const MAX_KEYS: usize = 65_536;
 const MAX_KEY: usize = 256;
 const MAX_VALUE: usize = 64 << 10;
+
+/// Where a WasmFilter's `kv` lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvBackend {
+    /// In the gateway's memory, per process (the default).
+    #[default]
+    Memory,
+    /// In Redis, shared by every gateway that names it.
+    Redis(RedisSpec),
+}
+
+/// A Redis server for `kv`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RedisSpec {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// The longest one call may take, connecting included.
+    pub timeout: Duration,
+}
+
+/// A WasmFilter's store, as its instances reach it.
+pub(crate) enum Store {
+    Memory(std::sync::Arc<Kv>),
+    Redis(RedisKv),
+}
+
+/// The store in Redis: every key of one WasmFilter under `sluice:kv:<namespace>/<name>:`,
+/// values and counters stored as the in-memory store keeps them (a counter is 8 bytes,
+/// little-endian), so a filter reads the same bytes from either.
+pub(crate) struct RedisKv {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    spec: RedisSpec,
+    increment: redis::Script,
+    /// The gateway's runtime, which the connection's tasks run on: a call made from a
+    /// thread without one (the loader's `configure`) is sent there.
+    handle: tokio::runtime::Handle,
+}
+
+/// `increment` in one atomic step: the counter is read, added to (saturating at the
+/// i64 range Lua's doubles hold) and written back with its expiry kept, or created
+/// with `ttl`.
+const INCREMENT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+local v = 0
+if cur and #cur == 8 then v = struct.unpack('<i8', cur) end
+v = v + tonumber(ARGV[1])
+if v > 9223372036854774784 then v = 9223372036854774784 end
+if v < -9223372036854774784 then v = -9223372036854774784 end
+local packed = struct.pack('<i8', v)
+if cur then
+  redis.call('SET', KEYS[1], packed, 'KEEPTTL')
+elseif ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], packed, 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], packed)
+end
+return v
+";
+
+/// A Redis URL without its user and password.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_string(),
+    }
+}
+
+/// Why a call to Redis failed, for the trap message.
+#[derive(Debug)]
+pub(crate) struct RedisFailed(pub String);
+
+impl RedisKv {
+    /// The store for WasmFilter `name` (`namespace/name`) in the Redis at `spec.url`.
+    /// Connects on first use, and again after a failure.
+    pub fn new(
+        name: &str,
+        spec: &RedisSpec,
+        handle: tokio::runtime::Handle,
+    ) -> Result<RedisKv, String> {
+        let client = redis::Client::open(spec.url.as_str()).map_err(|e| e.to_string())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(spec.timeout))
+            .set_response_timeout(Some(spec.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = {
+            let _in_runtime = handle.enter();
+            redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| e.to_string())?
+        };
+        Ok(RedisKv {
+            conn,
+            prefix: format!("sluice:kv:{name}:"),
+            spec: spec.clone(),
+            increment: redis::Script::new(INCREMENT),
+            handle,
+        })
+    }
+
+    /// Runs `op` on a connection, on the runtime, within the timeout.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisFailed>
+    where
+        F: FnOnce(redis::aio::ConnectionManager) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+        T: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let timeout = self.spec.timeout;
+        let task = self
+            .handle
+            .spawn(async move { tokio::time::timeout(timeout, op(conn)).await });
+        match task.await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(RedisFailed(e.to_string())),
+            Ok(Err(_)) => Err(RedisFailed(format!("no answer within {timeout:?}"))),
+            Err(e) => Err(RedisFailed(e.to_string())),
+        }
+    }
+
+    /// Runs one command.
+    async fn query<T>(&self, cmd: redis::Cmd) -> Result<T, RedisFailed>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.run(move |mut c| async move { cmd.query_async::<T>(&mut c).await })
+            .await
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RedisFailed> {
+        if key.len() > MAX_KEY {
+            return Ok(None);
+        }
+        self.query(redis::cmd("GET").arg(self.key(key)).clone())
+            .await
+    }
+
+    pub async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, RedisFailed> {
+        if key.len() > MAX_KEY || value.len() > MAX_VALUE {
+            return Ok(false);
+        }
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value);
+        if let Some(ms) = ttl_ms {
+            // Redis refuses an expiry of 0; 1 ms is as good as gone.
+            cmd.arg("PX").arg(ms.max(1));
+        }
+        self.query::<()>(cmd).await.map(|()| true)
+    }
+
+    pub async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, RedisFailed> {
+        if key.len() > MAX_KEY {
+            return Ok(0);
+        }
+        let script = self.increment.clone();
+        let key = self.key(key);
+        let ttl = ttl_ms.map(|ms| ms.max(1).to_string()).unwrap_or_default();
+        // EVALSHA, and the script itself once when the server does not have it yet.
+        self.run(move |mut c| async move {
+            script
+                .key(key)
+                .arg(delta)
+                .arg(ttl)
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), RedisFailed> {
+        if key.len() > MAX_KEY {
+            return Ok(());
+        }
+        self.query::<i64>(redis::cmd("DEL").arg(self.key(key)).clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// The server, without credentials: for messages.
+    pub fn server(&self) -> String {
+        redacted(&self.spec.url)
+    }
+}
 
 struct Entry {
     value: Vec<u8>,

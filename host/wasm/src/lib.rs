@@ -41,6 +41,7 @@ use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
 use host::TrailersCtx;
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
+pub use kv::{KvBackend, RedisSpec, redacted as redacted_redis_url};
 pub use outbound::{
     BodySink, CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse, WriteFuture,
 };
@@ -108,13 +109,16 @@ pub struct FilterSpec {
     pub memory_bytes: usize,
     pub timeout: Duration,
     pub min_instances: usize,
+    /// Where `kv` lives (`spec.kv`).
+    pub kv: KvBackend,
 }
 
 /// Everything the instances of one WasmFilter share.
 pub struct FilterShared {
     pub name: String,
     pub stats: Arc<FilterStats>,
-    kv: kv::Kv,
+    /// The in-memory store, kept across reloads (a rate limit survives an upgrade).
+    kv: Arc<kv::Kv>,
     /// Log lines per second this filter may write (`Runtime::set_log_lines_per_second`).
     log_lines_per_second: u64,
 }
@@ -390,7 +394,7 @@ impl Runtime {
                 Arc::new(FilterShared {
                     name: name.to_string(),
                     stats: Arc::default(),
-                    kv: kv::Kv::default(),
+                    kv: Arc::default(),
                     log_lines_per_second: self.log_lines_per_second.load(Ordering::Relaxed),
                 })
             })
@@ -414,11 +418,30 @@ impl Runtime {
         {
             return Ok(p);
         }
+        let shared = self.shared(&spec.name);
+        let store = match &spec.kv {
+            KvBackend::Memory => kv::Store::Memory(shared.kv.clone()),
+            KvBackend::Redis(r) => {
+                let fail = |message: String| FilterError {
+                    kind: ErrorKind::Config,
+                    message,
+                    config_errors: Vec::new(),
+                };
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                    fail("spec.kv.redis: the Redis store needs the gateway's runtime".into())
+                })?;
+                kv::Store::Redis(
+                    kv::RedisKv::new(&spec.name, r, handle)
+                        .map_err(|e| fail(format!("spec.kv.redis.url: {e}")))?,
+                )
+            }
+        };
         let pool = Arc::new(Pool {
             runtime: self.clone(),
             compiled: compiled.clone(),
             spec: spec.clone(),
-            shared: self.shared(&spec.name),
+            kv: Arc::new(store),
+            shared,
             idle: Mutex::new(Vec::new()),
             peak: std::sync::atomic::AtomicUsize::new(0),
             deadline_ticks: ticks(spec.timeout),
@@ -626,6 +649,8 @@ pub struct Pool {
     compiled: Arc<Compiled>,
     spec: FilterSpec,
     shared: Arc<FilterShared>,
+    /// Where this pool's `kv` calls go.
+    kv: Arc<kv::Store>,
     idle: Mutex<Vec<Instance>>,
     /// The most instances of this pool in use at once since the last trim.
     peak: std::sync::atomic::AtomicUsize,
@@ -689,6 +714,7 @@ impl Pool {
             table: ResourceTable::new(),
             limiter,
             shared: self.shared.clone(),
+            kv: self.kv.clone(),
             last_error: None,
             ticks_left: ticks(CONFIGURE_TIMEOUT),
             slow_lane: self.runtime.slow_lane.clone(),

@@ -101,6 +101,7 @@ pub struct FilterStats {
     latency: Histogram,
     guest_counters: Mutex<BTreeMap<String, u64>>,
     guest_histograms: Mutex<BTreeMap<String, Histogram>>,
+    kv_errors: AtomicU64,
 }
 
 impl Default for FilterStats {
@@ -117,6 +118,7 @@ impl Default for FilterStats {
             latency: Histogram::new(CALL_BUCKETS),
             guest_counters: Mutex::default(),
             guest_histograms: Mutex::default(),
+            kv_errors: AtomicU64::new(0),
         }
     }
 }
@@ -235,6 +237,15 @@ impl FilterStats {
     pub fn errors(&self, kind: ErrorKind) -> u64 {
         self.errors[kind as usize].load(Relaxed)
     }
+    pub(crate) fn kv_error(&self) {
+        self.kv_errors.fetch_add(1, Relaxed);
+    }
+
+    /// `kv` calls that failed because the WasmFilter's Redis store did not answer.
+    pub fn kv_errors(&self) -> u64 {
+        self.kv_errors.load(Relaxed)
+    }
+
     /// What the filter has added to its counter `name` (`metrics.counter-add`).
     pub fn counter(&self, name: &str) -> u64 {
         self.guest_counters
@@ -281,7 +292,7 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
     }
     let label = |f: &str| Labels::new().with("filter", f);
     type Value = fn(&FilterStats) -> i64;
-    let simple: [(&str, Type, &str, Value); 3] = [
+    let simple: [(&str, Type, &str, Value); 4] = [
         (
             "sluice_wasm_calls_total",
             Type::Counter,
@@ -299,6 +310,12 @@ pub fn collect<'a>(out: &mut Encoder, filters: &[(&'a str, &'a FilterStats)]) {
             Type::Counter,
             "Log lines of the filter (its own, and the gateway's about its failures) dropped past its per-second budget.",
             |s| s.log_lines_dropped() as i64,
+        ),
+        (
+            "sluice_wasm_kv_errors_total",
+            Type::Counter,
+            "kv calls that failed because the WasmFilter's Redis store (spec.kv.redis) did not answer; the call traps and the failurePolicy decides.",
+            |s| s.kv_errors() as i64,
         ),
     ];
     for (name, kind, help, value) in simple {

@@ -198,6 +198,7 @@ impl Harness {
             memory_bytes: limits.memory_bytes,
             timeout: limits.timeout,
             min_instances: 1,
+            kv: sluice_wasm::KvBackend::Memory,
         };
         Ok(Harness {
             pool: sluice_wasm::block_on(rt.pool(&compiled, &spec))?,

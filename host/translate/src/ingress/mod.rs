@@ -798,6 +798,7 @@ fn source_range_filter_object(
             failure_policy: None,
             limits: None,
             outbound: Vec::new(),
+            kv: None,
         },
     }
 }
