@@ -336,4 +336,46 @@ mod tests {
             sluice_wasm::MAX_MEMORY as u64
         );
     }
+
+    #[test]
+    fn a_redis_kv_store_gets_its_password_from_the_secret() {
+        let yaml = |secret: &str| {
+            format!(
+                "apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {{name: limit, namespace: apps}}
+spec:
+  source: {{path: limit.wasm}}
+  kv: {{redis: {{url: 'redis://redis:6379/2', username: gw, passwordSecretRef: {{name: redis, key: pw}}, timeout: 50ms}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {secret}, namespace: apps}}
+stringData: {{pw: 'p@ss:w/rd'}}
+"
+            )
+        };
+        let res = sluice_resources::load_str("kv.yaml", &yaml("redis"))
+            .expect("load")
+            .resources;
+        let kv = super::kv_backend(&res, &res.wasm_filters[0]).expect("kv");
+        assert_eq!(
+            kv,
+            sluice_wasm::KvBackend::Redis(sluice_wasm::RedisSpec {
+                url: "redis://gw:p%40ss%3Aw%2Frd@redis:6379/2".into(),
+                timeout: std::time::Duration::from_millis(50),
+            })
+        );
+        if let sluice_wasm::KvBackend::Redis(r) = &kv {
+            assert_eq!(
+                sluice_wasm::redacted_redis_url(&r.url),
+                "redis://redis:6379/2"
+            );
+        }
+        let res = sluice_resources::load_str("kv.yaml", &yaml("other"))
+            .expect("load")
+            .resources;
+        let e = super::kv_backend(&res, &res.wasm_filters[0]).expect_err("no secret");
+        assert!(e.contains("Secret apps/redis not found"), "{e}");
+    }
 }
