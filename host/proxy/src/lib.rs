@@ -31,6 +31,7 @@ pub use metrics::Metrics;
 pub use server::Listeners;
 pub use server::raise_open_files_limit;
 pub use snapshot::{Snapshot, Socket, WasmPools, build};
+pub use upstream::{DEFAULT_CONNECT_TIMEOUT, set_connect_timeout};
 
 /// A body the gateway sends: streamed from a peer, or held whole (made here, or
 /// collected for a filter or a mirror).

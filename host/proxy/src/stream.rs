@@ -29,7 +29,6 @@ use crate::metrics::{Metrics, StreamStats};
 use crate::tls::tls_acceptor_for;
 use crate::{BuildError, Gateway};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ClientHello larger than this is refused.
 const HELLO_LIMIT: usize = 16 << 10;
@@ -229,7 +228,7 @@ async fn connect(route: &StreamRoute) -> Option<TcpStream> {
         route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
         return None;
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    match tokio::time::timeout(crate::upstream::connect_timeout(), TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Some(s)

@@ -22,10 +22,30 @@ pub(crate) struct Upstream {
     h2c: Client<HttpConnector, Body>,
 }
 
+/// The time a connection to a backend may take to open, unless
+/// [`set_connect_timeout`] sets another (`--connect-timeout`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static CONNECT_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets the time a connection to a backend (HTTP, TLS, TCP and TLS passthrough routes)
+/// may take to open, once per process, before the first connection; later calls are
+/// ignored.
+pub fn set_connect_timeout(d: Duration) {
+    let _ = CONNECT_TIMEOUT.set(d);
+}
+
+pub(crate) fn connect_timeout() -> Duration {
+    CONNECT_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
 fn connector() -> HttpConnector {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(5)));
+    c.set_connect_timeout(Some(connect_timeout()));
     c.enforce_http(true);
     c
 }

@@ -312,6 +312,20 @@ struct ConnectionFlags {
     /// since it started; 0 turns the rate off.
     #[arg(long, default_value = "1024", value_name = "BYTES")]
     body_min_rate: u64,
+    /// Time a connection to a backend may take to open (HTTP, TLS, TCP and TLS
+    /// passthrough routes), as a duration such as 5s or 500ms; past it the request
+    /// gets 503 (a stream route's client connection is closed).
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_connect_timeout)]
+    connect_timeout: Duration,
+}
+
+fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    match sluice_resources::parse_duration(s)? {
+        d if d.is_zero() || d > Duration::from_secs(300) => {
+            Err("must be above 0 and at most 300s".into())
+        }
+        d => Ok(d),
+    }
 }
 
 impl ConnectionFlags {
@@ -406,6 +420,7 @@ fn main() -> ExitCode {
                         (provider::From::Cluster(c), Some(options))
                     }
                 };
+                sluice_proxy::set_connect_timeout(connections.connect_timeout);
                 provider::App::run(provider::Config {
                     from,
                     cluster: options,

@@ -1284,3 +1284,59 @@ async fn dashboard_queries_name_exported_metrics() {
         "the dashboard queries metrics /metrics does not export: {missing:?}\nexported: {exported:?}"
     );
 }
+
+/// A backend whose listen queue is full never completes a connection (the kernel drops
+/// the SYNs): the request is given up after `--connect-timeout`, not the 5 s default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_accept_is_given_up_after_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let full = socket.listen(0).expect("listen");
+    let addr = full.local_addr().expect("addr");
+    // Fill the queue (never accepted) until one more connection cannot complete.
+    let mut queued = Vec::new();
+    let filled = (0..16).any(|_| {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => {
+                queued.push(s);
+                false
+            }
+            Err(_) => true,
+        }
+    });
+    assert!(filled, "the listen queue never filled");
+
+    let port = free_port();
+    let dir = TempDir::new("connect-timeout");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml_port("stuck", addr.port(), None));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: stuck, port: 80}]\n",
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &["--connect-timeout", "300ms"]).await;
+    let start = Instant::now();
+    let answer = get(port, "h", "/").await;
+    let took = start.elapsed();
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+    assert!(
+        answer.body.contains("upstream connect error"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "given up after {took:?}, not after the 300ms --connect-timeout"
+    );
+    drop(queued);
+}

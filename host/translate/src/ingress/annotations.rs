@@ -638,7 +638,7 @@ const LEFT_OUT: &[(&str, &str)] = &[
     ),
     (
         "proxy-connect-timeout",
-        "not mapped: the Gateway API has no connect timeout; a backend that does not accept within the route's timeouts fails the request, or waits as long as the system's TCP connect does",
+        "not mapped per Ingress: the Gateway API has no connect timeout; Sluice's is one for every backend, --connect-timeout (default 5s, ingress-nginx's default too)",
     ),
     (
         "configuration-snippet",
