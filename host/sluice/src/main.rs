@@ -5,6 +5,7 @@ mod address_pool;
 mod admin;
 mod convert;
 mod filter_cmd;
+mod filter_test;
 mod provider;
 mod scaffold;
 
@@ -257,6 +258,21 @@ enum FilterCommand {
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
+    /// Run a component on a request written in YAML, in the gateway's runtime: prints
+    /// what the filter did (the request that reaches the backend, or its own answer,
+    /// and the response after it) and checks the file's `expect:` block. Exits 1 on a
+    /// mismatch, 2 when the filter cannot run. docs/filters.md has the format.
+    Test {
+        /// The component, e.g. target/wasm32-wasip2/release/api_key.wasm.
+        component: PathBuf,
+        /// The filter's config: a WasmFilter (its spec.config is used) or the config
+        /// itself, YAML or JSON. Default: none (null).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The request, the backend's response and what to expect, as YAML.
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+    },
     /// Push a component as an OCI artifact (CNCF Wasm layout); prints the manifest digest.
     Push {
         /// The component, e.g. filters/target/wasm32-wasip2/release/hello.wasm.
@@ -360,10 +376,15 @@ fn parse_share(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `filter test` prints a report: only what went wrong goes beside it.
+    let level = match cli.command {
+        Command::Filter(FilterCommand::Test { .. }) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: a file or a pipe gets plain text.
@@ -460,6 +481,11 @@ fn main() -> ExitCode {
             print!("{}", sluice_kube::crd::wasm_filter_crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Filter(FilterCommand::Test {
+            component,
+            config,
+            request,
+        }) => filter_test::run(&component, config.as_deref(), &request),
         Command::Filter(cmd) => block_on(1, async {
             match cmd {
                 FilterCommand::New { name, dir, sdk } => {
@@ -478,6 +504,7 @@ fn main() -> ExitCode {
                     output,
                     creds,
                 } => filter_cmd::pull(&image, output, &creds).await,
+                FilterCommand::Test { .. } => unreachable!("run above, outside the runtime"),
             }
         }),
         Command::Convert {

@@ -2292,3 +2292,83 @@ async fn two_gateways_share_a_rate_limit_through_redis_and_ride_out_its_restart(
     }
     assert_eq!(limited, (true, true), "the limit holds again on both");
 }
+
+/// `sluice filter test`: what a filter did to a request written in YAML, checked
+/// against the file's `expect:` block; 0, 1 on a mismatch, 2 when it cannot run.
+#[test]
+fn filter_test_runs_a_component_on_a_yaml_request_and_checks_expectations() {
+    let built = sluice_harness::repo_filters().expect("building filters/ for wasm32-wasip2");
+    let dir = TempDir::new("filter-test");
+    let run = |component: &str, config: Option<&str>, case: &str| {
+        dir.write("case.yaml", case);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["filter", "test"])
+            .arg(built.join(format!("{component}.wasm")))
+            .arg("--request")
+            .arg(dir.0.join("case.yaml"));
+        if let Some(c) = config {
+            dir.write("config.yaml", c);
+            cmd.arg("--config").arg(dir.0.join("config.yaml"));
+        }
+        let out = cmd.output().expect("sluice filter test");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let hello = "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello, namespace: default}\nspec:\n  source: {path: hello.wasm}\n  config: {greeting: tests}\n";
+
+    // Let through, changed; the response hooks run on the backend's answer.
+    let (code, out, err) = run(
+        "hello",
+        Some(hello),
+        "request: {path: /api?x=1, headers: {x-api-key: k1}}\nresponse: {status: 201, body: made}\nexpect:\n  request: {path: /api?x=1, headers: {x-hello: tests, x-api-key: k1}}\n  response: {status: 201, body: made}\n",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("x-hello: tests"),
+        "the report shows the request:\n{out}"
+    );
+
+    // A mismatch names each field that differs.
+    let (code, _, err) = run(
+        "hello",
+        Some(hello),
+        "request: {path: /hello}\nexpect:\n  respond: {status: 201, body: nope}\n  request: {path: /hello}\n",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("expect.respond.status: expected \"201\", got \"200\""),
+        "{err}"
+    );
+    assert!(err.contains("expect.respond.body"), "{err}");
+    assert!(
+        err.contains("expect.request: expected, but there is none"),
+        "{err}"
+    );
+
+    // A buffered request body (json-redact), and a config that is the config itself.
+    let (code, out, err) = run(
+        "json_redact",
+        Some("{request: [/password]}"),
+        "request:\n  method: POST\n  path: /login\n  headers: {content-type: application/json}\n  body: '{\"user\":\"ann\",\"password\":\"hunter2\"}'\nexpect:\n  request: {body: '{\"user\":\"ann\",\"password\":\"***\"}', absentHeaders: [accept-encoding]}\n",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // The client's address (API 0.2 connection.client).
+    let (code, out, err) = run(
+        "source_range",
+        Some("{allow: [10.0.0.0/8]}"),
+        "request: {path: /, client: '203.0.113.9:5000'}\nexpect:\n  respond: {status: 403}\n",
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // A config the filter refuses, and a request file that does not parse.
+    let (code, _, err) = run("hello", Some("{greeting: ''}"), "request: {path: /}\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains(".greeting: must not be empty"), "{err}");
+    let (code, _, err) = run("hello", None, "request: {pth: /}\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("case.yaml") && err.contains("pth"), "{err}");
+}
