@@ -171,6 +171,21 @@ pub struct Runtime {
     log_lines_per_second: AtomicU64,
 }
 
+/// Where a trap happened in the filter's own code: the first frame whose DWARF (a
+/// debug build) names a source file outside the Rust standard library, the registry
+/// and the SDK, as `file:line:column`.
+fn source_line(e: &wasmtime::Error) -> Option<String> {
+    let bt = e.downcast_ref::<wasmtime::WasmBacktrace>()?;
+    bt.frames().iter().flat_map(|f| f.symbols()).find_map(|s| {
+        let file = s.file()?;
+        let foreign = ["/rustc/", "/.cargo/registry/", "/library/", "/sdk/src/"]
+            .iter()
+            .any(|p| file.contains(p));
+        let line = s.line()?;
+        (!foreign).then(|| format!("{file}:{line}:{}", s.column().unwrap_or(0)))
+    })
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     d.iter().map(|b| format!("{b:02x}")).collect()
@@ -195,6 +210,11 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // A trap names the source file and line of each frame when the component
+        // carries DWARF (a debug build): the log and the WasmFilter's status then say
+        // where, not only which function. Components without it (release builds,
+        // usually stripped) cost nothing more.
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(instances)
             .total_core_instances(instances.saturating_mul(4))
@@ -808,6 +828,9 @@ impl Pool {
             _ => {
                 let cause = e.root_cause().to_string();
                 let mut m = cause.clone();
+                if let Some(at) = source_line(&e) {
+                    m = format!("{m} at {at}");
+                }
                 if !printed.is_empty() {
                     m = format!("{m}: {printed}");
                 }

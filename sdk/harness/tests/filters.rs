@@ -222,6 +222,42 @@ fn a_forbidden_wasi_call_names_itself_and_the_fix() {
     );
 }
 
+/// A trap in a component built with debug info names the file and line.
+#[test]
+fn a_trap_in_a_debug_build_names_its_source_line() {
+    let filters = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../filters");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--target", "wasm32-wasip2", "-p", "misbehave"])
+        .arg("--manifest-path")
+        .arg(filters.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(filters.join("target"))
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let debug = filters.join("target/wasm32-wasip2/debug/misbehave.wasm");
+    // `unreachable`, not a panic: a panic's message names its line by itself.
+    let f = Harness::load(&debug, json!({"mode": "trap"})).expect("load");
+    let e = f.on_request(request("/")).expect_err("traps");
+    assert_eq!(e.kind, ErrorKind::Trap);
+    let first = e.message.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("wasm trap: wasm `unreachable` instruction executed at ")
+            && first.contains("filters/misbehave/src/lib.rs:"),
+        "the first line names the trap and the filter's own line: {}",
+        e.message
+    );
+}
+
 #[test]
 fn faults_are_classified_and_the_bad_instance_is_replaced() {
     let limits = Limits {
