@@ -58,7 +58,7 @@ use std::sync::OnceLock;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "sluice:filter/filter@0.2.0",
-        path: "../wit",
+        path: "wit",
         // The 0.1 interfaces 0.2 imports unchanged are generated here too.
         generate_all,
         default_bindings_module: "sluice_sdk::bindings",
