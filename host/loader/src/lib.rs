@@ -287,11 +287,7 @@ fn kv_backend(res: &Resources, f: &WasmFilter) -> Result<sluice_wasm::KvBackend,
     let mut url = r.url.clone();
     if let Some(s) = &r.password_secret_ref {
         let ns = f.metadata.namespace_or_default();
-        let secret = res
-            .secrets
-            .iter()
-            .find(|x| x.metadata.name == s.name && x.metadata.namespace_or_default() == ns)
-            .ok_or_else(|| {
+        let secret = res.secret(ns, &s.name).ok_or_else(|| {
                 format!(
                     "spec.kv.redis.passwordSecretRef: Secret {ns}/{} not found; create it with the password under {:?}",
                     s.name, s.key

@@ -425,11 +425,7 @@ fn pull_auth(
         return Ok(RegistryAuth::Anonymous);
     };
     let ns = f.metadata.namespace_or_default();
-    let secret = res
-        .secrets
-        .iter()
-        .find(|s| s.metadata.name == r.name && s.metadata.namespace_or_default() == ns)
-        .ok_or_else(|| {
+    let secret = res.secret(ns, &r.name).ok_or_else(|| {
             format!(
                 "spec.source.oci.pullSecretRef: Secret {ns}/{} not found; create a {DOCKER_CONFIG_JSON} Secret in the WasmFilter's namespace",
                 r.name

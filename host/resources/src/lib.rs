@@ -85,6 +85,13 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The Secret `namespace/name`, if loaded.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.secrets
+            .iter()
+            .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == namespace)
+    }
+
     /// Adds `other`'s objects (call [`Resources::sort`] after the last one).
     pub fn extend(&mut self, other: Resources) {
         let Resources {

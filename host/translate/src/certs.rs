@@ -38,9 +38,7 @@ pub(crate) fn read_ca(
             .map(|s| s.as_bytes().to_vec())
             .ok_or_else(no_key)?,
         ("", "Secret") => res
-            .secrets
-            .iter()
-            .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == ns)
+            .secret(ns, name)
             .ok_or_else(not_found)?
             .value("ca.crt")
             .ok_or_else(no_key)?,

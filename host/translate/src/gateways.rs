@@ -488,11 +488,7 @@ fn certificates(
                 ),
             ))
         } else {
-            match res
-                .secrets
-                .iter()
-                .find(|s| s.metadata.name == r.name && s.metadata.namespace_or_default() == ns)
-            {
+            match res.secret(ns, &r.name) {
                 None => Err((
                     Reason::InvalidCertificateRef,
                     format!("{what}: Secret not found"),

@@ -519,15 +519,23 @@ pub fn build(manifest_dir: impl AsRef<Path>) -> Result<PathBuf, String> {
 /// Builds every cdylib of the crate or workspace at `manifest_dir` and returns their
 /// `.wasm` files.
 pub fn build_all(manifest_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    cargo_build(manifest_dir, &["--release"])
+}
+
+/// `cargo build --target wasm32-wasip2 ARGS` of the crate or workspace at
+/// `manifest_dir` (into its own `target`), returning the `.wasm` files built: for
+/// other profiles and packages than [`build_all`]'s, such as a debug build whose traps
+/// name source lines (`&["-p", "my-filter"]`).
+pub fn cargo_build(manifest_dir: &Path, args: &[&str]) -> Result<Vec<PathBuf>, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .args([
             "build",
-            "--release",
             "--target",
             "wasm32-wasip2",
             "--message-format=json-render-diagnostics",
         ])
+        .args(args)
         .arg("--manifest-path")
         .arg(manifest_dir.join("Cargo.toml"))
         .arg("--target-dir")

@@ -226,27 +226,12 @@ fn a_forbidden_wasi_call_names_itself_and_the_fix() {
 #[test]
 fn a_trap_in_a_debug_build_names_its_source_line() {
     let filters = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../filters");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["build", "--target", "wasm32-wasip2", "-p", "misbehave"])
-        .arg("--manifest-path")
-        .arg(filters.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(filters.join("target"))
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("cargo build");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let debug = filters.join("target/wasm32-wasip2/debug/misbehave.wasm");
+    let built = sluice_harness::cargo_build(&filters, &["-p", "misbehave"]).expect("debug build");
+    let [debug] = built.as_slice() else {
+        panic!("one component expected: {built:?}");
+    };
     // `unreachable`, not a panic: a panic's message names its line by itself.
-    let f = Harness::load(&debug, json!({"mode": "trap"})).expect("load");
+    let f = Harness::load(debug, json!({"mode": "trap"})).expect("load");
     let e = f.on_request(request("/")).expect_err("traps");
     assert_eq!(e.kind, ErrorKind::Trap);
     let first = e.message.lines().next().unwrap_or_default();
