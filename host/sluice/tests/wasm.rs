@@ -618,6 +618,41 @@ fn check_exits_1_when_a_filter_is_not_ready_and_takes_a_cache_dir() {
     assert!(cached, "the compiled filter is cached in --cache-dir");
 }
 
+/// `sluice check` loads and configures a filter whose kv is in Redis without reaching
+/// Redis (none runs here): the WasmFilter is Ready.
+#[test]
+fn check_accepts_a_filter_whose_kv_is_in_redis_without_connecting() {
+    let dir = TempDir::new("check-redis");
+    install_filters(&dir, &["ratelimit"]);
+    dir.write("gw.yaml", &gateway_yaml(free_port(), None));
+    dir.write("svc.yaml", &service_yaml_port("a", free_port(), None));
+    dir.write(
+        "filters.yaml",
+        &wasm_filter(
+            "limit",
+            "ratelimit",
+            &format!(
+                "  config: {{requests: 10, windowSeconds: 60}}\n  kv: {{redis: {{url: 'redis://127.0.0.1:{}'}}}}\n",
+                free_port()
+            ),
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("limit")
+        )),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&dir.0)
+        .output()
+        .expect("run sluice check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
 /// A filter that loops for as long as it may (10 s, the largest `limits.timeout`) holds
 /// no worker: with as many looping calls as the gateway has workers, another route and
 /// the admin API still answer at once, and the loop is cut by its own running time.

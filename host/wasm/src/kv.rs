@@ -33,6 +33,10 @@ pub struct RedisSpec {
 pub(crate) enum Store {
     Memory(std::sync::Arc<Kv>),
     Redis(RedisKv),
+    /// A Redis store where there is no runtime to reach it from (`sluice check`, which
+    /// loads and configures filters without serving): every call fails, and `configure`
+    /// succeeds unless it uses `kv`.
+    Unreachable(RedisSpec),
 }
 
 /// The store in Redis: every key of one WasmFilter under `sluice:kv:<namespace>/<name>:`,

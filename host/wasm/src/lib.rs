@@ -441,20 +441,18 @@ impl Runtime {
         let shared = self.shared(&spec.name);
         let store = match &spec.kv {
             KvBackend::Memory => kv::Store::Memory(shared.kv.clone()),
-            KvBackend::Redis(r) => {
-                let fail = |message: String| FilterError {
-                    kind: ErrorKind::Config,
-                    message,
-                    config_errors: Vec::new(),
-                };
-                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-                    fail("spec.kv.redis: the Redis store needs the gateway's runtime".into())
-                })?;
-                kv::Store::Redis(
-                    kv::RedisKv::new(&spec.name, r, handle)
-                        .map_err(|e| fail(format!("spec.kv.redis.url: {e}")))?,
-                )
-            }
+            KvBackend::Redis(r) => match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    kv::Store::Redis(kv::RedisKv::new(&spec.name, r, handle).map_err(|e| {
+                        FilterError {
+                            kind: ErrorKind::Config,
+                            message: format!("spec.kv.redis.url: {e}"),
+                            config_errors: Vec::new(),
+                        }
+                    })?)
+                }
+                Err(_) => kv::Store::Unreachable(r.clone()),
+            },
         };
         let pool = Arc::new(Pool {
             runtime: self.clone(),
