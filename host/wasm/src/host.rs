@@ -711,10 +711,6 @@ impl metrics::Host for HostState {
     }
 }
 
-fn unreachable_store() -> crate::kv::RedisFailed {
-    crate::kv::RedisFailed("not reached from here (sluice check does not connect to Redis)".into())
-}
-
 impl HostState {
     /// A failed Redis call: counted, logged (within the filter's log budget) and turned
     /// into a trap, so the WasmFilter's failurePolicy decides what the request gets.
@@ -722,7 +718,6 @@ impl HostState {
         self.shared.stats.kv_error();
         let server = match &*self.kv {
             crate::kv::Store::Redis(r) => r.server(),
-            crate::kv::Store::Unreachable(r) => crate::kv::redacted(&r.url),
             crate::kv::Store::Memory(_) => String::new(),
         };
         let message = format!("kv.{op}: the Redis store at {server} failed: {}", e.0);
@@ -741,7 +736,6 @@ impl kv::Host for HostState {
                 self.leave_slow_lane();
                 r.get(&key).await.map_err(|e| self.kv_failed("get", e))
             }
-            crate::kv::Store::Unreachable(_) => Err(self.kv_failed("get", unreachable_store())),
         }
     }
     async fn set(
@@ -758,7 +752,6 @@ impl kv::Host for HostState {
                     .await
                     .map_err(|e| self.kv_failed("set", e))
             }
-            crate::kv::Store::Unreachable(_) => Err(self.kv_failed("set", unreachable_store())),
         }
     }
     async fn increment(
@@ -775,9 +768,6 @@ impl kv::Host for HostState {
                     .await
                     .map_err(|e| self.kv_failed("increment", e))
             }
-            crate::kv::Store::Unreachable(_) => {
-                Err(self.kv_failed("increment", unreachable_store()))
-            }
         }
     }
     async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
@@ -792,7 +782,6 @@ impl kv::Host for HostState {
                     .await
                     .map_err(|e| self.kv_failed("delete", e))
             }
-            crate::kv::Store::Unreachable(_) => Err(self.kv_failed("delete", unreachable_store())),
         }
     }
 }

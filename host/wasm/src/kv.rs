@@ -33,23 +33,20 @@ pub struct RedisSpec {
 pub(crate) enum Store {
     Memory(std::sync::Arc<Kv>),
     Redis(RedisKv),
-    /// A Redis store where there is no runtime to reach it from (`sluice check`, which
-    /// loads and configures filters without serving): every call fails, and `configure`
-    /// succeeds unless it uses `kv`.
-    Unreachable(RedisSpec),
 }
 
 /// The store in Redis: every key of one WasmFilter under `sluice:kv:<namespace>/<name>:`,
 /// values and counters stored as the in-memory store keeps them (a counter is 8 bytes,
 /// little-endian), so a filter reads the same bytes from either.
 pub(crate) struct RedisKv {
-    conn: redis::aio::ConnectionManager,
+    /// The connection, and the gateway's runtime its tasks run on (a call made from a
+    /// thread without one, the loader's `configure`, is sent there). `None` where there
+    /// is no runtime (`sluice check`, which configures filters without serving): every
+    /// call fails, and `configure` succeeds unless it uses `kv`.
+    reach: Option<(redis::aio::ConnectionManager, tokio::runtime::Handle)>,
     prefix: String,
     spec: RedisSpec,
     increment: redis::Script,
-    /// The gateway's runtime, which the connection's tasks run on: a call made from a
-    /// thread without one (the loader's `configure`) is sent there.
-    handle: tokio::runtime::Handle,
 }
 
 /// `increment` in one atomic step: the counter is read, added to (saturating at the
@@ -86,12 +83,13 @@ pub fn redacted(url: &str) -> String {
 pub(crate) struct RedisFailed(pub String);
 
 impl RedisKv {
-    /// The store for WasmFilter `name` (`namespace/name`) in the Redis at `spec.url`.
-    /// Connects on first use, and again after a failure.
+    /// The store for WasmFilter `name` (`namespace/name`) in the Redis at `spec.url`,
+    /// reached from `handle`'s runtime (`None`: not reached at all). Connects on first
+    /// use, and again after a failure.
     pub fn new(
         name: &str,
         spec: &RedisSpec,
-        handle: tokio::runtime::Handle,
+        handle: Option<tokio::runtime::Handle>,
     ) -> Result<RedisKv, String> {
         let client = redis::Client::open(spec.url.as_str()).map_err(|e| e.to_string())?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -99,17 +97,20 @@ impl RedisKv {
             .set_response_timeout(Some(spec.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let conn = {
-            let _in_runtime = handle.enter();
-            redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| e.to_string())?
+        let reach = match handle {
+            Some(handle) => {
+                let _in_runtime = handle.enter();
+                let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| e.to_string())?;
+                Some((conn, handle))
+            }
+            None => None,
         };
         Ok(RedisKv {
-            conn,
+            reach,
             prefix: format!("sluice:kv:{name}:"),
             spec: spec.clone(),
             increment: redis::Script::new(INCREMENT),
-            handle,
         })
     }
 
@@ -120,11 +121,14 @@ impl RedisKv {
         Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
         T: Send + 'static,
     {
-        let conn = self.conn.clone();
+        let Some((conn, handle)) = &self.reach else {
+            return Err(RedisFailed(
+                "not reached from here (sluice check does not connect to Redis)".into(),
+            ));
+        };
+        let conn = conn.clone();
         let timeout = self.spec.timeout;
-        let task = self
-            .handle
-            .spawn(async move { tokio::time::timeout(timeout, op(conn)).await });
+        let task = handle.spawn(async move { tokio::time::timeout(timeout, op(conn)).await });
         match task.await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(e))) => Err(RedisFailed(e.to_string())),

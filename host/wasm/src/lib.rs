@@ -441,18 +441,16 @@ impl Runtime {
         let shared = self.shared(&spec.name);
         let store = match &spec.kv {
             KvBackend::Memory => kv::Store::Memory(shared.kv.clone()),
-            KvBackend::Redis(r) => match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    kv::Store::Redis(kv::RedisKv::new(&spec.name, r, handle).map_err(|e| {
-                        FilterError {
-                            kind: ErrorKind::Config,
-                            message: format!("spec.kv.redis.url: {e}"),
-                            config_errors: Vec::new(),
-                        }
-                    })?)
-                }
-                Err(_) => kv::Store::Unreachable(r.clone()),
-            },
+            KvBackend::Redis(r) => {
+                let handle = tokio::runtime::Handle::try_current().ok();
+                kv::Store::Redis(kv::RedisKv::new(&spec.name, r, handle).map_err(|e| {
+                    FilterError {
+                        kind: ErrorKind::Config,
+                        message: format!("spec.kv.redis.url: {e}"),
+                        config_errors: Vec::new(),
+                    }
+                })?)
+            }
         };
         let pool = Arc::new(Pool {
             runtime: self.clone(),
