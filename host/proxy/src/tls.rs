@@ -12,12 +12,66 @@ use crate::hosts::HostTable;
 
 /// Picks a listener's certificate by the ClientHello's server name, the way requests
 /// pick a listener by host: exact, then the longest wildcard, then a listener without a
-/// hostname. Among a listener's certificates, the first whose key suits the client's
-/// signature schemes wins (an ECDSA and an RSA certificate can serve side by side).
+/// hostname. Among a listener's certificates, those whose DNS names cover the server
+/// name come first, as Envoy and CDNs choose: a `*.example.com` listener holding
+/// certificates for `a.example.com` and `b.example.com` serves each its own. The key
+/// type only breaks ties: the first candidate whose key suits the client's signature
+/// schemes wins (an ECDSA and an RSA certificate can serve side by side).
 struct SniResolver {
-    by_name: HostTable<Vec<Arc<CertifiedKey>>>,
+    by_name: HostTable<Vec<Served>>,
     /// For clients that send no SNI and a port without a catch-all listener.
-    fallback: Vec<Arc<CertifiedKey>>,
+    fallback: Vec<Served>,
+}
+
+/// A certificate and the DNS names it is valid for, read once when the snapshot is
+/// built rather than on each handshake.
+#[derive(Clone)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    /// Lowercase subjectAltName DNS entries (`*.example.com` kept as written).
+    names: Vec<String>,
+}
+
+impl Served {
+    fn new(key: Arc<CertifiedKey>) -> Served {
+        let names = key
+            .end_entity_cert()
+            .ok()
+            .and_then(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+                let san = cert.subject_alternative_name().ok()??;
+                Some(
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            x509_parser::extensions::GeneralName::DNSName(d) => {
+                                Some(d.to_ascii_lowercase())
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        Served { key, names }
+    }
+
+    /// Whether the certificate is valid for `name` (lowercase).
+    fn covers(&self, name: &str) -> bool {
+        self.names.iter().any(|n| dns_name_covers(n, name))
+    }
+}
+
+/// Whether the DNS entry `pattern` is valid for `name`: equal, or a wildcard entry
+/// standing for exactly one leftmost label (RFC 6125 6.4.3).
+fn dns_name_covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => pattern == name,
+    }
 }
 
 impl std::fmt::Debug for SniResolver {
@@ -30,13 +84,23 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().unwrap_or("").to_ascii_lowercase();
         let certs = self.by_name.get(&name).unwrap_or(&self.fallback);
-        let schemes = hello.signature_schemes();
-        certs
-            .iter()
-            .find(|c| c.key.choose_scheme(schemes).is_some())
-            .or(certs.first())
-            .cloned()
+        pick(certs, &name, hello.signature_schemes())
     }
+}
+
+/// Among `certs`, those covering `name` (all of them if none does), and among those
+/// the first whose key signs with one of `schemes` (the first if none does).
+fn pick(
+    certs: &[Served],
+    name: &str,
+    schemes: &[rustls::SignatureScheme],
+) -> Option<Arc<CertifiedKey>> {
+    let named = certs.iter().any(|c| c.covers(name));
+    let candidates = || certs.iter().filter(move |c| !named || c.covers(name));
+    candidates()
+        .find(|c| c.key.key.choose_scheme(schemes).is_some())
+        .or_else(|| candidates().next())
+        .map(|c| c.key.clone())
 }
 
 pub(crate) fn tls_acceptor(p: &PortIr) -> Result<tokio_rustls::TlsAcceptor, BuildError> {
@@ -60,6 +124,7 @@ pub(crate) fn tls_acceptor_for(
             .iter()
             .map(|c| {
                 sluice_tls::certified_key(&c.chain_pem, &c.key_pem)
+                    .map(Served::new)
                     .map_err(|e| BuildError(format!("Secret {}: {e}", c.secret)))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -161,5 +226,21 @@ impl rustls::server::danger::ClientCertVerifier for InsecureFallback {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_exactly_one_label() {
+        assert!(dns_name_covers("*.example.com", "a.example.com"));
+        assert!(dns_name_covers("exact.test", "exact.test"));
+        assert!(!dns_name_covers("*.example.com", "example.com"));
+        assert!(!dns_name_covers("*.example.com", "a.b.example.com"));
+        assert!(!dns_name_covers("*.example.com", ".example.com"));
+        assert!(!dns_name_covers("exact.test", "other.test"));
+        assert!(!dns_name_covers("exact.test", ""));
     }
 }

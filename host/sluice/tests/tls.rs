@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 const LISTENERS: &str = "  - {name: a, port: PORT, protocol: HTTPS, hostname: a.example.com, tls: {certificateRefs: [{name: a}]}}
   - {name: b, port: PORT, protocol: HTTPS, hostname: '*.b.example.com', tls: {certificateRefs: [{name: b}]}}
+  - {name: c, port: PORT, protocol: HTTPS, hostname: '*.c.example.com', tls: {certificateRefs: [{name: c1}, {name: c2}]}}
 ";
 
 struct Setup {
@@ -45,6 +46,8 @@ async fn setup_with(tag: &str, args: &[&str]) -> Setup {
         &[
             tls_secret_yaml("a", &ca.issue(&["a.example.com"])),
             tls_secret_yaml("b", &ca.issue(&["*.b.example.com"])),
+            tls_secret_yaml("c1", &ca.issue(&["one.c.example.com"])),
+            tls_secret_yaml("c2", &ca.issue(&["two.c.example.com"])),
         ]
         .join("---\n"),
     );
@@ -179,6 +182,26 @@ async fn https_listeners_choose_certificates_by_sni_and_speak_h2_and_http1() {
         tls12.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_with_several_certificates_serves_the_one_named_by_sni() {
+    let s = setup("tls-several").await;
+    // curl checks the certificate against the name it asked for: each name gets its own
+    // of the listener's two certificates, not the first one listed.
+    for host in ["one.c.example.com", "two.c.example.com"] {
+        let (out, err) = curl(&s, host, "/x", &["-w", "%{http_code}", "-o", "/dev/null"]);
+        assert_eq!(out, "200", "{host}: {err}");
+        let seen = s_client(s.port, host, "http/1.1");
+        assert!(seen.contains(&format!("CN = {host}")), "{host}: {seen}");
+    }
+    // A name the listener takes but neither certificate covers gets the first listed,
+    // which the client then refuses.
+    let seen = s_client(s.port, "three.c.example.com", "http/1.1");
+    assert!(seen.contains("CN = one.c.example.com"), "{seen}");
+    let (out, err) = curl(&s, "three.c.example.com", "/x", &["-w", "%{http_code}"]);
+    assert_eq!(out, "000", "{err}");
+    assert!(err.contains("three.c.example.com"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
