@@ -176,7 +176,8 @@ impl FilterOutcome {
 /// One request's line, filled in as the request goes and written when its response
 /// has been sent (or abandoned).
 pub(crate) struct Record {
-    pub log: Arc<AccessLog>,
+    /// `None` when the request is traced but gets no line.
+    pub log: Option<Arc<AccessLog>>,
     pub time: SystemTime,
     pub start: Instant,
     pub listener: SocketAddr,
@@ -194,8 +195,11 @@ pub(crate) struct Record {
     pub upstream: Option<Duration>,
     /// Each Wasm filter that ran and what it did (its name is read by the writer).
     pub filters: Vec<(Arc<sluice_wasm::Pool>, FilterOutcome)>,
-    /// From the client's W3C `traceparent`, when it sent a valid one.
+    /// The request's trace: its own span's when tracing is on, else the client's W3C
+    /// `traceparent`'s when it sent a valid one.
     pub trace_id: Option<String>,
+    /// The request's server span, when tracing is on.
+    pub trace: Option<crate::trace::RequestSpan>,
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
@@ -218,7 +222,7 @@ pub(crate) fn trace_id(traceparent: &[u8]) -> Option<String> {
     valid.then(|| trace.to_string())
 }
 
-fn route_fields(r: &Record) -> (&str, &str, &str) {
+pub(crate) fn route_fields(r: &Record) -> (&str, &str, &str) {
     match &r.stats {
         Some(s) => (
             s.key.route.as_str(),

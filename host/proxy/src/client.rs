@@ -282,9 +282,13 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let Some(r) = self.record.take() {
-            let log = r.log.clone();
-            log.write(r, self.bytes_out);
+        if let Some(mut r) = self.record.take() {
+            if let Some(span) = r.trace.take() {
+                crate::trace::finish(span, &r, self.bytes_out);
+            }
+            if let Some(log) = r.log.clone() {
+                log.write(r, self.bytes_out);
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ mod server;
 mod snapshot;
 mod stream;
 mod tls;
+pub mod trace;
 mod upstream;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Gateway {
     draining: std::sync::atomic::AtomicBool,
     /// Where access log lines go; `None` when they are off.
     pub access_log: Option<Arc<access_log::AccessLog>>,
+    /// Where spans go; `None` when tracing is off.
+    pub tracing: Option<Arc<trace::Tracing>>,
 }
 
 impl Gateway {
@@ -58,6 +61,7 @@ impl Gateway {
         initial: Snapshot,
         metrics: Arc<Metrics>,
         access_log: Option<Arc<access_log::AccessLog>>,
+        tracing: Option<Arc<trace::Tracing>>,
     ) -> Arc<Self> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(initial),
@@ -65,6 +69,7 @@ impl Gateway {
             upstream: upstream::Upstream::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
+            tracing,
         })
     }
 }

@@ -50,6 +50,8 @@ struct Prepared {
     request: Request<Body>,
     timeout: Duration,
     max_body: u64,
+    /// The call's span, when the request is traced.
+    span: Option<crate::trace::ChildSpan>,
 }
 
 impl Calls {
@@ -89,6 +91,7 @@ impl Calls {
             .path_and_query(req.path)
             .build()
             .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
+        let parent = req.span;
         let mut out = Request::new(body);
         *out.method_mut() = req.method;
         *out.uri_mut() = uri;
@@ -102,12 +105,20 @@ impl Calls {
         {
             out.headers_mut().insert(header::HOST, h);
         }
+        let span = match (&self.gw.tracing, parent) {
+            (Some(t), Some(parent)) => {
+                let method = out.method().clone();
+                Some(t.outbound(parent, grant, &method, out.headers_mut()))
+            }
+            _ => None,
+        };
         Ok(Prepared {
             gw: self.gw.clone(),
             backend,
             request: out,
             timeout,
             max_body: self.max_body,
+            span,
         })
     }
 }
@@ -120,6 +131,7 @@ async fn exchange(p: Prepared) -> Result<OutboundResponse, CallError> {
         request,
         timeout,
         max_body,
+        span,
     } = p;
     let start = Instant::now();
     let call = async {
@@ -138,9 +150,28 @@ async fn exchange(p: Prepared) -> Result<OutboundResponse, CallError> {
             Collected::Failed(e) => Err(CallError::Failed(e.to_string())),
         }
     };
-    match tokio::time::timeout(timeout, call).await {
+    let result = match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
         Err(_) => Err(CallError::Timeout),
+    };
+    if let Some(span) = span {
+        span.end_call(match &result {
+            Ok(r) => Ok(r.status.as_u16()),
+            Err(e) => Err(call_error_name(e)),
+        });
+    }
+    result
+}
+
+/// A call error's kind, for its span.
+fn call_error_name(e: &CallError) -> &'static str {
+    match e {
+        CallError::NotGranted => "not-granted",
+        CallError::Unavailable(_) => "unavailable",
+        CallError::Timeout => "timeout",
+        CallError::Failed(_) => "failed",
+        CallError::InvalidRequest(_) => "invalid-request",
+        CallError::ResponseTooLarge => "response-too-large",
     }
 }
 

@@ -22,7 +22,7 @@ use crate::cors::Cors;
 use crate::metrics::Stats;
 use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
 use crate::{Body, Gateway};
-use sluice_wasm::{BodyEvent, BodyMode, BodyOutcome, Direction, RequestOutcome};
+use sluice_wasm::{BodyEvent, BodyMode, BodyOutcome, Direction, FilterError, RequestOutcome};
 
 /// Mirrored requests are buffered so both copies can be sent; larger bodies get 413.
 const MIRROR_BODY_LIMIT: u64 = 16 << 20;
@@ -88,11 +88,17 @@ pub(crate) async fn handle(
     if http2 {
         conn.http2.store(true, Ordering::Relaxed);
     }
-    let mut record = gw
-        .access_log
-        .as_ref()
-        .filter(|l| l.sampled())
-        .map(|l| Box::new(Record::new(l.clone(), &conn, &req, start)));
+    // A record when this request gets an access log line, or when tracing is on.
+    let log = gw.access_log.as_ref().filter(|l| l.sampled());
+    let mut record = (log.is_some() || gw.tracing.is_some()).then(|| {
+        Box::new(Record::new(
+            log.cloned(),
+            gw.tracing.as_ref(),
+            &conn,
+            &req,
+            start,
+        ))
+    });
     let (mut resp, stats) = serve(&gw, &snap, &conn, req, start, &mut record).await;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         *resp.version_mut() = Version::HTTP_11;
@@ -112,7 +118,14 @@ pub(crate) async fn handle(
 }
 
 impl Record {
-    fn new(log: Arc<AccessLog>, conn: &ConnInfo, req: &Request<Incoming>, start: Instant) -> Self {
+    fn new(
+        log: Option<Arc<AccessLog>>,
+        tracing: Option<&Arc<crate::trace::Tracing>>,
+        conn: &ConnInfo,
+        req: &Request<Incoming>,
+        start: Instant,
+    ) -> Self {
+        let trace = tracing.map(|t| t.request(req.headers(), req.method()));
         Record {
             log,
             time: std::time::SystemTime::now(),
@@ -128,10 +141,14 @@ impl Record {
             bytes_in: None,
             upstream: None,
             filters: Vec::new(),
-            trace_id: req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| access_log::trace_id(v.as_bytes())),
+            trace_id: match &trace {
+                Some(span) => Some(span.trace_id()),
+                None => req
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| access_log::trace_id(v.as_bytes())),
+            },
+            trace,
         }
     }
 }
@@ -140,6 +157,41 @@ impl Record {
 fn note(record: &mut Option<Box<Record>>, w: &WasmFilter, outcome: FilterOutcome) {
     if let Some(r) = record {
         r.filters.push((w.pool.clone(), outcome));
+    }
+}
+
+/// Starts the span of `w`'s `hook` when the request is traced, and points `context`
+/// at it (the hook's outbound calls become its children).
+fn hook_span(
+    record: &Option<Box<Record>>,
+    w: &WasmFilter,
+    hook: &'static str,
+    context: &mut sluice_wasm::Context,
+) -> Option<crate::trace::ChildSpan> {
+    record
+        .as_ref()?
+        .trace
+        .as_ref()?
+        .filter(w.pool.name(), hook, context)
+}
+
+/// Ends a hook's span: what the filter did, or why it failed.
+fn hook_done(span: Option<crate::trace::ChildSpan>, outcome: Result<&'static str, &FilterError>) {
+    if let Some(s) = span {
+        match outcome {
+            Ok(what) => s.end(what, false),
+            Err(e) => s.end(e.kind.as_str(), true),
+        }
+    }
+}
+
+/// What a body hook did, for its span.
+fn body_outcome(o: &Result<BodyOutcome, FilterError>) -> Result<&'static str, &FilterError> {
+    match o {
+        Ok(BodyOutcome::Continue) => Ok("continue"),
+        Ok(BodyOutcome::Replace(_)) => Ok("replace"),
+        Ok(BodyOutcome::Respond { .. }) => Ok("respond"),
+        Err(e) => Err(e),
     }
 }
 
@@ -335,6 +387,9 @@ async fn serve(
         parts.headers.insert(header::HOST, h);
     }
     forwarded_headers(&mut parts.headers, conn);
+    if let Some(span) = record.as_ref().and_then(|r| r.trace.as_ref()) {
+        span.propagate(&mut parts.headers);
+    }
 
     let body: Body = match body {
         body if mirrors.is_empty() => body,
@@ -580,10 +635,19 @@ async fn request_filters<'a>(
                 let mut uri = std::mem::take(req.uri_mut());
                 let mut headers = std::mem::take(req.headers_mut());
                 let mut context = scope.context(w);
+                let span = hook_span(record, w, "on-request", &mut context);
                 let outcome = w
                     .pool
                     .on_request(&mut method, &mut uri, &mut headers, &mut context)
                     .await;
+                hook_done(
+                    span,
+                    match &outcome {
+                        Ok(RequestOutcome::Continue) => Ok("continue"),
+                        Ok(RequestOutcome::Respond { .. }) => Ok("respond"),
+                        Err(e) => Err(e),
+                    },
+                );
                 *req.method_mut() = method;
                 *req.uri_mut() = uri;
                 *req.headers_mut() = headers;
@@ -633,7 +697,10 @@ async fn response_filters(
         match step {
             ResponseStep::Headers(m) => m.apply(headers),
             ResponseStep::Wasm(w, context) => {
-                if let Err(e) = w.pool.on_response(status, headers, context).await {
+                let span = hook_span(record, w, "on-response", context);
+                let result = w.pool.on_response(status, headers, context).await;
+                hook_done(span, result.as_ref().map(|()| "continue"));
+                if let Err(e) = result {
                     if w.fail_open {
                         note(record, w, FilterOutcome::Skipped(e.kind));
                         w.pool.stats().skipped.fetch_add(1, Ordering::Relaxed);
@@ -798,6 +865,7 @@ async fn request_body_filters(
             return Err(request_too_large());
         }
         w.pool.stats().body(Direction::Request, BodyEvent::Buffered);
+        let span = hook_span(record, w, "on-request-body", context);
         let outcome = w
             .pool
             .on_request_body(
@@ -808,6 +876,7 @@ async fn request_body_filters(
                 data.clone(),
             )
             .await;
+        hook_done(span, body_outcome(&outcome));
         match outcome {
             Ok(BodyOutcome::Continue) => {}
             Ok(BodyOutcome::Replace(b)) => data = Bytes::from(b),
@@ -896,10 +965,12 @@ async fn response_body_filters(
         w.pool
             .stats()
             .body(Direction::Response, BodyEvent::Buffered);
+        let span = hook_span(record, w, "on-response-body", context);
         let outcome = w
             .pool
             .on_response_body(&mut parts.status, &mut parts.headers, context, data.clone())
             .await;
+        hook_done(span, body_outcome(&outcome));
         match outcome {
             Ok(BodyOutcome::Continue) => {}
             Ok(BodyOutcome::Replace(b)) => data = Bytes::from(b),
@@ -947,15 +1018,18 @@ async fn request_stream_filters(
         let ResponseStep::Wasm(w, context) = &steps[i] else {
             continue;
         };
+        let mut context = context.clone();
+        let span = hook_span(record, w, "on-request-stream-start", &mut context);
         let started = w
             .pool
             .request_stream(
                 &mut parts.method,
                 &mut parts.uri,
                 &mut parts.headers,
-                context.clone(),
+                context,
             )
             .await;
+        hook_done(span, started.as_ref().map(|_| "continue"));
         stages.extend(stage(w, started, Direction::Request, record).map_err(|()| filter_failed())?);
     }
     Ok(match stages.is_empty() {
@@ -983,11 +1057,13 @@ async fn response_stream_filters(
             continue;
         };
         // The request's hooks are all done: the stream takes the context.
-        let context = std::mem::take(context);
+        let mut context = std::mem::take(context);
+        let span = hook_span(record, w, "on-response-stream-start", &mut context);
         let started = w
             .pool
             .response_stream(&mut parts.status, &mut parts.headers, context)
             .await;
+        hook_done(span, started.as_ref().map(|_| "continue"));
         stages
             .extend(stage(w, started, Direction::Response, record).map_err(|()| filter_failed())?);
     }

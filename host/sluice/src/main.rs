@@ -122,6 +122,8 @@ enum Command {
         /// JSON otherwise).
         #[arg(long, default_value = "auto", value_name = "auto|json|text", value_parser = ["auto", "json", "text"])]
         access_log_format: String,
+        #[command(flatten)]
+        tracing: TraceFlags,
     },
     /// Check a config without serving it: print load errors, or the computed status and IR.
     /// Exits 1 when the config does not load, or when any Accepted, Ready, ResolvedRefs
@@ -294,6 +296,58 @@ enum FilterCommand {
     },
 }
 
+/// Traces by OTLP (docs/operations.md, "Traces"). Off unless an endpoint is given.
+#[derive(clap::Args)]
+struct TraceFlags {
+    /// Where spans go: `http://HOST:PORT` or `https://HOST:PORT` of an OTLP receiver
+    /// (an OpenTelemetry Collector, Jaeger, Tempo...). Tracing is off without it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<http::Uri>,
+    /// OTLP over HTTP with protobuf (`http`, posting to `<URL>/v1/traces`, port 4318
+    /// by custom) or over gRPC (`grpc`, port 4317).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http", value_name = "http|grpc", value_parser = ["http", "http/protobuf", "grpc"])]
+    otlp_protocol: String,
+    /// Time one export may take before it is given up (its spans are lost).
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    otlp_timeout: u64,
+    /// The share of new traces recorded: `on`, `off` or 0 to 1. A client's
+    /// `traceparent` decides for its own trace (parent-based sampling).
+    #[arg(long, default_value = "on", value_name = "on|off|SHARE", value_parser = parse_share)]
+    trace_sample: f64,
+    /// Spans waiting for export; past it new spans are dropped (a slow or absent
+    /// receiver never holds requests).
+    #[arg(long, default_value = "2048", value_name = "N")]
+    trace_queue: usize,
+    /// How often waiting spans are sent.
+    #[arg(long, default_value = "5000", value_name = "MILLISECONDS")]
+    trace_export_interval: u64,
+    /// The `service.name` of the spans.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "sluice",
+        value_name = "NAME"
+    )]
+    trace_service_name: String,
+}
+
+impl TraceFlags {
+    fn config(self) -> Option<sluice_proxy::trace::Config> {
+        Some(sluice_proxy::trace::Config {
+            endpoint: self.otlp_endpoint?,
+            protocol: match self.otlp_protocol.as_str() {
+                "grpc" => sluice_proxy::trace::Protocol::Grpc,
+                _ => sluice_proxy::trace::Protocol::Http,
+            },
+            sample: self.trace_sample,
+            service_name: self.trace_service_name,
+            timeout: Duration::from_secs(self.otlp_timeout.max(1)),
+            queue: self.trace_queue.max(1),
+            delay: Duration::from_millis(self.trace_export_interval.max(1)),
+        })
+    }
+}
+
 /// What a client connection may take (docs/operations.md has the table).
 #[derive(clap::Args)]
 struct ConnectionFlags {
@@ -413,6 +467,7 @@ fn main() -> ExitCode {
             wasm_instances,
             access_log,
             access_log_format,
+            tracing: trace_flags,
         } => {
             sluice_proxy::raise_open_files_limit();
             let workers = workers
@@ -473,6 +528,7 @@ fn main() -> ExitCode {
                         };
                         (format, access_log)
                     }),
+                    tracing: trace_flags.config(),
                 })
                 .await
             })

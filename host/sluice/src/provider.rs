@@ -64,6 +64,8 @@ pub struct Config {
     pub wasm_instances: u32,
     /// The access log's format and the share of requests it logs; `None`: off.
     pub access_log: Option<(sluice_proxy::access_log::Format, f64)>,
+    /// Where spans go; `None`: tracing is off.
+    pub tracing: Option<sluice_proxy::trace::Config>,
 }
 
 /// Where the objects come from.
@@ -316,6 +318,7 @@ impl App {
             filter_log_lines,
             wasm_instances,
             access_log,
+            tracing: trace_config,
         } = config;
         let metrics = Arc::new(Metrics::default());
         let downloads = Arc::new(Downloads::new(
@@ -377,12 +380,22 @@ impl App {
             ),
             None => None,
         };
-        let gw = Gateway::new(snapshot, metrics, access_log.clone());
+        let tracing = match &trace_config {
+            Some(c) => Some(
+                sluice_proxy::trace::Tracing::otlp(c, tokio::runtime::Handle::current())
+                    .map_err(|e| anyhow!("{e}"))?,
+            ),
+            None => None,
+        };
+        let gw = Gateway::new(snapshot, metrics, access_log.clone(), tracing.clone());
         let listeners =
             Arc::new(Listeners::with_limits(gw.clone(), limits).with_udp_idle_timeout(udp_idle));
         let state = Arc::new(AdminState::new(gw.clone(), runtime, Vec::new()));
         if let Some(log) = access_log {
             state.metrics.register(log);
+        }
+        if let Some(t) = tracing {
+            state.metrics.register(t);
         }
         let mut app = App {
             loader,
@@ -452,6 +465,11 @@ impl App {
         if let Some(log) = &app.gw.access_log {
             let log = log.clone();
             let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
+        }
+        if let Some(t) = &app.gw.tracing {
+            // The exporter's calls run on this runtime: wait for them off its workers.
+            let t = t.clone();
+            let _ = tokio::task::spawn_blocking(move || t.shutdown(Duration::from_secs(5))).await;
         }
         Ok(())
     }

@@ -91,6 +91,7 @@ pub struct Context(
     Option<Box<ContextMap>>,
     Option<Arc<dyn crate::Outbound>>,
     Option<std::net::SocketAddr>,
+    Option<crate::SpanIds>,
 );
 
 impl std::fmt::Debug for Context {
@@ -99,6 +100,7 @@ impl std::fmt::Debug for Context {
             .field("values", &self.0)
             .field("outbound", &self.1.is_some())
             .field("client", &self.2)
+            .field("span", &self.3)
             .finish()
     }
 }
@@ -112,7 +114,18 @@ struct ContextMap {
 impl Context {
     /// A context whose filter may make outbound calls through `outbound`.
     pub fn with_outbound(outbound: Arc<dyn crate::Outbound>) -> Self {
-        Context(None, Some(outbound), None)
+        Context(None, Some(outbound), None, None)
+    }
+
+    /// Sets the traced span the filter's next hook runs in: its outbound calls become
+    /// its children. `None` when the request is not traced.
+    pub fn set_span(&mut self, span: Option<crate::SpanIds>) {
+        self.3 = span;
+    }
+
+    /// The span set by [`Context::set_span`].
+    pub fn span(&self) -> Option<crate::SpanIds> {
+        self.3
     }
 
     /// The same context, for a request whose connection comes from `client` (the 0.2
@@ -470,7 +483,9 @@ impl HostState {
             self.shared.stats.outbound_refused();
             return Err(wit_out::CallError::NotGranted);
         };
-        let req = crate::outbound::request(request).map_err(wit_out::CallError::InvalidRequest)?;
+        let mut req =
+            crate::outbound::request(request).map_err(wit_out::CallError::InvalidRequest)?;
+        req.span = self.context.span();
         Ok((outbound, req))
     }
 }

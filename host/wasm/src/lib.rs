@@ -43,7 +43,8 @@ pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
 pub use kv::{KvBackend, RedisSpec, redacted as redacted_redis_url};
 pub use outbound::{
-    BodySink, CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse, WriteFuture,
+    BodySink, CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse, SpanIds,
+    WriteFuture,
 };
 pub use stats::{BodyEvent, Direction, ErrorKind, FilterStats};
 

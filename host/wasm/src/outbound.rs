@@ -17,6 +17,17 @@ pub struct OutboundRequest {
     pub path: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The span of the hook making the call, when the request is traced.
+    pub span: Option<SpanIds>,
+}
+
+/// A traced span's W3C trace context ids, carried from the gateway's filter call into
+/// the calls the filter makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: bool,
 }
 
 /// Its answer, read whole.
@@ -81,6 +92,7 @@ pub(crate) fn request(r: wit::OutboundRequest) -> Result<OutboundRequest, String
         path,
         headers,
         body: Bytes::from(r.body),
+        span: None,
     })
 }
 
