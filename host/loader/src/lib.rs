@@ -247,6 +247,7 @@ fn prepare_one(
         memory_bytes: usize::try_from(e.memory_bytes).unwrap_or(usize::MAX),
         timeout: e.timeout,
         min_instances: e.min_instances as usize,
+        capture: capture_spec(f),
     };
     // The loader runs on a blocking thread (or in `sluice check`): the first instance's
     // `configure` runs here, to completion.
@@ -321,6 +322,26 @@ fn kv_backend(res: &Resources, f: &WasmFilter) -> Result<sluice_wasm::KvBackend,
         url,
         timeout,
     }))
+}
+
+/// What `spec.debug` asks to keep of the filter's failures (validated on load).
+fn capture_spec(f: &WasmFilter) -> sluice_wasm::CaptureSpec {
+    let Some(d) = &f.spec.debug else {
+        return sluice_wasm::CaptureSpec::default();
+    };
+    sluice_wasm::CaptureSpec {
+        failures: d.capture_failures.unwrap_or(0) as usize,
+        redact: d
+            .redact_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        max_body: d
+            .max_body_bytes
+            .as_deref()
+            .and_then(|m| sluice_resources::parse_quantity(m).ok())
+            .unwrap_or(sluice_resources::WASM_DEFAULT_CAPTURE_BODY) as usize,
+    }
 }
 
 #[cfg(test)]

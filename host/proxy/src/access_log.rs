@@ -357,7 +357,8 @@ fn or_dash(s: &str) -> &str {
 }
 
 /// `2026-12-01T21:45:07.123Z`.
-fn rfc3339(t: SystemTime) -> String {
+/// `t` as RFC 3339 in UTC with milliseconds (`2026-12-01T21:45:07.123Z`).
+pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

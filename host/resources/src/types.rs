@@ -877,6 +877,31 @@ pub struct WasmFilterSpec {
     /// process; with `redis`, in one Redis (or Valkey) that every replica shares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<WasmKv>,
+    /// Help for finding a filter's faults: keep the requests that made it fail, for
+    /// `sluice filter replay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<WasmDebug>,
+}
+
+/// A WasmFilter's `debug`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WasmDebug {
+    /// Each gateway keeps the last N requests on which a hook of this filter trapped,
+    /// ran out of time or ran out of memory (0 to 100; default 0, off), with the
+    /// filter's digest and config, at its admin API's `/filters/failures`. Capturing
+    /// copies each request's head for this filter, so leave it off where not needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_failures: Option<u32>,
+    /// Headers whose values are never kept, besides `authorization`,
+    /// `proxy-authorization`, `cookie` and `set-cookie`, which never are. At most 32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub redact_headers: Vec<String>,
+    /// The most of a body kept with a capture, as a quantity (`64Ki`): at most 1Mi;
+    /// default 64Ki. A longer body is cut, and the capture says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<String>,
 }
 
 /// A WasmFilter's `kv` store.

@@ -374,6 +374,41 @@ pub fn wasm_filter(w: &WasmFilter) -> Problems {
             }
         }
     }
+    if let Some(d) = &w.spec.debug {
+        if d.capture_failures.is_some_and(|n| n > WASM_MAX_CAPTURES) {
+            p.push((
+                "spec.debug.captureFailures".into(),
+                format!("must be at most {WASM_MAX_CAPTURES}"),
+            ));
+        }
+        if d.redact_headers.len() > 32 {
+            p.push((
+                "spec.debug.redactHeaders".into(),
+                "must list at most 32 headers".into(),
+            ));
+        }
+        for (i, h) in d.redact_headers.iter().enumerate() {
+            let token = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                p.push((
+                    format!("spec.debug.redactHeaders[{i}]"),
+                    format!("{h:?} is not a header name"),
+                ));
+            }
+        }
+        if let Some(m) = &d.max_body_bytes {
+            match parse_quantity(m) {
+                Ok(b) if b > WASM_MAX_CAPTURE_BODY => p.push((
+                    "spec.debug.maxBodyBytes".into(),
+                    "must be at most 1Mi".into(),
+                )),
+                Ok(_) => {}
+                Err(e) => p.push(("spec.debug.maxBodyBytes".into(), e)),
+            }
+        }
+    }
     if let Some(l) = &w.spec.limits {
         if let Some(m) = &l.memory {
             match parse_quantity(m) {
@@ -433,6 +468,13 @@ pub const WASM_DEFAULT_BODY: u64 = 1 << 20;
 
 /// The largest `spec.limits.maxBodyBytes`.
 pub const WASM_MAX_BODY: u64 = 64 << 20;
+
+/// The most `spec.debug.captureFailures`.
+pub const WASM_MAX_CAPTURES: u32 = 100;
+
+/// `spec.debug.maxBodyBytes` when unset, and its largest value.
+pub const WASM_DEFAULT_CAPTURE_BODY: u64 = 64 << 10;
+pub const WASM_MAX_CAPTURE_BODY: u64 = 1 << 20;
 
 /// A Kubernetes quantity for bytes: `16Mi`, `1Gi`, `512Ki`, `1M`, `1000`.
 pub fn parse_quantity(s: &str) -> Result<u64, String> {

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 pub struct AdminState {
     gw: Arc<Gateway>,
+    runtime: Arc<sluice_wasm::Runtime>,
     /// Routes, streams, filters and (Kubernetes mode) the status writer.
     pub metrics: Registry,
     pub statuses: ArcSwap<Vec<ObjectStatus>>,
@@ -34,9 +35,10 @@ impl AdminState {
     ) -> Self {
         let metrics = Registry::default();
         metrics.register(gw.metrics.clone());
-        metrics.register(runtime);
+        metrics.register(runtime.clone());
         AdminState {
             gw,
+            runtime,
             metrics,
             statuses: ArcSwap::from_pointee(statuses),
             ready: AtomicBool::new(false),
@@ -145,10 +147,74 @@ async fn answer(
             let statuses = s.statuses.load();
             json(&serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": &**statuses }))
         }
+        "/filters/failures" => {
+            let only = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("filter="))
+                    .map(str::to_string)
+            });
+            let failures: Vec<_> = s
+                .runtime
+                .failures()
+                .iter()
+                .filter(|f| only.as_deref().is_none_or(|o| o == f.filter))
+                .map(failure_json)
+                .collect();
+            json(&serde_json::json!({ "failures": failures }))
+        }
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "admin endpoints: /healthz /readyz /metrics /config_dump /status\n".into(),
+            "admin endpoints: /healthz /readyz /metrics /config_dump /status /filters/failures\n"
+                .into(),
         ),
+    })
+}
+
+/// A kept filter failure (WasmFilter `spec.debug.captureFailures`) as
+/// `sluice filter replay` reads it: `request` and `response` are written as
+/// `sluice filter test` reads them.
+fn failure_json(f: &sluice_wasm::Failure) -> serde_json::Value {
+    let config: serde_json::Value =
+        serde_json::from_str(&f.config).unwrap_or(serde_json::Value::Null);
+    let request = f.request.as_ref().map(|r| {
+        serde_json::json!({
+            "method": r.method,
+            "path": r.path,
+            "headers": r.headers,
+            "body": r.body,
+            "client": r.client,
+        })
+    });
+    let response = f
+        .response
+        .as_ref()
+        .map(|r| serde_json::json!({ "status": r.status, "headers": r.headers, "body": r.body }));
+    let mut redacted: Vec<&str> = Vec::new();
+    let mut notes = serde_json::Map::new();
+    if let Some(r) = &f.request {
+        redacted.extend(r.redacted.iter().map(String::as_str));
+        if let Some(n) = &r.body_note {
+            notes.insert("requestBody".into(), n.clone().into());
+        }
+    }
+    if let Some(r) = &f.response {
+        redacted.extend(r.redacted.iter().map(String::as_str));
+        if let Some(n) = &r.body_note {
+            notes.insert("responseBody".into(), n.clone().into());
+        }
+    }
+    serde_json::json!({
+        "time": sluice_proxy::access_log::rfc3339(f.time),
+        "filter": f.filter,
+        "digest": f.digest,
+        "config": config,
+        "hook": f.hook,
+        "kind": f.kind,
+        "message": f.message,
+        "request": request,
+        "response": response,
+        "redactedHeaders": redacted,
+        "notes": notes,
     })
 }

@@ -29,17 +29,17 @@ use sluice_harness::{BodyMode, Harness, Outcome, RequestBodyOutcome};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Case {
-    request: RequestSpec,
+pub(crate) struct Case {
+    pub(crate) request: RequestSpec,
     #[serde(default)]
-    response: Option<ResponseSpec>,
+    pub(crate) response: Option<ResponseSpec>,
     #[serde(default)]
     expect: Option<Expect>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestSpec {
+pub(crate) struct RequestSpec {
     #[serde(default = "get")]
     method: String,
     path: String,
@@ -57,7 +57,7 @@ fn get() -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ResponseSpec {
+pub(crate) struct ResponseSpec {
     #[serde(default = "ok")]
     status: u16,
     #[serde(default)]
@@ -155,7 +155,7 @@ fn response_seen<B>(r: &http::Response<B>, body: &[u8]) -> Seen {
 
 /// What the filter did with one case.
 #[derive(serde::Serialize, Default)]
-struct Report {
+pub(crate) struct Report {
     /// The request as it reaches the backend, if the filter let it through.
     #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<Seen>,
@@ -169,7 +169,7 @@ struct Report {
 
 /// The filter's config from `path`: a WasmFilter's `spec.config`, or the file's whole
 /// content as the config itself.
-fn config(path: Option<&Path>) -> Result<serde_json::Value, String> {
+pub(crate) fn config(path: Option<&Path>) -> Result<serde_json::Value, String> {
     let Some(path) = path else {
         return Ok(serde_json::Value::Null);
     };
@@ -209,7 +209,7 @@ fn build_response(r: &ResponseSpec) -> Result<http::Response<()>, String> {
 }
 
 /// Runs the case; the report, or why the filter could not run it.
-fn run_case(f: &Harness, case: &Case) -> Result<Report, String> {
+pub(crate) fn run_case(f: &Harness, case: &Case) -> Result<Report, String> {
     let fail = |e: sluice_harness::FilterError| format!("the filter failed: {}", e.message);
     let mut report = Report::default();
     f.set_client(case.request.client);

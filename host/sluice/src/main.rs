@@ -7,6 +7,7 @@ mod convert;
 mod filter_cmd;
 mod filter_test;
 mod provider;
+mod replay;
 mod scaffold;
 
 use std::net::SocketAddr;
@@ -275,6 +276,39 @@ enum FilterCommand {
         #[arg(long, value_name = "FILE")]
         request: PathBuf,
     },
+    /// Run again, locally, the requests on which a WasmFilter trapped, timed out or ran
+    /// out of memory in a gateway (kept when its spec.debug.captureFailures is set), on
+    /// the build that failed or on a fix. Says for each whether it fails again; exits 1
+    /// if any does, 2 when they cannot be read or run. docs/filters.md, "Replaying
+    /// failures".
+    Replay {
+        /// The component to run them on: the build that failed (`sluice filter pull
+        /// IMAGE@DIGEST`), or a new one to check a fix.
+        component: PathBuf,
+        /// Read them from this gateway's admin API (`--admin` of `sluice run`), e.g.
+        /// 127.0.0.1:9901.
+        #[arg(
+            long,
+            value_name = "HOST:PORT",
+            conflicts_with = "from",
+            required_unless_present = "from"
+        )]
+        admin: Option<String>,
+        /// Read them from a file saved from the admin API's /filters/failures.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// Only this WasmFilter's (namespace/name).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        filter: Option<String>,
+        /// Run with this config instead of the one each failure was captured with: a
+        /// WasmFilter (its spec.config) or the config itself.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Also write each failure as a `sluice filter test` case in DIR (add an
+        /// `expect:` block to keep it as a regression test).
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
+    },
     /// Push a component as an OCI artifact (CNCF Wasm layout); prints the manifest digest.
     Push {
         /// The component, e.g. filters/target/wasm32-wasip2/release/hello.wasm.
@@ -542,6 +576,24 @@ fn main() -> ExitCode {
             config,
             request,
         }) => filter_test::run(&component, config.as_deref(), &request),
+        Command::Filter(FilterCommand::Replay {
+            component,
+            admin,
+            from,
+            filter,
+            config,
+            save,
+        }) => replay::run(&replay::Options {
+            component,
+            source: match (admin, from) {
+                (Some(a), _) => replay::Source::Admin(a),
+                (None, Some(f)) => replay::Source::File(f),
+                (None, None) => unreachable!("clap requires --admin or --from"),
+            },
+            filter,
+            config,
+            save,
+        }),
         Command::Filter(cmd) => block_on(1, async {
             match cmd {
                 FilterCommand::New { name, dir, sdk } => {
@@ -560,7 +612,9 @@ fn main() -> ExitCode {
                     output,
                     creds,
                 } => filter_cmd::pull(&image, output, &creds).await,
-                FilterCommand::Test { .. } => unreachable!("run above, outside the runtime"),
+                FilterCommand::Test { .. } | FilterCommand::Replay { .. } => {
+                    unreachable!("run above, outside the runtime")
+                }
             }
         }),
         Command::Convert {

@@ -2407,3 +2407,111 @@ fn filter_test_runs_a_component_on_a_yaml_request_and_checks_expectations() {
     assert_eq!(code, Some(2));
     assert!(err.contains("case.yaml") && err.contains("pth"), "{err}");
 }
+
+/// `spec.debug.captureFailures`: the gateway keeps the last requests a filter failed
+/// on (secrets redacted), serves them at `/filters/failures`, and `sluice filter
+/// replay` runs them again on the build that failed (they fail again) or with a fix
+/// (they pass), and saves them as `filter test` cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_failures_replay_locally_and_pass_once_fixed() {
+    let filters = [wasm_filter(
+        "bad",
+        "misbehave",
+        "  config: {mode: trap, path: /boom}\n  failurePolicy: FailClosed\n  debug: {captureFailures: 2, redactHeaders: [X-Api-Key]}\n",
+    )];
+    let rules = format!(
+        "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        ext("bad")
+    );
+    let (_a, port, dir, gw) = setup("wasm-replay", &filters, &rules).await;
+    let c = client();
+    assert_eq!(get(port, "h", "/fine").await.status, StatusCode::OK);
+    for n in 1..=3 {
+        let r = send(
+            &c,
+            "GET",
+            port,
+            "h",
+            &format!("/boom?n={n}"),
+            &[
+                ("authorization", "Bearer secret"),
+                ("x-api-key", "k1"),
+                ("x-case", "kept"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    // The last two, with what the filter was given and in which build.
+    let text = gw.admin("/filters/failures").await;
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let all = v["failures"].as_array().expect("failures");
+    assert_eq!(all.len(), 2, "{text}");
+    let wasm = std::fs::read(dir.0.join("filters/misbehave.wasm")).expect("wasm");
+    let digest = format!("sha256:{}", sluice_wasm::sha256_hex(&wasm));
+    for (f, n) in all.iter().zip([2, 3]) {
+        assert_eq!(f["filter"], "default/bad");
+        assert_eq!(f["hook"], "on-request");
+        assert_eq!(f["kind"], "trap");
+        assert_eq!(f["digest"], digest.as_str());
+        assert_eq!(f["config"]["mode"], "trap");
+        assert_eq!(f["request"]["path"], format!("/boom?n={n}"));
+        assert_eq!(f["request"]["headers"]["x-case"], "kept");
+        assert_eq!(f["request"]["headers"]["authorization"], "<redacted>");
+        assert_eq!(f["request"]["headers"]["x-api-key"], "<redacted>");
+        assert_eq!(
+            f["redactedHeaders"],
+            serde_json::json!(["authorization", "x-api-key"])
+        );
+    }
+    assert!(!text.contains("secret") && !text.contains("k1"), "{text}");
+    let only = gw.admin("/filters/failures?filter=default/other").await;
+    assert!(only.contains("\"failures\": []"), "{only}");
+
+    let replay = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["filter", "replay"])
+            .arg(dir.0.join("filters/misbehave.wasm"))
+            .args(["--admin", &gw.admin.to_string(), "--filter", "default/bad"])
+            .args(extra)
+            .output()
+            .expect("sluice filter replay");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The build that failed: both fail again, and are saved as test cases.
+    let saved = dir.0.join("cases");
+    let (code, out, err) = replay(&["--save", saved.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert_eq!(out.matches("fails again").count(), 2, "{out}");
+    assert!(out.contains("2 of 2 failures happen again"), "{out}");
+    assert!(out.contains("redacted: authorization, x-api-key"), "{out}");
+    let case = saved.join("2-default-bad-on-request.yaml");
+    let yaml = std::fs::read_to_string(&case).expect("saved case");
+    assert!(yaml.contains("/boom?n=3"), "{yaml}");
+
+    // A fix (here: a config that behaves): they pass, and the report shows the request.
+    dir.write("fixed.yaml", "{mode: ok}\n");
+    let fixed = dir.0.join("fixed.yaml");
+    let (code, out, err) = replay(&["--config", fixed.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("0 of 2 failures happen again"), "{out}");
+    assert!(out.contains("passes now"), "{out}");
+
+    // The saved case is a `filter test` case: with the failing config it fails again.
+    dir.write("trap.yaml", "{mode: trap, path: /boom}\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["filter", "test"])
+        .arg(dir.0.join("filters/misbehave.wasm"))
+        .arg("--config")
+        .arg(dir.0.join("trap.yaml"))
+        .arg("--request")
+        .arg(&case)
+        .output()
+        .expect("sluice filter test");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

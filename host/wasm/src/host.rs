@@ -92,6 +92,8 @@ pub struct Context(
     Option<Arc<dyn crate::Outbound>>,
     Option<std::net::SocketAddr>,
     Option<crate::SpanIds>,
+    /// The request as `on-request` got it, when the filter captures failures.
+    Option<Box<crate::CapturedRequest>>,
 );
 
 impl std::fmt::Debug for Context {
@@ -114,13 +116,21 @@ struct ContextMap {
 impl Context {
     /// A context whose filter may make outbound calls through `outbound`.
     pub fn with_outbound(outbound: Arc<dyn crate::Outbound>) -> Self {
-        Context(None, Some(outbound), None, None)
+        Context(None, Some(outbound), None, None, None)
     }
 
     /// Sets the traced span the filter's next hook runs in: its outbound calls become
     /// its children. `None` when the request is not traced.
     pub fn set_span(&mut self, span: Option<crate::SpanIds>) {
         self.3 = span;
+    }
+
+    pub(crate) fn set_captured(&mut self, r: Option<Box<crate::CapturedRequest>>) {
+        self.4 = r;
+    }
+
+    pub(crate) fn captured(&self) -> Option<&crate::CapturedRequest> {
+        self.4.as_deref()
     }
 
     /// The span set by [`Context::set_span`].

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 mod bindings;
+mod capture;
 mod digest;
 mod host;
 mod kv;
@@ -38,6 +39,9 @@ use wasmtime::{
 };
 
 use bindings::v0_1::sluice::filter0_1_0::types::{DirectResponse, RequestAction};
+pub use capture::{
+    ALWAYS_REDACTED, CaptureSpec, CapturedRequest, CapturedResponse, Failure, REDACTED,
+};
 use host::TrailersCtx;
 pub use host::{Context, ContextFull, RequestCtx, ResponseCtx};
 use host::{HostState, MemoryLimiter};
@@ -112,6 +116,8 @@ pub struct FilterSpec {
     pub min_instances: usize,
     /// Where `kv` lives (`spec.kv`).
     pub kv: KvBackend,
+    /// Which failures to keep (`spec.debug`).
+    pub capture: CaptureSpec,
 }
 
 /// Everything the instances of one WasmFilter share.
@@ -122,6 +128,8 @@ pub struct FilterShared {
     kv: Arc<kv::Kv>,
     /// Log lines per second this filter may write (`Runtime::set_log_lines_per_second`).
     log_lines_per_second: u64,
+    /// The last failures, when the filter captures them (kept across reloads).
+    failures: capture::Failures,
 }
 
 impl FilterShared {
@@ -417,6 +425,7 @@ impl Runtime {
                     stats: Arc::default(),
                     kv: Arc::default(),
                     log_lines_per_second: self.log_lines_per_second.load(Ordering::Relaxed),
+                    failures: capture::Failures::default(),
                 })
             })
             .clone()
@@ -475,6 +484,24 @@ impl Runtime {
         pools.retain(|_, w| w.strong_count() > 0);
         pools.insert(key, Arc::downgrade(&pool));
         Ok(pool)
+    }
+}
+
+impl Runtime {
+    /// The failures kept by every WasmFilter that captures them, oldest first per
+    /// filter, filters by name.
+    pub fn failures(&self) -> Vec<Failure> {
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut names: Vec<_> = shared.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        names
+            .into_iter()
+            .flat_map(|(_, s)| s.failures.list())
+            .collect()
     }
 }
 
@@ -908,19 +935,55 @@ impl Pool {
         hook: H,
         ctx: H::Resource,
         context: &mut Context,
-    ) -> (Option<H::Resource>, Result<H::Out, FilterError>) {
+    ) -> (Option<H::Resource>, Result<H::Out, FilterError>)
+    where
+        H::Resource: capture::Input,
+    {
         let mut inst = match self.checkout().await {
             Ok(i) => i,
             Err(e) => return (Some(ctx), Err(e)),
         };
+        let input = self
+            .spec
+            .capture
+            .on()
+            .then(|| capture::Input::capture(&ctx, &self.spec.capture, hook.body(), context));
         let (back, result) = self.run(&mut inst, hook, ctx, context).await;
         match result {
             Ok(r) => {
                 self.checkin(inst);
                 (back, Ok(r))
             }
-            Err(e) => (back, Err(self.fail(&mut inst.store, e))),
+            Err(e) => {
+                let e = self.fail(&mut inst.store, e);
+                if let Some((request, response)) = input {
+                    self.keep_failure(H::NAME, &e, request, response);
+                }
+                (back, Err(e))
+            }
         }
+    }
+
+    /// Keeps a failed call's input for `sluice filter replay` (`spec.debug`).
+    fn keep_failure(
+        &self,
+        hook: &'static str,
+        e: &FilterError,
+        request: Option<CapturedRequest>,
+        response: Option<CapturedResponse>,
+    ) {
+        let f = Failure {
+            time: std::time::SystemTime::now(),
+            filter: self.spec.name.clone(),
+            digest: format!("sha256:{}", self.compiled.digest),
+            config: self.spec.config.clone(),
+            hook,
+            kind: e.kind.as_str(),
+            message: e.message.clone(),
+            request,
+            response,
+        };
+        self.shared.failures.push(f, self.spec.capture.failures);
     }
 
     /// Runs `hook` on `inst` with a fresh time budget: moves `hook`'s resource and the
@@ -1227,6 +1290,12 @@ pub enum BodyOutcome {
 trait Hook: Send + 'static {
     type Resource: Send + 'static;
     type Out: Send;
+    /// The WIT export's name, for captures.
+    const NAME: &'static str;
+    /// The body the hook is given, for captures.
+    fn body(&self) -> Option<&bytes::Bytes> {
+        None
+    }
     fn call<'a>(
         self,
         f: &'a Exports,
@@ -1243,6 +1312,7 @@ struct OnResponseBody(bytes::Bytes);
 impl Hook for OnRequest {
     type Resource = RequestCtx;
     type Out = RequestAction;
+    const NAME: &'static str = "on-request";
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1259,6 +1329,7 @@ impl Hook for OnRequest {
 impl Hook for OnResponse {
     type Resource = ResponseCtx;
     type Out = ();
+    const NAME: &'static str = "on-response";
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1275,6 +1346,10 @@ impl Hook for OnResponse {
 impl Hook for OnRequestBody {
     type Resource = RequestCtx;
     type Out = BodyOutcome;
+    const NAME: &'static str = "on-request-body";
+    fn body(&self) -> Option<&bytes::Bytes> {
+        Some(&self.0)
+    }
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1294,6 +1369,10 @@ impl Hook for OnRequestBody {
 impl Hook for OnResponseBody {
     type Resource = ResponseCtx;
     type Out = BodyOutcome;
+    const NAME: &'static str = "on-response-body";
+    fn body(&self) -> Option<&bytes::Bytes> {
+        Some(&self.0)
+    }
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1319,6 +1398,7 @@ struct StreamEnd(Direction);
 impl Hook for RequestStreamStart {
     type Resource = RequestCtx;
     type Out = ();
+    const NAME: &'static str = "on-request-stream-start";
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1336,6 +1416,7 @@ impl Hook for RequestStreamStart {
 impl Hook for ResponseStreamStart {
     type Resource = ResponseCtx;
     type Out = ();
+    const NAME: &'static str = "on-response-stream-start";
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1353,6 +1434,7 @@ impl Hook for Chunk {
     /// A chunk borrows nothing from the host.
     type Resource = ();
     type Out = Option<Vec<u8>>;
+    const NAME: &'static str = "on-chunk";
     async fn call<'a>(
         self,
         f: &'a Exports,
@@ -1377,6 +1459,7 @@ impl Hook for Chunk {
 impl Hook for StreamEnd {
     type Resource = TrailersCtx;
     type Out = Vec<u8>;
+    const NAME: &'static str = "on-stream-end";
     async fn call<'a>(
         self,
         f: &'a Exports,

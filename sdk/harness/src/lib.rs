@@ -199,6 +199,7 @@ impl Harness {
             timeout: limits.timeout,
             min_instances: 1,
             kv: sluice_wasm::KvBackend::Memory,
+            capture: sluice_wasm::CaptureSpec::default(),
         };
         Ok(Harness {
             pool: sluice_wasm::block_on(rt.pool(&compiled, &spec))?,

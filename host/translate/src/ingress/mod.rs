@@ -799,6 +799,7 @@ fn source_range_filter_object(
             limits: None,
             outbound: Vec::new(),
             kv: None,
+            debug: None,
         },
     }
 }
