@@ -238,6 +238,18 @@ impl std::fmt::Display for RuleId {
     }
 }
 
+/// A rule's retries (HTTPRoute `retry`): connection errors and backend request
+/// timeouts are retried, and answers with one of `codes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryIr {
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// The least wait before the first retry; each later one waits twice as long.
+    pub backoff_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleIr {
@@ -251,6 +263,8 @@ pub struct RuleIr {
     pub request_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_request_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryIr>,
     /// When set, every request matching the rule gets a 500 (the Gateway API's answer to a
     /// rule that cannot be served: all backends invalid, or an unresolvable filter).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -14,7 +14,8 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use crate::client::Streamed;
 
 /// A body the gateway holds whole: its bytes, then the trailers it came with, if any.
-#[derive(Debug, Default)]
+/// Cloning it is cheap (the bytes are shared).
+#[derive(Clone, Debug, Default)]
 pub struct Buffered {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,

@@ -28,6 +28,8 @@ pub struct Stats {
     /// Responses by status code; index is `code - 100`.
     codes: Box<[AtomicU64]>,
     latency: Histogram,
+    /// Requests sent again (HTTPRoute `retry`).
+    pub retries: AtomicU64,
 }
 
 impl Stats {
@@ -36,6 +38,7 @@ impl Stats {
             key,
             codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Histogram::new(REQUEST_BUCKETS),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -128,6 +131,18 @@ impl Collect for Metrics {
                 if n > 0 {
                     out.sample(name, &labels(&s.key).with("code", i + 100), n);
                 }
+            }
+        }
+        let name = "sluice_http_retries_total";
+        out.family(
+            name,
+            Type::Counter,
+            "Requests sent to a backend again (HTTPRoute retry), by route rule and backend.",
+        );
+        for s in &map {
+            let n = s.retries.load(Relaxed);
+            if n > 0 {
+                out.sample(name, &labels(&s.key), n);
             }
         }
         let name = "sluice_http_request_duration_seconds";

@@ -420,87 +420,25 @@ async fn serve(
         },
     };
 
-    let Some(endpoint) = next_endpoint(backend) else {
-        return (
-            local(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoints\n"),
-            backend.stats.clone(),
-        );
-    };
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match Uri::builder()
-        .scheme(if backend.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
-        .authority(endpoint.clone())
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => {
-            return (
-                local(StatusCode::BAD_REQUEST, "invalid request target\n"),
-                backend.stats.clone(),
-            );
-        }
-    };
-    parts.version = match backend.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
-    };
-
-    if let Some(r) = record.as_mut() {
-        r.endpoint = Some(endpoint.to_string());
-    }
     let head = parts.method == http::Method::HEAD;
-    let timeout = deadline(&rule, start);
     let sent = Instant::now();
-    let call = send(gw, backend, Request::from_parts(parts, body));
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                return (
-                    local(StatusCode::GATEWAY_TIMEOUT, "upstream request timed out\n"),
-                    backend.stats.clone(),
-                );
+    let result = match &rule.retry {
+        // An upgrade's body is the connection: it is never sent twice.
+        Some(retry) if upgrade.is_none() => match retry_body(body, &parts.headers).await {
+            Ok((_, Some(again))) => {
+                with_retries(gw, &rule, backend, retry, parts, again, start, record).await
             }
+            Ok((body, None)) => attempt(gw, &rule, backend, parts, body, start, record).await,
+            Err(resp) => Attempt::Local(resp),
         },
-        None => call.await,
+        _ => attempt(gw, &rule, backend, parts, body, start, record).await,
     };
     if let Some(r) = record.as_mut() {
         r.upstream = Some(sent.elapsed());
     }
-    let mut resp = match result {
+    let mut resp = match result.answer(backend) {
         Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
-            let (status, msg) = if causes(&e).any(|c| c.is::<StreamFilterFailed>()) {
-                (StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
-            } else if causes(&e).any(|c| c.is::<BodyTooSlow>()) {
-                (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the request body arrived too slowly\n",
-                )
-            } else if request_body_failed(&e) {
-                // The client's fault (malformed chunked encoding, or it went away
-                // mid-body), not the backend's: answered and counted as such.
-                (
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read\n",
-                )
-            } else if e.is_connect() {
-                (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
-            } else {
-                (StatusCode::BAD_GATEWAY, "upstream request failed\n")
-            };
-            return (local(status, msg), backend.stats.clone());
-        }
+        Err(local) => return (local, backend.stats.clone()),
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -1098,6 +1036,212 @@ fn stage(
             note(record, w, FilterOutcome::Failed(e.kind));
             Err(())
         }
+    }
+}
+
+/// What one attempt at the backend gave.
+enum Attempt {
+    Answer(Response<Incoming>),
+    /// Answered by the gateway before anything was sent (no endpoint, a bad target, a
+    /// body that could not be read).
+    Local(Response<Body>),
+    /// No answer within the request's or the backend request's timeout.
+    TimedOut,
+    Failed(hyper_util::client::legacy::Error),
+}
+
+impl Attempt {
+    /// The backend's answer, or the gateway's own for a failure (both responses, of
+    /// like size: boxing one would only add an allocation).
+    #[allow(clippy::result_large_err)]
+    fn answer(self, backend: &Backend) -> Result<Response<Incoming>, Response<Body>> {
+        match self {
+            Attempt::Answer(r) => Ok(r),
+            Attempt::Local(r) => Err(r),
+            Attempt::TimedOut => Err(local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timed out\n",
+            )),
+            Attempt::Failed(e) => {
+                tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
+                let (status, msg) = if causes(&e).any(|c| c.is::<StreamFilterFailed>()) {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
+                } else if causes(&e).any(|c| c.is::<BodyTooSlow>()) {
+                    (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body arrived too slowly\n",
+                    )
+                } else if request_body_failed(&e) {
+                    // The client's fault (malformed chunked encoding, or it went away
+                    // mid-body), not the backend's: answered and counted as such.
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "the request body could not be read\n",
+                    )
+                } else if e.is_connect() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "upstream request failed\n")
+                };
+                Err(local(status, msg))
+            }
+        }
+    }
+}
+
+/// Sends the request to the backend's next endpoint, within the rule's timeouts.
+async fn attempt(
+    gw: &Gateway,
+    rule: &Rule,
+    backend: &Backend,
+    mut parts: http::request::Parts,
+    body: Body,
+    start: Instant,
+    record: &mut Option<Box<Record>>,
+) -> Attempt {
+    let Some(endpoint) = next_endpoint(backend) else {
+        return Attempt::Local(local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy endpoints\n",
+        ));
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = match Uri::builder()
+        .scheme(if backend.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
+        .authority(endpoint.clone())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return Attempt::Local(local(StatusCode::BAD_REQUEST, "invalid request target\n"));
+        }
+    };
+    parts.version = match backend.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    if let Some(r) = record.as_mut() {
+        r.endpoint = Some(endpoint.to_string());
+    }
+    let call = send(gw, backend, Request::from_parts(parts, body));
+    let result = match deadline(rule, start) {
+        Some(t) => match tokio::time::timeout(t, call).await {
+            Ok(r) => r,
+            Err(_) => return Attempt::TimedOut,
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(r) => Attempt::Answer(r),
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+/// The most of a request body held to send again (HTTPRoute `retry`): a request with
+/// a longer body, or a streamed one of unknown length, is sent once.
+pub(crate) const RETRY_BODY_LIMIT: u64 = 64 << 10;
+
+/// A request body that can be sent again: one already held whole, an empty one, or one
+/// whose `content-length` is at most [`RETRY_BODY_LIMIT`] (read whole first). Returns
+/// the body to send and, when it can be sent again, its bytes and trailers.
+async fn retry_body(
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<(Body, Option<Buffered>), Response<Body>> {
+    match body {
+        Either::Right(held) => {
+            let again = held.clone();
+            Ok((Either::Right(held), Some(again)))
+        }
+        Either::Left(s) if s.is_end_stream() => Ok((Either::Left(s), Some(Buffered::default()))),
+        Either::Left(s) => {
+            let small = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= RETRY_BODY_LIMIT);
+            if !small {
+                return Ok((Either::Left(s), None));
+            }
+            match collect(s, RETRY_BODY_LIMIT).await {
+                Collected::Whole { data, trailers } => {
+                    let held = Buffered::with_trailers(data, trailers);
+                    Ok((Either::Right(held.clone()), Some(held)))
+                }
+                Collected::TooLarge(rest) => Ok((Either::Left(rest), None)),
+                Collected::Failed(e) => Err(body_failed(&*e)),
+            }
+        }
+    }
+}
+
+/// Sends the request, and again while the rule's `retry` says so: after a connection
+/// error, a backend request timeout, or an answer with one of its codes, up to its
+/// attempts, waiting its backoff (doubled each time, at most ten times over, plus up
+/// to a quarter of it as jitter), never past the request timeout.
+#[allow(clippy::too_many_arguments)]
+async fn with_retries(
+    gw: &Gateway,
+    rule: &Rule,
+    backend: &Backend,
+    retry: &sluice_ir::RetryIr,
+    parts: http::request::Parts,
+    body: Buffered,
+    start: Instant,
+    record: &mut Option<Box<Record>>,
+) -> Attempt {
+    let mut tries = 0;
+    loop {
+        let mut again = http::Request::new(());
+        *again.method_mut() = parts.method.clone();
+        *again.uri_mut() = parts.uri.clone();
+        *again.version_mut() = parts.version;
+        *again.headers_mut() = parts.headers.clone();
+        let (again, ()) = again.into_parts();
+        let outcome = attempt(
+            gw,
+            rule,
+            backend,
+            again,
+            Either::Right(body.clone()),
+            start,
+            record,
+        )
+        .await;
+        let request_over = || rule.request_timeout.is_some_and(|t| start.elapsed() >= t);
+        let retry_it = tries < retry.attempts
+            && match &outcome {
+                Attempt::Answer(r) => retry.codes.contains(&r.status().as_u16()),
+                // The backend request's timeout, not the whole request's.
+                Attempt::TimedOut => !request_over(),
+                Attempt::Failed(e) => !causes(e).any(|c| c.is::<StreamFilterFailed>()),
+                Attempt::Local(_) => false,
+            };
+        if !retry_it {
+            return outcome;
+        }
+        let base = Duration::from_millis(retry.backoff_ms);
+        let wait =
+            (base * 2u32.pow(tries.min(4))).min(base * 10) + base.mul_f64(fastrand::f64() / 4.0);
+        if rule
+            .request_timeout
+            .is_some_and(|t| start.elapsed() + wait >= t)
+        {
+            // No time left for another try: the last outcome stands.
+            return outcome;
+        }
+        drop(outcome);
+        backend.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+        tries += 1;
     }
 }
 

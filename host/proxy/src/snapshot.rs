@@ -79,6 +79,7 @@ pub(crate) struct Rule {
     pub total_weight: u64,
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    pub retry: Option<sluice_ir::RetryIr>,
     pub invalid: Option<String>,
     /// For answers given by the rule itself (redirects, CORS preflights, 500s).
     pub local_stats: Arc<Stats>,
@@ -236,6 +237,7 @@ fn build_rule(r: &RuleIr, metrics: &Metrics, wasm: &WasmPools) -> Result<Rule, B
         backends,
         request_timeout: r.request_timeout_ms.map(Duration::from_millis),
         backend_timeout: r.backend_request_timeout_ms.map(Duration::from_millis),
+        retry: r.retry.clone(),
         invalid: r.invalid.clone(),
         local_stats: metrics.stats(StatsKey {
             route,

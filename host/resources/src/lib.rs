@@ -17,9 +17,9 @@ pub use load::{
 };
 pub use types::*;
 pub use validate::{
-    DOCKER_CONFIG_JSON, WASM_DEFAULT_BODY, WASM_DEFAULT_CAPTURE_BODY, WASM_DEFAULT_MEMORY,
-    WASM_MAX_BODY, WASM_MAX_CAPTURE_BODY, WASM_MAX_CAPTURES, WASM_MAX_MEMORY, check_hostname,
-    parse_duration, parse_quantity,
+    DOCKER_CONFIG_JSON, MAX_RETRIES, WASM_DEFAULT_BODY, WASM_DEFAULT_CAPTURE_BODY,
+    WASM_DEFAULT_MEMORY, WASM_MAX_BODY, WASM_MAX_CAPTURE_BODY, WASM_MAX_CAPTURES, WASM_MAX_MEMORY,
+    check_hostname, parse_duration, parse_quantity,
 };
 
 /// The checks file mode applies to an HTTPRoute (the CRD's schema and CEL rules):

@@ -214,6 +214,27 @@ pub fn http_route(r: &HttpRoute) -> Problems {
             }
             check_filters(&b.filters, &bf("filters"), rule, &mut p);
         }
+        if let Some(r) = &rule.retry {
+            for (i, c) in r.codes.iter().enumerate() {
+                if !(400..=599).contains(c) {
+                    p.push((
+                        rf(&format!("retry.codes[{i}]")),
+                        format!("{c}: must be a status from 400 to 599"),
+                    ));
+                }
+            }
+            if r.attempts.is_some_and(|a| a > MAX_RETRIES) {
+                p.push((
+                    rf("retry.attempts"),
+                    format!("must be at most {MAX_RETRIES}"),
+                ));
+            }
+            if let Some(b) = &r.backoff
+                && let Err(m) = parse_duration(b)
+            {
+                p.push((rf("retry.backoff"), m));
+            }
+        }
         if let Some(t) = &rule.timeouts {
             for (name, v) in [
                 ("request", &t.request),
@@ -468,6 +489,9 @@ pub const WASM_DEFAULT_BODY: u64 = 1 << 20;
 
 /// The largest `spec.limits.maxBodyBytes`.
 pub const WASM_MAX_BODY: u64 = 64 << 20;
+
+/// The most retries an HTTPRoute rule's `retry.attempts` may ask for.
+pub const MAX_RETRIES: u32 = 10;
 
 /// The most `spec.debug.captureFailures`.
 pub const WASM_MAX_CAPTURES: u32 = 100;

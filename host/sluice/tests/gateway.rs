@@ -1340,3 +1340,214 @@ async fn a_backend_that_does_not_accept_is_given_up_after_the_connect_timeout() 
     );
     drop(queued);
 }
+
+/// A backend that fails on purpose, by a segment of the path: `.../codes/KEY` answers 503
+/// to its first two requests for the path and 200 after, `.../always/KEY` always 503,
+/// `.../slow/KEY` waits 600 ms on its first request for the path. It keeps each request's body by key.
+async fn flaky() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind flaky");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>> =
+        Arc::default();
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.expect("body").to_bytes();
+                            let n = {
+                                let mut all = kept.lock().expect("lock");
+                                let list = all.entry(path.clone()).or_default();
+                                list.push(String::from_utf8_lossy(&body).into_owned());
+                                list.len()
+                            };
+                            let mode = ["codes", "always", "slow"]
+                                .into_iter()
+                                .find(|m| path.contains(&format!("/{m}/")));
+                            let status = match mode {
+                                Some("codes") if n <= 2 => 503,
+                                Some("always") => 503,
+                                Some("slow") if n == 1 => {
+                                    tokio::time::sleep(Duration::from_millis(600)).await;
+                                    200
+                                }
+                                _ => 200,
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                                        "attempt {n}"
+                                    ))))
+                                    .expect("response"),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_rule_codes_connection_errors_timeouts_and_bodies() {
+    let (addr, seen) = flaky().await;
+    let port = free_port();
+    let dir = TempDir::new("retry");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    // `split` has two endpoints: the flaky backend, and an address where nothing
+    // listens (connection refused), taken in turn.
+    let split = service_yaml_port("split", addr.port(), None).replace(
+        "- addresses: [127.0.0.1]\n",
+        "- addresses: [127.0.0.1]\n- addresses: [127.0.0.2]\n",
+    );
+    dir.write(
+        "svc.yaml",
+        &[service_yaml_port("flaky", addr.port(), None), split].join("---\n"),
+    );
+    let rule = |prefix: &str, service: &str, extra: &str| {
+        format!(
+            "  - matches: [{{path: {{value: /{prefix}}}}}]\n    backendRefs: [{{name: {service}, port: 80}}]\n{extra}"
+        )
+    };
+    let rules = [
+        rule("codes", "flaky", "    retry: {codes: [503], attempts: 2, backoff: 10ms}\n"),
+        rule("few/", "flaky", "    retry: {codes: [503], attempts: 1, backoff: 10ms}\n"),
+        rule(
+            "slow",
+            "flaky",
+            "    timeouts: {request: 5s, backendRequest: 300ms}\n    retry: {attempts: 1, backoff: 10ms}\n",
+        ),
+        rule(
+            "always",
+            "flaky",
+            "    timeouts: {request: 400ms}\n    retry: {codes: [503], attempts: 10, backoff: 100ms}\n",
+        ),
+        rule("split", "split", "    retry: {attempts: 1, backoff: 10ms}\n"),
+        rule("once", "split", ""),
+    ]
+    .concat();
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            &format!("  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"),
+        ),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    let c = client();
+    let tries = |key: &str| seen.lock().expect("lock").get(key).map_or(0, Vec::len);
+
+    // Answers with a listed code are sent again, up to the attempts.
+    let r = get(port, "h", "/codes/a").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "attempt 3"));
+    let r = get(port, "h", "/few/codes/b").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        tries("/few/codes/b"),
+        2,
+        "one retry, then the last answer stands"
+    );
+    assert_eq!(
+        gw.metric(
+            "sluice_http_retries_total{route=\"default/r\",rule=\"0\",backend=\"default/flaky:80\"}"
+        )
+        .await,
+        2
+    );
+
+    // A small body is sent again whole; a streamed one of unknown length is sent once.
+    let r = send_body(&c, port, "/codes/post", Some(5), "hello").await;
+    assert_eq!(r, StatusCode::OK);
+    assert_eq!(seen.lock().expect("lock")["/codes/post"], ["hello"; 3]);
+    let r = send_body(&c, port, "/codes/streamed", None, "hello").await;
+    assert_eq!(r, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(tries("/codes/streamed"), 1);
+
+    // A backend request timeout is retried; the whole request's timeout bounds it all.
+    let r = get(port, "h", "/slow/a").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "attempt 2"));
+    let start = Instant::now();
+    let r = get(port, "h", "/always/a").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let n = tries("/always/a");
+    assert!(
+        (2..=4).contains(&n),
+        "{n} attempts within a 400ms request timeout"
+    );
+
+    // Connection errors: with a retry every request reaches the live endpoint; without,
+    // those sent to the dead one fail.
+    for i in 0..6 {
+        let r = get(port, "h", &format!("/split/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let failed = futures_util::future::join_all(
+        (0..6).map(|i| async move { get(port, "h", &format!("/once/{i}")).await }),
+    )
+    .await
+    .iter()
+    .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+    .count();
+    assert!(failed > 0, "without retry the dead endpoint answers 503");
+}
+
+/// POSTs `body` to `path`, with a content-length or (`None`) chunked.
+async fn send_body(
+    c: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    port: u16,
+    path: &str,
+    length: Option<usize>,
+    body: &'static str,
+) -> StatusCode {
+    match length {
+        Some(_) => {
+            let req = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", "h")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .expect("request");
+            c.request(req).await.expect("response").status()
+        }
+        None => {
+            let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                hyper::body::Frame::data(bytes::Bytes::from_static(body.as_bytes())),
+            )]);
+            let req = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", "h")
+                .body(http_body_util::StreamBody::new(frames))
+                .expect("request");
+            let chunked =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            chunked.request(req).await.expect("response").status()
+        }
+    }
+}

@@ -4,8 +4,11 @@
 use regex::Regex;
 use sluice_ir::{
     CorsIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr, RedirectIr,
-    RewriteIr, RuleId, RuleIr, UpstreamProtocol, ValueMatchIr,
+    RetryIr, RewriteIr, RuleId, RuleIr, UpstreamProtocol, ValueMatchIr,
 };
+
+/// `retry.backoff` when unset (Envoy's base retry interval).
+const DEFAULT_RETRY_BACKOFF_MS: u64 = 25;
 use sluice_resources::{
     GATEWAY_GROUP, GrpcMethodMatch, GrpcRoute, HttpHeaderFilter, HttpPathMatch, HttpPathModifier,
     HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, PathMatchType,
@@ -122,6 +125,7 @@ fn grpc_as_http(g: &GrpcRoute) -> HttpRoute {
                     filters: r.filters.clone(),
                     backend_refs: r.backend_refs.clone(),
                     timeouts: None,
+                    retry: None,
                 })
                 .collect(),
         },
@@ -490,6 +494,20 @@ fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
             backends,
             request_timeout_ms: timeout(&t.request),
             backend_request_timeout_ms: timeout(&t.backend_request),
+            retry: rule.retry.as_ref().map(|r| RetryIr {
+                codes: r
+                    .codes
+                    .iter()
+                    .copied()
+                    .filter(|c| (400..=599).contains(c))
+                    .collect(),
+                attempts: r.attempts.unwrap_or(1).min(sluice_resources::MAX_RETRIES),
+                backoff_ms: r
+                    .backoff
+                    .as_deref()
+                    .and_then(|b| parse_duration(b).ok())
+                    .map_or(DEFAULT_RETRY_BACKOFF_MS, |d| d.as_millis() as u64),
+            }),
             invalid,
         };
         c.rules.push((rule_ir, matches));
