@@ -43,10 +43,13 @@ go_tools() {
   fi
   # The Gateway API v1.6 standard CRDs, from the gateway-api Go module; the tests apply
   # them with server-side apply.
-  if [ ! -f target/tools/gateway-api-crds/gateway.networking.k8s.io_httproutes.yaml ]; then
+  if [ ! -f target/tools/gateway-api-crds/gateway.networking.k8s.io_httproutes.yaml ] ||
+    [ ! -f target/tools/gateway-api-crds-experimental/gateway.networking.k8s.io_httproutes.yaml ]; then
     dir=$(go mod download -json sigs.k8s.io/gateway-api@v1.6.3 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-    mkdir -p target/tools/gateway-api-crds
+    mkdir -p target/tools/gateway-api-crds target/tools/gateway-api-crds-experimental
     cp "$dir"/config/crd/standard/*.yaml target/tools/gateway-api-crds/
+    # The experimental channel, for the suite's second run (.ci/conformance --experimental).
+    cp "$dir"/config/crd/experimental/*.yaml target/tools/gateway-api-crds-experimental/
   fi
   # ingress2gateway, the Gateway API project's Ingress converter, which the Ingress
   # tests compare `sluice convert` with; through the wrapper module in
@@ -73,11 +76,13 @@ conformance_tools() {
 
 # Runs the conformance suite (the ignored test gateway_api_conformance) and prints its
 # counts; the whole output goes to target/conformance-run.log.
+# With `experimental`, the experimental channel's run (its log: conformance-experimental-run.log).
 run_conformance() {
-  local status
+  local status channel=${1:-standard} log=target/conformance-run.log
+  [ "$channel" = standard ] || log=target/conformance-$channel-run.log
   set +e
-  cargo test -p sluice --locked --test kube gateway_api_conformance -- --ignored --nocapture 2>&1 |
-    tee target/conformance-run.log | grep -E '(^|[.][.][.] )conformance:|^(failed|report|log):'
+  SLUICE_GATEWAY_API_CHANNEL=$channel cargo test -p sluice --locked --test kube gateway_api_conformance -- --ignored --nocapture 2>&1 |
+    tee "$log" | grep -E '(^|[.][.][.] )conformance:|^(failed|report|log):'
   status=${PIPESTATUS[0]}
   set -e
   return "$status"

@@ -307,10 +307,13 @@ impl Rig {
         out
     }
 
-    /// The Gateway API standard CRDs (copied by .ci/run from the gateway-api Go module)
-    /// and `sluice crd`'s WasmFilter CRD.
+    /// The Gateway API CRDs of the channel (copied by .ci/run from the gateway-api Go
+    /// module) and `sluice crd`'s WasmFilter CRD.
     async fn install_crds(&self) {
-        let crds = tools().join("gateway-api-crds");
+        let crds = tools().join(match experimental() {
+            false => "gateway-api-crds",
+            true => "gateway-api-crds-experimental",
+        });
         let mut docs = Vec::new();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&crds)
             .unwrap_or_else(|e| panic!("{}: {e}; .ci/run copies the CRDs there", crds.display()))
@@ -1332,6 +1335,12 @@ spec:
     );
 }
 
+/// Whether the tests run on the Gateway API experimental channel's CRDs
+/// (`SLUICE_GATEWAY_API_CHANNEL=experimental`).
+fn experimental() -> bool {
+    std::env::var("SLUICE_GATEWAY_API_CHANNEL").is_ok_and(|c| c == "experimental")
+}
+
 /// The official Gateway API conformance suite (GATEWAY-HTTP profile) against Sluice.
 /// Slow (minutes) and it needs the Go-built suite, fake kubelet and echo-basic, so it
 /// is left out of the default run: `.ci/conformance` builds them and runs it. Pods are
@@ -1342,11 +1351,17 @@ spec:
 #[test]
 #[ignore = "the Gateway API conformance suite; run it with .ci/conformance"]
 fn gateway_api_conformance() {
+    // The standard channel by default; SLUICE_GATEWAY_API_CHANNEL=experimental runs the
+    // experimental CRDs with options-experimental.yaml (.ci/conformance --experimental).
+    let (options_file, out_dir) = match experimental() {
+        false => ("options.yaml", "conformance"),
+        true => ("options-experimental.yaml", "conformance-experimental"),
+    };
     in_netns_with(
         "gateway_api_conformance",
         "ip addr add 198.18.0.0/17 dev lo",
         || async {
-            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/conformance");
+            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(out_dir);
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(out.join("pods")).expect("target/conformance");
             for bin in ["kubelet", "echo-basic", "conformance.test"] {
@@ -1385,7 +1400,8 @@ spec: {controllerName: sluice.dev/gateway-controller}
                 .sluice("sluice", &["--gateway-address-pool", "198.18.2.0/24"])
                 .await;
             let options = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.ci/kube/conformance/options.yaml");
+                .join("../../.ci/kube/conformance")
+                .join(options_file);
             let log = out.join("suite.log");
             let status = Command::new(tools().join("conformance.test"))
                 .args(["-test.v", "-test.timeout=60m", "-test.run=TestConformance"])
