@@ -66,12 +66,15 @@ go_tools() {
 
 # The Gateway API conformance suite's parts (.ci/run and .ci/conformance run the
 # suite): its test binary, its echo-basic backend and the fake kubelet, from the same
-# wrapper module.
+# wrapper module, and CoreDNS.
 conformance_tools() {
   set -euo pipefail
   # Always built: Go's build cache makes an unchanged rebuild take seconds.
   (cd .ci/kube && GOBIN="$PWD/../../target/tools" go install ./kubelet sigs.k8s.io/gateway-api/conformance/echo-basic &&
     go test -c -o ../../target/tools/conformance.test ./conformance)
+  # CoreDNS with the four plugins the suite's Corefile uses, for its coredns Pod (the
+  # UDPRoute test); a module of its own, so its dependencies never move Kubernetes'.
+  (cd .ci/coredns && go build -o ../../target/tools/coredns .)
 }
 
 # Runs the conformance suite (the ignored test gateway_api_conformance) and prints its

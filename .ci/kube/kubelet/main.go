@@ -8,11 +8,12 @@
 //
 // It also serves the Pods' logs on the kubelet port (10250), for pods/log.
 //
-// Limits, because there is no container runtime: only `echo-basic` images run (the
-// binary given by --echo-basic); a Pod of any other image (the suite's coredns) is
-// reported Running without a process, and the kubelet logs that. Secret and ConfigMap
-// volumes are written to files under --dir, and env values that point into a volume's
-// mountPath are rewritten to those files (the process sees no mount namespace).
+// Limits, because there is no container runtime: only `echo-basic` images (the binary
+// given by --echo-basic) and `coredns` images (--coredns, with the container's args)
+// run; a Pod of any other image is reported Running without a process, and the kubelet
+// logs that. Secret and ConfigMap volumes are written to files under --dir, and env
+// values and args that point into a volume's mountPath are rewritten to those files
+// (the process sees no mount namespace).
 // Readiness probes are not run: a started process is Ready.
 package main
 
@@ -59,6 +60,7 @@ type kubelet struct {
 	client   kubernetes.Interface
 	node     string
 	echo     string
+	coredns  string
 	bridge   string
 	gateway  netip.Addr
 	prefix   int
@@ -80,6 +82,7 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the API server")
 	node := flag.String("node", "sluice-node", "name of the Node to register")
 	echo := flag.String("echo-basic", "", "path of the echo-basic binary")
+	coredns := flag.String("coredns", "", "path of a coredns binary, run for coredns images (optional)")
 	bridge := flag.String("bridge", "sbr0", "bridge the Pods' veth pairs join (made if missing)")
 	cidr := flag.String("pod-cidr", "198.18.128.1/17", "the bridge's address and the Pods' network")
 	dir := flag.String("dir", os.TempDir(), "where Pod volumes are written")
@@ -101,6 +104,7 @@ func main() {
 		client:  client,
 		node:    *node,
 		echo:    *echo,
+		coredns: *coredns,
 		bridge:  *bridge,
 		gateway: prefix.Addr(),
 		prefix:  prefix.Bits(),
@@ -302,20 +306,31 @@ func (k *kubelet) start(p *corev1.Pod) (netip.Addr, error) {
 		return ip, fmt.Errorf("no containers")
 	}
 	c := p.Spec.Containers[0]
-	if !strings.Contains(c.Image, "echo-basic") {
+	var binary string
+	switch {
+	case strings.Contains(c.Image, "echo-basic"):
+		binary = k.echo
+	case strings.Contains(c.Image, "coredns") && k.coredns != "":
+		binary = k.coredns
+	default:
 		log.Printf("pod %s/%s: image %s is not run (no container runtime); reported Running", p.Namespace, p.Name, c.Image)
 		k.pods[p.UID] = entry
 		return ip, nil
 	}
-	env, err := k.environment(p, c, ip)
+	env, mounts, err := k.environment(p, c, ip)
 	if err != nil {
 		return ip, err
 	}
-	// The process waits for its eth0 (moved in below), addresses it, then becomes echo-basic.
+	// The process waits for its eth0 (moved in below), addresses it, then becomes the
+	// container's binary with its args.
 	script := fmt.Sprintf(`while ! ip link show eth0 >/dev/null 2>&1; do sleep 0.02; done
 ip link set lo up; ip addr add %s/%d dev eth0; ip link set eth0 up; ip route add default via %s
-exec "$0"`, ip, k.prefix, k.gateway)
-	cmd := exec.Command("unshare", "--net", "--", "sh", "-ec", script, k.echo)
+exec "$0" "$@"`, ip, k.prefix, k.gateway)
+	argv := []string{"--net", "--", "sh", "-ec", script, binary}
+	for _, a := range c.Args {
+		argv = append(argv, inVolume(a, mounts))
+	}
+	cmd := exec.Command("unshare", argv...)
 	cmd.Env = env
 	logFile, err := os.Create(k.logPath(p.Namespace, p.Name))
 	if err != nil {
@@ -352,7 +367,7 @@ exec "$0"`, ip, k.prefix, k.gateway)
 	go func() { _ = cmd.Wait() }()
 	entry.cmd, entry.link = cmd, link
 	k.pods[p.UID] = entry
-	log.Printf("pod %s/%s: echo-basic on %s (pid %d)", p.Namespace, p.Name, ip, cmd.Process.Pid)
+	log.Printf("pod %s/%s: %s on %s (pid %d)", p.Namespace, p.Name, filepath.Base(binary), ip, cmd.Process.Pid)
 	return ip, nil
 }
 
@@ -455,7 +470,9 @@ func waitForOwnNetns(pid int) error {
 }
 
 // environment resolves the container's env and writes its Secret and ConfigMap volumes.
-func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) ([]string, error) {
+// environment writes the Pod's Secret and ConfigMap volumes under --dir and returns the
+// container's env, and where each mountPath was written.
+func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) ([]string, map[string]string, error) {
 	ctx := context.Background()
 	mounts := map[string]string{}
 	for _, v := range p.Spec.Volumes {
@@ -465,13 +482,13 @@ func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) 
 		case v.Secret != nil:
 			s, err := k.client.CoreV1().Secrets(p.Namespace).Get(ctx, v.Secret.SecretName, metav1.GetOptions{})
 			if err != nil {
-				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+				return nil, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
 			data, items = s.Data, v.Secret.Items
 		case v.ConfigMap != nil:
 			m, err := k.client.CoreV1().ConfigMaps(p.Namespace).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
 			if err != nil {
-				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+				return nil, nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
 			for key, val := range m.Data {
 				data[key] = []byte(val)
@@ -482,7 +499,7 @@ func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) 
 		}
 		dir := filepath.Join(k.dir, string(p.UID), v.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(items) == 0 {
 			for key := range data {
@@ -491,7 +508,7 @@ func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) 
 		}
 		for _, it := range items {
 			if err := os.WriteFile(filepath.Join(dir, it.Path), data[it.Key], 0o600); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		for _, m := range c.VolumeMounts {
@@ -516,32 +533,37 @@ func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) 
 				case "spec.nodeName":
 					val = k.node
 				default:
-					return nil, fmt.Errorf("env %s: fieldRef %s is not supported", e.Name, f.FieldRef.FieldPath)
+					return nil, nil, fmt.Errorf("env %s: fieldRef %s is not supported", e.Name, f.FieldRef.FieldPath)
 				}
 			case f.SecretKeyRef != nil:
 				s, err := k.client.CoreV1().Secrets(p.Namespace).Get(ctx, f.SecretKeyRef.Name, metav1.GetOptions{})
 				if err != nil {
-					return nil, fmt.Errorf("env %s: %w", e.Name, err)
+					return nil, nil, fmt.Errorf("env %s: %w", e.Name, err)
 				}
 				val = string(s.Data[f.SecretKeyRef.Key])
 			case f.ConfigMapKeyRef != nil:
 				m, err := k.client.CoreV1().ConfigMaps(p.Namespace).Get(ctx, f.ConfigMapKeyRef.Name, metav1.GetOptions{})
 				if err != nil {
-					return nil, fmt.Errorf("env %s: %w", e.Name, err)
+					return nil, nil, fmt.Errorf("env %s: %w", e.Name, err)
 				}
 				val = m.Data[f.ConfigMapKeyRef.Key]
 			default:
-				return nil, fmt.Errorf("env %s: this valueFrom is not supported", e.Name)
+				return nil, nil, fmt.Errorf("env %s: this valueFrom is not supported", e.Name)
 			}
 		}
-		for path, dir := range mounts {
-			if strings.HasPrefix(val, path+"/") {
-				val = dir + strings.TrimPrefix(val, path)
-			}
-		}
-		env = append(env, e.Name+"="+val)
+		env = append(env, e.Name+"="+inVolume(val, mounts))
 	}
-	return env, nil
+	return env, mounts, nil
+}
+
+// inVolume rewrites a path under a volume's mountPath to where the volume was written.
+func inVolume(val string, mounts map[string]string) string {
+	for path, dir := range mounts {
+		if strings.HasPrefix(val, path+"/") {
+			return dir + strings.TrimPrefix(val, path)
+		}
+	}
+	return val
 }
 
 func (k *kubelet) stop(uid types.UID) {

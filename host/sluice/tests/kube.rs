@@ -1364,7 +1364,7 @@ fn gateway_api_conformance() {
             let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(out_dir);
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(out.join("pods")).expect("target/conformance");
-            for bin in ["kubelet", "echo-basic", "conformance.test"] {
+            for bin in ["kubelet", "echo-basic", "coredns", "conformance.test"] {
                 assert!(
                     tools().join(bin).exists(),
                     "target/tools/{bin} is missing: .ci/conformance builds it"
@@ -1381,6 +1381,7 @@ fn gateway_api_conformance() {
                         "--echo-basic={}",
                         tools().join("echo-basic").display()
                     ))
+                    .arg(format!("--coredns={}", tools().join("coredns").display()))
                     .arg("--pod-cidr=198.18.128.1/17")
                     .arg(format!("--dir={}", out.join("pods").display()))
                     .stdout(Stdio::null())
