@@ -1361,7 +1361,9 @@ fn gateway_api_conformance() {
         "gateway_api_conformance",
         "ip addr add 198.18.0.0/17 dev lo",
         || async {
-            let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(out_dir);
+            let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target")
+                .join(out_dir);
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(out.join("pods")).expect("target/conformance");
             for bin in ["kubelet", "echo-basic", "coredns", "conformance.test"] {
