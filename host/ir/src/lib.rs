@@ -341,6 +341,22 @@ pub enum FilterIr {
     Cors(CorsIr),
     /// A WasmFilter, by ExtensionRef.
     Wasm(WasmIr),
+    /// HTTPRoute `ExternalAuth` (HTTP protocol).
+    ExternalAuth(Box<ExternalAuthIr>),
+}
+
+/// An `ExternalAuth` filter: the authorization service, and what goes to it and back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalAuthIr {
+    pub backend: BackendIr,
+    /// Put before the client's path on the authorization request.
+    pub path_prefix: String,
+    /// Lowercase client headers sent besides host, authorization and content-length.
+    pub allowed_headers: Vec<String>,
+    /// Lowercase headers of the service's 200 copied to the request; empty: all but
+    /// host and hop-by-hop ones.
+    pub allowed_response_headers: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

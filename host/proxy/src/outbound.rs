@@ -270,3 +270,139 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+/// An HTTPRoute `ExternalAuth` filter (HTTP protocol): each request is first sent to
+/// the authorization service, with its method, the prefixed path, Host, Authorization,
+/// `content-length: 0` and the allowed headers; a 200 lets it through with the allowed
+/// headers of the answer, any other answer is sent to the client as it is, and a
+/// service that cannot be reached fails closed (403).
+pub(crate) struct ExternalAuth {
+    pub backend: Arc<Backend>,
+    pub prefix: String,
+    pub allowed: Vec<header::HeaderName>,
+    /// Empty: every header of the 200 but the ones below.
+    pub allowed_response: Vec<header::HeaderName>,
+}
+
+/// The most an authorization request may take (bounded by the route's request timeout).
+pub(crate) const EXTERNAL_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest denial body passed to the client; a larger one fails closed.
+const EXTERNAL_AUTH_BODY: u64 = 64 << 10;
+
+/// Headers of the service's answer that never reach the request or the client as they
+/// are: its framing, hop-by-hop headers, and its host.
+fn not_copied(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// Asks the service about `req`: `Ok` when it answered 200 (its allowed headers are set
+/// on `req`), else the answer for the client.
+pub(crate) async fn authorize<B>(
+    gw: &Arc<Gateway>,
+    a: &ExternalAuth,
+    req: &mut Request<B>,
+    deadline: Instant,
+) -> Result<(), http::Response<crate::Body>> {
+    let fail = |why: &str| {
+        tracing::debug!(service = %a.backend.name, why, "external authorization failed");
+        crate::proxy::local(
+            http::StatusCode::FORBIDDEN,
+            "external authorization failed\n",
+        )
+    };
+    if let Some(why) = &a.backend.invalid {
+        return Err(fail(why));
+    }
+    let Some(endpoint) = crate::proxy::next_endpoint(&a.backend).cloned() else {
+        return Err(fail("no ready endpoints"));
+    };
+    let path = format!(
+        "{}{}",
+        a.prefix,
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let uri = Uri::builder()
+        .scheme(if a.backend.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
+        .authority(endpoint)
+        .path_and_query(path)
+        .build();
+    let Ok(uri) = uri else {
+        return Err(fail("the authorization path is not valid"));
+    };
+    let mut out = Request::new(Either::Right(Buffered::default()));
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = match a.backend.protocol {
+        sluice_ir::UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        sluice_ir::UpstreamProtocol::H2c => http::Version::HTTP_2,
+    };
+    let headers = out.headers_mut();
+    for name in [header::HOST, header::AUTHORIZATION]
+        .iter()
+        .chain(a.allowed.iter())
+    {
+        for v in req.headers().get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    // HTTP/2 carries the host in the URI.
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = req
+            .uri()
+            .authority()
+            .and_then(|h| HeaderValue::from_str(h.as_str()).ok())
+    {
+        headers.insert(header::HOST, h);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    let timeout = EXTERNAL_AUTH_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+    let answer = exchange(Prepared {
+        gw: gw.clone(),
+        backend: a.backend.clone(),
+        request: out,
+        timeout,
+        max_body: EXTERNAL_AUTH_BODY,
+        span: None,
+    })
+    .await;
+    let answer = match answer {
+        Ok(r) => r,
+        Err(e) => return Err(fail(&format!("{e:?}"))),
+    };
+    if answer.status == http::StatusCode::OK {
+        for (name, v) in &answer.headers {
+            let wanted = if a.allowed_response.is_empty() {
+                !not_copied(name)
+            } else {
+                a.allowed_response.contains(name)
+            };
+            if wanted {
+                req.headers_mut().insert(name.clone(), v.clone());
+            }
+        }
+        return Ok(());
+    }
+    let mut deny = http::Response::new(Either::Right(Buffered::new(answer.body)));
+    *deny.status_mut() = answer.status;
+    for (name, v) in &answer.headers {
+        if !not_copied(name) {
+            deny.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    Err(deny)
+}

@@ -557,6 +557,13 @@ async fn request_filters<'a>(
                     st.mirrors.push(backend);
                 }
             }
+            Filter::ExternalAuth(a) => {
+                if let Err(answer) =
+                    crate::outbound::authorize(scope.gw, a, req, scope.deadline).await
+                {
+                    return Some(answer);
+                }
+            }
             Filter::Cors(c) => {
                 if Cors::is_preflight(req.method(), req.headers()) {
                     return Some(answer(

@@ -131,6 +131,7 @@ pub(crate) enum Filter {
     },
     Cors(crate::cors::Cors),
     Wasm(WasmFilter),
+    ExternalAuth(Box<crate::outbound::ExternalAuth>),
 }
 
 pub(crate) struct WasmFilter {
@@ -312,6 +313,25 @@ fn build_filters(
                     denominator: m.denominator.max(1),
                 },
                 FilterIr::Cors(c) => Filter::Cors(crate::cors::Cors::new(c)?),
+                FilterIr::ExternalAuth(a) => {
+                    let names = |v: &[String]| {
+                        v.iter()
+                            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+                            .collect()
+                    };
+                    Filter::ExternalAuth(Box::new(crate::outbound::ExternalAuth {
+                        backend: Arc::new(build_backend(
+                            &a.backend,
+                            route,
+                            &format!("{rule}/external-auth"),
+                            metrics,
+                            wasm,
+                        )?),
+                        prefix: a.path_prefix.clone(),
+                        allowed: names(&a.allowed_headers),
+                        allowed_response: names(&a.allowed_response_headers),
+                    }))
+                }
                 FilterIr::Wasm(w) => Filter::Wasm(WasmFilter {
                     pool: wasm.get(&w.filter).cloned().ok_or_else(|| {
                         BuildError(format!("WasmFilter {} has no loaded instances", w.filter))

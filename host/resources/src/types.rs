@@ -398,6 +398,54 @@ pub struct HttpRouteFilter {
     pub cors: Option<HttpCorsFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension_ref: Option<LocalObjectReference>,
+    /// Experimental channel (GEP-1494): ask an authorization service first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_auth: Option<HttpExternalAuthFilter>,
+}
+
+/// `ExternalAuth`: each request is first sent (its method, path and chosen headers) to
+/// an authorization service; a 200 lets it through, anything else is the answer.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpExternalAuthFilter {
+    /// `HTTP` or `GRPC` (the Envoy ext_authz protocol).
+    pub protocol: String,
+    pub backend_ref: BackendObjectReference,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAuthConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcAuthConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_body: Option<ForwardBodyConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpAuthConfig {
+    /// A prefix put before the client's path on the authorization request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Client headers sent besides Host, Method, Path, Content-Length, Authorization.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<String>,
+    /// Headers of the service's 200 copied onto the request to the backend (empty:
+    /// all but Host and Authority).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_response_headers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcAuthConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardBodyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

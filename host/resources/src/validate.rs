@@ -531,6 +531,47 @@ fn check_backend(b: &BackendObjectReference, field: &str, p: &mut Problems) {
     }
 }
 
+/// An `ExternalAuth` filter's fields, as its CRD checks them.
+fn check_external_auth(a: &HttpExternalAuthFilter, field: &str, p: &mut Problems) {
+    let at = |s: &str| format!("{field}.{s}");
+    match a.protocol.as_str() {
+        "HTTP" if a.http.is_none() => p.push((at("http"), "required when protocol is HTTP".into())),
+        "GRPC" if a.grpc.is_none() => p.push((at("grpc"), "required when protocol is GRPC".into())),
+        "HTTP" | "GRPC" => {}
+        other => p.push((at("protocol"), format!("{other:?}: must be HTTP or GRPC"))),
+    }
+    if a.http.is_some() && a.protocol != "HTTP" {
+        p.push((at("http"), "must not be set unless protocol is HTTP".into()));
+    }
+    if a.grpc.is_some() && a.protocol != "GRPC" {
+        p.push((at("grpc"), "must not be set unless protocol is GRPC".into()));
+    }
+    check_backend(&a.backend_ref, &at("backendRef."), p);
+    let Some(h) = &a.http else { return };
+    if let Some(path) = &h.path {
+        let ok = !path.is_empty()
+            && path.len() <= 1024
+            && path.starts_with('/')
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-/._~!$&'()*+,;=:@%".contains(&b));
+        if !ok {
+            p.push((
+                at("http.path"),
+                format!("{path:?}: must be a path prefix such as /auth (at most 1024 characters, no query)"),
+            ));
+        }
+    }
+    for (list, name) in [
+        (&h.allowed_headers, "http.allowedHeaders"),
+        (&h.allowed_response_headers, "http.allowedResponseHeaders"),
+    ] {
+        if list.len() > 64 {
+            p.push((at(name), "must list at most 64 headers".into()));
+        }
+    }
+}
+
 fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule, p: &mut Problems) {
     for (fi, f) in filters.iter().enumerate() {
         let ff = |s: &str| format!("{field}[{fi}]{s}");
@@ -545,7 +586,11 @@ fn check_filters(filters: &[HttpRouteFilter], field: &str, rule: &HttpRouteRule,
             ("URLRewrite", f.url_rewrite.is_some()),
             ("CORS", f.cors.is_some()),
             ("ExtensionRef", f.extension_ref.is_some()),
+            ("ExternalAuth", f.external_auth.is_some()),
         ];
+        if let Some(a) = &f.external_auth {
+            check_external_auth(a, &ff(".externalAuth"), p);
+        }
         for (t, set) in present {
             let camel = lower_first(t);
             if t == f.type_ && !set {

@@ -1551,3 +1551,150 @@ async fn send_body(
         }
     }
 }
+
+/// An authorization service: `authorization: Bearer good` gets a 200 with `x-user` and
+/// `x-extra`; anything else a 401 with `www-authenticate` and a body. It keeps the
+/// path and headers of each request it gets.
+async fn auth_service() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap)>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind auth");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap)>>> = Arc::default();
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let good = req
+                            .headers()
+                            .get("authorization")
+                            .is_some_and(|v| v == "Bearer good");
+                        kept.lock().expect("lock").push((
+                            req.uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            req.headers().clone(),
+                        ));
+                        let resp = if good {
+                            hyper::Response::builder()
+                                .header("x-user", "ann")
+                                .header("x-extra", "not for the backend")
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        } else {
+                            hyper::Response::builder()
+                                .status(401)
+                                .header("www-authenticate", "Bearer")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"sign in first\n",
+                                )))
+                        };
+                        async move { Ok::<_, std::convert::Infallible>(resp.expect("response")) }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_lets_through_denies_and_fails_closed() {
+    let (auth, seen) = auth_service().await;
+    let app = echo("app").await;
+    let port = free_port();
+    let dir = TempDir::new("external-auth");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &[
+            service_yaml("app", &app, None),
+            service_yaml_port("auth", auth.port(), None),
+            service_yaml_port("down", free_port(), None),
+        ]
+        .join("---\n"),
+    );
+    let filter = |service: &str| {
+        format!(
+            "[{{type: ExternalAuth, externalAuth: {{protocol: HTTP, backendRef: {{name: {service}, port: 80}}, http: {{path: /check, allowedHeaders: [x-allowed], allowedResponseHeaders: [x-user]}}}}}}]"
+        )
+    };
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            &format!(
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /down}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
+                filter("auth"),
+                filter("down")
+            ),
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+    let c = client();
+
+    // Allowed: the backend gets the allowed header of the service's answer only.
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/api/x?q=1",
+        &[
+            ("authorization", "Bearer good"),
+            ("x-allowed", "yes"),
+            ("x-secret", "kept from the service"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["service"], "app");
+    assert_eq!(r.seen("x-user").as_deref(), Some("ann"));
+    assert_eq!(r.seen("x-extra"), None);
+    {
+        let all = seen.lock().expect("lock");
+        let (path, headers) = &all[0];
+        assert_eq!(path, "/check/api/x?q=1");
+        assert_eq!(headers["authorization"], "Bearer good");
+        assert_eq!(headers["x-allowed"], "yes");
+        assert_eq!(headers["host"], "h");
+        assert_eq!(headers["content-length"], "0");
+        assert!(!headers.contains_key("x-secret"), "{headers:?}");
+    }
+
+    // Denied: the client gets the service's answer; the backend is not asked.
+    let before = app.id.requests.load(Ordering::Relaxed);
+    let r = send(&c, "GET", port, "h", "/api/x", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body, "sign in first\n");
+    assert_eq!(
+        r.headers.get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
+
+    // A service that cannot be reached fails closed.
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/down",
+        &[("authorization", "Bearer good")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
+}

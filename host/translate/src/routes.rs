@@ -3,8 +3,8 @@
 
 use regex::Regex;
 use sluice_ir::{
-    CorsIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr, RedirectIr,
-    RetryIr, RewriteIr, RuleId, RuleIr, UpstreamProtocol, ValueMatchIr,
+    CorsIr, ExternalAuthIr, FilterIr, HeaderModIr, MatchIr, MirrorIr, PathMatchIr, PathRewriteIr,
+    RedirectIr, RetryIr, RewriteIr, RuleId, RuleIr, UpstreamProtocol, ValueMatchIr,
 };
 
 /// `retry.backoff` when unset (Envoy's base retry interval).
@@ -671,6 +671,44 @@ fn compile_filters(
                     }))),
                 }
             }
+            "ExternalAuth" => {
+                let Some(a) = &f.external_auth else { continue };
+                let at = format!("{field}[{fi}].externalAuth");
+                if a.protocol != "HTTP" {
+                    c.unsupported.get_or_insert(format!(
+                        "{at}.protocol: {:?} is not supported yet; use HTTP",
+                        a.protocol
+                    ));
+                    continue;
+                }
+                if a.forward_body
+                    .as_ref()
+                    .and_then(|b| b.max_size)
+                    .unwrap_or(0)
+                    > 0
+                {
+                    c.unsupported.get_or_insert(format!(
+                        "{at}.forwardBody: forwarding the request body is not supported yet; remove it or set maxSize: 0"
+                    ));
+                    continue;
+                }
+                let (backend, problem) = backends::resolve(res, ns, &a.backend_ref, 1);
+                if let Some((reason, msg)) = problem {
+                    // Fail closed: the rule answers 500 until the service resolves.
+                    let msg = format!("{at}.backendRef: {msg}");
+                    c.unresolved.get_or_insert((reason, msg.clone()));
+                    invalid.get_or_insert(msg);
+                    continue;
+                }
+                let h = a.http.clone().unwrap_or_default();
+                let lower = |v: &[String]| v.iter().map(|n| n.to_ascii_lowercase()).collect();
+                out.push(FilterIr::ExternalAuth(Box::new(ExternalAuthIr {
+                    backend,
+                    path_prefix: h.path.unwrap_or_default().trim_end_matches('/').to_string(),
+                    allowed_headers: lower(&h.allowed_headers),
+                    allowed_response_headers: lower(&h.allowed_response_headers),
+                })));
+            }
             "CORS" => {
                 let cors = f.cors.clone().unwrap_or_default();
                 out.push(FilterIr::Cors(CorsIr {
@@ -709,7 +747,7 @@ fn compile_filters(
             other => {
                 c.unsupported.get_or_insert(format!(
                     "{field}[{fi}].type: filter type {other:?} is not supported; supported types are RequestHeaderModifier, \
-                     ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror, CORS and ExtensionRef"
+                     ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror, CORS, ExternalAuth and ExtensionRef"
                 ));
             }
         }
