@@ -1349,61 +1349,41 @@ async fn flaky() -> (
     Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
 ) {
     use http_body_util::BodyExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind flaky");
-    let addr = listener.local_addr().expect("addr");
     let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>> =
         Arc::default();
     let kept = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
+    let addr = http_server(move |req: hyper::Request<hyper::body::Incoming>| {
+        let kept = kept.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            let n = {
+                let mut all = kept.lock().expect("lock");
+                let list = all.entry(path.clone()).or_default();
+                list.push(String::from_utf8_lossy(&body).into_owned());
+                list.len()
             };
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let kept = kept.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let body = req.into_body().collect().await.expect("body").to_bytes();
-                            let n = {
-                                let mut all = kept.lock().expect("lock");
-                                let list = all.entry(path.clone()).or_default();
-                                list.push(String::from_utf8_lossy(&body).into_owned());
-                                list.len()
-                            };
-                            let mode = ["codes", "always", "slow"]
-                                .into_iter()
-                                .find(|m| path.contains(&format!("/{m}/")));
-                            let status = match mode {
-                                Some("codes") if n <= 2 => 503,
-                                Some("always") => 503,
-                                Some("slow") if n == 1 => {
-                                    tokio::time::sleep(Duration::from_millis(600)).await;
-                                    200
-                                }
-                                _ => 200,
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(http_body_util::Full::new(bytes::Bytes::from(format!(
-                                        "attempt {n}"
-                                    ))))
-                                    .expect("response"),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
+            let mode = ["codes", "always", "slow"]
+                .into_iter()
+                .find(|m| path.contains(&format!("/{m}/")));
+            let status = match mode {
+                Some("codes") if n <= 2 => 503,
+                Some("always") => 503,
+                Some("slow") if n == 1 => {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    200
+                }
+                _ => 200,
+            };
+            hyper::Response::builder()
+                .status(status)
+                .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                    "attempt {n}"
+                ))))
+                .expect("response")
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 
@@ -1559,54 +1539,36 @@ async fn auth_service() -> (
     std::net::SocketAddr,
     Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap)>>>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind auth");
-    let addr = listener.local_addr().expect("addr");
     let seen: Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap)>>> = Arc::default();
     let kept = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let good = req
-                            .headers()
-                            .get("authorization")
-                            .is_some_and(|v| v == "Bearer good");
-                        kept.lock().expect("lock").push((
-                            req.uri()
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default(),
-                            req.headers().clone(),
-                        ));
-                        let resp = if good {
-                            hyper::Response::builder()
-                                .header("x-user", "ann")
-                                .header("x-extra", "not for the backend")
-                                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                        } else {
-                            hyper::Response::builder()
-                                .status(401)
-                                .header("www-authenticate", "Bearer")
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                    b"sign in first\n",
-                                )))
-                        };
-                        async move { Ok::<_, std::convert::Infallible>(resp.expect("response")) }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = http_server(move |req: hyper::Request<hyper::body::Incoming>| {
+        let good = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer good");
+        kept.lock().expect("lock").push((
+            req.uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            req.headers().clone(),
+        ));
+        let resp = if good {
+            hyper::Response::builder()
+                .header("x-user", "ann")
+                .header("x-extra", "not for the backend")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+        } else {
+            hyper::Response::builder()
+                .status(401)
+                .header("www-authenticate", "Bearer")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"sign in first\n",
+                )))
+        };
+        async move { resp.expect("response") }
+    })
+    .await;
     (addr, seen)
 }
 

@@ -155,34 +155,18 @@ async fn receiver() -> (SocketAddr, Spans) {
 
 /// An authorization service that allows everything and keeps each call's `traceparent`.
 async fn authz() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind authz");
-    let addr = listener.local_addr().expect("addr");
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let kept = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let tp = req
-                        .headers()
-                        .get("traceparent")
-                        .map(|v| v.to_str().unwrap_or("").to_string())
-                        .unwrap_or_default();
-                    kept.lock().expect("lock").push(tp);
-                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = http_server(move |req: Request<hyper::body::Incoming>| {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        kept.lock().expect("lock").push(tp);
+        async { Response::new(Full::new(Bytes::new())) }
+    })
+    .await;
     (addr, seen)
 }
 

@@ -50,6 +50,37 @@ pub async fn echo(service: &str) -> Echo {
     Echo { addr, id }
 }
 
+/// An HTTP/1.1 server on 127.0.0.1, served by this test's runtime, answering each
+/// request with what `answer` makes of it: the backends and services of one test.
+pub async fn http_server<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a test server");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let reply = answer(req);
+                    async move { Ok::<_, std::convert::Infallible>(reply.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A Service with one EndpointSlice pointing at `echo`, as YAML.
 pub fn service_yaml(name: &str, echo: &Echo, app_protocol: Option<&str>) -> String {
     service_yaml_port(name, echo.addr.port(), app_protocol)
