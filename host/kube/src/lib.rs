@@ -50,6 +50,11 @@ pub const KINDS: &[Kind] = &[
     Kind {
         group: GW,
         versions: &["v1"],
+        kind: Status::ListenerSet.as_str(),
+    },
+    Kind {
+        group: GW,
+        versions: &["v1"],
         kind: Status::HTTPRoute.as_str(),
     },
     Kind {

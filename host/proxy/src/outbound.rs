@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
 use http::header::{self, HeaderValue};
-use http::{Request, Uri};
 use http_body_util::Either;
 use tokio::time::Instant;
 
@@ -81,25 +81,15 @@ impl Calls {
                 backend.name
             )));
         };
-        let uri = Uri::builder()
-            .scheme(if backend.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            })
-            .authority(endpoint.clone())
-            .path_and_query(req.path)
-            .build()
+        let uri = backend
+            .uri(endpoint.clone(), req.path)
             .map_err(|e| CallError::InvalidRequest(e.to_string()))?;
         let parent = req.span;
         let mut out = Request::new(body);
         *out.method_mut() = req.method;
         *out.uri_mut() = uri;
         *out.headers_mut() = req.headers;
-        *out.version_mut() = match backend.protocol {
-            sluice_ir::UpstreamProtocol::Http1 => http::Version::HTTP_11,
-            sluice_ir::UpstreamProtocol::H2c => http::Version::HTTP_2,
-        };
+        *out.version_mut() = backend.version();
         if !out.headers().contains_key(header::HOST)
             && let Ok(h) = HeaderValue::from_str(endpoint.as_str())
         {
@@ -306,6 +296,23 @@ fn not_copied(name: &header::HeaderName) -> bool {
     )
 }
 
+/// Headers that describe the service's answer itself (its body's type and encoding,
+/// when and by what it was made): copied from a 200 only when
+/// `allowedResponseHeaders` names them, so that they never replace the client's own
+/// `content-type` or `date` on the request.
+fn describes_answer(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-type"
+            | "content-encoding"
+            | "content-language"
+            | "content-location"
+            | "content-range"
+            | "date"
+            | "server"
+    )
+}
+
 /// Asks the service about `req`: `Ok` when it answered 200 (its allowed headers are set
 /// on `req`), else the answer for the client.
 pub(crate) async fn authorize<B>(
@@ -332,25 +339,13 @@ pub(crate) async fn authorize<B>(
         a.prefix,
         req.uri().path_and_query().map_or("/", |p| p.as_str())
     );
-    let uri = Uri::builder()
-        .scheme(if a.backend.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
-        .authority(endpoint)
-        .path_and_query(path)
-        .build();
-    let Ok(uri) = uri else {
+    let Ok(uri) = a.backend.uri(endpoint, path) else {
         return Err(fail("the authorization path is not valid"));
     };
     let mut out = Request::new(Either::Right(Buffered::default()));
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = uri;
-    *out.version_mut() = match a.backend.protocol {
-        sluice_ir::UpstreamProtocol::Http1 => http::Version::HTTP_11,
-        sluice_ir::UpstreamProtocol::H2c => http::Version::HTTP_2,
-    };
+    *out.version_mut() = a.backend.version();
     let headers = out.headers_mut();
     for name in [header::HOST, header::AUTHORIZATION]
         .iter()
@@ -387,7 +382,7 @@ pub(crate) async fn authorize<B>(
     if answer.status == http::StatusCode::OK {
         for (name, v) in &answer.headers {
             let wanted = if a.allowed_response.is_empty() {
-                !not_copied(name)
+                !not_copied(name) && !describes_answer(name)
             } else {
                 a.allowed_response.contains(name)
             };

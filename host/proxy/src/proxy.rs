@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
-use sluice_ir::{PathRewriteIr, RedirectIr, UpstreamProtocol};
+use sluice_ir::{PathRewriteIr, RedirectIr};
 
 use crate::access_log::{self, AccessLog, FilterOutcome, Record};
 use crate::body::{Buffered, Collected, StreamFilterFailed, collect};
@@ -1117,25 +1117,13 @@ async fn attempt(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match Uri::builder()
-        .scheme(if backend.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
-        .authority(endpoint.clone())
-        .path_and_query(pq)
-        .build()
-    {
+    parts.uri = match backend.uri(endpoint.clone(), pq) {
         Ok(u) => u,
         Err(_) => {
             return Attempt::Local(local(StatusCode::BAD_REQUEST, "invalid request target\n"));
         }
     };
-    parts.version = match backend.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
-    };
+    parts.version = backend.version();
     if let Some(r) = record.as_mut() {
         r.endpoint = Some(endpoint.to_string());
     }
@@ -1550,26 +1538,14 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Ok(uri) = Uri::builder()
-        .scheme(if backend.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
-        .authority(endpoint.clone())
-        .path_and_query(pq)
-        .build()
-    else {
+    let Ok(uri) = backend.uri(endpoint.clone(), pq) else {
         return;
     };
     let mut req = Request::new(Either::Right(Buffered::new(body)));
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers.clone();
-    *req.version_mut() = match backend.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
-    };
+    *req.version_mut() = backend.version();
     let call = send(gw, backend, req);
     let stats = backend.stats.clone();
     let metrics = gw.metrics.clone();

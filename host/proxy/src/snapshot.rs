@@ -98,6 +98,34 @@ pub(crate) struct Backend {
     pub stats: Arc<Stats>,
 }
 
+impl Backend {
+    /// The URI of a request to `endpoint` for `path_and_query`: `https` when the
+    /// backend has TLS (BackendTLSPolicy), else `http`.
+    pub fn uri<P>(
+        &self,
+        endpoint: http::uri::Authority,
+        path_and_query: P,
+    ) -> http::Result<http::Uri>
+    where
+        P: TryInto<http::uri::PathAndQuery>,
+        <P as TryInto<http::uri::PathAndQuery>>::Error: Into<http::Error>,
+    {
+        http::Uri::builder()
+            .scheme(if self.tls.is_some() { "https" } else { "http" })
+            .authority(endpoint)
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    /// The HTTP version requests to the backend are sent with.
+    pub fn version(&self) -> http::Version {
+        match self.protocol {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::H2c => http::Version::HTTP_2,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct HeaderMod {
     pub set: Vec<(HeaderName, HeaderValue)>,

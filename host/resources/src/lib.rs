@@ -66,6 +66,7 @@ impl fmt::Display for ObjectRef {
 pub struct Resources {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
+    pub listener_sets: Vec<ListenerSet>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
     pub tcp_routes: Vec<StreamRoute>,
@@ -98,6 +99,7 @@ impl Resources {
         let Resources {
             gateway_classes,
             gateways,
+            listener_sets,
             http_routes,
             grpc_routes,
             tcp_routes,
@@ -117,6 +119,7 @@ impl Resources {
         } = other;
         self.gateway_classes.extend(gateway_classes);
         self.gateways.extend(gateways);
+        self.listener_sets.extend(listener_sets);
         self.http_routes.extend(http_routes);
         self.grpc_routes.extend(grpc_routes);
         self.tcp_routes.extend(tcp_routes);
@@ -141,6 +144,7 @@ impl Resources {
         }
         self.gateway_classes.sort_by_key(|o| key(&o.metadata));
         self.gateways.sort_by_key(|o| key(&o.metadata));
+        self.listener_sets.sort_by_key(|o| key(&o.metadata));
         self.http_routes.sort_by_key(|o| key(&o.metadata));
         self.grpc_routes.sort_by_key(|o| key(&o.metadata));
         self.tcp_routes.sort_by_key(|o| key(&o.metadata));

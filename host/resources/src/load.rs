@@ -422,6 +422,14 @@ fn load_document(
         ("gateway.networking.k8s.io", "Gateway") if ok(&["v1", "v1beta1"]) => {
             push(e, &oref, doc, errors, &mut r.gateways, validate::gateway)
         }
+        ("gateway.networking.k8s.io", "ListenerSet") if ok(&["v1"]) => push(
+            e,
+            &oref,
+            doc,
+            errors,
+            &mut r.listener_sets,
+            validate::listener_set,
+        ),
         ("gateway.networking.k8s.io", "HTTPRoute") if ok(&["v1", "v1beta1"]) => push(
             e,
             &oref,
@@ -658,6 +666,7 @@ has_meta!(
     crate::GrpcRoute,
     crate::GatewayClass,
     crate::Gateway,
+    crate::ListenerSet,
     crate::HttpRoute,
     crate::ReferenceGrant,
     crate::Namespace,

@@ -20,14 +20,54 @@ pub fn gateway_class(gc: &GatewayClass) -> Problems {
 }
 
 pub fn gateway(gw: &Gateway) -> Problems {
+    let mut p = listeners(&gw.spec.listeners);
+    if let Some(ns) = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        && ns.from == Some(FromListenerNamespaces::Selector)
+        && ns.selector.is_none()
+    {
+        p.push((
+            "spec.allowedListeners.namespaces.selector".into(),
+            "required when from is Selector".into(),
+        ));
+    }
+    p
+}
+
+/// A ListenerSet: its listeners as a Gateway's, and a parent that is a Gateway.
+pub fn listener_set(ls: &ListenerSet) -> Problems {
+    let mut p = listeners(&ls.spec.listeners);
+    let r = &ls.spec.parent_ref;
+    if r.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+        || r.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+    {
+        p.push((
+            "spec.parentRef".into(),
+            format!(
+                "must name a {GATEWAY_GROUP} Gateway, not a {}; a ListenerSet adds listeners to a Gateway only",
+                match (r.group.as_deref().unwrap_or(GATEWAY_GROUP), r.kind.as_deref().unwrap_or("Gateway")) {
+                    ("", kind) => format!("core {kind}"),
+                    (group, kind) => format!("{group} {kind}"),
+                }
+            ),
+        ));
+    }
+    p
+}
+
+/// The checks a Gateway's and a ListenerSet's `spec.listeners` share.
+fn listeners(ls: &[Listener]) -> Problems {
     let mut p = Vec::new();
-    if gw.spec.listeners.is_empty() {
+    if ls.is_empty() {
         p.push((
             "spec.listeners".into(),
             "at least one listener is required".into(),
         ));
     }
-    for (i, l) in gw.spec.listeners.iter().enumerate() {
+    for (i, l) in ls.iter().enumerate() {
         let f = |s: &str| format!("spec.listeners[{i}].{s}");
         if l.port == 0 {
             p.push((f("port"), "must be between 1 and 65535".into()));
@@ -37,7 +77,7 @@ pub fn gateway(gw: &Gateway) -> Problems {
         {
             p.push((f("hostname"), m));
         }
-        if gw.spec.listeners[..i].iter().any(|o| o.name == l.name) {
+        if ls[..i].iter().any(|o| o.name == l.name) {
             p.push((
                 f("name"),
                 format!(

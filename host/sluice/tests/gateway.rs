@@ -1557,6 +1557,7 @@ async fn auth_service() -> (
             hyper::Response::builder()
                 .header("x-user", "ann")
                 .header("x-extra", "not for the backend")
+                .header("content-type", "text/plain")
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
         } else {
             hyper::Response::builder()
@@ -1593,14 +1594,16 @@ async fn external_auth_lets_through_denies_and_fails_closed() {
             "[{{type: ExternalAuth, externalAuth: {{protocol: HTTP, backendRef: {{name: {service}, port: 80}}, http: {{path: /check, allowedHeaders: [x-allowed], allowedResponseHeaders: [x-user]}}}}}}]"
         )
     };
+    let copy_all = "[{type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: auth, port: 80}, http: {path: /check}}}]";
     dir.write(
         "routes.yaml",
         &route(
             "r",
             &format!(
-                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /down}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /down}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /all}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
                 filter("auth"),
-                filter("down")
+                filter("down"),
+                copy_all
             ),
         ),
     );
@@ -1636,6 +1639,25 @@ async fn external_auth_lets_through_denies_and_fails_closed() {
         assert!(!headers.contains_key("x-secret"), "{headers:?}");
     }
 
+    // Without allowedResponseHeaders every header of the 200 is copied, but not those
+    // about the answer itself: the client's content-type stays.
+    let r = send(
+        &c,
+        "POST",
+        port,
+        "h",
+        "/all",
+        &[
+            ("authorization", "Bearer good"),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.seen("x-user").as_deref(), Some("ann"));
+    assert_eq!(r.seen("x-extra").as_deref(), Some("not for the backend"));
+    assert_eq!(r.seen("content-type").as_deref(), Some("application/json"));
+
     // Denied: the client gets the service's answer; the backend is not asked.
     let before = app.id.requests.load(Ordering::Relaxed);
     let r = send(&c, "GET", port, "h", "/api/x", &[]).await;
@@ -1659,4 +1681,136 @@ async fn external_auth_lets_through_denies_and_fails_closed() {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
+}
+
+/// ListenerSets in file mode: a set's listeners serve the routes attached to the set on
+/// the Gateway's address (a hostname on the Gateway's port and a port of its own), the
+/// Gateway's routes stay on its own listeners, a set from a namespace the Gateway does
+/// not allow serves nothing, and removing a set closes its port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_sets_add_listeners_to_their_gateway() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let (port, set_port) = (free_port(), free_port());
+    let dir = TempDir::new("listenersets");
+    let gateway = gateway_yaml(
+        port,
+        Some("  - {name: main, port: PORT, protocol: HTTP, hostname: main.test}\n"),
+    )
+    .replace(
+        "  gatewayClassName: sluice\n",
+        "  gatewayClassName: sluice\n  allowedListeners: {namespaces: {from: Same}}\n",
+    );
+    dir.write("gw.yaml", &gateway);
+    dir.write(
+        "svc.yaml",
+        &services_yaml(&[("a", &a, None), ("b", &b, None)]),
+    );
+    let set = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {{name: extra, namespace: default}}
+spec:
+  parentRef: {{name: gw}}
+  listeners:
+  - {{name: shared-port, port: {port}, protocol: HTTP, hostname: set.test}}
+  - {{name: own-port, port: {set_port}, protocol: HTTP}}
+"
+    );
+    dir.write("set.yaml", &set);
+    dir.write(
+        "outsider.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Namespace
+metadata: {{name: other}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {{name: outsider, namespace: other}}
+spec:
+  parentRef: {{name: gw, namespace: default}}
+  listeners:
+  - {{name: out, port: {port}, protocol: HTTP, hostname: out.test, allowedRoutes: {{namespaces: {{from: All}}}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: outsider-route, namespace: default}}
+spec:
+  parentRefs: [{{kind: ListenerSet, name: outsider, namespace: other}}]
+  rules:
+  - backendRefs: [{{name: b, port: 80}}]
+"
+        ),
+    );
+    dir.write(
+        "routes.yaml",
+        &[
+            route(
+                "to-gateway",
+                "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+            ),
+            route(
+                "to-set",
+                "  parentRefs: [{kind: ListenerSet, group: gateway.networking.k8s.io, name: extra}]\n  rules:\n  - backendRefs: [{name: b, port: 80}]\n",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let gw = Sluice::start(&dir.0, &[]).await;
+    let served = |ans: Answer| {
+        assert_eq!(ans.status, StatusCode::OK, "{}", ans.body);
+        ans.json()["service"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(served(get(port, "main.test", "/").await), "a");
+    assert_eq!(served(get(port, "set.test", "/").await), "b");
+    assert_eq!(served(get(set_port, "any.test", "/").await), "b");
+    assert_eq!(
+        get(port, "out.test", "/").await.status,
+        StatusCode::NOT_FOUND,
+        "a set the Gateway does not allow adds no listener"
+    );
+
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let set_status = &status_of(&status, "ListenerSet", "extra")["status"];
+    assert_eq!(
+        condition(&set_status["conditions"], "Accepted")["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&set_status["conditions"], "Programmed")["status"],
+        "True"
+    );
+    for l in set_status["listeners"].as_array().expect("listeners") {
+        assert_eq!(l["attachedRoutes"], 1, "{l}");
+        assert_eq!(condition(&l["conditions"], "Programmed")["status"], "True");
+    }
+    let outsider = &status_of(&status, "ListenerSet", "outsider")["status"];
+    assert_eq!(
+        condition(&outsider["conditions"], "Accepted")["reason"],
+        "NotAllowed"
+    );
+    let gateway = &status_of(&status, "Gateway", "gw")["status"];
+    assert_eq!(gateway["attachedListenerSets"], 1);
+    assert_eq!(
+        gateway["listeners"].as_array().map(Vec::len),
+        Some(1),
+        "the Gateway lists only its own listeners: {gateway}"
+    );
+    assert_eq!(gateway["listeners"][0]["attachedRoutes"], 1);
+
+    // Removing the set takes its listeners away: its port closes, its host is gone.
+    dir.write("set.yaml", "# no ListenerSet\n");
+    gw.wait_reloads("ok", 1).await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", set_port)).is_err(),
+        "the removed set's port is closed"
+    );
+    assert_eq!(
+        get(port, "set.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(served(get(port, "main.test", "/").await), "a");
 }

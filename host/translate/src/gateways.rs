@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use sluice_ir::{CertificateIr, ClientValidationIr, ListenerTlsIr};
 use sluice_resources::{
-    FromNamespaces, GATEWAY_GROUP, Gateway, GatewayAddress, Listener, ParentReference, Resources,
-    RouteGroupKind,
+    FromListenerNamespaces, FromNamespaces, GATEWAY_GROUP, Gateway, GatewayAddress, Listener,
+    ListenerSet, ParentReference, Resources, RouteGroupKind,
 };
 
 use crate::certs::{read_ca, secret_pair};
@@ -69,7 +69,14 @@ pub(crate) struct GatewayState {
     /// `(condition, reason, message)` when an address cannot be used.
     pub address_problem: Option<(ConditionType, Reason, String)>,
     pub spec_addresses: Vec<StatusAddress>,
+    /// The Gateway's own listeners, then those of the ListenerSets it takes, in the
+    /// order that settles conflicts: the Gateway's, then each set's, oldest set first
+    /// (then by namespace/name).
     pub listeners: Vec<ListenerState>,
+    /// The ListenerSets whose parentRef names this Gateway, in that order.
+    pub sets: Vec<SetState>,
+    /// `spec.allowedListeners` is set: the status reports `attachedListenerSets`.
+    pub takes_sets: bool,
     /// spec.tls.backend.clientCertificateRef, resolved.
     pub backend_client_cert: Option<CertificateIr>,
     /// Some spec.tls.frontend validation lets clients without a valid certificate in.
@@ -78,8 +85,24 @@ pub(crate) struct GatewayState {
     pub client_cert_problem: Option<(Reason, String)>,
 }
 
+/// A ListenerSet that names a Gateway of ours as its parent.
+pub(crate) struct SetState {
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    /// `(reason, message)` when the Gateway does not take its listeners
+    /// (`NotAllowed`, `ParentNotAccepted`).
+    pub refused: Option<(Reason, String)>,
+}
+
 pub(crate) struct ListenerState {
     pub spec: Listener,
+    /// Index into the Gateway's `sets` for a ListenerSet's listener; `None` for the
+    /// Gateway's own.
+    pub set: Option<usize>,
+    /// The namespace of the object that declares the listener: `allowedRoutes`'s
+    /// `Same` and the ReferenceGrants of its certificates are about it.
+    pub namespace: String,
     pub supported_kinds: Vec<RouteGroupKind>,
     /// `(reason, message)` for Accepted=False.
     pub unaccepted: Option<(Reason, String)>,
@@ -104,7 +127,7 @@ impl ListenerState {
             && self.tls.as_ref().is_none_or(|t| !t.certificates.is_empty())
     }
 
-    pub fn allows_namespace(&self, res: &Resources, gateway_ns: &str, route_ns: &str) -> bool {
+    pub fn allows_namespace(&self, res: &Resources, route_ns: &str) -> bool {
         let ns = self
             .spec
             .allowed_routes
@@ -112,7 +135,7 @@ impl ListenerState {
             .and_then(|a| a.namespaces.as_ref());
         match ns.and_then(|n| n.from).unwrap_or(FromNamespaces::Same) {
             FromNamespaces::All => true,
-            FromNamespaces::Same => gateway_ns == route_ns,
+            FromNamespaces::Same => self.namespace == route_ns,
             FromNamespaces::Selector => ns
                 .and_then(|n| n.selector.as_ref())
                 .is_some_and(|s| s.matches(&res.namespace_labels(route_ns))),
@@ -230,7 +253,7 @@ fn gateway(res: &Resources, gw: &Gateway, addresses: &[GatewayAddress]) -> Gatew
         .and_then(|t| t.backend.as_ref())
         .and_then(|b| b.client_certificate_ref.as_ref())
     {
-        let (mut certs, problem) = certificates(res, ns, std::slice::from_ref(r));
+        let (mut certs, problem) = certificates(res, Kind::Gateway, ns, std::slice::from_ref(r));
         backend_client_cert = certs.pop();
         client_cert_problem = problem.map(|(reason, msg)| {
             let reason = if reason == Reason::InvalidCertificateRef {
@@ -247,12 +270,49 @@ fn gateway(res: &Resources, gw: &Gateway, addresses: &[GatewayAddress]) -> Gatew
             )
         });
     }
-    let listeners = gw
+    let mut listeners: Vec<ListenerState> = gw
         .spec
         .listeners
         .iter()
-        .map(|l| listener(res, gw, l))
+        .map(|l| listener(res, gw, l, Kind::Gateway, ns))
         .collect();
+    let parent_refused = address_problem
+        .as_ref()
+        .filter(|(c, _, _)| *c == ConditionType::Accepted)
+        .map(|(_, _, msg)| msg.clone());
+    let mut sets = Vec::new();
+    for ls in listener_sets_of(res, gw) {
+        let set_ns = ls.metadata.namespace_or_default();
+        let refused = if !allows_set(res, gw, set_ns) {
+            Some((
+                Reason::NotAllowed,
+                format!(
+                    "Gateway {ns}/{} does not allow ListenerSets from namespace {set_ns}: see its spec.allowedListeners",
+                    gw.metadata.name
+                ),
+            ))
+        } else {
+            parent_refused.as_ref().map(|msg| {
+                (
+                    Reason::ParentNotAccepted,
+                    format!("Gateway {ns}/{} is not accepted: {msg}", gw.metadata.name),
+                )
+            })
+        };
+        if refused.is_none() {
+            let si = sets.len();
+            listeners.extend(ls.spec.listeners.iter().map(|l| ListenerState {
+                set: Some(si),
+                ..listener(res, gw, l, Kind::ListenerSet, set_ns)
+            }));
+        }
+        sets.push(SetState {
+            namespace: set_ns.to_string(),
+            name: ls.metadata.name.clone(),
+            generation: ls.metadata.generation(),
+            refused,
+        });
+    }
     let insecure_fallback = gw
         .spec
         .tls
@@ -273,14 +333,76 @@ fn gateway(res: &Resources, gw: &Gateway, addresses: &[GatewayAddress]) -> Gatew
         address_problem,
         spec_addresses,
         listeners,
+        sets,
+        takes_sets: gw.spec.allowed_listeners.is_some(),
         backend_client_cert,
         client_cert_problem,
         insecure_fallback,
     }
 }
 
-fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
+/// The ListenerSets whose parentRef names `gw`, oldest first, then by namespace/name
+/// (the order that settles conflicts between their listeners).
+fn listener_sets_of<'a>(res: &'a Resources, gw: &Gateway) -> Vec<&'a ListenerSet> {
     let gw_ns = gw.metadata.namespace_or_default();
+    let mut out: Vec<&ListenerSet> = res
+        .listener_sets
+        .iter()
+        .filter(|ls| {
+            let r = &ls.spec.parent_ref;
+            r.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && r.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                && r.name == gw.metadata.name
+                && r.namespace
+                    .as_deref()
+                    .unwrap_or(ls.metadata.namespace_or_default())
+                    == gw_ns
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        let key = |ls: &&ListenerSet| {
+            (
+                ls.metadata.creation_timestamp.is_none(),
+                ls.metadata.creation_timestamp.clone(),
+                ls.metadata.namespace_or_default().to_string(),
+                ls.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    out
+}
+
+/// Whether `gw`'s `spec.allowedListeners` lets ListenerSets from `set_ns` attach; none
+/// may when it is unset.
+fn allows_set(res: &Resources, gw: &Gateway, set_ns: &str) -> bool {
+    let Some(ns) = gw
+        .spec
+        .allowed_listeners
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+    else {
+        return false;
+    };
+    match ns.from.unwrap_or(FromListenerNamespaces::None) {
+        FromListenerNamespaces::None => false,
+        FromListenerNamespaces::All => true,
+        FromListenerNamespaces::Same => set_ns == gw.metadata.namespace_or_default(),
+        FromListenerNamespaces::Selector => ns
+            .selector
+            .as_ref()
+            .is_some_and(|s| s.matches(&res.namespace_labels(set_ns))),
+    }
+}
+
+/// A listener declared by `owner` (a Gateway or a ListenerSet) in `owner_ns`.
+fn listener(
+    res: &Resources,
+    gw: &Gateway,
+    l: &Listener,
+    owner: Kind,
+    owner_ns: &str,
+) -> ListenerState {
     let supported = kinds_for(&l.protocol);
     let mut unaccepted = None;
     let mut unresolved = None;
@@ -326,7 +448,7 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
         _ => false,
     };
     if terminates {
-        let (certificates, problem) = certificates(res, gw_ns, &spec.certificate_refs);
+        let (certificates, problem) = certificates(res, owner, owner_ns, &spec.certificate_refs);
         unresolved = problem;
         let client_validation = match frontend_validation(res, gw, l.port) {
             None => None,
@@ -376,6 +498,8 @@ fn listener(res: &Resources, gw: &Gateway, l: &Listener) -> ListenerState {
     };
     ListenerState {
         spec: l.clone(),
+        set: None,
+        namespace: owner_ns.to_string(),
         supported_kinds,
         unaccepted,
         unresolved,
@@ -451,7 +575,8 @@ fn frontend_validation(
 /// problem (`InvalidCertificateRef` or `RefNotPermitted`) for ResolvedRefs=False.
 fn certificates(
     res: &Resources,
-    gw_ns: &str,
+    owner: Kind,
+    owner_ns: &str,
     refs: &[sluice_resources::SecretObjectReference],
 ) -> (Vec<CertificateIr>, Option<(Reason, String)>) {
     let mut ok = Vec::new();
@@ -463,7 +588,7 @@ fn certificates(
         ));
     }
     for (i, r) in refs.iter().enumerate() {
-        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        let ns = r.namespace.as_deref().unwrap_or(owner_ns);
         let what = format!("tls.certificateRefs[{i}] ({ns}/{})", r.name);
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
@@ -472,19 +597,11 @@ fn certificates(
                 Reason::InvalidCertificateRef,
                 format!("{what}: {group}/{kind} is not supported; refer to a core Secret"),
             ))
-        } else if !ref_permitted(
-            res,
-            Kind::Gateway.as_str(),
-            gw_ns,
-            "",
-            "Secret",
-            ns,
-            &r.name,
-        ) {
+        } else if !ref_permitted(res, owner.as_str(), owner_ns, "", "Secret", ns, &r.name) {
             Err((
                 Reason::RefNotPermitted,
                 format!(
-                    "{what}: no ReferenceGrant in namespace {ns} allows Gateways from {gw_ns} to refer to it"
+                    "{what}: no ReferenceGrant in namespace {ns} allows {owner}s from {owner_ns} to refer to it"
                 ),
             ))
         } else {
@@ -512,8 +629,10 @@ fn certificates(
 }
 
 /// Listeners that share an address and port must differ by hostname and agree on protocol.
-/// Within one Gateway both sides are marked; across Gateways the later one (namespace/name
-/// order) loses, so adding a Gateway never breaks one that already works.
+/// Among a Gateway's own listeners both sides are marked; a ListenerSet's listener loses
+/// to the listeners before it (the Gateway's, older sets'), and across Gateways the later
+/// one (namespace/name order) loses, so adding a Gateway or a ListenerSet never breaks
+/// a listener that already works.
 fn detect_conflicts(gws: &mut [GatewayState]) {
     let mut seen: Vec<(usize, usize)> = Vec::new();
     for gi in 0..gws.len() {
@@ -554,7 +673,9 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
                 }
                 if let Some(r) = reason {
                     gws[gi].listeners[li].conflict = Some(r);
-                    if gi == gj {
+                    // A ListenerSet's listener gives way to those before it: the
+                    // Gateway's own and older sets' stay as they are.
+                    if gi == gj && gws[gi].listeners[li].set.is_none() {
                         gws[gj].listeners[lj].conflict = Some(r);
                     }
                 }
@@ -573,6 +694,7 @@ impl GatewayState {
             listeners: self
                 .listeners
                 .iter()
+                .filter(|l| l.set.is_none())
                 .map(|l| crate::ListenerBinding {
                     name: l.spec.name.clone(),
                     port: l.spec.port,
@@ -582,17 +704,29 @@ impl GatewayState {
         }
     }
 
-    pub fn matches_parent(&self, p: &ParentReference, route_ns: &str) -> bool {
-        p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-            && Kind::Gateway == p.kind.as_deref().unwrap_or(Kind::Gateway.as_str())
-            && p.name == self.name
-            && p.namespace.as_deref().unwrap_or(route_ns) == self.namespace
+    /// Which of this Gateway's listeners a route's parentRef names: `Some(None)` for the
+    /// Gateway (its own listeners only), `Some(Some(set))` for one of its ListenerSets.
+    pub fn parent_of(&self, p: &ParentReference, route_ns: &str) -> Option<Option<usize>> {
+        if p.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP {
+            return None;
+        }
+        let ns = p.namespace.as_deref().unwrap_or(route_ns);
+        match p.kind.as_deref().unwrap_or(Kind::Gateway.as_str()) {
+            "Gateway" => (p.name == self.name && ns == self.namespace).then_some(None),
+            "ListenerSet" => self
+                .sets
+                .iter()
+                .position(|s| s.name == p.name && s.namespace == ns)
+                .map(Some),
+            _ => None,
+        }
     }
 
     pub fn status(&self) -> ObjectStatus {
         let g = self.generation;
-        let valid = self.listeners.iter().filter(|l| l.programmed()).count();
-        let total = self.listeners.len();
+        let own = || self.listeners.iter().filter(|l| l.set.is_none());
+        let valid = own().filter(|l| l.programmed()).count();
+        let total = own().count();
         let mut accepted = if valid == total {
             Condition::new(
                 ConditionType::Accepted,
@@ -643,86 +777,8 @@ impl GatewayState {
         let listeners = self
             .listeners
             .iter()
-            .map(|l| {
-                let mut conditions = Vec::new();
-                match &l.unaccepted {
-                    Some((reason, msg)) => conditions.push(Condition::new(
-                        ConditionType::Accepted,
-                        false,
-                        *reason,
-                        msg.clone(),
-                        g,
-                    )),
-                    None => conditions.push(Condition::new(
-                        ConditionType::Accepted,
-                        true,
-                        Reason::Accepted,
-                        "listener accepted",
-                        g,
-                    )),
-                }
-                match l.conflict {
-                    Some(reason) => conditions.push(Condition::new(
-                        ConditionType::Conflicted,
-                        true,
-                        reason,
-                        match reason {
-                            Reason::ProtocolConflict => {
-                                "another listener on this port uses a different protocol"
-                                    .to_string()
-                            }
-                            _ => "another listener on this port has the same hostname".to_string(),
-                        },
-                        g,
-                    )),
-                    None => conditions.push(Condition::new(
-                        ConditionType::Conflicted,
-                        false,
-                        Reason::NoConflicts,
-                        "no conflicts",
-                        g,
-                    )),
-                }
-                match &l.unresolved {
-                    Some((reason, msg)) => conditions.push(Condition::new(
-                        ConditionType::ResolvedRefs,
-                        false,
-                        *reason,
-                        msg.clone(),
-                        g,
-                    )),
-                    None => conditions.push(Condition::new(
-                        ConditionType::ResolvedRefs,
-                        true,
-                        Reason::ResolvedRefs,
-                        "all references resolved",
-                        g,
-                    )),
-                }
-                if l.programmed() {
-                    conditions.push(Condition::new(
-                        ConditionType::Programmed,
-                        true,
-                        Reason::Programmed,
-                        "listener is serving",
-                        g,
-                    ));
-                } else {
-                    conditions.push(Condition::new(
-                        ConditionType::Programmed,
-                        false,
-                        Reason::Invalid,
-                        "listener is not valid",
-                        g,
-                    ));
-                }
-                ListenerStatus {
-                    name: l.spec.name.clone(),
-                    supported_kinds: l.supported_kinds.clone(),
-                    attached_routes: l.attached_routes,
-                    conditions,
-                }
-            })
+            .filter(|l| l.set.is_none())
+            .map(|l| listener_status(l, g))
             .collect();
         ObjectStatus {
             api_version: format!("{GATEWAY_GROUP}/v1"),
@@ -767,7 +823,162 @@ impl GatewayState {
                     c
                 },
                 listeners,
+                attached_listener_sets: self.takes_sets.then(|| {
+                    (0..self.sets.len())
+                        .filter(|&si| self.set_accepted(si).is_ok())
+                        .count() as u32
+                }),
             }),
         }
+    }
+
+    /// Whether the ListenerSet `si` is accepted: it is allowed, and at least one of its
+    /// listeners is valid. `Ok(reason)` says whether all of them are.
+    fn set_accepted(&self, si: usize) -> Result<Reason, (Reason, String)> {
+        if let Some(refused) = &self.sets[si].refused {
+            return Err(refused.clone());
+        }
+        let mine = || self.listeners.iter().filter(|l| l.set == Some(si));
+        let (valid, total) = (mine().filter(|l| l.programmed()).count(), mine().count());
+        if valid == 0 {
+            Err((
+                Reason::ListenersNotValid,
+                "none of its listeners is valid; see status.listeners".into(),
+            ))
+        } else if valid < total {
+            Ok(Reason::ListenersNotValid)
+        } else {
+            Ok(Reason::Accepted)
+        }
+    }
+
+    /// The status of the ListenerSet `si`.
+    pub fn set_status(&self, si: usize) -> ObjectStatus {
+        let set = &self.sets[si];
+        let g = set.generation;
+        let gateway = format!("{}/{}", self.namespace, self.name);
+        let (accepted, programmed) = match self.set_accepted(si) {
+            Ok(reason) => (
+                Condition::new(
+                    ConditionType::Accepted,
+                    true,
+                    reason,
+                    if reason == Reason::Accepted {
+                        format!("listeners added to Gateway {gateway}")
+                    } else {
+                        format!(
+                            "the valid listeners are added to Gateway {gateway}; see status.listeners for the others"
+                        )
+                    },
+                    g,
+                ),
+                Condition::new(
+                    ConditionType::Programmed,
+                    true,
+                    Reason::Programmed,
+                    "serving its valid listeners",
+                    g,
+                ),
+            ),
+            Err((reason, msg)) => (
+                Condition::new(ConditionType::Accepted, false, reason, msg.clone(), g),
+                Condition::new(ConditionType::Programmed, false, reason, msg, g),
+            ),
+        };
+        ObjectStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind: Kind::ListenerSet,
+            metadata: StatusMeta {
+                namespace: set.namespace.clone(),
+                name: set.name.clone(),
+                generation: g,
+            },
+            status: Status::Gateway(GatewayStatus {
+                addresses: Vec::new(),
+                conditions: vec![accepted, programmed],
+                listeners: self
+                    .listeners
+                    .iter()
+                    .filter(|l| l.set == Some(si))
+                    .map(|l| listener_status(l, g))
+                    .collect(),
+                attached_listener_sets: None,
+            }),
+        }
+    }
+}
+
+fn listener_status(l: &ListenerState, g: i64) -> ListenerStatus {
+    let conflict = l.conflict.map(|reason| {
+        let msg = match reason {
+            Reason::ProtocolConflict => "another listener on this port uses a different protocol",
+            _ => "another listener on this port has the same hostname",
+        };
+        (reason, msg)
+    });
+    let mut conditions = Vec::new();
+    // A conflicted listener is not accepted, with the conflict as the reason, as the
+    // Gateway API asks.
+    conditions.push(match (&l.unaccepted, conflict) {
+        (Some((reason, msg)), _) => {
+            Condition::new(ConditionType::Accepted, false, *reason, msg.clone(), g)
+        }
+        (None, Some((reason, msg))) => {
+            Condition::new(ConditionType::Accepted, false, reason, msg, g)
+        }
+        (None, None) => Condition::new(
+            ConditionType::Accepted,
+            true,
+            Reason::Accepted,
+            "listener accepted",
+            g,
+        ),
+    });
+    conditions.push(match conflict {
+        Some((reason, msg)) => Condition::new(ConditionType::Conflicted, true, reason, msg, g),
+        None => Condition::new(
+            ConditionType::Conflicted,
+            false,
+            Reason::NoConflicts,
+            "no conflicts",
+            g,
+        ),
+    });
+    conditions.push(match &l.unresolved {
+        Some((reason, msg)) => {
+            Condition::new(ConditionType::ResolvedRefs, false, *reason, msg.clone(), g)
+        }
+        None => Condition::new(
+            ConditionType::ResolvedRefs,
+            true,
+            Reason::ResolvedRefs,
+            "all references resolved",
+            g,
+        ),
+    });
+    conditions.push(match (l.programmed(), conflict) {
+        (true, _) => Condition::new(
+            ConditionType::Programmed,
+            true,
+            Reason::Programmed,
+            "listener is serving",
+            g,
+        ),
+        (false, Some((reason, msg))) => {
+            Condition::new(ConditionType::Programmed, false, reason, msg, g)
+        }
+        (false, None) => Condition::new(
+            ConditionType::Programmed,
+            false,
+            Reason::Invalid,
+            "listener is not valid",
+            g,
+        ),
+    });
+    ListenerStatus {
+        name: l.spec.name.clone(),
+        supported_kinds: l.supported_kinds.clone(),
+        attached_routes: l.attached_routes,
+        conditions,
     }
 }

@@ -132,6 +132,7 @@ pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
     // Gateway statuses go last: attachedRoutes is counted while routes attach.
     for gw in &gws {
         statuses.push(gw.status());
+        statuses.extend((0..gw.sets.len()).map(|si| gw.set_status(si)));
     }
     if !converted.is_empty() {
         let ip = Some(inputs.ingress.http.ip())

@@ -303,7 +303,12 @@ pub(crate) fn attach(
         seen.push(pref);
         // Parents that are not Gateways of a class of ours belong to someone else, who
         // writes their status; say nothing.
-        let Some(gi) = gws.iter().position(|g| g.matches_parent(pref, r.namespace)) else {
+        // A ListenerSet's parent Gateway is ours, so the set is ours to answer for.
+        let Some((gi, set)) = gws
+            .iter()
+            .enumerate()
+            .find_map(|(gi, g)| g.parent_of(pref, r.namespace).map(|s| (gi, s)))
+        else {
             continue;
         };
         let gw = &gws[gi];
@@ -311,11 +316,18 @@ pub(crate) fn attach(
             .listeners
             .iter()
             .enumerate()
+            .filter(|(_, l)| l.set == set)
             .filter(|(_, l)| pref.section_name.as_ref().is_none_or(|s| *s == l.spec.name))
             .filter(|(_, l)| pref.port.is_none_or(|p| p == l.spec.port))
             .map(|(i, _)| i)
             .collect();
-        let accepted = if candidates.is_empty() {
+        let refused = set.and_then(|si| gw.sets[si].refused.as_ref());
+        let accepted = if let Some((_, why)) = refused {
+            Err((
+                Reason::NoMatchingParent,
+                format!("the ListenerSet is not attached to its Gateway: {why}"),
+            ))
+        } else if candidates.is_empty() {
             Err((
                 Reason::NoMatchingParent,
                 "no listener matches the parentRef's sectionName and port".to_string(),
@@ -329,7 +341,7 @@ pub(crate) fn attach(
                     // the listener's own status: a listener that is not programmed (a
                     // missing certificate, a conflict) still counts its routes.
                     let l = &gw.listeners[li];
-                    l.allows_kind(r.kind) && l.allows_namespace(res, &gw.namespace, r.namespace)
+                    l.allows_kind(r.kind) && l.allows_namespace(res, r.namespace)
                 })
                 .collect();
             if allowed.is_empty() {

@@ -87,6 +87,7 @@ spelled! {
     pub enum Kind {
         GatewayClass,
         Gateway,
+        ListenerSet,
         HTTPRoute,
         GRPCRoute,
         TLSRoute,
@@ -155,8 +156,13 @@ spelled! {
         /// Accepted=False: a field holds a value Sluice does not implement (a filter
         /// type, a regular expression that does not compile, ...).
         UnsupportedValue,
-        /// Gateway Accepted=False: one of its listeners is not valid.
+        /// Gateway Accepted=False: one of its listeners is not valid; ListenerSet
+        /// Accepted: some (True) or all (False) of its listeners are not valid.
         ListenersNotValid,
+        /// ListenerSet Accepted=False: the Gateway's `allowedListeners` keeps it out.
+        NotAllowed,
+        /// ListenerSet Accepted=False: its Gateway is not accepted.
+        ParentNotAccepted,
         /// Gateway or GatewayClass Accepted=False: the spec is not valid.
         Invalid,
         /// Accepted=False: `spec.infrastructure.parametersRef` or a GatewayClass's
@@ -491,6 +497,9 @@ pub struct GatewayStatus {
     pub addresses: Vec<StatusAddress>,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
+    /// How many ListenerSets are accepted (Gateways that set `allowedListeners`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attached_listener_sets: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -448,6 +448,7 @@ fn gateways(opts: &Options, tls: &[TlsHost]) -> Vec<Gateway> {
                 },
                 infrastructure: None,
                 tls: None,
+                allowed_listeners: None,
             },
         })
         .collect()
