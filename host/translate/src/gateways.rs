@@ -680,7 +680,12 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
                     }
                 }
             }
-            seen.push((gi, li));
+            // A set's listener that lost a conflict is not served, so it conflicts with
+            // none of the listeners after it.
+            let l = &gws[gi].listeners[li];
+            if l.set.is_none() || l.conflict.is_none() {
+                seen.push((gi, li));
+            }
         }
     }
 }
