@@ -34,6 +34,9 @@ go_tools() {
   if [ ! -x target/tools/grpcurl ]; then
     GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
   fi
+  # An Envoy ext_authz gRPC server on the official go-control-plane types, for the
+  # ExternalAuth (protocol: GRPC) tests; always built (seconds with Go's build cache).
+  (cd .ci/extauthz && go build -o ../../target/tools/extauthz .)
   # The Kubernetes control plane of the Kubernetes-mode tests: kube-apiserver and
   # kube-controller-manager from the k8s.io/kubernetes Go module, through the wrapper
   # module in .ci/kube (test tooling only).

@@ -350,9 +350,13 @@ pub enum FilterIr {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalAuthIr {
     pub backend: BackendIr,
+    /// The Envoy ext_authz gRPC protocol (`Authorization/Check`) instead of HTTP.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub grpc: bool,
     /// Put before the client's path on the authorization request.
     pub path_prefix: String,
-    /// Lowercase client headers sent besides host, authorization and content-length.
+    /// Lowercase client headers sent besides host, authorization and content-length
+    /// (HTTP); the client headers sent, all when empty (gRPC).
     pub allowed_headers: Vec<String>,
     /// Lowercase headers of the service's 200 copied to the request; empty: all but
     /// host and hop-by-hop ones.

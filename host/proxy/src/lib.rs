@@ -9,6 +9,7 @@ pub mod access_log;
 mod body;
 mod client;
 mod cors;
+mod ext_authz;
 mod hosts;
 pub mod metrics;
 mod outbound;

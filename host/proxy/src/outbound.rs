@@ -115,6 +115,13 @@ impl Calls {
 
 /// Sends a prepared call and reads its answer, within its timeout.
 async fn exchange(p: Prepared) -> Result<OutboundResponse, CallError> {
+    exchange_with_trailers(p).await.map(|(r, _)| r)
+}
+
+/// [`exchange`], keeping the answer's trailers (gRPC's status is in them).
+async fn exchange_with_trailers(
+    p: Prepared,
+) -> Result<(OutboundResponse, Option<http::HeaderMap>), CallError> {
     let Prepared {
         gw,
         backend,
@@ -131,11 +138,14 @@ async fn exchange(p: Prepared) -> Result<OutboundResponse, CallError> {
         let (parts, body) = resp.into_parts();
         backend.stats.record(parts.status.as_u16(), start.elapsed());
         match collect(Streamed::upstream(body), max_body).await {
-            Collected::Whole { data, .. } => Ok(OutboundResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body: data,
-            }),
+            Collected::Whole { data, trailers } => Ok((
+                OutboundResponse {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: data,
+                },
+                trailers,
+            )),
             Collected::TooLarge(_) => Err(CallError::ResponseTooLarge),
             Collected::Failed(e) => Err(CallError::Failed(e.to_string())),
         }
@@ -146,7 +156,7 @@ async fn exchange(p: Prepared) -> Result<OutboundResponse, CallError> {
     };
     if let Some(span) = span {
         span.end_call(match &result {
-            Ok(r) => Ok(r.status.as_u16()),
+            Ok((r, _)) => Ok(r.status.as_u16()),
             Err(e) => Err(call_error_name(e)),
         });
     }
@@ -268,6 +278,8 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// service that cannot be reached fails closed (403).
 pub(crate) struct ExternalAuth {
     pub backend: Arc<Backend>,
+    /// The Envoy ext_authz gRPC protocol ([`authorize_grpc`]) instead of HTTP.
+    pub grpc: bool,
     pub prefix: String,
     pub allowed: Vec<header::HeaderName>,
     /// Empty: every header of the 200 but the ones below.
@@ -397,6 +409,197 @@ pub(crate) async fn authorize<B>(
     for (name, v) in &answer.headers {
         if !not_copied(name) {
             deny.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    Err(deny)
+}
+
+/// Where the request being authorized comes from, for the `CheckRequest`.
+pub(crate) struct Asker {
+    pub client: std::net::SocketAddr,
+    pub scheme: &'static str,
+}
+
+/// Asks the service about `req` with the Envoy ext_authz gRPC protocol: a
+/// `CheckRequest` with the request's method, path, host and headers (those in
+/// `grpc.allowedHeaders`, or all when it is empty). A `CheckResponse` with status OK lets
+/// it through with the `ok_response`'s headers set (or added, with `append`) and its
+/// `headers_to_remove` removed; any other status answers the client with the
+/// `denied_response` (its status, default 403, headers and body). A service that cannot
+/// be reached, fails the call or answers something else fails closed (403).
+pub(crate) async fn authorize_grpc<B: hyper::body::Body>(
+    gw: &Arc<Gateway>,
+    a: &ExternalAuth,
+    req: &mut Request<B>,
+    from: Asker,
+    deadline: Instant,
+) -> Result<(), http::Response<crate::Body>> {
+    use crate::ext_authz as pb;
+    let fail = |why: &str| {
+        tracing::debug!(service = %a.backend.name, why, "external authorization failed");
+        crate::proxy::local(
+            http::StatusCode::FORBIDDEN,
+            "external authorization failed\n",
+        )
+    };
+    if let Some(why) = &a.backend.invalid {
+        return Err(fail(why));
+    }
+    let Some(endpoint) = crate::proxy::next_endpoint(&a.backend).cloned() else {
+        return Err(fail("no ready endpoints"));
+    };
+    let mut headers: std::collections::HashMap<String, String> = Default::default();
+    for (name, v) in req.headers() {
+        if !a.allowed.is_empty() && !a.allowed.contains(name) {
+            continue;
+        }
+        let v = String::from_utf8_lossy(v.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|all| {
+                all.push(',');
+                all.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|h| h.as_str().to_string())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?;
+            Some(String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default();
+    let check = pb::CheckRequest {
+        attributes: Some(pb::AttributeContext {
+            source: Some(pb::Peer {
+                address: Some(pb::Address {
+                    socket_address: Some(pb::SocketAddress {
+                        address: from.client.ip().to_string(),
+                        port_value: u32::from(from.client.port()),
+                    }),
+                }),
+            }),
+            destination: None,
+            request: Some(pb::AttributeRequest {
+                http: Some(pb::HttpRequest {
+                    id: String::new(),
+                    method: req.method().as_str().to_string(),
+                    headers,
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string(),
+                    host,
+                    scheme: from.scheme.to_string(),
+                    query: req.uri().query().unwrap_or_default().to_string(),
+                    size: req
+                        .body()
+                        .size_hint()
+                        .exact()
+                        .and_then(|n| i64::try_from(n).ok())
+                        .unwrap_or(-1),
+                    protocol: format!("{:?}", req.version()),
+                }),
+            }),
+        }),
+    };
+    let Ok(uri) = a.backend.uri(endpoint, pb::CHECK_PATH) else {
+        return Err(fail("the authorization service's address is not valid"));
+    };
+    let mut out = Request::new(Either::Right(Buffered::new(pb::frame(&check))));
+    *out.method_mut() = http::Method::POST;
+    *out.uri_mut() = uri;
+    *out.version_mut() = http::Version::HTTP_2;
+    let h = out.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    let timeout = EXTERNAL_AUTH_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+    let (answer, trailers) = match exchange_with_trailers(Prepared {
+        gw: gw.clone(),
+        backend: a.backend.clone(),
+        request: out,
+        timeout,
+        max_body: EXTERNAL_AUTH_BODY,
+        span: None,
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(fail(&format!("{e:?}"))),
+    };
+    // The call's own status: in the trailers, or in the headers of an answer that has
+    // no body ("trailers only").
+    let grpc_status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| answer.headers.get("grpc-status"))
+        .map(|v| v.as_bytes().to_vec());
+    if answer.status != http::StatusCode::OK || grpc_status.as_deref() != Some(b"0") {
+        return Err(fail(&format!(
+            "the Check call failed: HTTP {}, grpc-status {:?}",
+            answer.status,
+            grpc_status.map(|s| String::from_utf8_lossy(&s).into_owned())
+        )));
+    }
+    let check = match pb::unframe(&answer.body) {
+        Ok(c) => c,
+        Err(why) => return Err(fail(&why)),
+    };
+    if check.status.as_ref().map_or(0, |s| s.code) == 0 {
+        if let Some(ok) = check.ok_response {
+            let h = req.headers_mut();
+            for name in &ok.headers_to_remove {
+                if let Ok(name) = header::HeaderName::from_bytes(name.as_bytes())
+                    && name != header::HOST
+                {
+                    h.remove(name);
+                }
+            }
+            for o in &ok.headers {
+                let Some(hv) = &o.header else { continue };
+                let (Ok(name), Ok(v)) = (
+                    header::HeaderName::from_bytes(hv.key.as_bytes()),
+                    HeaderValue::from_bytes(hv.bytes()),
+                ) else {
+                    continue;
+                };
+                if not_copied(&name) {
+                    continue;
+                }
+                if o.append.as_ref().is_some_and(|b| b.value) {
+                    h.append(name, v);
+                } else {
+                    h.insert(name, v);
+                }
+            }
+        }
+        return Ok(());
+    }
+    let denied = check.denied_response.unwrap_or_default();
+    let status = denied
+        .status
+        .and_then(|s| u16::try_from(s.code).ok())
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .filter(|c| c.as_u16() >= 200)
+        .unwrap_or(http::StatusCode::FORBIDDEN);
+    let mut deny = http::Response::new(Either::Right(Buffered::new(bytes::Bytes::from(
+        denied.body,
+    ))));
+    *deny.status_mut() = status;
+    for o in &denied.headers {
+        let Some(hv) = &o.header else { continue };
+        if let (Ok(name), Ok(v)) = (
+            header::HeaderName::from_bytes(hv.key.as_bytes()),
+            HeaderValue::from_bytes(hv.bytes()),
+        ) && !not_copied(&name)
+        {
+            deny.headers_mut().append(name, v);
         }
     }
     Err(deny)

@@ -558,9 +558,16 @@ async fn request_filters<'a>(
                 }
             }
             Filter::ExternalAuth(a) => {
-                if let Err(answer) =
+                let asked = if a.grpc {
+                    let from = crate::outbound::Asker {
+                        client: scope.client,
+                        scheme: origin.scheme,
+                    };
+                    crate::outbound::authorize_grpc(scope.gw, a, req, from, scope.deadline).await
+                } else {
                     crate::outbound::authorize(scope.gw, a, req, scope.deadline).await
-                {
+                };
+                if let Err(answer) = asked {
                     return Some(answer);
                 }
             }

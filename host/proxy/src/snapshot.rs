@@ -355,6 +355,7 @@ fn build_filters(
                             metrics,
                             wasm,
                         )?),
+                        grpc: a.grpc,
                         prefix: a.path_prefix.clone(),
                         allowed: names(&a.allowed_headers),
                         allowed_response: names(&a.allowed_response_headers),

@@ -587,6 +587,14 @@ fn check_external_auth(a: &HttpExternalAuthFilter, field: &str, p: &mut Problems
         p.push((at("grpc"), "must not be set unless protocol is GRPC".into()));
     }
     check_backend(&a.backend_ref, &at("backendRef."), p);
+    if let Some(g) = &a.grpc
+        && g.allowed_headers.len() > 64
+    {
+        p.push((
+            at("grpc.allowedHeaders"),
+            "must list at most 64 headers".into(),
+        ));
+    }
     let Some(h) = &a.http else { return };
     if let Some(path) = &h.path {
         let ok = !path.is_empty()

@@ -1814,3 +1814,174 @@ spec:
     );
     assert_eq!(served(get(port, "main.test", "/").await), "a");
 }
+
+/// An Envoy ext_authz gRPC server (`.ci/extauthz`, on the official go-control-plane
+/// types; built into target/tools by .ci/run), with the CheckRequests it got as JSON.
+struct ExtAuthz {
+    child: std::process::Child,
+    port: u16,
+    seen: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl ExtAuthz {
+    fn start() -> ExtAuthz {
+        use std::io::BufRead;
+        let bin =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/extauthz");
+        let mut child = Command::new(&bin)
+            .arg("127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; .ci/run builds it from .ci/extauthz",
+                    bin.display()
+                )
+            });
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = first
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("extauthz said {first:?}"));
+        let seen: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let kept = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    kept.lock().expect("lock").push(v);
+                }
+            }
+        });
+        ExtAuthz { child, port, seen }
+    }
+}
+
+impl Drop for ExtAuthz {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ExternalAuth` with `protocol: GRPC` against a real Envoy ext_authz server: allowed
+/// requests get the OK response's headers (set, appended, removed), denied ones get the
+/// denied response, the CheckRequest carries the request as Envoy's does (all headers, or
+/// `grpc.allowedHeaders`), and a service that is gone fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
+    let mut authz = ExtAuthz::start();
+    let app = echo("app").await;
+    let port = free_port();
+    let dir = TempDir::new("external-auth-grpc");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write(
+        "svc.yaml",
+        &[
+            service_yaml("app", &app, None),
+            service_yaml_port("authz", authz.port, None),
+        ]
+        .join("---\n"),
+    );
+    let filter = |grpc: &str| {
+        format!(
+            "[{{type: ExternalAuth, externalAuth: {{protocol: GRPC, backendRef: {{name: authz, port: 80}}, grpc: {grpc}}}}}]"
+        )
+    };
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            &format!(
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /only}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
+                filter("{}"),
+                filter("{allowedHeaders: [authorization]}")
+            ),
+        ),
+    );
+    let _gw = Sluice::start(&dir.0, &[]).await;
+    let c = client();
+
+    // Allowed: set, appended and removed headers as the OK response says.
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/api/x?q=1",
+        &[
+            ("authorization", "Bearer good"),
+            ("x-tag", "a"),
+            ("x-drop", "gone"),
+            ("x-secret", "shown to the service"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["service"], "app");
+    assert_eq!(r.seen("x-user").as_deref(), Some("ann"));
+    let tags = &r.json()["headers"]["x-tag"];
+    assert_eq!(tags, &serde_json::json!(["a", "b"]), "{}", r.body);
+    assert_eq!(r.seen("x-drop"), None);
+    {
+        let seen = authz.seen.lock().expect("lock");
+        let http = &seen[0]["attributes"]["request"]["http"];
+        assert_eq!(http["method"], "GET");
+        assert_eq!(http["path"], "/api/x?q=1");
+        assert_eq!(http["query"], "q=1");
+        assert_eq!(http["host"], "h");
+        assert_eq!(http["scheme"], "http");
+        assert_eq!(http["headers"]["authorization"], "Bearer good");
+        assert_eq!(http["headers"]["x-secret"], "shown to the service");
+        let source = &seen[0]["attributes"]["source"]["address"]["socketAddress"];
+        assert_eq!(source["address"], "127.0.0.1", "{}", seen[0]);
+    }
+
+    // Only the allowed headers go to the service when grpc.allowedHeaders is set.
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/only",
+        &[
+            ("authorization", "Bearer good"),
+            ("x-secret", "kept from the service"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    {
+        let seen = authz.seen.lock().expect("lock");
+        let headers = &seen[1]["attributes"]["request"]["http"]["headers"];
+        assert_eq!(headers["authorization"], "Bearer good");
+        assert!(headers.get("x-secret").is_none(), "{headers}");
+    }
+
+    // Denied: the denied response goes to the client; the backend is not asked.
+    let before = app.id.requests.load(Ordering::Relaxed);
+    let r = send(&c, "GET", port, "h", "/api/x", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body, "sign in first\n");
+    assert_eq!(
+        r.headers.get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
+
+    // The service gone: closed.
+    let _ = authz.child.kill();
+    let _ = authz.child.wait();
+    let r = send(
+        &c,
+        "GET",
+        port,
+        "h",
+        "/api/x",
+        &[("authorization", "Bearer good")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
+}

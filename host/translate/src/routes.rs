@@ -686,13 +686,16 @@ fn compile_filters(
             "ExternalAuth" => {
                 let Some(a) = &f.external_auth else { continue };
                 let at = format!("{field}[{fi}].externalAuth");
-                if a.protocol != "HTTP" {
-                    c.unsupported.get_or_insert(format!(
-                        "{at}.protocol: {:?} is not supported yet; use HTTP",
-                        a.protocol
-                    ));
-                    continue;
-                }
+                let grpc = match a.protocol.as_str() {
+                    "HTTP" => false,
+                    "GRPC" => true,
+                    other => {
+                        c.unsupported.get_or_insert(format!(
+                            "{at}.protocol: {other:?} is not supported; use HTTP or GRPC"
+                        ));
+                        continue;
+                    }
+                };
                 if a.forward_body
                     .as_ref()
                     .and_then(|b| b.max_size)
@@ -704,7 +707,7 @@ fn compile_filters(
                     ));
                     continue;
                 }
-                let (backend, problem) = backends::resolve(res, ns, &a.backend_ref, 1);
+                let (mut backend, problem) = backends::resolve(res, ns, &a.backend_ref, 1);
                 if let Some((reason, msg)) = problem {
                     // Fail closed: the rule answers 500 until the service resolves.
                     let msg = format!("{at}.backendRef: {msg}");
@@ -712,13 +715,27 @@ fn compile_filters(
                     invalid.get_or_insert(msg);
                     continue;
                 }
-                let h = a.http.clone().unwrap_or_default();
                 let lower = |v: &[String]| v.iter().map(|n| n.to_ascii_lowercase()).collect();
-                out.push(FilterIr::ExternalAuth(Box::new(ExternalAuthIr {
-                    backend,
-                    path_prefix: h.path.unwrap_or_default().trim_end_matches('/').to_string(),
-                    allowed_headers: lower(&h.allowed_headers),
-                    allowed_response_headers: lower(&h.allowed_response_headers),
+                out.push(FilterIr::ExternalAuth(Box::new(if grpc {
+                    // The Envoy ext_authz protocol is gRPC: HTTP/2 to the service.
+                    backend.protocol = UpstreamProtocol::H2c;
+                    let g = a.grpc.clone().unwrap_or_default();
+                    ExternalAuthIr {
+                        backend,
+                        grpc: true,
+                        path_prefix: String::new(),
+                        allowed_headers: lower(&g.allowed_headers),
+                        allowed_response_headers: Vec::new(),
+                    }
+                } else {
+                    let h = a.http.clone().unwrap_or_default();
+                    ExternalAuthIr {
+                        backend,
+                        grpc: false,
+                        path_prefix: h.path.unwrap_or_default().trim_end_matches('/').to_string(),
+                        allowed_headers: lower(&h.allowed_headers),
+                        allowed_response_headers: lower(&h.allowed_response_headers),
+                    }
                 })));
             }
             "CORS" => {
