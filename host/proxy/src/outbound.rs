@@ -325,6 +325,25 @@ fn describes_answer(name: &header::HeaderName) -> bool {
     )
 }
 
+/// The answer when the authorization service cannot say: 403, fail closed.
+fn auth_failed(a: &ExternalAuth, why: &str) -> http::Response<crate::Body> {
+    tracing::debug!(service = %a.backend.name, why, "external authorization failed");
+    crate::proxy::local(
+        http::StatusCode::FORBIDDEN,
+        "external authorization failed\n",
+    )
+}
+
+/// The authorization service's next endpoint, or why there is none.
+fn auth_endpoint(a: &ExternalAuth) -> Result<http::uri::Authority, &str> {
+    if let Some(why) = &a.backend.invalid {
+        return Err(why);
+    }
+    crate::proxy::next_endpoint(&a.backend)
+        .cloned()
+        .ok_or("no ready endpoints")
+}
+
 /// Asks the service about `req`: `Ok` when it answered 200 (its allowed headers are set
 /// on `req`), else the answer for the client.
 pub(crate) async fn authorize<B>(
@@ -333,19 +352,8 @@ pub(crate) async fn authorize<B>(
     req: &mut Request<B>,
     deadline: Instant,
 ) -> Result<(), http::Response<crate::Body>> {
-    let fail = |why: &str| {
-        tracing::debug!(service = %a.backend.name, why, "external authorization failed");
-        crate::proxy::local(
-            http::StatusCode::FORBIDDEN,
-            "external authorization failed\n",
-        )
-    };
-    if let Some(why) = &a.backend.invalid {
-        return Err(fail(why));
-    }
-    let Some(endpoint) = crate::proxy::next_endpoint(&a.backend).cloned() else {
-        return Err(fail("no ready endpoints"));
-    };
+    let fail = |why: &str| auth_failed(a, why);
+    let endpoint = auth_endpoint(a).map_err(fail)?;
     let path = format!(
         "{}{}",
         a.prefix,
@@ -435,19 +443,8 @@ pub(crate) async fn authorize_grpc<B: hyper::body::Body>(
     deadline: Instant,
 ) -> Result<(), http::Response<crate::Body>> {
     use crate::ext_authz as pb;
-    let fail = |why: &str| {
-        tracing::debug!(service = %a.backend.name, why, "external authorization failed");
-        crate::proxy::local(
-            http::StatusCode::FORBIDDEN,
-            "external authorization failed\n",
-        )
-    };
-    if let Some(why) = &a.backend.invalid {
-        return Err(fail(why));
-    }
-    let Some(endpoint) = crate::proxy::next_endpoint(&a.backend).cloned() else {
-        return Err(fail("no ready endpoints"));
-    };
+    let fail = |why: &str| auth_failed(a, why);
+    let endpoint = auth_endpoint(a).map_err(fail)?;
     let mut headers: std::collections::HashMap<String, String> = Default::default();
     for (name, v) in req.headers() {
         if !a.allowed.is_empty() && !a.allowed.contains(name) {
