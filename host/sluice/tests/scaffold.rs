@@ -1,0 +1,74 @@
+//! `sluice filter new` as a new user meets it: the crate it writes, in a folder outside
+//! the workspace, builds as a component and passes its own harness tests with plain
+//! `cargo test`, as docs/filters.md says.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::TempDir;
+
+#[test]
+fn filter_new_writes_a_crate_that_builds_and_passes_its_tests_outside_the_workspace() {
+    let dir = TempDir::new("scaffold");
+    let krate = dir.0.join("api-key");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["filter", "new", "api-key", "--dir"])
+        .arg(&krate)
+        .output()
+        .expect("run sluice filter new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["Cargo.toml", "src/lib.rs", "tests/filter.rs", "README.md"] {
+        assert!(krate.join(f).is_file(), "no {f}");
+    }
+    // The versions this checkout is tested with (cargo drops the entries the crate
+    // does not use), so a new release on the registry cannot change what is tested.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock")).expect("copy Cargo.lock");
+    // The workspace's own target dir: the SDK, the harness and their dependencies are
+    // the units this checkout's `cargo test` has just built (same packages, versions,
+    // features and profile), so only the new crate is compiled. Cargo holds its lock on
+    // the dir only while it builds, not while tests run. The crate's harness test builds
+    // the component into the crate's own target/, as a user's would.
+    let target = repo.join("target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .arg("test")
+        .current_dir(&krate)
+        .env("CARGO_TARGET_DIR", &target)
+        // The outer build's settings are for this workspace, not the new crate.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("CARGO_PKG_NAME")
+        .output()
+        .expect("run cargo test in the new crate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "cargo test in the new crate failed:\n{text}"
+    );
+    assert!(
+        text.contains("test greets_every_request_and_answers_hello ... ok")
+            && text.contains("test refuses_an_empty_greeting_with_its_path ... ok"),
+        "{text}"
+    );
+    // It built a component, not a core module.
+    let wasm = krate.join("target/wasm32-wasip2/release/api_key.wasm");
+    let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+    assert_eq!(&bytes[..4], b"\0asm");
+    assert_eq!(
+        &bytes[4..8],
+        [0x0d, 0x00, 0x01, 0x00],
+        "a component's version"
+    );
+}
