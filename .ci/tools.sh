@@ -87,7 +87,9 @@ run_conformance() {
   local status channel=${1:-standard} log=target/conformance-run.log
   [ "$channel" = standard ] || log=target/conformance-$channel-run.log
   set +e
-  SLUICE_GATEWAY_API_CHANNEL=$channel cargo test -p sluice --locked --test kube gateway_api_conformance -- --ignored --nocapture 2>&1 |
+  # --workspace, as `cargo test --workspace` built it: with -p the dependencies' features
+  # unify differently and cargo builds wasmtime and four crates again.
+  SLUICE_GATEWAY_API_CHANNEL=$channel cargo test --workspace --locked --test kube gateway_api_conformance -- --ignored --nocapture 2>&1 |
     tee "$log" | grep -E '(^|[.][.][.] )conformance:|^(failed|report|log):'
   status=${PIPESTATUS[0]}
   set -e

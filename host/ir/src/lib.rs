@@ -361,6 +361,18 @@ pub struct ExternalAuthIr {
     /// Lowercase headers of the service's 200 copied to the request; empty: all but
     /// host and hop-by-hop ones.
     pub allowed_response_headers: Vec<String>,
+    /// `forwardBody.maxSize`: the request body is sent too, and a larger one is
+    /// answered 413; 0: no body.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub forward_body: u64,
+}
+
+/// The largest `forwardBody.maxSize` of an ExternalAuth filter: the body is held in
+/// memory while the service decides.
+pub const EXTERNAL_AUTH_MAX_FORWARD_BODY: u64 = 16 << 20;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

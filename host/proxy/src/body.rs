@@ -123,22 +123,62 @@ pub(crate) async fn collect(mut body: Streamed, limit: u64) -> Collected {
     Collected::Whole { data, trailers }
 }
 
-/// Chunks read from a body and put back, served before the rest of it.
+/// Frames read from a body and put back, served before the rest of it: data chunks,
+/// then the trailers when the body was read to its end.
 #[derive(Default)]
-pub(crate) struct Replay(VecDeque<Bytes>);
+pub(crate) struct Replay {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+}
 
 impl Replay {
     pub fn push(&mut self, chunks: Vec<Bytes>) {
-        self.0.extend(chunks);
+        self.chunks.extend(chunks);
     }
-    pub fn pop(&mut self) -> Option<Bytes> {
-        self.0.pop_front()
+    /// The body's trailers, served after the chunks (only for a body read to its end).
+    pub fn push_trailers(&mut self, trailers: HeaderMap) {
+        self.trailers = Some(trailers);
+    }
+    pub fn pop(&mut self) -> Option<Frame<Bytes>> {
+        match self.chunks.pop_front() {
+            Some(c) => Some(Frame::data(c)),
+            None => self.trailers.take().map(Frame::trailers),
+        }
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.chunks.is_empty() && self.trailers.is_none()
     }
     pub fn len(&self) -> u64 {
-        self.0.iter().map(|c| c.len() as u64).sum()
+        self.chunks.iter().map(|c| c.len() as u64).sum()
+    }
+}
+
+/// Reads `body` whole, as [`collect`], and puts what it read back, so the same body
+/// still goes on whole (with its length and trailers): `Ok(None)` when it is larger
+/// than `limit`.
+pub(crate) async fn peek_whole(
+    body: &mut Streamed,
+    limit: u64,
+) -> Result<Option<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+    let taken = std::mem::replace(body, Streamed::empty());
+    match collect(taken, limit).await {
+        Collected::Whole { data, trailers } => {
+            // The inner body ended; it is served from the replay alone.
+            let mut again = Streamed::empty();
+            if !data.is_empty() {
+                again.unread(vec![data.clone()]);
+            }
+            if let Some(t) = trailers {
+                again.unread_trailers(t);
+            }
+            *body = again;
+            Ok(Some(data))
+        }
+        Collected::TooLarge(rest) => {
+            *body = rest;
+            Ok(None)
+        }
+        Collected::Failed(e) => Err(e),
     }
 }
 

@@ -336,6 +336,8 @@ enum Source {
     Peer(Incoming),
     /// The task that passes a body through filters chunk by chunk (`body::filter`).
     Filtered(crate::body::Filtered),
+    /// Nothing more: what there was is in the replay.
+    Ended,
 }
 
 impl Source {
@@ -345,18 +347,21 @@ impl Source {
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
             Source::Filtered(f) => f.poll_frame(cx),
+            Source::Ended => Poll::Ready(None),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             Source::Peer(i) => i.is_end_stream(),
             Source::Filtered(f) => f.is_end_stream(),
+            Source::Ended => true,
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             Source::Peer(i) => i.size_hint(),
             Source::Filtered(_) => SizeHint::default(),
+            Source::Ended => SizeHint::with_exact(0),
         }
     }
 }
@@ -397,10 +402,25 @@ impl Streamed {
         }
     }
 
+    /// A body with nothing (more) to send, but what is put back with [`Self::unread`].
+    pub(crate) fn empty() -> Self {
+        Streamed {
+            inner: Source::Ended,
+            pace: None,
+            counted: None,
+            replay: Replay::default(),
+        }
+    }
+
     /// Puts chunks read from this body back in front of the rest (they were counted
     /// when first read).
     pub(crate) fn unread(&mut self, chunks: Vec<Bytes>) {
         self.replay.push(chunks);
+    }
+
+    /// Puts the trailers of a body read to its end back, after its chunks.
+    pub(crate) fn unread_trailers(&mut self, trailers: http::HeaderMap) {
+        self.replay.push_trailers(trailers);
     }
 
     /// From now on, counts the data bytes that pass into the returned counter.
@@ -456,8 +476,8 @@ impl HttpBody for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if let Some(chunk) = this.replay.pop() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        if let Some(frame) = this.replay.pop() {
+            return Poll::Ready(Some(Ok(frame)));
         }
         let r = this.inner.poll_frame(cx);
         if let (Some(c), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &r)

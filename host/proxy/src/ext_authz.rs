@@ -77,6 +77,12 @@ pub(crate) struct HttpRequest {
     pub size: i64,
     #[prost(string, tag = "10")]
     pub protocol: String,
+    /// The body (`forwardBody`) when it is valid UTF-8, as Envoy sends it by default.
+    #[prost(string, tag = "11")]
+    pub body: String,
+    /// The body (`forwardBody`) when it is not valid UTF-8 (a proto3 string must be).
+    #[prost(bytes = "bytes", tag = "12")]
+    pub raw_body: bytes::Bytes,
 }
 
 #[derive(Clone, PartialEq, Message)]

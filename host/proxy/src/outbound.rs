@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
 use http::header::{self, HeaderValue};
 use http_body_util::Either;
@@ -15,7 +16,7 @@ use sluice_wasm::{
     BodySink, CallError, CallFuture, Outbound, OutboundRequest, OutboundResponse, WriteFuture,
 };
 
-use crate::body::{Buffered, Collected, Filtered, Frames, collect};
+use crate::body::{Buffered, Collected, Filtered, Frames, collect, peek_whole};
 use crate::client::Streamed;
 use crate::snapshot::Backend;
 use crate::{Body, Gateway};
@@ -284,6 +285,9 @@ pub(crate) struct ExternalAuth {
     pub allowed: Vec<header::HeaderName>,
     /// Empty: every header of the 200 but the ones below.
     pub allowed_response: Vec<header::HeaderName>,
+    /// `forwardBody.maxSize`: the request body goes to the service too, and a larger
+    /// one is answered 413. 0: no body is sent.
+    pub forward_body: u64,
 }
 
 /// The most an authorization request may take (bounded by the route's request timeout).
@@ -334,6 +338,31 @@ fn auth_failed(a: &ExternalAuth, why: &str) -> http::Response<crate::Body> {
     )
 }
 
+/// The request body for the service when `forwardBody` asks for it (empty when it does
+/// not), read whole and put back for the backend; else the answer for the client (413
+/// above `forwardBody.maxSize`).
+async fn forwarded_body(
+    a: &ExternalAuth,
+    req: &mut Request<Streamed>,
+    deadline: Instant,
+) -> Result<Bytes, http::Response<crate::Body>> {
+    if a.forward_body == 0 {
+        return Ok(Bytes::new());
+    }
+    match tokio::time::timeout_at(deadline, peek_whole(req.body_mut(), a.forward_body)).await {
+        Ok(Ok(Some(data))) => Ok(data),
+        Ok(Ok(None)) => Err(crate::proxy::local(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than the route's external authorization accepts (its forwardBody.maxSize)\n",
+        )),
+        Ok(Err(e)) => Err(crate::proxy::body_failed(&*e)),
+        Err(_) => Err(crate::proxy::local(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            "the request body did not arrive within the route's timeout\n",
+        )),
+    }
+}
+
 /// The authorization service's next endpoint, or why there is none.
 fn auth_endpoint(a: &ExternalAuth) -> Result<http::uri::Authority, &str> {
     if let Some(why) = &a.backend.invalid {
@@ -346,14 +375,15 @@ fn auth_endpoint(a: &ExternalAuth) -> Result<http::uri::Authority, &str> {
 
 /// Asks the service about `req`: `Ok` when it answered 200 (its allowed headers are set
 /// on `req`), else the answer for the client.
-pub(crate) async fn authorize<B>(
+pub(crate) async fn authorize(
     gw: &Arc<Gateway>,
     a: &ExternalAuth,
-    req: &mut Request<B>,
+    req: &mut Request<Streamed>,
     deadline: Instant,
 ) -> Result<(), http::Response<crate::Body>> {
     let fail = |why: &str| auth_failed(a, why);
     let endpoint = auth_endpoint(a).map_err(fail)?;
+    let body = forwarded_body(a, req, deadline).await?;
     let path = format!(
         "{}{}",
         a.prefix,
@@ -362,7 +392,8 @@ pub(crate) async fn authorize<B>(
     let Ok(uri) = a.backend.uri(endpoint, path) else {
         return Err(fail("the authorization path is not valid"));
     };
-    let mut out = Request::new(Either::Right(Buffered::default()));
+    let length = HeaderValue::from(body.len());
+    let mut out = Request::new(Either::Right(Buffered::new(body)));
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = uri;
     *out.version_mut() = a.backend.version();
@@ -384,7 +415,7 @@ pub(crate) async fn authorize<B>(
     {
         headers.insert(header::HOST, h);
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.insert(header::CONTENT_LENGTH, length);
     let timeout = EXTERNAL_AUTH_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
     let answer = exchange(Prepared {
         gw: gw.clone(),
@@ -435,16 +466,22 @@ pub(crate) struct Asker {
 /// `headers_to_remove` removed; any other status answers the client with the
 /// `denied_response` (its status, default 403, headers and body). A service that cannot
 /// be reached, fails the call or answers something else fails closed (403).
-pub(crate) async fn authorize_grpc<B: hyper::body::Body>(
+pub(crate) async fn authorize_grpc(
     gw: &Arc<Gateway>,
     a: &ExternalAuth,
-    req: &mut Request<B>,
+    req: &mut Request<Streamed>,
     from: Asker,
     deadline: Instant,
 ) -> Result<(), http::Response<crate::Body>> {
     use crate::ext_authz as pb;
     let fail = |why: &str| auth_failed(a, why);
     let endpoint = auth_endpoint(a).map_err(fail)?;
+    let data = forwarded_body(a, req, deadline).await?;
+    // Envoy's default: the body as a string; bytes that are not UTF-8 go as raw_body.
+    let (body, raw_body) = match std::str::from_utf8(&data) {
+        Ok(text) => (text.to_string(), Bytes::new()),
+        Err(_) => (String::new(), data),
+    };
     let mut headers: std::collections::HashMap<String, String> = Default::default();
     for (name, v) in req.headers() {
         if !a.allowed.is_empty() && !a.allowed.contains(name) {
@@ -492,13 +529,13 @@ pub(crate) async fn authorize_grpc<B: hyper::body::Body>(
                     host,
                     scheme: from.scheme.to_string(),
                     query: req.uri().query().unwrap_or_default().to_string(),
-                    size: req
-                        .body()
-                        .size_hint()
+                    size: hyper::body::Body::size_hint(req.body())
                         .exact()
                         .and_then(|n| i64::try_from(n).ok())
                         .unwrap_or(-1),
                     protocol: format!("{:?}", req.version()),
+                    body,
+                    raw_body,
                 }),
             }),
         }),

@@ -303,6 +303,12 @@ async fn serve(
         );
     }
 
+    // The body, held to the connection's body timeout and rate from here on (an
+    // ExternalAuth filter with forwardBody reads it before the backend does).
+    let mut req = req.map(|b| Streamed::client(b, &conn.limits));
+    if let Some(r) = record.as_mut() {
+        r.bytes_in = Some(req.body_mut().count_bytes());
+    }
     // Request filters, in order: the rule's, then the chosen backend's.
     let mut st = FilterRun::default();
     // What this request's Wasm filters may call, and until when.
@@ -351,10 +357,6 @@ async fn serve(
 
     let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let mut body = Streamed::client(body, &conn.limits);
-    if let Some(r) = record.as_mut() {
-        r.bytes_in = Some(body.count_bytes());
-    }
     let body =
         match request_body_filters(&mut steps, &mut parts, body, upgrade.is_some(), record).await {
             Ok(b) => b,
@@ -528,7 +530,7 @@ fn filter_failed() -> Response<Body> {
 /// answers (a redirect, a CORS preflight, a Wasm filter's direct response or failure).
 async fn request_filters<'a>(
     filters: &'a [Filter],
-    req: &mut Request<Incoming>,
+    req: &mut Request<Streamed>,
     st: &mut FilterRun<'a>,
     origin: &Origin<'_>,
     scope: &CallScope<'_>,
@@ -677,7 +679,7 @@ fn is_stream(headers: &HeaderMap, upgrade: bool) -> bool {
 }
 
 /// The answer when the client's body could not be read: too slow (408) or broken (400).
-fn body_failed(e: &(dyn std::error::Error + 'static)) -> Response<Body> {
+pub(crate) fn body_failed(e: &(dyn std::error::Error + 'static)) -> Response<Body> {
     if causes(e).any(|c| c.is::<BodyTooSlow>()) {
         local(
             StatusCode::REQUEST_TIMEOUT,
@@ -1455,7 +1457,7 @@ pub(crate) fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn set_path(req: &mut Request<Incoming>, path: &str) {
+fn set_path<B>(req: &mut Request<B>, path: &str) {
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
@@ -1496,7 +1498,7 @@ pub(crate) fn replace_prefix(path: &str, prefix: &str, with: &str) -> String {
     out
 }
 
-fn redirect(r: &RedirectIr, req: &Request<Incoming>, origin: &Origin<'_>) -> Response<Body> {
+fn redirect<B>(r: &RedirectIr, req: &Request<B>, origin: &Origin<'_>) -> Response<Body> {
     let scheme = r.scheme.as_deref().unwrap_or(origin.scheme);
     let port = r.port.unwrap_or(match r.scheme.as_deref() {
         Some("https") => 443,

@@ -359,6 +359,7 @@ fn build_filters(
                         prefix: a.path_prefix.clone(),
                         allowed: names(&a.allowed_headers),
                         allowed_response: names(&a.allowed_response_headers),
+                        forward_body: a.forward_body,
                     }))
                 }
                 FilterIr::Wasm(w) => Filter::Wasm(WasmFilter {

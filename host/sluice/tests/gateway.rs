@@ -1532,42 +1532,52 @@ async fn send_body(
     }
 }
 
+/// What an authorization service was asked: path and query, headers and body.
+type AuthAsked = Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap, bytes::Bytes)>>>;
+
 /// An authorization service: `authorization: Bearer good` gets a 200 with `x-user` and
 /// `x-extra`; anything else a 401 with `www-authenticate` and a body. It keeps the
-/// path and headers of each request it gets.
-async fn auth_service() -> (
-    std::net::SocketAddr,
-    Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap)>>>,
-) {
-    let seen: Arc<std::sync::Mutex<Vec<(String, hyper::HeaderMap)>>> = Arc::default();
+/// path, headers and body of each request it gets.
+async fn auth_service() -> (std::net::SocketAddr, AuthAsked) {
+    let seen: AuthAsked = Arc::default();
     let kept = seen.clone();
     let addr = http_server(move |req: hyper::Request<hyper::body::Incoming>| {
-        let good = req
-            .headers()
-            .get("authorization")
-            .is_some_and(|v| v == "Bearer good");
-        kept.lock().expect("lock").push((
-            req.uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            req.headers().clone(),
-        ));
-        let resp = if good {
-            hyper::Response::builder()
-                .header("x-user", "ann")
-                .header("x-extra", "not for the backend")
-                .header("content-type", "text/plain")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-        } else {
-            hyper::Response::builder()
-                .status(401)
-                .header("www-authenticate", "Bearer")
-                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                    b"sign in first\n",
-                )))
-        };
-        async move { resp.expect("response") }
+        let kept = kept.clone();
+        async move {
+            let good = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == "Bearer good");
+            let (parts, body) = req.into_parts();
+            let body = http_body_util::BodyExt::collect(body)
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            kept.lock().expect("lock").push((
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                parts.headers,
+                body,
+            ));
+            let resp = if good {
+                hyper::Response::builder()
+                    .header("x-user", "ann")
+                    .header("x-extra", "not for the backend")
+                    .header("content-type", "text/plain")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+            } else {
+                hyper::Response::builder()
+                    .status(401)
+                    .header("www-authenticate", "Bearer")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        b"sign in first\n",
+                    )))
+            };
+            resp.expect("response")
+        }
     })
     .await;
     (addr, seen)
@@ -1595,15 +1605,17 @@ async fn external_auth_lets_through_denies_and_fails_closed() {
         )
     };
     let copy_all = "[{type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: auth, port: 80}, http: {path: /check}}}]";
+    let with_body = "[{type: ExternalAuth, externalAuth: {protocol: HTTP, backendRef: {name: auth, port: 80}, http: {}, forwardBody: {maxSize: 16}}}]";
     dir.write(
         "routes.yaml",
         &route(
             "r",
             &format!(
-                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /down}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /all}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /down}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /all}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /body}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
                 filter("auth"),
                 filter("down"),
-                copy_all
+                copy_all,
+                with_body
             ),
         ),
     );
@@ -1630,7 +1642,7 @@ async fn external_auth_lets_through_denies_and_fails_closed() {
     assert_eq!(r.seen("x-extra"), None);
     {
         let all = seen.lock().expect("lock");
-        let (path, headers) = &all[0];
+        let (path, headers, _) = &all[0];
         assert_eq!(path, "/check/api/x?q=1");
         assert_eq!(headers["authorization"], "Bearer good");
         assert_eq!(headers["x-allowed"], "yes");
@@ -1657,6 +1669,47 @@ async fn external_auth_lets_through_denies_and_fails_closed() {
     assert_eq!(r.seen("x-user").as_deref(), Some("ann"));
     assert_eq!(r.seen("x-extra").as_deref(), Some("not for the backend"));
     assert_eq!(r.seen("content-type").as_deref(), Some("application/json"));
+
+    // forwardBody: the service gets the body (up to maxSize) and its length, and the
+    // backend still gets it whole.
+    let r = send_with_body(
+        &c,
+        "POST",
+        port,
+        "h",
+        "/body",
+        &[("authorization", "Bearer good"), ("x-echo-reflect", "1")],
+        b"amount=10",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, "amount=10");
+    {
+        let all = seen.lock().expect("lock");
+        let (path, headers, body) = all.last().expect("asked");
+        assert_eq!(path, "/body");
+        assert_eq!(headers["content-length"], "9");
+        assert_eq!(&body[..], b"amount=10");
+    }
+    // A body above maxSize: 413, and neither the service nor the backend is asked.
+    let (asked, before) = (
+        seen.lock().expect("lock").len(),
+        app.id.requests.load(Ordering::Relaxed),
+    );
+    let r = send_with_body(
+        &c,
+        "POST",
+        port,
+        "h",
+        "/body",
+        &[("authorization", "Bearer good")],
+        b"seventeen bytes!!",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert!(r.body.contains("forwardBody.maxSize"), "{}", r.body);
+    assert_eq!(seen.lock().expect("lock").len(), asked);
+    assert_eq!(app.id.requests.load(Ordering::Relaxed), before);
 
     // Denied: the client gets the service's answer; the backend is not asked.
     let before = app.id.requests.load(Ordering::Relaxed);
@@ -1894,9 +1947,10 @@ async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
         &route(
             "r",
             &format!(
-                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /only}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
+                "  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: /api}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /only}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n  - matches: [{{path: {{value: /body}}}}]\n    filters: {}\n    backendRefs: [{{name: app, port: 80}}]\n",
                 filter("{}"),
-                filter("{allowedHeaders: [authorization]}")
+                filter("{allowedHeaders: [authorization]}"),
+                filter("{}, forwardBody: {maxSize: 64}")
             ),
         ),
     );
@@ -1957,6 +2011,33 @@ async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
         let headers = &seen[1]["attributes"]["request"]["http"]["headers"];
         assert_eq!(headers["authorization"], "Bearer good");
         assert!(headers.get("x-secret").is_none(), "{headers}");
+    }
+
+    // forwardBody: a UTF-8 body goes as `body`, any other as `rawBody`, with its size;
+    // the backend still gets all of it.
+    for (i, (sent, field, value)) in [
+        (&b"amount=10"[..], "body", "amount=10"),
+        (&b"\xff\x00\x01"[..], "rawBody", "/wAB"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = send_with_body(
+            &c,
+            "POST",
+            port,
+            "h",
+            "/body",
+            &[("authorization", "Bearer good")],
+            sent,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.json()["bodyLength"], sent.len(), "{}", r.body);
+        let seen = authz.seen.lock().expect("lock");
+        let http = &seen[2 + i]["attributes"]["request"]["http"];
+        assert_eq!(http[field], value, "{http}");
+        assert_eq!(http["size"], sent.len().to_string(), "{http}");
     }
 
     // Denied: the denied response goes to the client; the backend is not asked.

@@ -9,7 +9,13 @@ use std::process::Command;
 
 use common::TempDir;
 
+// Ignored in a plain `cargo test`: outside the workspace, cargo unifies the
+// dependencies' features differently, so the crate's harness tests build the gateway's
+// Wasm runtime again (about 135 crates, 7 minutes on 2 cores). `.ci/run` runs it beside
+// the conformance suite, which mostly waits; run it alone with
+// `cargo test --workspace --test scaffold -- --ignored`.
 #[test]
+#[ignore = "builds wasmtime again with the new crate's features; .ci/run runs it"]
 fn filter_new_writes_a_crate_that_builds_and_passes_its_tests_outside_the_workspace() {
     let dir = TempDir::new("scaffold");
     let krate = dir.0.join("api-key");
@@ -30,12 +36,11 @@ fn filter_new_writes_a_crate_that_builds_and_passes_its_tests_outside_the_worksp
     // does not use), so a new release on the registry cannot change what is tested.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock")).expect("copy Cargo.lock");
-    // The workspace's own target dir: the SDK, the harness and their dependencies are
-    // the units this checkout's `cargo test` has just built (same packages, versions,
-    // features and profile), so only the new crate is compiled. Cargo holds its lock on
-    // the dir only while it builds, not while tests run. The crate's harness test builds
-    // the component into the crate's own target/, as a user's would.
-    let target = repo.join("target");
+    // A target dir of its own under the workspace's (kept between runs): the units
+    // differ from the workspace's anyway, and cargo locks a target dir while it builds,
+    // which would hold up cargo in the workspace for the whole build. The crate's harness
+    // test builds the component into the crate's own target/, as a user's would.
+    let target = repo.join("target/scaffold");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .arg("test")

@@ -696,14 +696,15 @@ fn compile_filters(
                         continue;
                     }
                 };
-                if a.forward_body
+                let forward_body = a
+                    .forward_body
                     .as_ref()
                     .and_then(|b| b.max_size)
-                    .unwrap_or(0)
-                    > 0
-                {
+                    .unwrap_or(0);
+                if forward_body > sluice_ir::EXTERNAL_AUTH_MAX_FORWARD_BODY {
                     c.unsupported.get_or_insert(format!(
-                        "{at}.forwardBody: forwarding the request body is not supported yet; remove it or set maxSize: 0"
+                        "{at}.forwardBody.maxSize: {forward_body} is above the most Sluice buffers for an authorization service ({} bytes); lower it",
+                        sluice_ir::EXTERNAL_AUTH_MAX_FORWARD_BODY
                     ));
                     continue;
                 }
@@ -726,6 +727,7 @@ fn compile_filters(
                         path_prefix: String::new(),
                         allowed_headers: lower(&g.allowed_headers),
                         allowed_response_headers: Vec::new(),
+                        forward_body,
                     }
                 } else {
                     let h = a.http.clone().unwrap_or_default();
@@ -735,6 +737,7 @@ fn compile_filters(
                         path_prefix: h.path.unwrap_or_default().trim_end_matches('/').to_string(),
                         allowed_headers: lower(&h.allowed_headers),
                         allowed_response_headers: lower(&h.allowed_response_headers),
+                        forward_body,
                     }
                 })));
             }

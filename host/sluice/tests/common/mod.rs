@@ -330,6 +330,19 @@ pub async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
+    send_with_body(c, method, port, host, path, headers, b"").await
+}
+
+/// [`send`] with a body.
+pub async fn send_with_body(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
     let mut b = Request::builder()
         .method(method)
         .uri(format!("http://127.0.0.1:{port}{path}"))
@@ -338,7 +351,10 @@ pub async fn send(
         b = b.header(*n, *v);
     }
     let resp = c
-        .request(b.body(Full::new(Bytes::new())).expect("request"))
+        .request(
+            b.body(Full::new(Bytes::copy_from_slice(body)))
+                .expect("request"),
+        )
         .await
         .expect("response");
     let status = resp.status();
