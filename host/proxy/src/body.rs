@@ -355,3 +355,55 @@ fn skipped(pool: &sluice_wasm::Pool) {
         .skipped
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of `chunks` then `trailers`, as frames come from a peer.
+    fn body_of(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Streamed {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for c in chunks {
+            tx.try_send(Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+                .expect("room");
+        }
+        if let Some(t) = trailers {
+            tx.try_send(Ok(Frame::trailers(t))).expect("room");
+        }
+        Streamed::filtered(Filtered::new(rx))
+    }
+
+    fn trailers() -> HeaderMap {
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", http::HeaderValue::from_static("42"));
+        t
+    }
+
+    #[tokio::test]
+    async fn a_peeked_body_goes_on_whole_with_its_length_and_trailers() {
+        let mut body = body_of(&["hel", "lo"], Some(trailers()));
+        let seen = peek_whole(&mut body, 5).await.expect("read");
+        assert_eq!(seen.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        match collect(body, 5).await {
+            Collected::Whole { data, trailers: t } => {
+                assert_eq!(&data[..], b"hello");
+                assert_eq!(t, Some(trailers()));
+            }
+            _ => panic!("not whole"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_above_the_limit_is_not_peeked_and_stays_whole() {
+        let mut body = body_of(&["hel", "lo", "!"], None);
+        assert_eq!(peek_whole(&mut body, 4).await.expect("read"), None);
+        match collect(body, 100).await {
+            Collected::Whole { data, trailers } => {
+                assert_eq!(&data[..], b"hello!");
+                assert_eq!(trailers, None);
+            }
+            _ => panic!("not whole"),
+        }
+    }
+}
