@@ -363,6 +363,36 @@ async fn forwarded_body(
     }
 }
 
+/// The call to the authorization service: within [`EXTERNAL_AUTH_TIMEOUT`] and the
+/// route's deadline, its answer's body at most [`EXTERNAL_AUTH_BODY`].
+fn auth_call(
+    gw: &Arc<Gateway>,
+    a: &ExternalAuth,
+    request: Request<Body>,
+    deadline: Instant,
+) -> Prepared {
+    Prepared {
+        gw: gw.clone(),
+        backend: a.backend.clone(),
+        request,
+        timeout: EXTERNAL_AUTH_TIMEOUT.min(deadline.saturating_duration_since(Instant::now())),
+        max_body: EXTERNAL_AUTH_BODY,
+        span: None,
+    }
+}
+
+/// An ext_authz header option's name, value and `append`, when both are valid and the
+/// header may be copied.
+fn option_header(
+    o: &crate::ext_authz::HeaderValueOption,
+) -> Option<(header::HeaderName, HeaderValue, bool)> {
+    let hv = o.header.as_ref()?;
+    let name = header::HeaderName::from_bytes(hv.key.as_bytes()).ok()?;
+    let value = HeaderValue::from_bytes(hv.bytes()).ok()?;
+    let append = o.append.as_ref().is_some_and(|b| b.value);
+    (!not_copied(&name)).then_some((name, value, append))
+}
+
 /// The authorization service's next endpoint, or why there is none.
 fn auth_endpoint(a: &ExternalAuth) -> Result<http::uri::Authority, &str> {
     if let Some(why) = &a.backend.invalid {
@@ -416,16 +446,7 @@ pub(crate) async fn authorize(
         headers.insert(header::HOST, h);
     }
     headers.insert(header::CONTENT_LENGTH, length);
-    let timeout = EXTERNAL_AUTH_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-    let answer = exchange(Prepared {
-        gw: gw.clone(),
-        backend: a.backend.clone(),
-        request: out,
-        timeout,
-        max_body: EXTERNAL_AUTH_BODY,
-        span: None,
-    })
-    .await;
+    let answer = exchange(auth_call(gw, a, out, deadline)).await;
     let answer = match answer {
         Ok(r) => r,
         Err(e) => return Err(fail(&format!("{e:?}"))),
@@ -553,17 +574,7 @@ pub(crate) async fn authorize_grpc(
         HeaderValue::from_static("application/grpc"),
     );
     h.insert(header::TE, HeaderValue::from_static("trailers"));
-    let timeout = EXTERNAL_AUTH_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-    let (answer, trailers) = match exchange_with_trailers(Prepared {
-        gw: gw.clone(),
-        backend: a.backend.clone(),
-        request: out,
-        timeout,
-        max_body: EXTERNAL_AUTH_BODY,
-        span: None,
-    })
-    .await
-    {
+    let (answer, trailers) = match exchange_with_trailers(auth_call(gw, a, out, deadline)).await {
         Ok(r) => r,
         Err(e) => return Err(fail(&format!("{e:?}"))),
     };
@@ -595,18 +606,8 @@ pub(crate) async fn authorize_grpc(
                     h.remove(name);
                 }
             }
-            for o in &ok.headers {
-                let Some(hv) = &o.header else { continue };
-                let (Ok(name), Ok(v)) = (
-                    header::HeaderName::from_bytes(hv.key.as_bytes()),
-                    HeaderValue::from_bytes(hv.bytes()),
-                ) else {
-                    continue;
-                };
-                if not_copied(&name) {
-                    continue;
-                }
-                if o.append.as_ref().is_some_and(|b| b.value) {
+            for (name, v, append) in ok.headers.iter().filter_map(option_header) {
+                if append {
                     h.append(name, v);
                 } else {
                     h.insert(name, v);
@@ -626,15 +627,8 @@ pub(crate) async fn authorize_grpc(
         denied.body,
     ))));
     *deny.status_mut() = status;
-    for o in &denied.headers {
-        let Some(hv) = &o.header else { continue };
-        if let (Ok(name), Ok(v)) = (
-            header::HeaderName::from_bytes(hv.key.as_bytes()),
-            HeaderValue::from_bytes(hv.bytes()),
-        ) && !not_copied(&name)
-        {
-            deny.headers_mut().append(name, v);
-        }
+    for (name, v, _) in denied.headers.iter().filter_map(option_header) {
+        deny.headers_mut().append(name, v);
     }
     Err(deny)
 }
