@@ -21,6 +21,10 @@ use clap::{Parser, Subcommand};
 
 // A proxy allocates and frees small buffers on every request; mimalloc's thread-local
 // free lists make that several times cheaper than glibc's malloc (see examples/bench).
+// Built with `no_thp` (Cargo.toml): on a kernel with transparent huge pages in
+// `madvise` mode mimalloc would otherwise ask for them on its first arena, and the few
+// MB a gateway touches at start would be backed by 2 MiB pages, more than tripling its
+// idle anonymous memory (examples/bench/memory.sh).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -23,12 +23,14 @@ mod kv;
 mod outbound;
 mod sandbox;
 pub mod stats;
+mod ticker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use ticker::{TICK, Ticker};
 
 use http::{HeaderMap, Method, StatusCode, Uri};
 use sha2::{Digest, Sha256};
@@ -74,8 +76,6 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
     }
 }
 
-/// Epoch tick: the granularity of call deadlines.
-const TICK: Duration = Duration::from_millis(1);
 /// The largest memory any WasmFilter may ask for; the pool reserves address space for it.
 /// The loader refuses a larger `spec.limits.memory` (`sluice_resources::WASM_MAX_MEMORY`).
 pub const MAX_MEMORY: usize = 1 << 30;
@@ -164,6 +164,8 @@ pub struct Compiled {
 
 pub struct Runtime {
     engine: Engine,
+    /// Advances the engine's epoch while guest code runs.
+    ticker: Arc<Ticker>,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
@@ -279,17 +281,7 @@ impl Runtime {
             |s| s,
         )
         .map_err(|e| SetupError(e.to_string()))?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("sluice-wasm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .map_err(|e| SetupError(e.to_string()))?;
+        let ticker = Ticker::start(engine.weak()).map_err(|e| SetupError(e.to_string()))?;
         if let Some(dir) = &cache_dir
             && let Err(e) = std::fs::create_dir_all(dir)
         {
@@ -297,6 +289,7 @@ impl Runtime {
         }
         let runtime = Arc::new(Runtime {
             engine,
+            ticker,
             linker,
             cache_dir,
             compiled: Mutex::default(),
@@ -775,7 +768,9 @@ impl Pool {
         // to be polled again are not counted: the deadline is set anew on resumption.
         // A call still running at a tick gives up its place in the slow lane (if it has
         // one) and waits for a place for its next tick, so slow calls take turns.
-        store.epoch_deadline_callback(|mut ctx| {
+        let ticker = self.runtime.ticker.clone();
+        store.epoch_deadline_callback(move |mut ctx| {
+            ticker.mark();
             let s = ctx.data_mut();
             s.ticks_left = s.ticks_left.saturating_sub(1);
             if s.ticks_left == 0 {
@@ -795,15 +790,18 @@ impl Pool {
             ))
         });
         store.set_epoch_deadline(1);
-        let filter = match self.compiled.pre.instantiate(&mut store).await {
+        let ticker = self.runtime.ticker.clone();
+        let filter = match ticker
+            .around(self.compiled.pre.instantiate(&mut store))
+            .await
+        {
             Ok(f) => f,
             Err(e) => return Err(self.fail(&mut store, e)),
         };
         self.shared.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut inst = Instance { store, filter };
-        let configured = inst
-            .filter
-            .configure(&mut inst.store, &self.spec.config)
+        let configured = ticker
+            .around(inst.filter.configure(&mut inst.store, &self.spec.config))
             .await;
         // A slow start may have taken a place in the slow lane: the instance must not
         // keep it while it sits in the pool.
@@ -1006,7 +1004,11 @@ impl Pool {
         };
         let borrowed = Resource::<H::Resource>::new_borrow(res.rep());
         inst.store.data_mut().context = std::mem::take(context);
-        let result = hook.call(&inst.filter, &mut inst.store, borrowed).await;
+        let result = self
+            .runtime
+            .ticker
+            .around(hook.call(&inst.filter, &mut inst.store, borrowed))
+            .await;
         *context = std::mem::take(&mut inst.store.data_mut().context);
         leave_slow_lane(&inst.store);
         let back = inst.store.data_mut().table.delete(res).ok();

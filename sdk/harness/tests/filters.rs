@@ -291,6 +291,33 @@ fn faults_are_classified_and_the_bad_instance_is_replaced() {
     assert_eq!(err.config_errors[0].0, ".mode");
 }
 
+/// The epoch clock sleeps while no guest code runs; a looping call made after a quiet
+/// spell still wakes it and is stopped at its time limit.
+#[test]
+fn a_loop_after_a_quiet_spell_still_times_out() {
+    let looping = Harness::load_with(
+        &wasm("misbehave"),
+        json!({"mode": "loop", "path": "/bad"}),
+        Limits {
+            memory_bytes: 4 << 20,
+            timeout: Duration::from_millis(20),
+        },
+    )
+    .expect("load");
+    // Well past the clock's 100 idle ticks (other tests may keep it awake; this one
+    // must pass either way).
+    std::thread::sleep(Duration::from_millis(400));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(looping.on_request(request("/bad")).err().map(|e| e.kind));
+    });
+    // Far below the 30 s a sleeping clock waits on its own.
+    let kind = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the loop is stopped");
+    assert_eq!(kind, Some(ErrorKind::Timeout));
+}
+
 #[test]
 fn ratelimit_counts_in_the_shared_store_across_instances() {
     let f = Harness::load(
