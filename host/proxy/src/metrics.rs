@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sluice_metrics::{Collect, Encoder, Histogram, Labels, REQUEST_BUCKETS, Type};
@@ -25,8 +25,10 @@ pub struct StatsKey {
 pub struct Stats {
     /// What the entry counts (the access log names it too).
     pub key: StatsKey,
-    /// Responses by status code; index is `code - 100`.
-    codes: Box<[AtomicU64]>,
+    /// Responses by status code, in a block of 100 per class (1xx to 5xx) made on the
+    /// class's first response: a rule that only ever answers 2xx holds one block
+    /// (800 bytes) instead of all five, and one never used holds none.
+    codes: [OnceLock<Box<[AtomicU64; 100]>>; 5],
     latency: Histogram,
     /// Requests sent again (HTTPRoute `retry`).
     pub retries: AtomicU64,
@@ -36,15 +38,17 @@ impl Stats {
     fn new(key: StatsKey) -> Self {
         Stats {
             key,
-            codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            codes: Default::default(),
             latency: Histogram::new(REQUEST_BUCKETS),
             retries: AtomicU64::new(0),
         }
     }
 
     pub fn record(&self, status: u16, elapsed: Duration) {
-        if let Some(c) = self.codes.get(usize::from(status.saturating_sub(100))) {
-            c.fetch_add(1, Relaxed);
+        let i = usize::from(status.saturating_sub(100));
+        if let Some(class) = self.codes.get(i / 100) {
+            class.get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))))[i % 100]
+                .fetch_add(1, Relaxed);
         }
         self.latency.observe_duration(elapsed);
     }
@@ -126,10 +130,12 @@ impl Collect for Metrics {
             "HTTP responses sent, by route rule, backend and status code.",
         );
         for s in &map {
-            for (i, c) in s.codes.iter().enumerate() {
-                let n = c.load(Relaxed);
-                if n > 0 {
-                    out.sample(name, &labels(&s.key).with("code", i + 100), n);
+            for (class, block) in s.codes.iter().enumerate() {
+                for (i, c) in block.get().into_iter().flat_map(|b| b.iter().enumerate()) {
+                    let n = c.load(Relaxed);
+                    if n > 0 {
+                        out.sample(name, &labels(&s.key).with("code", 100 * (class + 1) + i), n);
+                    }
                 }
             }
         }
