@@ -34,6 +34,11 @@ go_tools() {
   if [ ! -x target/tools/grpcurl ]; then
     GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
   fi
+  # cosign, which the signed-filter tests make keys and sign images with (keyed and
+  # offline), from its Go module.
+  if [ ! -x target/tools/cosign ]; then
+    GOBIN="$PWD/target/tools" GOFLAGS=-mod=mod go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
+  fi
   # An Envoy ext_authz gRPC server on the official go-control-plane types, for the
   # ExternalAuth (protocol: GRPC) tests; always built (seconds with Go's build cache).
   (cd .ci/extauthz && go build -o ../../target/tools/extauthz .)

@@ -62,6 +62,10 @@ pub fn wasm_filter_crd() -> Value {
                 "type": "string",
                 "description": "For OCI sources: the image serving, pinned by manifest digest."
             },
+            "signedBy": {
+                "type": "string",
+                "description": "The key of the filter trust policy whose cosign signature verified the image, when the policy asks for one."
+            },
             "configErrors": {
                 "type": "array",
                 "description": "What the filter's configure refused, by path.",

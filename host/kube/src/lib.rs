@@ -367,18 +367,51 @@ fn clean(i: usize, ar: &ApiResource, mut o: DynamicObject) -> Option<(Key, Value
             .and_then(Value::as_object)
             .is_some_and(|d| d.contains_key("ca.crt"))
     };
+    // The filter trust policy (a GatewayClass's parametersRef) and the public keys it
+    // names: a ConfigMap with a `trustPolicy`, or a ConfigMap or Secret holding a PEM
+    // public key. Public keys are not secret, so caching them is harmless.
+    let values = |m: &serde_json::Map<String, Value>| -> Vec<String> {
+        m.get("data")
+            .and_then(Value::as_object)
+            .map(|d| {
+                d.values()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    const PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----";
     match KINDS[i].kind {
         "Secret" => {
+            use base64::Engine;
             let t = map.get("type").and_then(Value::as_str).unwrap_or("");
+            let public_key = || {
+                values(map).iter().any(|v| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v.trim())
+                        .is_ok_and(|b| String::from_utf8_lossy(&b).contains(PUBLIC_KEY))
+                })
+            };
             let wanted = matches!(
                 t,
                 "kubernetes.io/tls" | sluice_resources::DOCKER_CONFIG_JSON
-            ) || has_ca(map);
+            ) || has_ca(map)
+                || public_key();
             if !wanted {
                 return None;
             }
         }
-        "ConfigMap" if !has_ca(map) => return None,
+        "ConfigMap" => {
+            let trust = map
+                .get("data")
+                .and_then(Value::as_object)
+                .is_some_and(|d| d.contains_key(sluice_translate::trust::TRUST_POLICY_KEY));
+            let public_key = || values(map).iter().any(|v| v.contains(PUBLIC_KEY));
+            if !has_ca(map) && !trust && !public_key() {
+                return None;
+            }
+        }
         _ => {}
     }
     Some((k, v))
@@ -428,4 +461,41 @@ pub fn reported(gateways: &[serde_json::Value]) -> Reported {
             Some(((ns, name), ips))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the cache keeps of Secrets and ConfigMaps: only what Sluice can reference.
+    #[test]
+    fn the_cache_keeps_trust_policies_and_public_keys_and_no_other_secret() {
+        let kept = |kind: &str, data: Value| {
+            let i = KINDS.iter().position(|k| k.kind == kind).expect("kind");
+            let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", kind));
+            let o: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": kind,
+                "metadata": {"name": "x", "namespace": "ns"},
+                "type": "Opaque",
+                "data": data,
+            }))
+            .expect("object");
+            clean(i, &ar, o).is_some()
+        };
+        let pem = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n";
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert!(kept(
+            "ConfigMap",
+            serde_json::json!({"trustPolicy": "policies: []"})
+        ));
+        assert!(kept("ConfigMap", serde_json::json!({"cosign.pub": pem})));
+        assert!(kept("ConfigMap", serde_json::json!({"ca.crt": "x"})));
+        assert!(!kept("ConfigMap", serde_json::json!({"app.conf": "x"})));
+        assert!(kept("Secret", serde_json::json!({"cosign.pub": b64(pem)})));
+        assert!(!kept(
+            "Secret",
+            serde_json::json!({"password": b64("hunter2")})
+        ));
+    }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_ir::FilterKey;
 use sluice_resources::{Resources, WasmFilter};
+use sluice_translate::trust::TrustPolicy;
 use sluice_translate::{Reason, WasmState, WasmStates};
 use sluice_wasm::{ErrorKind, FilterSpec, Pool, Runtime};
 
@@ -46,6 +47,7 @@ impl Sources {
 struct Loaded {
     digest: String,
     image: Option<String>,
+    signed_by: Option<String>,
     pool: Arc<Pool>,
 }
 
@@ -74,16 +76,18 @@ pub fn prepare(
     };
     let mut used = HashSet::new();
     let mut last_good = sources.last_good.lock().unwrap_or_else(|p| p.into_inner());
+    let trust = sluice_translate::trust::trust_policy(res);
     for f in &res.wasm_filters {
         let key = sluice_translate::wasm::key(f);
         let name = key.to_string();
-        let state = match prepare_one(res, f, &name, paths, rt, sources, &mut used) {
+        let state = match prepare_one(res, f, &name, paths, rt, sources, &trust, &mut used) {
             Ok(l) => {
                 last_good.insert(key.clone(), l.clone());
                 out.pools.insert(key.clone(), l.pool);
                 WasmState::Ready {
                     digest: l.digest,
                     image: l.image,
+                    signed_by: l.signed_by,
                 }
             }
             Err(Failure::Pending(message)) => {
@@ -108,6 +112,7 @@ pub fn prepare(
                         WasmState::Stale {
                             digest: good.digest.clone(),
                             image: good.image.clone(),
+                            signed_by: good.signed_by.clone(),
                             reason,
                             message,
                             config_errors,
@@ -160,10 +165,12 @@ fn prepare_one(
     paths: Option<&Path>,
     rt: &Arc<Runtime>,
     sources: &Sources,
+    trust: &TrustPolicy,
     used: &mut HashSet<crate::oci::Key>,
 ) -> Result<Loaded, Failure> {
     let src = &f.spec.source;
     let mut image = None;
+    let mut signed_by = None;
     let bytes = match (&src.path, &src.url, &src.oci) {
         (Some(p), _, _) => {
             path::read(paths, p).map_err(|e| failed(e.reason(), e.to_string(), None))?
@@ -188,9 +195,14 @@ fn prepare_one(
                 )
                 .into());
             };
-            match oci.get(res, f, o, name, used) {
-                Outcome::Ready { component, pinned } => {
+            match oci.get(res, f, o, name, trust, used) {
+                Outcome::Ready {
+                    component,
+                    pinned,
+                    signer,
+                } => {
                     image = Some(pinned);
+                    signed_by = signer;
                     component
                 }
                 Outcome::Pending { message } => return Err(Failure::Pending(message)),
@@ -255,6 +267,7 @@ fn prepare_one(
         Ok(pool) => Ok(Loaded {
             digest: shown,
             image,
+            signed_by,
             pool,
         }),
         Err(e) if e.kind == ErrorKind::Config => Err(Failure::Failed(WasmState::Failed {

@@ -27,6 +27,11 @@ pub use oci_client::secrets::RegistryAuth;
 
 mod auth;
 pub use auth::{auth_from_docker_config, docker_config_path, registry_key};
+mod cosign;
+pub use cosign::{
+    COSIGN_SIGNATURE_ARTIFACT, CosignSignature, MAX_SIGNATURE_PAYLOAD, MAX_SIGNATURES,
+    check_payload, cosign_signatures, signature_tag,
+};
 
 /// Components (and image layers) larger than this are refused.
 pub const MAX_COMPONENT: u64 = 64 << 20;
@@ -244,6 +249,9 @@ impl fmt::Display for Layout {
 pub struct Pulled {
     /// The image manifest's digest: what a WasmFilter pins with `digest`.
     pub manifest_digest: String,
+    /// When the reference named an image index: the index's digest (what a signer
+    /// who signed the tag signed).
+    pub index_digest: Option<String>,
     /// The layer's digest.
     pub layer_digest: String,
     pub layout: Layout,
@@ -260,7 +268,7 @@ pub async fn pull(
     auth: &RegistryAuth,
     progress: Progress<'_>,
 ) -> Result<Pulled, Error> {
-    let (manifest, manifest_digest) = image_manifest(client, image, auth).await?;
+    let (manifest, manifest_digest, index_digest) = image_manifest(client, image, auth).await?;
     let [layer] = manifest.layers.as_slice() else {
         return Err(err(
             ErrorKind::InvalidLayout,
@@ -277,11 +285,12 @@ pub async fn pull(
             format!("{image}: the layer is {size} bytes; the limit is {MAX_COMPONENT}"),
         ));
     }
-    let blob = pull_blob(client, image, layer, progress).await?;
+    let blob = pull_blob(client, image, layer, MAX_COMPONENT, progress).await?;
     let (layout, component) = extract(&manifest, layer, blob)
         .map_err(|m| err(ErrorKind::InvalidLayout, format!("{image}: {m}")))?;
     Ok(Pulled {
         manifest_digest,
+        index_digest,
         layer_digest: layer.digest.clone(),
         layout,
         component,
@@ -294,7 +303,7 @@ async fn image_manifest(
     client: &Client,
     image: &Reference,
     auth: &RegistryAuth,
-) -> Result<(OciImageManifest, String), Error> {
+) -> Result<(OciImageManifest, String, Option<String>), Error> {
     let (raw, digest) = manifest_raw(client, image, auth).await?;
     let v: serde_json::Value = serde_json::from_slice(&raw)
         .map_err(|e| err(ErrorKind::InvalidLayout, format!("{image}: manifest: {e}")))?;
@@ -313,10 +322,10 @@ async fn image_manifest(
             image.repository().to_string(),
             pick,
         );
-        let (raw, digest) = manifest_raw(client, &inner, auth).await?;
-        return parse_image_manifest(image, &raw).map(|m| (m, digest));
+        let (raw, inner_digest) = manifest_raw(client, &inner, auth).await?;
+        return parse_image_manifest(image, &raw).map(|m| (m, inner_digest, Some(digest)));
     }
-    parse_image_manifest(image, &raw).map(|m| (m, digest))
+    parse_image_manifest(image, &raw).map(|m| (m, digest, None))
 }
 
 fn parse_image_manifest(image: &Reference, raw: &[u8]) -> Result<OciImageManifest, Error> {
@@ -373,6 +382,7 @@ async fn pull_blob(
     client: &Client,
     image: &Reference,
     layer: &OciDescriptor,
+    limit: u64,
     progress: Progress<'_>,
 ) -> Result<Vec<u8>, Error> {
     let mut stream = client
@@ -380,11 +390,7 @@ async fn pull_blob(
         .await
         .map_err(|e| classify(image, e))?;
     let total = u64::try_from(layer.size).unwrap_or(0);
-    let mut out = Vec::with_capacity(
-        usize::try_from(total)
-            .unwrap_or(0)
-            .min(MAX_COMPONENT as usize),
-    );
+    let mut out = Vec::with_capacity(usize::try_from(total.min(limit)).unwrap_or(0));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             // The verifying stream reports a digest mismatch as an I/O error at the end.
@@ -404,10 +410,10 @@ async fn pull_blob(
             }
         })?;
         out.extend_from_slice(&chunk);
-        if out.len() as u64 > MAX_COMPONENT {
+        if out.len() as u64 > limit {
             return Err(err(
                 ErrorKind::InvalidLayout,
-                format!("{image}: the layer is over {MAX_COMPONENT} bytes"),
+                format!("{image}: blob {} is over {limit} bytes", layer.digest),
             ));
         }
         progress(out.len() as u64, total);

@@ -463,7 +463,17 @@ fn wasm_status(
 
 /// Polls `/status` until filter `name`'s Ready reason is `reason`.
 async fn wait_reason(gw: &Sluice, name: &str, reason: &str) -> (String, serde_json::Value) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_reason_for(gw, name, reason, 20).await
+}
+
+/// [`wait_reason`], for up to `secs` seconds.
+async fn wait_reason_for(
+    gw: &Sluice,
+    name: &str,
+    reason: &str,
+    secs: u64,
+) -> (String, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let status: serde_json::Value =
             serde_json::from_str(&gw.admin("/status").await).expect("status json");
@@ -475,7 +485,7 @@ async fn wait_reason(gw: &Sluice, name: &str, reason: &str) -> (String, serde_js
         }
         assert!(
             Instant::now() < deadline,
-            "{name}: {found:?}, not {reason}, after 20 s\n{}",
+            "{name}: {found:?}, not {reason}, after {secs} s\n{}",
             gw.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -783,4 +793,244 @@ async fn the_previous_snapshot_serves_until_a_new_filter_is_pulled() {
     }
     assert!(before > 0, "the old snapshot served while the pull ran");
     wait_reason(&gw, "slow", "Loaded").await;
+}
+
+/// `cosign`, built from its Go module by `.ci/run` into target/tools (or `SLUICE_COSIGN`),
+/// run in `dir` with an empty key password, offline (no transparency log).
+fn cosign(args: &[&str], dir: &Path) -> String {
+    let bin = std::env::var_os("SLUICE_COSIGN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/cosign"));
+    let out = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "")
+        .env("COSIGN_EXPERIMENTAL", "1")
+        .env("DOCKER_CONFIG", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{} ({e}); .ci/run builds it", bin.display()));
+    ok(&out)
+}
+
+/// Signs `image@digest` with the key in `keys` (a folder holding cosign.key), with
+/// `extra` flags.
+fn cosign_sign(keys: &Path, image: &str, digest: &str, extra: &[&str]) {
+    let target = format!("{image}@{digest}");
+    let mut args = vec![
+        "sign",
+        "--key",
+        "cosign.key",
+        "--tlog-upload=false",
+        "--allow-http-registry",
+        "--yes",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&target);
+    cosign(&args, keys);
+}
+
+/// The trust policy objects: a GatewayClass naming a ConfigMap whose policy wants
+/// `{registry}/filters/*` signed by the key in Secret `cosign-pub`.
+fn trust_yaml(registry: &str, pem: &str) -> String {
+    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: filter-trust, namespace: sluice-system}}
+data:
+  trustPolicy: |
+    policies:
+    - name: platform
+      images: ['{registry}/filters/*']
+      keys:
+      - name: release
+        secretRef: {{name: cosign-pub, key: cosign.pub}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cosign-pub, namespace: sluice-system}}
+stringData:
+  cosign.pub: |
+{indented}"
+    )
+}
+
+/// Signed filters end to end: keys made and images signed by the real cosign CLI, in
+/// a real registry, under a trust policy the GatewayClass names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_filters_signed_by_a_trusted_key_load() {
+    let mut reg = Registry::start("oci-signed", None).await;
+    let hello = filter_file("hello");
+    let hello = hello.to_str().expect("utf-8");
+    let keys = TempDir::new("oci-signed-keys");
+    let other = TempDir::new("oci-signed-other");
+    cosign(&["generate-key-pair"], &keys.0);
+    cosign(&["generate-key-pair"], &other.0);
+    let pem = std::fs::read_to_string(keys.0.join("cosign.pub")).expect("cosign.pub");
+
+    let image = |repo: &str| format!("{}/filters/{repo}", reg.addr());
+    let mut digests = std::collections::HashMap::new();
+    for repo in ["signed", "unsigned", "wrongkey", "referred", "later"] {
+        let d = ok(&sluice(
+            &["filter", "push", hello, &format!("{}:v1", image(repo))],
+            &[],
+            "",
+        ));
+        digests.insert(repo, d);
+    }
+    cosign_sign(&keys.0, &image("signed"), &digests["signed"], &[]);
+    cosign_sign(&other.0, &image("wrongkey"), &digests["wrongkey"], &[]);
+    // As an OCI 1.1 referrer: this registry has no referrers API, so cosign writes the
+    // `sha256-<hex>` tag index that the OCI spec gives as the fallback.
+    cosign_sign(
+        &keys.0,
+        &image("referred"),
+        &digests["referred"],
+        &["--registry-referrers-mode=oci-1-1"],
+    );
+
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("oci-signed-conf");
+    dir.write(
+        "gw.yaml",
+        &gateway_yaml(port, None).replace(
+            "spec: {controllerName: sluice.dev/gateway-controller}",
+            "spec:\n  controllerName: sluice.dev/gateway-controller\n  parametersRef: {group: '', kind: ConfigMap, name: filter-trust, namespace: sluice-system}",
+        ),
+    );
+    dir.write("trust.yaml", &trust_yaml(&reg.addr(), &pem));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    let repos = ["signed", "unsigned", "wrongkey", "referred", "later"];
+    let filters: Vec<String> = repos
+        .iter()
+        .map(|r| oci_filter(r, &format!("{{image: '{}:v1'}}", image(r)), r))
+        .collect();
+    dir.write("filters.yaml", &filters.join("---\n"));
+    let paths: Vec<(String, &str)> = repos.iter().map(|r| (format!("/{r}"), *r)).collect();
+    let paths: Vec<(&str, &str)> = paths.iter().map(|(p, r)| (p.as_str(), *r)).collect();
+    dir.write("routes.yaml", &route(&rules(&paths)));
+    let cache = dir.0.join("cache");
+    let args = ["--cache-dir", cache.to_str().expect("utf-8")];
+    let gw = Sluice::start(&dir.0, &args).await;
+
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let class = status["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "GatewayClass")
+        .expect("class");
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted")["status"],
+        "True",
+        "{class}"
+    );
+    for repo in ["signed", "referred"] {
+        let (message, s) = wait_reason(&gw, repo, "Loaded").await;
+        assert_eq!(s["image"], format!("{}@{}", image(repo), digests[repo]));
+        let signer = s["signedBy"].as_str().expect("signedBy");
+        assert!(
+            signer.starts_with("key release (ECDSA P-256 sha256:")
+                && signer.ends_with("of policy sluice/platform"),
+            "{signer}"
+        );
+        assert!(message.contains("signed by key release"), "{message}");
+        assert_eq!(
+            greeting(port, &format!("/{repo}")).await,
+            (StatusCode::OK, Some(repo.to_string()))
+        );
+    }
+    let (message, s) = wait_reason(&gw, "unsigned", "Unsigned").await;
+    assert!(
+        message.contains(&digests["unsigned"])
+            && message.contains("wants one by release (ECDSA P-256"),
+        "{message}"
+    );
+    assert!(s.get("signedBy").is_none(), "{s}");
+    let (message, _) = wait_reason(&gw, "wrongkey", "SignatureInvalid").await;
+    assert!(
+        message.contains("1 signature(s)") && message.contains("it expects release (ECDSA P-256"),
+        "{message}"
+    );
+    for repo in ["unsigned", "wrongkey", "later"] {
+        assert_eq!(
+            greeting(port, &format!("/{repo}")).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{repo} never loaded"
+        );
+    }
+
+    // A signature pushed afterwards is found by the retries (which back off to 60 s).
+    cosign_sign(&keys.0, &image("later"), &digests["later"], &[]);
+    wait_reason_for(&gw, "later", "Loaded", 70).await;
+    assert_eq!(
+        greeting(port, "/later").await,
+        (StatusCode::OK, Some("later".into()))
+    );
+
+    // A serving filter moved to an unsigned image keeps serving its verified digest.
+    let mut moved = filters.clone();
+    moved[0] = oci_filter(
+        "signed",
+        &format!("{{image: '{}:v1'}}", image("unsigned")),
+        "moved",
+    );
+    dir.write("filters.yaml", &moved.join("---\n"));
+    let (message, s) = wait_reason(&gw, "signed", "Unsigned").await;
+    assert!(message.contains("still serving"), "{message}");
+    assert_eq!(
+        s["image"],
+        format!("{}@{}", image("signed"), digests["signed"])
+    );
+    assert_eq!(
+        greeting(port, "/signed").await,
+        (StatusCode::OK, Some("signed".into()))
+    );
+    drop(gw);
+
+    // Restarted with the registry down: the verified filters load from the cache, their
+    // signatures checked again.
+    reg.stop();
+    dir.write("filters.yaml", &filters.join("---\n"));
+    let gw = Sluice::start(&dir.0, &args).await;
+    wait_reason(&gw, "signed", "Loaded").await;
+    assert_eq!(
+        greeting(port, "/signed").await,
+        (StatusCode::OK, Some("signed".into()))
+    );
+    // The key leaves the policy: the cached signatures no longer verify.
+    let other_pem = std::fs::read_to_string(other.0.join("cosign.pub")).expect("pub");
+    dir.write("trust.yaml", &trust_yaml(&reg.addr(), &other_pem));
+    let (message, _) = wait_reason(&gw, "signed", "SourceUnavailable").await;
+    assert!(message.contains("still serving"), "{message}");
+
+    // A broken policy rejects the class with the field to fix; the Gateway keeps
+    // serving, and filters stop loading.
+    dir.write(
+        "trust.yaml",
+        &trust_yaml(&reg.addr(), &pem).replace("key: cosign.pub}", "key: missing.pub}"),
+    );
+    let (message, _) = wait_reason(&gw, "signed", "InvalidTrustPolicy").await;
+    assert!(message.contains("still serving"), "{message}");
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let class = status["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "GatewayClass")
+        .expect("class");
+    let accepted = condition(&class["status"]["conditions"], "Accepted");
+    assert_eq!(accepted["reason"], "InvalidParameters", "{class}");
+    let says = accepted["message"].as_str().unwrap_or_default();
+    assert!(
+        says.contains("policies[0].keys[0].secretRef")
+            && says.contains("has no key \"missing.pub\""),
+        "{says}"
+    );
+    assert_eq!(
+        greeting(port, "/signed").await,
+        (StatusCode::OK, Some("signed".into()))
+    );
+    reg.resume().await;
 }

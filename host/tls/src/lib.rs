@@ -36,3 +36,5 @@ pub fn certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'stati
     }
     Ok(certs)
 }
+
+pub mod signing;

@@ -29,17 +29,33 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
             "Handled by Sluice",
             generation,
         )];
-        if gc.spec.parameters_ref.is_some() {
-            conditions[0] = Condition::new(
-                ConditionType::Accepted,
-                false,
-                Reason::InvalidParameters,
-                "Sluice takes no parametersRef; remove spec.parametersRef",
-                generation,
-            );
-        } else {
-            ours.insert(gc.metadata.name.clone());
+        // The parametersRef holds the filter trust policy (see `trust`). One that does
+        // not resolve rejects the class, as the spec asks, but its Gateways keep
+        // serving: a typo in a policy must not take traffic away. OCI filters stop
+        // loading until it is fixed (the ones serving keep serving).
+        if let Some(r) = &gc.spec.parameters_ref {
+            match crate::trust::class_policy(res, &gc.metadata.name, r) {
+                Ok((policies, _)) => {
+                    conditions[0].message = format!(
+                        "Handled by Sluice; filter trust policy with {} polic{}",
+                        policies.len(),
+                        if policies.len() == 1 { "y" } else { "ies" }
+                    );
+                }
+                Err(e) => {
+                    conditions[0] = Condition::new(
+                        ConditionType::Accepted,
+                        false,
+                        Reason::InvalidParameters,
+                        format!(
+                            "{e}; the class's Gateways keep serving, and no OCI filter loads until the policy is fixed"
+                        ),
+                        generation,
+                    );
+                }
+            }
         }
+        ours.insert(gc.metadata.name.clone());
         conditions.push(Condition::new(
             ConditionType::SupportedVersion,
             true,

@@ -27,6 +27,7 @@ mod policies;
 mod routes;
 pub mod status;
 mod streams;
+pub mod trust;
 mod unbound;
 pub mod wasm;
 

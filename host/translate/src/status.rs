@@ -252,6 +252,18 @@ spelled! {
         /// WasmFilter Ready=False: `spec.kv.redis.passwordSecretRef` names a Secret or
         /// key that does not exist.
         InvalidKvSecret,
+        /// WasmFilter Ready=False: the filter trust policy asks for a signature, and
+        /// the registry holds none for the image's digest.
+        Unsigned,
+        /// WasmFilter Ready=False: the image has signatures, but none by a key the
+        /// filter trust policy names for it, or none for its digest.
+        SignatureInvalid,
+        /// WasmFilter Ready=False: no policy of the filter trust policy names the
+        /// image, and the policy denies unmatched images.
+        UntrustedImage,
+        /// WasmFilter Ready=False: a GatewayClass's filter trust policy is invalid, so
+        /// no OCI filter can be verified.
+        InvalidTrustPolicy,
     }
 }
 
@@ -458,6 +470,10 @@ pub struct WasmFilterStatus {
     /// (`registry/repository@sha256:...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The key of the filter trust policy that signed the image, when the policy asks
+    /// for a signature: `key (algorithm fingerprint) of policy class/name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub config_errors: Vec<ConfigErrorStatus>,
     /// Each outbound grant and whether it resolves.

@@ -63,6 +63,8 @@ pub enum WasmState {
         digest: String,
         /// For OCI sources, the image pinned by its manifest digest.
         image: Option<String>,
+        /// The key whose signature the filter trust policy verified, when it asked for one.
+        signed_by: Option<String>,
     },
     Failed {
         /// Why: one of the WasmFilter reasons of [`Reason`] (`Pulling` to
@@ -78,6 +80,7 @@ pub enum WasmState {
     Stale {
         digest: String,
         image: Option<String>,
+        signed_by: Option<String>,
         reason: Reason,
         message: String,
         config_errors: Vec<(String, String)>,
@@ -179,25 +182,36 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
     for f in &res.wasm_filters {
         let g = f.metadata.generation();
         let state = states.get(&key(f));
-        let (ready, digest, image, config_errors) = match state {
-            Some(WasmState::Ready { digest, image }) => (
+        let (ready, digest, image, signed_by, config_errors) = match state {
+            Some(WasmState::Ready {
+                digest,
+                image,
+                signed_by,
+            }) => (
                 Condition::new(
                     ConditionType::Ready,
                     true,
                     Reason::Loaded,
-                    match image {
-                        Some(i) => format!("component {digest} from {i} is loaded and configured"),
-                        None => format!("component {digest} is loaded and configured"),
+                    match (image, signed_by) {
+                        (Some(i), Some(k)) => format!(
+                            "component {digest} from {i}, signed by {k}, is loaded and configured"
+                        ),
+                        (Some(i), None) => {
+                            format!("component {digest} from {i} is loaded and configured")
+                        }
+                        _ => format!("component {digest} is loaded and configured"),
                     },
                     g,
                 ),
                 Some(digest.clone()),
                 image.clone(),
+                signed_by.clone(),
                 Vec::new(),
             ),
             Some(WasmState::Stale {
                 digest,
                 image,
+                signed_by,
                 reason,
                 message,
                 config_errors,
@@ -211,6 +225,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 ),
                 Some(digest.clone()),
                 image.clone(),
+                signed_by.clone(),
                 config_error_statuses(config_errors),
             ),
             Some(WasmState::Failed {
@@ -222,6 +237,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                 Condition::new(ConditionType::Ready, false, *reason, message.clone(), g),
                 digest.clone(),
                 None,
+                None,
                 config_error_statuses(config_errors),
             ),
             None => (
@@ -232,6 +248,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                     "not loaded yet",
                     g,
                 ),
+                None,
                 None,
                 None,
                 Vec::new(),
@@ -267,6 +284,7 @@ pub(crate) fn statuses(res: &Resources, states: &WasmStates, out: &mut Vec<Objec
                     conditions,
                     digest,
                     image,
+                    signed_by,
                     config_errors,
                     outbound,
                 }

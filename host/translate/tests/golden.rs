@@ -103,6 +103,7 @@ fn stand_in_loader(res: &sluice_resources::Resources) -> sluice_translate::WasmS
                 WasmState::Ready {
                     digest: format!("sha256:{}", path.len()),
                     image: None,
+                    signed_by: None,
                 }
             };
             (
