@@ -80,7 +80,14 @@ pub fn prepare(
     for f in &res.wasm_filters {
         let key = sluice_translate::wasm::key(f);
         let name = key.to_string();
-        let state = match prepare_one(res, f, &name, paths, rt, sources, &trust, &mut used) {
+        let env = Env {
+            res,
+            paths,
+            rt,
+            sources,
+            trust: &trust,
+        };
+        let state = match prepare_one(&env, f, &name, &mut used) {
             Ok(l) => {
                 last_good.insert(key.clone(), l.clone());
                 out.pools.insert(key.clone(), l.pool);
@@ -99,34 +106,36 @@ pub fn prepare(
                     config_errors: Vec::new(),
                 }
             }
-            Err(Failure::Failed(WasmState::Failed {
-                reason,
-                message,
-                config_errors,
-                digest,
-            })) => {
-                tracing::warn!(filter = %name, %reason, "WasmFilter not ready: {message}");
-                match last_good.get(&key) {
-                    Some(good) => {
-                        out.pools.insert(key.clone(), good.pool.clone());
-                        WasmState::Stale {
-                            digest: good.digest.clone(),
-                            image: good.image.clone(),
-                            signed_by: good.signed_by.clone(),
+            Err(Failure::Failed(failure)) => match *failure {
+                WasmState::Failed {
+                    reason,
+                    message,
+                    config_errors,
+                    digest,
+                } => {
+                    tracing::warn!(filter = %name, %reason, "WasmFilter not ready: {message}");
+                    match last_good.get(&key) {
+                        Some(good) => {
+                            out.pools.insert(key.clone(), good.pool.clone());
+                            WasmState::Stale {
+                                digest: good.digest.clone(),
+                                image: good.image.clone(),
+                                signed_by: good.signed_by.clone(),
+                                reason,
+                                message,
+                                config_errors,
+                            }
+                        }
+                        None => WasmState::Failed {
                             reason,
                             message,
+                            digest,
                             config_errors,
-                        }
+                        },
                     }
-                    None => WasmState::Failed {
-                        reason,
-                        message,
-                        digest,
-                        config_errors,
-                    },
                 }
-            }
-            Err(Failure::Failed(other)) => other,
+                other => other,
+            },
         };
         out.states.insert(key, state);
     }
@@ -140,12 +149,12 @@ pub fn prepare(
 
 enum Failure {
     Pending(String),
-    Failed(WasmState),
+    Failed(Box<WasmState>),
 }
 
 impl From<WasmState> for Failure {
     fn from(s: WasmState) -> Self {
-        Failure::Failed(s)
+        Failure::Failed(Box::new(s))
     }
 }
 
@@ -158,16 +167,28 @@ fn failed(reason: Reason, message: String, digest: Option<String>) -> WasmState 
     }
 }
 
+/// What loading one filter reads besides the filter.
+struct Env<'a> {
+    res: &'a Resources,
+    paths: Option<&'a Path>,
+    rt: &'a Arc<Runtime>,
+    sources: &'a Sources,
+    trust: &'a TrustPolicy,
+}
+
 fn prepare_one(
-    res: &Resources,
+    env: &Env<'_>,
     f: &WasmFilter,
     name: &str,
-    paths: Option<&Path>,
-    rt: &Arc<Runtime>,
-    sources: &Sources,
-    trust: &TrustPolicy,
     used: &mut HashSet<crate::oci::Key>,
 ) -> Result<Loaded, Failure> {
+    let Env {
+        res,
+        paths,
+        rt,
+        sources,
+        trust,
+    } = *env;
     let src = &f.spec.source;
     let mut image = None;
     let mut signed_by = None;
@@ -270,7 +291,7 @@ fn prepare_one(
             signed_by,
             pool,
         }),
-        Err(e) if e.kind == ErrorKind::Config => Err(Failure::Failed(WasmState::Failed {
+        Err(e) if e.kind == ErrorKind::Config => Err(Failure::from(WasmState::Failed {
             reason: Reason::InvalidConfig,
             message: format!("the filter refused spec.config: {}", e.message),
             digest: Some(shown),
