@@ -888,6 +888,36 @@ async fn only_filters_signed_by_a_trusted_key_load() {
         &digests["referred"],
         &["--registry-referrers-mode=oci-1-1"],
     );
+    // Where cosign put each: the .sig tag, or the referrers tag index (and no .sig).
+    let manifest = |repo: &str, tag: String| {
+        let url = format!("http://{}/v2/filters/{repo}/manifests/{tag}", reg.addr());
+        async move {
+            let req = hyper::Request::head(url)
+                .header(
+                    "accept",
+                    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+                )
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request");
+            client().request(req).await.expect("registry").status()
+        }
+    };
+    let hex = |repo: &str| digests[repo].trim_start_matches("sha256:").to_string();
+    assert_eq!(
+        manifest("signed", format!("sha256-{}.sig", hex("signed"))).await,
+        StatusCode::OK,
+        "cosign's default: the .sig tag"
+    );
+    assert_eq!(
+        manifest("referred", format!("sha256-{}.sig", hex("referred"))).await,
+        StatusCode::NOT_FOUND,
+        "no .sig tag for the referrer"
+    );
+    assert_eq!(
+        manifest("referred", format!("sha256-{}", hex("referred"))).await,
+        StatusCode::OK,
+        "the referrers tag index"
+    );
 
     let a = echo("a").await;
     let port = free_port();
