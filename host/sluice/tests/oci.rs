@@ -146,17 +146,26 @@ fn failed(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `oras`, built from its Go module by `.ci/run` into target/tools (or `SLUICE_ORAS`).
-fn oras(args: &[&str], cwd: &Path) -> String {
-    let bin = std::env::var_os("SLUICE_ORAS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/oras"));
+/// A tool that `.ci/run` builds from its Go module into target/tools (or the path in
+/// the environment variable `var`), run in `cwd` with `env`: its stdout.
+fn go_tool(name: &str, var: &str, args: &[&str], cwd: &Path, env: &[(&str, &Path)]) -> String {
+    let bin = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/tools")
+            .join(name)
+    });
     let out = Command::new(&bin)
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("{} ({e}); .ci/run builds it", bin.display()));
     ok(&out)
+}
+
+/// `oras`, built from its Go module by `.ci/run` into target/tools (or `SLUICE_ORAS`).
+fn oras(args: &[&str], cwd: &Path) -> String {
+    go_tool("oras", "SLUICE_ORAS", args, cwd, &[])
 }
 
 /// A valid component of over `mib` MiB: `base` with a custom section appended.
@@ -798,18 +807,13 @@ async fn the_previous_snapshot_serves_until_a_new_filter_is_pulled() {
 /// `cosign`, built from its Go module by `.ci/run` into target/tools (or `SLUICE_COSIGN`),
 /// run in `dir` with an empty key password, offline (no transparency log).
 fn cosign(args: &[&str], dir: &Path) -> String {
-    let bin = std::env::var_os("SLUICE_COSIGN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/cosign"));
-    let out = Command::new(&bin)
-        .args(args)
-        .current_dir(dir)
-        .env("COSIGN_PASSWORD", "")
-        .env("COSIGN_EXPERIMENTAL", "1")
-        .env("DOCKER_CONFIG", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{} ({e}); .ci/run builds it", bin.display()));
-    ok(&out)
+    let empty = Path::new("");
+    let env = [
+        ("COSIGN_PASSWORD", empty),
+        ("COSIGN_EXPERIMENTAL", Path::new("1")),
+        ("DOCKER_CONFIG", dir),
+    ];
+    go_tool("cosign", "SLUICE_COSIGN", args, dir, &env)
 }
 
 /// Signs `image@digest` with the key in `keys` (a folder holding cosign.key), with
