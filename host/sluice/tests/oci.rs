@@ -859,6 +859,18 @@ stringData:
     )
 }
 
+/// The GatewayClass's Accepted condition, from `/status`.
+async fn class_accepted(gw: &Sluice) -> serde_json::Value {
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let class = status["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "GatewayClass")
+        .expect("class");
+    condition(&class["status"]["conditions"], "Accepted").clone()
+}
+
 /// Signed filters end to end: keys made and images signed by the real cosign CLI, in
 /// a real registry, under a trust policy the GatewayClass names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -948,18 +960,8 @@ async fn only_filters_signed_by_a_trusted_key_load() {
     let args = ["--cache-dir", cache.to_str().expect("utf-8")];
     let gw = Sluice::start(&dir.0, &args).await;
 
-    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
-    let class = status["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|i| i["kind"] == "GatewayClass")
-        .expect("class");
-    assert_eq!(
-        condition(&class["status"]["conditions"], "Accepted")["status"],
-        "True",
-        "{class}"
-    );
+    let accepted = class_accepted(&gw).await;
+    assert_eq!(accepted["status"], "True", "{accepted}");
     for repo in ["signed", "referred"] {
         let (message, s) = wait_reason(&gw, repo, "Loaded").await;
         assert_eq!(s["image"], format!("{}@{}", image(repo), digests[repo]));
@@ -1047,15 +1049,8 @@ async fn only_filters_signed_by_a_trusted_key_load() {
     );
     let (message, _) = wait_reason(&gw, "signed", "InvalidTrustPolicy").await;
     assert!(message.contains("still serving"), "{message}");
-    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
-    let class = status["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|i| i["kind"] == "GatewayClass")
-        .expect("class");
-    let accepted = condition(&class["status"]["conditions"], "Accepted");
-    assert_eq!(accepted["reason"], "InvalidParameters", "{class}");
+    let accepted = class_accepted(&gw).await;
+    assert_eq!(accepted["reason"], "InvalidParameters", "{accepted}");
     let says = accepted["message"].as_str().unwrap_or_default();
     assert!(
         says.contains("policies[0].keys[0].secretRef")
