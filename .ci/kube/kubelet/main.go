@@ -9,11 +9,15 @@
 // It also serves the Pods' logs on the kubelet port (10250), for pods/log.
 //
 // Limits, because there is no container runtime: only `echo-basic` images (the binary
-// given by --echo-basic) and `coredns` images (--coredns, with the container's args)
+// given by --echo-basic), `coredns` images (--coredns, with the container's args) and
+// `sluice` images (--sluice, with the container's args: the per-Gateway data planes)
 // run; a Pod of any other image is reported Running without a process, and the kubelet
 // logs that. Secret and ConfigMap volumes are written to files under --dir, and env
 // values and args that point into a volume's mountPath are rewritten to those files
-// (the process sees no mount namespace).
+// (the process sees no mount namespace); emptyDir volumes are empty folders there.
+// There is no service account token projection: a sluice Pod is given the kubelet's own
+// kubeconfig in $KUBECONFIG, its server moved from 127.0.0.1 to the bridge's address
+// (the API server must listen there).
 // Readiness probes are not run: a started process is Ready.
 package main
 
@@ -61,6 +65,7 @@ type kubelet struct {
 	node     string
 	echo     string
 	coredns  string
+	sluice   string
 	bridge   string
 	gateway  netip.Addr
 	prefix   int
@@ -83,6 +88,7 @@ func main() {
 	node := flag.String("node", "sluice-node", "name of the Node to register")
 	echo := flag.String("echo-basic", "", "path of the echo-basic binary")
 	coredns := flag.String("coredns", "", "path of a coredns binary, run for coredns images (optional)")
+	sluice := flag.String("sluice", "", "path of the sluice binary, run for sluice images (optional)")
 	bridge := flag.String("bridge", "sbr0", "bridge the Pods' veth pairs join (made if missing)")
 	cidr := flag.String("pod-cidr", "198.18.128.1/17", "the bridge's address and the Pods' network")
 	dir := flag.String("dir", os.TempDir(), "where Pod volumes are written")
@@ -105,12 +111,24 @@ func main() {
 		node:    *node,
 		echo:    *echo,
 		coredns: *coredns,
+		sluice:  *sluice,
 		bridge:  *bridge,
 		gateway: prefix.Addr(),
 		prefix:  prefix.Bits(),
 		dir:     *dir,
 		next:    prefix.Addr().Next(),
 		pods:    map[types.UID]*pod{},
+	}
+	if *sluice != "" {
+		// The kubeconfig sluice Pods get: this one, reached over the bridge.
+		text, err := os.ReadFile(*kubeconfig)
+		if err != nil {
+			log.Fatalf("--kubeconfig %q: %v", *kubeconfig, err)
+		}
+		moved := strings.ReplaceAll(string(text), "127.0.0.1", k.gateway.String())
+		if err := os.WriteFile(k.podKubeconfig(), []byte(moved), 0o600); err != nil {
+			log.Fatalf("pod kubeconfig: %v", err)
+		}
 	}
 	if err := k.setupBridge(); err != nil {
 		log.Fatalf("bridge %s: %v", k.bridge, err)
@@ -312,6 +330,8 @@ func (k *kubelet) start(p *corev1.Pod) (netip.Addr, error) {
 		binary = k.echo
 	case strings.Contains(c.Image, "coredns") && k.coredns != "":
 		binary = k.coredns
+	case strings.Contains(c.Image, "sluice") && k.sluice != "":
+		binary = k.sluice
 	default:
 		log.Printf("pod %s/%s: image %s is not run (no container runtime); reported Running", p.Namespace, p.Name, c.Image)
 		k.pods[p.UID] = entry
@@ -320,6 +340,9 @@ func (k *kubelet) start(p *corev1.Pod) (netip.Addr, error) {
 	env, mounts, err := k.environment(p, c, ip)
 	if err != nil {
 		return ip, err
+	}
+	if binary == k.sluice {
+		env = append(env, "KUBECONFIG="+k.podKubeconfig())
 	}
 	// The process waits for its eth0 (moved in below), addresses it, then becomes the
 	// container's binary with its args.
@@ -369,6 +392,10 @@ exec "$0" "$@"`, ip, k.prefix, k.gateway)
 	k.pods[p.UID] = entry
 	log.Printf("pod %s/%s: %s on %s (pid %d)", p.Namespace, p.Name, filepath.Base(binary), ip, cmd.Process.Pid)
 	return ip, nil
+}
+
+func (k *kubelet) podKubeconfig() string {
+	return filepath.Join(k.dir, "pod-kubeconfig")
 }
 
 func (k *kubelet) logPath(ns, name string) string {
@@ -494,6 +521,7 @@ func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) 
 				data[key] = []byte(val)
 			}
 			items = v.ConfigMap.Items
+		case v.EmptyDir != nil:
 		default:
 			continue
 		}
@@ -558,12 +586,17 @@ func (k *kubelet) environment(p *corev1.Pod, c corev1.Container, ip netip.Addr) 
 
 // inVolume rewrites a path under a volume's mountPath to where the volume was written.
 func inVolume(val string, mounts map[string]string) string {
+	// `--flag=/mount/path` as well as `/mount/path`.
+	prefix := ""
+	if i := strings.Index(val, "="); strings.HasPrefix(val, "-") && i > 0 {
+		prefix, val = val[:i+1], val[i+1:]
+	}
 	for path, dir := range mounts {
-		if strings.HasPrefix(val, path+"/") {
-			return dir + strings.TrimPrefix(val, path)
+		if val == path || strings.HasPrefix(val, path+"/") {
+			return prefix + dir + strings.TrimPrefix(val, path)
 		}
 	}
-	return val
+	return prefix + val
 }
 
 func (k *kubelet) stop(uid types.UID) {

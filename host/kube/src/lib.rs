@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crd;
+pub mod infra;
 pub mod lease;
 pub mod status;
 
@@ -149,6 +150,8 @@ pub struct Cluster {
     /// Load errors already logged, so that each is logged once, not on every change.
     logged: Mutex<BTreeSet<String>>,
     statuses: watch::Sender<Arc<Vec<sluice_translate::ObjectStatus>>>,
+    /// The data planes the Gateways of `PerGateway` classes should have.
+    data_planes: watch::Sender<Arc<Vec<sluice_translate::infra::DataPlane>>>,
     /// Wakes the status writer when an object changes, even if no status did.
     pub changed: watch::Sender<()>,
 }
@@ -195,6 +198,7 @@ impl Cluster {
             }),
             logged: Mutex::new(BTreeSet::new()),
             statuses: watch::Sender::new(Arc::new(Vec::new())),
+            data_planes: watch::Sender::new(Arc::new(Vec::new())),
             changed: watch::Sender::new(()),
         }))
     }
@@ -339,6 +343,21 @@ impl Cluster {
     pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<sluice_translate::ObjectStatus>>> {
         self.statuses.subscribe()
     }
+
+    /// Hands the data planes of a published snapshot to [`infra::run`].
+    pub fn publish_data_planes(&self, planes: Vec<sluice_translate::infra::DataPlane>) {
+        self.data_planes.send_if_modified(|old| {
+            let changed = **old != planes;
+            if changed {
+                *old = Arc::new(planes);
+            }
+            changed
+        });
+    }
+
+    pub fn data_planes(&self) -> watch::Receiver<Arc<Vec<sluice_translate::infra::DataPlane>>> {
+        self.data_planes.subscribe()
+    }
 }
 
 fn key(o: &DynamicObject) -> Key {
@@ -367,8 +386,9 @@ fn clean(i: usize, ar: &ApiResource, mut o: DynamicObject) -> Option<(Key, Value
             .and_then(Value::as_object)
             .is_some_and(|d| d.contains_key("ca.crt"))
     };
-    // The filter trust policy (a GatewayClass's parametersRef) and the public keys it
-    // names: a ConfigMap with a `trustPolicy`, or a ConfigMap or Secret holding a PEM
+    // The filter trust policy and data plane settings (a GatewayClass's or Gateway's
+    // parametersRef) and the public keys it names: a ConfigMap with a `trustPolicy` or
+    // `dataPlane`, or a ConfigMap or Secret holding a PEM
     // public key. Public keys are not secret, so caching them is harmless.
     let values = |m: &serde_json::Map<String, Value>| -> Vec<String> {
         m.get("data")
@@ -403,10 +423,10 @@ fn clean(i: usize, ar: &ApiResource, mut o: DynamicObject) -> Option<(Key, Value
             }
         }
         "ConfigMap" => {
-            let trust = map
-                .get("data")
-                .and_then(Value::as_object)
-                .is_some_and(|d| d.contains_key(sluice_translate::trust::TRUST_POLICY_KEY));
+            let trust = map.get("data").and_then(Value::as_object).is_some_and(|d| {
+                d.contains_key(sluice_translate::trust::TRUST_POLICY_KEY)
+                    || d.contains_key(sluice_translate::infra::DATA_PLANE_KEY)
+            });
             let public_key = || values(map).iter().any(|v| v.contains(PUBLIC_KEY));
             if !has_ca(map) && !trust && !public_key() {
                 return None;

@@ -131,8 +131,22 @@ pub async fn run(
             })
             .collect();
         written.retain(|(k, ns, n), _| keys.contains(&(k.as_str(), ns.as_str(), n.as_str())));
+        let planes = cluster.data_planes().borrow().clone();
         for s in writes.iter() {
-            let result = write(&cluster, s, addresses.as_ref(), &mut written, now).await;
+            // A Gateway with a data plane of its own reports its own Service's addresses.
+            let own = planes
+                .iter()
+                .find(|d| {
+                    s.kind == Kind::Gateway
+                        && d.namespace == s.metadata.namespace
+                        && d.gateway == s.metadata.name
+                })
+                .map(|d| AddressSource {
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                });
+            let src = own.as_ref().or(addresses.as_ref());
+            let result = write(&cluster, s, src, &mut written, now).await;
             retry |= !count(&stats, s, result);
         }
     }

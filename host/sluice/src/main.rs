@@ -206,10 +206,23 @@ struct ClusterArgs {
     /// without spec.addresses report in status.addresses.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     gateway_service: Option<String>,
+    /// Serve this one Gateway only, as its own data plane, and write no status (the
+    /// Deployments the controller makes for the Gateways of PerGateway classes run
+    /// with it).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    gateway: Option<String>,
+    /// The image of the per-Gateway data planes when neither their class nor their
+    /// Gateway names one (the chart sets its own image).
+    #[arg(long, env = "SLUICE_IMAGE", value_name = "IMAGE")]
+    data_plane_image: Option<String>,
+    /// The read-only ClusterRole the per-Gateway data planes' ServiceAccounts are bound
+    /// to, by a ClusterRoleBinding of the same name that the controller keeps.
+    #[arg(long, value_name = "NAME")]
+    data_plane_cluster_role: Option<String>,
 }
 
 impl ClusterArgs {
-    fn options(self) -> anyhow::Result<provider::ClusterOptions> {
+    fn options(self, admin_port: u16) -> anyhow::Result<provider::ClusterOptions> {
         let split = |flag: &str, v: &str| -> anyhow::Result<(String, String)> {
             match v.split_once('/') {
                 Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
@@ -238,7 +251,17 @@ impl ClusterArgs {
                 .unwrap_or_else(|_| "sluice".into());
             format!("{host}-{}", std::process::id())
         });
+        let gateway = match &self.gateway {
+            Some(g) => Some(split("gateway", g)?),
+            None => None,
+        };
         Ok(provider::ClusterOptions {
+            gateway,
+            data_plane: sluice_kube::infra::Options {
+                image: self.data_plane_image,
+                cluster_role: self.data_plane_cluster_role,
+                admin_port,
+            },
             lease_namespace,
             lease_name,
             identity,
@@ -526,7 +549,7 @@ fn main() -> ExitCode {
                 let (from, options) = match path {
                     Some(p) if !kubernetes => (provider::From::Files(p), None),
                     _ => {
-                        let options = cluster.options()?;
+                        let options = cluster.options(admin.port())?;
                         let client = kube::Client::try_default().await.context(
                             "cannot reach the Kubernetes API (in-cluster, or $KUBECONFIG / ~/.kube/config)",
                         )?;

@@ -94,6 +94,9 @@ impl From {
 
 /// Kubernetes mode's settings.
 pub struct ClusterOptions {
+    /// `--gateway`: serve this Gateway only, and write no status.
+    pub gateway: Option<(String, String)>,
+    pub data_plane: sluice_kube::infra::Options,
     pub lease_namespace: String,
     pub lease_name: String,
     pub identity: String,
@@ -111,6 +114,7 @@ struct Loader {
     filter_dir: Option<PathBuf>,
     runtime: Arc<Runtime>,
     sources: Sources,
+    serve: sluice_translate::Serve,
 }
 
 /// A loaded config: the objects and what the translator was given, its translation,
@@ -148,7 +152,23 @@ impl Loader {
                 From::Cluster(c) => address_pool::reported(&c.list(Kind::Gateway.as_str())),
                 From::Files(_) => Default::default(),
             };
-            let (a, warnings) = pool.assign(&loaded.resources, &reported);
+            // The Gateways with data planes of their own report their Services'.
+            let own = sluice_translate::infra::per_gateway(&loaded.resources);
+            let shared;
+            let res = if own.is_empty() {
+                &loaded.resources
+            } else {
+                let mut r = loaded.resources.clone();
+                r.gateways.retain(|g| {
+                    !own.contains(&(
+                        g.metadata.namespace_or_default().to_string(),
+                        g.metadata.name.clone(),
+                    ))
+                });
+                shared = r;
+                &shared
+            };
+            let (a, warnings) = pool.assign(res, &reported);
             assigned = a;
             loaded.warnings.extend(warnings);
         }
@@ -178,6 +198,7 @@ impl Loader {
             assigned,
             unbound,
             ingress: self.ingress.clone(),
+            serve: self.serve.clone(),
         };
         let translation = sluice_translate::translate(&loaded.resources, &inputs);
         Ok(Loaded {
@@ -204,6 +225,7 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<Str
             Arc::new(Downloads::new(cache_dir.map(|d| d.join("sources")))),
             None,
         ),
+        serve: sluice_translate::Serve::All,
     };
     let t = loader.load(Vec::new())?.translation;
     let mut problems = Vec::new();
@@ -338,6 +360,7 @@ impl App {
             wake.clone(),
             insecure_registries,
         );
+        let from_cluster = from.cluster().is_some();
         let runtime = Runtime::with_instances(cache_dir, wasm_instances)
             .map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
         runtime.set_log_lines_per_second(filter_log_lines);
@@ -349,6 +372,17 @@ impl App {
             filter_dir,
             runtime: runtime.clone(),
             sources: Sources::new(downloads, Some(oci)),
+            serve: match (&from_cluster, &cluster_options) {
+                (false, _) => sluice_translate::Serve::All,
+                (
+                    true,
+                    Some(ClusterOptions {
+                        gateway: Some((ns, name)),
+                        ..
+                    }),
+                ) => sluice_translate::Serve::Gateway(ns.clone(), name.clone()),
+                (true, _) => sluice_translate::Serve::Shared,
+            },
         });
         if let Some(c) = loader.from.cluster() {
             c.watch(wake.clone());
@@ -412,6 +446,13 @@ impl App {
         // Kubernetes mode: the lease holder writes statuses.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut election = None;
+        let cluster_options = cluster_options.filter(|o| {
+            // A Gateway's own data plane serves; the controller writes its statuses.
+            if let Some((ns, name)) = &o.gateway {
+                tracing::info!("serving Gateway {ns}/{name} only; statuses are the controller's");
+            }
+            o.gateway.is_none()
+        });
         if let (Some(c), Some(o)) = (app.loader.from.cluster(), cluster_options) {
             let stats = Arc::new(StatusStats::default());
             app.state.metrics.register(stats.clone());
@@ -423,6 +464,14 @@ impl App {
                 duration: o.lease_duration,
             };
             election = Some(tokio::spawn(e.run(c.client.clone(), leader_tx, stop_rx)));
+            let infra_stats = Arc::new(sluice_kube::infra::InfraStats::default());
+            app.state.metrics.register(infra_stats.clone());
+            tokio::spawn(sluice_kube::infra::run(
+                c.clone(),
+                leader_rx.clone(),
+                o.data_plane,
+                infra_stats,
+            ));
             tokio::spawn(status::run(c.clone(), leader_rx, o.addresses, stats));
         }
         admin::spawn(admin_addr, app.state.clone())?;
@@ -516,6 +565,9 @@ impl App {
             self.retry_bind();
         }
         self.unbound = failed.clone();
+        if let Some(c) = self.loader.from.cluster() {
+            c.publish_data_planes(loaded.translation.data_planes.clone());
+        }
         if failed == loaded.inputs.unbound {
             return loaded.translation.statuses;
         }

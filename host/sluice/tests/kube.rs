@@ -98,9 +98,12 @@ impl Rig {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        // 198.18.128.1: the fake kubelet's bridge, where Pods reach the API server.
+        for ip in ["127.0.0.1", "198.18.128.1"] {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(ip.parse().expect("ip")));
+        }
         let cert = params.self_signed(&key).expect("cert");
         std::fs::write(dir.0.join("serving.crt"), cert.pem()).expect("write");
         std::fs::write(dir.0.join("serving.key"), key.serialize_pem()).expect("write");
@@ -187,7 +190,9 @@ impl Rig {
                 "--etcd-servers=http://127.0.0.1:{}",
                 self.etcd_port
             ))
-            .arg("--bind-address=127.0.0.1")
+            // Every address of the test's own network namespace: Pods on the fake
+            // kubelet's bridge reach it there.
+            .arg("--bind-address=0.0.0.0")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={}", self.port))
             .arg(format!("--tls-cert-file={}", d("serving.crt")))
@@ -1337,6 +1342,256 @@ spec:
 
 /// Whether the tests run on the Gateway API experimental channel's CRDs
 /// (`SLUICE_GATEWAY_API_CHANNEL=experimental`).
+/// A GatewayClass with `dataPlane.mode: PerGateway`: the controller makes a
+/// ServiceAccount, Service and Deployment per Gateway, carrying
+/// `spec.infrastructure`'s labels and annotations and its parametersRef's replicas;
+/// kube-controller-manager makes the Pods, and the fake kubelet runs them as real
+/// `sluice run --gateway` processes on its bridge, which serve that Gateway while the
+/// controller does not. A bad parametersRef is `InvalidParameters`; deleting the
+/// Gateway deletes its data plane.
+#[test]
+fn gateways_of_a_per_gateway_class_get_data_planes_of_their_own() {
+    in_netns_with(
+        "gateways_of_a_per_gateway_class_get_data_planes_of_their_own",
+        "ip addr add 198.18.0.0/17 dev lo",
+        || async {
+            for bin in ["kubelet", "echo-basic"] {
+                assert!(
+                    tools().join(bin).exists(),
+                    "target/tools/{bin} is missing: .ci/run builds it"
+                );
+            }
+            let rig = Rig::start("kube-per-gateway").await;
+            let _kcm = rig.controller_manager_with(
+                "deployment-controller,replicaset-controller,garbage-collector-controller",
+            );
+            let _kubelet = ChildGuard(
+                Command::new(tools().join("kubelet"))
+                    .arg(format!("--kubeconfig={}", rig.kubeconfig.display()))
+                    .arg(format!(
+                        "--echo-basic={}",
+                        tools().join("echo-basic").display()
+                    ))
+                    .arg(format!("--sluice={}", env!("CARGO_BIN_EXE_sluice")))
+                    .arg("--pod-cidr=198.18.128.1/17")
+                    .arg(format!("--dir={}", rig.dir.0.display()))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(rig.dir.0.join("kubelet.log")).expect("log"))
+                    .spawn()
+                    .expect("start the fake kubelet"),
+            );
+            let echo = echo_on("198.18.0.13", "echo").await;
+            rig.apply(&backend_yaml("echo", echo)).await;
+            rig.apply(
+                "apiVersion: v1
+kind: Namespace
+metadata: {name: edge}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: own-data-planes, namespace: default}
+data:
+  dataPlane: |
+    mode: PerGateway
+    image: example.com/sluice:test
+    serviceType: ClusterIP
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: two-replicas, namespace: edge}
+data:
+  dataPlane: |
+    replicas: 2
+    resources: {requests: {cpu: 50m, memory: 32Mi}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice-own}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: '', kind: ConfigMap, name: own-data-planes, namespace: default}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: edge}
+spec:
+  gatewayClassName: sluice-own
+  infrastructure:
+    labels: {team: edge}
+    annotations: {lb.example.com/internal: 'true'}
+    parametersRef: {group: '', kind: ConfigMap, name: two-replicas}
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bad, namespace: edge}
+spec:
+  gatewayClassName: sluice-own
+  infrastructure:
+    parametersRef: {group: invalid.io, kind: InvalidParameters, name: invalid}
+  listeners:
+  - {name: http, port: 8081, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: default}
+spec:
+  parentRefs: [{name: web, namespace: edge}]
+  rules:
+  - backendRefs: [{name: echo, port: 80}]
+",
+            )
+            .await;
+            let controller = rig.sluice("controller", &[]).await;
+            rig.wait_status(
+                (GW, "Gateway", "edge", "bad"),
+                |s| {
+                    let c = condition(&s["conditions"], "Accepted");
+                    c["status"] == "False" && c["reason"] == "InvalidParameters"
+                },
+                "a parametersRef to an unknown kind is InvalidParameters",
+            )
+            .await;
+
+            // What the controller made, with the Gateway's labels and annotations.
+            let get = |api_version: &'static str, kind: &'static str, name: &'static str| {
+                let rig = &rig;
+                async move {
+                    let obj = serde_json::json!({"apiVersion": api_version, "kind": kind,
+                        "metadata": {"name": name, "namespace": "edge"}});
+                    let (api, name) = rig.api(&obj).await;
+                    api.get_opt(&name)
+                        .await
+                        .expect("get")
+                        .map(|o| serde_json::to_value(o).expect("json"))
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let deployment = loop {
+                if let Some(d) = get("apps/v1", "Deployment", "sluice-web").await {
+                    break d;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no Deployment edge/sluice-web within 30 s\n{}",
+                    controller.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert_eq!(deployment["spec"]["replicas"], 2, "{deployment:#}");
+            let pod = &deployment["spec"]["template"];
+            assert_eq!(
+                pod["spec"]["containers"][0]["image"],
+                "example.com/sluice:test"
+            );
+            assert_eq!(
+                pod["spec"]["containers"][0]["resources"]["requests"]["memory"],
+                "32Mi"
+            );
+            for (api_version, kind) in [
+                ("v1", "ServiceAccount"),
+                ("v1", "Service"),
+                ("apps/v1", "Deployment"),
+            ] {
+                let o = get(api_version, kind, "sluice-web")
+                    .await
+                    .unwrap_or_else(|| panic!("{kind} edge/sluice-web"));
+                let m = &o["metadata"];
+                assert_eq!(m["labels"]["team"], "edge", "{kind}: {m:#}");
+                assert_eq!(m["labels"]["gateway.networking.k8s.io/gateway-name"], "web");
+                assert_eq!(
+                    m["annotations"]["lb.example.com/internal"], "true",
+                    "{kind}"
+                );
+                assert_eq!(m["ownerReferences"][0]["kind"], "Gateway", "{kind}");
+            }
+            let service = get("v1", "Service", "sluice-web").await.expect("Service");
+            let cluster_ip = service["spec"]["clusterIP"]
+                .as_str()
+                .expect("clusterIP")
+                .to_string();
+
+            // Its Pods run `sluice run --gateway edge/web` and serve the route.
+            let pods: Api<k8s_openapi::api::core::v1::Pod> =
+                Api::namespaced(rig.client.clone(), "edge");
+            let lp = kube::api::ListParams::default()
+                .labels("gateway.networking.k8s.io/gateway-name=web");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let ips = loop {
+                let list = pods.list(&lp).await.expect("pods");
+                let ips: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                    .collect();
+                for p in &list.items {
+                    let labels = p.metadata.labels.clone().unwrap_or_default();
+                    let annotations = p.metadata.annotations.clone().unwrap_or_default();
+                    assert_eq!(labels.get("team").map(String::as_str), Some("edge"));
+                    assert_eq!(
+                        annotations
+                            .get("lb.example.com/internal")
+                            .map(String::as_str),
+                        Some("true")
+                    );
+                }
+                if ips.len() == 2 {
+                    break ips;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "two running Pods of edge/sluice-web within 60 s: {ips:?}\n{}",
+                    rig.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            for ip in &ips {
+                let body = wait_curl(ip, 8080, "/hi", 200, "the Gateway's own Pod serves it").await;
+                assert!(body.contains("echo"), "{body}");
+            }
+            // The controller leaves that Gateway to its Pods.
+            assert_eq!(
+                curl("127.0.0.1", 8080, "/hi").0,
+                0,
+                "the controller serves 8080"
+            );
+            rig.wait_status(
+                (GW, "Gateway", "edge", "web"),
+                |s| {
+                    is_true(&s["conditions"], "Accepted")
+                        && s["addresses"][0]["value"] == cluster_ip.as_str()
+                },
+                "the Gateway reports its own Service's address",
+            )
+            .await;
+
+            // Deleting the Gateway deletes its data plane.
+            rig.delete(
+                "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: edge}
+",
+            )
+            .await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while get("apps/v1", "Deployment", "sluice-web").await.is_some() {
+                assert!(
+                    Instant::now() < deadline,
+                    "Deployment edge/sluice-web still there 30 s after its Gateway\n{}",
+                    controller.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let m = controller.admin("/metrics").await;
+            assert!(
+                metric(&m, "sluice_data_plane_objects_applied_total") >= 3,
+                "{m}"
+            );
+        },
+    );
+}
+
 fn experimental() -> bool {
     std::env::var("SLUICE_GATEWAY_API_CHANNEL").is_ok_and(|c| c == "experimental")
 }

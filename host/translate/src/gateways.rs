@@ -55,6 +55,26 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
                 }
             }
         }
+        if conditions[0].reason == Reason::Accepted
+            && let Some(Err((mode, e))) =
+                crate::infra::class_settings(res).remove(&gc.metadata.name)
+        {
+            let meanwhile = match mode {
+                crate::infra::Mode::PerGateway => {
+                    "the data planes of its Gateways are kept as they are until it is fixed"
+                }
+                crate::infra::Mode::Shared => {
+                    "its Gateways are served by the shared fleet until it is fixed"
+                }
+            };
+            conditions[0] = Condition::new(
+                ConditionType::Accepted,
+                false,
+                Reason::InvalidParameters,
+                format!("{e}; {meanwhile}"),
+                generation,
+            );
+        }
         ours.insert(gc.metadata.name.clone());
         conditions.push(Condition::new(
             ConditionType::SupportedVersion,
@@ -99,6 +119,9 @@ pub(crate) struct GatewayState {
     pub insecure_fallback: bool,
     /// Why spec.tls.backend.clientCertificateRef does not resolve.
     pub client_cert_problem: Option<(Reason, String)>,
+    /// What the controller creates for the Gateway when its class gives each Gateway a
+    /// data plane of its own (`None`: the shared fleet serves it).
+    pub data_plane: Option<crate::infra::DataPlane>,
 }
 
 /// A ListenerSet that names a Gateway of ours as its parent.
@@ -181,6 +204,7 @@ pub(crate) fn gateways(
     classes: &BTreeSet<String>,
     assigned: &crate::Assignments,
 ) -> Vec<GatewayState> {
+    let settings = crate::infra::class_settings(res);
     let mut out: Vec<GatewayState> = res
         .gateways
         .iter()
@@ -190,7 +214,47 @@ pub(crate) fn gateways(
                 g.metadata.namespace_or_default().to_string(),
                 g.metadata.name.clone(),
             );
-            gateway(res, g, &addresses(g, assigned.get(&key).copied()))
+            let mut state = gateway(res, g, &addresses(g, assigned.get(&key).copied()));
+            let class = settings.get(&g.spec.gateway_class_name);
+            let own = crate::infra::mode_of(class) == crate::infra::Mode::PerGateway;
+            let ports = state
+                .listeners
+                .iter()
+                .map(|l| crate::infra::Port {
+                    port: l.spec.port,
+                    udp: l.spec.protocol == "UDP",
+                })
+                .collect();
+            // `Err((true, _))`: the Gateway's own parameters are invalid; `Err((false,
+            // _))`: its class's are (the class's status says so).
+            let made = match class {
+                Some(Ok(s)) => crate::infra::gateway_data_plane(res, g, s.clone(), ports)
+                    .map_err(|e| (true, e)),
+                Some(Err((_, e))) => {
+                    match crate::infra::gateway_data_plane(res, g, Default::default(), ports) {
+                        Ok(_) => Err((
+                            false,
+                            format!("GatewayClass {}: {e}", g.spec.gateway_class_name),
+                        )),
+                        Err(e) => Err((true, e)),
+                    }
+                }
+                None => crate::infra::gateway_data_plane(res, g, Default::default(), ports)
+                    .map_err(|e| (true, e)),
+            };
+            match made {
+                Ok(dp) => state.data_plane = own.then_some(dp),
+                Err((mine, e)) => {
+                    if own {
+                        state.data_plane = Some(crate::infra::kept(g, e.clone()));
+                    }
+                    if mine && state.address_problem.is_none() {
+                        state.address_problem =
+                            Some((ConditionType::Accepted, Reason::InvalidParameters, e));
+                    }
+                }
+            }
+            state
         })
         .collect();
     // The Gateways that serve Ingresses go last, so that on a shared socket a
@@ -354,6 +418,7 @@ fn gateway(res: &Resources, gw: &Gateway, addresses: &[GatewayAddress]) -> Gatew
         backend_client_cert,
         client_cert_problem,
         insecure_fallback,
+        data_plane: None,
     }
 }
 
@@ -658,6 +723,10 @@ fn detect_conflicts(gws: &mut [GatewayState]) {
                 continue;
             }
             for &(gj, lj) in &seen {
+                // A Gateway with a data plane of its own shares no socket with others.
+                if gi != gj && (gws[gi].data_plane.is_some() || gws[gj].data_plane.is_some()) {
+                    continue;
+                }
                 // 0.0.0.0 overlaps every address on the same port.
                 let overlap = |a: &IpAddr| {
                     gws[gj]

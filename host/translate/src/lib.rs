@@ -22,6 +22,7 @@ mod backends;
 mod certs;
 mod gateways;
 mod grants;
+pub mod infra;
 pub mod ingress;
 mod policies;
 mod routes;
@@ -55,6 +56,9 @@ pub struct Translation {
     /// bound (the IR merges Gateways that share a socket).
     #[serde(skip)]
     pub bindings: Vec<GatewayBinding>,
+    /// What the controller creates for the Gateways of `PerGateway` classes.
+    #[serde(rename = "dataPlanes", skip_serializing_if = "Vec::is_empty")]
+    pub data_planes: Vec<infra::DataPlane>,
 }
 
 /// A Gateway's addresses (`0.0.0.0` when it names none) and its listeners.
@@ -90,6 +94,21 @@ pub struct Inputs {
     pub unbound: Vec<Unbound>,
     /// Where Ingresses are served (`--ingress-http`, `--ingress-https`).
     pub ingress: ingress::Options,
+    /// Which Gateways this process serves.
+    pub serve: Serve,
+}
+
+/// Which Gateways a process serves; the statuses are the same whichever.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Serve {
+    /// Every Gateway (file mode, `sluice check`): no controller creates data planes.
+    #[default]
+    All,
+    /// The shared fleet in Kubernetes mode: the Gateways of `PerGateway` classes are
+    /// served by their own Deployments.
+    Shared,
+    /// A Gateway's own data plane (`--gateway NAMESPACE/NAME`): that one only.
+    Gateway(String, String),
 }
 
 /// Pool addresses by Gateway (namespace, name).
@@ -130,6 +149,7 @@ pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
     let mut shadowed = Vec::new();
     let mut ir = build_ir(&gws, attached, &mut shadowed);
     ir.streams = streams;
+    serve_only(&mut ir, &gws, &inputs.serve);
     // Gateway statuses go last: attachedRoutes is counted while routes attach.
     for gw in &gws {
         statuses.push(gw.status());
@@ -152,13 +172,47 @@ pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
     let mut t = Translation {
         statuses,
         ir,
-        bindings: gws.iter().map(|g| g.binding()).collect(),
+        bindings: gws
+            .iter()
+            .filter(|g| serves(&inputs.serve, g))
+            .map(|g| g.binding())
+            .collect(),
+        data_planes: gws.iter().filter_map(|g| g.data_plane.clone()).collect(),
     };
     if let Some(ip) = inputs.default_address {
         rebind(&mut t, ip);
     }
     unbound::report(&mut t.statuses, &t.bindings, &inputs.unbound);
     t
+}
+
+/// Whether this process serves the Gateway `g`.
+fn serves(serve: &Serve, g: &gateways::GatewayState) -> bool {
+    match serve {
+        Serve::All => true,
+        Serve::Shared => g.data_plane.is_none(),
+        Serve::Gateway(ns, name) => g.namespace == *ns && g.name == *name,
+    }
+}
+
+/// Leaves out of the IR the listeners of the Gateways another process serves.
+fn serve_only(ir: &mut Ir, gws: &[gateways::GatewayState], serve: &Serve) {
+    if *serve == Serve::All {
+        return;
+    }
+    let keep: std::collections::BTreeSet<String> = gws
+        .iter()
+        .filter(|g| serves(serve, g))
+        .map(|g| format!("{}/{}", g.namespace, g.name))
+        .collect();
+    for p in &mut ir.ports {
+        p.listeners.retain(|l| keep.contains(&l.gateway));
+    }
+    ir.ports.retain(|p| !p.listeners.is_empty());
+    for p in &mut ir.streams {
+        p.listeners.retain(|l| keep.contains(&l.gateway));
+    }
+    ir.streams.retain(|p| !p.listeners.is_empty());
 }
 
 /// Gateways without `spec.addresses` (and listeners that name `0.0.0.0`) bind `ip`:

@@ -225,9 +225,16 @@ pub(crate) fn class_policy(
             format!("spec.parametersRef: ConfigMap {ns}/{name} not found; create it with the filter trust policy under {TRUST_POLICY_KEY:?}")
         })?;
     let at = format!("ConfigMap {ns}/{name} {TRUST_POLICY_KEY}");
-    let text = cm.data.get(TRUST_POLICY_KEY).ok_or_else(|| {
-        format!("ConfigMap {ns}/{name} has no {TRUST_POLICY_KEY:?} key; put the filter trust policy (YAML) there")
-    })?;
+    let Some(text) = cm.data.get(TRUST_POLICY_KEY) else {
+        // A ConfigMap with the data plane settings only: no policy.
+        if cm.data.contains_key(crate::infra::DATA_PLANE_KEY) {
+            return Ok((Vec::new(), false));
+        }
+        return Err(format!(
+            "ConfigMap {ns}/{name} has no {TRUST_POLICY_KEY:?} or {:?} key; put the filter trust policy (YAML) or the data plane settings there",
+            crate::infra::DATA_PLANE_KEY
+        ));
+    };
     let doc: PolicyDoc = serde_norway::from_str(text).map_err(|e| format!("{at}: {e}"))?;
     let deny = match doc.unmatched_images.as_deref() {
         None | Some("Allow") => false,

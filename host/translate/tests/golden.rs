@@ -46,8 +46,15 @@ fn golden() {
         };
         let value = match sluice_resources::load_str(&format!("{name}.in.yaml"), &full) {
             Ok(loaded) => {
+                // `# serve: shared`: as the shared fleet in Kubernetes mode serves.
+                let serve = if text.lines().any(|l| l.trim() == "# serve: shared") {
+                    sluice_translate::Serve::Shared
+                } else {
+                    sluice_translate::Serve::All
+                };
                 let inputs = sluice_translate::Inputs {
                     wasm: stand_in_loader(&loaded.resources),
+                    serve,
                     ..Default::default()
                 };
                 serde_json::to_value(sluice_translate::translate(&loaded.resources, &inputs))
