@@ -1187,6 +1187,8 @@ fn the_charts_objects_apply_and_its_rbac_is_enough() {
                 "sluice-system/sluice",
                 "--gateway-service",
                 "sluice-system/sluice",
+                "--data-plane-cluster-role",
+                "sluice-data-plane",
                 "--cache-dir",
             ]
             .iter()
@@ -1212,10 +1214,67 @@ fn the_charts_objects_apply_and_its_rbac_is_enough() {
                 "route status written with the chart's RBAC",
             )
             .await;
+            // A PerGateway class: the chart's role lets the controller make the data
+            // plane and bind its ServiceAccount to the chart's data plane role.
+            rig.apply(
+                "apiVersion: v1
+kind: ConfigMap
+metadata: {name: own, namespace: sluice-system}
+data: {dataPlane: 'mode: PerGateway'}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: own}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: '', kind: ConfigMap, name: own, namespace: sluice-system}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: own
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+",
+            )
+            .await;
+            let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+                Api::namespaced(rig.client.clone(), "default");
+            let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+                Api::all(rig.client.clone());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let made = deployments
+                    .get_opt("sluice-edge")
+                    .await
+                    .expect("get")
+                    .is_some();
+                let bound = bindings
+                    .get_opt("sluice-data-plane")
+                    .await
+                    .expect("get")
+                    .and_then(|b| b.subjects)
+                    .is_some_and(|s| s.iter().any(|s| s.name == "sluice-edge"));
+                if made && bound {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the data plane of default/edge within 30 s (Deployment {made}, binding {bound})\n{}",
+                    gw.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let m = gw.admin("/metrics").await;
             assert_eq!(metric(&m, "sluice_leader"), 1, "{}", gw.logs());
             assert_eq!(
                 metric(&m, "sluice_status_write_failures_total"),
+                0,
+                "{}",
+                gw.logs()
+            );
+            assert_eq!(
+                metric(&m, "sluice_data_plane_failures_total"),
                 0,
                 "{}",
                 gw.logs()
@@ -1639,6 +1698,7 @@ fn gateway_api_conformance() {
                         tools().join("echo-basic").display()
                     ))
                     .arg(format!("--coredns={}", tools().join("coredns").display()))
+                    .arg(format!("--sluice={}", env!("CARGO_BIN_EXE_sluice")))
                     .arg("--pod-cidr=198.18.128.1/17")
                     .arg(format!("--dir={}", out.join("pods").display()))
                     .stdout(Stdio::null())
@@ -1699,6 +1759,96 @@ spec: {controllerName: sluice.dev/gateway-controller}
                 "the conformance suite failed; see {}",
                 log.display()
             );
+            if !experimental() {
+                per_gateway_conformance(&rig, &out).await;
+            }
         },
+    );
+}
+
+/// The suite's per-Gateway infrastructure tests (`GatewayInfrastructureMetadata`,
+/// `GatewayInvalidParametersRef`), run again on the same rig with a GatewayClass whose
+/// Gateways get data planes of their own (`dataPlane.mode: PerGateway`): the fake
+/// kubelet runs their Pods as `sluice run --gateway` processes. Only these two tests
+/// run: the suite's traffic tests need the Gateways' Service addresses routed, which
+/// takes a kube-proxy the rig does not have. Report: target/conformance/report-per-gateway.yaml.
+async fn per_gateway_conformance(rig: &Rig, out: &Path) {
+    // The first run deletes its namespaces at its end; the suite cannot apply its base
+    // manifests again until they are gone.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(rig.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let left: Vec<String> = namespaces
+            .list(&Default::default())
+            .await
+            .expect("namespaces")
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| n.starts_with("gateway-conformance"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the suite's namespaces are still there 180 s after it ended: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rig.apply(
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: sluice-per-gateway, namespace: default}
+data:
+  dataPlane: |
+    mode: PerGateway
+    image: sluice.dev/sluice:conformance
+    serviceType: ClusterIP
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice-per-gateway}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {group: '', kind: ConfigMap, name: sluice-per-gateway, namespace: default}
+",
+    )
+    .await;
+    let options = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.ci/kube/conformance/options-per-gateway.yaml");
+    let log = out.join("suite-per-gateway.log");
+    let status = Command::new(tools().join("conformance.test"))
+        .args([
+            "-test.v",
+            "-test.timeout=20m",
+            "-test.run=TestConformance/^(GatewayInfrastructureMetadata|GatewayInvalidParametersRef)$",
+        ])
+        .arg(format!("-conformance-options-file={}", options.display()))
+        .arg(format!(
+            "-report-output={}",
+            out.join("report-per-gateway.yaml").display()
+        ))
+        .env("KUBECONFIG", &rig.kubeconfig)
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("run conformance.test");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let passed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("    --- PASS: TestConformance/"))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    println!(
+        "conformance: per-Gateway data planes: {} passed: {}\nlog: {}",
+        passed.len(),
+        passed.join(" "),
+        log.display()
+    );
+    assert!(
+        status.success() && passed.len() == 2,
+        "the per-Gateway infrastructure tests failed; see {}",
+        log.display()
     );
 }
