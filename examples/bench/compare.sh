@@ -118,19 +118,8 @@ CONF
   $pin haproxy -f "$work/haproxy$n.cfg" -D -p "$work/haproxy$n.pid"
   # Sluice: one Gateway; / plain, /b built-in modifiers, /f1 and /f3 Wasm filters
   mkdir -p "$work/sluice$n"
-  cp filters/target/wasm32-wasip2/release/headers.wasm "$work/sluice$n/"
+  headers_filters "$work/sluice$n"
   {
-    for i in 1 2 3; do
-      cat <<YAML
-apiVersion: sluice.dev/v1alpha1
-kind: WasmFilter
-metadata: {name: h$i, namespace: default}
-spec:
-  source: {path: headers.wasm}
-  config: {request: {set: {x-bench-$i: "1"}, remove: [x-none-$i]}, response: {set: {x-served-$i: "1"}}}
----
-YAML
-    done
     sluice_config "[{name: http, port: $SL, protocol: HTTP}]"
     ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
     cat <<YAML
@@ -335,6 +324,22 @@ for round in $(seq "$ROUNDS"); do
   measure headers "$round" "envoy proxy-wasm" envoy 1 18206 /
   measure headers "$round" "traefik http-wasm" traefik 1 18208 /
 done
+# A CPU flame graph of Sluice under the plain load (perf, inferno), when perf works here.
+if command -v perf >/dev/null && perf record -o /dev/null -- true >/dev/null 2>&1; then
+  inferno=target/bench/inferno/bin
+  [ -x $inferno/inferno-flamegraph ] || cargo install -q inferno --root target/bench/inferno
+  perf record -F 499 --call-graph dwarf -o "$work/perf.data" -p "$(cat "$work/sluice1.pid")" \
+    -- sleep 5 >/dev/null 2>&1 &
+  perf_pid=$!
+  taskset -c 0 wrk -t1 -c"$CONNS" -d6s http://127.0.0.1:18204/ >/dev/null
+  wait $perf_pid || true
+  mkdir -p docs/performance
+  perf script -i "$work/perf.data" 2>/dev/null | $inferno/inferno-collapse-perf |
+    $inferno/inferno-flamegraph --title "Sluice $(git rev-parse --short HEAD), one worker, no filter, wrk -c$CONNS: CPU samples (perf, 499 Hz)" \
+      > docs/performance/sluice-flame.svg
+else
+  echo "perf does not run here: no flame graph" >&2
+fi
 for s in nginx haproxy sluice envoy traefik; do
   for p in $(tree_pids $s 1); do kill "$p" 2>/dev/null || true; done
 done

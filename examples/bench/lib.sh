@@ -15,6 +15,25 @@ bench_setup() {
   cargo build --release --target wasm32-wasip2 --manifest-path filters/Cargo.toml -p "$1" >&2
 }
 
+# headers_filters DIR: headers.wasm and the WasmFilters h1, h2 and h3 in DIR. Each
+# touches three headers: sets one on the request, removes one, and sets one on the
+# response.
+headers_filters() {
+  cp filters/target/wasm32-wasip2/release/headers.wasm "$1/"
+  local i
+  for i in 1 2 3; do
+    cat >> "$1/filters.yaml" <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: h$i, namespace: default}
+spec:
+  source: {path: headers.wasm}
+  config: {request: {set: {x-bench-$i: "1"}, remove: [x-none-$i]}, response: {set: {x-served-$i: "1"}}}
+---
+YAML
+  done
+}
+
 # nginx_conf NAME BODY: starts an nginx (one worker) with BODY inside `http {}`.
 nginx_conf() {
   cat > "$work/$1.conf" <<CONF

@@ -26,20 +26,7 @@ nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$NGINX_PROXY; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
 
 mkdir -p "$work/sluice"
-cp filters/target/wasm32-wasip2/release/headers.wasm "$work/sluice/"
-for i in 1 2 3; do
-  # Each filter touches three headers: sets one on the request, removes one, and sets
-  # one on the response.
-  cat >> "$work/sluice/filters.yaml" <<YAML
-apiVersion: sluice.dev/v1alpha1
-kind: WasmFilter
-metadata: {name: h$i, namespace: default}
-spec:
-  source: {path: headers.wasm}
-  config: {request: {set: {x-bench-$i: "1"}, remove: [x-none-$i]}, response: {set: {x-served-$i: "1"}}}
----
-YAML
-done
+headers_filters "$work/sluice"
 ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
 {
   sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"

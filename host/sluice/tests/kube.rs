@@ -262,6 +262,30 @@ impl Rig {
         ChildGuard(child)
     }
 
+    /// The fake kubelet (`.ci/kube/kubelet`) on this API server: it runs `echo-basic` and
+    /// `sluice` images (with `coredns`, also `coredns` images) as processes on its bridge
+    /// 198.18.128.1/17, writes Pod volumes under `dir`, and logs to `log`.
+    fn kubelet(&self, dir: &Path, log: &Path, coredns: bool) -> ChildGuard {
+        let mut cmd = Command::new(tools().join("kubelet"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!(
+                "--echo-basic={}",
+                tools().join("echo-basic").display()
+            ))
+            .arg(format!("--sluice={}", env!("CARGO_BIN_EXE_sluice")))
+            .arg("--pod-cidr=198.18.128.1/17")
+            .arg(format!("--dir={}", dir.display()));
+        if coredns {
+            cmd.arg(format!("--coredns={}", tools().join("coredns").display()));
+        }
+        ChildGuard(
+            cmd.stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).expect("log"))
+                .spawn()
+                .expect("start the fake kubelet"),
+        )
+    }
+
     /// What a kubelet reports for a Pod: its IP, Running, and Ready or not.
     async fn pod_ready(&self, name: &str, ip: &str, ready: bool) {
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
@@ -1424,21 +1448,7 @@ fn gateways_of_a_per_gateway_class_get_data_planes_of_their_own() {
             let _kcm = rig.controller_manager_with(
                 "deployment-controller,replicaset-controller,garbage-collector-controller",
             );
-            let _kubelet = ChildGuard(
-                Command::new(tools().join("kubelet"))
-                    .arg(format!("--kubeconfig={}", rig.kubeconfig.display()))
-                    .arg(format!(
-                        "--echo-basic={}",
-                        tools().join("echo-basic").display()
-                    ))
-                    .arg(format!("--sluice={}", env!("CARGO_BIN_EXE_sluice")))
-                    .arg("--pod-cidr=198.18.128.1/17")
-                    .arg(format!("--dir={}", rig.dir.0.display()))
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(rig.dir.0.join("kubelet.log")).expect("log"))
-                    .spawn()
-                    .expect("start the fake kubelet"),
-            );
+            let _kubelet = rig.kubelet(&rig.dir.0, &rig.dir.0.join("kubelet.log"), false);
             let echo = echo_on("198.18.0.13", "echo").await;
             rig.apply(&backend_yaml("echo", echo)).await;
             rig.apply(
@@ -1690,22 +1700,7 @@ fn gateway_api_conformance() {
             let _kcm = rig.controller_manager_with(
                 "deployment-controller,replicaset-controller,endpointslice-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller",
             );
-            let _kubelet = ChildGuard(
-                Command::new(tools().join("kubelet"))
-                    .arg(format!("--kubeconfig={}", rig.kubeconfig.display()))
-                    .arg(format!(
-                        "--echo-basic={}",
-                        tools().join("echo-basic").display()
-                    ))
-                    .arg(format!("--coredns={}", tools().join("coredns").display()))
-                    .arg(format!("--sluice={}", env!("CARGO_BIN_EXE_sluice")))
-                    .arg("--pod-cidr=198.18.128.1/17")
-                    .arg(format!("--dir={}", out.join("pods").display()))
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(out.join("kubelet.log")).expect("log"))
-                    .spawn()
-                    .expect("start the fake kubelet"),
-            );
+            let _kubelet = rig.kubelet(&out.join("pods"), &out.join("kubelet.log"), true);
             rig.apply(
                 "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
