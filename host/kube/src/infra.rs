@@ -273,6 +273,10 @@ pub fn objects(dp: &DataPlane, image: Option<&str>, admin_port: u16) -> Vec<(&'s
         "selector": selector,
         "ports": service_ports,
     });
+    if !dp.addresses.is_empty() {
+        // spec.addresses: where the Service answers besides its cluster IP.
+        service_spec["externalIPs"] = json!(dp.addresses);
+    }
     if service_ports_empty(&service_spec) {
         // A Service needs a port: without listeners, the admin port stands in.
         service_spec["ports"] = json!([{"name": "admin", "port": admin_port, "protocol": "TCP"}]);
@@ -370,6 +374,7 @@ mod tests {
             ports: [(80, false), (53, true)]
                 .map(|(port, udp)| sluice_translate::infra::Port { port, udp })
                 .into(),
+            addresses: vec!["203.0.113.7".into()],
             kept: None,
         };
         let objs = objects(&dp, Some("img:1"), 9901);
@@ -396,5 +401,6 @@ mod tests {
         let svc = &objs[1].1;
         assert_eq!(svc["spec"]["selector"][DATA_PLANE_LABEL], "sluice-edge");
         assert_eq!(svc["spec"]["ports"].as_array().map(Vec::len), Some(2));
+        assert_eq!(svc["spec"]["externalIPs"][0], "203.0.113.7");
     }
 }

@@ -73,6 +73,9 @@ pub struct DataPlane {
     pub resources: Option<serde_json::Value>,
     /// The ports of the Gateway's listeners (and its ListenerSets').
     pub ports: BTreeSet<Port>,
+    /// The IP addresses of `spec.addresses`: the Service's external IPs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
     /// The Gateway's or its class's settings are invalid (the message): what exists
     /// for it is kept as it is, neither changed nor deleted, until they are fixed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,6 +312,14 @@ pub(crate) fn gateway_data_plane(
         service_type: settings.service_type,
         resources: settings.resources,
         ports,
+        addresses: gw
+            .spec
+            .addresses
+            .iter()
+            .filter(|a| a.type_.as_deref().unwrap_or("IPAddress") == "IPAddress")
+            .filter(|a| a.value.parse::<std::net::IpAddr>().is_ok())
+            .map(|a| a.value.clone())
+            .collect(),
         kept: None,
     })
 }
@@ -328,6 +339,7 @@ pub(crate) fn kept(gw: &Gateway, why: String) -> DataPlane {
         service_type: String::new(),
         resources: None,
         ports: BTreeSet::new(),
+        addresses: Vec::new(),
         kept: Some(why),
     }
 }

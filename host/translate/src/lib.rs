@@ -175,7 +175,13 @@ pub fn translate(res: &Resources, inputs: &Inputs) -> Translation {
         bindings: gws
             .iter()
             .filter(|g| serves(&inputs.serve, g))
-            .map(|g| g.binding())
+            .map(|g| {
+                let mut b = g.binding();
+                if let Serve::Gateway(..) = inputs.serve {
+                    b.addresses = vec![IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)];
+                }
+                b
+            })
             .collect(),
         data_planes: gws.iter().filter_map(|g| g.data_plane.clone()).collect(),
     };
@@ -213,6 +219,21 @@ fn serve_only(ir: &mut Ir, gws: &[gateways::GatewayState], serve: &Serve) {
         p.listeners.retain(|l| keep.contains(&l.gateway));
     }
     ir.streams.retain(|p| !p.listeners.is_empty());
+    if let Serve::Gateway(..) = serve {
+        // A Gateway's own data plane listens on its Pod's addresses: `spec.addresses`
+        // are its Service's (external IPs). One socket per port, whichever address
+        // the IR had it on.
+        let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let mut seen = std::collections::BTreeSet::new();
+        ir.ports.retain_mut(|p| {
+            p.address = any;
+            seen.insert((p.port, false))
+        });
+        ir.streams.retain_mut(|p| {
+            p.address = any;
+            seen.insert((p.port, p.protocol == sluice_ir::StreamProtocol::Udp))
+        });
+    }
 }
 
 /// Gateways without `spec.addresses` (and listeners that name `0.0.0.0`) bind `ip`:

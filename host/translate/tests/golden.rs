@@ -47,10 +47,20 @@ fn golden() {
         let value = match sluice_resources::load_str(&format!("{name}.in.yaml"), &full) {
             Ok(loaded) => {
                 // `# serve: shared`: as the shared fleet in Kubernetes mode serves.
-                let serve = if text.lines().any(|l| l.trim() == "# serve: shared") {
-                    sluice_translate::Serve::Shared
-                } else {
-                    sluice_translate::Serve::All
+                // `# serve: gateway NS/NAME`: as that Gateway's own data plane serves.
+                let serve = match text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("# serve: "))
+                {
+                    Some("shared") => sluice_translate::Serve::Shared,
+                    Some(g) => {
+                        let (ns, name) = g
+                            .strip_prefix("gateway ")
+                            .and_then(|g| g.split_once('/'))
+                            .expect("# serve: shared, or gateway NS/NAME");
+                        sluice_translate::Serve::Gateway(ns.into(), name.into())
+                    }
+                    None => sluice_translate::Serve::All,
                 };
                 let inputs = sluice_translate::Inputs {
                     wasm: stand_in_loader(&loaded.resources),
