@@ -15,7 +15,8 @@
 #   workers  two workers each, unpinned.
 #
 # One worker: wrk (-t1) is pinned to CPU 0, each proxy and the backend share CPU 1.
-# Two workers: nothing is pinned. Each target is measured ROUNDS times, the targets
+# Two workers: nothing is pinned. Each target gets a second of load to warm up, then
+# is measured ROUNDS times, the targets
 # interleaved within each round; the report prints medians and each ratio taken within
 # a round. CPU per request is the proxy's own CPU time (every thread and process of
 # it) over the requests wrk completed; idle RSS is the proxy's (all its processes)
@@ -263,6 +264,8 @@ measure() {
   local pids="" before after rss
   [ "$system" != backend ] && pids=$(tree_pids "$system" "$n")
   rss=${IDLE_RSS[$system$n]:-0}
+  # A second of load first: connection pools, Wasm instances, JITs.
+  $wrk_pin wrk -t$threads -c"$CONNS" -d1s "http://127.0.0.1:$port$path" >/dev/null
   before=$(ticks_of "$pids")
   local text
   text=$($wrk_pin wrk -t$threads -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port$path")

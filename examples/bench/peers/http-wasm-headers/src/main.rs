@@ -1,10 +1,12 @@
 //! The header work of Sluice's `headers` filter in the benchmark, for Traefik's
 //! http-wasm: sets `x-bench-1` and removes `x-none-1` on the request, and sets
-//! `x-served-1` on the response.
+//! `x-served-1` on the response. http-wasm sets response headers only on a buffered
+//! response (`buffer_response`), so the middleware asks for it, as any http-wasm
+//! middleware that changes response headers must.
 
 use http_wasm_guest::{
     Guest,
-    host::{Request, Response},
+    host::{Request, Response, admin, feature},
     register,
 };
 
@@ -23,5 +25,6 @@ impl Guest for Headers {
 }
 
 fn main() {
+    admin::enable(feature::BufferResponse);
     register(Headers);
 }
