@@ -60,13 +60,15 @@ import re, sys
 label, ticks, hz, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 text = open(path).read()
 def ms(v):
-    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    # wrk prints "61.00us", "1.52ms", "2.00s", or "-nan" when it has no sample.
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 total = int(re.search(r"(\d+) requests in", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+pct = lambda q: (lambda m: ms(m.group(1)) if m else float("nan"))(re.search(q + r"\s+(\S+)", text))
+p50 = pct("50%")
+p99 = pct("99%")
 cpu_us = ticks / hz * 1e6 / max(total, 1)
 print(f"{label}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu_us:.1f}\t{errors.group(1) if errors else 0}")
 PY
