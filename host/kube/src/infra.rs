@@ -277,7 +277,7 @@ pub fn objects(dp: &DataPlane, image: Option<&str>, admin_port: u16) -> Vec<(&'s
         // spec.addresses: where the Service answers besides its cluster IP.
         service_spec["externalIPs"] = json!(dp.addresses);
     }
-    if service_ports_empty(&service_spec) {
+    if dp.ports.is_empty() {
         // A Service needs a port: without listeners, the admin port stands in.
         service_spec["ports"] = json!([{"name": "admin", "port": admin_port, "protocol": "TCP"}]);
     }
@@ -348,10 +348,6 @@ pub fn objects(dp: &DataPlane, image: Option<&str>, admin_port: u16) -> Vec<(&'s
         ),
         ("Deployment", deployment),
     ]
-}
-
-fn service_ports_empty(spec: &Value) -> bool {
-    spec["ports"].as_array().is_none_or(Vec::is_empty)
 }
 
 #[cfg(test)]

@@ -94,6 +94,13 @@ impl Resources {
             .find(|s| s.metadata.name == name && s.metadata.namespace_or_default() == namespace)
     }
 
+    /// The ConfigMap `namespace/name`, if loaded.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {
+        self.config_maps
+            .iter()
+            .find(|c| c.metadata.name == name && c.metadata.namespace_or_default() == namespace)
+    }
+
     /// Adds `other`'s objects (call [`Resources::sort`] after the last one).
     pub fn extend(&mut self, other: Resources) {
         let Resources {

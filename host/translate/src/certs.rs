@@ -29,9 +29,7 @@ pub(crate) fn read_ca(
     };
     let mut pem = match (group, kind) {
         ("", "ConfigMap") => res
-            .config_maps
-            .iter()
-            .find(|c| c.metadata.name == name && c.metadata.namespace_or_default() == ns)
+            .config_map(ns, name)
             .ok_or_else(not_found)?
             .data
             .get("ca.crt")

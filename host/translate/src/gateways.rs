@@ -17,6 +17,7 @@ use crate::status::*;
 
 pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> BTreeSet<String> {
     let mut ours = BTreeSet::new();
+    let mut settings = crate::infra::class_settings(res);
     for gc in &res.gateway_classes {
         if gc.spec.controller_name != CONTROLLER_NAME {
             continue;
@@ -56,8 +57,7 @@ pub(crate) fn gateway_classes(res: &Resources, out: &mut Vec<ObjectStatus>) -> B
             }
         }
         if conditions[0].reason == Reason::Accepted
-            && let Some(Err((mode, e))) =
-                crate::infra::class_settings(res).remove(&gc.metadata.name)
+            && let Some(Err((mode, e))) = settings.remove(&gc.metadata.name)
         {
             let meanwhile = match mode {
                 crate::infra::Mode::PerGateway => {

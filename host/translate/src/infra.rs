@@ -237,9 +237,7 @@ fn class_text(res: &Resources, r: &serde_json::Value) -> (Option<String>, String
     let field = |f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or_default();
     let (ns, name) = (field("namespace"), field("name"));
     let text = res
-        .config_maps
-        .iter()
-        .find(|c| c.metadata.namespace_or_default() == ns && c.metadata.name == name)
+        .config_map(ns, name)
         .and_then(|cm| cm.data.get(DATA_PLANE_KEY).cloned());
     (text, format!("ConfigMap {ns}/{name} {DATA_PLANE_KEY}"))
 }
@@ -282,22 +280,15 @@ pub(crate) fn gateway_data_plane(
             ));
         }
         let name = field("name");
-        let cm = res
-            .config_maps
-            .iter()
-            .find(|c| c.metadata.namespace_or_default() == ns && c.metadata.name == name)
-            .filter(|c| c.data.contains_key(DATA_PLANE_KEY))
+        let text = res
+            .config_map(ns, name)
+            .and_then(|c| c.data.get(DATA_PLANE_KEY))
             .ok_or_else(|| {
                 format!(
                     "spec.infrastructure.parametersRef: ConfigMap {ns}/{name} not found, or without a {DATA_PLANE_KEY:?} key; create it with the data plane settings (replicas, serviceType, resources) there"
                 )
             })?;
         let at = format!("ConfigMap {ns}/{name} {DATA_PLANE_KEY}");
-        let text = cm
-            .data
-            .get(DATA_PLANE_KEY)
-            .map(String::as_str)
-            .unwrap_or("");
         settings = settings.with(&doc_of(text, &at)?, &at, false)?;
     }
     Ok(DataPlane {

@@ -217,11 +217,7 @@ pub(crate) fn class_policy(
             "spec.parametersRef.namespace: a ConfigMap is namespaced; name its namespace".into(),
         );
     }
-    let cm = res
-        .config_maps
-        .iter()
-        .find(|c| c.metadata.namespace_or_default() == ns && c.metadata.name == name)
-        .ok_or_else(|| {
+    let cm = res.config_map(ns, name).ok_or_else(|| {
             format!("spec.parametersRef: ConfigMap {ns}/{name} not found; create it with the filter trust policy under {TRUST_POLICY_KEY:?}")
         })?;
     let at = format!("ConfigMap {ns}/{name} {TRUST_POLICY_KEY}");
@@ -292,9 +288,7 @@ pub(crate) fn class_policy(
                     })?
                 }
                 (None, None, Some(c)) => res
-                    .config_maps
-                    .iter()
-                    .find(|m| m.metadata.namespace_or_default() == ns && m.metadata.name == c.name)
+                    .config_map(ns, &c.name)
                     .ok_or_else(|| {
                         format!("{at}.configMapRef: ConfigMap {ns}/{} not found (it is read from the ConfigMap's namespace)", c.name)
                     })?
