@@ -36,6 +36,9 @@ fn filter_new_writes_a_crate_that_builds_and_passes_its_tests_outside_the_worksp
     // does not use), so a new release on the registry cannot change what is tested.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock")).expect("copy Cargo.lock");
+    if let Some(packages) = std::env::var_os("SLUICE_SCAFFOLD_PACKAGES") {
+        use_packages(&krate, Path::new(&packages), &dir.0.join("packages"));
+    }
     // A target dir of its own under the workspace's (kept between runs): the units
     // differ from the workspace's anyway, and cargo locks a target dir while it builds,
     // which would hold up cargo in the workspace for the whole build. The crate's harness
@@ -85,4 +88,49 @@ fn filter_new_writes_a_crate_that_builds_and_passes_its_tests_outside_the_worksp
         [0x0d, 0x00, 0x01, 0x00],
         "a component's version"
     );
+}
+
+/// The crates `cargo package` made (`.ci/run` sets `SLUICE_SCAFFOLD_PACKAGES` to the
+/// folder with their `.crate` files): the new crate depends on the SDK and the harness
+/// by version alone, as it will once they are on the registry, and a
+/// `[patch.crates-io]` points those names at the unpacked packages. So the crate
+/// builds from exactly what would be published, with no path into this checkout: a
+/// file the packages leave out, or a workspace setting they lean on, fails here.
+fn use_packages(krate: &Path, packages: &Path, unpack: &Path) {
+    std::fs::create_dir_all(unpack).expect("create the unpack folder");
+    let mut patch = String::from("\n[patch.crates-io]\n");
+    for name in [
+        "sluice-sdk",
+        "sluice-harness",
+        "sluice-wasm",
+        "sluice-ir",
+        "sluice-metrics",
+    ] {
+        let file = packages.join(format!("{name}-0.1.0.crate"));
+        let status = Command::new("tar")
+            .arg("xzf")
+            .arg(&file)
+            .arg("-C")
+            .arg(unpack)
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "unpacking {}", file.display());
+        let dir = unpack.join(format!("{name}-0.1.0"));
+        patch += &format!("{name} = {{ path = {:?} }}\n", dir.display().to_string());
+    }
+    let path = krate.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&path).expect("Cargo.toml");
+    // `{ version = "0.1.0", path = "<checkout>/sdk" }` -> `"0.1.0"`.
+    let mut by_version = String::new();
+    for line in manifest.lines() {
+        match line.split_once(" = { version = ") {
+            Some((name, rest)) if name.starts_with("sluice-") => {
+                let version = rest.split(',').next().expect("a version");
+                by_version += &format!("{name} = {version}\n");
+            }
+            _ => by_version += &format!("{line}\n"),
+        }
+    }
+    assert!(!by_version.contains("path ="), "{by_version}");
+    std::fs::write(&path, by_version + &patch).expect("write Cargo.toml");
 }

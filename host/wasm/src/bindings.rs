@@ -8,7 +8,7 @@
 pub mod v0_1 {
     wasmtime::component::bindgen!({
         world: "sluice:filter/filter@0.1.0",
-        path: "../../wit",
+        path: "wit",
         // Host functions return `wasmtime::Result`, so a host-side failure (a resource
         // handle the guest should not have) traps the guest instead of panicking.
         // `kv` may wait on Redis (`spec.kv.redis`): async, as outbound calls are.
@@ -32,7 +32,7 @@ pub mod v0_1 {
 pub mod v0_2 {
     wasmtime::component::bindgen!({
         world: "sluice:filter/filter@0.2.0",
-        path: "../../wit",
+        path: "wit",
         // An outbound call waits on the network: an async host function, so the guest
         // is suspended and its thread serves other tasks meanwhile.
         imports: {
