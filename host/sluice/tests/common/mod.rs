@@ -215,7 +215,9 @@ impl Sluice {
             .spawn()
             .expect("start sluice");
         let mut s = Sluice { child, admin, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a large component (a Python filter is about 18 MB) compiles before
+        // the first config is ready, on a machine busy with other tests.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(Some(status)) = s.child.try_wait() {
                 panic!("sluice exited early ({status}):\n{}", s.logs());
@@ -225,7 +227,7 @@ impl Sluice {
             }
             assert!(
                 Instant::now() < deadline,
-                "sluice not ready in 20 s:\n{}",
+                "sluice not ready in 90 s:\n{}",
                 s.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
