@@ -287,6 +287,10 @@ enum FilterCommand {
         /// version only).
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
+        /// The filter's language: rust (a crate with a harness test) or python (an
+        /// app.py built with componentize-py, with a `sluice filter test` case).
+        #[arg(long, value_enum, default_value_t = scaffold::Lang::Rust)]
+        lang: scaffold::Lang,
     },
     /// Run a component on a request written in YAML, in the gateway's runtime: prints
     /// what the filter did (the request that reaches the backend, or its own answer,
@@ -623,14 +627,28 @@ fn main() -> ExitCode {
         }),
         Command::Filter(cmd) => block_on(1, async {
             match cmd {
-                FilterCommand::New { name, dir, sdk } => {
-                    scaffold::new(&name, dir, sdk).map(|dir| {
-                        eprintln!(
-                            "wrote the filter crate {name} in {0}: `cd {0} && cargo test` builds and tests it",
-                            dir.display()
-                        )
-                    })
-                }
+                FilterCommand::New {
+                    name,
+                    dir,
+                    sdk,
+                    lang: scaffold::Lang::Rust,
+                } => scaffold::new(&name, dir, sdk).map(|dir| {
+                    eprintln!(
+                        "wrote the filter crate {name} in {0}: `cd {0} && cargo test` builds and tests it",
+                        dir.display()
+                    )
+                }),
+                FilterCommand::New {
+                    name,
+                    dir,
+                    lang: scaffold::Lang::Python,
+                    ..
+                } => scaffold::new_python(&name, dir).map(|dir| {
+                    eprintln!(
+                        "wrote the Python filter {name} in {}: its README.md builds it with componentize-py and tests it",
+                        dir.display()
+                    )
+                }),
                 FilterCommand::Push { file, image, creds } => {
                     filter_cmd::push(&file, &image, &creds).await
                 }

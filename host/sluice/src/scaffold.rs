@@ -1,4 +1,5 @@
-//! `sluice filter new NAME`: a ready filter crate, outside any workspace.
+//! `sluice filter new NAME`: a ready filter crate, outside any workspace; with
+//! `--lang python`, a ready Python filter project (see [`new_python`]).
 //!
 //! What it writes builds and tests as it is: a cdylib (a filter is a component), a
 //! release profile for small components, the dev-profile setting that makes harness
@@ -14,9 +15,15 @@ use anyhow::{Context, bail};
 /// The version of the SDK and the harness this Sluice speaks.
 const SDK_VERSION: &str = "0.1";
 
-/// Writes the crate `name` into `dir` (default: `./name`); returns the directory.
-pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    check_name(name)?;
+/// The language `sluice filter new` writes a filter in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+}
+
+/// The folder a new filter goes in: `dir`, else `./name`; it must not hold anything.
+fn target_dir(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.exists()
         && std::fs::read_dir(&dir)
@@ -29,6 +36,26 @@ pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Re
             dir.display()
         );
     }
+    Ok(dir)
+}
+
+/// Writes `files` under `dir`.
+fn write_files(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+    for (path, text) in files {
+        let to = dir.join(path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&to, text).with_context(|| format!("writing {}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes the crate `name` into `dir` (default: `./name`); returns the directory.
+pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let dir = target_dir(name, dir)?;
     let sdk = match sdk {
         Some(s) => Some(
             s.canonicalize()
@@ -70,14 +97,38 @@ pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Re
         ),
         (".gitignore", "/target\n".to_string()),
     ];
-    for (path, text) in files {
-        let to = dir.join(path);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&to, text).with_context(|| format!("writing {}", to.display()))?;
-    }
+    write_files(&dir, &files)?;
+    Ok(dir)
+}
+
+/// Writes the Python filter `name` into `dir` (default: `./name`); returns the
+/// directory. It needs nothing from a checkout: the WIT and the wrapper
+/// (`sdk/python/sluice_filter`) are written beside `app.py`, so componentize-py (from
+/// PyPI) is the only tool to install.
+pub fn new_python(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let dir = target_dir(name, dir)?;
+    let ty = type_name(name);
+    let files = [
+        ("app.py", APP_PY.replace("{Type}", &ty)),
+        (
+            "sluice_filter/__init__.py",
+            include_str!("../../../sdk/python/sluice_filter/__init__.py").to_string(),
+        ),
+        (
+            "wit/filter.wit",
+            include_str!("../../../wit/filter.wit").to_string(),
+        ),
+        (
+            "wit/deps/sluice-filter-0.1.0/filter.wit",
+            include_str!("../../../wit/deps/sluice-filter-0.1.0/filter.wit").to_string(),
+        ),
+        ("config.yaml", "greeting: hi\n".to_string()),
+        ("request.yaml", REQUEST_YAML.replace("{name}", name)),
+        ("README.md", README_PY.replace("{name}", name)),
+        (".gitignore", "/*.wasm\n__pycache__/\n/.venv/\n".to_string()),
+    ];
+    write_files(&dir, &files)?;
     Ok(dir)
 }
 
@@ -319,3 +370,64 @@ mod tests {
         }
     }
 }
+
+const APP_PY: &str = r#"""A Sluice filter in Python. It adds `x-hello: <greeting>` to every request and
+answers /hello itself; change on_request (and add on_response) to do your own work.
+The hooks, bodies and the sandbox are in Sluice's docs/filters.md, "Filters in
+Python"."""
+
+import sluice_filter as sf
+
+
+class {Type}(sf.Filter):
+    def __init__(self, config):
+        # spec.config of the WasmFilter, parsed from JSON (None when unset).
+        self.greeting = (config or {}).get("greeting", "world")
+        if not isinstance(self.greeting, str) or not self.greeting:
+            raise sf.ConfigError(".greeting", "must not be empty")
+
+    def on_request(self, request):
+        if request.path() == "/hello":
+            return sf.Respond(200, [("content-type", "text/plain")], f"hello, {self.greeting}\n")
+        request.set_header("x-hello", self.greeting)
+
+
+WitWorld = sf.export({Type})
+"#;
+
+const REQUEST_YAML: &str = r#"# `sluice filter test {name}.wasm --config config.yaml --request request.yaml`
+# runs the filter on this request and checks `expect:`.
+request: {path: /api, headers: {host: example.com}}
+expect:
+  request: {path: /api, headers: {x-hello: hi}}
+"#;
+
+const README_PY: &str = r#"# {name}
+
+A Sluice filter in Python (`app.py`), built into a WebAssembly component with
+[componentize-py](https://pypi.org/project/componentize-py/). `sluice_filter/` is the
+wrapper of the filter API and `wit/` the API itself, as this Sluice speaks it.
+
+Build and test it:
+
+```sh
+python3 -m venv .venv && .venv/bin/pip install componentize-py==0.25.1
+.venv/bin/componentize-py -d wit -w sluice:filter/filter@0.2.0 componentize app -o {name}.wasm
+sluice filter test {name}.wasm --config config.yaml --request request.yaml
+```
+
+Then attach it to a route:
+
+```yaml
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: {name}}
+spec:
+  source: {path: {name}.wasm}
+  config: {greeting: hi}
+```
+
+and an HTTPRoute rule's `filters: [{type: ExtensionRef, extensionRef: {group:
+sluice.dev, kind: WasmFilter, name: {name}}}]`, or publish it with `sluice filter push
+{name}.wasm registry.example.com/filters/{name}:v1`.
+"#;
