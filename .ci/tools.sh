@@ -15,6 +15,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
+# Node and npm, for componentize-js (JavaScript filters).
+command -v npm >/dev/null || need+=(npm)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
@@ -23,6 +25,17 @@ fi
 unset need
 
 mkdir -p target/tools
+# componentize-js, which builds the JavaScript filters of host/sluice/tests/languages.rs,
+# from npm into target/tools/js (the tests look there).
+js_tools() {
+  set -euo pipefail
+  if [ ! -d target/tools/js/node_modules/@bytecodealliance/componentize-js ]; then
+    mkdir -p target/tools/js
+    npm install --prefix target/tools/js --no-audit --no-fund --silent \
+      @bytecodealliance/componentize-js@0.23.0
+  fi
+}
+
 go_tools() {
   set -euo pipefail
   # oras, the independent OCI client the interop tests push and pull with, built from

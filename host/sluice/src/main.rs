@@ -287,8 +287,9 @@ enum FilterCommand {
         /// version only).
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
-        /// The filter's language: rust (a crate with a harness test) or python (an
-        /// app.py built with componentize-py, with a `sluice filter test` case).
+        /// The filter's language: rust (a crate with a harness test), python (an app.py
+        /// built with componentize-py) or js (an app.js built with componentize-js);
+        /// the last two come with a `sluice filter test` case.
         #[arg(long, value_enum, default_value_t = scaffold::Lang::Rust)]
         lang: scaffold::Lang,
     },
@@ -646,6 +647,17 @@ fn main() -> ExitCode {
                 } => scaffold::new_python(&name, dir).map(|dir| {
                     eprintln!(
                         "wrote the Python filter {name} in {}: its README.md builds it with componentize-py and tests it",
+                        dir.display()
+                    )
+                }),
+                FilterCommand::New {
+                    name,
+                    dir,
+                    lang: scaffold::Lang::Js,
+                    ..
+                } => scaffold::new_js(&name, dir).map(|dir| {
+                    eprintln!(
+                        "wrote the JavaScript filter {name} in {0}: `cd {0} && npm install && npm run build` builds it, its README.md tests it",
                         dir.display()
                     )
                 }),

@@ -1,5 +1,6 @@
 //! `sluice filter new NAME`: a ready filter crate, outside any workspace; with
-//! `--lang python`, a ready Python filter project (see [`new_python`]).
+//! `--lang python` or `--lang js`, a ready Python or JavaScript filter project (see
+//! [`new_python`] and [`new_js`]).
 //!
 //! What it writes builds and tests as it is: a cdylib (a filter is a component), a
 //! release profile for small components, the dev-profile setting that makes harness
@@ -20,6 +21,7 @@ const SDK_VERSION: &str = "0.1";
 pub enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 /// The folder a new filter goes in: `dir`, else `./name`; it must not hold anything.
@@ -370,6 +372,138 @@ mod tests {
         }
     }
 }
+
+/// Writes the JavaScript filter `name` into `dir` (default: `./name`); returns the
+/// directory. As with Python, the WIT and the wrapper (`sdk/js/index.js`, as
+/// `sluice-filter.js`: componentize-js reads only files beside `app.js`) are written
+/// into it; `npm install` brings componentize-js, and `npm run build` builds.
+pub fn new_js(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let dir = target_dir(name, dir)?;
+    let ty = type_name(name);
+    let files = [
+        ("app.js", APP_JS.replace("{Type}", &ty)),
+        (
+            "sluice-filter.js",
+            include_str!("../../../sdk/js/index.js").to_string(),
+        ),
+        ("build.mjs", BUILD_MJS.replace("{name}", name)),
+        ("package.json", PACKAGE_JSON.replace("{name}", name)),
+        (
+            "wit/filter.wit",
+            include_str!("../../../wit/filter.wit").to_string(),
+        ),
+        (
+            "wit/deps/sluice-filter-0.1.0/filter.wit",
+            include_str!("../../../wit/deps/sluice-filter-0.1.0/filter.wit").to_string(),
+        ),
+        ("config.yaml", "greeting: hi\n".to_string()),
+        ("request.yaml", REQUEST_YAML.replace("{name}", name)),
+        ("README.md", README_JS.replace("{name}", name)),
+        (".gitignore", "/*.wasm\n/node_modules/\n".to_string()),
+    ];
+    write_files(&dir, &files)?;
+    Ok(dir)
+}
+
+const APP_JS: &str = r#"// A Sluice filter in JavaScript. It adds `x-hello: <greeting>` to every request and
+// answers /hello itself; change onRequest (and add onResponse) to do your own work.
+// The hooks, bodies and the sandbox are in Sluice's docs/filters.md, "Filters in
+// JavaScript".
+import { ConfigError, Filter, Respond, exportFilter } from "./sluice-filter.js";
+
+class {Type} extends Filter {
+  constructor(config) {
+    super(config);
+    // spec.config of the WasmFilter, parsed from JSON (null when unset).
+    this.greeting = config?.greeting ?? "world";
+    if (typeof this.greeting !== "string" || !this.greeting) {
+      throw new ConfigError(".greeting", "must not be empty");
+    }
+  }
+
+  onRequest(request) {
+    if (request.path() === "/hello") {
+      return new Respond(200, [["content-type", "text/plain"]], `hello, ${this.greeting}\n`);
+    }
+    request.setHeader("x-hello", this.greeting);
+  }
+}
+
+export const {
+  configure,
+  onRequest,
+  onRequestBody,
+  onResponse,
+  onResponseBody,
+  onRequestStreamStart,
+  onRequestChunk,
+  onRequestStreamEnd,
+  onResponseStreamStart,
+  onResponseChunk,
+  onResponseStreamEnd,
+} = exportFilter({Type});
+"#;
+
+const BUILD_MJS: &str = r#"// `npm run build`: app.js (and the files beside it) into {name}.wasm.
+import { componentize } from "@bytecodealliance/componentize-js";
+import { writeFile } from "node:fs/promises";
+
+const { component } = await componentize({
+  sourcePath: "app.js",
+  witPath: "wit",
+  worldName: "sluice:filter/filter@0.2.0",
+  // A filter is not an HTTP handler: the gateway gives it no wasi:http.
+  disableFeatures: ["http", "fetch-event"],
+});
+await writeFile("{name}.wasm", component);
+console.log(`wrote {name}.wasm (${component.length} bytes)`);
+"#;
+
+const PACKAGE_JSON: &str = r#"{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {
+    "build": "node build.mjs"
+  },
+  "devDependencies": {
+    "@bytecodealliance/componentize-js": "0.23.0"
+  }
+}
+"#;
+
+const README_JS: &str = r#"# {name}
+
+A Sluice filter in JavaScript (`app.js`), built into a WebAssembly component with
+[componentize-js](https://www.npmjs.com/package/@bytecodealliance/componentize-js).
+`sluice-filter.js` is the wrapper of the filter API and `wit/` the API itself, as this
+Sluice speaks it. componentize-js reads only the files beside `app.js`: keep imports
+relative (`./...`).
+
+Build and test it:
+
+```sh
+npm install && npm run build
+sluice filter test {name}.wasm --config config.yaml --request request.yaml
+```
+
+Then attach it to a route:
+
+```yaml
+apiVersion: sluice.dev/v1alpha1
+kind: WasmFilter
+metadata: {name: {name}}
+spec:
+  source: {path: {name}.wasm}
+  config: {greeting: hi}
+```
+
+and an HTTPRoute rule's `filters: [{type: ExtensionRef, extensionRef: {group:
+sluice.dev, kind: WasmFilter, name: {name}}}]`, or publish it with `sluice filter push
+{name}.wasm registry.example.com/filters/{name}:v1`.
+"#;
 
 const APP_PY: &str = r#"""A Sluice filter in Python. It adds `x-hello: <greeting>` to every request and
 answers /hello itself; change on_request (and add on_response) to do your own work.

@@ -1,7 +1,9 @@
-//! Filters in Python: the wrapper in `sdk/python` and its example
-//! (`sdk/python/examples/hello`), built into a component by componentize-py from PyPI
-//! (`.ci/run` installs it in target/tools/py), checked with `sluice filter test` as a
-//! Python author would, and attached to a route of a running gateway.
+//! Filters in Python and JavaScript: the wrappers in `sdk/python` and `sdk/js` and their
+//! `hello` examples, built into components by componentize-py (PyPI) and
+//! componentize-js (npm), which `.ci/run` installs in target/tools/py and
+//! target/tools/js; checked with `sluice filter test` as their authors would, attached
+//! to a route of a running gateway, and `sluice filter new --lang python|js` projects
+//! built and tested as their READMEs say.
 
 mod common;
 
@@ -247,4 +249,164 @@ async fn a_python_filter_builds_tests_without_rust_and_runs_in_the_gateway() {
         condition(&wf["status"]["conditions"], "Ready")["status"],
         "True"
     );
+}
+
+/// componentize-js's `node_modules`: `$SLUICE_COMPONENTIZE_JS`, else the one `.ci/run`
+/// installs.
+fn js_modules() -> PathBuf {
+    std::env::var_os("SLUICE_COMPONENTIZE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/tools/js/node_modules"))
+}
+
+/// Runs `program args` in `cwd`, and fails the test with its output if it fails.
+fn run_in(cwd: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} ({e})"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {} failed:\n{}{}",
+        cwd.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes componentize-js importable from `dir` (what `npm install` would do there).
+fn link_modules(dir: &Path) {
+    let modules = js_modules();
+    assert!(
+        modules.join("@bytecodealliance/componentize-js").is_dir(),
+        "no componentize-js in {}; .ci/run installs it",
+        modules.display()
+    );
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules")).expect("link node_modules");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_filter_builds_tests_without_rust_and_runs_in_the_gateway() {
+    let dir = TempDir::new("js");
+    // The wrapper as npm packs it, beside the example's app.js: componentize-js reads
+    // only the files beside the source.
+    run_in(
+        &dir.0,
+        "npm",
+        &[
+            "pack",
+            "-q",
+            repo().join("sdk/js").to_str().expect("utf-8"),
+            "--pack-destination",
+            ".",
+        ],
+    );
+    run_in(&dir.0, "tar", &["xzf", "sluice-filter-0.1.0.tgz"]);
+    let build = dir.0.join("build");
+    std::fs::create_dir_all(&build).expect("build dir");
+    std::fs::copy(
+        dir.0.join("package/index.js"),
+        build.join("sluice-filter.js"),
+    )
+    .expect("the packed wrapper has index.js");
+    let example = repo().join("sdk/js/examples/hello");
+    std::fs::copy(example.join("app.js"), build.join("app.js")).expect("copy app.js");
+    link_modules(&build);
+    dir.write(
+        "build/build.mjs",
+        &format!(
+            "import {{ componentize }} from \"@bytecodealliance/componentize-js\";\nimport {{ writeFile }} from \"node:fs/promises\";\nconst {{ component }} = await componentize({{ sourcePath: \"app.js\", witPath: {:?}, worldName: \"sluice:filter/filter@0.2.0\", disableFeatures: [\"http\", \"fetch-event\"] }});\nawait writeFile(\"hello.wasm\", component);\n",
+            repo().join("wit").display().to_string()
+        ),
+    );
+    run_in(&build, "node", &["build.mjs"]);
+    let wasm = build.join("hello.wasm");
+
+    let (code, out, err) = filter_test(
+        &wasm,
+        &example.join("config.yaml"),
+        &example.join("request.yaml"),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("x-served-by: javascript"), "{out}");
+
+    let a = echo("a").await;
+    let port = free_port();
+    std::fs::create_dir_all(dir.0.join("filters")).expect("filters dir");
+    std::fs::copy(&wasm, dir.0.join("filters/hello-js.wasm")).expect("copy the component");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "filters.yaml",
+        "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello-js, namespace: default}\nspec:\n  source: {path: filters/hello-js.wasm}\n  config: {greeting: from-js}\n",
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext("hello-js")
+        )),
+    );
+    let cache = dir.0.join("cache");
+    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let r = loop {
+        let r = get(port, "h", "/api").await;
+        if r.status == StatusCode::OK || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.body, gw.logs());
+    assert_eq!(r.seen("x-hello").as_deref(), Some("from-js"));
+    assert_eq!(r.headers["x-served-by"], "javascript");
+    let r = get(port, "h", "/hello").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "from-js\n"));
+}
+
+/// `sluice filter new --lang js`: `npm run build` (with componentize-js linked where
+/// `npm install` would put it) builds it, its own case passes, and a refused config is
+/// reported with the field.
+#[test]
+fn filter_new_js_writes_a_project_that_builds_and_passes_its_test() {
+    let dir = TempDir::new("js-new");
+    let project = dir.0.join("greet");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["filter", "new", "greet", "--lang", "js", "--dir"])
+        .arg(&project)
+        .output()
+        .expect("sluice filter new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "app.js",
+        "sluice-filter.js",
+        "build.mjs",
+        "package.json",
+        "wit/filter.wit",
+        "README.md",
+    ] {
+        assert!(project.join(f).is_file(), "no {f}");
+    }
+    link_modules(&project);
+    run_in(&project, "npm", &["run", "-s", "build"]);
+    let wasm = project.join("greet.wasm");
+    let (code, out, err) = filter_test(
+        &wasm,
+        &project.join("config.yaml"),
+        &project.join("request.yaml"),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    dir.write("bad.yaml", "{greeting: ''}\n");
+    let (code, _, err) = filter_test(
+        &wasm,
+        &dir.0.join("bad.yaml"),
+        &project.join("request.yaml"),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(".greeting: must not be empty"), "{err}");
 }
