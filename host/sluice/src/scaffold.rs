@@ -358,21 +358,6 @@ sluice filter push target/wasm32-wasip2/release/{lib}.wasm REGISTRY/filters/{nam
 and point the WasmFilter at `spec.source.oci: {image: REGISTRY/filters/{name}:v1}`.
 "#;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(type_name("api-key"), "ApiKey");
-        assert_eq!(type_name("rate_limit2"), "RateLimit2");
-        assert!(check_name("api-key").is_ok());
-        for bad in ["", "1st", "a b", "../x", "é"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 /// Writes the JavaScript filter `name` into `dir` (default: `./name`); returns the
 /// directory. As with Python, the WIT and the wrapper (`sdk/js/index.js`, as
 /// `sluice-filter.js`: componentize-js reads only files beside `app.js`) are written
@@ -505,7 +490,7 @@ sluice.dev, kind: WasmFilter, name: {name}}}]`, or publish it with `sluice filte
 {name}.wasm registry.example.com/filters/{name}:v1`.
 "#;
 
-const APP_PY: &str = r#"""A Sluice filter in Python. It adds `x-hello: <greeting>` to every request and
+const APP_PY: &str = r#""""A Sluice filter in Python. It adds `x-hello: <greeting>` to every request and
 answers /hello itself; change on_request (and add on_response) to do your own work.
 The hooks, bodies and the sandbox are in Sluice's docs/filters.md, "Filters in
 Python"."""
@@ -565,3 +550,18 @@ and an HTTPRoute rule's `filters: [{type: ExtensionRef, extensionRef: {group:
 sluice.dev, kind: WasmFilter, name: {name}}}]`, or publish it with `sluice filter push
 {name}.wasm registry.example.com/filters/{name}:v1`.
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(type_name("api-key"), "ApiKey");
+        assert_eq!(type_name("rate_limit2"), "RateLimit2");
+        assert!(check_name("api-key").is_ok());
+        for bad in ["", "1st", "a b", "../x", "é"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

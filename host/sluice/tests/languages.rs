@@ -313,13 +313,14 @@ async fn a_javascript_filter_builds_tests_without_rust_and_runs_in_the_gateway()
     let example = repo().join("sdk/js/examples/hello");
     std::fs::copy(example.join("app.js"), build.join("app.js")).expect("copy app.js");
     link_modules(&build);
-    dir.write(
-        "build/build.mjs",
-        &format!(
+    std::fs::write(
+        build.join("build.mjs"),
+        format!(
             "import {{ componentize }} from \"@bytecodealliance/componentize-js\";\nimport {{ writeFile }} from \"node:fs/promises\";\nconst {{ component }} = await componentize({{ sourcePath: \"app.js\", witPath: {:?}, worldName: \"sluice:filter/filter@0.2.0\", disableFeatures: [\"http\", \"fetch-event\"] }});\nawait writeFile(\"hello.wasm\", component);\n",
             repo().join("wit").display().to_string()
         ),
-    );
+    )
+    .expect("write build.mjs");
     run_in(&build, "node", &["build.mjs"]);
     let wasm = build.join("hello.wasm");
 
