@@ -127,7 +127,10 @@ pub fn new_python(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         ),
         ("config.yaml", "greeting: hi\n".to_string()),
         ("request.yaml", REQUEST_YAML.replace("{name}", name)),
-        ("README.md", README_PY.replace("{name}", name)),
+        (
+            "README.md",
+            (README_PY.to_string() + ATTACH_MD).replace("{name}", name),
+        ),
         (".gitignore", "/*.wasm\n__pycache__/\n/.venv/\n".to_string()),
     ];
     write_files(&dir, &files)?;
@@ -384,7 +387,10 @@ pub fn new_js(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         ),
         ("config.yaml", "greeting: hi\n".to_string()),
         ("request.yaml", REQUEST_YAML.replace("{name}", name)),
-        ("README.md", README_JS.replace("{name}", name)),
+        (
+            "README.md",
+            (README_JS.to_string() + ATTACH_MD).replace("{name}", name),
+        ),
         (".gitignore", "/*.wasm\n/node_modules/\n".to_string()),
     ];
     write_files(&dir, &files)?;
@@ -459,21 +465,8 @@ const PACKAGE_JSON: &str = r#"{
 }
 "#;
 
-const README_JS: &str = r#"# {name}
-
-A Sluice filter in JavaScript (`app.js`), built into a WebAssembly component with
-[componentize-js](https://www.npmjs.com/package/@bytecodealliance/componentize-js).
-`sluice-filter.js` is the wrapper of the filter API and `wit/` the API itself, as this
-Sluice speaks it. componentize-js reads only the files beside `app.js`: keep imports
-relative (`./...`).
-
-Build and test it:
-
-```sh
-npm install && npm run build
-sluice filter test {name}.wasm --config config.yaml --request request.yaml
-```
-
+/// The end of the Python and JavaScript READMEs: attaching and publishing.
+const ATTACH_MD: &str = r#"
 Then attach it to a route:
 
 ```yaml
@@ -488,6 +481,22 @@ spec:
 and an HTTPRoute rule's `filters: [{type: ExtensionRef, extensionRef: {group:
 sluice.dev, kind: WasmFilter, name: {name}}}]`, or publish it with `sluice filter push
 {name}.wasm registry.example.com/filters/{name}:v1`.
+"#;
+
+const README_JS: &str = r#"# {name}
+
+A Sluice filter in JavaScript (`app.js`), built into a WebAssembly component with
+[componentize-js](https://www.npmjs.com/package/@bytecodealliance/componentize-js).
+`sluice-filter.js` is the wrapper of the filter API and `wit/` the API itself, as this
+Sluice speaks it. componentize-js reads only the files beside `app.js`: keep imports
+relative (`./...`).
+
+Build and test it:
+
+```sh
+npm install && npm run build
+sluice filter test {name}.wasm --config config.yaml --request request.yaml
+```
 "#;
 
 const APP_PY: &str = r#""""A Sluice filter in Python. It adds `x-hello: <greeting>` to every request and
@@ -534,21 +543,6 @@ python3 -m venv .venv && .venv/bin/pip install componentize-py==0.25.1
 .venv/bin/componentize-py -d wit -w sluice:filter/filter@0.2.0 componentize app -o {name}.wasm
 sluice filter test {name}.wasm --config config.yaml --request request.yaml
 ```
-
-Then attach it to a route:
-
-```yaml
-apiVersion: sluice.dev/v1alpha1
-kind: WasmFilter
-metadata: {name: {name}}
-spec:
-  source: {path: {name}.wasm}
-  config: {greeting: hi}
-```
-
-and an HTTPRoute rule's `filters: [{type: ExtensionRef, extensionRef: {group:
-sluice.dev, kind: WasmFilter, name: {name}}}]`, or publish it with `sluice filter push
-{name}.wasm registry.example.com/filters/{name}:v1`.
 "#;
 
 #[cfg(test)]

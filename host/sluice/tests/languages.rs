@@ -137,6 +137,61 @@ fn filter_test(wasm: &Path, config: &Path, request: &Path) -> (Option<i32>, Stri
 /// `sluice filter new --lang python` writes a project that needs only componentize-py:
 /// it builds as its README says, passes its own `sluice filter test` case, and a
 /// config the filter refuses is reported with the field.
+/// The example `wasm` attached as WasmFilter `name` to a route of a running gateway,
+/// with `{greeting: from-LANG}`: the backend sees the greeting, the response says
+/// which language served it, the filter answers `/hello` itself without calling the
+/// backend, and the WasmFilter is Ready.
+async fn attached(dir: &TempDir, wasm: &Path, name: &str, lang: &str) {
+    let a = echo("a").await;
+    let port = free_port();
+    std::fs::create_dir_all(dir.0.join("filters")).expect("filters dir");
+    std::fs::copy(wasm, dir.0.join(format!("filters/{name}.wasm"))).expect("copy the component");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "filters.yaml",
+        &format!("apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  source: {{path: filters/{name}.wasm}}\n  config: {{greeting: from-{lang}}}\n"),
+    );
+    dir.write(
+        "routes.yaml",
+        &route(&format!(
+            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+            ext(name)
+        )),
+    );
+    let cache = dir.0.join("cache");
+    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let r = loop {
+        let r = get(port, "h", "/api").await;
+        if r.status == StatusCode::OK || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let greeting = format!("from-{lang}");
+    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.body, gw.logs());
+    assert_eq!(r.seen("x-hello").as_deref(), Some(greeting.as_str()));
+    assert_eq!(r.headers["x-served-by"], lang);
+    let before = a.id.requests.load(Ordering::Relaxed);
+    let r = get(port, "h", "/hello").await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (StatusCode::OK, format!("{greeting}\n"))
+    );
+    assert_eq!(
+        a.id.requests.load(Ordering::Relaxed),
+        before,
+        "the filter answered; the backend was not called"
+    );
+    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
+    let wf = status_of(&status, "WasmFilter", name);
+    assert_eq!(
+        condition(&wf["status"]["conditions"], "Ready")["status"],
+        "True"
+    );
+}
+
 #[test]
 fn filter_new_python_writes_a_project_that_builds_and_passes_its_test() {
     let dir = TempDir::new("python-new");
@@ -201,54 +256,7 @@ async fn a_python_filter_builds_tests_without_rust_and_runs_in_the_gateway() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("x-served-by: python"), "{out}");
 
-    // Attached to a route with an ExtensionRef, like any filter.
-    let a = echo("a").await;
-    let port = free_port();
-    std::fs::create_dir_all(dir.0.join("filters")).expect("filters dir");
-    std::fs::copy(&wasm, dir.0.join("filters/hello-py.wasm")).expect("copy the component");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &service_yaml("a", &a, None));
-    dir.write(
-        "filters.yaml",
-        "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello-py, namespace: default}\nspec:\n  source: {path: filters/hello-py.wasm}\n  config: {greeting: from-python}\n",
-    );
-    dir.write(
-        "routes.yaml",
-        &route(&format!(
-            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
-            ext("hello-py")
-        )),
-    );
-    let cache = dir.0.join("cache");
-    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let r = loop {
-        let r = get(port, "h", "/api").await;
-        if r.status == StatusCode::OK || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.body, gw.logs());
-    assert_eq!(r.seen("x-hello").as_deref(), Some("from-python"));
-    assert_eq!(r.headers["x-served-by"], "python");
-    let before = a.id.requests.load(Ordering::Relaxed);
-    let r = get(port, "h", "/hello").await;
-    assert_eq!(
-        (r.status, r.body.as_str()),
-        (StatusCode::OK, "from-python\n")
-    );
-    assert_eq!(
-        a.id.requests.load(Ordering::Relaxed),
-        before,
-        "the filter answered; the backend was not called"
-    );
-    let status: serde_json::Value = serde_json::from_str(&gw.admin("/status").await).expect("json");
-    let wf = status_of(&status, "WasmFilter", "hello-py");
-    assert_eq!(
-        condition(&wf["status"]["conditions"], "Ready")["status"],
-        "True"
-    );
+    attached(&dir, &wasm, "hello-py", "python").await;
 }
 
 /// componentize-js's `node_modules`: `$SLUICE_COMPONENTIZE_JS`, else the one `.ci/run`
@@ -332,38 +340,7 @@ async fn a_javascript_filter_builds_tests_without_rust_and_runs_in_the_gateway()
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("x-served-by: javascript"), "{out}");
 
-    let a = echo("a").await;
-    let port = free_port();
-    std::fs::create_dir_all(dir.0.join("filters")).expect("filters dir");
-    std::fs::copy(&wasm, dir.0.join("filters/hello-js.wasm")).expect("copy the component");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &service_yaml("a", &a, None));
-    dir.write(
-        "filters.yaml",
-        "apiVersion: sluice.dev/v1alpha1\nkind: WasmFilter\nmetadata: {name: hello-js, namespace: default}\nspec:\n  source: {path: filters/hello-js.wasm}\n  config: {greeting: from-js}\n",
-    );
-    dir.write(
-        "routes.yaml",
-        &route(&format!(
-            "  - filters: [{}]\n    backendRefs: [{{name: a, port: 80}}]\n",
-            ext("hello-js")
-        )),
-    );
-    let cache = dir.0.join("cache");
-    let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let r = loop {
-        let r = get(port, "h", "/api").await;
-        if r.status == StatusCode::OK || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.body, gw.logs());
-    assert_eq!(r.seen("x-hello").as_deref(), Some("from-js"));
-    assert_eq!(r.headers["x-served-by"], "javascript");
-    let r = get(port, "h", "/hello").await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "from-js\n"));
+    attached(&dir, &wasm, "hello-js", "javascript").await;
 }
 
 /// `sluice filter new --lang js`: `npm run build` (with componentize-js linked where
