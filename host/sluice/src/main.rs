@@ -119,6 +119,12 @@ enum Command {
         /// policy applies.
         #[arg(long, default_value_t = sluice_wasm::DEFAULT_INSTANCES, value_name = "N")]
         wasm_instances: u32,
+        /// Linear memory the idle instances of one WasmFilter may hold between calls,
+        /// as a quantity (256Mi, 1Gi). A pool keeps as many idle instances as were in use
+        /// at once lately (at least 64), but no more than fit in this; `minInstances`
+        /// are kept regardless. Python and JavaScript instances hold 10-20 MiB each.
+        #[arg(long, default_value = "256Mi", value_name = "QUANTITY", value_parser = parse_idle_memory)]
+        wasm_idle_memory: usize,
         /// Access log on stdout, one line per HTTP request: `on`, `off`, or the share of
         /// requests to log (`0.1` logs one in ten).
         #[arg(long, default_value = "on", value_name = "on|off|SHARE", value_parser = parse_share)]
@@ -307,6 +313,12 @@ enum FilterCommand {
         /// The request, the backend's response and what to expect, as YAML.
         #[arg(long, value_name = "FILE")]
         request: PathBuf,
+        /// Where compiled components are cached, by digest, as for `run`: a second
+        /// test of the same build skips compiling it (seconds for a Python or
+        /// JavaScript component). Default: $XDG_CACHE_HOME/sluice/wasm or
+        /// ~/.cache/sluice/wasm.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Run again, locally, the requests on which a WasmFilter trapped, timed out or ran
     /// out of memory in a gateway (kept when its spec.debug.captureFailures is set), on
@@ -340,6 +352,10 @@ enum FilterCommand {
         /// `expect:` block to keep it as a regression test).
         #[arg(long, value_name = "DIR")]
         save: Option<PathBuf>,
+        /// Where compiled components are cached, by digest, as for `run` and `filter
+        /// test`. Default: $XDG_CACHE_HOME/sluice/wasm or ~/.cache/sluice/wasm.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Push a component as an OCI artifact (CNCF Wasm layout); prints the manifest digest.
     Push {
@@ -481,6 +497,17 @@ impl ConnectionFlags {
 }
 
 /// `on` (every request), `off`, or a share of requests between 0 and 1.
+/// `--wasm-idle-memory`: a quantity of at least one MiB.
+fn parse_idle_memory(s: &str) -> Result<usize, String> {
+    let bytes = sluice_resources::parse_quantity(s)?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "{s:?} is less than one instance's memory: give at least 1Mi"
+        ));
+    }
+    Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
 fn parse_share(s: &str) -> Result<f64, String> {
     match s {
         "on" => Ok(1.0),
@@ -531,6 +558,7 @@ fn main() -> ExitCode {
             udp_idle_timeout,
             filter_log_lines,
             wasm_instances,
+            wasm_idle_memory,
             access_log,
             access_log_format,
             tracing: trace_flags,
@@ -582,6 +610,7 @@ fn main() -> ExitCode {
                     limits: connections.limits(),
                     filter_log_lines,
                     wasm_instances,
+                    wasm_idle_memory,
                     access_log: (access_log > 0.0).then(|| {
                         use std::io::IsTerminal;
                         let format = match access_log_format.as_str() {
@@ -607,7 +636,11 @@ fn main() -> ExitCode {
             component,
             config,
             request,
-        }) => filter_test::run(&component, config.as_deref(), &request),
+            cache_dir,
+        }) => {
+            harness_cache(cache_dir);
+            filter_test::run(&component, config.as_deref(), &request)
+        }
         Command::Filter(FilterCommand::Replay {
             component,
             admin,
@@ -615,17 +648,21 @@ fn main() -> ExitCode {
             filter,
             config,
             save,
-        }) => replay::run(&replay::Options {
-            component,
-            source: match (admin, from) {
-                (Some(a), _) => replay::Source::Admin(a),
-                (None, Some(f)) => replay::Source::File(f),
-                (None, None) => unreachable!("clap requires --admin or --from"),
-            },
-            filter,
-            config,
-            save,
-        }),
+            cache_dir,
+        }) => {
+            harness_cache(cache_dir);
+            replay::run(&replay::Options {
+                component,
+                source: match (admin, from) {
+                    (Some(a), _) => replay::Source::Admin(a),
+                    (None, Some(f)) => replay::Source::File(f),
+                    (None, None) => unreachable!("clap requires --admin or --from"),
+                },
+                filter,
+                config,
+                save,
+            })
+        }
         Command::Filter(cmd) => block_on(1, async {
             match cmd {
                 FilterCommand::New {
@@ -760,6 +797,13 @@ fn block_on(workers: usize, fut: impl Future<Output = anyhow::Result<()>>) -> Ex
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--cache-dir` of the commands that run a filter in the harness.
+fn harness_cache(dir: Option<PathBuf>) {
+    if let Some(dir) = dir.or_else(default_cache_dir) {
+        sluice_harness::set_cache_dir(dir);
     }
 }
 

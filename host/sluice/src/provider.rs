@@ -62,6 +62,8 @@ pub struct Config {
     pub filter_log_lines: u64,
     /// Live Wasm instances across all filters.
     pub wasm_instances: u32,
+    /// Linear memory one WasmFilter's idle instances may hold.
+    pub wasm_idle_memory: usize,
     /// The access log's format and the share of requests it logs; `None`: off.
     pub access_log: Option<(sluice_proxy::access_log::Format, f64)>,
     /// Where spans go; `None`: tracing is off.
@@ -339,6 +341,7 @@ impl App {
             limits,
             filter_log_lines,
             wasm_instances,
+            wasm_idle_memory,
             access_log,
             tracing: trace_config,
         } = config;
@@ -364,6 +367,7 @@ impl App {
         let runtime = Runtime::with_instances(cache_dir, wasm_instances)
             .map_err(|e| anyhow!("cannot start the Wasm runtime: {e}"))?;
         runtime.set_log_lines_per_second(filter_log_lines);
+        runtime.set_idle_memory(wasm_idle_memory);
         let loader = Arc::new(Loader {
             from,
             bind_address,

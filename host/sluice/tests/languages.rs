@@ -117,6 +117,8 @@ fn componentize(cwd: &Path, wit: &Path, paths: &[&Path], out: &Path) {
 }
 
 /// `sluice filter test COMPONENT --config C --request R`: exit code, stdout, stderr.
+/// The compiled code is cached beside the component (`--cache-dir`), so a second test
+/// of the same build skips the compile, which takes seconds for these components.
 fn filter_test(wasm: &Path, config: &Path, request: &Path) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["filter", "test"])
@@ -125,6 +127,8 @@ fn filter_test(wasm: &Path, config: &Path, request: &Path) -> (Option<i32>, Stri
         .arg(config)
         .arg("--request")
         .arg(request)
+        .arg("--cache-dir")
+        .arg(wasm.with_file_name("wasm-cache"))
         .output()
         .expect("sluice filter test");
     (

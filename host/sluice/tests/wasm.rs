@@ -2337,7 +2337,9 @@ fn filter_test_runs_a_component_on_a_yaml_request_and_checks_expectations() {
     let run = |component: &str, config: Option<&str>, case: &str| {
         dir.write("case.yaml", case);
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.args(["filter", "test"])
+        // The default --cache-dir, here in the test's folder.
+        cmd.env("XDG_CACHE_HOME", dir.0.join("cache"))
+            .args(["filter", "test"])
             .arg(built.join(format!("{component}.wasm")))
             .arg("--request")
             .arg(dir.0.join("case.yaml"));
@@ -2364,6 +2366,20 @@ fn filter_test_runs_a_component_on_a_yaml_request_and_checks_expectations() {
     assert!(
         out.contains("x-hello: tests"),
         "the report shows the request:\n{out}"
+    );
+    // The compiled code is kept by digest, so the next test of this build loads it.
+    let digest = sluice_wasm::sha256_hex(
+        &std::fs::read(built.join("hello.wasm")).expect("read hello.wasm"),
+    );
+    let cached: Vec<String> = std::fs::read_dir(dir.0.join("cache/sluice/wasm"))
+        .expect("the default cache folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|f| f.starts_with(&digest) && f.ends_with(".cwasm")),
+        "{cached:?}"
     );
 
     // A mismatch names each field that differs.

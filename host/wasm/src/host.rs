@@ -190,6 +190,9 @@ pub struct MemoryLimiter {
     pub inner: StoreLimits,
     pub limit: usize,
     pub exceeded: bool,
+    /// The instance's linear memories, in bytes, all together (their creation counts
+    /// as growth from 0).
+    pub size: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -204,6 +207,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.exceeded = true;
             return Ok(false);
         }
+        self.size = self.size.saturating_add(desired.saturating_sub(current));
         Ok(ok)
     }
     fn table_growing(

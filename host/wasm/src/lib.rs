@@ -27,7 +27,7 @@ mod ticker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use ticker::{TICK, Ticker};
@@ -87,6 +87,13 @@ const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(1);
 /// period did not need, on a thread of its own: a burst neither instantiates nor
 /// drops a thousand instances at once on a proxy thread each time it comes back.
 const POOL_CAPACITY: usize = 64;
+/// The linear memory one WasmFilter's idle instances may hold between calls, by
+/// default (`sluice run --wasm-idle-memory`). It caps the idle instances kept above:
+/// a Rust filter's instance has about 1 MiB of linear memory, so this keeps some 240
+/// of them; a Python or JavaScript one has 10 to 20 MiB (its interpreter's heap), so it
+/// keeps a dozen or two, not 64 or the last burst's peak. `minInstances` is kept
+/// whatever it costs.
+pub const DEFAULT_IDLE_MEMORY: usize = 256 << 20;
 /// How often pools give back the idle instances the last period did not use.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// Live instances across all filters by default (`sluice run --wasm-instances`). An
@@ -180,6 +187,8 @@ pub struct Runtime {
     slow_lane: Arc<tokio::sync::Semaphore>,
     /// Copied into each filter's `FilterShared` when it is first seen.
     log_lines_per_second: AtomicU64,
+    /// The linear memory each pool's idle instances may hold (`set_idle_memory`).
+    idle_memory: AtomicUsize,
 }
 
 /// Where a trap happened in the filter's own code: the first frame whose DWARF (a
@@ -299,6 +308,7 @@ impl Runtime {
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             )),
             log_lines_per_second: AtomicU64::new(stats::LOG_LINES_PER_SECOND),
+            idle_memory: AtomicUsize::new(DEFAULT_IDLE_MEMORY),
         });
         let weak = Arc::downgrade(&runtime);
         std::thread::Builder::new()
@@ -328,6 +338,14 @@ impl Runtime {
     /// [`stats::LOG_LINES_PER_SECOND`]); call it before any filter is loaded.
     pub fn set_log_lines_per_second(&self, n: u64) {
         self.log_lines_per_second.store(n, Ordering::Relaxed);
+    }
+
+    /// Sets the linear memory, in bytes, that one WasmFilter's idle instances may hold
+    /// between calls (default [`DEFAULT_IDLE_MEMORY`]). Past it, an instance that
+    /// finishes a call is dropped instead of kept, whatever the recent peak; the
+    /// filter's `minInstances` are kept regardless.
+    pub fn set_idle_memory(&self, bytes: usize) {
+        self.idle_memory.store(bytes, Ordering::Relaxed);
     }
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
@@ -463,6 +481,7 @@ impl Runtime {
             shared,
             idle: Mutex::new(Vec::new()),
             peak: std::sync::atomic::AtomicUsize::new(0),
+            instance_memory: std::sync::atomic::AtomicUsize::new(0),
             deadline_ticks: ticks(spec.timeout),
             needs: std::sync::OnceLock::new(),
         });
@@ -691,6 +710,8 @@ pub struct Pool {
     idle: Mutex<Vec<Instance>>,
     /// The most instances of this pool in use at once since the last trim.
     peak: std::sync::atomic::AtomicUsize,
+    /// The most linear memory one of its instances has had, in bytes.
+    instance_memory: std::sync::atomic::AtomicUsize,
     deadline_ticks: u64,
     /// What the first instance's `configure` returned (all of a pool's instances run
     /// the same component with the same config).
@@ -733,6 +754,13 @@ impl Pool {
         self.compiled.api
     }
 
+    /// The most linear memory one of this pool's instances has had at the end of a
+    /// call, in bytes (0 before the first call ends): what each idle instance counts
+    /// against the idle memory.
+    pub fn instance_memory(&self) -> usize {
+        self.instance_memory.load(Ordering::Relaxed)
+    }
+
     /// Which bodies the filter asked for from `configure`.
     pub fn needs(&self) -> Needs {
         self.needs.get().copied().unwrap_or_default()
@@ -746,6 +774,7 @@ impl Pool {
                 .build(),
             limit: self.spec.memory_bytes,
             exceeded: false,
+            size: 0,
         };
         let state = HostState {
             table: ResourceTable::new(),
@@ -899,8 +928,23 @@ impl Pool {
         Ok(inst)
     }
 
+    /// How many idle instances to keep, given the most in use at once lately: that
+    /// many, at least `POOL_CAPACITY`, but no more than the runtime's idle memory
+    /// holds, and at least `minInstances` (and one).
+    fn keep(&self, peak: usize) -> usize {
+        let each = self.instance_memory.load(Ordering::Relaxed).max(1);
+        let fits = self.runtime.idle_memory.load(Ordering::Relaxed) / each;
+        POOL_CAPACITY
+            .max(peak)
+            .min(fits)
+            .max(self.spec.min_instances)
+            .max(1)
+    }
+
     fn checkin(&self, inst: Instance) {
-        let keep = POOL_CAPACITY.max(self.peak.load(Ordering::Relaxed));
+        self.instance_memory
+            .fetch_max(inst.store.data().limiter.size, Ordering::Relaxed);
+        let keep = self.keep(self.peak.load(Ordering::Relaxed));
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < keep {
             idle.push(inst);
@@ -911,13 +955,14 @@ impl Pool {
     }
 
     /// Ends a trim period: returns the idle instances beyond what the period needed
-    /// (the most in use at once, at least `POOL_CAPACITY` and `minInstances`), for the
+    /// (the most in use at once, at least `POOL_CAPACITY` and `minInstances`, within
+    /// the idle memory: `Pool::keep`), for the
     /// caller to drop off the request path.
     fn trim(&self) -> Vec<Instance> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let in_use = self.live().saturating_sub(idle.len());
         let peak = self.peak.swap(in_use, Ordering::Relaxed);
-        let keep = POOL_CAPACITY.max(peak).max(self.spec.min_instances);
+        let keep = self.keep(peak);
         if idle.len() > keep {
             idle.split_off(keep)
         } else {

@@ -145,10 +145,27 @@ impl Exchange {
     }
 }
 
+static RUNTIME: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+static CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
 fn runtime() -> Result<Arc<Runtime>, String> {
-    static RT: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(None).map_err(|e| e.to_string()))
+    RUNTIME
+        .get_or_init(|| Runtime::new(CACHE_DIR.get().cloned()).map_err(|e| e.to_string()))
         .clone()
+}
+
+/// Keeps the machine code of the components this process loads in `dir`, by digest,
+/// in the format of the gateway's `--cache-dir` (the engines match, so the two can
+/// share a folder). A later run then loads a component it has seen in milliseconds
+/// instead of compiling it again, which takes seconds for a Python or JavaScript
+/// component. Call it before the first [`Harness::load`]: it returns `false`, and
+/// changes nothing, once the runtime has started.
+///
+/// ```ignore
+/// sluice_harness::set_cache_dir("target/sluice-wasm-cache".into());
+/// ```
+pub fn set_cache_dir(dir: PathBuf) -> bool {
+    RUNTIME.get().is_none() && CACHE_DIR.set(dir).is_ok()
 }
 
 /// Limits for [`Harness::load_with`]; the defaults are the gateway's.

@@ -1157,3 +1157,69 @@ fn config_errors_have_json_paths_and_no_json_positions() {
         assert!(m.starts_with(says) && !m.contains("line"), "{config}: {m}");
     }
 }
+
+/// A pool keeps idle instances only as far as the runtime's idle memory goes
+/// (`sluice run --wasm-idle-memory`): after 20 streams held 20 instances of body-hash
+/// at once, the default keeps all 20 for the next burst; a budget of 8 MiB keeps what
+/// fits in it (a Rust instance has about 1 MiB of linear memory); and `minInstances`
+/// are kept whatever the budget.
+#[test]
+fn idle_instances_stay_within_the_idle_memory() {
+    use sluice_wasm::{CaptureSpec, Context, FilterSpec, KvBackend, Runtime, block_on};
+    use std::sync::atomic::Ordering;
+
+    let bytes = std::fs::read(wasm("body-hash")).expect("read body-hash.wasm");
+    let kept_after_a_burst = |idle_memory: Option<usize>, min_instances: usize| {
+        let rt = Runtime::with_instances(None, 64).expect("runtime");
+        if let Some(b) = idle_memory {
+            rt.set_idle_memory(b);
+        }
+        let compiled = rt.load(&bytes).expect("load body-hash");
+        let spec = FilterSpec {
+            name: "test/idle-memory".into(),
+            config: "null".into(),
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_secs(1),
+            min_instances,
+            kv: KvBackend::Memory,
+            capture: CaptureSpec::default(),
+        };
+        let pool = block_on(rt.pool(&compiled, &spec)).expect("pool");
+        let live = || pool.stats().instances.load(Ordering::Relaxed);
+        let streams: Vec<_> = (0..20)
+            .map(|_| {
+                let (mut method, mut uri, mut headers) = (
+                    http::Method::POST,
+                    http::Uri::from_static("/up"),
+                    http::HeaderMap::new(),
+                );
+                block_on(pool.request_stream(
+                    &mut method,
+                    &mut uri,
+                    &mut headers,
+                    Context::default(),
+                ))
+                .expect("stream start")
+            })
+            .collect();
+        assert_eq!(live(), 20, "each stream holds an instance");
+        for s in streams {
+            let mut trailers = http::HeaderMap::new();
+            block_on(s.end(&mut trailers)).expect("stream end");
+            assert!(trailers.contains_key("content-digest"), "{trailers:?}");
+        }
+        live()
+    };
+    assert_eq!(
+        kept_after_a_burst(None, 1),
+        20,
+        "the default keeps the burst's instances"
+    );
+    let kept = kept_after_a_burst(Some(8 << 20), 1);
+    assert!((1..=8).contains(&kept), "8 MiB kept {kept} instances");
+    assert_eq!(
+        kept_after_a_burst(Some(8 << 20), 12),
+        12,
+        "minInstances are kept regardless"
+    );
+}
