@@ -942,8 +942,12 @@ impl Pool {
     }
 
     fn checkin(&self, inst: Instance) {
-        self.instance_memory
-            .fetch_max(inst.store.data().limiter.size, Ordering::Relaxed);
+        // A shared write only when an instance grew past the most seen (rare): the
+        // common case is one load.
+        let size = inst.store.data().limiter.size;
+        if size > self.instance_memory.load(Ordering::Relaxed) {
+            self.instance_memory.fetch_max(size, Ordering::Relaxed);
+        }
         let keep = self.keep(self.peak.load(Ordering::Relaxed));
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < keep {
@@ -955,9 +959,8 @@ impl Pool {
     }
 
     /// Ends a trim period: returns the idle instances beyond what the period needed
-    /// (the most in use at once, at least `POOL_CAPACITY` and `minInstances`, within
-    /// the idle memory: `Pool::keep`), for the
-    /// caller to drop off the request path.
+    /// (`Pool::keep`: the most in use at once within the idle memory, and at least
+    /// `minInstances`), for the caller to drop off the request path.
     fn trim(&self) -> Vec<Instance> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let in_use = self.live().saturating_sub(idle.len());
