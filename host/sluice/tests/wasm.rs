@@ -1710,9 +1710,22 @@ async fn jwt_verifies_tokens_against_a_fetched_and_cached_jwks() {
 
 /// `--wasm-instances` bounds the hook calls in flight across all filters, including
 /// calls waiting on an outbound request: past it a call fails (FailClosed: 500) at
-/// once instead of queueing, and the requests within it are served.
+/// once instead of queueing, and the requests within it are served. After the burst,
+/// `--wasm-idle-memory` bounds the idle instances the filter keeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_instances_bound_the_calls_waiting_on_outbound_requests() {
+    // A budget below one instance is refused, with the flag and the fix.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--wasm-idle-memory", "512Ki", "."])
+        .output()
+        .expect("sluice run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--wasm-idle-memory") && err.contains("at least 1Mi"),
+        "{err}"
+    );
+
     let app = echo("app").await;
     let authz = echo("authz").await;
     let port = free_port();
@@ -1743,13 +1756,15 @@ async fn wasm_instances_bound_the_calls_waiting_on_outbound_requests() {
         )),
     );
     let cache = dir.0.join("cache");
-    let _gw = Sluice::start(
+    let gw = Sluice::start(
         &dir.0,
         &[
             "--cache-dir",
             cache.to_str().expect("utf-8"),
             "--wasm-instances",
             "64",
+            "--wasm-idle-memory",
+            "4Mi",
         ],
     )
     .await;
@@ -1775,6 +1790,12 @@ async fn wasm_instances_bound_the_calls_waiting_on_outbound_requests() {
     }
     assert!((32..=64).contains(&ok), "{ok} served within 64 instances");
     assert_eq!(ok + failed, 96);
+    // Up to 64 instances were in use at once; of about 1 MiB of linear memory each,
+    // 4Mi keeps at most four.
+    let live = gw
+        .metric(r#"sluice_wasm_instances{filter="default/authz"}"#)
+        .await;
+    assert!((1..=4).contains(&live), "{live} instances kept idle");
 }
 
 /// `content-digest` as body-hash writes it.
@@ -2368,9 +2389,8 @@ fn filter_test_runs_a_component_on_a_yaml_request_and_checks_expectations() {
         "the report shows the request:\n{out}"
     );
     // The compiled code is kept by digest, so the next test of this build loads it.
-    let digest = sluice_wasm::sha256_hex(
-        &std::fs::read(built.join("hello.wasm")).expect("read hello.wasm"),
-    );
+    let digest =
+        sluice_wasm::sha256_hex(&std::fs::read(built.join("hello.wasm")).expect("read hello.wasm"));
     let cached: Vec<String> = std::fs::read_dir(dir.0.join("cache/sluice/wasm"))
         .expect("the default cache folder")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -215,11 +215,14 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A table row: its label, the figure and the figure's unit.
+type Row<'a> = (&'a str, &'a dyn Fn(&Figures) -> f64, &'a str);
+
 fn report(figures: &[Figures]) {
     let base = &figures[0];
     let mib = |b: f64| b / f64::from(1u32 << 20);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let rows: [(&str, &dyn Fn(&Figures) -> f64, &str); 11] = [
+    let rows: [Row; 11] = [
         ("component size", &|f| mib(f.size as f64), "MiB"),
         (
             "compiled code (AOT cache)",

@@ -1168,7 +1168,7 @@ fn idle_instances_stay_within_the_idle_memory() {
     use sluice_wasm::{CaptureSpec, Context, FilterSpec, KvBackend, Runtime, block_on};
     use std::sync::atomic::Ordering;
 
-    let bytes = std::fs::read(wasm("body-hash")).expect("read body-hash.wasm");
+    let bytes = std::fs::read(wasm("body_hash")).expect("read body_hash.wasm");
     let kept_after_a_burst = |idle_memory: Option<usize>, min_instances: usize| {
         let rt = Runtime::with_instances(None, 64).expect("runtime");
         if let Some(b) = idle_memory {
