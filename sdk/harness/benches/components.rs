@@ -17,11 +17,14 @@
 //! measured in the same run: compare ratios, not absolute numbers (these machines are
 //! shared).
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::best_of;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use sluice_wasm::{CaptureSpec, Context, FilterSpec, KvBackend, Pool, Runtime, block_on};
 
@@ -170,19 +173,6 @@ fn call(pool: &Pool) {
     let mut status = StatusCode::OK;
     let mut headers = HeaderMap::new();
     block_on(pool.on_response(&mut status, &mut headers, &mut cx)).expect("on_response");
-}
-
-/// Best of five rounds of `n` iterations, in ns per iteration.
-fn best_of(n: u32, mut f: impl FnMut()) -> f64 {
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / f64::from(n)
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 /// One of this process's memory figures in /proc/self/status (`VmRSS`, `RssAnon`), in

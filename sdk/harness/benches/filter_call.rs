@@ -7,9 +7,11 @@
 //! Prints ns per call and the ratio to the baseline. Compare ratios, not absolute
 //! numbers: these machines are shared.
 
-use std::hint::black_box;
-use std::time::Instant;
+mod common;
 
+use std::hint::black_box;
+
+use common::best_of;
 use sluice_harness::{Harness, Outcome};
 
 fn request() -> http::Request<()> {
@@ -30,32 +32,19 @@ fn response() -> http::Response<()> {
         .expect("response")
 }
 
-/// Best of five rounds of `n` iterations, in ns per iteration.
-fn measure(n: u32, mut f: impl FnMut()) -> f64 {
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / f64::from(n)
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 /// ns per `on_request` and per `on_response` of one loaded filter.
 fn hooks(filter: &Harness, n: u32) -> (f64, f64) {
     // Warm up: instances created, caches hot.
-    let _ = measure(5_000, || {
+    let _ = best_of(5_000, || {
         let _ = black_box(filter.on_request(request()));
     });
-    let on_request = measure(n, || match filter.on_request(request()) {
+    let on_request = best_of(n, || match filter.on_request(request()) {
         Ok(Outcome::Continue(r)) => {
             black_box(r);
         }
         other => panic!("unexpected {other:?}"),
     });
-    let on_response = measure(n, || {
+    let on_response = best_of(n, || {
         black_box(filter.on_response(response()).expect("on_response"));
     });
     (on_request, on_response)
@@ -77,11 +66,11 @@ fn main() {
     let n = 50_000;
     // The harness moves the parts in and out, as the gateway does; the baselines do
     // the same work without the call.
-    let base_req = measure(n, || {
+    let base_req = best_of(n, || {
         let (parts, ()) = black_box(request()).into_parts();
         black_box(http::Request::from_parts(parts, ()));
     });
-    let base_resp = measure(n, || {
+    let base_resp = best_of(n, || {
         let (parts, ()) = black_box(response()).into_parts();
         black_box(http::Response::from_parts(parts, ()));
     });
@@ -149,10 +138,10 @@ fn redact_64k(dir: &std::path::Path) {
     let fields = String::from_utf8_lossy(out.body())
         .matches("\"***\"")
         .count();
-    let wasm = measure(300, || {
+    let wasm = best_of(300, || {
         black_box(redact.on_response_body(resp()).expect("on_response_body"));
     });
-    let native = measure(300, || {
+    let native = best_of(300, || {
         let mut v: serde_json::Value = serde_json::from_slice(&resp().into_body()).expect("json");
         if let Some(items) = v["items"].as_array_mut() {
             for item in items {
