@@ -122,7 +122,7 @@ enum Command {
         /// Linear memory the idle instances of one WasmFilter may hold between calls,
         /// as a quantity (256Mi, 1Gi). A pool keeps as many idle instances as were in use
         /// at once lately (at least 64), but no more than fit in this; `minInstances`
-        /// are kept regardless. Python and JavaScript instances hold 10-20 MiB each.
+        /// are kept regardless. Python and JavaScript instances have 9-13 MiB each.
         #[arg(long, default_value = "256Mi", value_name = "QUANTITY", value_parser = parse_idle_memory)]
         wasm_idle_memory: usize,
         /// Access log on stdout, one line per HTTP request: `on`, `off`, or the share of

@@ -90,7 +90,7 @@ const POOL_CAPACITY: usize = 64;
 /// The linear memory one WasmFilter's idle instances may hold between calls, by
 /// default (`sluice run --wasm-idle-memory`). It caps the idle instances kept above:
 /// a Rust filter's instance has about 1 MiB of linear memory, so this keeps some 240
-/// of them; a Python or JavaScript one has 10 to 20 MiB (its interpreter's heap), so it
+/// of them; a Python or JavaScript one has 9 to 13 MiB (its interpreter's heap), so it
 /// keeps a dozen or two, not 64 or the last burst's peak. `minInstances` is kept
 /// whatever it costs.
 pub const DEFAULT_IDLE_MEMORY: usize = 256 << 20;
