@@ -103,6 +103,23 @@ pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Re
     Ok(dir)
 }
 
+/// What a Python or JavaScript project of filter `name` has beside its code: the WIT
+/// (its componentizer reads it), a config and a `sluice filter test` case.
+fn wit_and_case(name: &str) -> [(&'static str, String); 4] {
+    [
+        (
+            "wit/filter.wit",
+            include_str!("../../../wit/filter.wit").to_string(),
+        ),
+        (
+            "wit/deps/sluice-filter-0.1.0/filter.wit",
+            include_str!("../../../wit/deps/sluice-filter-0.1.0/filter.wit").to_string(),
+        ),
+        ("config.yaml", "greeting: hi\n".to_string()),
+        ("request.yaml", REQUEST_YAML.replace("{name}", name)),
+    ]
+}
+
 /// Writes the Python filter `name` into `dir` (default: `./name`); returns the
 /// directory. It needs nothing from a checkout: the WIT and the wrapper
 /// (`sdk/python/sluice_filter`) are written beside `app.py`, so componentize-py (from
@@ -118,22 +135,13 @@ pub fn new_python(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             include_str!("../../../sdk/python/sluice_filter/__init__.py").to_string(),
         ),
         (
-            "wit/filter.wit",
-            include_str!("../../../wit/filter.wit").to_string(),
-        ),
-        (
-            "wit/deps/sluice-filter-0.1.0/filter.wit",
-            include_str!("../../../wit/deps/sluice-filter-0.1.0/filter.wit").to_string(),
-        ),
-        ("config.yaml", "greeting: hi\n".to_string()),
-        ("request.yaml", REQUEST_YAML.replace("{name}", name)),
-        (
             "README.md",
             (README_PY.to_string() + ATTACH_MD).replace("{name}", name),
         ),
         (".gitignore", "/*.wasm\n__pycache__/\n/.venv/\n".to_string()),
     ];
     write_files(&dir, &files)?;
+    write_files(&dir, &wit_and_case(name))?;
     Ok(dir)
 }
 
@@ -378,22 +386,13 @@ pub fn new_js(name: &str, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         ("build.mjs", BUILD_MJS.replace("{name}", name)),
         ("package.json", PACKAGE_JSON.replace("{name}", name)),
         (
-            "wit/filter.wit",
-            include_str!("../../../wit/filter.wit").to_string(),
-        ),
-        (
-            "wit/deps/sluice-filter-0.1.0/filter.wit",
-            include_str!("../../../wit/deps/sluice-filter-0.1.0/filter.wit").to_string(),
-        ),
-        ("config.yaml", "greeting: hi\n".to_string()),
-        ("request.yaml", REQUEST_YAML.replace("{name}", name)),
-        (
             "README.md",
             (README_JS.to_string() + ATTACH_MD).replace("{name}", name),
         ),
         (".gitignore", "/*.wasm\n/node_modules/\n".to_string()),
     ];
     write_files(&dir, &files)?;
+    write_files(&dir, &wit_and_case(name))?;
     Ok(dir)
 }
 
