@@ -320,8 +320,19 @@ async fn serve(
                 .request_timeout
                 .unwrap_or(crate::outbound::CALLS_WITHOUT_ROUTE_TIMEOUT),
     };
-    if let Some(resp) =
-        request_filters(&rule.filters, &mut req, &mut st, &origin, &scope, record).await
+    // The filter stages are boxed, and only entered when there is work for them: what
+    // they hold across an await (Wasm calls, buffered bodies) would otherwise be part of
+    // every request's future, which is moved several times on its way into hyper.
+    if !rule.filters.is_empty()
+        && let Some(resp) = Box::pin(request_filters(
+            &rule.filters,
+            &mut req,
+            &mut st,
+            &origin,
+            &scope,
+            record,
+        ))
+        .await
     {
         return (resp, rule.local_stats.clone());
     }
@@ -343,8 +354,16 @@ async fn serve(
             backend.stats.clone(),
         );
     }
-    if let Some(resp) =
-        request_filters(&backend.filters, &mut req, &mut st, &origin, &scope, record).await
+    if !backend.filters.is_empty()
+        && let Some(resp) = Box::pin(request_filters(
+            &backend.filters,
+            &mut req,
+            &mut st,
+            &origin,
+            &scope,
+            record,
+        ))
+        .await
     {
         return (resp, backend.stats.clone());
     }
@@ -357,16 +376,22 @@ async fn serve(
 
     let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let body =
-        match request_body_filters(&mut steps, &mut parts, body, upgrade.is_some(), record).await {
+    let body = if steps.is_empty() {
+        Either::Left(body)
+    } else {
+        match Box::pin(request_bodies(
+            &mut steps,
+            &mut parts,
+            body,
+            upgrade.is_some(),
+            record,
+        ))
+        .await
+        {
             Ok(b) => b,
             Err(resp) => return (resp, backend.stats.clone()),
-        };
-    let body =
-        match request_stream_filters(&steps, &mut parts, body, upgrade.is_some(), record).await {
-            Ok(b) => b,
-            Err(resp) => return (resp, backend.stats.clone()),
-        };
+        }
+    };
     let upgrade_value = upgrade
         .as_ref()
         .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
@@ -402,7 +427,7 @@ async fn serve(
             }
             Either::Right(held)
         }
-        Either::Left(streamed) => match collect(streamed, MIRROR_BODY_LIMIT).await {
+        Either::Left(streamed) => match Box::pin(collect(streamed, MIRROR_BODY_LIMIT)).await {
             Collected::Whole { data, trailers } => {
                 for m in mirrors {
                     send_mirror(gw, m, &parts, data.clone());
@@ -426,13 +451,18 @@ async fn serve(
     let sent = Instant::now();
     let result = match &rule.retry {
         // An upgrade's body is the connection: it is never sent twice.
-        Some(retry) if upgrade.is_none() => match retry_body(body, &parts.headers).await {
-            Ok((_, Some(again))) => {
-                with_retries(gw, &rule, backend, retry, parts, again, start, record).await
+        Some(retry) if upgrade.is_none() => {
+            match Box::pin(retry_body(body, &parts.headers)).await {
+                Ok((_, Some(again))) => {
+                    Box::pin(with_retries(
+                        gw, &rule, backend, retry, parts, again, start, record,
+                    ))
+                    .await
+                }
+                Ok((body, None)) => attempt(gw, &rule, backend, parts, body, start, record).await,
+                Err(resp) => Attempt::Local(resp),
             }
-            Ok((body, None)) => attempt(gw, &rule, backend, parts, body, start, record).await,
-            Err(resp) => Attempt::Local(resp),
-        },
+        }
         _ => attempt(gw, &rule, backend, parts, body, start, record).await,
     };
     if let Some(r) = record.as_mut() {
@@ -458,18 +488,12 @@ async fn serve(
         strip_hop_by_hop(resp.headers_mut());
     }
     let (mut parts, body) = resp.into_parts();
-    if !response_filters(&mut steps, &mut parts.status, &mut parts.headers, record).await {
-        return (filter_failed(), backend.stats.clone());
-    }
     let body = Streamed::upstream(body);
-    let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS || head {
+    let body = if steps.is_empty() {
         Either::Left(body)
     } else {
-        let body = match response_body_filters(&mut steps, &mut parts, body, record).await {
-            Ok(b) => b,
-            Err(resp) => return (resp, backend.stats.clone()),
-        };
-        match response_stream_filters(&mut steps, &mut parts, body, record).await {
+        let bodies = parts.status != StatusCode::SWITCHING_PROTOCOLS && !head;
+        match Box::pin(response_side(&mut steps, &mut parts, body, bodies, record)).await {
             Ok(b) => b,
             Err(resp) => return (resp, backend.stats.clone()),
         }
@@ -637,6 +661,38 @@ async fn request_filters<'a>(
         }
     }
     None
+}
+
+/// The request body through the filters that asked for it: whole, then streamed.
+async fn request_bodies(
+    steps: &mut Vec<ResponseStep<'_>>,
+    parts: &mut http::request::Parts,
+    body: Streamed,
+    upgrade: bool,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
+    let body = request_body_filters(steps, parts, body, upgrade, record).await?;
+    request_stream_filters(steps, parts, body, upgrade, record).await
+}
+
+/// The response through the filters that ran on the request: their `on-response`,
+/// then, when the response has a body to filter (`bodies`: not an upgrade or the
+/// answer to HEAD), the body hooks.
+async fn response_side(
+    steps: &mut [ResponseStep<'_>],
+    parts: &mut http::response::Parts,
+    body: Streamed,
+    bodies: bool,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
+    if !response_filters(steps, &mut parts.status, &mut parts.headers, record).await {
+        return Err(filter_failed());
+    }
+    if !bodies {
+        return Ok(Either::Left(body));
+    }
+    let body = response_body_filters(steps, parts, body, record).await?;
+    response_stream_filters(steps, parts, body, record).await
 }
 
 /// Runs the response side of the filters that ran on the request, last first.
