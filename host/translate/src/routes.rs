@@ -459,7 +459,8 @@ fn compile(res: &Resources, wasm: &WasmStates, route: &HttpRoute) -> Compiled {
             &format!("{field}.filters"),
             &mut c,
         );
-        let mut backends = Vec::new();
+        // Sized exactly: a first push would make room for four.
+        let mut backends = Vec::with_capacity(rule.backend_refs.len());
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let (mut ir, problem) = backends::resolve(res, ns, &b.backend, b.weight.unwrap_or(1));
             if let Some(p) = problem {
