@@ -323,16 +323,8 @@ async fn serve(
     // The filter stages are boxed, and only entered when there is work for them: what
     // they hold across an await (Wasm calls, buffered bodies) would otherwise be part of
     // every request's future, which is moved several times on its way into hyper.
-    if !rule.filters.is_empty()
-        && let Some(resp) = Box::pin(request_filters(
-            &rule.filters,
-            &mut req,
-            &mut st,
-            &origin,
-            &scope,
-            record,
-        ))
-        .await
+    if let Some(resp) =
+        boxed_request_filters(&rule.filters, &mut req, &mut st, &origin, &scope, record).await
     {
         return (resp, rule.local_stats.clone());
     }
@@ -354,16 +346,8 @@ async fn serve(
             backend.stats.clone(),
         );
     }
-    if !backend.filters.is_empty()
-        && let Some(resp) = Box::pin(request_filters(
-            &backend.filters,
-            &mut req,
-            &mut st,
-            &origin,
-            &scope,
-            record,
-        ))
-        .await
+    if let Some(resp) =
+        boxed_request_filters(&backend.filters, &mut req, &mut st, &origin, &scope, record).await
     {
         return (resp, backend.stats.clone());
     }
@@ -548,6 +532,22 @@ enum ResponseStep<'a> {
 
 fn filter_failed() -> Response<Body> {
     local(StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
+}
+
+/// [`request_filters`] on the heap, and not entered at all for an empty list: the
+/// request's own future then holds a pointer, not the filters' state.
+async fn boxed_request_filters<'a>(
+    filters: &'a [Filter],
+    req: &mut Request<Streamed>,
+    st: &mut FilterRun<'a>,
+    origin: &Origin<'_>,
+    scope: &CallScope<'_>,
+    record: &mut Option<Box<Record>>,
+) -> Option<Response<Body>> {
+    if filters.is_empty() {
+        return None;
+    }
+    Box::pin(request_filters(filters, req, st, origin, scope, record)).await
 }
 
 /// Runs one filter list on the request, in order. Returns the response when a filter
