@@ -549,10 +549,11 @@ if has https; then
 start_tls 18500
 idle_rss tls
 for round in $(seq "$ROUNDS"); do
+  p=18500
   for s in nginx haproxy envoy traefik sluice; do
-    p=$((18500 + $(case $s in nginx) echo 0 ;; haproxy) echo 1 ;; envoy) echo 2 ;; traefik) echo 3 ;; sluice) echo 4 ;; esac)))
     measure https "$round" "$s" "$s" tls "https://127.0.0.1:$p/"
     measure h2 "$round" "$s" "$s" tls "https://127.0.0.1:$p/" h2
+    p=$((p + 1))
   done
 done
 stop tls nginx haproxy sluice envoy traefik

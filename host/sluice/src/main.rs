@@ -534,6 +534,23 @@ fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The log filter: `SLUICE_LOG` (tracing's `EnvFilter` syntax), else `level`. rustls
+/// logs a warning on every handshake about what the client did wrong (an IP address
+/// sent as SNI, which h2load and some load balancers do): any client could fill the log
+/// with them, so they are off unless `SLUICE_LOG` names `rustls`.
+fn log_filter(spec: Option<String>, level: &str) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or_else(|| level.to_string());
+    let quiet = |s: &str| {
+        if s.contains("rustls") {
+            s.to_string()
+        } else {
+            format!("{s},rustls=error")
+        }
+    };
+    tracing_subscriber::EnvFilter::try_new(quiet(&spec))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet(level)))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `filter test` prints a report: only what went wrong goes beside it.
@@ -542,10 +559,7 @@ fn main() -> ExitCode {
         _ => "info",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| level.into()),
-        )
+        .with_env_filter(log_filter(std::env::var("SLUICE_LOG").ok(), level))
         .with_writer(std::io::stderr)
         // Colour only on a terminal: a file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -462,6 +462,23 @@ async fn tls_handshakes_that_fail_do_not_disturb_the_gateway() {
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
         "closed after {waited:?}"
     );
+    // Clients that send an IP address as SNI (h2load does) are not logged one line per
+    // handshake.
+    for _ in 0..5 {
+        s_client(s.port, "127.0.0.1", "http/1.1");
+    }
+    assert_eq!(
+        curl(
+            &s,
+            "a.example.com",
+            "/x",
+            &["-w", "%{http_code}", "-o", "/dev/null"]
+        )
+        .0,
+        "200"
+    );
+    let logs = s.gw.logs();
+    assert!(!logs.contains("SNI"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
