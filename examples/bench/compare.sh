@@ -84,6 +84,12 @@ nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 
 taskset -pc 1 "$(cat "$work/backend.pid")" >/dev/null
 taskset -pc 1 "$(worker_pid backend)" >/dev/null
 
+# haproxy_defaults: the `defaults` section every haproxy here uses.
+haproxy_defaults() {
+  printf '%s\n' 'defaults' '  mode http' '  timeout connect 5s' '  timeout client 30s' \
+    '  timeout server 30s' '  http-reuse always'
+}
+
 # start_all WORKERS PORTBASE: starts every proxy with WORKERS workers, ports from PORTBASE:
 #   +0 nginx  +1 nginx headers  +2 haproxy  +3 haproxy headers  +4 sluice
 #   +5 envoy  +6 envoy proxy-wasm  +7 traefik  +8 traefik http-wasm
@@ -114,12 +120,7 @@ CONF
 global
   nbthread $n
   maxconn 8192
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
+$(haproxy_defaults)
 frontend plain
   bind 127.0.0.1:$HA
   default_backend be
@@ -396,12 +397,7 @@ global
   nbthread 1
   maxconn 8192
   ssl-default-bind-options ssl-min-ver TLSv1.3
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
+$(haproxy_defaults)
 frontend tls
   bind 127.0.0.1:$((b + 1)) ssl crt $work/tls.pem alpn h2,http/1.1
   default_backend be

@@ -456,6 +456,20 @@ async fn websocket_h2c_upstream_and_h2c_downstream() {
     assert!(text.ends_with("\n2 200"), "h2c downstream: {text}");
 }
 
+/// An HTTPRoute `r` to Service `a` that sets `x-version: V` on the request.
+fn versioned_routes(v: u32) -> String {
+    route(
+        "r",
+        &format!(
+            "  parentRefs: [{{name: gw}}]
+  rules:
+  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-version, value: '{v}'}}]}}}}]
+    backendRefs: [{{name: a, port: 80}}]
+"
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_load_fails_no_request_and_bad_reload_keeps_old_config() {
     let a = echo("a").await;
@@ -463,18 +477,7 @@ async fn hot_reload_under_load_fails_no_request_and_bad_reload_keeps_old_config(
     let dir = TempDir::new("reload");
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write("svc.yaml", &service_yaml("a", &a, None));
-    let routes = |v: u32| {
-        route(
-            "r",
-            &format!(
-                "  parentRefs: [{{name: gw}}]
-  rules:
-  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-version, value: '{v}'}}]}}}}]
-    backendRefs: [{{name: a, port: 80}}]
-"
-            ),
-        )
-    };
+    let routes = versioned_routes;
     dir.write("routes.yaml", &routes(0));
     let gw = Sluice::start(&dir.0, &[]).await;
 
@@ -566,18 +569,7 @@ async fn a_reload_waits_until_changes_pause_for_reload_settle() {
     let dir = TempDir::new("settle");
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write("svc.yaml", &service_yaml("a", &a, None));
-    let routes = |v: u32| {
-        route(
-            "r",
-            &format!(
-                "  parentRefs: [{{name: gw}}]
-  rules:
-  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-version, value: '{v}'}}]}}}}]
-    backendRefs: [{{name: a, port: 80}}]
-"
-            ),
-        )
-    };
+    let routes = versioned_routes;
     dir.write("routes.yaml", &routes(0));
     let gw = Sluice::start(&dir.0, &["--reload-settle", "3s"]).await;
     let reloads = || async {
