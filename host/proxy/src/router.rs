@@ -196,10 +196,12 @@ impl<R: Clone> PathRouter<R> {
                 }
                 PathMatchIr::Prefix(p) => {
                     let n = node_for(p, &mut nodes);
-                    nodes[n].prefix.push(cand);
-                    if !prefixes.iter().any(|(q, _)| q == p) {
+                    // Listed once, by its first candidate (a scan of the list here made
+                    // 10,000 prefixes cost seconds).
+                    if nodes[n].prefix.is_empty() {
                         prefixes.push((p.clone(), n));
                     }
+                    nodes[n].prefix.push(cand);
                 }
                 PathMatchIr::Regex(r) => regex.push((full_regex(r)?, cand)),
             }
@@ -227,13 +229,23 @@ impl<R: Clone> PathRouter<R> {
             trie.insert(format!("{base}/{{*rest}}"), (*n, false))
                 .map_err(|e| BuildError(format!("path prefix {p:?}: {e}")))?;
         }
-        // Each node's parent: the longest prefix that contains it, other than itself.
+        // Each node's parent: the longest prefix that contains it, other than itself. The
+        // prefixes that contain a path (`segment_prefix`) are the path itself, the path
+        // cut before each of its `/`, and `/`: looked up longest first, rather than
+        // every prefix tried against every path.
+        let by_path: HashMap<&str, usize> =
+            prefixes.iter().map(|(p, n)| (p.as_str(), *n)).collect();
         for &(path, &n) in &paths {
-            let parent = prefixes
-                .iter()
-                .filter(|(p, m)| *m != n && segment_prefix(p, path))
-                .max_by_key(|(p, _)| p.len())
-                .map(|(_, m)| *m);
+            let cuts = path
+                .bytes()
+                .enumerate()
+                .rev()
+                .filter(|&(i, b)| i > 0 && b == b'/');
+            let parent = std::iter::once(path.as_str())
+                .chain(cuts.map(|(i, _)| &path[..i]))
+                .chain(["/", ""])
+                .filter_map(|p| by_path.get(p).copied())
+                .find(|&m| m != n);
             nodes[n].parent = parent;
         }
         Ok(PathRouter { trie, nodes, regex })
@@ -300,7 +312,8 @@ fn first_hit<'a, R>(
 }
 
 /// Segment-wise prefix: `/foo` contains `/foo`, `/foo/` and `/foo/bar`, not `/foobar`.
-pub(crate) fn segment_prefix(prefix: &str, path: &str) -> bool {
+#[cfg(test)]
+fn segment_prefix(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || (path.starts_with(prefix)
             && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
@@ -345,6 +358,62 @@ mod tests {
         assert_eq!(find(&r, "/foobar"), Some(3));
         assert_eq!(find(&r, "/"), Some(3));
         assert_eq!(find(&r, "/{x}"), Some(3));
+    }
+
+    /// Every path finds the longest prefix that contains it segment-wise (or its exact
+    /// match), as a scan of every prefix with `segment_prefix` says, over nested,
+    /// sibling and odd prefixes and many of them.
+    #[test]
+    fn the_longest_containing_prefix_wins_among_many() {
+        let mut prefixes: Vec<String> = [
+            "/",
+            "/a",
+            "/a/b",
+            "/a/bc",
+            "/a/b/c",
+            "//x",
+            "/x/",
+            "/a/b/c/d/e",
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+        prefixes.extend((0..300).map(|i| format!("/p{i}")));
+        prefixes.extend((0..50).map(|i| format!("/p{i}/q")));
+        // In precedence order, as the translator hands them over: longer prefixes first.
+        prefixes.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        let exact = ["/a/b/c/d", "/p7/q/r"];
+        let mut matches: Vec<MatchIr> = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| m(i, PathMatchIr::Prefix(p.clone())))
+            .collect();
+        let exact_rule = |i: usize| 1000 + i;
+        for (i, e) in exact.iter().enumerate() {
+            matches.insert(i, m(exact_rule(i), PathMatchIr::Exact(e.to_string())));
+        }
+        let r = PathRouter::build(&matches, |i| i).unwrap();
+        let mut probes: Vec<String> = Vec::new();
+        for p in prefixes.iter().map(String::as_str).chain(exact) {
+            for tail in ["", "/", "/z", "z", "/z/y", "//"] {
+                probes.push(format!("{p}{tail}"));
+            }
+        }
+        for path in &probes {
+            let want = exact
+                .iter()
+                .position(|e| e == path)
+                .map(exact_rule)
+                .or_else(|| {
+                    prefixes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| segment_prefix(p, path))
+                        .max_by_key(|(_, p)| p.len())
+                        .map(|(i, _)| i)
+                });
+            assert_eq!(find(&r, path), want, "{path}");
+        }
     }
 
     #[test]
