@@ -245,12 +245,9 @@ YAML
   (cd "$tdir" && GOMAXPROCS=$n exec $pin "$OLDPWD/$TRAEFIK" --configFile=traefik.yml > traefik.log 2>&1) &
   echo $! > "$work/traefik$n.pid"
   # Every port answers 200 (and the header work is done) before anything is measured.
-  local p path
-  for p in "$NG /" "$NGH /" "$HA /" "$HAH /" "$SL /" "$SL /b" "$SL /f1" "$SL /f3" "$EN /" "$ENW /" "$TR /" "$TRW /"; do
-    read -r port path <<< "$p"
-    for _ in $(seq 150); do curl -sf -o /dev/null "127.0.0.1:$port$path" && break; sleep 0.1; done
-    curl -sf -o /dev/null "127.0.0.1:$port$path" || { echo "127.0.0.1:$port$path does not answer" >&2; exit 1; }
-  done
+  local p path u=http://127.0.0.1
+  wait_200 "$u:$NG/" "$u:$NGH/" "$u:$HA/" "$u:$HAH/" "$u:$SL/" "$u:$SL/b" "$u:$SL/f1" "$u:$SL/f3" \
+    "$u:$EN/" "$u:$ENW/" "$u:$TR/" "$u:$TRW/"
   for p in "$NGH /" "$HAH /" "$SL /b" "$SL /f1" "$ENW /" "$TRW /"; do
     read -r port path <<< "$p"
     curl -sfi "127.0.0.1:$port$path" | grep -qi '^x-served-1: 1' ||

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-NGINX_PROXY = "proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection '';"
+from configs import NGINX_PROXY  # the location body every nginx route here has
 
 
 def status(port, path):
