@@ -1,8 +1,9 @@
 //! Request metrics, lock-free on the request path.
 //!
-//! `build()` resolves every (route rule, backend) pair to an `Arc<Stats>` once, so a
-//! request only bumps atomics. The registry's mutex is taken when a snapshot is built
-//! and when `/metrics` is scraped, never per request. Entries outlive snapshots, so
+//! `build()` gives every (route rule, backend) pair a [`LazyStats`]: the first request
+//! that answers through it resolves it to an `Arc<Stats>` in the registry, and later
+//! requests only bump atomics. The registry's mutex is taken by that first request and
+//! when `/metrics` is scraped, never again per request. Entries outlive snapshots, so
 //! counters keep counting across reloads.
 
 use std::collections::BTreeMap;
@@ -51,6 +52,32 @@ impl Stats {
                 .fetch_add(1, Relaxed);
         }
         self.latency.observe_duration(elapsed);
+    }
+}
+
+/// A rule's or backend's entry, made on its first response: a snapshot holds one for
+/// every rule and backend, and at 10,000 rules making them all in advance took 10 MB
+/// (an entry, its histogram and its registry slot each) for series that mostly never
+/// count anything. The first request that needs it takes the registry's lock once;
+/// later ones read the cell.
+pub struct LazyStats {
+    /// Boxed: a backend is part of every rule, and the key is only read once.
+    key: Box<StatsKey>,
+    cell: OnceLock<Arc<Stats>>,
+}
+
+impl LazyStats {
+    pub fn new(key: StatsKey) -> Self {
+        LazyStats {
+            key: Box::new(key),
+            cell: OnceLock::new(),
+        }
+    }
+
+    /// The entry, from `metrics`' registry (where an earlier snapshot may have made it
+    /// already: counters keep counting across reloads).
+    pub fn get(&self, metrics: &Metrics) -> &Arc<Stats> {
+        self.cell.get_or_init(|| metrics.stats((*self.key).clone()))
     }
 }
 
@@ -104,9 +131,9 @@ impl Metrics {
 
 impl Collect for Metrics {
     fn collect(&self, out: &mut Encoder) {
-        // Only the entries that counted a response: every rule has one from the first
-        // snapshot on, and printing the unused ones (a histogram each) made /metrics
-        // 9 MB at 10k rules. A series appears with its first request, as a Prometheus
+        // Only the entries that counted a response: an entry can exist without one (a
+        // request that failed before its answer was recorded), and printing unused ones
+        // (a histogram each) made /metrics 9 MB at 10k rules. A series appears with its first request, as a Prometheus
         // client's labelled series do. The Arcs are taken under the lock; the encoding
         // runs without it.
         let map: Vec<Arc<Stats>> = self
@@ -241,6 +268,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_entry_is_made_on_first_use_and_shared_across_snapshots() {
+        let m = Metrics::default();
+        let key = || StatsKey {
+            route: "default/r".into(),
+            rule: "0".into(),
+            backend: "default/a:80".into(),
+        };
+        let entries = |m: &Metrics| m.stats.lock().map(|s| s.len()).unwrap_or(0);
+        let old = LazyStats::new(key());
+        let new = LazyStats::new(key());
+        let _never = LazyStats::new(StatsKey {
+            rule: "1".into(),
+            ..key()
+        });
+        assert_eq!(entries(&m), 0, "nothing is registered before a request");
+        old.get(&m).record(200, Duration::from_millis(1));
+        assert_eq!(entries(&m), 1);
+        // The same rule in the next snapshot counts on in the same entry.
+        new.get(&m).record(200, Duration::from_millis(1));
+        assert_eq!(entries(&m), 1);
+        assert!(Arc::ptr_eq(old.get(&m), new.get(&m)));
+        assert_eq!(new.get(&m).latency.snapshot().count, 2);
+    }
 
     #[test]
     fn a_rule_series_appears_with_its_first_response() {

@@ -137,7 +137,10 @@ async fn exchange_with_trailers(
             .await
             .map_err(|e| CallError::Failed(describe(&e)))?;
         let (parts, body) = resp.into_parts();
-        backend.stats.record(parts.status.as_u16(), start.elapsed());
+        backend
+            .stats
+            .get(&gw.metrics)
+            .record(parts.status.as_u16(), start.elapsed());
         match collect(Streamed::upstream(body), max_body).await {
             Collected::Whole { data, trailers } => Ok((
                 OutboundResponse {

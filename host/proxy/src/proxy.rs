@@ -299,7 +299,7 @@ async fn serve(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "route rule is not valid; see the route's status\n",
             ),
-            rule.local_stats.clone(),
+            rule.local_stats.get(&gw.metrics).clone(),
         );
     }
 
@@ -326,7 +326,7 @@ async fn serve(
     if let Some(resp) =
         boxed_request_filters(&rule.filters, &mut req, &mut st, &origin, &scope, record).await
     {
-        return (resp, rule.local_stats.clone());
+        return (resp, rule.local_stats.get(&gw.metrics).clone());
     }
     let Some(backend) = pick_backend(&rule) else {
         return (
@@ -334,7 +334,7 @@ async fn serve(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "no backend with a weight above zero\n",
             ),
-            rule.local_stats.clone(),
+            rule.local_stats.get(&gw.metrics).clone(),
         );
     };
     if backend.invalid.is_some() {
@@ -343,13 +343,13 @@ async fn serve(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "backend is not valid; see the route's status\n",
             ),
-            backend.stats.clone(),
+            backend.stats.get(&gw.metrics).clone(),
         );
     }
     if let Some(resp) =
         boxed_request_filters(&backend.filters, &mut req, &mut st, &origin, &scope, record).await
     {
-        return (resp, backend.stats.clone());
+        return (resp, backend.stats.get(&gw.metrics).clone());
     }
     let FilterRun {
         mut steps,
@@ -373,7 +373,7 @@ async fn serve(
         .await
         {
             Ok(b) => b,
-            Err(resp) => return (resp, backend.stats.clone()),
+            Err(resp) => return (resp, backend.stats.get(&gw.metrics).clone()),
         }
     };
     let upgrade_value = upgrade
@@ -424,10 +424,12 @@ async fn serve(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "request body too large to mirror\n",
                     ),
-                    backend.stats.clone(),
+                    backend.stats.get(&gw.metrics).clone(),
                 );
             }
-            Collected::Failed(e) => return (body_failed(&*e), backend.stats.clone()),
+            Collected::Failed(e) => {
+                return (body_failed(&*e), backend.stats.get(&gw.metrics).clone());
+            }
         },
     };
 
@@ -454,7 +456,7 @@ async fn serve(
     }
     let mut resp = match result.answer(backend) {
         Ok(r) => r,
-        Err(local) => return (local, backend.stats.clone()),
+        Err(local) => return (local, backend.stats.get(&gw.metrics).clone()),
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -479,13 +481,16 @@ async fn serve(
         let bodies = parts.status != StatusCode::SWITCHING_PROTOCOLS && !head;
         match Box::pin(response_side(&mut steps, &mut parts, body, bodies, record)).await {
             Ok(b) => b,
-            Err(resp) => return (resp, backend.stats.clone()),
+            Err(resp) => return (resp, backend.stats.get(&gw.metrics).clone()),
         }
     };
     if let Some((c, origin)) = cors {
         c.decorate(origin.as_ref(), &mut parts.headers);
     }
-    (Response::from_parts(parts, body), backend.stats.clone())
+    (
+        Response::from_parts(parts, body),
+        backend.stats.get(&gw.metrics).clone(),
+    )
 }
 
 /// What a request's Wasm filters may call out to: the gateway's upstreams, until the
@@ -1299,7 +1304,11 @@ async fn with_retries(
             return outcome;
         }
         drop(outcome);
-        backend.stats.retries.fetch_add(1, Ordering::Relaxed);
+        backend
+            .stats
+            .get(&gw.metrics)
+            .retries
+            .fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(wait).await;
         tries += 1;
     }
@@ -1612,7 +1621,7 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
     *req.headers_mut() = parts.headers.clone();
     *req.version_mut() = backend.version();
     let call = send(gw, backend, req);
-    let stats = backend.stats.clone();
+    let stats = backend.stats.get(&gw.metrics).clone();
     let metrics = gw.metrics.clone();
     let start = Instant::now();
     tokio::spawn(async move {

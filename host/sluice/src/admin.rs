@@ -141,7 +141,16 @@ async fn answer(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            json(&serde_json::json!({ "ir": &*snap.ir, "lastReloadError": last_error }))
+            // The snapshot keeps its IR as compact JSON (see `Snapshot::config_dump`).
+            let last_error = serde_json::to_string(&last_error).unwrap_or_default();
+            respond(
+                StatusCode::OK,
+                "application/json",
+                format!(
+                    "{{\"ir\": {}, \"lastReloadError\": {last_error}}}\n",
+                    snap.config_dump
+                ),
+            )
         }
         "/status" => {
             let statuses = s.statuses.load();

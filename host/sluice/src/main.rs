@@ -6,6 +6,7 @@ mod admin;
 mod convert;
 mod filter_cmd;
 mod filter_test;
+mod memory;
 mod provider;
 mod replay;
 mod scaffold;

@@ -138,6 +138,7 @@ impl Loader {
     fn load(&self, unbound: Vec<Unbound>) -> Result<Loaded, String> {
         // Where `source.path` is read: the config folder, or `--filter-dir`; in
         // Kubernetes mode only `--filter-dir`.
+        let start = std::time::Instant::now();
         let (mut loaded, paths) = match &self.from {
             From::Files(path) => {
                 let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
@@ -191,11 +192,13 @@ impl Loader {
             with_ingress_filters = r;
             &with_ingress_filters
         };
+        let read = start.elapsed();
         let Prepared {
             states,
             pools,
             pending,
         } = sluice_loader::prepare(filters_of, paths.as_deref(), &self.runtime, &self.sources);
+        let prepared = start.elapsed();
         let inputs = Inputs {
             wasm: states,
             default_address: self.bind_address,
@@ -205,6 +208,12 @@ impl Loader {
             serve: self.serve.clone(),
         };
         let translation = sluice_translate::translate(&loaded.resources, &inputs);
+        tracing::debug!(
+            read_ms = millis(read),
+            filters_ms = millis(prepared - read),
+            translate_ms = millis(start.elapsed() - prepared),
+            "configuration loaded"
+        );
         Ok(Loaded {
             resources: loaded.resources,
             inputs,
@@ -411,7 +420,12 @@ impl App {
                 .map_err(|e| anyhow!("{e}"))?;
         }
         let ir = std::mem::take(&mut first.translation.ir);
-        let snapshot = sluice_proxy::build(ir, &metrics, &first.pools)
+        let pools = first.pools.clone();
+        let m = metrics.clone();
+        // On the blocking pool, as a reload's build is (see `release_memory`).
+        let snapshot = tokio::task::spawn_blocking(move || sluice_proxy::build(ir, &m, &pools))
+            .await
+            .map_err(|e| anyhow!("build task failed: {e}"))?
             .map_err(|e| anyhow!("{}: {e}", loader.from.describe()))?;
         let sockets = snapshot.sockets();
         let access_log = match access_log {
@@ -449,6 +463,7 @@ impl App {
         };
         let statuses = app.bind(&sockets, first).await;
         app.publish(statuses);
+        release_memory().await;
 
         // Kubernetes mode: the lease holder writes statuses.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -603,6 +618,7 @@ impl App {
     }
 
     async fn reload(&mut self) {
+        let start = std::time::Instant::now();
         // Loading, downloading and compiling filters is blocking work: keep it off the
         // serving threads.
         let loaded = match load_blocking(&self.loader, self.unbound.clone()).await {
@@ -625,6 +641,7 @@ impl App {
             Err(e) => return self.rejected(e),
         };
         let mut loaded = loaded;
+        let loaded_at = start.elapsed();
         let metrics = self.gw.metrics.clone();
         let ir = std::mem::take(&mut loaded.translation.ir);
         let pools = std::mem::take(&mut loaded.pools);
@@ -637,14 +654,23 @@ impl App {
             Ok(s) => s,
             Err(e) => return self.rejected(e),
         };
+        let built_at = start.elapsed();
         let sockets = snap.sockets();
         let statuses = self.bind(&sockets, loaded).await;
         self.gw.snapshot.store(Arc::new(snap));
+        let live_at = start.elapsed();
         self.publish(statuses);
         self.state.set_last_error(None);
+        release_memory().await;
         let counters = &self.gw.metrics.counters;
         counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(config = %self.loader.from.describe(), "configuration reloaded");
+        tracing::info!(
+            config = %self.loader.from.describe(),
+            load_ms = millis(loaded_at),
+            build_ms = millis(built_at - loaded_at),
+            bind_ms = millis(live_at - built_at),
+            "configuration reloaded"
+        );
     }
 
     fn rejected(&self, e: String) {
@@ -653,6 +679,19 @@ impl App {
         tracing::error!("configuration rejected, still serving the previous one:\n{e}");
         self.state.set_last_error(Some(e));
     }
+}
+
+/// For logs: a phase's duration in milliseconds, to the tenth.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+/// Returns what a load, translation and build freed to the system (see
+/// [`crate::memory`]), on a blocking thread: the loads, translations and builds run on
+/// the blocking pool, whose one idle thread is reused for each, so that is the thread
+/// that owns their freed pages.
+async fn release_memory() {
+    let _ = tokio::task::spawn_blocking(crate::memory::release).await;
 }
 
 /// Loads on a blocking thread.
