@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use load::{
-    LoadError, LoadErrors, Loaded, is_dns_subdomain, load_objects, load_path, load_str,
+    FileCache, LoadError, LoadErrors, Loaded, is_dns_subdomain, load_objects, load_path,
+    load_path_cached, load_str,
 };
 pub use types::*;
 pub use validate::{

@@ -119,6 +119,8 @@ struct Loader {
     runtime: Arc<Runtime>,
     sources: Sources,
     serve: sluice_translate::Serve,
+    /// File mode: the files that loaded, so a reload parses only those that changed.
+    files: sluice_resources::FileCache,
 }
 
 /// A loaded config: the objects and what the translator was given, its translation,
@@ -141,7 +143,8 @@ impl Loader {
         let start = std::time::Instant::now();
         let (mut loaded, paths) = match &self.from {
             From::Files(path) => {
-                let loaded = sluice_resources::load_path(path).map_err(|e| e.to_string())?;
+                let loaded = sluice_resources::load_path_cached(path, &self.files)
+                    .map_err(|e| e.to_string())?;
                 let base = if path.is_dir() {
                     path.clone()
                 } else {
@@ -239,6 +242,7 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> Result<(String, Vec<Str
             None,
         ),
         serve: sluice_translate::Serve::All,
+        files: Default::default(),
     };
     let t = loader.load(Vec::new())?.translation;
     let mut problems = Vec::new();
@@ -399,6 +403,7 @@ impl App {
                 ) => sluice_translate::Serve::Gateway(ns.clone(), name.clone()),
                 (true, _) => sluice_translate::Serve::Shared,
             },
+            files: Default::default(),
         });
         if let Some(c) = loader.from.cluster() {
             c.watch(wake.clone());
