@@ -6,8 +6,8 @@
 //! in case they are wanted again, but it returns them only when the thread that owns
 //! them calls into the allocator again: a blocking thread that goes idle after the
 //! reload never does, and the gateway kept 20 MB it no longer used (RssAnon 58-64 MB
-//! at 10,000 routes, 39 MB once collected; `examples/bench/compare.sh`'s routes
-//! scenario). [`release`] collects the calling thread's free pages and returns every
+//! after starting on the 10,000 routes of `examples/bench/compare.sh`'s routes
+//! scenario, 37-40 MB once collected; docs/operations.md, "Memory"). [`release`] collects the calling thread's free pages and returns every
 //! arena page awaiting its delay; the provider calls it at the end of a reload, on
 //! the blocking thread that did the reload's work.
 
