@@ -135,20 +135,11 @@ pub fn load_path_cached(path: &Path, cache: &FileCache) -> Result<Loaded, LoadEr
         };
         for (oref, location) in &loaded.resources.origins {
             if let Some(previous) = merged.resources.origins.get(oref) {
-                errors.push(LoadError {
-                    location: location.clone(),
-                    object: Some(oref.to_string()),
-                    field: Some("metadata.name".into()),
-                    message: format!(
-                        "{oref} is also defined in {previous}; give one of them another name or namespace"
-                    ),
-                });
+                errors.push(defined_twice(oref, location, previous));
             }
         }
-        if errors.is_empty() {
-            merged.resources.extend(loaded.resources.clone());
-            merged.warnings.extend(loaded.warnings.iter().cloned());
-        }
+        merged.resources.extend(loaded.resources.clone());
+        merged.warnings.extend(loaded.warnings.iter().cloned());
         kept.insert(file, (digest, loaded));
     }
     // Files that are gone are forgotten with the rest of the old map.
@@ -607,13 +598,20 @@ fn load_document(
         return;
     }
     if let Some(previous) = r.origins.insert(oref.clone(), location.to_string()) {
-        errors.push(err(
-            object,
-            Some("metadata.name"),
-            format!(
-                "{oref} is also defined in {previous}; give one of them another name or namespace"
-            ),
-        ));
+        errors.push(defined_twice(&oref, location, &previous));
+    }
+}
+
+/// The error for `oref` at `location` when `previous` defined it already (in one file
+/// or across files, [`load_path_cached`]).
+fn defined_twice(oref: &ObjectRef, location: &str, previous: &str) -> LoadError {
+    LoadError {
+        location: location.to_string(),
+        object: Some(oref.to_string()),
+        field: Some("metadata.name".into()),
+        message: format!(
+            "{oref} is also defined in {previous}; give one of them another name or namespace"
+        ),
     }
 }
 
