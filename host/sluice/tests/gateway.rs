@@ -1966,6 +1966,23 @@ impl ExtAuthz {
         });
         ExtAuthz { child, port, seen }
     }
+
+    /// The `n`th CheckRequest the service printed (from 0). The service prints it before
+    /// it answers, but the thread that reads its output may not have the line yet when
+    /// the gateway's response arrives, so this waits for it (up to 10 s).
+    async fn check(&self, n: usize) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self.seen.lock().expect("lock").get(n) {
+                return v.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ext_authz service printed no CheckRequest #{n} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for ExtAuthz {
@@ -2036,8 +2053,8 @@ async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
     assert_eq!(tags, &serde_json::json!(["a", "b"]), "{}", r.body);
     assert_eq!(r.seen("x-drop"), None);
     {
-        let seen = authz.seen.lock().expect("lock");
-        let http = &seen[0]["attributes"]["request"]["http"];
+        let check = authz.check(0).await;
+        let http = &check["attributes"]["request"]["http"];
         assert_eq!(http["method"], "GET");
         assert_eq!(http["path"], "/api/x?q=1");
         assert_eq!(http["query"], "q=1");
@@ -2045,8 +2062,8 @@ async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
         assert_eq!(http["scheme"], "http");
         assert_eq!(http["headers"]["authorization"], "Bearer good");
         assert_eq!(http["headers"]["x-secret"], "shown to the service");
-        let source = &seen[0]["attributes"]["source"]["address"]["socketAddress"];
-        assert_eq!(source["address"], "127.0.0.1", "{}", seen[0]);
+        let source = &check["attributes"]["source"]["address"]["socketAddress"];
+        assert_eq!(source["address"], "127.0.0.1", "{check}");
     }
 
     // Only the allowed headers go to the service when grpc.allowedHeaders is set.
@@ -2064,8 +2081,8 @@ async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     {
-        let seen = authz.seen.lock().expect("lock");
-        let headers = &seen[1]["attributes"]["request"]["http"]["headers"];
+        let check = authz.check(1).await;
+        let headers = &check["attributes"]["request"]["http"]["headers"];
         assert_eq!(headers["authorization"], "Bearer good");
         assert!(headers.get("x-secret").is_none(), "{headers}");
     }
@@ -2091,8 +2108,8 @@ async fn external_auth_over_grpc_speaks_envoys_ext_authz() {
         .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert_eq!(r.json()["bodyLength"], sent.len(), "{}", r.body);
-        let seen = authz.seen.lock().expect("lock");
-        let http = &seen[2 + i]["attributes"]["request"]["http"];
+        let check = authz.check(2 + i).await;
+        let http = &check["attributes"]["request"]["http"];
         assert_eq!(http[field], value, "{http}");
         assert_eq!(http["size"], sent.len().to_string(), "{http}");
     }
