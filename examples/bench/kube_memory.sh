@@ -3,8 +3,9 @@
 # HTTPRoute, as configs.py writes them for compare.sh), the same Gateway, Service and
 # EndpointSlice, served by Sluice (one worker) from a folder and from a real API server
 # (Debian's etcd and the kube-apiserver `.ci/run` builds into target/tools). Prints each
-# mode's resident memory (VmRSS, RssAnon) once the last route answers and 2 s have
-# passed, its peak (VmHWM), and the ratio of Kubernetes mode to file mode.
+# mode's resident memory (VmRSS, RssAnon) once the last route answers and 4 s have
+# passed (the gateway gives freed memory back a second time 2 s after it applies a
+# configuration), its peak (VmHWM), and the ratio of Kubernetes mode to file mode.
 #
 #   examples/bench/kube_memory.sh [ROUTES]        (default 1000)
 #
@@ -45,7 +46,7 @@ mkdir -p "$work/files"
 grep -q 198.18.0.1 "$work/files/bench.yaml" || { echo "the EndpointSlice was not moved to 198.18.0.1" >&2; exit 1; }
 last=/p$((ROUTES - 1))
 
-# measure LABEL PID: "LABEL rss_kb anon_kb hwm_kb" once $last answers 200, 2 s later.
+# measure LABEL PID: "LABEL rss_kb anon_kb hwm_kb" once $last answers 200, 4 s later.
 measure() {
   for _ in $(seq 600); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$SLUICE$last")" = 200 ] && break
@@ -53,7 +54,7 @@ measure() {
   done
   [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$SLUICE$last")" = 200 ] ||
     { echo "$1: $last never answered 200" >&2; exit 1; }
-  sleep 2
+  sleep 4
   awk -v l="$1" '/^VmRSS/ {r = $2} /^RssAnon/ {a = $2} /^VmHWM/ {h = $2} END {print l, r, a, h}' "/proc/$2/status"
 }
 

@@ -141,16 +141,20 @@ async fn answer(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            // The snapshot keeps its IR as compact JSON (see `Snapshot::config_dump`).
+            // The snapshot keeps its IR as compressed JSON (see `Snapshot::config_dump`).
             let last_error = serde_json::to_string(&last_error).unwrap_or_default();
-            respond(
-                StatusCode::OK,
-                "application/json",
-                format!(
-                    "{{\"ir\": {}, \"lastReloadError\": {last_error}}}\n",
-                    snap.config_dump
+            match snap.config_dump() {
+                Ok(ir) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    format!("{{\"ir\": {ir}, \"lastReloadError\": {last_error}}}\n"),
                 ),
-            )
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            }
         }
         "/status" => {
             let statuses = s.statuses.load();

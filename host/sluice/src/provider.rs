@@ -15,7 +15,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -333,6 +333,9 @@ pub struct App {
     retry_pending: Arc<AtomicBool>,
     /// What the listeners could not bind at the last reload.
     unbound: Vec<Unbound>,
+    /// Counts [`App::release_memory`] calls, so that only the last one's second
+    /// release runs.
+    releases: Arc<AtomicU64>,
 }
 
 impl App {
@@ -465,10 +468,11 @@ impl App {
             wake,
             retry_pending: Arc::new(AtomicBool::new(false)),
             unbound: Vec::new(),
+            releases: Arc::default(),
         };
         let statuses = app.bind(&sockets, first).await;
         app.publish(statuses);
-        release_memory().await;
+        app.release_memory().await;
 
         // Kubernetes mode: the lease holder writes statuses.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -666,7 +670,7 @@ impl App {
         let live_at = start.elapsed();
         self.publish(statuses);
         self.state.set_last_error(None);
-        release_memory().await;
+        self.release_memory().await;
         let counters = &self.gw.metrics.counters;
         counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -676,6 +680,25 @@ impl App {
             bind_ms = millis(live_at - built_at),
             "configuration reloaded"
         );
+    }
+
+    /// Returns what a load, translation and build freed to the system (see
+    /// [`crate::memory`]), on a blocking thread: the loads, translations and builds run
+    /// on the blocking pool, whose one idle thread is reused for each, so that is the
+    /// thread that owns their freed pages. What follows a reload frees memory too, after
+    /// this: in Kubernetes mode the status writes and the watch events they cause, the
+    /// old snapshot's last connections. So it runs again [`RELEASE_AGAIN_AFTER`] later,
+    /// unless another reload came first (its own second release covers both).
+    async fn release_memory(&self) {
+        let _ = tokio::task::spawn_blocking(crate::memory::release).await;
+        let this = self.releases.fetch_add(1, Ordering::Relaxed) + 1;
+        let releases = self.releases.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_AGAIN_AFTER).await;
+            if releases.load(Ordering::Relaxed) == this {
+                let _ = tokio::task::spawn_blocking(crate::memory::release).await;
+            }
+        });
     }
 
     fn rejected(&self, e: String) {
@@ -691,13 +714,10 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-/// Returns what a load, translation and build freed to the system (see
-/// [`crate::memory`]), on a blocking thread: the loads, translations and builds run on
-/// the blocking pool, whose one idle thread is reused for each, so that is the thread
-/// that owns their freed pages.
-async fn release_memory() {
-    let _ = tokio::task::spawn_blocking(crate::memory::release).await;
-}
+/// How long after a reload memory is released a second time (see
+/// [`App::release_memory`]): past mimalloc's purge delay (1 s) and the status writes
+/// that follow a reload.
+const RELEASE_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// Loads on a blocking thread.
 async fn load_blocking(loader: &Arc<Loader>, unbound: Vec<Unbound>) -> Result<Loaded, String> {
