@@ -14,11 +14,11 @@
 //! calls it at the end of a reload, on the blocking thread that did the reload's work.
 
 /// Frees this thread's empty pages and returns the freed pages of every thread's
-/// arenas to the system now, instead of after mimalloc's purge delay; then lets go of
-/// the program's code that is not in use ([`release_code`]).
+/// arenas to the system now, instead of after mimalloc's purge delay, after letting go
+/// of the program's code that is not in use ([`release_code`]).
 pub fn release() {
-    collect();
     release_code();
+    collect();
 }
 
 fn collect() {
@@ -46,10 +46,15 @@ pub fn release_code() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+    // Read as it comes, not whole: with the Wasm runtime's instance pool reserved, the
+    // process has thousands of mappings (each pooled stack and its guard page) and
+    // `smaps` runs to megabytes; the program's own mappings come first, and the reading
+    // stops after them.
+    let Ok(smaps) = std::fs::File::open("/proc/self/smaps") else {
         return;
     };
-    for m in clean_read_only_mappings(&smaps, &exe.to_string_lossy()) {
+    let smaps = std::io::BufReader::new(smaps);
+    for m in clean_read_only_mappings(smaps, &exe.to_string_lossy()) {
         // SAFETY: `m` is a private mapping of the program file that is not writable
         // and has no anonymous page (a page copied on write, as relocation makes) and
         // none swapped out: every page in it is the page cache's page of the file. `MADV_DONTNEED` on such a mapping only unmaps its
@@ -85,7 +90,7 @@ struct Mapping {
 /// Dirty pages alone do not disqualify one: a program file just written (a test
 /// binary the linker just made) has dirty page-cache pages, which are still the
 /// file's bytes.
-fn clean_read_only_mappings(smaps: &str, path: &str) -> Vec<Mapping> {
+fn clean_read_only_mappings(mut smaps: impl std::io::BufRead, path: &str) -> Vec<Mapping> {
     let mut out = Vec::new();
     // The mapping being read, if it is a candidate, and whether a page of it is
     // anonymous or swapped.
@@ -95,7 +100,14 @@ fn clean_read_only_mappings(smaps: &str, path: &str) -> Vec<Mapping> {
             out.push(m);
         }
     };
-    for line in smaps.lines() {
+    let mut seen = false;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match smaps.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
         if let Some((start, end)) = first.split_once('-')
@@ -108,11 +120,19 @@ fn clean_read_only_mappings(smaps: &str, path: &str) -> Vec<Mapping> {
             finish(&mut current);
             let perms = fields.next().unwrap_or("");
             let file = fields.nth(3).unwrap_or("");
+            if file != path {
+                if seen {
+                    // The program's mappings are next to each other: past them.
+                    break;
+                }
+                continue;
+            }
+            seen = true;
             let private_read_only = perms.len() == 4
                 && perms.starts_with('r')
                 && !perms.contains('w')
                 && perms.ends_with('p');
-            if private_read_only && file == path && end > start {
+            if private_read_only && end > start {
                 current = Some((
                     Mapping {
                         start,
@@ -139,6 +159,8 @@ mod tests {
     use super::*;
 
     const SMAPS: &str = "\
+20000000000-20040000000 rw-p 00000000 00:00 0
+Anonymous:          2012 kB
 5634c89cf000-5634c923f000 r--p 00000000 fe:00 9977908                    /usr/bin/sluice
 Size:               8640 kB
 Rss:                1200 kB
@@ -173,7 +195,7 @@ Private_Dirty:         0 kB
     #[test]
     fn only_clean_read_only_private_mappings_of_the_program_are_dropped() {
         assert_eq!(
-            clean_read_only_mappings(SMAPS, "/usr/bin/sluice"),
+            clean_read_only_mappings(SMAPS.as_bytes(), "/usr/bin/sluice"),
             [
                 Mapping {
                     start: 0x5634c89cf000,
@@ -185,7 +207,7 @@ Private_Dirty:         0 kB
                 },
             ]
         );
-        assert_eq!(clean_read_only_mappings(SMAPS, "/other"), []);
+        assert_eq!(clean_read_only_mappings(SMAPS.as_bytes(), "/other"), []);
     }
 
     /// Dropping this test binary's code and constants while it runs: the code faults
