@@ -293,7 +293,7 @@ impl<R: Clone> PathRouter<R> {
     ) -> Option<&R> {
         let mut query = Query::new(query);
         let mut best: Option<&Candidate<R>> = None;
-        let node = match self.literal.get(path) {
+        let mut node = match self.literal.get(path) {
             Some(&n) => {
                 let n = n as usize;
                 first_hit(
@@ -307,7 +307,6 @@ impl<R: Clone> PathRouter<R> {
             }
             None => self.longest_prefix(path),
         };
-        let mut node = node;
         let regex = self
             .regex
             .iter()
