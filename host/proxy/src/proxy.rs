@@ -1415,49 +1415,74 @@ fn is_websocket_upgrade(h: &HeaderMap) -> bool {
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any the Connection
 /// header names, except Host: a client cannot make the request lose the name it is
 /// routed by. `TE: trailers` stays: gRPC needs it end to end.
+/// `Keep-Alive` and `Proxy-Connection`, which the `http` crate has no constants for.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Hop-by-hop whatever `Connection` lists (RFC 9110 7.6.1, and the obsolete
+/// `Keep-Alive` and `Proxy-Connection`). `Trailer` is end to end (RFC 9110 6.6.2): kept,
+/// so that trailers a sender (or a filter) declares reach the other side over HTTP/1.1
+/// too.
+fn always_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TE
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::PROXY_AUTHORIZATION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| n != header::HOST)
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Most requests carry none: one pass over the names they have, where removing each
+    // candidate would hash and probe seven names.
+    if !h.keys().any(always_hop_by_hop) {
+        return;
     }
     let te_trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // `trailer` is end to end (RFC 9110 6.6.2): kept, so that trailers a sender (or a
-    // filter) declares reach the other side over HTTP/1.1 too.
+    // The names `Connection` lists go too (but `Host`). Its values are shared bytes:
+    // taken out first, so that the map can change while they are read.
+    let mut listed = h.get_all(header::CONNECTION).iter();
+    let first = listed.next().cloned();
+    let more: Vec<HeaderValue> = listed.cloned().collect();
+    for v in first.iter().chain(&more) {
+        let Ok(v) = v.to_str() else { continue };
+        for t in v.split(',').map(str::trim) {
+            if !t.eq_ignore_ascii_case("host") {
+                h.remove(t);
+            }
+        }
+    }
     for n in [
         header::CONNECTION,
         header::TE,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
     ] {
         h.remove(n);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
 fn forwarded_headers(h: &mut HeaderMap, conn: &ConnInfo) {
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.remote.ip())).ok(),
         // The common case reuses the connection's value: no formatting per request.
         None => Some(conn.remote_ip.clone()),
     };
     if let Some(v) = xff {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme()));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme()));
 }
 
 /// The path as RFC 3986 §6.2.2 normalises it, as Envoy's `normalize_path` and
@@ -1700,5 +1725,30 @@ mod tests {
         );
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-kept"], "1");
+
+        // Without `Connection`: the names that are always hop by hop still go; listed
+        // names in any case and with spaces, from every `Connection` line, go too.
+        let mut h = HeaderMap::new();
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "X-One ,".parse().unwrap());
+        h.append(header::CONNECTION, "x-two, host".parse().unwrap());
+        for n in ["x-one", "x-two", "host", "x-kept"] {
+            h.insert(n, "1".parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "x-kept"]);
+        // And a map with none is left as it was.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert(header::TRAILER, "b".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 }
