@@ -1425,48 +1425,52 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// `Keep-Alive` and `Proxy-Connection`). `Trailer` is end to end (RFC 9110 6.6.2): kept,
 /// so that trailers a sender (or a filter) declares reach the other side over HTTP/1.1
 /// too.
-fn always_hop_by_hop(n: &HeaderName) -> bool {
-    n == header::CONNECTION
-        || n == header::TE
-        || n == header::TRANSFER_ENCODING
-        || n == header::UPGRADE
-        || n == header::PROXY_AUTHORIZATION
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
-}
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most requests carry none: one pass over the names they have, where removing each
-    // candidate would hash and probe seven names.
-    if !h.keys().any(always_hop_by_hop) {
+    // One pass over the names the message has finds which of `HOP_BY_HOP` it carries
+    // (most requests none; a backend's response often `Connection: keep-alive` alone),
+    // where removing each candidate would hash and probe seven names.
+    let mut present = 0u8;
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let te_trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // The names `Connection` lists go too (but `Host`). Its values are shared bytes:
-    // taken out first, so that the map can change while they are read.
+    // The names `Connection` lists go too (but `Host`, and those removed below anyway).
+    // Its values are shared bytes: taken out first, so that the map can change while
+    // they are read.
     let mut listed = h.get_all(header::CONNECTION).iter();
     let first = listed.next().cloned();
     let more: Vec<HeaderValue> = listed.cloned().collect();
     for v in first.iter().chain(&more) {
         let Ok(v) = v.to_str() else { continue };
         for t in v.split(',').map(str::trim) {
-            if !t.eq_ignore_ascii_case("host") {
+            let known = t.eq_ignore_ascii_case("host")
+                || HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n.as_str()));
+            if !known {
                 h.remove(t);
             }
         }
     }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ] {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
