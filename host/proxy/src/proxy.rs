@@ -1461,7 +1461,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         let Ok(v) = v.to_str() else { continue };
         for t in v.split(',').map(str::trim) {
             let known = t.eq_ignore_ascii_case("host")
-                || HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n.as_str()));
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|n| t.eq_ignore_ascii_case(n.as_str()));
             if !known {
                 h.remove(t);
             }
