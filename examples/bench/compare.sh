@@ -139,29 +139,7 @@ CONF
   headers_filters "$work/sluice$n"
   {
     sluice_config "[{name: http, port: $SL, protocol: HTTP}]"
-    ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
-    cat <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bench, namespace: default}
-spec:
-  parentRefs: [{name: bench}]
-  rules:
-  - backendRefs: [{name: backend, port: 80}]
-  - matches: [{path: {value: /b}}]
-    filters:
-    - type: RequestHeaderModifier
-      requestHeaderModifier: {set: [{name: x-bench-1, value: "1"}], remove: [x-none-1]}
-    - type: ResponseHeaderModifier
-      responseHeaderModifier: {set: [{name: x-served-1, value: "1"}]}
-    backendRefs: [{name: backend, port: 80}]
-  - matches: [{path: {value: /f1}}]
-    filters: [$(ext 1)]
-    backendRefs: [{name: backend, port: 80}]
-  - matches: [{path: {value: /f3}}]
-    filters: [$(ext 1), $(ext 2), $(ext 3)]
-    backendRefs: [{name: backend, port: 80}]
-YAML
+    header_routes
   } > "$work/sluice$n/bench.yaml"
   SLUICE_LOG=warn $pin ./target/release/sluice run "$work/sluice$n" --workers "$n" \
     --admin 127.0.0.1:$((ADMIN + n)) --access-log off &

@@ -34,6 +34,35 @@ YAML
   done
 }
 
+# header_routes: the HTTPRoute `bench` of the filter comparisons: / with no filter, /b
+# the built-in header modifiers doing the `headers` filter's work, /f1 and /f3 that
+# filter once and three times (the WasmFilters h1-h3 of headers_filters).
+header_routes() {
+  header_ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
+  cat <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules:
+  - backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /b}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-bench-1, value: "1"}], remove: [x-none-1]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-served-1, value: "1"}]}
+    backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /f1}}]
+    filters: [$(header_ext 1)]
+    backendRefs: [{name: backend, port: 80}]
+  - matches: [{path: {value: /f3}}]
+    filters: [$(header_ext 1), $(header_ext 2), $(header_ext 3)]
+    backendRefs: [{name: backend, port: 80}]
+YAML
+}
+
 # nginx_conf NAME BODY: starts an nginx (one worker) with BODY inside `http {}`.
 nginx_conf() {
   cat > "$work/$1.conf" <<CONF

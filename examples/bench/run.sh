@@ -27,24 +27,9 @@ nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
 
 mkdir -p "$work/sluice"
 headers_filters "$work/sluice"
-ext() { echo "{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h$1}}"; }
 {
   sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"
-  cat <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bench, namespace: default}
-spec:
-  parentRefs: [{name: bench}]
-  rules:
-  - backendRefs: [{name: backend, port: 80}]
-  - matches: [{path: {value: /f1}}]
-    filters: [$(ext 1)]
-    backendRefs: [{name: backend, port: 80}]
-  - matches: [{path: {value: /f3}}]
-    filters: [$(ext 1), $(ext 2), $(ext 3)]
-    backendRefs: [{name: backend, port: 80}]
-YAML
+  header_routes
 } > "$work/sluice/config.yaml"
 start_sluice "$work/sluice"
 
