@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod crd;
 pub mod infra;
 pub mod lease;

@@ -612,7 +612,7 @@ fn main() -> ExitCode {
                     Some(p) if !kubernetes => (provider::From::Files(p), None),
                     _ => {
                         let options = cluster.options(admin.port())?;
-                        let client = kube::Client::try_default().await.context(
+                        let client = sluice_kube::client::connect().await.context(
                             "cannot reach the Kubernetes API (in-cluster, or $KUBECONFIG / ~/.kube/config)",
                         )?;
                         let c = sluice_kube::Cluster::discover(client).await?;
