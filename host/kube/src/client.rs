@@ -10,14 +10,14 @@
 
 use std::time::Duration;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt;
 use kube::client::retry::RetryPolicy;
 use tower::ServiceBuilder;
 use tower::retry::RetryLayer;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may go
 /// unanswered before the connection is dropped (its watches then start again).

@@ -1412,9 +1412,6 @@ fn is_websocket_upgrade(h: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any the Connection
-/// header names, except Host: a client cannot make the request lose the name it is
-/// routed by. `TE: trailers` stays: gRPC needs it end to end.
 /// `Keep-Alive` and `Proxy-Connection`, which the `http` crate has no constants for.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -1435,6 +1432,9 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     PROXY_CONNECTION,
 ];
 
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any the Connection
+/// header names, except Host: a client cannot make the request lose the name it is
+/// routed by. `TE: trailers` stays: gRPC needs it end to end.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names the message has finds which of `HOP_BY_HOP` it carries
     // (most requests none; a backend's response often `Connection: keep-alive` alone),
