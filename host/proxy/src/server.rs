@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, watch};
 
 use crate::Gateway;
-use crate::client::{Activity, ClientIo, ConnectionLimits, InFlight, Tracked};
+use crate::client::{Activity, ClientIo, ConnectionLimits, InFlight};
 use crate::proxy::{ConnInfo, Tls, handle};
 use crate::snapshot::Socket;
 
@@ -310,14 +310,8 @@ async fn serve<I>(
     let conn_info = info.clone();
     let activity = Arc::new(Activity::new());
     let counted = activity.clone();
-    let svc = service_fn(move |req| {
-        let in_flight = InFlight::begin(&counted);
-        let answer = handle(gw.clone(), info.clone(), req);
-        async move {
-            let (resp, record) = answer.await?;
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight, record)))
-        }
-    });
+    let svc =
+        service_fn(move |req| handle(gw.clone(), info.clone(), req, InFlight::begin(&counted)));
     let conn = http.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     if *draining.borrow() {
