@@ -79,6 +79,26 @@ CONF
   nginx -c "$work/$1.conf" -p "$work"
 }
 
+# nginx_proxy PORT: an nginx (one worker) named `proxy` on 127.0.0.1:PORT, proxying
+# everything to $BACKEND over kept-alive HTTP/1.1 connections, as Sluice does.
+nginx_proxy() {
+  nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server { listen 127.0.0.1:$1; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
+}
+
+# backend_route: the HTTPRoute `bench` with one rule, everything to the Service
+# `backend`.
+backend_route() {
+  cat <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench, namespace: default}
+spec:
+  parentRefs: [{name: bench}]
+  rules: [{backendRefs: [{name: backend, port: 80}]}]
+YAML
+}
+
 # sluice_config LISTENERS: the GatewayClass, a Gateway `bench` with LISTENERS (YAML
 # flow list) on 127.0.0.1, and the Service `backend` pointing at $BACKEND.
 sluice_config() {

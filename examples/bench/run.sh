@@ -22,8 +22,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/backend.pid" ] && kill "$
 BACKEND=18080 NGINX_PROXY=18081 SLUICE=18082 ADMIN=18083
 
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
-nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX_PROXY; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
+nginx_proxy $NGINX_PROXY
 
 mkdir -p "$work/sluice"
 headers_filters "$work/sluice"

@@ -22,18 +22,9 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; for p in "$work"/*.pid; do kill "$(cat "$p")" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 BACKEND=18190 SLUICE=18191 ADMIN=18192 NGINX=18193
 nginx_conf backend "server { listen 127.0.0.1:$BACKEND; location / { return 200 'ok'; } }"
-nginx_conf proxy "upstream be { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ''; } }"
+nginx_proxy $NGINX
 mkdir -p "$work/s"
-sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]" > "$work/s/config.yaml"
-cat >> "$work/s/config.yaml" <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bench, namespace: default}
-spec:
-  parentRefs: [{name: bench}]
-  rules: [{backendRefs: [{name: backend, port: 80}]}]
-YAML
+{ sluice_config "[{name: http, port: $SLUICE, protocol: HTTP}]"; backend_route; } > "$work/s/config.yaml"
 start_sluice "$work/s"
 
 # pin PID CPU: every thread of PID (and of its children: nginx's worker) onto CPU.

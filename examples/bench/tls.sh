@@ -45,13 +45,8 @@ metadata: {name: cert, namespace: default}
 type: kubernetes.io/tls
 data: {tls.crt: $(b64 "$work/tls.crt"), tls.key: $(b64 "$work/tls.key")}
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: bench, namespace: default}
-spec:
-  parentRefs: [{name: bench}]
-  rules: [{backendRefs: [{name: backend, port: 80}]}]
 YAML
+  backend_route
 } > "$work/sluice/config.yaml"
 start_sluice "$work/sluice"
 
