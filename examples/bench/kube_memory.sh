@@ -7,7 +7,7 @@
 # passed (the gateway gives freed memory back a second time 2 s after it applies a
 # configuration), its peak (VmHWM), and the ratio of Kubernetes mode to file mode.
 #
-#   examples/bench/kube_memory.sh [ROUTES]        (default 1000)
+#   examples/bench/kube_memory.sh [ROUTES]        (default 16000: 1,000 HTTPRoutes)
 #
 # SLUICE_BIN=path runs another build. It runs in a network namespace of its own
 # (`unshare --net`, as the Kubernetes-mode tests do): EndpointSlices may not hold
@@ -15,7 +15,7 @@
 # loopback carries. Nothing is reachable from outside it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUTES=${1:-1000}
+ROUTES=${1:-16000}
 source examples/bench/lib.sh
 if [ -z "${SLUICE_BENCH_NETNS:-}" ]; then
   APISERVER=target/tools/kube-apiserver
