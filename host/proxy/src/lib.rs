@@ -30,8 +30,8 @@ use http_body_util::Either;
 pub use body::Buffered;
 pub use client::{ConnectionLimits, Streamed};
 pub use metrics::Metrics;
-pub use server::Listeners;
 pub use server::raise_open_files_limit;
+pub use server::{Listeners, Workers};
 pub use snapshot::{Snapshot, Socket, WasmPools, build};
 pub use upstream::{DEFAULT_CONNECT_TIMEOUT, set_connect_timeout};
 
@@ -44,11 +44,11 @@ pub type Body = Either<Streamed, Buffered>;
 #[error("{0}")]
 pub struct BuildError(pub String);
 
-/// What every connection shares: the live snapshot, the metrics and the upstream pools.
+/// What every connection shares: the live snapshot and the metrics (the cleartext upstream
+/// pools are per thread; a backend's TLS pool is in the snapshot).
 pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
-    upstream: upstream::Upstream,
     /// Set when shutdown drains: HTTP/1.1 responses then say `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
     /// Where access log lines go; `None` when they are off.
@@ -67,7 +67,6 @@ impl Gateway {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(initial),
             metrics,
-            upstream: upstream::Upstream::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             access_log,
             tracing,

@@ -133,7 +133,7 @@ async fn exchange_with_trailers(
     } = p;
     let start = Instant::now();
     let call = async {
-        let resp = crate::proxy::send(&gw, &backend, request)
+        let resp = crate::proxy::send(&backend, request)
             .await
             .map_err(|e| CallError::Failed(describe(&e)))?;
         let (parts, body) = resp.into_parts();

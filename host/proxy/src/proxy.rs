@@ -450,11 +450,11 @@ async fn serve(
                     ))
                     .await
                 }
-                Ok((body, None)) => attempt(gw, &rule, backend, parts, body, start, record).await,
+                Ok((body, None)) => attempt(&rule, backend, parts, body, start, record).await,
                 Err(resp) => Attempt::Local(resp),
             }
         }
-        _ => attempt(gw, &rule, backend, parts, body, start, record).await,
+        _ => attempt(&rule, backend, parts, body, start, record).await,
     };
     if let Some(r) = record.as_mut() {
         r.upstream = Some(sent.elapsed());
@@ -1173,7 +1173,6 @@ impl Attempt {
 
 /// Sends the request to the backend's next endpoint, within the rule's timeouts.
 async fn attempt(
-    gw: &Gateway,
     rule: &Rule,
     backend: &Backend,
     mut parts: http::request::Parts,
@@ -1202,7 +1201,7 @@ async fn attempt(
     if let Some(r) = record.as_mut() {
         r.endpoint = Some(endpoint.to_string());
     }
-    let call = send(gw, backend, Request::from_parts(parts, body));
+    let call = send(backend, Request::from_parts(parts, body));
     let result = match deadline(rule, start) {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
@@ -1277,7 +1276,6 @@ async fn with_retries(
         *again.headers_mut() = parts.headers.clone();
         let (again, ()) = again.into_parts();
         let outcome = attempt(
-            gw,
             rule,
             backend,
             again,
@@ -1368,15 +1366,14 @@ fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-/// Sends `req` on the backend's pool: its own TLS pool, or the shared cleartext one.
+/// Sends `req` on the backend's pool: its own TLS pool, or this thread's cleartext one.
 pub(crate) fn send(
-    gw: &Gateway,
     backend: &Backend,
     req: Request<Body>,
 ) -> hyper_util::client::legacy::ResponseFuture {
     match &backend.tls {
         Some(tls) => tls.request(req),
-        None => gw.upstream.client(backend.protocol).request(req),
+        None => crate::upstream::request(backend.protocol, req),
     }
 }
 
@@ -1656,7 +1653,7 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers.clone();
     *req.version_mut() = backend.version();
-    let call = send(gw, backend, req);
+    let call = send(backend, req);
     let stats = backend.stats.get(&gw.metrics).clone();
     let metrics = gw.metrics.clone();
     let start = Instant::now();

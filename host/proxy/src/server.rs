@@ -36,9 +36,60 @@ impl Drop for Guard {
     }
 }
 
+/// The threads that serve connections when there is more than one worker.
+///
+/// Each runs a current-thread runtime of its own and accepts on its own socket of every
+/// TCP listener (`SO_REUSEPORT`: the kernel spreads new connections over the sockets of
+/// a port by their addresses), so that a connection, its requests, its filters and the
+/// upstream connections they use stay on one thread, as with nginx's and Envoy's
+/// workers. A shared work-stealing runtime moved tasks between threads and woke them
+/// across threads: with two workers it gained a few percent over one, where nginx gained
+/// 20-35% (docs/performance.md, "Two workers").
+///
+/// The configuration, the admin API and everything else that is not a connection run
+/// on the thread that started these. Dropping this ends the threads.
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads, named `sluice-worker-N`.
+    pub fn start(n: usize) -> io::Result<Workers> {
+        let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stop.push(tx);
+            std::thread::Builder::new()
+                .name(format!("sluice-worker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = rx.await;
+                    })
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            _stop: stop,
+        })
+    }
+
+    pub fn handles(&self) -> &[tokio::runtime::Handle] {
+        &self.handles
+    }
+}
+
 /// The bound sockets. `sync` makes them match a snapshot; `shutdown` drains.
 pub struct Listeners {
     gw: Arc<Gateway>,
+    /// The worker threads' runtimes; empty: connections are served on the runtime that
+    /// calls [`Listeners::sync`].
+    workers: Vec<tokio::runtime::Handle>,
     bound: Mutex<HashMap<Socket, watch::Sender<bool>>>,
     /// Set once on shutdown: every connection finishes its request and closes.
     draining: watch::Sender<bool>,
@@ -61,6 +112,7 @@ impl Listeners {
             .keep_alive_timeout(limits.h2_keepalive);
         Listeners {
             gw,
+            workers: Vec::new(),
             bound: Mutex::new(HashMap::new()),
             draining: watch::channel(false).0,
             tracker: Arc::default(),
@@ -68,6 +120,13 @@ impl Listeners {
             udp_idle: Duration::from_secs(60),
             limits,
         }
+    }
+
+    /// Serves connections on these worker threads' runtimes (see [`Workers`]): each
+    /// TCP listener is bound once per worker, with `SO_REUSEPORT`.
+    pub fn on_workers(mut self, workers: &Workers) -> Self {
+        self.workers = workers.handles.clone();
+        self
     }
 
     /// Sets the UDP session idle timeout (default 60 s).
@@ -88,8 +147,11 @@ impl Listeners {
         for sock in wanted {
             if !bound.contains_key(sock) {
                 let b = match sock {
-                    Socket::Tcp(addr) => bind(*addr).map(Bound::Tcp),
-                    Socket::Udp(addr) => bind_udp(*addr).map(Bound::Udp),
+                    Socket::Tcp(addr) => self.bind_tcp(*addr).map(Bound::Tcp),
+                    Socket::Udp(addr) => {
+                        let _rt = self.workers.first().map(|h| h.enter());
+                        bind_udp(*addr).map(Bound::Udp)
+                    }
                 };
                 match b {
                     Ok(b) => fresh.push((*sock, b)),
@@ -108,28 +170,41 @@ impl Listeners {
             let (stop, stopped) = watch::channel(false);
             bound.insert(sock, stop);
             match b {
-                Bound::Tcp(listener) => {
+                Bound::Tcp(listeners) => {
                     let Socket::Tcp(addr) = sock else { continue };
-                    tokio::spawn(accept_loop(
-                        listener,
-                        addr,
-                        self.gw.clone(),
-                        stopped,
-                        self.draining.subscribe(),
-                        self.tracker.clone(),
-                        self.http.clone(),
-                        self.limits,
-                    ));
+                    // The socket's own connections, for its cap, whichever worker
+                    // accepted them.
+                    let here = Arc::new(Tracker::default());
+                    for (i, listener) in listeners.into_iter().enumerate() {
+                        let accept = accept_loop(
+                            listener,
+                            addr,
+                            self.gw.clone(),
+                            stopped.clone(),
+                            self.draining.subscribe(),
+                            (self.tracker.clone(), here.clone()),
+                            self.http.clone(),
+                            self.limits,
+                        );
+                        match self.workers.get(i) {
+                            Some(h) => drop(h.spawn(accept)),
+                            None => drop(tokio::spawn(accept)),
+                        }
+                    }
                 }
                 Bound::Udp(socket) => {
                     let Socket::Udp(addr) = sock else { continue };
-                    tokio::spawn(crate::stream::serve_udp(
+                    let serve = crate::stream::serve_udp(
                         self.gw.clone(),
                         addr,
                         socket,
                         stopped,
                         self.udp_idle,
-                    ));
+                    );
+                    match self.workers.first() {
+                        Some(h) => drop(h.spawn(serve)),
+                        None => drop(tokio::spawn(serve)),
+                    }
                 }
             }
             tracing::info!(socket = ?sock, "listening");
@@ -174,8 +249,31 @@ impl Listeners {
     }
 }
 
+impl Listeners {
+    /// `addr` bound once, or once per worker (each registered with its worker's
+    /// runtime).
+    fn bind_tcp(&self, addr: SocketAddr) -> io::Result<Vec<TcpListener>> {
+        if self.workers.is_empty() {
+            return Ok(vec![bind(addr, false)?]);
+        }
+        let mut out: Vec<TcpListener> = Vec::with_capacity(self.workers.len());
+        for h in &self.workers {
+            let _rt = h.enter();
+            // Port 0 asks for any free port: the first socket gets one, the others
+            // join it there.
+            let at = match out.first() {
+                Some(l) => l.local_addr()?,
+                None => addr,
+            };
+            out.push(bind(at, true)?);
+        }
+        Ok(out)
+    }
+}
+
 enum Bound {
-    Tcp(TcpListener),
+    /// One listener per worker thread.
+    Tcp(Vec<TcpListener>),
     Udp(tokio::net::UdpSocket),
 }
 
@@ -185,7 +283,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s)
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -193,6 +291,12 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     // Lets a restarted gateway bind while old connections sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // One socket per worker on the same port. Another process of the same user that
+    // asks for SO_REUSEPORT could join the port too, as with nginx's `reuseport` and
+    // Envoy's listeners; one that does not gets EADDRINUSE.
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
@@ -205,12 +309,11 @@ async fn accept_loop(
     gw: Arc<Gateway>,
     mut stopped: watch::Receiver<bool>,
     draining: watch::Receiver<bool>,
-    tracker: Arc<Tracker>,
+    // Every connection, and this socket's own (for its cap).
+    (tracker, here): (Arc<Tracker>, Arc<Tracker>),
     http: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnectionLimits,
 ) {
-    // This socket's own connections, for its cap.
-    let here = Arc::new(Tracker::default());
     loop {
         let (stream, remote) = tokio::select! {
             _ = stopped.changed() => return,

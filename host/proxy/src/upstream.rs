@@ -17,9 +17,26 @@ use sluice_ir::{UpstreamProtocol, UpstreamTlsIr};
 
 use crate::Body;
 
-pub(crate) struct Upstream {
+struct Upstream {
     http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
+}
+
+thread_local! {
+    /// Each thread's own cleartext pools. A worker thread serves its connections from
+    /// start to end (see [`crate::Workers`]), so an upstream connection is opened, used
+    /// and driven on the thread of the requests that use it: no pool shared between
+    /// threads, and no request waking a connection task on another thread. Each worker
+    /// keeps its own idle connections to a backend, as Envoy's workers do.
+    static UPSTREAM: Upstream = Upstream::new();
+}
+
+/// Sends `req` on this thread's cleartext pool for `p`.
+pub(crate) fn request(
+    p: UpstreamProtocol,
+    req: hyper::Request<Body>,
+) -> hyper_util::client::legacy::ResponseFuture {
+    UPSTREAM.with(|u| u.client(p).request(req))
 }
 
 /// The time a connection to a backend may take to open, unless
@@ -51,7 +68,7 @@ fn connector() -> HttpConnector {
 }
 
 impl Upstream {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -67,7 +84,7 @@ impl Upstream {
         Upstream { http1, h2c }
     }
 
-    pub fn client(&self, p: UpstreamProtocol) -> &Client<HttpConnector, Body> {
+    fn client(&self, p: UpstreamProtocol) -> &Client<HttpConnector, Body> {
         match p {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::H2c => &self.h2c,

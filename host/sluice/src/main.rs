@@ -607,7 +607,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            block_on(workers, async move {
+            // One worker serves on the thread that runs everything else; more get
+            // threads of their own (sluice_proxy::Workers).
+            let workers = match workers {
+                0 | 1 => None,
+                n => match sluice_proxy::Workers::start(n) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        eprintln!("error: cannot start {n} worker threads: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            block_on(async move {
                 let (from, options) = match path {
                     Some(p) if !kubernetes => (provider::From::Files(p), None),
                     _ => {
@@ -638,6 +650,7 @@ fn main() -> ExitCode {
                     insecure_registries,
                     udp_idle: Duration::from_secs(udp_idle_timeout),
                     limits: connections.limits(),
+                    workers,
                     filter_log_lines,
                     wasm_instances,
                     wasm_idle_memory,
@@ -693,7 +706,7 @@ fn main() -> ExitCode {
                 save,
             })
         }
-        Command::Filter(cmd) => block_on(1, async {
+        Command::Filter(cmd) => block_on(async {
             match cmd {
                 FilterCommand::New {
                     name,
@@ -797,7 +810,7 @@ fn main() -> ExitCode {
             namespace,
             service,
             pod,
-        } => block_on(1, async {
+        } => block_on(async {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("echo on {listen}"))?;
@@ -812,9 +825,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `fut` on a runtime of `workers` threads; prints its error and fails.
-fn block_on(workers: usize, fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match runtime(workers) {
+/// Runs `fut` on a runtime of this thread; prints its error and fails.
+fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -842,17 +858,4 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("sluice").join("wasm"))
-}
-
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
 }

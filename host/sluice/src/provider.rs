@@ -60,6 +60,8 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     pub udp_idle: Duration,
     pub limits: sluice_proxy::ConnectionLimits,
+    /// The threads that serve connections; `None`: the runtime `run` is called on.
+    pub workers: Option<sluice_proxy::Workers>,
     /// Log lines per second each Wasm filter may write.
     pub filter_log_lines: u64,
     /// Live Wasm instances across all filters.
@@ -358,6 +360,7 @@ impl App {
             insecure_registries,
             udp_idle,
             limits,
+            workers,
             filter_log_lines,
             wasm_instances,
             wasm_idle_memory,
@@ -451,8 +454,12 @@ impl App {
             None => None,
         };
         let gw = Gateway::new(snapshot, metrics, access_log.clone(), tracing.clone());
-        let listeners =
-            Arc::new(Listeners::with_limits(gw.clone(), limits).with_udp_idle_timeout(udp_idle));
+        let mut listeners =
+            Listeners::with_limits(gw.clone(), limits).with_udp_idle_timeout(udp_idle);
+        if let Some(w) = &workers {
+            listeners = listeners.on_workers(w);
+        }
+        let listeners = Arc::new(listeners);
         let state = Arc::new(AdminState::new(gw.clone(), runtime, Vec::new()));
         if let Some(log) = access_log {
             state.metrics.register(log);

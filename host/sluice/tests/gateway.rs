@@ -728,6 +728,114 @@ async fn sigterm_drains_in_flight_requests() {
     );
 }
 
+/// The listening sockets on 127.0.0.1:`port`, from /proc/net/tcp.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+/// With `--workers 2` each worker thread accepts on a socket of its own for the port
+/// (SO_REUSEPORT) and serves what it accepts; draining on SIGTERM covers both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_accepts_on_a_socket_of_its_own_and_drains() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("workers");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let mut gw = Sluice::start(&dir.0, &["--workers", "2"]).await;
+    assert_eq!(
+        listening_sockets(port),
+        2,
+        "one listening socket per worker"
+    );
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
+        .expect("the gateway's threads")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("sluice-worker-"))
+        .collect();
+    assert_eq!(threads.len(), 2, "two worker threads: {threads:?}");
+    // Each request on a connection of its own, from ports the kernel spreads over the
+    // two sockets.
+    for i in 0..40 {
+        let r = get(port, "h", &format!("/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+    }
+    // In-flight requests on several connections finish after SIGTERM.
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                send(
+                    &client(),
+                    "GET",
+                    port,
+                    "h",
+                    "/",
+                    &[("x-echo-delay-ms", "700")],
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.sigterm();
+    for s in slow {
+        let r = s.await.expect("request task");
+        assert_eq!(r.status, StatusCode::OK, "an in-flight request finished");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(listening_sockets(port), 0, "the listeners are closed");
+}
+
+/// One worker: one socket, served on the thread that runs everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_listens_once() {
+    let a = echo("a").await;
+    let port = free_port();
+    let dir = TempDir::new("one-worker");
+    dir.write("gw.yaml", &gateway_yaml(port, None));
+    dir.write("svc.yaml", &service_yaml("a", &a, None));
+    dir.write(
+        "routes.yaml",
+        &route(
+            "r",
+            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        ),
+    );
+    let gw = Sluice::start(&dir.0, &["--workers", "1"]).await;
+    assert_eq!(listening_sockets(port), 1);
+    assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
+    drop(gw);
+}
+
 #[test]
 fn check_prints_errors_with_file_object_and_field() {
     let dir = TempDir::new("check");
