@@ -680,11 +680,12 @@ async fn admin_api_reports_health_metrics_ir_and_status() {
     assert_eq!(broken[1]["reason"], "BackendNotFound");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests() {
+/// An echo backend and a gateway (with `--workers WORKERS`) whose one route sends
+/// everything to it; the echo and the folder live as long as the test keeps them.
+async fn one_route(tag: &str, workers: &str) -> (Echo, TempDir, u16, Sluice) {
     let a = echo("a").await;
     let port = free_port();
-    let dir = TempDir::new("drain");
+    let dir = TempDir::new(tag);
     dir.write("gw.yaml", &gateway_yaml(port, None));
     dir.write("svc.yaml", &service_yaml("a", &a, None));
     dir.write(
@@ -694,7 +695,29 @@ async fn sigterm_drains_in_flight_requests() {
             "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
         ),
     );
-    let mut gw = Sluice::start(&dir.0, &["--workers", "1"]).await;
+    let gw = Sluice::start(&dir.0, &["--workers", workers]).await;
+    (a, dir, port, gw)
+}
+
+/// Waits up to 10 s for a gateway sent SIGTERM to exit, and checks it exited cleanly.
+async fn exits_after_draining(gw: &mut Sluice) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let (_a, _dir, port, mut gw) = one_route("drain", "1").await;
     let slow = tokio::spawn(async move {
         send(
             &client(),
@@ -710,18 +733,7 @@ async fn sigterm_drains_in_flight_requests() {
     gw.sigterm();
     let r = slow.await.expect("request task");
     assert_eq!(r.status, StatusCode::OK, "the in-flight request finished");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "exit status {status}");
+    exits_after_draining(&mut gw).await;
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the listener is closed"
@@ -746,19 +758,7 @@ fn listening_sockets(port: u16) -> usize {
 /// (SO_REUSEPORT) and serves what it accepts; draining on SIGTERM covers both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_worker_accepts_on_a_socket_of_its_own_and_drains() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("workers");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &service_yaml("a", &a, None));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
-        ),
-    );
-    let mut gw = Sluice::start(&dir.0, &["--workers", "2"]).await;
+    let (_a, _dir, port, mut gw) = one_route("workers", "2").await;
     assert_eq!(
         listening_sockets(port),
         2,
@@ -800,37 +800,14 @@ async fn each_worker_accepts_on_a_socket_of_its_own_and_drains() {
         let r = s.await.expect("request task");
         assert_eq!(r.status, StatusCode::OK, "an in-flight request finished");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sluice did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(status.success(), "exit status {status}");
+    exits_after_draining(&mut gw).await;
     assert_eq!(listening_sockets(port), 0, "the listeners are closed");
 }
 
 /// One worker: one socket, served on the thread that runs everything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_listens_once() {
-    let a = echo("a").await;
-    let port = free_port();
-    let dir = TempDir::new("one-worker");
-    dir.write("gw.yaml", &gateway_yaml(port, None));
-    dir.write("svc.yaml", &service_yaml("a", &a, None));
-    dir.write(
-        "routes.yaml",
-        &route(
-            "r",
-            "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
-        ),
-    );
-    let gw = Sluice::start(&dir.0, &["--workers", "1"]).await;
+    let (_a, _dir, port, gw) = one_route("one-worker", "1").await;
     assert_eq!(listening_sockets(port), 1);
     assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
     drop(gw);
