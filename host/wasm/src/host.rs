@@ -63,6 +63,9 @@ pub struct HostState {
     /// Epoch ticks the current call may still run; the call is cut when they run out.
     /// Counted only while the guest runs (see `Pool::call`).
     pub(crate) ticks_left: u64,
+    /// The current call was running at a tick. A call that only straddles one tick
+    /// goes on; from its second tick on, it yields at each.
+    pub(crate) ticked: bool,
     /// The runtime's lane for calls that run past one tick, and this call's place in
     /// it while it has one (see `Runtime::slow_lane`).
     pub(crate) slow_lane: Arc<tokio::sync::Semaphore>,

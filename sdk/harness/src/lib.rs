@@ -154,6 +154,15 @@ fn runtime() -> Result<Arc<Runtime>, String> {
         .clone()
 }
 
+/// Ticks of the shared runtime's epoch clock so far (see
+/// [`sluice_wasm::Runtime::epoch_ticks`]); 0 before the first filter loads.
+pub fn epoch_ticks() -> u64 {
+    RUNTIME
+        .get()
+        .and_then(|r| r.as_ref().ok())
+        .map_or(0, |r| r.epoch_ticks())
+}
+
 /// Keeps the machine code of the components this process loads in `dir`, by digest,
 /// in the format of the gateway's `--cache-dir` (the engines match, so the two can
 /// share a folder). A later run then loads a component it has seen in milliseconds
