@@ -79,12 +79,6 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 /// The largest memory any WasmFilter may ask for; the pool reserves address space for it.
 /// The loader refuses a larger `spec.limits.memory` (`sluice_resources::WASM_MAX_MEMORY`).
 pub const MAX_MEMORY: usize = 1 << 30;
-/// Wasm instructions (units of fuel) a guest call runs before it yields to the
-/// thread's other tasks for the first time; from then on the epoch clock runs, and
-/// the call yields at each tick (and at each slice) until it ends or its time is up.
-/// A slice takes well under a millisecond; a hook that edits headers runs a few
-/// thousand instructions, and ends without yielding or waking the clock.
-const FUEL_SLICE: u64 = 200_000;
 /// Time `configure` may take (it may parse a large config).
 const CONFIGURE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Idle instances a pool keeps at least. Under load it keeps as many as were in use
@@ -235,7 +229,6 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        config.consume_fuel(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         // A trap names the source file and line of each frame when the component
         // carries DWARF (a debug build): the log and the WasmFilter's status then say
@@ -523,9 +516,10 @@ impl Runtime {
             .collect()
     }
 
-    /// Ticks of the epoch clock since the runtime started. The clock runs only while
-    /// some guest call has yielded lately (a call running past its first slice of
-    /// fuel, or waiting on the host), so calls that end quickly leave it asleep.
+    /// Ticks of the epoch clock since the runtime started. The clock ticks every
+    /// millisecond only while some guest call has run across a tick or yielded lately;
+    /// while calls end quickly it ticks every `SLOW_TICK`, and it stops when no guest
+    /// code runs.
     pub fn epoch_ticks(&self) -> u64 {
         self.ticker.ticks()
     }
@@ -807,21 +801,17 @@ impl Pool {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
-        if let Err(e) = store
-            .set_fuel(u64::MAX)
-            .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_SLICE)))
-        {
-            return Err(self.fail(&mut store, e));
-        }
         // At each tick the guest is running, one tick of its budget is spent. A call
-        // that runs across a tick the first time goes on (it started at most a tick
-        // ago, and most such calls end within microseconds). From its second tick on it
-        // yields at each, so that other tasks on this thread run: its future returns
-        // `Pending`, which keeps the epoch clock running (`Ticker::around`). Ticks that
-        // pass while it waits to be polled again are not counted: the deadline is set
-        // anew on resumption. A call still running at a tick gives up its place in the
-        // slow lane (if it has one) and waits for a place for its next tick, so slow
-        // calls take turns.
+        // running at a tick for the first time goes on, and hurries the clock: most
+        // such calls end within microseconds, and one that runs on is met by the next
+        // tick, a millisecond later at most (the clock may have been ticking slowly).
+        // From its second tick on it yields at each, so that other tasks on this
+        // thread run; its future then returns `Pending`, which keeps the clock fast
+        // (`Ticker::around`). Ticks that pass while it waits to be polled again are not
+        // counted: the deadline is set anew on resumption. A call still running at a
+        // tick gives up its place in the slow lane (if it has one) and waits for a
+        // place for its next tick, so slow calls take turns.
+        let ticker = self.runtime.ticker.clone();
         store.epoch_deadline_callback(move |mut ctx| {
             let s = ctx.data_mut();
             s.ticks_left = s.ticks_left.saturating_sub(1);
@@ -829,6 +819,7 @@ impl Pool {
                 return Ok(UpdateDeadline::Interrupt);
             }
             if !std::mem::replace(&mut s.ticked, true) {
+                ticker.hurry();
                 return Ok(UpdateDeadline::Continue(1));
             }
             let slot = s.slow_permit.clone();
@@ -1074,11 +1065,6 @@ impl Pool {
         let start = Instant::now();
         inst.store.data_mut().ticks_left = self.deadline_ticks;
         inst.store.data_mut().ticked = false;
-        // A fresh slice of fuel: a call yields after `FUEL_SLICE` of its own
-        // instructions, not after the instance's earlier calls used them up.
-        if let Err(e) = inst.store.set_fuel(u64::MAX) {
-            return (Some(ctx), Err(e));
-        }
         inst.store.set_epoch_deadline(1);
         // The table only refuses a push past u32::MAX live entries; a store holds one.
         let res = match inst.store.data_mut().table.push(ctx) {

@@ -291,9 +291,8 @@ fn faults_are_classified_and_the_bad_instance_is_replaced() {
     assert_eq!(err.config_errors[0].0, ".mode");
 }
 
-/// The epoch clock sleeps while no guest call has yielded lately; a looping call made
-/// after a quiet spell wakes it when its first slice of fuel runs out, and is stopped
-/// at its time limit.
+/// The epoch clock stops while no guest code runs; a looping call made after a quiet
+/// spell starts it, and is stopped at its time limit.
 #[test]
 fn a_loop_after_a_quiet_spell_still_times_out() {
     let looping = Harness::load_with(
@@ -305,7 +304,7 @@ fn a_loop_after_a_quiet_spell_still_times_out() {
         },
     )
     .expect("load");
-    // Well past the clock's few idle ticks (other tests may keep it awake; this one
+    // Well past the clock's 100 ms without guest code (other tests may keep it awake; this one
     // must pass either way).
     std::thread::sleep(Duration::from_millis(400));
     let (tx, rx) = std::sync::mpsc::channel();
