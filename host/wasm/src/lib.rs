@@ -801,25 +801,27 @@ impl Pool {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
-        // At each tick the guest is running, one tick of its budget is spent. A call
-        // running at a tick for the first time goes on, and hurries the clock: most
+        // At each tick the guest is running, one tick of its budget is spent, and the
+        // clock is hurried. A call running at a tick for the first time goes on: most
         // such calls end within microseconds, and one that runs on is met by the next
         // tick, a millisecond later at most (the clock may have been ticking slowly).
         // From its second tick on it yields at each, so that other tasks on this
-        // thread run; its future then returns `Pending`, which keeps the clock fast
-        // (`Ticker::around`). Ticks that pass while it waits to be polled again are not
+        // thread run. Ticks that pass while it waits to be polled again are not
         // counted: the deadline is set anew on resumption. A call still running at a
         // tick gives up its place in the slow lane (if it has one) and waits for a
         // place for its next tick, so slow calls take turns.
         let ticker = self.runtime.ticker.clone();
         store.epoch_deadline_callback(move |mut ctx| {
+            // Running at a tick: the clock goes fast, or stays fast (a yield whose
+            // place in the slow lane is free at once does not return `Pending`, so
+            // `Ticker::around` would not see it).
+            ticker.hurry();
             let s = ctx.data_mut();
             s.ticks_left = s.ticks_left.saturating_sub(1);
             if s.ticks_left == 0 {
                 return Ok(UpdateDeadline::Interrupt);
             }
             if !std::mem::replace(&mut s.ticked, true) {
-                ticker.hurry();
                 return Ok(UpdateDeadline::Continue(1));
             }
             let slot = s.slow_permit.clone();
