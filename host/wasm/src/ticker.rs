@@ -182,6 +182,15 @@ impl Ticker {
 mod tests {
     use super::*;
 
+    /// An engine with epochs and its clock; the clock ends when the engine is dropped.
+    fn clock() -> (wasmtime::Engine, Arc<Ticker>) {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = wasmtime::Engine::new(&config).expect("engine");
+        let ticker = Ticker::start(engine.weak()).expect("start");
+        (engine, ticker)
+    }
+
     fn wait_until(what: &str, cond: impl Fn() -> bool) {
         let start = std::time::Instant::now();
         while !cond() {
@@ -192,10 +201,7 @@ mod tests {
 
     #[test]
     fn the_clock_sleeps_when_idle_and_wakes_when_guest_code_runs() {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = wasmtime::Engine::new(&config).expect("engine");
-        let ticker = Ticker::start(engine.weak()).expect("start");
+        let (_engine, ticker) = clock();
         wait_until(
             "stopped after STOP_AFTER slow ticks without guest code",
             || ticker.is_stopped(),
@@ -221,10 +227,7 @@ mod tests {
 
     #[test]
     fn the_clock_is_slow_while_calls_end_quickly_and_fast_while_one_runs_on() {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = wasmtime::Engine::new(&config).expect("engine");
-        let ticker = Ticker::start(engine.weak()).expect("start");
+        let (_engine, ticker) = clock();
         let d = Duration::from_millis(300);
         let slow = ticks_while(&ticker, d, Ticker::mark);
         let fast = ticks_while(&ticker, d, Ticker::hurry);
