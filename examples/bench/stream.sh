@@ -8,8 +8,10 @@
 # where it stood before the upload (sampled every 20 ms), then the medians and the
 # ratios to the plain route.
 #
-#   examples/bench/stream.sh [SIZE_MIB] [ROUNDS] [WORKERS]
+#   [SLUICE_BIN=PATH] examples/bench/stream.sh [SIZE_MIB] [ROUNDS] [WORKERS]
 #
+# SLUICE_BIN runs another build as the gateway (a copy made before a change), to
+# compare two builds run after run.
 # The backend is `sluice echo`, which counts the body and drops it as it comes; curl
 # uploads from a file (`-T`, with its content-length). Everything binds to 127.0.0.1.
 set -euo pipefail
@@ -61,7 +63,7 @@ spec:
   - backendRefs: [{name: backend, port: 80}]
 YAML
 } > "$work/sluice/config.yaml"
-SLUICE_LOG=warn ./target/release/sluice run "$work/sluice" --workers "$WORKERS" --admin 127.0.0.1:$ADMIN --access-log off &
+SLUICE_LOG=warn "${SLUICE_BIN:-./target/release/sluice}" run "$work/sluice" --workers "$WORKERS" --admin 127.0.0.1:$ADMIN --access-log off &
 SLUICE_PID=$!
 for _ in $(seq 100); do curl -sf -o /dev/null 127.0.0.1:$ADMIN/readyz && break; sleep 0.1; done
 
