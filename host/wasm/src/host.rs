@@ -253,7 +253,7 @@ fn names(h: &HeaderMap) -> Vec<String> {
 fn write(
     h: &mut HeaderMap,
     name: &str,
-    value: &str,
+    value: String,
     append: bool,
     request: bool,
 ) -> Result<(), types::HeaderError> {
@@ -261,7 +261,10 @@ fn write(
     if forbidden(&n, request) {
         return Err(types::HeaderError::Forbidden);
     }
-    let v = HeaderValue::from_str(value).map_err(|_| types::HeaderError::InvalidValue)?;
+    // The string lifted from the guest becomes the value (checked as `from_str` checks
+    // it), rather than being copied once more.
+    let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(value.into_bytes()))
+        .map_err(|_| types::HeaderError::InvalidValue)?;
     if append {
         h.append(n, v);
     } else {
@@ -274,10 +277,15 @@ fn write(
 /// where `unframe` says so (a stream's start): a filter that changes a streamed body's
 /// length, or adds trailers, removes it and the body goes chunked.
 fn remove(h: &mut HeaderMap, name: &str, request: bool, unframe: bool) {
-    if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
-        && (!forbidden(&n, request) || (unframe && n == header::CONTENT_LENGTH))
-    {
-        h.remove(n);
+    // Compared and looked up as text: a `HeaderName` of a name that is not a standard
+    // one would be an allocation. A name that is not valid finds nothing.
+    let is = |n: HeaderName| name.eq_ignore_ascii_case(n.as_str());
+    let kept = (is(header::CONTENT_LENGTH) && !unframe)
+        || is(header::TRANSFER_ENCODING)
+        || is(header::CONNECTION)
+        || (request && is(header::HOST));
+    if !kept {
+        h.remove(name);
     }
 }
 
@@ -320,7 +328,7 @@ macro_rules! header_methods {
             Ok(write(
                 &mut self.$get(&r)?.headers,
                 &name,
-                &value,
+                value,
                 false,
                 $request,
             ))
@@ -334,7 +342,7 @@ macro_rules! header_methods {
             Ok(write(
                 &mut self.$get(&r)?.headers,
                 &name,
-                &value,
+                value,
                 true,
                 $request,
             ))
@@ -697,7 +705,7 @@ impl crate::bindings::v0_2::sluice::filter0_2_0::body::HostTrailers for HostStat
         Ok(write(
             &mut self.table.get_mut(&r)?.0,
             &name,
-            &value,
+            value,
             false,
             true,
         ))
@@ -834,6 +842,68 @@ impl clock::Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A filter's header writes: names in any case, values checked, and the headers the
+    /// gateway manages kept (`content-length` may go at a stream's start).
+    #[test]
+    fn header_writes_take_any_case_and_keep_what_the_gateway_manages() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-none", "1"),
+            ("content-length", "5"),
+            ("host", "a"),
+            ("connection", "close"),
+        ] {
+            h.insert(n, HeaderValue::from_static(v));
+        }
+        let long = format!("x-{}", "l".repeat(70));
+        h.insert(
+            HeaderName::from_bytes(long.as_bytes()).expect("name"),
+            HeaderValue::from_static("1"),
+        );
+
+        remove(&mut h, "X-None", true, false);
+        assert!(!h.contains_key("x-none"));
+        remove(&mut h, &long.to_uppercase(), true, false);
+        assert!(
+            !h.contains_key(long.as_str()),
+            "a name past 64 bytes, in capitals"
+        );
+        remove(&mut h, "bad name", true, false);
+        remove(&mut h, "Content-Length", true, false);
+        remove(&mut h, "HOST", true, false);
+        remove(&mut h, "connection", false, true);
+        assert_eq!(h.len(), 3, "{h:?}");
+        remove(&mut h, "content-length", true, true);
+        assert!(
+            !h.contains_key("content-length"),
+            "a stream's start may unframe"
+        );
+        remove(&mut h, "host", false, false);
+        assert!(!h.contains_key("host"), "a response has no host to keep");
+
+        assert_eq!(write(&mut h, "X-Set", "v 1".into(), false, true), Ok(()));
+        assert_eq!(write(&mut h, "x-set", "v2".into(), true, true), Ok(()));
+        let all: Vec<_> = h.get_all("x-set").iter().collect();
+        assert_eq!(all, ["v 1", "v2"]);
+        assert_eq!(
+            write(&mut h, "x-set", "a\nb".into(), false, true),
+            Err(types::HeaderError::InvalidValue)
+        );
+        assert_eq!(
+            write(&mut h, "bad name", "v".into(), false, true),
+            Err(types::HeaderError::InvalidName)
+        );
+        assert_eq!(
+            write(&mut h, "Transfer-Encoding", "chunked".into(), false, false),
+            Err(types::HeaderError::Forbidden)
+        );
+        assert_eq!(
+            h.get_all("x-set").iter().count(),
+            2,
+            "a refused write changes nothing"
+        );
+    }
 
     #[test]
     fn a_context_holds_at_most_its_keys_and_bytes() {
