@@ -365,7 +365,7 @@ async fn serve(
 
     let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let body = if steps.is_empty() {
+    let body = if !wants_body(&steps, Direction::Request) {
         Either::Left(body)
     } else {
         match Box::pin(request_bodies(
@@ -687,7 +687,7 @@ async fn request_bodies(
 
 /// The response through the filters that ran on the request: their `on-response`,
 /// then, when the response has a body to filter (`bodies`: not an upgrade or the
-/// answer to HEAD), the body hooks.
+/// answer to HEAD) and a filter asked for it, the body hooks.
 async fn response_side(
     steps: &mut [ResponseStep<'_>],
     parts: &mut http::response::Parts,
@@ -698,11 +698,38 @@ async fn response_side(
     if !response_filters(steps, &mut parts.status, &mut parts.headers, record).await {
         return Err(filter_failed());
     }
-    if !bodies {
+    if !bodies || !wants_body(steps, Direction::Response) {
         return Ok(Either::Left(body));
     }
+    Box::pin(response_bodies(steps, parts, body, record)).await
+}
+
+/// The response body through the filters that asked for it: whole, then streamed.
+async fn response_bodies(
+    steps: &mut [ResponseStep<'_>],
+    parts: &mut http::response::Parts,
+    body: Streamed,
+    record: &mut Option<Box<Record>>,
+) -> Result<Body, Response<Body>> {
     let body = response_body_filters(steps, parts, body, record).await?;
     response_stream_filters(steps, parts, body, record).await
+}
+
+/// Whether a Wasm filter among `steps` asked for `direction`'s body, buffered or
+/// streamed. When none did, the body hooks are not entered at all: their state (the
+/// body hook calls' futures) would be moved onto the heap for nothing.
+fn wants_body(steps: &[ResponseStep<'_>], direction: Direction) -> bool {
+    steps.iter().any(|s| match s {
+        ResponseStep::Wasm(w, _) => {
+            let n = w.pool.needs();
+            let mode = match direction {
+                Direction::Request => n.request_body,
+                Direction::Response => n.response_body,
+            };
+            mode != BodyMode::None
+        }
+        ResponseStep::Headers(_) => false,
+    })
 }
 
 /// Runs the response side of the filters that ran on the request, last first.
