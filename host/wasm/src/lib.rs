@@ -1094,7 +1094,12 @@ impl Pool {
             .around(Box::pin(hook.call(&inst.filter, &mut inst.store, borrowed)))
             .await;
         *context = std::mem::take(&mut inst.store.data_mut().context);
-        leave_slow_lane(&inst.store);
+        // A place in the slow lane is only taken from a call's second tick on, and
+        // `ticked` is set at its first: a call that never met a tick (nearly all of
+        // them) holds none, and skips the lock.
+        if inst.store.data().ticked {
+            leave_slow_lane(&inst.store);
+        }
         let back = inst.store.data_mut().table.delete(res).ok();
         self.shared.stats.call(start.elapsed());
         (back, result)
