@@ -54,7 +54,7 @@ spec:
 YAML
   {
     sluice_config "[{name: http, port: $2, protocol: HTTP}]"
-    header_routes
+    header_routes # also defines header_ext, used below
     cat <<YAML
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -64,7 +64,7 @@ spec:
   parentRefs: [{name: bench}]
   rules:
   - matches: [{path: {value: /f1x3}}]
-    filters: [{type: ExtensionRef, extensionRef: {group: sluice.dev, kind: WasmFilter, name: h123}}]
+    filters: [$(header_ext 123)]
     backendRefs: [{name: backend, port: 80}]
 YAML
   } > "$1/config.yaml"

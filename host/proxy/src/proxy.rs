@@ -720,14 +720,7 @@ async fn response_bodies(
 /// body hook calls' futures) would be moved onto the heap for nothing.
 fn wants_body(steps: &[ResponseStep<'_>], direction: Direction) -> bool {
     steps.iter().any(|s| match s {
-        ResponseStep::Wasm(w, _) => {
-            let n = w.pool.needs();
-            let mode = match direction {
-                Direction::Request => n.request_body,
-                Direction::Response => n.response_body,
-            };
-            mode != BodyMode::None
-        }
+        ResponseStep::Wasm(w, _) => body_mode(w, direction) != BodyMode::None,
         ResponseStep::Headers(_) => false,
     })
 }
@@ -789,22 +782,23 @@ pub(crate) fn body_failed(e: &(dyn std::error::Error + 'static)) -> Response<Bod
 /// The Wasm filters among `steps` that asked for `direction`'s body in `mode`, by
 /// index.
 fn asking(steps: &[ResponseStep<'_>], direction: Direction, mode: BodyMode) -> Vec<usize> {
-    let wants = |w: &WasmFilter| {
-        let n = w.pool.needs();
-        let asked = match direction {
-            Direction::Request => n.request_body,
-            Direction::Response => n.response_body,
-        };
-        asked == mode
-    };
     steps
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match s {
-            ResponseStep::Wasm(w, _) if wants(w) => Some(i),
+            ResponseStep::Wasm(w, _) if body_mode(w, direction) == mode => Some(i),
             _ => None,
         })
         .collect()
+}
+
+/// How `w` asked for `direction`'s body (`configure`).
+fn body_mode(w: &WasmFilter, direction: Direction) -> BodyMode {
+    let n = w.pool.needs();
+    match direction {
+        Direction::Request => n.request_body,
+        Direction::Response => n.response_body,
+    }
 }
 
 /// A body too large for the filters at `indices` (all that asked for it, or one):
