@@ -334,6 +334,8 @@ pub struct Streamed {
 enum Source {
     /// The peer's connection.
     Peer(Incoming),
+    /// A backend's connection read by the request's own task (`h1`).
+    H1(crate::h1::Body),
     /// The task that passes a body through filters chunk by chunk (`body::filter`).
     Filtered(crate::body::Filtered),
     /// Nothing more: what there was is in the replay.
@@ -346,6 +348,9 @@ impl Source {
             Source::Peer(i) => Pin::new(i)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
+            Source::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
             Source::Filtered(f) => f.poll_frame(cx),
             Source::Ended => Poll::Ready(None),
         }
@@ -353,6 +358,7 @@ impl Source {
     fn is_end_stream(&self) -> bool {
         match self {
             Source::Peer(i) => i.is_end_stream(),
+            Source::H1(b) => b.is_end_stream(),
             Source::Filtered(f) => f.is_end_stream(),
             Source::Ended => true,
         }
@@ -360,6 +366,7 @@ impl Source {
     fn size_hint(&self) -> SizeHint {
         match self {
             Source::Peer(i) => i.size_hint(),
+            Source::H1(b) => b.size_hint(),
             Source::Filtered(_) => SizeHint::default(),
             Source::Ended => SizeHint::with_exact(0),
         }
@@ -386,6 +393,16 @@ impl Streamed {
     pub fn upstream(inner: Incoming) -> Self {
         Streamed {
             inner: Source::Peer(inner),
+            pace: None,
+            counted: None,
+            replay: Replay::default(),
+        }
+    }
+
+    /// A backend's body read on the request's own task (`h1`).
+    pub(crate) fn upstream_h1(inner: crate::h1::Body) -> Self {
+        Streamed {
+            inner: Source::H1(inner),
             pace: None,
             counted: None,
             replay: Replay::default(),

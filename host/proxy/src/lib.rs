@@ -10,6 +10,7 @@ mod body;
 mod client;
 mod cors;
 mod ext_authz;
+mod h1;
 mod hosts;
 pub mod metrics;
 mod outbound;

@@ -76,7 +76,8 @@ impl Calls {
         if timeout.is_zero() {
             return Err(CallError::Timeout);
         }
-        let Some(endpoint) = crate::proxy::next_endpoint(&backend).cloned() else {
+        let Some(endpoint) = crate::proxy::next_endpoint(&backend).map(|e| e.authority.clone())
+        else {
             return Err(CallError::Unavailable(format!(
                 "{}: no ready endpoints",
                 backend.name
@@ -402,7 +403,7 @@ fn auth_endpoint(a: &ExternalAuth) -> Result<http::uri::Authority, &str> {
         return Err(why);
     }
     crate::proxy::next_endpoint(&a.backend)
-        .cloned()
+        .map(|e| e.authority.clone())
         .ok_or("no ready endpoints")
 }
 

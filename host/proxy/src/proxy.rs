@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
@@ -20,7 +20,7 @@ use crate::body::{Buffered, Collected, StreamFilterFailed, collect};
 use crate::client::{BodyTooSlow, ConnectionLimits, InFlight, Streamed, Tracked};
 use crate::cors::Cors;
 use crate::metrics::Stats;
-use crate::snapshot::{Backend, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
+use crate::snapshot::{Backend, Endpoint, Filter, HeaderMod, Rule, Snapshot, WasmFilter};
 use crate::{Body, Gateway};
 use sluice_wasm::{BodyEvent, BodyMode, BodyOutcome, Direction, FilterError, RequestOutcome};
 
@@ -479,7 +479,6 @@ async fn serve(
         strip_hop_by_hop(resp.headers_mut());
     }
     let (mut parts, body) = resp.into_parts();
-    let body = Streamed::upstream(body);
     let body = if steps.is_empty() {
         Either::Left(body)
     } else {
@@ -1144,20 +1143,22 @@ fn stage(
 
 /// What one attempt at the backend gave.
 enum Attempt {
-    Answer(Response<Incoming>),
+    Answer(Response<Streamed>),
     /// Answered by the gateway before anything was sent (no endpoint, a bad target, a
     /// body that could not be read).
     Local(Response<Body>),
     /// No answer within the request's or the backend request's timeout.
     TimedOut,
     Failed(hyper_util::client::legacy::Error),
+    /// A failure on the request's own connection (`h1`): nothing was answered.
+    Unsent(crate::h1::Error),
 }
 
 impl Attempt {
     /// The backend's answer, or the gateway's own for a failure (both responses, of
     /// like size: boxing one would only add an allocation).
     #[allow(clippy::result_large_err)]
-    fn answer(self, backend: &Backend) -> Result<Response<Incoming>, Response<Body>> {
+    fn answer(self, backend: &Backend) -> Result<Response<Streamed>, Response<Body>> {
         match self {
             Attempt::Answer(r) => Ok(r),
             Attempt::Local(r) => Err(r),
@@ -1167,29 +1168,39 @@ impl Attempt {
             )),
             Attempt::Failed(e) => {
                 tracing::debug!(backend = %backend.name, error = ?e, "upstream request failed");
-                let (status, msg) = if causes(&e).any(|c| c.is::<StreamFilterFailed>()) {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
-                } else if causes(&e).any(|c| c.is::<BodyTooSlow>()) {
-                    (
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body arrived too slowly\n",
-                    )
-                } else if request_body_failed(&e) {
-                    // The client's fault (malformed chunked encoding, or it went away
-                    // mid-body), not the backend's: answered and counted as such.
-                    (
-                        StatusCode::BAD_REQUEST,
-                        "the request body could not be read\n",
-                    )
-                } else if e.is_connect() {
-                    (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "upstream request failed\n")
-                };
-                Err(local(status, msg))
+                Err(failed(&e, request_body_failed(&e), e.is_connect()))
+            }
+            Attempt::Unsent(e) => {
+                tracing::debug!(backend = %backend.name, error = %e, "upstream request failed");
+                Err(failed(&e, e.is_body(), e.is_connect()))
             }
         }
     }
+}
+
+/// The gateway's answer to a request the backend did not answer: a filter's failure, a
+/// request body too slow or unreadable (`body`: the client's fault, malformed chunked
+/// encoding or gone mid-body, answered and counted as such), a connection that could
+/// not be opened (`connect`), or the backend's failure.
+fn failed(e: &(dyn std::error::Error + 'static), body: bool, connect: bool) -> Response<Body> {
+    let (status, msg) = if causes(e).any(|c| c.is::<StreamFilterFailed>()) {
+        (StatusCode::INTERNAL_SERVER_ERROR, "a filter failed\n")
+    } else if causes(e).any(|c| c.is::<BodyTooSlow>()) {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body arrived too slowly\n",
+        )
+    } else if body {
+        (
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read\n",
+        )
+    } else if connect {
+        (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
+    } else {
+        (StatusCode::BAD_GATEWAY, "upstream request failed\n")
+    };
+    local(status, msg)
 }
 
 /// Sends the request to the backend's next endpoint, within the rule's timeouts.
@@ -1207,32 +1218,42 @@ async fn attempt(
             "no healthy endpoints\n",
         ));
     };
+    if let Some(r) = record.as_mut() {
+        r.endpoint = Some(endpoint.authority.to_string());
+    }
+    if let Some(addr) = crate::h1::target(backend, endpoint.addr, &parts) {
+        // No upgrade, cleartext HTTP/1.1 to an IP: written and read by this task, on
+        // this thread's own connections (`h1`).
+        return match within(rule, start, crate::h1::send(addr, &parts, body)).await {
+            None => Attempt::TimedOut,
+            Some(Ok(r)) => Attempt::Answer(r.map(Streamed::upstream_h1)),
+            Some(Err(e)) => Attempt::Unsent(e),
+        };
+    }
     let pq = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match backend.uri(endpoint.clone(), pq) {
+    parts.uri = match backend.uri(endpoint.authority.clone(), pq) {
         Ok(u) => u,
         Err(_) => {
             return Attempt::Local(local(StatusCode::BAD_REQUEST, "invalid request target\n"));
         }
     };
     parts.version = backend.version();
-    if let Some(r) = record.as_mut() {
-        r.endpoint = Some(endpoint.to_string());
+    match within(rule, start, send(backend, Request::from_parts(parts, body))).await {
+        None => Attempt::TimedOut,
+        Some(Ok(r)) => Attempt::Answer(r.map(Streamed::upstream)),
+        Some(Err(e)) => Attempt::Failed(e),
     }
-    let call = send(backend, Request::from_parts(parts, body));
-    let result = match deadline(rule, start) {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(r) => r,
-            Err(_) => return Attempt::TimedOut,
-        },
-        None => call.await,
-    };
-    match result {
-        Ok(r) => Attempt::Answer(r),
-        Err(e) => Attempt::Failed(e),
+}
+
+/// `call`'s output, or `None` when the rule's timeouts ran out first.
+async fn within<F: std::future::Future>(rule: &Rule, start: Instant, call: F) -> Option<F::Output> {
+    match deadline(rule, start) {
+        Some(t) => tokio::time::timeout(t, call).await.ok(),
+        None => Some(call.await),
     }
 }
 
@@ -1312,6 +1333,7 @@ async fn with_retries(
                 // The backend request's timeout, not the whole request's.
                 Attempt::TimedOut => !request_over(),
                 Attempt::Failed(e) => !causes(e).any(|c| c.is::<StreamFilterFailed>()),
+                Attempt::Unsent(e) => !causes(e).any(|c| c.is::<StreamFilterFailed>()),
                 Attempt::Local(_) => false,
             };
         if !retry_it {
@@ -1398,7 +1420,7 @@ pub(crate) fn send(
     }
 }
 
-pub(crate) fn next_endpoint(b: &Backend) -> Option<&Authority> {
+pub(crate) fn next_endpoint(b: &Backend) -> Option<&Endpoint> {
     match b.endpoints.len() {
         0 => None,
         1 => b.endpoints.first(),
@@ -1666,7 +1688,7 @@ fn send_mirror(gw: &Gateway, backend: &Arc<Backend>, parts: &http::request::Part
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let Ok(uri) = backend.uri(endpoint.clone(), pq) else {
+    let Ok(uri) = backend.uri(endpoint.authority.clone(), pq) else {
         return;
     };
     let mut req = Request::new(Either::Right(Buffered::new(body)));

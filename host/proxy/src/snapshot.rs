@@ -95,7 +95,7 @@ pub(crate) struct Backend {
     pub tls: Option<Box<crate::upstream::TlsClient>>,
     pub weight: u32,
     pub protocol: UpstreamProtocol,
-    pub endpoints: Vec<http::uri::Authority>,
+    pub endpoints: Vec<Endpoint>,
     pub next: AtomicUsize,
     pub filters: Vec<Filter>,
     pub invalid: Option<String>,
@@ -128,6 +128,13 @@ impl Backend {
             UpstreamProtocol::H2c => http::Version::HTTP_2,
         }
     }
+}
+
+/// One address of a backend.
+pub(crate) struct Endpoint {
+    pub authority: http::uri::Authority,
+    /// The address, when the authority is an IP and a port (`h1` sends to those).
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -354,9 +361,12 @@ fn build_backend(
             .endpoints
             .iter()
             .map(|e| {
-                e.to_string()
+                let authority: http::uri::Authority = e
+                    .to_string()
                     .parse()
-                    .map_err(|_| BuildError(format!("endpoint {e} is not a valid authority")))
+                    .map_err(|_| BuildError(format!("endpoint {e} is not a valid authority")))?;
+                let addr = authority.as_str().parse().ok();
+                Ok(Endpoint { authority, addr })
             })
             .collect::<Result<_, _>>()?,
         next: AtomicUsize::new(0),
