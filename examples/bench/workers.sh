@@ -3,8 +3,9 @@
 # system with one worker (it and the backend pinned to CPU 1, `wrk -t1 -c50` to CPU 0)
 # and with two (nothing pinned, `wrk -t2 -c50`), as compare.sh's plain and workers
 # scenarios run them. Prints each measurement (round, system and workers, rps, CPU
-# µs per request over all of the system's threads), then per system the medians and
-# the gain of two workers over one. Everything binds to 127.0.0.1.
+# µs per request over all of the system's threads, wrk's p50 and p99 in ms), then per
+# system the medians and the gain of two workers over one. Everything binds to
+# 127.0.0.1.
 #
 #   examples/bench/workers.sh BIN_A BIN_B [SECONDS] [ROUNDS]
 #
@@ -57,22 +58,24 @@ for r in $(seq $ROUNDS); do
     if [ $n = 1 ]; then for p in ${PIDS[$k]}; do for t in /proc/$p/task/*; do taskset -pc 1 ${t##*/} >/dev/null; done; done; load="taskset -c 0 wrk -t1 -c50"; else load="wrk -t2 -c50"; fi
     $load -d1s $url >/dev/null
     t0=$(ticks "${PIDS[$k]}")
-    out=$($load -d${DUR}s $url)
+    out=$($load -d${DUR}s --latency $url)
     t1=$(ticks "${PIDS[$k]}")
     req=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    echo "$r $k $rps $(python3 -c "print(round(($t1-$t0)/$(getconf CLK_TCK)*1e6/$req,2))")" | tee -a "$work/results"
+    read -r _ rps p50 p99 _ < <(echo "$out" | wrk_stats -)
+    echo "$r $k $rps $(python3 -c "print(round(($t1-$t0)/$(getconf CLK_TCK)*1e6/$req,2))") $p50 $p99" | tee -a "$work/results"
   done; done
 done
-echo "system workers: median rps, CPU µs/request; gain of two workers over one"
+echo "system workers: median rps, CPU µs/request, p99 ms; gain of two workers over one"
 python3 - "$work/results" <<'PY'
 import collections, statistics as st, sys
-rps, cpu = collections.defaultdict(list), collections.defaultdict(list)
+rps, cpu, p99 = (collections.defaultdict(list) for _ in range(3))
 for line in open(sys.argv[1]):
-    _, k, r, c = line.split()
-    rps[k].append(float(r)); cpu[k].append(float(c))
+    _, k, r, c, _, q = line.split()
+    rps[k].append(float(r)); cpu[k].append(float(c)); p99[k].append(float(q))
+m = lambda d, k: st.median(d[k])
 for s in ("nginx", "a", "b"):
-    one, two = st.median(rps[s + "1"]), st.median(rps[s + "2"])
-    print(f"{s:6} 1: {one:8.0f} {st.median(cpu[s + '1']):6.2f}   2: {two:8.0f} {st.median(cpu[s + '2']):6.2f}   gain x{two / one:.3f}")
-print(f"b / a with two workers: rps x{st.median(rps['b2']) / st.median(rps['a2']):.3f}")
+    one, two = m(rps, s + "1"), m(rps, s + "2")
+    print(f"{s:6} 1: {one:8.0f} {m(cpu, s + '1'):6.2f} {m(p99, s + '1'):5.2f}   2: {two:8.0f} {m(cpu, s + '2'):6.2f} {m(p99, s + '2'):5.2f}   gain x{two / one:.3f}")
+print(f"b / a with two workers: rps x{m(rps, 'b2') / m(rps, 'a2'):.3f}, p99 x{m(p99, 'b2') / m(p99, 'a2'):.3f}")
+print(f"two workers, p99 over nginx's: a x{m(p99, 'a2') / m(p99, 'nginx2'):.2f}, b x{m(p99, 'b2') / m(p99, 'nginx2'):.2f}")
 PY
