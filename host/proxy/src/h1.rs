@@ -143,39 +143,58 @@ fn content_length(v: &HeaderValue) -> Option<u64> {
 /// connection: when writing its head failed, and for an idempotent method without a
 /// body when the connection closed after it, as nginx's `proxy_next_upstream error`
 /// does.
-pub(crate) async fn send(
+///
+/// A plain `fn` that returns its future, where an `async fn` would hold its arguments
+/// twice in the future's state: each caller that awaits a future moves all of it, once
+/// per request.
+pub(crate) fn send(
     addr: SocketAddr,
     parts: &http::request::Parts,
     body: crate::Body,
-) -> Result<Response<Body>, Error> {
+) -> impl Future<Output = Result<Response<Body>, Error>> + use<> {
     let head_request = parts.method == Method::HEAD;
+    let idempotent = parts.method.is_idempotent();
     let body = (!body.is_end_stream()).then_some(body);
     let mut head = BytesMut::with_capacity(512);
-    let sending = encode(parts, addr, body.as_ref(), &mut head)?;
-    let bodiless = body.is_none();
-    let mut upload = Upload::new(body, sending)?;
-    if let Some(conn) = checkout(addr) {
-        match exchange(conn, &head, upload, head_request, addr).await {
-            Ok(r) => return Ok(r),
-            Err(Failure {
-                error,
-                sent,
-                nothing_back,
-                upload: again,
-            }) => match again {
-                Some(again)
-                    if nothing_back && (!sent || (bodiless && parts.method.is_idempotent())) =>
-                {
-                    upload = again;
+    let mut ready = encode(parts, addr, body.as_ref(), &mut head)
+        .and_then(|sending| Upload::new(body, sending));
+    async move {
+        let upload = match &mut ready {
+            Ok(upload) => upload,
+            Err(e) => return Err(std::mem::replace(e, Error::Closed)),
+        };
+        let mut kept = checkout(addr);
+        loop {
+            let reused = kept.is_some();
+            let conn = match kept.take() {
+                Some(conn) => conn,
+                None => connect(addr).await?,
+            };
+            match exchange(conn, &head, upload, head_request).await {
+                Ok((conn, parts, framing, keep_alive)) => {
+                    let upload = std::mem::replace(upload, Upload::sent());
+                    return Ok(answer(conn, parts, framing, keep_alive, upload, addr));
                 }
-                _ => return Err(error),
-            },
+                Err(Failure {
+                    error,
+                    sent,
+                    nothing_back,
+                }) => {
+                    // Sent once more on a new connection only when the failed one was a
+                    // kept one, nothing came back, and the request is still whole.
+                    let whole = (!sent && !upload.touched) || upload.bodiless();
+                    if !(reused
+                        && nothing_back
+                        && whole
+                        && (!sent || (upload.bodiless() && idempotent)))
+                    {
+                        return Err(error);
+                    }
+                    upload.failed = None;
+                }
+            }
         }
     }
-    let conn = connect(addr).await?;
-    exchange(conn, &head, upload, head_request, addr)
-        .await
-        .map_err(|f| f.error)
 }
 
 async fn connect(addr: SocketAddr) -> Result<Conn, Error> {
@@ -272,8 +291,6 @@ struct Failure {
     sent: bool,
     /// Not one byte of a response came back.
     nothing_back: bool,
-    /// The request's body as it was, when nothing of the request was written.
-    upload: Option<Upload>,
 }
 
 /// What is left to send of a request body: encoded bytes, then the rest of the body.
@@ -326,11 +343,17 @@ impl Upload {
         !self.had_body
     }
 
-    /// The request as it was, for a second try: only while nothing of it was written
-    /// and nothing of a streamed body was read, so the queue is still whole.
-    fn unsent(mut self) -> Upload {
-        self.failed = None;
-        self
+    /// What is left of an upload handed to its response's body: nothing.
+    fn sent() -> Upload {
+        Upload {
+            queue: std::collections::VecDeque::new(),
+            body: None,
+            sending: Sending::Length(0),
+            trailers: None,
+            failed: None,
+            had_body: false,
+            touched: false,
+        }
     }
 
     /// Writes what it can after `head[*head_at..]`: `Ready(Ok)` once everything is
@@ -466,13 +489,14 @@ impl Upload {
     }
 }
 
+/// Writes the request on `conn` and reads the response head, sending the request body
+/// as far as the backend takes it meanwhile.
 async fn exchange(
     mut conn: Conn,
     head: &[u8],
-    mut upload: Upload,
+    upload: &mut Upload,
     head_request: bool,
-    addr: SocketAddr,
-) -> Result<Response<Body>, Failure> {
+) -> Result<(Conn, http::response::Parts, Framing, bool), Failure> {
     let mut head_at = 0;
     let mut got_any = false;
     let answer = std::future::poll_fn(|cx| {
@@ -511,30 +535,37 @@ async fn exchange(
     })
     .await;
     let sent = head_at == head.len();
-    let (parts, framing, keep_alive) = match answer {
-        Ok(a) => a,
-        Err((error, got_any)) => {
-            return Err(Failure {
-                error,
-                sent,
-                nothing_back: !got_any,
-                // A request without a body can always be sent again.
-                upload: ((!sent && !upload.touched) || upload.bodiless()).then(|| upload.unsent()),
-            });
-        }
-    };
-    // The rest of the request goes on being sent as the response is read; a response
-    // that ends before it (or before its head was written) ends the connection.
+    match answer {
+        Ok((parts, framing, keep_alive)) => Ok((conn, parts, framing, keep_alive && sent)),
+        Err((error, got_any)) => Err(Failure {
+            error,
+            sent,
+            nothing_back: !got_any,
+        }),
+    }
+}
+
+/// The response, with its body read from `conn` as it is polled. The rest of the
+/// request goes on being sent as the response is read; a response that ends before it
+/// (or before its head was written) ends the connection.
+fn answer(
+    conn: Conn,
+    parts: http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+    upload: Upload,
+    addr: SocketAddr,
+) -> Response<Body> {
     let upload = (!upload.done()).then(|| Box::new(upload));
     let mut body = Body {
         conn: Some(conn),
         framing,
-        keep_alive: keep_alive && sent,
+        keep_alive,
         upload,
         addr,
     };
     body.settle();
-    Ok(Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
 
 enum Head {

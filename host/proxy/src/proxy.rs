@@ -2,8 +2,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1203,57 +1205,89 @@ fn failed(e: &(dyn std::error::Error + 'static), body: bool, connect: bool) -> R
     local(status, msg)
 }
 
-/// Sends the request to the backend's next endpoint, within the rule's timeouts.
-async fn attempt(
-    rule: &Rule,
-    backend: &Backend,
+/// Sends the request to the backend's next endpoint, within the rule's timeouts. (A
+/// plain `fn` returning its future: an `async fn` would hold the request's head and
+/// body twice in its state.)
+#[allow(clippy::manual_async_fn)]
+fn attempt<'a>(
+    rule: &'a Rule,
+    backend: &'a Backend,
     mut parts: http::request::Parts,
     body: Body,
     start: Instant,
-    record: &mut Option<Box<Record>>,
-) -> Attempt {
-    let Some(endpoint) = next_endpoint(backend) else {
-        return Attempt::Local(local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy endpoints\n",
-        ));
-    };
-    if let Some(r) = record.as_mut() {
-        r.endpoint = Some(endpoint.authority.to_string());
-    }
-    if let Some(addr) = crate::h1::target(backend, endpoint.addr, &parts) {
-        // No upgrade, cleartext HTTP/1.1 to an IP: written and read by this task, on
-        // this thread's own connections (`h1`).
-        return match within(rule, start, crate::h1::send(addr, &parts, body)).await {
-            None => Attempt::TimedOut,
-            Some(Ok(r)) => Attempt::Answer(r.map(Streamed::upstream_h1)),
-            Some(Err(e)) => Attempt::Unsent(e),
+    record: &'a mut Option<Box<Record>>,
+) -> impl Future<Output = Attempt> + 'a {
+    async move {
+        let Some(endpoint) = next_endpoint(backend) else {
+            return Attempt::Local(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy endpoints\n",
+            ));
         };
-    }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match backend.uri(endpoint.authority.clone(), pq) {
-        Ok(u) => u,
-        Err(_) => {
-            return Attempt::Local(local(StatusCode::BAD_REQUEST, "invalid request target\n"));
+        if let Some(r) = record.as_mut() {
+            r.endpoint = Some(endpoint.authority.to_string());
         }
-    };
-    parts.version = backend.version();
-    match within(rule, start, send(backend, Request::from_parts(parts, body))).await {
-        None => Attempt::TimedOut,
-        Some(Ok(r)) => Attempt::Answer(r.map(Streamed::upstream)),
-        Some(Err(e)) => Attempt::Failed(e),
+        if let Some(addr) = crate::h1::target(backend, endpoint.addr, &parts) {
+            // No upgrade, cleartext HTTP/1.1 to an IP: written and read by this task, on
+            // this thread's own connections (`h1`).
+            return match within(rule, start, crate::h1::send(addr, &parts, body)).await {
+                None => Attempt::TimedOut,
+                Some(Ok(r)) => Attempt::Answer(r.map(Streamed::upstream_h1)),
+                Some(Err(e)) => Attempt::Unsent(e),
+            };
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = match backend.uri(endpoint.authority.clone(), pq) {
+            Ok(u) => u,
+            Err(_) => {
+                return Attempt::Local(local(StatusCode::BAD_REQUEST, "invalid request target\n"));
+            }
+        };
+        parts.version = backend.version();
+        match within(rule, start, send(backend, Request::from_parts(parts, body))).await {
+            None => Attempt::TimedOut,
+            Some(Ok(r)) => Attempt::Answer(r.map(Streamed::upstream)),
+            Some(Err(e)) => Attempt::Failed(e),
+        }
     }
 }
 
 /// `call`'s output, or `None` when the rule's timeouts ran out first.
-async fn within<F: std::future::Future>(rule: &Rule, start: Instant, call: F) -> Option<F::Output> {
-    match deadline(rule, start) {
-        Some(t) => tokio::time::timeout(t, call).await.ok(),
-        None => Some(call.await),
+fn within<F: Future>(rule: &Rule, start: Instant, call: F) -> Within<F> {
+    Within {
+        call,
+        timer: deadline(rule, start).map(tokio::time::sleep),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`within`]'s future: `call` and its timer side by side. (An `async fn` would hold
+    /// `call` twice in its state, as its argument and as the future it awaits, and each
+    /// caller that awaits it moves all of it.)
+    struct Within<F> {
+        #[pin]
+        call: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.call.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
     }
 }
 

@@ -1119,7 +1119,10 @@ fn with_two_replicas_exactly_one_writes_statuses() {
             if metric(&fm, "sluice_status_writes_total") > 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the new leader wrote nothing:\n{fm}");
+            assert!(
+                Instant::now() < deadline,
+                "the new leader wrote nothing:\n{fm}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
