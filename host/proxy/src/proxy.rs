@@ -1264,11 +1264,20 @@ fn within<F: Future>(rule: &Rule, start: Instant, call: F) -> Within<F> {
     }
 }
 
+/// [`within`] with no timeout configured, for the size tests.
+#[cfg(test)]
+pub(crate) fn within_for_test<F: Future>(call: F) -> Within<F> {
+    Within {
+        call,
+        timer: Some(tokio::time::sleep_until(tokio::time::Instant::now())),
+    }
+}
+
 pin_project_lite::pin_project! {
     /// [`within`]'s future: `call` and its timer side by side. (An `async fn` would hold
     /// `call` twice in its state, as its argument and as the future it awaits, and each
     /// caller that awaits it moves all of it.)
-    struct Within<F> {
+    pub(crate) struct Within<F> {
         #[pin]
         call: F,
         #[pin]
