@@ -82,46 +82,50 @@ struct Origin<'a> {
 /// Answers one request. The response's body keeps the request counted in
 /// `in_flight` until it is sent, and writes its access log line then. This future is
 /// the connection's service future itself: a wrapper around it would copy its state
-/// (some 3.7 KB) once more per request when first polled.
-pub(crate) async fn handle(
+/// (some 4.3 KB) once more per request when first polled. A plain `fn` returning its
+/// future, as `serve`: an `async fn` holds its arguments twice in its state.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
     in_flight: InFlight,
-) -> Result<Response<Tracked>, Infallible> {
-    let start = Instant::now();
-    let snap = gw.snapshot.load_full();
-    let http2 = req.version() == Version::HTTP_2;
-    if http2 {
-        conn.http2.store(true, Ordering::Relaxed);
-    }
-    // A record when this request gets an access log line, or when tracing is on.
-    let log = gw.access_log.as_ref().filter(|l| l.sampled());
-    let mut record = (log.is_some() || gw.tracing.is_some()).then(|| {
-        Box::new(Record::new(
-            log.cloned(),
-            gw.tracing.as_ref(),
-            &conn,
-            &req,
-            start,
-        ))
-    });
-    let (mut resp, stats) = serve(&gw, &snap, &conn, req, start, &mut record).await;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        *resp.version_mut() = Version::HTTP_11;
-        // Draining: the client learns from this answer to take its next request
-        // elsewhere, instead of finding its kept-alive connection cut.
-        if !http2 && gw.draining.load(Ordering::Relaxed) {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+) -> impl Future<Output = Result<Response<Tracked>, Infallible>> {
+    async move {
+        let start = Instant::now();
+        let snap = gw.snapshot.load_full();
+        let http2 = req.version() == Version::HTTP_2;
+        if http2 {
+            conn.http2.store(true, Ordering::Relaxed);
         }
+        // A record when this request gets an access log line, or when tracing is on.
+        let log = gw.access_log.as_ref().filter(|l| l.sampled());
+        let mut record = (log.is_some() || gw.tracing.is_some()).then(|| {
+            Box::new(Record::new(
+                log.cloned(),
+                gw.tracing.as_ref(),
+                &conn,
+                &req,
+                start,
+            ))
+        });
+        let (mut resp, stats) = serve(&gw, &snap, &conn, req, start, &mut record).await;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            *resp.version_mut() = Version::HTTP_11;
+            // Draining: the client learns from this answer to take its next request
+            // elsewhere, instead of finding its kept-alive connection cut.
+            if !http2 && gw.draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        stats.record(resp.status().as_u16(), start.elapsed());
+        if let Some(r) = record.as_mut() {
+            r.status = resp.status().as_u16();
+            r.stats = Some(stats);
+        }
+        Ok(resp.map(|b| Tracked::new(b, in_flight, record)))
     }
-    stats.record(resp.status().as_u16(), start.elapsed());
-    if let Some(r) = record.as_mut() {
-        r.status = resp.status().as_u16();
-        r.stats = Some(stats);
-    }
-    Ok(resp.map(|b| Tracked::new(b, in_flight, record)))
 }
 
 impl Record {
@@ -238,265 +242,271 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
-async fn serve(
-    gw: &Arc<Gateway>,
-    snap: &Snapshot,
-    conn: &ConnInfo,
+#[allow(clippy::manual_async_fn)]
+fn serve<'a>(
+    gw: &'a Arc<Gateway>,
+    snap: &'a Snapshot,
+    conn: &'a ConnInfo,
     mut req: Request<Incoming>,
     start: Instant,
-    record: &mut Option<Box<Record>>,
-) -> (Response<Body>, Arc<Stats>) {
-    let no_route = || {
-        (
-            local(StatusCode::NOT_FOUND, "no route matched\n"),
-            snap.no_route.clone(),
-        )
-    };
-    let Some(port) = snap.port(&conn.key) else {
-        return no_route();
-    };
-    if let Some(why) = host_problem(&req) {
-        return (local(StatusCode::BAD_REQUEST, why), snap.no_route.clone());
-    }
-    let host = request_host(&req).unwrap_or_default();
-    let Some(listener) = port.listeners.get(&host) else {
-        return no_route();
-    };
-    // A connection belongs to the listener its SNI chose. A request for a host of
-    // another listener (a browser reusing a connection for a name the certificate also
-    // covers) is sent back to open its own connection.
-    if let Some(Tls { sni: Some(sni) }) = &conn.tls
-        && !port
-            .listeners
-            .get(sni)
-            .is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
-    {
-        return (
-            local(
-                StatusCode::MISDIRECTED_REQUEST,
-                "this connection's TLS server name belongs to another listener\n",
-            ),
-            snap.no_route.clone(),
-        );
-    }
-    let origin = Origin {
-        host: &host,
-        port: listener.port,
-        scheme: conn.scheme(),
-    };
-    let Some(router) = listener.vhosts.get(&host) else {
-        return no_route();
-    };
-    // Routes and filters see the normalised path, and so does the backend: a path
-    // spelled another way (`/a/../raw`, `/%72aw`, `//raw`) cannot slip past a rule.
-    if let std::borrow::Cow::Owned(p) = normalize_path(req.uri().path()) {
-        set_path(&mut req, &p);
-    }
-    let rule = {
-        let uri = req.uri();
-        match router.find(uri.path(), req.method(), req.headers(), uri.query()) {
-            Some(r) => r.clone(),
-            None => return no_route(),
+    record: &'a mut Option<Box<Record>>,
+) -> impl Future<Output = (Response<Body>, Arc<Stats>)> + 'a {
+    async move {
+        let no_route = || {
+            (
+                local(StatusCode::NOT_FOUND, "no route matched\n"),
+                snap.no_route.clone(),
+            )
+        };
+        let Some(port) = snap.port(&conn.key) else {
+            return no_route();
+        };
+        if let Some(why) = host_problem(&req) {
+            return (local(StatusCode::BAD_REQUEST, why), snap.no_route.clone());
         }
-    };
-    if let Some(why) = &rule.invalid {
-        tracing::debug!(rule = %rule.id, why, "rule cannot be served");
-        return (
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "route rule is not valid; see the route's status\n",
-            ),
-            rule.local_stats.get(&gw.metrics).clone(),
-        );
-    }
-
-    // The body, held to the connection's body timeout and rate from here on (an
-    // ExternalAuth filter with forwardBody reads it before the backend does).
-    let mut req = req.map(|b| Streamed::client(b, &conn.limits));
-    if let Some(r) = record.as_mut() {
-        r.bytes_in = Some(req.body_mut().count_bytes());
-    }
-    // Request filters, in order: the rule's, then the chosen backend's.
-    let mut st = FilterRun::default();
-    // What this request's Wasm filters may call, and until when.
-    let scope = CallScope {
-        gw,
-        client: conn.remote,
-        deadline: tokio::time::Instant::from_std(start)
-            + rule
-                .request_timeout
-                .unwrap_or(crate::outbound::CALLS_WITHOUT_ROUTE_TIMEOUT),
-    };
-    // The filter stages are boxed, and only entered when there is work for them: what
-    // they hold across an await (Wasm calls, buffered bodies) would otherwise be part of
-    // every request's future, which is moved several times on its way into hyper.
-    if let Some(resp) =
-        boxed_request_filters(&rule.filters, &mut req, &mut st, &origin, &scope, record).await
-    {
-        return (resp, rule.local_stats.get(&gw.metrics).clone());
-    }
-    let Some(backend) = pick_backend(&rule) else {
-        return (
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no backend with a weight above zero\n",
-            ),
-            rule.local_stats.get(&gw.metrics).clone(),
-        );
-    };
-    if backend.invalid.is_some() {
-        return (
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "backend is not valid; see the route's status\n",
-            ),
-            backend.stats.get(&gw.metrics).clone(),
-        );
-    }
-    if let Some(resp) =
-        boxed_request_filters(&backend.filters, &mut req, &mut st, &origin, &scope, record).await
-    {
-        return (resp, backend.stats.get(&gw.metrics).clone());
-    }
-    let FilterRun {
-        mut steps,
-        cors,
-        mirrors,
-        new_host,
-    } = st;
-
-    let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let body = if !wants_body(&steps, Direction::Request) {
-        Either::Left(body)
-    } else {
-        match Box::pin(request_bodies(
-            &mut steps,
-            &mut parts,
-            body,
-            upgrade.is_some(),
-            record,
-        ))
-        .await
+        let host = request_host(&req).unwrap_or_default();
+        let Some(listener) = port.listeners.get(&host) else {
+            return no_route();
+        };
+        // A connection belongs to the listener its SNI chose. A request for a host of
+        // another listener (a browser reusing a connection for a name the certificate also
+        // covers) is sent back to open its own connection.
+        if let Some(Tls { sni: Some(sni) }) = &conn.tls
+            && !port
+                .listeners
+                .get(sni)
+                .is_some_and(|by_sni| std::ptr::eq(by_sni, listener))
         {
-            Ok(b) => b,
-            Err(resp) => return (resp, backend.stats.get(&gw.metrics).clone()),
+            return (
+                local(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this connection's TLS server name belongs to another listener\n",
+                ),
+                snap.no_route.clone(),
+            );
         }
-    };
-    let upgrade_value = upgrade
-        .as_ref()
-        .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(v) = upgrade_value {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, v);
-    }
-    let host_value = match &new_host {
-        Some(h) => HeaderValue::from_str(h).ok(),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| parts.headers.get(header::HOST).cloned()),
-    };
-    if let Some(h) = host_value {
-        parts.headers.insert(header::HOST, h);
-    }
-    forwarded_headers(&mut parts.headers, conn);
-    if let Some(span) = record.as_ref().and_then(|r| r.trace.as_ref()) {
-        span.propagate(&mut parts.headers);
-    }
-
-    let body: Body = match body {
-        body if mirrors.is_empty() => body,
-        Either::Right(held) => {
-            let bytes = held.data();
-            for m in mirrors {
-                send_mirror(gw, m, &parts, bytes.clone());
+        let origin = Origin {
+            host: &host,
+            port: listener.port,
+            scheme: conn.scheme(),
+        };
+        let Some(router) = listener.vhosts.get(&host) else {
+            return no_route();
+        };
+        // Routes and filters see the normalised path, and so does the backend: a path
+        // spelled another way (`/a/../raw`, `/%72aw`, `//raw`) cannot slip past a rule.
+        if let std::borrow::Cow::Owned(p) = normalize_path(req.uri().path()) {
+            set_path(&mut req, &p);
+        }
+        let rule = {
+            let uri = req.uri();
+            match router.find(uri.path(), req.method(), req.headers(), uri.query()) {
+                Some(r) => r.clone(),
+                None => return no_route(),
             }
-            Either::Right(held)
+        };
+        if let Some(why) = &rule.invalid {
+            tracing::debug!(rule = %rule.id, why, "rule cannot be served");
+            return (
+                local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "route rule is not valid; see the route's status\n",
+                ),
+                rule.local_stats.get(&gw.metrics).clone(),
+            );
         }
-        Either::Left(streamed) => match Box::pin(collect(streamed, MIRROR_BODY_LIMIT)).await {
-            Collected::Whole { data, trailers } => {
+
+        // The body, held to the connection's body timeout and rate from here on (an
+        // ExternalAuth filter with forwardBody reads it before the backend does).
+        let mut req = req.map(|b| Streamed::client(b, &conn.limits));
+        if let Some(r) = record.as_mut() {
+            r.bytes_in = Some(req.body_mut().count_bytes());
+        }
+        // Request filters, in order: the rule's, then the chosen backend's.
+        let mut st = FilterRun::default();
+        // What this request's Wasm filters may call, and until when.
+        let scope = CallScope {
+            gw,
+            client: conn.remote,
+            deadline: tokio::time::Instant::from_std(start)
+                + rule
+                    .request_timeout
+                    .unwrap_or(crate::outbound::CALLS_WITHOUT_ROUTE_TIMEOUT),
+        };
+        // The filter stages are boxed, and only entered when there is work for them: what
+        // they hold across an await (Wasm calls, buffered bodies) would otherwise be part of
+        // every request's future, which is moved several times on its way into hyper.
+        if let Some(resp) =
+            boxed_request_filters(&rule.filters, &mut req, &mut st, &origin, &scope, record).await
+        {
+            return (resp, rule.local_stats.get(&gw.metrics).clone());
+        }
+        let Some(backend) = pick_backend(&rule) else {
+            return (
+                local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "no backend with a weight above zero\n",
+                ),
+                rule.local_stats.get(&gw.metrics).clone(),
+            );
+        };
+        if backend.invalid.is_some() {
+            return (
+                local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "backend is not valid; see the route's status\n",
+                ),
+                backend.stats.get(&gw.metrics).clone(),
+            );
+        }
+        if let Some(resp) =
+            boxed_request_filters(&backend.filters, &mut req, &mut st, &origin, &scope, record)
+                .await
+        {
+            return (resp, backend.stats.get(&gw.metrics).clone());
+        }
+        let FilterRun {
+            mut steps,
+            cors,
+            mirrors,
+            new_host,
+        } = st;
+
+        let upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let body = if !wants_body(&steps, Direction::Request) {
+            Either::Left(body)
+        } else {
+            match Box::pin(request_bodies(
+                &mut steps,
+                &mut parts,
+                body,
+                upgrade.is_some(),
+                record,
+            ))
+            .await
+            {
+                Ok(b) => b,
+                Err(resp) => return (resp, backend.stats.get(&gw.metrics).clone()),
+            }
+        };
+        let upgrade_value = upgrade
+            .as_ref()
+            .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(v) = upgrade_value {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, v);
+        }
+        let host_value = match &new_host {
+            Some(h) => HeaderValue::from_str(h).ok(),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| parts.headers.get(header::HOST).cloned()),
+        };
+        if let Some(h) = host_value {
+            parts.headers.insert(header::HOST, h);
+        }
+        forwarded_headers(&mut parts.headers, conn);
+        if let Some(span) = record.as_ref().and_then(|r| r.trace.as_ref()) {
+            span.propagate(&mut parts.headers);
+        }
+
+        let body: Body = match body {
+            body if mirrors.is_empty() => body,
+            Either::Right(held) => {
+                let bytes = held.data();
                 for m in mirrors {
-                    send_mirror(gw, m, &parts, data.clone());
+                    send_mirror(gw, m, &parts, bytes.clone());
                 }
-                Either::Right(Buffered::with_trailers(data, trailers))
+                Either::Right(held)
             }
-            Collected::TooLarge(_) => {
-                return (
-                    local(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large to mirror\n",
-                    ),
-                    backend.stats.get(&gw.metrics).clone(),
-                );
-            }
-            Collected::Failed(e) => {
-                return (body_failed(&*e), backend.stats.get(&gw.metrics).clone());
-            }
-        },
-    };
+            Either::Left(streamed) => match Box::pin(collect(streamed, MIRROR_BODY_LIMIT)).await {
+                Collected::Whole { data, trailers } => {
+                    for m in mirrors {
+                        send_mirror(gw, m, &parts, data.clone());
+                    }
+                    Either::Right(Buffered::with_trailers(data, trailers))
+                }
+                Collected::TooLarge(_) => {
+                    return (
+                        local(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body too large to mirror\n",
+                        ),
+                        backend.stats.get(&gw.metrics).clone(),
+                    );
+                }
+                Collected::Failed(e) => {
+                    return (body_failed(&*e), backend.stats.get(&gw.metrics).clone());
+                }
+            },
+        };
 
-    let head = parts.method == http::Method::HEAD;
-    let sent = Instant::now();
-    let result = match &rule.retry {
-        // An upgrade's body is the connection: it is never sent twice.
-        Some(retry) if upgrade.is_none() => {
-            match Box::pin(retry_body(body, &parts.headers)).await {
-                Ok((_, Some(again))) => {
-                    Box::pin(with_retries(
-                        gw, &rule, backend, retry, parts, again, start, record,
-                    ))
-                    .await
+        let head = parts.method == http::Method::HEAD;
+        let sent = Instant::now();
+        let result = match &rule.retry {
+            // An upgrade's body is the connection: it is never sent twice.
+            Some(retry) if upgrade.is_none() => {
+                match Box::pin(retry_body(body, &parts.headers)).await {
+                    Ok((_, Some(again))) => {
+                        Box::pin(with_retries(
+                            gw, &rule, backend, retry, parts, again, start, record,
+                        ))
+                        .await
+                    }
+                    Ok((body, None)) => attempt(&rule, backend, parts, body, start, record).await,
+                    Err(resp) => Attempt::Local(resp),
                 }
-                Ok((body, None)) => attempt(&rule, backend, parts, body, start, record).await,
-                Err(resp) => Attempt::Local(resp),
             }
+            _ => attempt(&rule, backend, parts, body, start, record).await,
+        };
+        if let Some(r) = record.as_mut() {
+            r.upstream = Some(sent.elapsed());
         }
-        _ => attempt(&rule, backend, parts, body, start, record).await,
-    };
-    if let Some(r) = record.as_mut() {
-        r.upstream = Some(sent.elapsed());
-    }
-    let mut resp = match result.answer(backend) {
-        Ok(r) => r,
-        Err(local) => return (local, backend.stats.get(&gw.metrics).clone()),
-    };
+        let mut resp = match result.answer(backend) {
+            Ok(r) => r,
+            Err(local) => return (local, backend.stats.get(&gw.metrics).clone()),
+        };
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(server_side) = upgrade {
-            let client_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                if let (Ok(a), Ok(b)) = (server_side.await, client_side.await) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                            .await;
-                }
-            });
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(server_side) = upgrade {
+                let client_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    if let (Ok(a), Ok(b)) = (server_side.await, client_side.await) {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(a),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
+                    }
+                });
+            }
+        } else {
+            strip_hop_by_hop(resp.headers_mut());
         }
-    } else {
-        strip_hop_by_hop(resp.headers_mut());
-    }
-    let (mut parts, body) = resp.into_parts();
-    let body = if steps.is_empty() {
-        Either::Left(body)
-    } else {
-        let bodies = parts.status != StatusCode::SWITCHING_PROTOCOLS && !head;
-        match Box::pin(response_side(&mut steps, &mut parts, body, bodies, record)).await {
-            Ok(b) => b,
-            Err(resp) => return (resp, backend.stats.get(&gw.metrics).clone()),
+        let (mut parts, body) = resp.into_parts();
+        let body = if steps.is_empty() {
+            Either::Left(body)
+        } else {
+            let bodies = parts.status != StatusCode::SWITCHING_PROTOCOLS && !head;
+            match Box::pin(response_side(&mut steps, &mut parts, body, bodies, record)).await {
+                Ok(b) => b,
+                Err(resp) => return (resp, backend.stats.get(&gw.metrics).clone()),
+            }
+        };
+        if let Some((c, origin)) = cors {
+            c.decorate(origin.as_ref(), &mut parts.headers);
         }
-    };
-    if let Some((c, origin)) = cors {
-        c.decorate(origin.as_ref(), &mut parts.headers);
+        (
+            Response::from_parts(parts, body),
+            backend.stats.get(&gw.metrics).clone(),
+        )
     }
-    (
-        Response::from_parts(parts, body),
-        backend.stats.get(&gw.metrics).clone(),
-    )
 }
 
 /// What a request's Wasm filters may call out to: the gateway's upstreams, until the
