@@ -168,7 +168,9 @@ pub(crate) fn send(
             let reused = kept.is_some();
             let conn = match kept.take() {
                 Some(conn) => conn,
-                None => connect(addr).await?,
+                // Boxed: a new connection is the rare case, and the request's future
+                // stays the size of the exchange on a kept one.
+                None => Box::pin(connect(addr)).await?,
             };
             match exchange(conn, &head, upload, head_request).await {
                 Ok((conn, parts, framing, keep_alive)) => {
@@ -181,13 +183,14 @@ pub(crate) fn send(
                     nothing_back,
                 }) => {
                     // Sent once more on a new connection only when the failed one was a
-                    // kept one, nothing came back, and the request is still whole.
-                    let whole = (!sent && !upload.touched) || upload.bodiless();
-                    if !(reused
-                        && nothing_back
-                        && whole
-                        && (!sent || (upload.bodiless() && idempotent)))
-                    {
+                    // kept one and nothing came back: before its head was written, if
+                    // nothing of its body was read; after, if it is bodiless and idempotent.
+                    let again = if sent {
+                        upload.bodiless() && idempotent
+                    } else {
+                        !upload.touched || upload.bodiless()
+                    };
+                    if !(reused && nothing_back && again) {
                         return Err(error);
                     }
                     upload.failed = None;
@@ -198,13 +201,12 @@ pub(crate) fn send(
 }
 
 async fn connect(addr: SocketAddr) -> Result<Conn, Error> {
-    let limit = crate::upstream::connect_timeout();
-    let io = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(io)) => io,
-        Ok(Err(e)) => return Err(Error::Connect(addr, e)),
-        Err(_) => return Err(Error::ConnectTimeout(addr, limit)),
-    };
-    io.set_nodelay(true).map_err(|e| Error::Connect(addr, e))?;
+    let io = crate::upstream::connect_tcp(addr)
+        .await
+        .map_err(|e| match e {
+            Some(e) => Error::Connect(addr, e),
+            None => Error::ConnectTimeout(addr, crate::upstream::connect_timeout()),
+        })?;
     Ok(Conn {
         io,
         buf: BytesMut::new(),

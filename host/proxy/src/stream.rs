@@ -228,17 +228,12 @@ async fn connect(route: &StreamRoute) -> Option<TcpStream> {
         route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
         return None;
     };
-    match tokio::time::timeout(crate::upstream::connect_timeout(), TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Some(s)
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(route = %route.name, %addr, error = %e, "connect failed");
-            route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Err(_) => {
+    match crate::upstream::connect_tcp(addr).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            if let Some(e) = e {
+                tracing::debug!(route = %route.name, %addr, error = %e, "connect failed");
+            }
             route.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
             None
         }

@@ -59,6 +59,19 @@ pub(crate) fn connect_timeout() -> Duration {
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
 }
 
+/// A TCP connection to a backend opened the way the gateway opens them all: within
+/// [`connect_timeout`] (`Err(None)` when it ran out), with Nagle's algorithm off.
+pub(crate) async fn connect_tcp(
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpStream, Option<std::io::Error>> {
+    let io = tokio::time::timeout(connect_timeout(), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| None)?
+        .map_err(Some)?;
+    io.set_nodelay(true).map_err(Some)?;
+    Ok(io)
+}
+
 fn connector() -> HttpConnector {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
