@@ -1,6 +1,6 @@
-//! What one client may take, and the wrappers that hold it to that: on its socket (a
-//! first byte in time, writes that make progress), on its requests' bodies (a pace), and
-//! on its connection as a whole (requests in flight, for the idle timeout).
+//! What one client may take, and the wrappers that hold it to that: on its socket (writes
+//! that make progress), on its requests' bodies (a pace), and on its connection as a
+//! whole (requests in flight and responses being sent, for the head and idle deadlines).
 //!
 //! The defaults follow what operators of other proxies expect: a head within 30 s (as
 //! Envoy's `request_headers_timeout` is often set), an idle connection closed after
@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -72,17 +72,24 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// A client's socket, held to two deadlines: its first byte must come within the
-/// header timeout (until then neither hyper's HTTP/1 head timer nor HTTP/2 keep-alive
-/// runs, as the protocol is not known yet, so a connection that sends nothing would be
-/// held forever), and a write that cannot proceed (the client stopped reading) fails
-/// after the send timeout, which frees the response it pinned.
+/// A client's socket. It tells the connection's [`Activity`] whether the client speaks
+/// HTTP/2 (its first bytes are the connection preface) and whether a response is still
+/// waiting for room in the socket; and a write that cannot proceed (the client stopped
+/// reading) fails after the send timeout, which frees the response it pinned. The head
+/// and idle deadlines are the connection's own timer (`server::serve`): one timer per
+/// connection, not one per request.
 pub(crate) struct ClientIo<I> {
     inner: I,
-    first_byte: Option<Pin<Box<Sleep>>>,
+    activity: Arc<Activity>,
+    /// Bytes of the HTTP/2 preface matched so far; `SNIFFED` once the protocol is known.
+    sniffed: u8,
     send_timeout: Duration,
     write_stall: Stall,
 }
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SNIFFED: u8 = u8::MAX;
 
 /// A timer for "no progress since": armed when an operation first stays pending,
 /// disarmed by progress. Its timer is made once, at the first stall, and reset after.
@@ -115,12 +122,31 @@ impl Stall {
 }
 
 impl<I> ClientIo<I> {
-    pub fn new(inner: I, limits: &ConnectionLimits) -> Self {
+    pub fn new(inner: I, limits: &ConnectionLimits, activity: Arc<Activity>) -> Self {
         ClientIo {
             inner,
-            first_byte: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
+            activity,
+            sniffed: 0,
             send_timeout: limits.send_timeout,
             write_stall: Stall::default(),
+        }
+    }
+
+    /// Matches the client's first bytes against the HTTP/2 preface, until they differ
+    /// or it is whole.
+    fn sniff(&mut self, read: &[u8]) {
+        for &b in read {
+            let at = usize::from(self.sniffed);
+            if PREFACE.get(at) != Some(&b) {
+                self.sniffed = SNIFFED;
+                return;
+            }
+            self.sniffed += 1;
+            if usize::from(self.sniffed) == PREFACE.len() {
+                self.activity.http2.store(true, Ordering::Relaxed);
+                self.sniffed = SNIFFED;
+                return;
+            }
         }
     }
 
@@ -132,8 +158,14 @@ impl<I> ClientIo<I> {
         r: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if !r.is_pending() {
+            if self.write_stall.armed {
+                self.activity.sending.store(false, Ordering::Relaxed);
+            }
             self.write_stall.progress();
             return r;
+        }
+        if !self.write_stall.armed {
+            self.activity.sending.store(true, Ordering::Relaxed);
         }
         let limit = self.send_timeout;
         if self.write_stall.expired(cx, || Instant::now() + limit) {
@@ -154,19 +186,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
-            Poll::Pending => {
-                if let Some(d) = self.first_byte.as_mut()
-                    && d.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no request within the header timeout",
-                    )));
-                }
+        if self.sniffed != SNIFFED && matches!(r, Poll::Ready(Ok(()))) {
+            let read = &buf.filled()[before..];
+            if read.is_empty() {
+                self.sniffed = SNIFFED;
+            } else {
+                self.sniff(read);
             }
-            _ => {}
         }
         r
     }
@@ -212,6 +238,11 @@ pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `born` when `in_flight` last fell to zero.
     idle_since: AtomicU64,
+    /// The client speaks HTTP/2: its first bytes were the connection preface.
+    http2: AtomicBool,
+    /// A write to the client is waiting for room in its socket: a response is still
+    /// being sent (held to the send timeout, not the head or idle deadline).
+    sending: AtomicBool,
 }
 
 impl Activity {
@@ -220,13 +251,20 @@ impl Activity {
             born: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
         }
     }
 
+    pub fn http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
     /// When the connection will have been idle for `limit`, if nothing starts before.
-    /// With a request in flight: `limit` from now (checked again then).
+    /// With a request in flight, or a response still being sent: `limit` from now
+    /// (checked again then).
     pub fn idle_deadline(&self, limit: Duration) -> Instant {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.in_flight.load(Ordering::Acquire) > 0 || self.sending.load(Ordering::Relaxed) {
             return Instant::now() + limit;
         }
         self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire)) + limit
@@ -234,7 +272,7 @@ impl Activity {
 
     /// No request in flight, and none for at least `limit`.
     pub fn idle_for(&self, limit: Duration) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0 && self.idle_deadline(limit) <= Instant::now()
+        self.idle_deadline(limit) <= Instant::now()
     }
 }
 
@@ -552,5 +590,61 @@ impl HttpBody for Streamed {
             sum.set_upper(u + n);
         }
         sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Whether the server side takes the client for HTTP/2 after reading `pieces`, one
+    /// write each.
+    async fn sniffed(pieces: &[&[u8]]) -> bool {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::new());
+        let mut io = ClientIo::new(server, &ConnectionLimits::default(), activity.clone());
+        let mut buf = [0u8; 64];
+        for p in pieces {
+            client.write_all(p).await.expect("write");
+            let n = io.read(&mut buf).await.expect("read");
+            assert_eq!(n, p.len());
+        }
+        activity.http2()
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_marks_the_connection_even_in_pieces() {
+        assert!(sniffed(&[PREFACE]).await);
+        assert!(sniffed(&[b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"]).await);
+        assert!(sniffed(&[b"P", b"RI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"]).await);
+        assert!(!sniffed(&[b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"]).await);
+        assert!(!sniffed(&[b"PRI * HTTP/1.1\r\n", b"\r\nSM\r\n\r\n"]).await);
+    }
+
+    #[tokio::test]
+    async fn a_write_waiting_for_the_client_keeps_the_connection_from_idling() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::new());
+        let mut io = ClientIo::new(server, &ConnectionLimits::default(), activity.clone());
+        let limit = Duration::from_millis(10);
+        let writer = tokio::spawn(async move {
+            io.write_all(&[b'x'; 1024]).await.expect("write");
+            io
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(activity.sending.load(Ordering::Relaxed));
+        assert!(
+            !activity.idle_for(limit),
+            "a response is still being written"
+        );
+        let mut got = vec![0u8; 1024];
+        client.read_exact(&mut got).await.expect("read");
+        let _io = writer.await.expect("writer");
+        assert!(!activity.sending.load(Ordering::Relaxed));
+        assert!(
+            activity.idle_for(limit),
+            "idle since it was made, 50 ms ago"
+        );
     }
 }

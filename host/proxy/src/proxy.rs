@@ -37,9 +37,6 @@ pub(crate) struct ConnInfo {
     pub remote_ip: HeaderValue,
     /// Set when the gateway terminated TLS: the SNI the client sent, lowercase, if any.
     pub tls: Option<Tls>,
-    /// The connection speaks HTTP/2 (seen on its first request); draining then sends
-    /// GOAWAY at once instead of waiting for a request to answer with `close`.
-    pub http2: std::sync::atomic::AtomicBool,
     /// The listener's limits; request bodies are held to its body timeout and rate.
     pub limits: ConnectionLimits,
 }
@@ -62,7 +59,6 @@ impl ConnInfo {
             remote,
             remote_ip,
             tls,
-            http2: std::sync::atomic::AtomicBool::new(false),
             limits,
         }
     }
@@ -95,9 +91,6 @@ pub(crate) fn handle(
         let start = Instant::now();
         let snap = gw.snapshot.load_full();
         let http2 = req.version() == Version::HTTP_2;
-        if http2 {
-            conn.http2.store(true, Ordering::Relaxed);
-        }
         // A record when this request gets an access log line, or when tracing is on.
         let log = gw.access_log.as_ref().filter(|l| l.sampled());
         let mut record = (log.is_some() || gw.tracing.is_some()).then(|| {

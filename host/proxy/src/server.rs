@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::Gateway;
 use crate::client::{Activity, ClientIo, ConnectionLimits, InFlight};
@@ -104,9 +105,9 @@ pub struct Listeners {
 impl Listeners {
     pub fn with_limits(gw: Arc<Gateway>, limits: ConnectionLimits) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+        // No timer for HTTP/1.1: its header timeout is the connection's own timer (see
+        // `serve`), where hyper's would make and drop a timer for every request.
+        http.http1().header_read_timeout(None);
         http.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(limits.h2_keepalive)
@@ -364,8 +365,7 @@ async fn accept_loop(
             match tls {
                 None => {
                     let info = Arc::new(ConnInfo::new(key, remote, None, limits));
-                    let stream = ClientIo::new(stream, &limits);
-                    serve(TokioIo::new(stream), gw, info, http, draining).await;
+                    serve(stream, gw, info, http, draining).await;
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -390,8 +390,7 @@ async fn accept_loop(
                         .server_name()
                         .map(str::to_ascii_lowercase);
                     let info = Arc::new(ConnInfo::new(key, remote, Some(Tls { sni }), limits));
-                    let stream = ClientIo::new(stream, &limits);
-                    serve(TokioIo::new(stream), gw, info, http, draining).await;
+                    serve(stream, gw, info, http, draining).await;
                 }
             }
         });
@@ -400,8 +399,17 @@ async fn accept_loop(
 
 /// Serves one connection (HTTP/1.1 with upgrades, or HTTP/2) until it closes, or, once
 /// draining starts, until its requests in flight finish.
+///
+/// The connection's deadlines run on one timer, re-armed only when it fires:
+/// - HTTP/1.1 (and a client that has not yet said which protocol it speaks) owes a whole
+///   request head within the header timeout of accept, or of its previous response; it
+///   is closed then, as a slow head or an idle kept-alive connection. A response still
+///   being written (the client reads slowly) is held to the send timeout instead.
+/// - HTTP/2 with no request in flight for the idle timeout gets GOAWAY.
+/// - An HTTP/1.1 connection idle for the idle timeout (when set below the header
+///   timeout) is closed as well.
 async fn serve<I>(
-    io: TokioIo<I>,
+    stream: I,
     gw: Arc<Gateway>,
     info: Arc<ConnInfo>,
     http: Arc<auto::Builder<TokioExecutor>>,
@@ -410,45 +418,83 @@ async fn serve<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = info.remote;
-    let idle_timeout = info.limits.idle_timeout;
-    let conn_info = info.clone();
+    let (header_timeout, idle_timeout) = (info.limits.header_timeout, info.limits.idle_timeout);
     let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(ClientIo::new(stream, &info.limits, activity.clone()));
     let counted = activity.clone();
     let svc =
         service_fn(move |req| handle(gw.clone(), info.clone(), req, InFlight::begin(&counted)));
     let conn = http.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    // Draining: HTTP/2 gets GOAWAY at once. An HTTP/1.1 connection answers its next
+    // request with `Connection: close` (see `handle`) and closes after it; one that sends
+    // nothing within DRAIN_IDLE is closed then.
+    let mut shut = false;
+    let mut drain_idle: Option<Instant> = None;
     if *draining.borrow() {
         conn.as_mut().graceful_shutdown();
+        shut = true;
     }
-    // Serve until the connection ends, draining starts, or it has been idle (no request
-    // in flight) for the idle timeout: then HTTP/2 gets GOAWAY and HTTP/1.1 is closed.
+    // What the client owes: a head (HTTP/1.1, or not yet known) or, on HTTP/2, only a
+    // request now and then. Read again whenever the timer fires: the preface may have
+    // come since.
+    let limit = |http2: bool| {
+        if http2 {
+            idle_timeout
+        } else {
+            idle_timeout.min(header_timeout)
+        }
+    };
     loop {
-        let idle_at = activity.idle_deadline(idle_timeout);
+        // Once HTTP/2 has had its GOAWAY, only its requests in flight are left.
+        let wake = (!(activity.http2() && shut)).then(|| {
+            let at = activity.idle_deadline(limit(activity.http2()));
+            drain_idle.map_or(at, |d| at.min(d))
+        });
         tokio::select! {
-            r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
-            _ = draining.changed() => break,
-            _ = tokio::time::sleep_until(idle_at) => {
-                if activity.idle_for(idle_timeout) {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "connection error");
+                }
+                return;
+            }
+            _ = draining.changed(), if !shut && drain_idle.is_none() => {
+                if activity.http2() {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                } else {
+                    drain_idle = Some(Instant::now() + DRAIN_IDLE);
+                }
+            }
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                if drain_idle.is_some_and(|d| d <= Instant::now()) {
+                    drain_idle = None;
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                    continue;
+                }
+                let http2 = activity.http2();
+                let limit = limit(http2);
+                if !activity.idle_for(limit) {
+                    continue;
+                }
+                if http2 {
                     tracing::debug!(%remote, "idle timeout; closing the connection");
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    shut = true;
+                } else {
+                    // Dropped, not shut down gracefully: hyper would wait for a head
+                    // that has started to come, however slowly.
+                    tracing::debug!(%remote, ?limit, "no request head in time; closing the connection");
                     return;
                 }
             }
         }
     }
-    // HTTP/2 gets GOAWAY at once. An HTTP/1.1 connection answers its next request with
-    // `Connection: close` (see `handle`) and closes after it; one that sends nothing
-    // within DRAIN_IDLE is closed then.
-    if !conn_info.http2.load(Ordering::Relaxed) {
-        tokio::select! {
-            r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(%remote, error = %e, "connection error"); } return; }
-            _ = tokio::time::sleep(DRAIN_IDLE) => {}
-        }
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// How long a kept-alive HTTP/1.1 connection may stay idle once draining starts.

@@ -1099,6 +1099,94 @@ async fn connections_are_capped_and_silent_ones_are_closed() {
     assert_eq!(r.status, StatusCode::OK, "the listener serves again");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_meet_the_header_timeout_and_http2_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_a, port, _dir, _gw) = one_backend(
+        "head-deadlines",
+        "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        &["--header-timeout", "2", "--idle-timeout", "6"],
+    )
+    .await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
+
+    // A head that keeps coming, a field every 300 ms, is still cut 2 s after accept.
+    let t = Instant::now();
+    let (mut rd, mut wr) = connect().await.expect("connect").into_split();
+    let trickle = tokio::spawn(async move {
+        let _ = wr.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await;
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if wr
+                .write_all(format!("x-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 256];
+    let end = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "a trickled head is cut, not answered: {end:?}"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+    trickle.abort();
+
+    // A kept-alive HTTP/1.1 connection idle after its response: 2 s, not the idle 6 s.
+    let mut kept = connect().await.expect("connect");
+    let r = exchange(&mut kept, "GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let t = Instant::now();
+    assert!(closed_within(&mut kept, Duration::from_secs(10)).await);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+
+    // HTTP/2 (prior knowledge) is held to the idle timeout instead: 3 s without a
+    // request leaves it open, and the next request is served on it.
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(connect().await.expect("connect")),
+    )
+    .await
+    .expect("h2 handshake");
+    let ended = tokio::spawn(conn);
+    let get = || {
+        http::Request::get("http://h/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request")
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = h2.send_request(get()).await.expect("first request, 3 s in");
+    assert_eq!(r.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = h2
+        .send_request(get())
+        .await
+        .expect("a request after 3 s idle");
+    assert_eq!(r.status(), StatusCode::OK);
+    let idle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), ended)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .expect("task")
+        .expect("closed cleanly, with GOAWAY");
+    assert!(
+        idle.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        idle.elapsed()
+    );
+}
+
 /// Sends one request on `s` and reads one response (head and a Content-Length body).
 async fn exchange(s: &mut tokio::net::TcpStream, raw: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
