@@ -441,7 +441,8 @@ fn serve<'a>(
         };
 
         let head = parts.method == http::Method::HEAD;
-        let sent = Instant::now();
+        // Read only for the access log and traces: a clock read per request otherwise.
+        let sent = record.is_some().then(Instant::now);
         let result = match &rule.retry {
             // An upgrade's body is the connection: it is never sent twice.
             Some(retry) if upgrade.is_none() => {
@@ -458,7 +459,7 @@ fn serve<'a>(
             }
             _ => attempt(&rule, backend, parts, body, start, record).await,
         };
-        if let Some(r) = record.as_mut() {
+        if let (Some(r), Some(sent)) = (record.as_mut(), sent) {
             r.upstream = Some(sent.elapsed());
         }
         let mut resp = match result.answer(backend) {
