@@ -58,6 +58,17 @@ pub struct Workers {
 impl Workers {
     /// Starts `n` worker threads, named `sluice-worker-N`.
     pub fn start(n: usize) -> io::Result<Workers> {
+        Self::start_pinned(n, false)
+    }
+
+    /// As [`Workers::start`]; with `pin`, worker N keeps to the Nth CPU this process
+    /// may run on (round robin when there are more workers than CPUs), as nginx's
+    /// `worker_cpu_affinity auto` does. Unpinned, the scheduler may leave a runnable
+    /// worker waiting a whole tick (4 ms at 250 Hz) behind another busy thread while a
+    /// worker of ours holds the other CPU: two workers' p99 doubles in about half the
+    /// runs on a loaded 2-core machine (docs/performance.md, "Two workers").
+    pub fn start_pinned(n: usize, pin: bool) -> io::Result<Workers> {
+        let cpus = if pin { allowed_cpus() } else { Vec::new() };
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
         for i in 0..n {
@@ -67,9 +78,13 @@ impl Workers {
             handles.push(rt.handle().clone());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             stop.push(tx);
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(i, cpu);
+                    }
                     rt.block_on(async {
                         let _ = rx.await;
                     })
@@ -83,6 +98,30 @@ impl Workers {
 
     pub fn handles(&self) -> &[tokio::runtime::Handle] {
         &self.handles
+    }
+}
+
+/// The CPUs this thread may run on (its affinity mask, which the cgroup's cpuset
+/// bounds), in order; empty if that cannot be read.
+fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the CPUs this process may use; workers are not pinned");
+            Vec::new()
+        }
+    }
+}
+
+/// Keeps the calling thread (worker `i`) on `cpu`.
+fn pin_to(i: usize, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => tracing::debug!(worker = i, cpu, "worker pinned"),
+        Err(e) => tracing::warn!(worker = i, cpu, error = %e, "cannot pin the worker to its CPU"),
     }
 }
 

@@ -87,6 +87,11 @@ enum Command {
         /// Worker threads; defaults to the number of cores. 1 runs everything on one thread.
         #[arg(long)]
         workers: Option<usize>,
+        /// With two workers or more: worker N keeps to the Nth CPU the process may use
+        /// (as nginx's `worker_cpu_affinity auto`). For dedicated CPUs: a Pod with the
+        /// static CPU manager policy, or a host of its own.
+        #[arg(long)]
+        worker_cpu_affinity: bool,
         /// On SIGTERM or Ctrl-C, how long to keep serving (new connections too) with
         /// /readyz answering 503, so a load balancer can take this replica out before
         /// the listeners close.
@@ -578,6 +583,7 @@ fn main() -> ExitCode {
             filter_dir,
             admin,
             workers,
+            worker_cpu_affinity,
             shutdown_delay,
             drain_timeout,
             reload_settle,
@@ -611,7 +617,7 @@ fn main() -> ExitCode {
             // threads of their own (sluice_proxy::Workers).
             let workers = match workers {
                 0 | 1 => None,
-                n => match sluice_proxy::Workers::start(n) {
+                n => match sluice_proxy::Workers::start_pinned(n, worker_cpu_affinity) {
                     Ok(w) => Some(w),
                     Err(e) => {
                         eprintln!("error: cannot start {n} worker threads: {e}");

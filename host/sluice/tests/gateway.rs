@@ -1187,6 +1187,65 @@ async fn heads_meet_the_header_timeout_and_http2_the_idle_timeout() {
     );
 }
 
+/// The CPUs a `Cpus_allowed_list` line of /proc/.../status names ("0-3,6").
+fn cpu_list(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+        cpus.extend(a..=b);
+    }
+    cpus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_cpu_affinity_keeps_each_worker_to_a_cpu_of_its_own() {
+    let (_a, port, _dir, gw) = one_backend(
+        "worker-affinity",
+        "  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n",
+        &["--workers", "2", "--worker-cpu-affinity"],
+    )
+    .await;
+    let ours = cpu_list(&std::fs::read_to_string("/proc/self/status").expect("status"));
+    let mut workers = Vec::new();
+    let mut others = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", gw.child.id())).expect("tasks") {
+        let task = task.expect("task").path();
+        let name = std::fs::read_to_string(task.join("comm")).expect("comm");
+        let cpus = cpu_list(&std::fs::read_to_string(task.join("status")).expect("status"));
+        if name.trim().starts_with("sluice-worker-") {
+            workers.push((name.trim().to_string(), cpus));
+        } else {
+            others.push(cpus);
+        }
+    }
+    workers.sort();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for (name, cpus) in &workers {
+        assert_eq!(cpus.len(), 1, "{name} keeps to one CPU: {cpus:?}");
+        assert!(
+            ours.contains(&cpus[0]),
+            "{name} is on a CPU the process may use"
+        );
+    }
+    if ours.len() >= 2 {
+        assert_ne!(
+            workers[0].1, workers[1].1,
+            "each worker has a CPU of its own"
+        );
+    }
+    assert!(
+        others.iter().all(|c| *c == ours),
+        "the other threads stay unpinned: {others:?}"
+    );
+    assert_eq!(get(port, "h", "/").await.status, StatusCode::OK);
+}
+
 /// Sends one request on `s` and reads one response (head and a Content-Length body).
 async fn exchange(s: &mut tokio::net::TcpStream, raw: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
