@@ -270,7 +270,8 @@ impl Activity {
         self.born + Duration::from_millis(self.idle_since.load(Ordering::Acquire)) + limit
     }
 
-    /// No request in flight, and none for at least `limit`.
+    /// No request in flight and no response waiting for the socket, and none for at
+    /// least `limit`.
     pub fn idle_for(&self, limit: Duration) -> bool {
         self.idle_deadline(limit) <= Instant::now()
     }

@@ -56,18 +56,13 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` worker threads, named `sluice-worker-N`.
-    pub fn start(n: usize) -> io::Result<Workers> {
-        Self::start_pinned(n, false)
-    }
-
-    /// As [`Workers::start`]; with `pin`, worker N keeps to the Nth CPU this process
-    /// may run on (round robin when there are more workers than CPUs), as nginx's
+    /// Starts `n` worker threads, named `sluice-worker-N`. With `pin`, worker N keeps
+    /// to the Nth CPU this process may run on (round robin when there are more workers than CPUs), as nginx's
     /// `worker_cpu_affinity auto` does. Unpinned, the scheduler may leave a runnable
     /// worker waiting a whole tick (4 ms at 250 Hz) behind another busy thread while a
     /// worker of ours holds the other CPU: two workers' p99 doubles in about half the
     /// runs on a loaded 2-core machine (docs/performance.md, "Two workers").
-    pub fn start_pinned(n: usize, pin: bool) -> io::Result<Workers> {
+    pub fn start(n: usize, pin: bool) -> io::Result<Workers> {
         let cpus = if pin { allowed_cpus() } else { Vec::new() };
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);

@@ -617,7 +617,7 @@ fn main() -> ExitCode {
             // threads of their own (sluice_proxy::Workers).
             let workers = match workers {
                 0 | 1 => None,
-                n => match sluice_proxy::Workers::start_pinned(n, worker_cpu_affinity) {
+                n => match sluice_proxy::Workers::start(n, worker_cpu_affinity) {
                     Ok(w) => Some(w),
                     Err(e) => {
                         eprintln!("error: cannot start {n} worker threads: {e}");
